@@ -1,1 +1,25 @@
-pub fn placeholder() {}
+//! edrgate's adapter contract.
+//!
+//! This crate is what the gateway and every vendor adapter share, and the only thing they share:
+//!
+//! - [`model`]: the normalized model (commands, results, statuses, errors, capabilities) that
+//!   is also the public wire format;
+//! - [`adapter`]: the [`Adapter`] trait, a resumable state machine the engine drives step by
+//!   step, and the seams it gets from the engine ([`Journal`], [`RunFiles`]);
+//! - [`error`]: [`AdapterError`], the normalized error with its retry hints;
+//! - [`budget`]: [`FairSlots`], the fair concurrency budget in front of a vendor;
+//! - [`http`]: vendor-HTTP helpers shared by adapters (`Retry-After`, back-off, classification
+//!   of transport failures).
+//!
+//! The rules every adapter follows are in `adapters/README.md`.
+
+pub mod adapter;
+pub mod budget;
+pub mod error;
+pub mod http;
+pub mod model;
+
+pub use adapter::{Adapter, CommandUpdate, Journal, Next, RunContext, RunFiles, Step};
+pub use budget::{FairSlots, SlotGuard};
+pub use error::AdapterError;
+pub use model::*;

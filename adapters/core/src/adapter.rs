@@ -1,0 +1,259 @@
+//! The adapter contract: a vendor backend as a resumable state machine.
+//!
+//! The engine owns every run's state; an adapter owns none of it between steps. The engine
+//! calls [`Adapter::step`] with the run's last checkpoint, the adapter makes the next vendor
+//! calls and answers with a new checkpoint, the command updates it observed, and when to be
+//! called again:
+//!
+//! ```text
+//! checkpoint = None
+//! loop {
+//!     step = adapter.step(&ctx, checkpoint)       // a few vendor calls, never a long sleep
+//!     store(step.checkpoint, step.updates)        // fenced by the run's lease
+//!     match step.next {
+//!         Next::After(d) => sleep d (woken early by a cancel or the deadline),
+//!         Next::Done     => break,
+//!     }
+//! }
+//! ```
+//!
+//! A restart or another replica resumes the run from its stored checkpoint, so nothing a run
+//! needs lives only in the adapter's memory. Before a vendor call that changes an endpoint, the
+//! adapter records its intent with [`Journal::record`]; after a crash it finds that intent in the
+//! checkpoint and reconciles with the vendor (or reports `outcome_unknown`) instead of re-sending.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::AsyncRead;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::error::AdapterError;
+use crate::model::{
+    Capabilities, Command, CommandResult, Device, ErrorCode, ErrorInfo, FileRef, OnError, Status,
+};
+
+/// A vendor backend. One instance per configured backend (per server and credential), shared by
+/// every run on it.
+#[async_trait]
+pub trait Adapter: Send + Sync + 'static {
+    /// What this backend supports; commands outside it are refused at submission.
+    fn capabilities(&self) -> &Capabilities;
+
+    /// Devices the backend knows, optionally filtered by hostname (vendor matching rules).
+    async fn find_devices(&self, hostname: Option<&str>) -> Result<Vec<Device>, AdapterError>;
+
+    /// The one device whose hostname is `hostname` (case-insensitive, exact). No match is
+    /// `device_not_found`, several are `device_ambiguous` naming them: never a guess.
+    async fn resolve_hostname(&self, hostname: &str) -> Result<Device, AdapterError> {
+        let mut exact: Vec<Device> = self
+            .find_devices(Some(hostname))
+            .await?
+            .into_iter()
+            .filter(|d| d.hostname.eq_ignore_ascii_case(hostname))
+            .collect();
+        match exact.len() {
+            0 => Err(AdapterError::new(
+                ErrorCode::DeviceNotFound,
+                format!(
+                    "no device named {hostname:?} on backend {}",
+                    self.capabilities().backend
+                ),
+            )),
+            1 => Ok(exact.remove(0)),
+            _ => {
+                let ids: Vec<String> = exact.iter().map(|d| d.device_id.clone()).collect();
+                Err(AdapterError::new(
+                    ErrorCode::DeviceAmbiguous,
+                    format!(
+                        "{} devices named {hostname:?} on backend {} (device ids {}); target one by device_id",
+                        ids.len(),
+                        self.capabilities().backend,
+                        ids.join(", ")
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Advances a run. `checkpoint` is `None` on the first call, else what the previous step (or
+    /// [`Journal::record`]) stored. An `Err` that `is_retryable` makes the engine call again with
+    /// the same checkpoint after a back-off; any other `Err` fails the run's unfinished commands.
+    async fn step(
+        &self,
+        ctx: &RunContext<'_>,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Result<Step, AdapterError>;
+}
+
+/// Everything an adapter knows about the run it is stepping.
+pub struct RunContext<'a> {
+    pub run_id: Uuid,
+    pub action_id: Uuid,
+    pub tenant: &'a str,
+    pub device_id: &'a str,
+    pub commands: &'a [Command],
+    pub on_error: OnError,
+    pub comment: Option<&'a str>,
+    /// Fires when the caller cancels or the deadline passes.
+    pub stop: &'a StopSignal,
+    pub journal: &'a dyn Journal,
+    pub files: &'a dyn RunFiles,
+}
+
+/// What one step produced.
+#[derive(Debug)]
+pub struct Step {
+    pub checkpoint: serde_json::Value,
+    pub updates: Vec<CommandUpdate>,
+    pub next: Next,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Call `step` again after this delay (or earlier, on a stop signal).
+    After(Duration),
+    /// The run is over. Commands left unfinished are closed by the engine (cancelled, timed out
+    /// or skipped, from the stop signal).
+    Done,
+}
+
+/// A change to one command of the run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandUpdate {
+    pub index: usize,
+    pub status: Status,
+    pub result: Option<CommandResult>,
+    pub error: Option<ErrorInfo>,
+    pub vendor_ref: Option<String>,
+    pub vendor_status: Option<String>,
+}
+
+impl CommandUpdate {
+    pub fn status(index: usize, status: Status) -> Self {
+        CommandUpdate {
+            index,
+            status,
+            result: None,
+            error: None,
+            vendor_ref: None,
+            vendor_status: None,
+        }
+    }
+
+    pub fn succeeded(index: usize, result: CommandResult) -> Self {
+        CommandUpdate {
+            result: Some(result),
+            ..Self::status(index, Status::Succeeded)
+        }
+    }
+
+    pub fn failed(index: usize, error: ErrorInfo) -> Self {
+        CommandUpdate {
+            error: Some(error),
+            ..Self::status(index, Status::Failed)
+        }
+    }
+
+    pub fn with_vendor(
+        mut self,
+        vendor_ref: Option<String>,
+        vendor_status: Option<String>,
+    ) -> Self {
+        self.vendor_ref = vendor_ref;
+        self.vendor_status = vendor_status;
+        self
+    }
+}
+
+/// Persists a run's progress immediately, before a vendor call with a side effect.
+#[async_trait]
+pub trait Journal: Send + Sync {
+    /// Stores `checkpoint` and `updates` now. An error means the engine no longer owns the run
+    /// (its lease was taken over): the adapter must not make the vendor call.
+    async fn record(
+        &self,
+        checkpoint: &serde_json::Value,
+        updates: &[CommandUpdate],
+    ) -> Result<(), AdapterError>;
+}
+
+/// Streaming access to edrgate's file store, scoped to the run's tenant.
+#[async_trait]
+pub trait RunFiles: Send + Sync {
+    /// Starts a result file for command `index`. Bytes are written in chunks; the file becomes
+    /// visible only on [`FileWriter::commit`], and a dropped writer leaves nothing behind.
+    async fn create(&self, index: usize, name: &str) -> Result<Box<dyn FileWriter>, AdapterError>;
+
+    /// Opens a stored file of the tenant (for `put_file`).
+    async fn open(&self, file_id: &str) -> Result<(FileRef, FileReader), AdapterError>;
+}
+
+pub type FileReader = Box<dyn AsyncRead + Send + Unpin>;
+
+#[async_trait]
+pub trait FileWriter: Send {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), AdapterError>;
+    /// Bytes written so far (to resume a ranged transfer).
+    fn written(&self) -> u64;
+    async fn commit(self: Box<Self>) -> Result<FileRef, AdapterError>;
+}
+
+/// Why a run is being stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    Cancelled,
+    DeadlineExceeded,
+}
+
+impl StopReason {
+    /// The terminal status of commands a stop leaves unfinished.
+    pub fn status(self) -> Status {
+        match self {
+            StopReason::Cancelled => Status::Cancelled,
+            StopReason::DeadlineExceeded => Status::TimedOut,
+        }
+    }
+
+    pub fn error(self) -> ErrorInfo {
+        match self {
+            StopReason::Cancelled => {
+                ErrorInfo::new(ErrorCode::Cancelled, "cancelled by the caller")
+            }
+            StopReason::DeadlineExceeded => {
+                ErrorInfo::new(ErrorCode::Timeout, "the action's deadline passed")
+            }
+        }
+    }
+}
+
+/// A cancel or deadline, observable both as a flag and as a future.
+#[derive(Clone, Debug, Default)]
+pub struct StopSignal {
+    token: CancellationToken,
+    reason: Arc<OnceLock<StopReason>>,
+}
+
+impl StopSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requests a stop; the first reason wins.
+    pub fn stop(&self, reason: StopReason) {
+        let _ = self.reason.set(reason);
+        self.token.cancel();
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason.get().copied()
+    }
+
+    /// Resolves once a stop was requested. Only waits that are safe to abandon (budget queues,
+    /// polling delays) should race against it; a vendor call in flight is finished instead.
+    pub async fn stopped(&self) {
+        self.token.cancelled().await
+    }
+}

@@ -1,0 +1,226 @@
+//! Vendor-HTTP helpers shared by every adapter: building clients, classifying failures,
+//! `Retry-After`, and back-off with jitter for idempotent calls.
+
+use std::future::Future;
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use crate::error::AdapterError;
+use crate::model::ErrorCode;
+
+/// TLS and timeout settings of a vendor connection.
+#[derive(Clone, Debug, Default)]
+pub struct TlsOptions {
+    /// PEM of a private CA (on-prem servers with their own certificate).
+    pub ca_pem: Option<String>,
+    /// Accept any certificate. For labs only; logged at start-up by the gateway.
+    pub insecure_skip_verify: bool,
+}
+
+/// A client for one backend: no redirects (a vendor redirect is an error to report, not to
+/// follow with credentials attached), bounded connect and read times, and the TLS options.
+///
+/// `read_timeout` bounds each read rather than the whole request, so large streamed downloads
+/// are not cut off while a stalled server still is.
+pub fn client(tls: &TlsOptions, read_timeout: Duration) -> Result<reqwest::Client, AdapterError> {
+    let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(read_timeout)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("edrgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &tls.ca_pem {
+        let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+            .map_err(|e| AdapterError::internal(format!("invalid CA certificate: {e}")))?;
+        builder = builder.tls_certs_merge([cert]);
+    }
+    if tls.insecure_skip_verify {
+        builder = builder.tls_danger_accept_invalid_certs(true);
+    }
+    builder
+        .build()
+        .map_err(|e| AdapterError::internal(format!("cannot build HTTP client: {e}")))
+}
+
+/// The delay a `Retry-After` header asks for (delta-seconds; HTTP dates are rare from these
+/// vendors and are treated as absent).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// A transport failure (no HTTP status): always transient, the request may not have arrived.
+pub fn transport_error(error: &reqwest::Error) -> AdapterError {
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "transport error"
+    };
+    // The error's Display carries the URL, never headers, so it holds no credentials.
+    AdapterError::transient(
+        ErrorCode::VendorUnavailable,
+        format!("vendor request {what}: {error}"),
+    )
+}
+
+/// The generic reading of an HTTP status; adapters refine it with the vendor's body first.
+pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &str) -> AdapterError {
+    let snippet: String = body.chars().take(300).collect();
+    let code = status.as_u16().to_string();
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => AdapterError::new(
+            ErrorCode::VendorAuthFailed,
+            "the vendor refused edrgate's credentials",
+        )
+        .with_vendor(code, snippet),
+        StatusCode::TOO_MANY_REQUESTS => {
+            AdapterError::transient(ErrorCode::VendorRateLimited, "the vendor is rate limiting")
+                .with_vendor(code, snippet)
+                .with_retry_after(retry_after(headers))
+        }
+        s if s.is_server_error() => AdapterError::transient(
+            ErrorCode::VendorUnavailable,
+            format!("the vendor answered {s}"),
+        )
+        .with_vendor(code, snippet)
+        .with_retry_after(retry_after(headers)),
+        StatusCode::NOT_FOUND => {
+            AdapterError::new(ErrorCode::NotFound, "the vendor does not know this object")
+                .with_vendor(code, snippet)
+        }
+        s => AdapterError::new(
+            ErrorCode::VendorRejected,
+            format!("the vendor answered {s}"),
+        )
+        .with_vendor(code, snippet),
+    }
+}
+
+/// Exponential back-off with full jitter.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+    pub max_attempts: u32,
+}
+
+impl Backoff {
+    pub const STANDARD: Backoff = Backoff {
+        base: Duration::from_millis(250),
+        max: Duration::from_secs(30),
+        max_attempts: 5,
+    };
+
+    /// The delay before attempt `attempt` (1-based retry count), or the vendor's
+    /// `Retry-After` when it gave one.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(after) = retry_after {
+            return after;
+        }
+        let exp = self
+            .base
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max);
+        let millis = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    }
+
+    /// Runs an **idempotent** call, retrying transient failures. Never use it for a request
+    /// that changes an endpoint: those are reconciled, not retried.
+    pub async fn retry<T, F, Fut>(&self, mut call: F) -> Result<T, AdapterError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, AdapterError>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match call().await {
+                Err(e) if e.is_retryable() && attempt + 1 < self.max_attempts => {
+                    attempt += 1;
+                    let delay = self.delay(attempt, e.retry_after);
+                    tracing::debug!(error = %e, attempt, ?delay, "retrying vendor call");
+                    tokio::time::sleep(delay).await;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn statuses_classify_into_the_error_vocabulary() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        let table = [
+            (401, ErrorCode::VendorAuthFailed, false),
+            (403, ErrorCode::VendorAuthFailed, false),
+            (404, ErrorCode::NotFound, false),
+            (412, ErrorCode::VendorRejected, false),
+            (429, ErrorCode::VendorRateLimited, true),
+            (503, ErrorCode::VendorUnavailable, true),
+        ];
+        for (status, code, retryable) in table {
+            let e = status_error(StatusCode::from_u16(status).unwrap(), &headers, "body");
+            assert_eq!((e.code(), e.is_retryable()), (code, retryable), "{status}");
+            assert_eq!(
+                e.info.vendor_code.as_deref(),
+                Some(status.to_string().as_str())
+            );
+        }
+        let limited = status_error(StatusCode::TOO_MANY_REQUESTS, &headers, "");
+        assert_eq!(limited.retry_after, Some(Duration::from_secs(7)));
+    }
+
+    #[test]
+    fn backoff_honours_retry_after_and_caps() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+            max_attempts: 3,
+        };
+        assert_eq!(
+            b.delay(3, Some(Duration::from_secs(9))),
+            Duration::from_secs(9)
+        );
+        for attempt in 0..20 {
+            assert!(b.delay(attempt, None) <= Duration::from_secs(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_stops_at_permanent_errors() {
+        let b = Backoff {
+            base: Duration::from_millis(1),
+            max: Duration::from_millis(2),
+            max_attempts: 5,
+        };
+        let mut calls = 0;
+        let r: Result<(), _> = b
+            .retry(|| {
+                calls += 1;
+                async { Err(AdapterError::new(ErrorCode::VendorRejected, "no")) }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 1);
+        let mut calls = 0;
+        let r: Result<(), _> = b
+            .retry(|| {
+                calls += 1;
+                async { Err(AdapterError::transient(ErrorCode::VendorUnavailable, "503")) }
+            })
+            .await;
+        assert!(r.is_err());
+        assert_eq!(calls, 5);
+    }
+}
