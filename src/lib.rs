@@ -1,1 +1,10 @@
+//! edrgate: one normalized response-action API in front of EDR live-response backends.
+//!
+//! See ARCHITECTURE.md for the map. Entry points: [`cli`] (the binary), [`api::router`] (HTTP),
+//! [`engine::Engine`] (durable execution).
 
+pub mod backends;
+pub mod config;
+pub mod engine;
+pub mod files;
+pub mod store;

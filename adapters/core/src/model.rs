@@ -29,7 +29,7 @@ pub struct ActionRequest {
 }
 
 /// A device to act on: by hostname (resolved through the tenant's backends) or explicitly.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum Target {
     Device { backend: String, device_id: String },
