@@ -1,0 +1,1570 @@
+//! One simulated Windows endpoint: process table, file system and registry, plus the
+//! semantics of every live-response command of §4.3 against them.
+//!
+//! Error codes follow Win32 behaviour as a CB sensor would report it (§4.4): HRESULTs with
+//! FACILITY_WIN32, delivered unsigned.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use super::content::{Content, seed_for};
+
+/// A Win32 HRESULT as the sensor reports it in `result_code` (unsigned, §4.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Hresult(pub(crate) u32);
+
+impl Hresult {
+    pub(crate) const FILE_NOT_FOUND: Self = Self(0x8007_0002);
+    pub(crate) const PATH_NOT_FOUND: Self = Self(0x8007_0003);
+    pub(crate) const ACCESS_DENIED: Self = Self(0x8007_0005);
+    pub(crate) const NOT_READY: Self = Self(0x8007_0015);
+    pub(crate) const SHARING_VIOLATION: Self = Self(0x8007_0020);
+    pub(crate) const FILE_EXISTS: Self = Self(0x8007_0050);
+    pub(crate) const INVALID_PARAMETER: Self = Self(0x8007_0057);
+    pub(crate) const ALREADY_EXISTS: Self = Self(0x8007_00B7);
+    pub(crate) const DIRECTORY: Self = Self(0x8007_010B);
+
+    /// `FormatMessage` text of the Win32 code, used as `result_desc`.
+    pub(crate) fn desc(self) -> &'static str {
+        match self {
+            Self::FILE_NOT_FOUND => "The system cannot find the file specified.",
+            Self::PATH_NOT_FOUND => "The system cannot find the path specified.",
+            Self::ACCESS_DENIED => "Access is denied.",
+            Self::NOT_READY => "The device is not ready.",
+            Self::SHARING_VIOLATION => {
+                "The process cannot access the file because it is being used by another process."
+            }
+            Self::FILE_EXISTS => "The file exists.",
+            Self::INVALID_PARAMETER => "The parameter is incorrect.",
+            Self::ALREADY_EXISTS => "Cannot create a file when that file already exists.",
+            Self::DIRECTORY => "The directory name is invalid.",
+            _ => "",
+        }
+    }
+}
+
+/// Known content of `C:\evidence\note.txt` on every sensor.
+pub const NOTE_TXT: &str = "Quarterly numbers - DO NOT SHARE\r\nWire 42,000 to acct 1234\r\n";
+/// Known content of `C:\Windows\System32\drivers\etc\hosts` on every sensor.
+const HOSTS_TXT: &str = "# Copyright (c) 1993-2009 Microsoft Corp.\r\n#\r\n# localhost name resolution is handled within DNS itself.\r\n#\t127.0.0.1       localhost\r\n#\t::1             localhost\r\n";
+/// Pid of the Carbon Black sensor service; processes started by `create process` hang off it.
+const CB_PID: u64 = 1320;
+/// Windows FILETIME epoch offset (seconds between 1601-01-01 and 1970-01-01).
+const FILETIME_EPOCH: u64 = 11_644_473_600;
+
+#[derive(Clone, Debug)]
+struct Process {
+    pid: u64,
+    parent: u64,
+    create_time: i64,
+    path: String,
+    command_line: String,
+    sid: String,
+    username: String,
+    proc_guid: String,
+    parent_guid: String,
+}
+
+#[derive(Clone, Debug)]
+struct FsNode {
+    /// Last path component in the case it was created with.
+    name: String,
+    dir: bool,
+    content: Content,
+    create_time: i64,
+    last_access_time: i64,
+    last_write_time: i64,
+    extra_attrs: &'static [&'static str],
+}
+
+#[derive(Clone, Debug)]
+struct RegValue {
+    name: String,
+    value_type: String,
+    data: Value,
+}
+
+impl RegValue {
+    fn to_json(&self) -> Value {
+        json!({"value_type": self.value_type, "value_name": self.name, "value_data": self.data})
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct RegKey {
+    /// Last component in the case it was created with.
+    name: String,
+    values: Vec<RegValue>,
+}
+
+/// Result fields a command adds to its command object, plus the bytes a `get file` fetched.
+#[derive(Debug, Default)]
+pub(crate) struct Executed {
+    pub(crate) fields: Map<String, Value>,
+    pub(crate) fetched: Option<Content>,
+}
+
+/// The parameters of a queued command that execution needs (§4.3 request fields).
+#[derive(Clone, Debug)]
+pub(crate) struct CommandInput {
+    pub(crate) name: String,
+    pub(crate) object: Value,
+    pub(crate) extra: Map<String, Value>,
+    /// For `put file`: the session-storage content the `file_id` referred to at POST time.
+    pub(crate) upload: Option<Content>,
+}
+
+impl CommandInput {
+    fn object_str(&self) -> Result<&str, Hresult> {
+        match &self.object {
+            Value::String(s) if !s.trim().is_empty() => Ok(s.trim()),
+            _ => Err(Hresult::INVALID_PARAMETER),
+        }
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.extra.get(key).is_some_and(truthy)
+    }
+
+    fn string(&self, key: &str) -> Option<&str> {
+        self.extra
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+    }
+
+    fn number(&self, key: &str) -> Option<u64> {
+        self.extra.get(key).and_then(as_u64_lenient)
+    }
+}
+
+/// DOC5 documents booleans as `"true"`/`"false"` strings while cbapi sends JSON booleans.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => s.eq_ignore_ascii_case("true") || s == "1",
+        Value::Number(n) => n.as_u64().is_some_and(|n| n != 0),
+        _ => false,
+    }
+}
+
+pub(crate) fn as_u64_lenient(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Seed row of the process table: (pid, parent, seconds after boot, path, command line,
+/// (sid, user)).
+type ProcSeed<'a> = (u64, u64, i64, &'a str, String, (&'a str, &'a str));
+/// Seed registry key: path and its `(name, (type, data))` values.
+type RegSeed<'a> = (&'a str, Vec<(&'a str, (&'a str, Value))>);
+
+pub(crate) struct Endpoint {
+    sensor_id: u64,
+    hostname: String,
+    processes: Vec<Process>,
+    next_pid: u64,
+    fs: BTreeMap<String, FsNode>,
+    registry: BTreeMap<String, RegKey>,
+    boot_epoch: i64,
+    memdump_size: u64,
+}
+
+impl Endpoint {
+    pub(crate) fn new(
+        sensor_id: u64,
+        hostname: &str,
+        big_file_size: u64,
+        memdump_size: u64,
+        now_epoch: i64,
+    ) -> Self {
+        let mut ep = Self {
+            sensor_id,
+            hostname: hostname.to_owned(),
+            processes: Vec::new(),
+            next_pid: 4000,
+            fs: BTreeMap::new(),
+            registry: BTreeMap::new(),
+            // Booted three days ago, staggered per sensor so hosts don't look cloned.
+            boot_epoch: now_epoch - 3 * 86_400 - (sensor_id as i64 % 97) * 613,
+            memdump_size,
+        };
+        ep.seed_processes();
+        ep.seed_files(big_file_size);
+        ep.seed_registry();
+        ep
+    }
+
+    // ----- seed data ---------------------------------------------------------------------
+
+    fn seed_processes(&mut self) {
+        const SYSTEM: (&str, &str) = ("s-1-5-18", "NT AUTHORITY\\SYSTEM");
+        const LOCAL: (&str, &str) = ("s-1-5-19", "NT AUTHORITY\\LOCAL SERVICE");
+        const NETWORK: (&str, &str) = ("s-1-5-20", "NT AUTHORITY\\NETWORK SERVICE");
+        let user_sid = format!(
+            "s-1-5-21-850238481-2932160288-{}-1001",
+            1_760_307_000 + self.sensor_id
+        );
+        let user_name = format!("{}\\jdoe", self.hostname);
+        let csrss_cmd = "%SystemRoot%\\system32\\csrss.exe ObjectDirectory=\\Windows SharedSection=1024,20480,768 Windows=On SubSystemType=Windows ServerDll=basesrv,1 ServerDll=winsrv:UserServerDllInitialization,3 ServerDll=sxssrv,4 ProfileControl=Off MaxRequestThreads=16";
+        let table: Vec<ProcSeed<'_>> = vec![
+            (4, 0, 0, "", String::new(), SYSTEM),
+            (
+                340,
+                4,
+                0,
+                "c:\\windows\\system32\\smss.exe",
+                "\\SystemRoot\\System32\\smss.exe".into(),
+                SYSTEM,
+            ),
+            (
+                424,
+                416,
+                9,
+                "c:\\windows\\system32\\csrss.exe",
+                csrss_cmd.into(),
+                SYSTEM,
+            ),
+            (
+                472,
+                416,
+                11,
+                "c:\\windows\\system32\\wininit.exe",
+                "wininit.exe".into(),
+                SYSTEM,
+            ),
+            (
+                484,
+                464,
+                11,
+                "c:\\windows\\system32\\csrss.exe",
+                csrss_cmd.into(),
+                SYSTEM,
+            ),
+            (
+                524,
+                464,
+                11,
+                "c:\\windows\\system32\\winlogon.exe",
+                "winlogon.exe".into(),
+                SYSTEM,
+            ),
+            (
+                568,
+                472,
+                12,
+                "c:\\windows\\system32\\services.exe",
+                "C:\\Windows\\system32\\services.exe".into(),
+                SYSTEM,
+            ),
+            (
+                584,
+                472,
+                12,
+                "c:\\windows\\system32\\lsass.exe",
+                "C:\\Windows\\system32\\lsass.exe".into(),
+                SYSTEM,
+            ),
+            (
+                700,
+                568,
+                14,
+                "c:\\windows\\system32\\svchost.exe",
+                "C:\\Windows\\system32\\svchost.exe -k DcomLaunch -p".into(),
+                SYSTEM,
+            ),
+            (
+                780,
+                568,
+                14,
+                "c:\\windows\\system32\\svchost.exe",
+                "C:\\Windows\\system32\\svchost.exe -k RPCSS -p".into(),
+                NETWORK,
+            ),
+            (
+                860,
+                568,
+                15,
+                "c:\\windows\\system32\\svchost.exe",
+                "C:\\Windows\\System32\\svchost.exe -k LocalServiceNetworkRestricted -p".into(),
+                LOCAL,
+            ),
+            (
+                900,
+                568,
+                15,
+                "c:\\windows\\system32\\svchost.exe",
+                "C:\\Windows\\system32\\svchost.exe -k netsvcs -p".into(),
+                SYSTEM,
+            ),
+            (
+                948,
+                568,
+                16,
+                "c:\\windows\\system32\\svchost.exe",
+                "C:\\Windows\\system32\\svchost.exe -k NetworkService -p".into(),
+                NETWORK,
+            ),
+            (
+                1100,
+                568,
+                18,
+                "c:\\windows\\system32\\spoolsv.exe",
+                "C:\\Windows\\System32\\spoolsv.exe".into(),
+                SYSTEM,
+            ),
+            (
+                CB_PID,
+                568,
+                19,
+                "c:\\windows\\carbonblack\\cb.exe",
+                "C:\\Windows\\CarbonBlack\\cb.exe".into(),
+                SYSTEM,
+            ),
+            (
+                2044,
+                2000,
+                95,
+                "c:\\windows\\explorer.exe",
+                "C:\\Windows\\Explorer.EXE".into(),
+                (&user_sid, &user_name),
+            ),
+            (
+                2468,
+                2044,
+                410,
+                "c:\\windows\\system32\\notepad.exe",
+                "\"C:\\Windows\\system32\\notepad.exe\" C:\\Users\\jdoe\\Desktop\\todo.txt".into(),
+                (&user_sid, &user_name),
+            ),
+            (
+                3012,
+                2044,
+                7_200,
+                "c:\\users\\jdoe\\appdata\\local\\temp\\updater.exe",
+                "\"C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe\" --silent --beacon 300"
+                    .into(),
+                (&user_sid, &user_name),
+            ),
+        ];
+        for (pid, parent, offset, path, cmd, (sid, user)) in table {
+            self.spawn(pid, parent, self.boot_epoch + offset, path, cmd, sid, user);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn(
+        &mut self,
+        pid: u64,
+        parent: u64,
+        create_time: i64,
+        path: &str,
+        command_line: String,
+        sid: &str,
+        username: &str,
+    ) {
+        let proc_guid = self.guid(pid, create_time);
+        // §4.3: the parent of System (pid 0) has an all-zero GUID tail; a parent that already
+        // exited (e.g. smss children) still gets a GUID derived from its pid.
+        let parent_guid = match self.processes.iter().find(|p| p.pid == parent) {
+            Some(p) => p.proc_guid.clone(),
+            None if parent == 0 => format!("{:08x}-0000-0000-0000-000000000000", self.sensor_id),
+            None => self.guid(parent, create_time - 1),
+        };
+        self.processes.push(Process {
+            pid,
+            parent,
+            create_time,
+            path: path.to_owned(),
+            command_line,
+            sid: sid.to_owned(),
+            username: username.to_owned(),
+            proc_guid,
+            parent_guid,
+        });
+    }
+
+    /// §4.3 GUID layout: sensor id (8 hex), pid in the next two groups, process start
+    /// FILETIME in the last two.
+    fn guid(&self, pid: u64, create_time: i64) -> String {
+        let secs = u64::try_from(create_time).unwrap_or(0) + FILETIME_EPOCH;
+        let ft = secs * 10_000_000 + (pid * 1_237_291) % 10_000_000;
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            self.sensor_id,
+            (pid >> 16) & 0xffff,
+            pid & 0xffff,
+            (ft >> 48) & 0xffff,
+            ft & 0xffff_ffff_ffff
+        )
+    }
+
+    fn seed_files(&mut self, big_file_size: u64) {
+        let t0 = self.boot_epoch - 200 * 86_400;
+        for root in ["c:\\", "d:\\"] {
+            self.fs.insert(root.to_owned(), dir_node("", t0));
+        }
+        let dirs = [
+            "C:\\Windows",
+            "C:\\Windows\\System32",
+            "C:\\Windows\\System32\\config",
+            "C:\\Windows\\System32\\drivers",
+            "C:\\Windows\\System32\\drivers\\etc",
+            "C:\\Windows\\System32\\WindowsPowerShell",
+            "C:\\Windows\\System32\\WindowsPowerShell\\v1.0",
+            "C:\\Windows\\CarbonBlack",
+            "C:\\Windows\\Temp",
+            "C:\\Program Files",
+            "C:\\Program Files (x86)",
+            "C:\\ProgramData",
+            "C:\\Users",
+            "C:\\Users\\Public",
+            "C:\\Users\\jdoe",
+            "C:\\Users\\jdoe\\Desktop",
+            "C:\\Users\\jdoe\\Documents",
+            "C:\\Users\\jdoe\\AppData",
+            "C:\\Users\\jdoe\\AppData\\Local",
+            "C:\\Users\\jdoe\\AppData\\Local\\Temp",
+            "C:\\evidence",
+        ];
+        for d in dirs {
+            self.seed_dir(d, t0);
+        }
+        let binaries: [(&str, u64); 20] = [
+            ("C:\\Windows\\explorer.exe", 4_846_104),
+            ("C:\\Windows\\System32\\smss.exe", 154_624),
+            ("C:\\Windows\\System32\\csrss.exe", 17_408),
+            ("C:\\Windows\\System32\\wininit.exe", 455_168),
+            ("C:\\Windows\\System32\\winlogon.exe", 906_240),
+            ("C:\\Windows\\System32\\services.exe", 708_736),
+            ("C:\\Windows\\System32\\lsass.exe", 59_456),
+            ("C:\\Windows\\System32\\svchost.exe", 57_360),
+            ("C:\\Windows\\System32\\spoolsv.exe", 932_864),
+            ("C:\\Windows\\System32\\cmd.exe", 289_792),
+            ("C:\\Windows\\System32\\notepad.exe", 201_216),
+            ("C:\\Windows\\System32\\whoami.exe", 73_728),
+            ("C:\\Windows\\System32\\hostname.exe", 16_384),
+            ("C:\\Windows\\System32\\ipconfig.exe", 35_840),
+            ("C:\\Windows\\System32\\taskkill.exe", 94_208),
+            ("C:\\Windows\\System32\\conhost.exe", 868_352),
+            (
+                "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
+                452_608,
+            ),
+            ("C:\\Windows\\CarbonBlack\\cb.exe", 3_915_272),
+            ("C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe", 73_216),
+            ("C:\\Windows\\System32\\drivers\\acpi.sys", 765_792),
+        ];
+        for (path, size) in binaries {
+            self.seed_synthetic(path, size, &[], t0);
+        }
+        for hive in ["SAM", "SECURITY", "SOFTWARE", "SYSTEM"] {
+            let path = format!("C:\\Windows\\System32\\config\\{hive}");
+            self.seed_synthetic(&path, 262_144, &[], t0);
+        }
+        self.seed_synthetic("C:\\pagefile.sys", 1_073_741_824, &["HIDDEN", "SYSTEM"], t0);
+        self.seed_synthetic("C:\\evidence\\big.bin", big_file_size, &[], t0);
+        let host_note = format!("Hostname: {}\r\n", self.hostname);
+        let texts: [(&str, &[u8]); 7] = [
+            (
+                "C:\\Windows\\System32\\drivers\\etc\\hosts",
+                HOSTS_TXT.as_bytes(),
+            ),
+            ("C:\\evidence\\note.txt", NOTE_TXT.as_bytes()),
+            ("C:\\evidence\\empty.txt", b""),
+            ("C:\\evidence\\host.txt", host_note.as_bytes()),
+            ("C:\\test.txt", b""),
+            (
+                "C:\\Users\\jdoe\\Desktop\\todo.txt",
+                b"- call IT about the weird popup\r\n- renew VPN cert\r\n",
+            ),
+            (
+                "C:\\Users\\jdoe\\Documents\\report.docx",
+                b"PK\x03\x04 not really a docx",
+            ),
+        ];
+        for (path, body) in texts {
+            if let Some(key) = norm_path(path) {
+                let name = last_component(path).to_owned();
+                self.fs
+                    .insert(key, file_node(name, Content::bytes(body.to_vec()), t0, &[]));
+            }
+        }
+    }
+
+    fn seed_dir(&mut self, path: &str, t: i64) {
+        if let Some(key) = norm_path(path) {
+            self.fs.insert(key, dir_node(last_component(path), t));
+        }
+    }
+
+    fn seed_synthetic(&mut self, path: &str, size: u64, attrs: &'static [&'static str], t: i64) {
+        if let Some(key) = norm_path(path) {
+            let content = Content::synthetic(seed_for(self.sensor_id, &key), size);
+            self.fs.insert(
+                key,
+                file_node(last_component(path).to_owned(), content, t, attrs),
+            );
+        }
+    }
+
+    fn seed_registry(&mut self) {
+        let sz = |s: &str| ("REG_SZ", Value::from(s));
+        let expand = |s: &str| ("REG_EXPAND_SZ", Value::from(s));
+        let dword = |n: u32| ("REG_DWORD", Value::from(n));
+        let keys: Vec<RegSeed<'_>> = vec![
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run",
+                vec![
+                    (
+                        "SecurityHealth",
+                        expand("%windir%\\system32\\SecurityHealthSystray.exe"),
+                    ),
+                    (
+                        "Updater",
+                        sz("\"C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe\" --silent"),
+                    ),
+                ],
+            ),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\RunOnce",
+                vec![],
+            ),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion",
+                vec![
+                    ("ProductName", sz("Windows 10 Enterprise")),
+                    ("CurrentBuild", sz("19045")),
+                    ("InstallDate", dword(1_650_000_000)),
+                    ("RegisteredOwner", sz("jdoe")),
+                ],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Services\\ACPI",
+                vec![
+                    ("Start", dword(0)),
+                    ("Type", dword(1)),
+                    ("ImagePath", expand("System32\\drivers\\ACPI.sys")),
+                ],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Services\\CarbonBlack",
+                vec![
+                    ("Start", dword(2)),
+                    ("ImagePath", sz("C:\\Windows\\CarbonBlack\\cb.exe")),
+                ],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Control\\Session Manager",
+                vec![(
+                    "BootExecute",
+                    ("REG_MULTI_SZ", json!(["autocheck autochk *"])),
+                )],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Control\\ComputerName\\ComputerName",
+                vec![("ComputerName", sz(&self.hostname.clone()))],
+            ),
+            (
+                "HKU\\.DEFAULT\\Software\\Microsoft\\Windows\\CurrentVersion\\Run",
+                vec![],
+            ),
+        ];
+        for hive in ["HKLM", "HKU", "HKCU", "HKCR", "HKCC"] {
+            self.registry.insert(
+                hive.to_ascii_lowercase(),
+                RegKey {
+                    name: hive.to_owned(),
+                    values: Vec::new(),
+                },
+            );
+        }
+        for (path, values) in keys {
+            if let Ok(key) = self.reg_create_key_inner(path)
+                && let Some(k) = self.registry.get_mut(&key)
+            {
+                k.values = values
+                    .into_iter()
+                    .map(|(name, (ty, data))| RegValue {
+                        name: name.to_owned(),
+                        value_type: ty.to_owned(),
+                        data,
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    // ----- inspection helpers (used by tests through `Simulator`) ------------------------
+
+    pub(crate) fn process_exists(&self, pid: u64) -> bool {
+        self.processes.iter().any(|p| p.pid == pid)
+    }
+
+    pub(crate) fn file(&self, path: &str) -> Option<Content> {
+        let key = norm_path(path)?;
+        self.fs
+            .get(&key)
+            .filter(|n| !n.dir)
+            .map(|n| n.content.clone())
+    }
+
+    pub(crate) fn path_exists(&self, path: &str) -> bool {
+        norm_path(path).is_some_and(|k| self.fs.contains_key(&k))
+    }
+
+    pub(crate) fn registry_value(&self, key: &str, value: &str) -> Option<Value> {
+        let (lower, _) = norm_reg(key)?;
+        let k = self.registry.get(&lower)?;
+        k.values
+            .iter()
+            .find(|v| v.name.eq_ignore_ascii_case(value))
+            .map(|v| v.data.clone())
+    }
+
+    pub(crate) fn registry_key_exists(&self, key: &str) -> bool {
+        norm_reg(key).is_some_and(|(lower, _)| self.registry.contains_key(&lower))
+    }
+
+    pub(crate) fn file_size(&self, path: &str) -> Option<u64> {
+        self.file(path).map(|c| c.len())
+    }
+
+    // ----- command dispatch --------------------------------------------------------------
+
+    /// Execute one command (§4.3). `now` is the completion time in epoch seconds.
+    pub(crate) fn execute(&mut self, cmd: &CommandInput, now: i64) -> Result<Executed, Hresult> {
+        let mut out = Executed::default();
+        match cmd.name.as_str() {
+            "process list" => {
+                out.fields.insert("processes".into(), self.process_list());
+            }
+            "kill" => self.kill(&cmd.object)?,
+            "get file" => {
+                let content = self.read_file(cmd.object_str()?)?;
+                let offset = cmd.number("offset").unwrap_or(0);
+                out.fetched = Some(content.slice(offset, cmd.number("get_count")));
+            }
+            "put file" => {
+                let content = cmd.upload.clone().ok_or(Hresult::FILE_NOT_FOUND)?;
+                self.write_file(cmd.object_str()?, content, false, now)?;
+            }
+            "delete file" => self.delete_file(cmd.object_str()?)?,
+            "create directory" => self.create_directory(cmd.object_str()?, now)?,
+            "directory list" => {
+                let files = self.directory_list(cmd.object_str()?)?;
+                out.fields.insert("files".into(), Value::Array(files));
+            }
+            "create process" => {
+                let (pid, rc) = self.create_process(cmd, now)?;
+                out.fields.insert("pid".into(), pid.into());
+                if let Some(rc) = rc {
+                    out.fields.insert("return_code".into(), rc.into());
+                }
+            }
+            "memdump" => {
+                let mut path = cmd.object_str()?.to_owned();
+                // cbapi expects `<name>.zip` when it asked for compression (§4.3 / §5.4).
+                if cmd.flag("compress") {
+                    path.push_str(".zip");
+                }
+                let size = if cmd.flag("compress") {
+                    self.memdump_size / 3
+                } else {
+                    self.memdump_size
+                };
+                let key = norm_path(&path).ok_or(Hresult::INVALID_PARAMETER)?;
+                let content = Content::synthetic(seed_for(self.sensor_id, &key), size);
+                self.write_file(&path, content, false, now)?;
+                out.fields.insert("return_code".into(), 0.into());
+                out.fields.insert("complete".into(), true.into());
+                out.fields.insert("percentdone".into(), 100.into());
+                out.fields.insert("dumping".into(), false.into());
+                out.fields.insert("compressing".into(), false.into());
+            }
+            "reg enum key" => {
+                let (values, sub_keys) = self.reg_enum_key(cmd.object_str()?)?;
+                out.fields.insert("values".into(), Value::Array(values));
+                out.fields.insert("sub_keys".into(), Value::Array(sub_keys));
+            }
+            "reg query value" => {
+                let v = self.reg_query_value(cmd.object_str()?)?;
+                out.fields.insert("value".into(), v);
+            }
+            "reg create key" => {
+                let path = cmd.object_str()?;
+                check_reg_writable(path)?;
+                self.reg_create_key_inner(path)?;
+            }
+            "reg delete key" => self.reg_delete_key(cmd.object_str()?)?,
+            "reg delete value" => self.reg_delete_value(cmd.object_str()?)?,
+            "reg set value" => self.reg_set_value(cmd)?,
+            _ => return Err(Hresult::INVALID_PARAMETER),
+        }
+        Ok(out)
+    }
+
+    fn process_list(&self) -> Value {
+        Value::Array(
+            self.processes
+                .iter()
+                .map(|p| {
+                    json!({
+                        "username": p.username,
+                        "parent": p.parent,
+                        "parent_guid": p.parent_guid,
+                        "pid": p.pid,
+                        "command_line": p.command_line,
+                        "create_time": p.create_time,
+                        "sid": p.sid,
+                        "path": p.path,
+                        "proc_guid": p.proc_guid,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn kill(&mut self, object: &Value) -> Result<(), Hresult> {
+        // cbapi sends the pid as an int, CLI tools as a string (§4.3).
+        let pid = as_u64_lenient(object).ok_or(Hresult::INVALID_PARAMETER)?;
+        let idx = self
+            .processes
+            .iter()
+            .position(|p| p.pid == pid)
+            .ok_or(Hresult::INVALID_PARAMETER)?;
+        // TerminateProcess on System/PPL processes and on the tamper-protected sensor fails.
+        let protected = [
+            "smss.exe",
+            "csrss.exe",
+            "wininit.exe",
+            "services.exe",
+            "lsass.exe",
+            "cb.exe",
+        ];
+        let p = &self.processes[idx];
+        if p.pid <= 4
+            || protected
+                .iter()
+                .any(|n| p.path.ends_with(&format!("\\{n}")))
+        {
+            return Err(Hresult::ACCESS_DENIED);
+        }
+        self.processes.remove(idx);
+        Ok(())
+    }
+
+    /// Resolve a path to its node key, distinguishing a missing file from a missing parent.
+    fn lookup(&self, path: &str) -> Result<(String, &FsNode), Hresult> {
+        let key = norm_path(path).ok_or(Hresult::INVALID_PARAMETER)?;
+        check_drive(&key)?;
+        match self.fs.get(&key) {
+            Some(node) => Ok((key, node)),
+            None => Err(self.missing(&key)),
+        }
+    }
+
+    fn missing(&self, key: &str) -> Hresult {
+        match parent_key(key) {
+            Some(parent) if self.fs.get(&parent).is_some_and(|n| n.dir) => Hresult::FILE_NOT_FOUND,
+            _ => Hresult::PATH_NOT_FOUND,
+        }
+    }
+
+    fn read_file(&self, path: &str) -> Result<Content, Hresult> {
+        let (key, node) = self.lookup(path)?;
+        if is_protected(&key) || node.dir {
+            return Err(Hresult::ACCESS_DENIED);
+        }
+        if is_locked(&key) {
+            return Err(Hresult::SHARING_VIOLATION);
+        }
+        Ok(node.content.clone())
+    }
+
+    /// Create (or with `overwrite`, replace) a file; the parent directory must exist.
+    fn write_file(
+        &mut self,
+        path: &str,
+        content: Content,
+        overwrite: bool,
+        now: i64,
+    ) -> Result<(), Hresult> {
+        let key = norm_path(path).ok_or(Hresult::INVALID_PARAMETER)?;
+        check_drive(&key)?;
+        if is_protected(&key) {
+            return Err(Hresult::ACCESS_DENIED);
+        }
+        match self.fs.get(&key) {
+            Some(n) if n.dir => return Err(Hresult::ACCESS_DENIED),
+            Some(_) if !overwrite => return Err(Hresult::FILE_EXISTS),
+            Some(_) if is_locked(&key) || self.is_running_image(&key) => {
+                return Err(Hresult::SHARING_VIOLATION);
+            }
+            Some(_) => {}
+            None => {
+                let parent = parent_key(&key).ok_or(Hresult::INVALID_PARAMETER)?;
+                if !self.fs.get(&parent).is_some_and(|n| n.dir) {
+                    return Err(Hresult::PATH_NOT_FOUND);
+                }
+            }
+        }
+        let node = file_node(last_component(path).to_owned(), content, now, &[]);
+        self.fs.insert(key, node);
+        Ok(())
+    }
+
+    fn is_running_image(&self, key: &str) -> bool {
+        self.processes.iter().any(|p| p.path == key)
+    }
+
+    fn delete_file(&mut self, path: &str) -> Result<(), Hresult> {
+        let (key, node) = self.lookup(path)?;
+        // DeleteFile on a directory, a protected hive or a running image is refused.
+        if node.dir || is_protected(&key) || self.is_running_image(&key) {
+            return Err(Hresult::ACCESS_DENIED);
+        }
+        if is_locked(&key) {
+            return Err(Hresult::SHARING_VIOLATION);
+        }
+        self.fs.remove(&key);
+        Ok(())
+    }
+
+    /// `CreateDirectory` semantics: no intermediate directories, existing path is an error.
+    fn create_directory(&mut self, path: &str, now: i64) -> Result<(), Hresult> {
+        let key = norm_path(path).ok_or(Hresult::INVALID_PARAMETER)?;
+        check_drive(&key)?;
+        if self.fs.contains_key(&key) {
+            return Err(Hresult::ALREADY_EXISTS);
+        }
+        let parent = parent_key(&key).ok_or(Hresult::ALREADY_EXISTS)?;
+        if !self.fs.get(&parent).is_some_and(|n| n.dir) {
+            return Err(Hresult::PATH_NOT_FOUND);
+        }
+        if is_protected(&key) {
+            return Err(Hresult::ACCESS_DENIED);
+        }
+        self.fs.insert(key, dir_node(last_component(path), now));
+        Ok(())
+    }
+
+    /// `directory list` with `FindFirstFile` semantics (§4.3): a trailing `\` or a wildcard
+    /// last component lists matching children (with `.`/`..` outside a drive root); a plain
+    /// path names exactly one entry — the file or directory itself.
+    fn directory_list(&self, filter: &str) -> Result<Vec<Value>, Hresult> {
+        let mut filter = filter.replace('/', "\\");
+        if filter.ends_with('\\') || (filter.len() == 2 && filter.ends_with(':')) {
+            // CLI0 appends `*` to a trailing `\` itself; accept the bare form too.
+            if !filter.ends_with('\\') {
+                filter.push('\\');
+            }
+            filter.push('*');
+        }
+        let (dir_part, last) = filter.rsplit_once('\\').ok_or(Hresult::INVALID_PARAMETER)?;
+        if !last.contains(['*', '?']) {
+            let (_, node) = self.lookup(&filter)?;
+            return Ok(vec![entry_json(&node.name, node)]);
+        }
+        let dir_key = norm_path(&format!("{dir_part}\\")).ok_or(Hresult::INVALID_PARAMETER)?;
+        check_drive(&dir_key)?;
+        let dir = self
+            .fs
+            .get(&dir_key)
+            .filter(|n| n.dir)
+            .ok_or(Hresult::PATH_NOT_FOUND)?;
+        let pattern = if last == "*.*" { "*" } else { last };
+        let mut out = Vec::new();
+        if !dir_key.ends_with('\\') && glob(pattern, ".") {
+            out.push(entry_json(".", dir));
+            out.push(entry_json("..", dir));
+        }
+        let mut children: Vec<&FsNode> = self.children(&dir_key).collect();
+        children.sort_by_key(|n| n.name.to_lowercase());
+        out.extend(
+            children
+                .into_iter()
+                .filter(|n| glob(pattern, &n.name))
+                .map(|n| entry_json(&n.name, n)),
+        );
+        if out.is_empty() {
+            return Err(Hresult::FILE_NOT_FOUND);
+        }
+        Ok(out)
+    }
+
+    fn children<'a>(&'a self, dir_key: &str) -> impl Iterator<Item = &'a FsNode> + 'a {
+        let prefix = if dir_key.ends_with('\\') {
+            dir_key.to_owned()
+        } else {
+            format!("{dir_key}\\")
+        };
+        self.fs
+            .range(prefix.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&prefix))
+            .filter({
+                let plen = if dir_key.ends_with('\\') {
+                    dir_key.len()
+                } else {
+                    dir_key.len() + 1
+                };
+                move |(k, _)| !k[plen..].contains('\\')
+            })
+            .map(|(_, n)| n)
+    }
+
+    // ----- create process ----------------------------------------------------------------
+
+    /// §4.3 `create process`: runs a tiny model of a few Windows programs so `output_file`
+    /// and `return_code` carry believable, deterministic values.
+    fn create_process(
+        &mut self,
+        cmd: &CommandInput,
+        now: i64,
+    ) -> Result<(u64, Option<i64>), Hresult> {
+        let command_line = cmd.object_str()?.to_owned();
+        let cwd = match cmd.string("working_directory") {
+            Some(dir) => {
+                let key = norm_path(dir).ok_or(Hresult::DIRECTORY)?;
+                if !self.fs.get(&key).is_some_and(|n| n.dir) {
+                    return Err(Hresult::DIRECTORY);
+                }
+                key
+            }
+            None => "c:\\windows\\carbonblack".to_owned(),
+        };
+        let (exe, args) = split_command_line(&command_line);
+        let exe_key = self.resolve_exe(&exe, &cwd)?;
+        let wait = cmd.flag("wait");
+        let (output, rc, long_running) = self.run_program(&exe_key, &args, &cwd);
+        if let Some(out_path) = cmd.string("output_file") {
+            let full = resolve_relative(out_path, &cwd).ok_or(Hresult::INVALID_PARAMETER)?;
+            self.write_file(&full, Content::bytes(output.into_bytes()), true, now)?;
+        }
+        let pid = self.next_pid;
+        self.next_pid += 4;
+        if long_running && !wait {
+            self.spawn(
+                pid,
+                CB_PID,
+                now,
+                &exe_key,
+                command_line,
+                "s-1-5-18",
+                "NT AUTHORITY\\SYSTEM",
+            );
+        }
+        Ok((pid, wait.then_some(rc)))
+    }
+
+    fn resolve_exe(&self, exe: &str, cwd: &str) -> Result<String, Hresult> {
+        let mut bases = Vec::new();
+        if exe.contains('\\') || exe.contains(':') {
+            bases.extend(resolve_relative(exe, cwd));
+        } else {
+            for dir in [
+                cwd,
+                "c:\\windows\\system32",
+                "c:\\windows",
+                "c:\\windows\\system32\\windowspowershell\\v1.0",
+            ] {
+                bases.push(format!("{dir}\\{exe}"));
+            }
+        }
+        for base in bases {
+            for candidate in [base.clone(), format!("{base}.exe")] {
+                if let Some(key) = norm_path(&candidate) {
+                    match self.fs.get(&key) {
+                        Some(n) if n.dir => return Err(Hresult::ACCESS_DENIED),
+                        Some(_) => return Ok(key),
+                        None => {}
+                    }
+                }
+            }
+        }
+        Err(Hresult::FILE_NOT_FOUND)
+    }
+
+    /// Returns (stdout+stderr, exit code, keeps running when not waited for).
+    fn run_program(&self, exe_key: &str, args: &str, cwd: &str) -> (String, i64, bool) {
+        let base = last_component(exe_key).trim_end_matches(".exe");
+        match base {
+            "cmd" => {
+                let lower = args.trim_start().to_ascii_lowercase();
+                match lower
+                    .strip_prefix("/c")
+                    .or_else(|| lower.strip_prefix("/k"))
+                {
+                    // Keep the original case of the command after the switch.
+                    Some(rest) => {
+                        let start = args.len() - rest.len();
+                        let (out, rc) = self.run_cmd_builtin(unquote(args[start..].trim()), cwd);
+                        (out, rc, false)
+                    }
+                    None => (String::new(), 0, false),
+                }
+            }
+            "whoami" => ("nt authority\\system\r\n".into(), 0, false),
+            "hostname" => (format!("{}\r\n", self.hostname), 0, false),
+            "ipconfig" => (self.ipconfig(), 0, false),
+            "taskkill" => ("ERROR: Invalid syntax.\r\n".into(), 1, false),
+            _ => (String::new(), 0, true),
+        }
+    }
+
+    fn run_cmd_builtin(&self, line: &str, cwd: &str) -> (String, i64) {
+        let (word, rest) = match line.split_once(char::is_whitespace) {
+            Some((w, r)) => (w, r),
+            None => (line, ""),
+        };
+        match word.to_ascii_lowercase().as_str() {
+            "echo" if rest.trim().is_empty() => ("ECHO is on.\r\n".into(), 0),
+            "echo" => (format!("{rest}\r\n"), 0),
+            "exit" => {
+                let code = rest
+                    .split_whitespace()
+                    .find(|a| !a.eq_ignore_ascii_case("/b"))
+                    .and_then(|a| a.parse::<i64>().ok())
+                    .unwrap_or(0);
+                (String::new(), code)
+            }
+            "ver" => (
+                "\r\nMicrosoft Windows [Version 10.0.19045.3803]\r\n".into(),
+                0,
+            ),
+            "type" => {
+                let target = unquote(rest.trim());
+                let content = resolve_relative(target, cwd)
+                    .ok_or(Hresult::FILE_NOT_FOUND)
+                    .and_then(|p| self.read_file(&p));
+                match content {
+                    Ok(c) => (String::from_utf8_lossy(&c.read(0, 1 << 20)).into_owned(), 0),
+                    Err(e) => (format!("{}\r\n", e.desc()), 1),
+                }
+            }
+            "cd" if rest.trim().is_empty() => (format!("{}\r\n", self.display_path(cwd)), 0),
+            other => match self.resolve_exe(other, cwd) {
+                Ok(key) => {
+                    let (out, rc, _) = self.run_program(&key, rest, cwd);
+                    (out, rc)
+                }
+                Err(_) => (
+                    format!(
+                        "'{word}' is not recognized as an internal or external command,\r\noperable program or batch file.\r\n"
+                    ),
+                    1,
+                ),
+            },
+        }
+    }
+
+    fn ipconfig(&self) -> String {
+        format!(
+            "\r\nWindows IP Configuration\r\n\r\n\r\nEthernet adapter Ethernet0:\r\n\r\n   Connection-specific DNS Suffix  . : corp.example\r\n   IPv4 Address. . . . . . . . . . . : {}\r\n   Subnet Mask . . . . . . . . . . . : 255.255.0.0\r\n   Default Gateway . . . . . . . . . : 10.0.0.1\r\n",
+            sensor_ip(self.sensor_id)
+        )
+    }
+
+    /// Rebuild the display-case path of an existing node key.
+    fn display_path(&self, key: &str) -> String {
+        let mut parts = Vec::new();
+        let mut cur = key.to_owned();
+        while let Some(parent) = parent_key(&cur) {
+            parts.push(
+                self.fs
+                    .get(&cur)
+                    .map_or_else(|| last_component(&cur).to_owned(), |n| n.name.clone()),
+            );
+            cur = parent;
+        }
+        let drive = cur.trim_end_matches('\\').to_ascii_uppercase();
+        parts.reverse();
+        format!("{drive}\\{}", parts.join("\\"))
+    }
+
+    // ----- registry ----------------------------------------------------------------------
+
+    fn reg_key(&self, path: &str) -> Result<(String, &RegKey), Hresult> {
+        let (lower, _) = norm_reg(path).ok_or(Hresult::FILE_NOT_FOUND)?;
+        let key = self.registry.get(&lower).ok_or(Hresult::FILE_NOT_FOUND)?;
+        Ok((lower, key))
+    }
+
+    fn reg_enum_key(&self, path: &str) -> Result<(Vec<Value>, Vec<Value>), Hresult> {
+        let (lower, key) = self.reg_key(path)?;
+        let values = key.values.iter().map(RegValue::to_json).collect();
+        let prefix = format!("{lower}\\");
+        let sub_keys = self
+            .registry
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter(|(k, _)| !k[prefix.len()..].contains('\\'))
+            .map(|(_, k)| Value::from(k.name.clone()))
+            .collect();
+        Ok((values, sub_keys))
+    }
+
+    /// Split `key\value` at the last backslash (§4.3 `reg query value` object).
+    fn split_value_path(path: &str) -> Result<(&str, &str), Hresult> {
+        path.rsplit_once('\\').ok_or(Hresult::INVALID_PARAMETER)
+    }
+
+    fn reg_query_value(&self, path: &str) -> Result<Value, Hresult> {
+        let (key_path, name) = Self::split_value_path(path)?;
+        let (_, key) = self.reg_key(key_path)?;
+        key.values
+            .iter()
+            .find(|v| v.name.eq_ignore_ascii_case(name))
+            .map(RegValue::to_json)
+            .ok_or(Hresult::FILE_NOT_FOUND)
+    }
+
+    /// `RegCreateKeyEx` semantics: creates missing intermediate keys, opening an existing
+    /// key is success. Returns the canonical lower-case key.
+    fn reg_create_key_inner(&mut self, path: &str) -> Result<String, Hresult> {
+        let (lower, display) = norm_reg(path).ok_or(Hresult::FILE_NOT_FOUND)?;
+        let lower_parts: Vec<&str> = lower.split('\\').collect();
+        let display_parts: Vec<&str> = display.split('\\').collect();
+        for i in 1..lower_parts.len() {
+            let k = lower_parts[..=i].join("\\");
+            self.registry.entry(k).or_insert_with(|| RegKey {
+                name: display_parts[i].to_owned(),
+                values: Vec::new(),
+            });
+        }
+        Ok(lower)
+    }
+
+    fn reg_delete_key(&mut self, path: &str) -> Result<(), Hresult> {
+        check_reg_writable(path)?;
+        let (lower, _) = self.reg_key(path)?;
+        // Hive roots cannot be deleted, and `RegDeleteKey` refuses keys with subkeys.
+        let prefix = format!("{lower}\\");
+        let has_children = self
+            .registry
+            .range(prefix.clone()..)
+            .next()
+            .is_some_and(|(k, _)| k.starts_with(&prefix));
+        if !lower.contains('\\') || has_children {
+            return Err(Hresult::ACCESS_DENIED);
+        }
+        self.registry.remove(&lower);
+        Ok(())
+    }
+
+    fn reg_delete_value(&mut self, path: &str) -> Result<(), Hresult> {
+        check_reg_writable(path)?;
+        let (key_path, name) = Self::split_value_path(path)?;
+        let (lower, _) = self.reg_key(key_path)?;
+        let key = self
+            .registry
+            .get_mut(&lower)
+            .ok_or(Hresult::FILE_NOT_FOUND)?;
+        let idx = key
+            .values
+            .iter()
+            .position(|v| v.name.eq_ignore_ascii_case(name))
+            .ok_or(Hresult::FILE_NOT_FOUND)?;
+        key.values.remove(idx);
+        Ok(())
+    }
+
+    /// §4.3 `reg set value`: `value_type`, `value_data`, `overwrite` (server default false).
+    fn reg_set_value(&mut self, cmd: &CommandInput) -> Result<(), Hresult> {
+        let path = cmd.object_str()?;
+        check_reg_writable(path)?;
+        let (key_path, name) = Self::split_value_path(path)?;
+        let data = cmd.extra.get("value_data").cloned().unwrap_or(Value::Null);
+        // cbapi infers the type the same way when the caller gives none (§5.4).
+        let value_type = match cmd.string("value_type") {
+            Some(t) => t.to_ascii_uppercase(),
+            None => match &data {
+                Value::Number(_) => "REG_DWORD".into(),
+                Value::Array(_) => "REG_MULTI_SZ".into(),
+                _ => "REG_SZ".into(),
+            },
+        };
+        let data = coerce_reg_data(&value_type, data)?;
+        let overwrite = cmd.flag("overwrite");
+        let (lower, _) = self.reg_key(key_path)?;
+        let key = self
+            .registry
+            .get_mut(&lower)
+            .ok_or(Hresult::FILE_NOT_FOUND)?;
+        let new = RegValue {
+            name: name.to_owned(),
+            value_type,
+            data,
+        };
+        match key
+            .values
+            .iter_mut()
+            .find(|v| v.name.eq_ignore_ascii_case(name))
+        {
+            Some(_) if !overwrite => Err(Hresult::ALREADY_EXISTS),
+            Some(existing) => {
+                *existing = new;
+                Ok(())
+            }
+            None => {
+                key.values.push(new);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Validate/normalise `value_data` for a registry type.
+fn coerce_reg_data(value_type: &str, data: Value) -> Result<Value, Hresult> {
+    match value_type {
+        "REG_DWORD" | "REG_DWORD_BIG_ENDIAN" => as_u64_lenient(&data)
+            .filter(|n| *n <= u64::from(u32::MAX))
+            .map(Value::from)
+            .ok_or(Hresult::INVALID_PARAMETER),
+        "REG_QWORD" => as_u64_lenient(&data)
+            .map(Value::from)
+            .ok_or(Hresult::INVALID_PARAMETER),
+        "REG_SZ" | "REG_EXPAND_SZ" => match data {
+            Value::String(_) => Ok(data),
+            Value::Number(n) => Ok(Value::from(n.to_string())),
+            _ => Err(Hresult::INVALID_PARAMETER),
+        },
+        "REG_MULTI_SZ" => match data {
+            Value::Array(items) if items.iter().all(Value::is_string) => Ok(Value::Array(items)),
+            Value::String(s) => Ok(Value::Array(vec![Value::String(s)])),
+            _ => Err(Hresult::INVALID_PARAMETER),
+        },
+        "REG_BINARY" | "REG_NONE" => Ok(data),
+        _ => Err(Hresult::INVALID_PARAMETER),
+    }
+}
+
+/// The sensor protects its own service key (tamper protection).
+fn check_reg_writable(path: &str) -> Result<(), Hresult> {
+    match norm_reg(path) {
+        Some((lower, _))
+            if lower.starts_with("hklm\\system\\currentcontrolset\\services\\carbonblack") =>
+        {
+            Err(Hresult::ACCESS_DENIED)
+        }
+        _ => Ok(()),
+    }
+}
+
+pub(crate) fn sensor_ip(sensor_id: u64) -> String {
+    format!("10.0.{}.{}", (sensor_id / 250) % 256, sensor_id % 250 + 1)
+}
+
+fn dir_node(name: &str, t: i64) -> FsNode {
+    FsNode {
+        name: name.to_owned(),
+        dir: true,
+        content: Content::empty(),
+        create_time: t,
+        last_access_time: t,
+        last_write_time: t,
+        extra_attrs: &[],
+    }
+}
+
+fn file_node(name: String, content: Content, t: i64, attrs: &'static [&'static str]) -> FsNode {
+    FsNode {
+        name,
+        dir: false,
+        content,
+        create_time: t,
+        last_access_time: t,
+        last_write_time: t,
+        extra_attrs: attrs,
+    }
+}
+
+/// §4.3 directory entry shape (`filename`, not DOC5's `name`).
+fn entry_json(name: &str, node: &FsNode) -> Value {
+    let mut attributes: Vec<&str> = node.extra_attrs.to_vec();
+    attributes.push(if node.dir { "DIRECTORY" } else { "ARCHIVE" });
+    let dots = name == "." || name == "..";
+    json!({
+        "attributes": attributes,
+        "create_time": node.create_time,
+        "last_access_time": node.last_access_time,
+        "last_write_time": node.last_write_time,
+        "size": if node.dir { 0 } else { node.content.len() },
+        "filename": name,
+        "alt_name": if dots { String::new() } else { short_name(name) },
+    })
+}
+
+/// The 8.3 alias `FindFirstFile` reports in `cAlternateFileName` (empty when the name
+/// already is 8.3-compliant).
+fn short_name(name: &str) -> String {
+    let (base, ext) = match name.rsplit_once('.') {
+        Some((b, e)) if !b.is_empty() => (b, e),
+        _ => (name, ""),
+    };
+    let legal = |s: &str| {
+        s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-$~!#%&{}()@^`'".contains(c))
+    };
+    if base.len() <= 8
+        && ext.len() <= 3
+        && legal(base)
+        && legal(ext)
+        && name.to_ascii_uppercase() == name
+    {
+        return String::new();
+    }
+    let clean = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && *c != '.')
+            .map(|c| c.to_ascii_uppercase())
+            .collect()
+    };
+    let b: String = clean(base).chars().take(6).collect();
+    let e: String = clean(ext).chars().take(3).collect();
+    if e.is_empty() {
+        format!("{b}~1")
+    } else {
+        format!("{b}~1.{e}")
+    }
+}
+
+/// Case-insensitive `*`/`?` match.
+fn glob(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.to_lowercase().chars().collect();
+    let n: Vec<char> = name.to_lowercase().chars().collect();
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Canonical node key: lower-case, `\` separators, `.`/`..` resolved, no trailing `\`
+/// except on a drive root (`c:\`). `None` for anything that is not `X:\...`.
+pub(crate) fn norm_path(path: &str) -> Option<String> {
+    let p = path.trim().replace('/', "\\");
+    let bytes = p.as_bytes();
+    if bytes.len() < 2 || !bytes[0].is_ascii_alphabetic() || bytes[1] != b':' {
+        return None;
+    }
+    let drive = (bytes[0] as char).to_ascii_lowercase();
+    let mut parts: Vec<String> = Vec::new();
+    for comp in p[2..].split('\\') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c.to_lowercase()),
+        }
+    }
+    Some(format!("{drive}:\\{}", parts.join("\\")))
+}
+
+fn parent_key(key: &str) -> Option<String> {
+    let trimmed = key.strip_suffix('\\').unwrap_or(key);
+    if trimmed.len() <= 2 {
+        return None;
+    }
+    let (parent, _) = trimmed.rsplit_once('\\')?;
+    Some(if parent.len() == 2 {
+        format!("{parent}\\")
+    } else {
+        parent.to_owned()
+    })
+}
+
+fn last_component(path: &str) -> &str {
+    path.trim_end_matches(['\\', '/'])
+        .rsplit(['\\', '/'])
+        .next()
+        .unwrap_or(path)
+}
+
+/// Join a possibly relative path onto a working directory key.
+fn resolve_relative(path: &str, cwd: &str) -> Option<String> {
+    if norm_path(path).is_some() {
+        Some(path.to_owned())
+    } else {
+        norm_path(&format!("{cwd}\\{path}"))
+    }
+}
+
+/// Only A:, C: and D: exist (§3.1 `drives`); A: is an empty floppy drive.
+fn check_drive(key: &str) -> Result<(), Hresult> {
+    match key.as_bytes().first() {
+        Some(b'c' | b'd') => Ok(()),
+        Some(b'a') => Err(Hresult::NOT_READY),
+        _ => Err(Hresult::PATH_NOT_FOUND),
+    }
+}
+
+/// Registry hives are locked by the kernel and refused to the sensor: the access-denied
+/// path tests rely on.
+fn is_protected(key: &str) -> bool {
+    key.starts_with("c:\\windows\\system32\\config\\")
+}
+
+fn is_locked(key: &str) -> bool {
+    key == "c:\\pagefile.sys"
+}
+
+/// Canonical registry key: (`hklm\software\...`, `HKLM\SOFTWARE\...`), accepting both the
+/// short and long hive names.
+fn norm_reg(path: &str) -> Option<(String, String)> {
+    let mut parts = path.split(['\\', '/']).filter(|s| !s.is_empty());
+    let hive = match parts.next()?.to_ascii_uppercase().as_str() {
+        "HKLM" | "HKEY_LOCAL_MACHINE" => "HKLM",
+        "HKCU" | "HKEY_CURRENT_USER" => "HKCU",
+        "HKU" | "HKEY_USERS" => "HKU",
+        "HKCR" | "HKEY_CLASSES_ROOT" => "HKCR",
+        "HKCC" | "HKEY_CURRENT_CONFIG" => "HKCC",
+        _ => return None,
+    };
+    let rest: Vec<&str> = parts.collect();
+    let display = std::iter::once(hive)
+        .chain(rest.iter().copied())
+        .collect::<Vec<_>>()
+        .join("\\");
+    Some((display.to_lowercase(), display))
+}
+
+/// Split a Windows command line into the program and the rest.
+fn split_command_line(cmd: &str) -> (String, String) {
+    let cmd = cmd.trim();
+    if let Some(rest) = cmd.strip_prefix('"') {
+        match rest.split_once('"') {
+            Some((exe, args)) => (exe.to_owned(), args.trim_start().to_owned()),
+            None => (rest.to_owned(), String::new()),
+        }
+    } else {
+        match cmd.split_once(char::is_whitespace) {
+            Some((exe, args)) => (exe.to_owned(), args.trim_start().to_owned()),
+            None => (cmd.to_owned(), String::new()),
+        }
+    }
+}
+
+fn unquote(s: &str) -> &str {
+    s.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep() -> Endpoint {
+        Endpoint::new(1, "WIN-0001", 1024, 4096, 1_700_000_000)
+    }
+
+    fn cmd(name: &str, object: Value, extra: Value) -> CommandInput {
+        CommandInput {
+            name: name.into(),
+            object,
+            extra: extra.as_object().cloned().unwrap_or_default(),
+            upload: None,
+        }
+    }
+
+    #[test]
+    fn paths_normalise() {
+        assert_eq!(norm_path("C:\\Windows\\").as_deref(), Some("c:\\windows"));
+        assert_eq!(norm_path("c:").as_deref(), Some("c:\\"));
+        assert_eq!(norm_path("C:/a/./b/../c").as_deref(), Some("c:\\a\\c"));
+        assert_eq!(parent_key("c:\\windows").as_deref(), Some("c:\\"));
+        assert_eq!(parent_key("c:\\"), None);
+        assert!(norm_path("relative\\x").is_none());
+    }
+
+    #[test]
+    fn short_names() {
+        assert_eq!(short_name("Program Files"), "PROGRA~1");
+        assert_eq!(short_name("NOTE.TXT"), "");
+        assert_eq!(short_name("note.txt"), "NOTE~1.TXT");
+        assert!(glob("*.txt", "Note.TXT"));
+        assert!(!glob("n?te", "notes"));
+    }
+
+    #[test]
+    fn guid_layout_matches_reference() {
+        let e = ep();
+        let system = &e.processes[0];
+        assert!(system.proc_guid.starts_with("00000001-0000-0004-"));
+        assert_eq!(system.parent_guid, "00000001-0000-0000-0000-000000000000");
+    }
+
+    #[test]
+    fn cmd_echo_and_exit() {
+        let mut e = ep();
+        let c = cmd(
+            "create process",
+            json!("cmd.exe /c echo hello"),
+            json!({"wait": true, "output_file": "C:\\Windows\\Temp\\o.txt"}),
+        );
+        let r = e.execute(&c, 1).map_err(|h| h.0);
+        assert_eq!(
+            r.map(|x| x.fields.get("return_code").cloned()),
+            Ok(Some(json!(0)))
+        );
+        assert_eq!(
+            e.file("c:\\windows\\temp\\O.TXT").map(|c| c.to_vec()),
+            Some(b"hello\r\n".to_vec())
+        );
+        let c = cmd(
+            "create process",
+            json!("cmd.exe /c exit 3"),
+            json!({"wait": true}),
+        );
+        let rc = e
+            .execute(&c, 1)
+            .ok()
+            .and_then(|x| x.fields.get("return_code").cloned());
+        assert_eq!(rc, Some(json!(3)));
+    }
+
+    #[test]
+    fn directory_semantics() {
+        let e = ep();
+        let listed = e.directory_list("C:\\evidence\\*").unwrap_or_default();
+        let names: Vec<_> = listed
+            .iter()
+            .filter_map(|v| v["filename"].as_str())
+            .collect();
+        assert_eq!(
+            names,
+            vec![".", "..", "big.bin", "empty.txt", "host.txt", "note.txt"]
+        );
+        assert_eq!(e.directory_list("C:\\evidence").map(|v| v.len()), Ok(1));
+        assert_eq!(
+            e.directory_list("C:\\nope\\*"),
+            Err(Hresult::PATH_NOT_FOUND)
+        );
+        assert_eq!(
+            e.directory_list("C:\\evidence\\*.zip"),
+            Err(Hresult::FILE_NOT_FOUND)
+        );
+        let root = e.directory_list("C:\\").unwrap_or_default();
+        assert!(root.iter().all(|v| v["filename"] != "."));
+    }
+}
