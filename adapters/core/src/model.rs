@@ -623,7 +623,7 @@ impl Status {
         if runs.iter().any(|s| !s.is_terminal()) {
             return if runs.iter().all(|s| *s == Status::Queued) {
                 Status::Queued
-            } else if runs.iter().any(|s| *s == Status::Running) {
+            } else if runs.contains(&Status::Running) {
                 Status::Running
             } else {
                 Status::Dispatched

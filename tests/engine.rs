@@ -1,0 +1,512 @@
+//! The engine against a scripted in-memory adapter: persistence, checkpoints, restarts,
+//! cancels, deadlines and idempotency, independent of any vendor.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use edrgate::backends::Backends;
+use edrgate::engine::{Engine, EngineOptions, SubmitMeta, Submitted};
+use edrgate::files::FileStore;
+use edrgate::store::Store;
+use edrgate_adapter::{
+    Action, ActionRequest, Adapter, AdapterError, Capabilities, Command, CommandKind,
+    CommandResult, CommandSupport, CommandUpdate, Device, ErrorCode, Limits, Next, OnError,
+    RunContext, Status, Step, Target, Via,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+/// Each command takes three steps: dispatch (records intent, then acts), run, complete.
+/// `kill_process` is the side effect: `executed` plays the vendor's own record of what ran, which
+/// the adapter reconciles against after a crash between intent and effect; pid 666 fails.
+struct Scripted {
+    caps: Capabilities,
+    executed: Mutex<HashMap<(uuid::Uuid, usize), u32>>,
+    steps: AtomicU64,
+}
+
+impl Scripted {
+    fn kill(&self, run: uuid::Uuid, index: usize) {
+        *self
+            .executed
+            .lock()
+            .unwrap()
+            .entry((run, index))
+            .or_default() += 1;
+    }
+
+    fn kills(&self) -> Vec<u32> {
+        self.executed.lock().unwrap().values().copied().collect()
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Cp {
+    index: usize,
+    phase: u8,
+    failed: bool,
+}
+
+#[async_trait]
+impl Adapter for Scripted {
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    async fn find_devices(&self, _hostname: Option<&str>) -> Result<Vec<Device>, AdapterError> {
+        Ok(vec![Device {
+            backend: "fake".into(),
+            device_id: "7".into(),
+            hostname: "HOST-7".into(),
+            online: true,
+            os: None,
+            isolated: None,
+            last_seen: None,
+        }])
+    }
+
+    async fn step(
+        &self,
+        ctx: &RunContext<'_>,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Result<Step, AdapterError> {
+        self.steps.fetch_add(1, Ordering::SeqCst);
+        let mut cp: Cp = checkpoint
+            .map(|v| serde_json::from_value(v).unwrap())
+            .unwrap_or_default();
+        if let Some(reason) = ctx.stop.reason() {
+            let updates = (cp.index..ctx.commands.len())
+                .map(|i| CommandUpdate {
+                    error: Some(reason.error()),
+                    ..CommandUpdate::status(i, reason.status())
+                })
+                .collect();
+            return Ok(Step {
+                checkpoint: serde_json::to_value(&cp).unwrap(),
+                updates,
+                next: Next::Done,
+            });
+        }
+        if cp.index >= ctx.commands.len() {
+            return Ok(Step {
+                checkpoint: serde_json::to_value(&cp).unwrap(),
+                updates: vec![],
+                next: Next::Done,
+            });
+        }
+        let i = cp.index;
+        let mut updates = vec![];
+        match cp.phase {
+            0 => {
+                cp.phase = 1;
+                ctx.journal
+                    .record(
+                        &serde_json::to_value(&cp).unwrap(),
+                        &[CommandUpdate::status(i, Status::Dispatched)],
+                    )
+                    .await?;
+                // The side effect happens only once the intent is durable.
+                if let Command::KillProcess { pid } = &ctx.commands[i]
+                    && *pid != 666
+                {
+                    self.kill(ctx.run_id, i);
+                }
+            }
+            1 => {
+                // Resumed after a crash between intent and effect: ask the "vendor" whether it
+                // happened instead of repeating it.
+                if let Command::KillProcess { pid } = &ctx.commands[i]
+                    && *pid != 666
+                    && !self.executed.lock().unwrap().contains_key(&(ctx.run_id, i))
+                {
+                    self.kill(ctx.run_id, i);
+                }
+                cp.phase = 2;
+                updates.push(CommandUpdate::status(i, Status::Running));
+            }
+            _ => {
+                let failed = matches!(ctx.commands[i], Command::KillProcess { pid: 666 });
+                updates.push(if failed {
+                    CommandUpdate::failed(
+                        i,
+                        edrgate_adapter::ErrorInfo::new(ErrorCode::CommandFailed, "no such pid"),
+                    )
+                } else {
+                    CommandUpdate::succeeded(i, CommandResult::Done)
+                });
+                cp.failed |= failed;
+                cp.index += 1;
+                cp.phase = 0;
+                if cp.failed && ctx.on_error == OnError::Stop {
+                    for j in cp.index..ctx.commands.len() {
+                        updates.push(CommandUpdate::status(j, Status::Skipped));
+                    }
+                    cp.index = ctx.commands.len();
+                }
+            }
+        }
+        Ok(Step {
+            checkpoint: serde_json::to_value(&cp).unwrap(),
+            updates,
+            next: Next::After(Duration::from_millis(20)),
+        })
+    }
+}
+
+fn scripted() -> Arc<Scripted> {
+    Arc::new(Scripted {
+        caps: Capabilities {
+            backend: "fake".into(),
+            kind: "scripted".into(),
+            commands: [CommandKind::KillProcess, CommandKind::ProcessList]
+                .into_iter()
+                .map(|command| CommandSupport {
+                    command,
+                    via: Via::Native,
+                    notes: None,
+                })
+                .collect(),
+            limits: Limits::default(),
+        },
+        executed: Mutex::new(HashMap::new()),
+        steps: AtomicU64::new(0),
+    })
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    adapter: Arc<Scripted>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        Harness {
+            dir: tempfile::tempdir().unwrap(),
+            adapter: scripted(),
+        }
+    }
+
+    async fn engine(&self, lease: Duration) -> Arc<Engine> {
+        let store = Store::open(&self.dir.path().join("edrgate.db"))
+            .await
+            .unwrap();
+        let files = FileStore::open(&self.dir.path().join("files"), store.clone())
+            .await
+            .unwrap();
+        let mut tenants = HashMap::new();
+        for tenant in ["acme", "other"] {
+            let mut m: BTreeMap<String, Arc<dyn Adapter>> = BTreeMap::new();
+            m.insert("fake".into(), self.adapter.clone());
+            tenants.insert(tenant.to_owned(), m);
+        }
+        let opts = EngineOptions {
+            lease,
+            ..EngineOptions::default()
+        };
+        let engine = Engine::new(store, files, Arc::new(Backends::new(tenants)), opts);
+        engine.start();
+        engine
+    }
+}
+
+fn request(commands: serde_json::Value) -> ActionRequest {
+    serde_json::from_value(json!({
+        "targets": [{"backend": "fake", "device_id": "7"}],
+        "commands": commands,
+    }))
+    .unwrap()
+}
+
+async fn submit(engine: &Engine, req: ActionRequest) -> Action {
+    match engine
+        .submit("acme", req, SubmitMeta::default())
+        .await
+        .unwrap()
+    {
+        Submitted::Created(a) => a,
+        Submitted::Replayed(_) => panic!("unexpected replay"),
+    }
+}
+
+async fn finished(engine: &Engine, id: uuid::Uuid) -> Action {
+    for _ in 0..200 {
+        let a = engine
+            .wait_action("acme", id, Duration::from_millis(100))
+            .await
+            .unwrap();
+        if a.status.is_terminal() {
+            return a;
+        }
+    }
+    panic!("action {id} did not finish");
+}
+
+#[tokio::test]
+async fn an_action_is_persisted_before_acceptance_and_runs_to_completion() {
+    let h = Harness::new();
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let accepted = submit(
+        &engine,
+        request(json!([{"type": "kill_process", "pid": 4}, {"type": "process_list"}])),
+    )
+    .await;
+    assert_eq!(accepted.status, Status::Queued);
+    assert_eq!(accepted.runs.len(), 1);
+    let done = finished(&engine, accepted.id).await;
+    assert_eq!(done.status, Status::Succeeded);
+    let statuses: Vec<Status> = done.runs[0].commands.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [Status::Succeeded, Status::Succeeded]);
+    assert_eq!(done.runs[0].commands[0].result, Some(CommandResult::Done));
+    assert_eq!(h.adapter.kills(), [1]);
+}
+
+#[tokio::test]
+async fn a_failure_skips_the_rest_unless_asked_to_continue() {
+    let h = Harness::new();
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let a = submit(
+        &engine,
+        request(json!([{"type": "kill_process", "pid": 666}, {"type": "kill_process", "pid": 5}])),
+    )
+    .await;
+    let done = finished(&engine, a.id).await;
+    assert_eq!(done.status, Status::Failed);
+    let statuses: Vec<Status> = done.runs[0].commands.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [Status::Failed, Status::Skipped]);
+    assert_eq!(
+        done.runs[0].commands[0].error.as_ref().unwrap().code,
+        ErrorCode::CommandFailed
+    );
+
+    let mut req =
+        request(json!([{"type": "kill_process", "pid": 666}, {"type": "kill_process", "pid": 5}]));
+    req.on_error = OnError::Continue;
+    let done = finished(&engine, submit(&engine, req).await.id).await;
+    let statuses: Vec<Status> = done.runs[0].commands.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, [Status::Failed, Status::Succeeded]);
+}
+
+#[tokio::test]
+async fn a_killed_engine_is_resumed_from_checkpoints_without_repeating_side_effects() {
+    let h = Harness::new();
+    let lease = Duration::from_millis(600);
+    let engine = h.engine(lease).await;
+    let mut ids = Vec::new();
+    for pid in 100..120 {
+        let commands = json!([{"type": "process_list"}, {"type": "kill_process", "pid": pid}, {"type": "process_list"}]);
+        ids.push(submit(&engine, request(commands)).await.id);
+    }
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    engine.kill();
+    assert!(
+        h.adapter.steps.load(Ordering::SeqCst) > 0,
+        "nothing ran before the crash"
+    );
+    let mut unfinished = 0;
+    for id in &ids {
+        unfinished += usize::from(
+            !engine
+                .action("acme", *id)
+                .await
+                .unwrap()
+                .status
+                .is_terminal(),
+        );
+    }
+    assert!(
+        unfinished > 0,
+        "everything finished before the crash; the test proves nothing"
+    );
+
+    let engine = h.engine(lease).await;
+    for id in &ids {
+        let a = finished(&engine, *id).await;
+        assert_eq!(a.status, Status::Succeeded, "{a:?}");
+    }
+    let kills = h.adapter.kills();
+    assert_eq!(kills.len(), 20, "every kill ran");
+    assert!(kills.iter().all(|n| *n == 1), "a kill ran twice: {kills:?}");
+}
+
+#[tokio::test]
+async fn cancel_stops_queued_and_running_work() {
+    let h = Harness::new();
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let commands: Vec<_> = (1..40)
+        .map(|pid| json!({"type": "kill_process", "pid": pid}))
+        .collect();
+    let a = submit(&engine, request(json!(commands))).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let cancelled = engine.cancel("acme", a.id).await.unwrap();
+    assert!(cancelled.cancel_requested);
+    let done = finished(&engine, a.id).await;
+    assert_eq!(done.status, Status::Cancelled);
+    let first = &done.runs[0].commands[0];
+    assert_eq!(
+        first.status,
+        Status::Succeeded,
+        "work done before the cancel stays done"
+    );
+    let last = done.runs[0].commands.last().unwrap();
+    assert_eq!(last.status, Status::Cancelled);
+    assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::Cancelled);
+    assert!(
+        engine.cancel("acme", a.id).await.is_err(),
+        "a finished action cannot be cancelled"
+    );
+}
+
+#[tokio::test]
+async fn the_deadline_times_out_unfinished_commands() {
+    let h = Harness::new();
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let commands: Vec<_> = (1..60)
+        .map(|pid| json!({"type": "kill_process", "pid": pid}))
+        .collect();
+    let mut req = request(json!(commands));
+    req.timeout_seconds = Some(1);
+    let done = finished(&engine, submit(&engine, req).await.id).await;
+    assert_eq!(done.status, Status::TimedOut);
+    assert_eq!(
+        done.runs[0]
+            .commands
+            .last()
+            .unwrap()
+            .error
+            .as_ref()
+            .unwrap()
+            .code,
+        ErrorCode::Timeout
+    );
+}
+
+#[tokio::test]
+async fn idempotency_keys_replay_and_tenants_are_isolated() {
+    let h = Harness::new();
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let meta = SubmitMeta {
+        idempotency_key: Some("k-1".into()),
+        ..SubmitMeta::default()
+    };
+    let req = request(json!([{"type": "process_list"}]));
+    let Submitted::Created(first) = engine
+        .submit("acme", req.clone(), meta.clone())
+        .await
+        .unwrap()
+    else {
+        panic!("first submission must create");
+    };
+    let Submitted::Replayed(again) = engine.submit("acme", req, meta.clone()).await.unwrap() else {
+        panic!("retry must replay");
+    };
+    assert_eq!(first.id, again.id);
+    let different = engine
+        .submit(
+            "acme",
+            request(json!([{"type": "kill_process", "pid": 9}])),
+            meta,
+        )
+        .await;
+    assert_eq!(different.err().unwrap().code, ErrorCode::Conflict);
+
+    let hidden = engine.action("other", first.id).await.unwrap_err();
+    assert_eq!(hidden.code, ErrorCode::NotFound);
+    assert_eq!(
+        engine.cancel("other", first.id).await.unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    let (listed, _) = engine
+        .list(
+            "other",
+            &edrgate::store::ListQuery {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(listed.is_empty());
+}
+
+#[tokio::test]
+async fn submissions_are_checked_before_anything_is_stored() {
+    let h = Harness::new();
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let cases = [
+        (
+            json!([{"type": "delete_file", "path": "C:\\x"}]),
+            ErrorCode::UnsupportedCommand,
+        ),
+        (
+            json!([{"type": "kill_process", "pid": 0}]),
+            ErrorCode::InvalidRequest,
+        ),
+        (json!([]), ErrorCode::InvalidRequest),
+    ];
+    for (commands, code) in cases {
+        let err = engine
+            .submit("acme", request(commands.clone()), SubmitMeta::default())
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code, code, "{commands}");
+    }
+    let unknown_backend: ActionRequest = serde_json::from_value(json!({
+        "targets": [{"backend": "nope", "device_id": "1"}], "commands": [{"type": "process_list"}]
+    }))
+    .unwrap();
+    assert_eq!(
+        engine
+            .submit("acme", unknown_backend, SubmitMeta::default())
+            .await
+            .err()
+            .unwrap()
+            .code,
+        ErrorCode::InvalidRequest
+    );
+    let (listed, _) = engine
+        .list(
+            "acme",
+            &edrgate::store::ListQuery {
+                limit: 50,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "rejected submissions left rows behind");
+}
+
+#[tokio::test]
+async fn hostname_targets_resolve_through_the_tenant_backends() {
+    let h = Harness::new();
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let req: ActionRequest = serde_json::from_value(json!({
+        "targets": [{"hostname": "host-7"}], "commands": [{"type": "process_list"}]
+    }))
+    .unwrap();
+    let done = finished(&engine, submit(&engine, req).await.id).await;
+    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(done.runs[0].device_id.as_deref(), Some("7"));
+    assert_eq!(done.runs[0].hostname.as_deref(), Some("HOST-7"));
+    assert_eq!(
+        done.runs[0].target,
+        Target::Hostname {
+            hostname: "host-7".into()
+        }
+    );
+
+    let req: ActionRequest = serde_json::from_value(json!({
+        "targets": [{"hostname": "nowhere"}], "commands": [{"type": "process_list"}]
+    }))
+    .unwrap();
+    let done = finished(&engine, submit(&engine, req).await.id).await;
+    assert_eq!(done.status, Status::Failed);
+    assert_eq!(
+        done.runs[0].error.as_ref().unwrap().code,
+        ErrorCode::DeviceNotFound
+    );
+}
