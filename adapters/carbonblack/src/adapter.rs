@@ -1143,7 +1143,19 @@ impl CarbonBlackAdapter {
             return Ok(SessionReady::Active(session.id));
         }
         let (sid, since) = (session.id, session.since);
-        let polled = self.client.session(sid).await?;
+        let long_poll = self.long_poll();
+        let started = Instant::now();
+        let polled = tokio::select! {
+            polled = self.client.session(sid, long_poll) => polled?,
+            _ = ctx.stop.stopped() => return Ok(SessionReady::Wait(Duration::ZERO)),
+        };
+        let Some(polled) = polled else {
+            return Ok(SessionReady::Wait(Duration::ZERO));
+        };
+        // The long-poll released the borrow of `cp`; take the session again.
+        let Some(session) = &mut cp.session else {
+            return Err(phase_mismatch());
+        };
         match mapping::session_status(&polled.status) {
             Status::Running => {
                 session.active = true;
@@ -1159,7 +1171,9 @@ impl CarbonBlackAdapter {
                     }
                     return Ok(SessionReady::Offline);
                 }
-                Ok(SessionReady::Wait(self.poll_delay(since)))
+                Ok(SessionReady::Wait(
+                    self.next_poll(long_poll, started, since),
+                ))
             }
             _ => Err(CbError::SessionLost(format!(
                 "Session {sid} is {}",
@@ -1323,8 +1337,7 @@ impl CarbonBlackAdapter {
             self.client.keepalive(sid).await?;
             session.last_contact = now();
         }
-        let long_poll =
-            (self.cfg.long_poll_ms > 0).then(|| Duration::from_millis(self.cfg.long_poll_ms));
+        let long_poll = self.long_poll();
         let started = Instant::now();
         let got = tokio::select! {
             got = self.client.command(sid, cid, long_poll) => got?,
@@ -1337,13 +1350,22 @@ impl CarbonBlackAdapter {
         if mapping::command_status(&cb.status).is_terminal() {
             return Ok(Waited::Done(cb));
         }
-        // A server that held the request was long-polling: ask again at once. One that
-        // answered straight away does not long-poll: back off.
-        let delay = match long_poll {
+        let delay = self.next_poll(long_poll, started, since);
+        Ok(Waited::Pending(cb, Drive::Wait(delay)))
+    }
+
+    fn long_poll(&self) -> Option<Duration> {
+        (self.cfg.long_poll_ms > 0).then(|| Duration::from_millis(self.cfg.long_poll_ms))
+    }
+
+    /// After a poll that found the vendor still working: a server that held the request was
+    /// long-polling, so ask again at once; one that answered straight away does not, so back
+    /// off.
+    fn next_poll(&self, long_poll: Option<Duration>, started: Instant, since: f64) -> Duration {
+        match long_poll {
             Some(lp) if started.elapsed() >= lp / 2 => Duration::ZERO,
             _ => self.poll_delay(since),
-        };
-        Ok(Waited::Pending(cb, Drive::Wait(delay)))
+        }
     }
 
     /// Delay before the next poll: a tenth of the time already waited, within the bounds.

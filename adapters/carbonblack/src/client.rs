@@ -137,8 +137,16 @@ impl CbClient {
         json(self.send(req).await?).await
     }
 
-    pub(crate) async fn session(&self, sid: u64) -> Result<wire::Session, CbError> {
-        self.get_json(&format!("/api/v1/cblr/session/{sid}")).await
+    /// One session. With `wait`, a bounded long-poll (`?wait=true`, which blocks while the
+    /// session is pending on servers that honour it, §2.3): `None` when our side ran out of
+    /// time first.
+    pub(crate) async fn session(
+        &self,
+        sid: u64,
+        wait: Option<Duration>,
+    ) -> Result<Option<wire::Session>, CbError> {
+        self.long_poll(&format!("/api/v1/cblr/session/{sid}"), wait)
+            .await
     }
 
     pub(crate) async fn keepalive(&self, sid: u64) -> Result<(), CbError> {
@@ -185,19 +193,8 @@ impl CbClient {
         cid: u64,
         wait: Option<Duration>,
     ) -> Result<Option<wire::CbCommand>, CbError> {
-        let path = format!("/api/v1/cblr/session/{sid}/command/{cid}");
-        let Some(wait) = wait else {
-            return self.get_json(&path).await.map(Some);
-        };
-        let req = self
-            .request(Method::GET, &path)
-            .query(&[("wait", "true")])
-            .timeout(wait);
-        match req.header(AUTH_HEADER, self.token.clone()).send().await {
-            Err(e) if e.is_timeout() => Ok(None),
-            Err(e) => Err(CbError::Api(http::transport_error(&e))),
-            Ok(resp) => json(check(resp).await?).await.map(Some),
-        }
+        self.long_poll(&format!("/api/v1/cblr/session/{sid}/command/{cid}"), wait)
+            .await
     }
 
     pub(crate) async fn commands(&self, sid: u64) -> Result<Vec<wire::CbCommand>, CbError> {
@@ -288,6 +285,27 @@ impl CbClient {
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, CbError> {
         retry(|| async { json(self.send(self.request(Method::GET, path)).await?).await }).await
+    }
+
+    /// A GET, optionally as a `?wait=true` long-poll bounded by `wait`. A long-poll is not
+    /// retried: the caller polls again anyway.
+    async fn long_poll<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        wait: Option<Duration>,
+    ) -> Result<Option<T>, CbError> {
+        let Some(wait) = wait else {
+            return self.get_json(path).await.map(Some);
+        };
+        let req = self
+            .request(Method::GET, path)
+            .query(&[("wait", "true")])
+            .timeout(wait);
+        match req.header(AUTH_HEADER, self.token.clone()).send().await {
+            Err(e) if e.is_timeout() => Ok(None),
+            Err(e) => Err(CbError::Api(http::transport_error(&e))),
+            Ok(resp) => json(check(resp).await?).await.map(Some),
+        }
     }
 
     async fn put_idempotent<B: Serialize>(&self, path: &str, body: &B) -> Result<(), CbError> {

@@ -1,0 +1,1018 @@
+//! The Carbon Black adapter driven end to end against the in-process simulator.
+//!
+//! A small harness stands in for the engine: an in-memory [`Journal`] and [`RunFiles`], and a
+//! loop that calls `step` until `Next::Done`, sleeping (and waking on a stop) between steps.
+
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use edrgate_adapter::adapter::{FileReader, FileWriter, StopReason, StopSignal};
+use edrgate_adapter::{
+    Adapter, AdapterError, Command, CommandKind, CommandResult, CommandUpdate, ErrorCode,
+    ErrorInfo, FileRef, Journal, Next, OnError, RegistryValueType, RunContext, RunFiles, Status,
+};
+use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, Faults, NOTE_TXT, SimConfig, Simulator};
+use edrgate_carbonblack::{CarbonBlackAdapter, CarbonBlackConfig};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+// ---- harness ----
+
+#[derive(Clone, Copy, PartialEq)]
+enum JournalMode {
+    Store,
+    /// Store, then never return: a crash between the intent and the vendor call.
+    StoreThenHang,
+}
+
+struct MemJournal {
+    mode: Mutex<JournalMode>,
+    records: Mutex<Vec<Value>>,
+    pending: Mutex<Vec<CommandUpdate>>,
+    recorded: Notify,
+}
+
+#[async_trait]
+impl Journal for MemJournal {
+    async fn record(
+        &self,
+        checkpoint: &Value,
+        updates: &[CommandUpdate],
+    ) -> Result<(), AdapterError> {
+        self.records.lock().unwrap().push(checkpoint.clone());
+        self.pending.lock().unwrap().extend_from_slice(updates);
+        self.recorded.notify_waiters();
+        let mode = *self.mode.lock().unwrap();
+        if mode == JournalMode::StoreThenHang {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct FileStore {
+    files: Mutex<HashMap<String, (String, Vec<u8>)>>,
+    next: AtomicU64,
+}
+
+#[derive(Clone, Default)]
+struct MemFiles(Arc<FileStore>);
+
+impl MemFiles {
+    fn add(&self, name: &str, bytes: &[u8]) -> String {
+        let id = format!("up-{}", self.0.next.fetch_add(1, Ordering::Relaxed));
+        self.0
+            .files
+            .lock()
+            .unwrap()
+            .insert(id.clone(), (name.to_owned(), bytes.to_vec()));
+        id
+    }
+
+    fn bytes(&self, file: &FileRef) -> Vec<u8> {
+        self.0.files.lock().unwrap()[&file.file_id].1.clone()
+    }
+}
+
+struct MemWriter {
+    store: MemFiles,
+    name: String,
+    buf: Vec<u8>,
+}
+
+#[async_trait]
+impl FileWriter for MemWriter {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), AdapterError> {
+        self.buf.extend_from_slice(chunk);
+        Ok(())
+    }
+    fn written(&self) -> u64 {
+        self.buf.len() as u64
+    }
+    async fn commit(self: Box<Self>) -> Result<FileRef, AdapterError> {
+        let this = *self;
+        let sha256 = hex::encode(Sha256::digest(&this.buf));
+        let size = this.buf.len() as u64;
+        let id = this.store.add(&this.name, &this.buf);
+        Ok(FileRef {
+            file_id: id,
+            name: this.name,
+            size,
+            sha256,
+        })
+    }
+}
+
+#[async_trait]
+impl RunFiles for MemFiles {
+    async fn create(&self, _index: usize, name: &str) -> Result<Box<dyn FileWriter>, AdapterError> {
+        Ok(Box::new(MemWriter {
+            store: self.clone(),
+            name: name.to_owned(),
+            buf: Vec::new(),
+        }))
+    }
+
+    async fn open(&self, file_id: &str) -> Result<(FileRef, FileReader), AdapterError> {
+        let (name, bytes) = self
+            .0
+            .files
+            .lock()
+            .unwrap()
+            .get(file_id)
+            .cloned()
+            .ok_or_else(|| AdapterError::new(ErrorCode::NotFound, "no such file"))?;
+        let file = FileRef {
+            file_id: file_id.to_owned(),
+            name,
+            size: bytes.len() as u64,
+            sha256: hex::encode(Sha256::digest(&bytes)),
+        };
+        Ok((file, Box::new(Cursor::new(bytes))))
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CommandView {
+    status: Status,
+    result: Option<CommandResult>,
+    error: Option<ErrorInfo>,
+    vendor_status: Option<String>,
+}
+
+/// One run as the engine holds it.
+struct Run {
+    run_id: Uuid,
+    action_id: Uuid,
+    tenant: String,
+    device_id: String,
+    commands: Vec<Command>,
+    on_error: OnError,
+    stop: StopSignal,
+    journal: Arc<MemJournal>,
+    files: MemFiles,
+    checkpoint: Option<Value>,
+    views: Vec<CommandView>,
+    history: Vec<(usize, Status)>,
+}
+
+impl Run {
+    fn new(device_id: &str, commands: Vec<Command>) -> Self {
+        let views = commands
+            .iter()
+            .map(|_| CommandView {
+                status: Status::Queued,
+                result: None,
+                error: None,
+                vendor_status: None,
+            })
+            .collect();
+        Run {
+            run_id: Uuid::now_v7(),
+            action_id: Uuid::now_v7(),
+            tenant: "t1".into(),
+            device_id: device_id.into(),
+            commands,
+            on_error: OnError::Stop,
+            stop: StopSignal::new(),
+            journal: Arc::new(MemJournal {
+                mode: Mutex::new(JournalMode::Store),
+                records: Mutex::new(Vec::new()),
+                pending: Mutex::new(Vec::new()),
+                recorded: Notify::new(),
+            }),
+            files: MemFiles::default(),
+            checkpoint: None,
+            views,
+            history: Vec::new(),
+        }
+    }
+
+    fn continue_on_error(mut self) -> Self {
+        self.on_error = OnError::Continue;
+        self
+    }
+
+    fn apply(&mut self, updates: Vec<CommandUpdate>) {
+        for u in updates {
+            let view = &mut self.views[u.index];
+            assert!(
+                !view.status.is_terminal(),
+                "command {} updated after it ended ({:?} -> {:?})",
+                u.index,
+                view.status,
+                u.status
+            );
+            view.status = u.status;
+            if u.result.is_some() {
+                view.result = u.result;
+            }
+            if u.error.is_some() {
+                view.error = u.error;
+            }
+            if u.vendor_status.is_some() {
+                view.vendor_status = u.vendor_status;
+            }
+            self.history.push((u.index, u.status));
+        }
+    }
+
+    /// One step, as the engine does it.
+    async fn step(&mut self, adapter: &CarbonBlackAdapter) -> Result<Next, AdapterError> {
+        let ctx = RunContext {
+            run_id: self.run_id,
+            action_id: self.action_id,
+            tenant: &self.tenant,
+            device_id: &self.device_id,
+            commands: &self.commands,
+            on_error: self.on_error,
+            comment: None,
+            stop: &self.stop,
+            journal: &*self.journal,
+            files: &self.files,
+        };
+        let result = adapter.step(&ctx, self.checkpoint.clone()).await;
+        let journaled = std::mem::take(&mut *self.journal.pending.lock().unwrap());
+        self.apply(journaled);
+        let step = result?;
+        self.checkpoint = Some(step.checkpoint);
+        self.apply(step.updates);
+        Ok(step.next)
+    }
+
+    /// Steps until done (retrying retryable errors), like the engine's worker loop.
+    async fn drive(&mut self, adapter: &CarbonBlackAdapter) {
+        let work = async {
+            loop {
+                match self.step(adapter).await {
+                    Ok(Next::Done) => return,
+                    Ok(Next::After(delay)) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = self.stop.stopped() => {}
+                        }
+                    }
+                    Err(e) if e.is_retryable() => {
+                        tokio::time::sleep(Duration::from_millis(50)).await
+                    }
+                    Err(e) => panic!("run failed: {e}"),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), work)
+            .await
+            .expect("run did not finish within 60 s");
+        for (i, v) in self.views.iter().enumerate() {
+            assert!(v.status.is_terminal(), "command {i} left {:?}", v.status);
+        }
+    }
+
+    fn status(&self, i: usize) -> Status {
+        self.views[i].status
+    }
+
+    fn result(&self, i: usize) -> &CommandResult {
+        self.views[i]
+            .result
+            .as_ref()
+            .unwrap_or_else(|| panic!("command {i} has no result: {:?}", self.views[i]))
+    }
+
+    fn error(&self, i: usize) -> &ErrorInfo {
+        self.views[i]
+            .error
+            .as_ref()
+            .unwrap_or_else(|| panic!("command {i} has no error: {:?}", self.views[i]))
+    }
+
+    fn assert_all_succeeded(&self) {
+        for (i, v) in self.views.iter().enumerate() {
+            assert_eq!(
+                v.status,
+                Status::Succeeded,
+                "command {i} ({:?}): {v:?}",
+                self.commands[i]
+            );
+        }
+    }
+}
+
+async fn simulator(cfg: SimConfig) -> (Simulator, String) {
+    let sim = Simulator::new(cfg);
+    let addr = sim.spawn().await.unwrap();
+    (sim, format!("http://{addr}"))
+}
+
+fn config(url: &str) -> CarbonBlackConfig {
+    let mut cfg = CarbonBlackConfig::new(url, DEFAULT_TOKEN.to_owned().into());
+    cfg.poll_interval_ms = 20;
+    cfg.max_poll_interval_ms = 200;
+    cfg.long_poll_ms = 1000;
+    cfg
+}
+
+fn adapter(cfg: CarbonBlackConfig) -> CarbonBlackAdapter {
+    CarbonBlackAdapter::new("cb-test", cfg).unwrap()
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn file_of(result: &CommandResult) -> &FileRef {
+    match result {
+        CommandResult::File { file } => file,
+        other => panic!("not a file result: {other:?}"),
+    }
+}
+
+// ---- tests ----
+
+#[tokio::test]
+async fn every_command_kind_succeeds_with_its_typed_result() {
+    let (sim, url) = simulator(SimConfig {
+        memdump_duration: Duration::from_millis(300),
+        memdump_size: 100_000,
+        ..SimConfig::default()
+    })
+    .await;
+    let adapter = adapter(config(&url));
+    assert!(!adapter.capabilities().supports(CommandKind::RunScript));
+    assert!(adapter.capabilities().supports(CommandKind::MemoryDump));
+    assert_eq!(adapter.capabilities().limits.concurrent_sessions, Some(10));
+
+    let key = "HKLM\\SOFTWARE\\edrgate".to_owned();
+    let commands = vec![
+        Command::ProcessList,
+        Command::ListDirectory {
+            path: "C:\\evidence".into(),
+        },
+        Command::GetFile {
+            path: "C:\\evidence\\note.txt".into(),
+            offset: None,
+            length: None,
+        },
+        Command::PutFile {
+            file_id: String::new(),
+            path: "C:\\evidence\\up.txt".into(),
+        },
+        Command::CreateDirectory {
+            path: "C:\\evidence\\newdir".into(),
+        },
+        Command::DeleteFile {
+            path: "C:\\evidence\\up.txt".into(),
+        },
+        Command::RegistryCreateKey { key: key.clone() },
+        Command::RegistrySet {
+            key: key.clone(),
+            value: "v".into(),
+            value_type: RegistryValueType::Sz,
+            data: json!("data"),
+            overwrite: false,
+        },
+        Command::RegistryGet {
+            key: key.clone(),
+            value: "v".into(),
+        },
+        Command::RegistryList { key: key.clone() },
+        Command::RegistryDeleteValue {
+            key: key.clone(),
+            value: "v".into(),
+        },
+        Command::RegistryDeleteKey { key: key.clone() },
+        Command::Execute {
+            command_line: "cmd.exe /c echo hello edrgate".into(),
+            wait: true,
+            working_directory: None,
+            output_file: None,
+        },
+        Command::Execute {
+            command_line: "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe".into(),
+            wait: false,
+            working_directory: None,
+            output_file: None,
+        },
+        Command::KillProcess { pid: 3012 },
+        Command::MemoryDump {
+            path: None,
+            fetch: true,
+        },
+        Command::Isolate,
+        Command::Release,
+    ];
+    let mut run = Run::new("1", commands);
+    let upload = run.files.add("up.txt", b"hello from edrgate");
+    if let Command::PutFile { file_id, .. } = &mut run.commands[3] {
+        *file_id = upload;
+    }
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+
+    let CommandResult::Processes { processes } = run.result(0) else {
+        panic!()
+    };
+    let updater = processes.iter().find(|p| p.pid == 3012).unwrap();
+    assert_eq!(updater.name, "updater.exe");
+    assert!(
+        updater
+            .vendor_id
+            .as_deref()
+            .unwrap()
+            .starts_with("00000001-")
+    );
+
+    let CommandResult::Directory { entries } = run.result(1) else {
+        panic!()
+    };
+    let note = entries.iter().find(|e| e.name == "note.txt").unwrap();
+    assert!(!note.is_directory);
+    assert_eq!(note.size, NOTE_TXT.len() as u64);
+    assert!(entries.iter().all(|e| e.name != "." && e.name != ".."));
+
+    let note_file = file_of(run.result(2));
+    assert_eq!(note_file.name, "note.txt");
+    assert_eq!(note_file.sha256, sha256(NOTE_TXT.as_bytes()));
+    assert_eq!(run.files.bytes(note_file), NOTE_TXT.as_bytes());
+
+    assert!(
+        !sim.file_exists(1, "C:\\evidence\\up.txt"),
+        "deleted after the put"
+    );
+    assert!(sim.file_exists(1, "C:\\evidence\\newdir"));
+    assert!(!sim.registry_key_exists(1, &key));
+    let CommandResult::RegistryValue { value } = run.result(8) else {
+        panic!()
+    };
+    assert_eq!(
+        (value.name.as_str(), value.value_type.as_str(), &value.data),
+        ("v", "REG_SZ", &json!("data"))
+    );
+    let CommandResult::RegistryKey { values, .. } = run.result(9) else {
+        panic!()
+    };
+    assert!(values.iter().any(|v| v.name == "v"));
+
+    let CommandResult::Execution {
+        exit_code,
+        output,
+        output_file,
+        ..
+    } = run.result(12)
+    else {
+        panic!()
+    };
+    assert_eq!(*exit_code, Some(0));
+    assert!(
+        output.as_deref().unwrap().contains("hello edrgate"),
+        "{output:?}"
+    );
+    let output_file = output_file.as_ref().unwrap();
+    assert_eq!(
+        run.files.bytes(output_file),
+        output.as_deref().unwrap().as_bytes()
+    );
+    let temp = format!("C:\\Windows\\Temp\\edrgate-{}-12.out", run.run_id.simple());
+    assert!(!sim.file_exists(1, &temp), "temporary output deleted");
+    let CommandResult::Execution { pid, exit_code, .. } = run.result(13) else {
+        panic!()
+    };
+    assert!(pid.is_some());
+    assert_eq!(*exit_code, None);
+
+    assert!(!sim.process_exists(1, 3012));
+
+    let CommandResult::MemoryDump { path, file } = run.result(15) else {
+        panic!()
+    };
+    assert_eq!(file.as_ref().unwrap().size, 100_000);
+    assert!(!sim.file_exists(1, path), "temporary dump deleted");
+
+    assert_eq!(
+        run.result(16),
+        &CommandResult::Containment { isolated: true }
+    );
+    assert_eq!(
+        run.result(17),
+        &CommandResult::Containment { isolated: false }
+    );
+    assert!(!sim.is_isolated(1));
+
+    let counters = sim.counters();
+    assert_eq!(counters.sessions_created, 1);
+    assert_eq!(counters.sessions_closed, 1);
+    assert_eq!(counters.executed("kill"), 1);
+    assert_eq!(counters.isolation_changes, 2);
+    // Commands pass through dispatched before they end.
+    assert!(run.history.contains(&(0, Status::Dispatched)));
+}
+
+#[tokio::test]
+async fn hresult_failures_map_to_stable_codes_with_the_raw_code() {
+    let (_sim, url) = simulator(SimConfig::default()).await;
+    let adapter = adapter(config(&url));
+    let mut run = Run::new(
+        "1",
+        vec![
+            Command::GetFile {
+                path: "C:\\nope.txt".into(),
+                offset: None,
+                length: None,
+            },
+            Command::GetFile {
+                path: "C:\\Windows\\System32\\config\\SAM".into(),
+                offset: None,
+                length: None,
+            },
+            Command::KillProcess { pid: 99_999 },
+            Command::ProcessList,
+        ],
+    )
+    .continue_on_error();
+    run.drive(&adapter).await;
+    let table = [
+        (
+            0,
+            ErrorCode::FileNotFound,
+            "0x80070002",
+            "ERROR_FILE_NOT_FOUND",
+        ),
+        (
+            1,
+            ErrorCode::AccessDenied,
+            "0x80070005",
+            "ERROR_ACCESS_DENIED",
+        ),
+        (
+            2,
+            ErrorCode::CommandFailed,
+            "0x80070057",
+            "ERROR_INVALID_PARAMETER",
+        ),
+    ];
+    for (i, code, vendor_code, name) in table {
+        assert_eq!(run.status(i), Status::Failed);
+        let e = run.error(i);
+        assert_eq!(e.code, code, "{e:?}");
+        assert_eq!(e.vendor_code.as_deref(), Some(vendor_code));
+        assert!(
+            e.vendor_message.as_deref().unwrap().starts_with(name),
+            "{e:?}"
+        );
+    }
+    assert_eq!(run.status(3), Status::Succeeded);
+
+    // With on_error: stop, what follows a failure is skipped.
+    let mut run = Run::new(
+        "2",
+        vec![
+            Command::GetFile {
+                path: "C:\\nope.txt".into(),
+                offset: None,
+                length: None,
+            },
+            Command::ProcessList,
+        ],
+    );
+    run.drive(&adapter).await;
+    assert_eq!(
+        (run.status(0), run.status(1)),
+        (Status::Failed, Status::Skipped)
+    );
+}
+
+#[tokio::test]
+async fn get_file_downloads_in_ranges() {
+    let size = 300_000u64;
+    let (sim, url) = simulator(SimConfig {
+        file_size: size,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut cfg = config(&url);
+    cfg.chunk_size = 64 * 1024;
+    let adapter = adapter(cfg);
+    let big = "C:\\evidence\\big.bin";
+    let mut run = Run::new(
+        "1",
+        vec![
+            Command::GetFile {
+                path: big.into(),
+                offset: None,
+                length: None,
+            },
+            Command::GetFile {
+                path: big.into(),
+                offset: Some(1000),
+                length: Some(150_000),
+            },
+        ],
+    );
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let whole = file_of(run.result(0));
+    assert_eq!(whole.size, size);
+    assert_eq!(
+        whole.sha256,
+        sha256(&sim.read_file(1, big, 0, size).unwrap())
+    );
+    let part = file_of(run.result(1));
+    assert_eq!(part.size, 150_000);
+    assert_eq!(
+        part.sha256,
+        sha256(&sim.read_file(1, big, 1000, 150_000).unwrap())
+    );
+    // 300 000 bytes in 64 KiB ranges: 5; 150 000 bytes: 3.
+    assert_eq!(sim.counters().downloads, 8);
+    assert_eq!(sim.counters().executed("get file"), 8);
+}
+
+#[tokio::test]
+async fn slot_limit_holds_across_many_runs() {
+    let (sim, url) = simulator(SimConfig {
+        sensors: 12,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut cfg = config(&url);
+    cfg.slot_limit = 3;
+    let adapter = Arc::new(adapter(cfg));
+    let mut tasks = Vec::new();
+    for sensor in 1..=12 {
+        let adapter = Arc::clone(&adapter);
+        tasks.push(tokio::spawn(async move {
+            let mut run = Run::new(
+                &sensor.to_string(),
+                vec![
+                    Command::ProcessList,
+                    Command::GetFile {
+                        path: "C:\\evidence\\note.txt".into(),
+                        offset: None,
+                        length: None,
+                    },
+                ],
+            );
+            run.drive(&adapter).await;
+            run.assert_all_succeeded();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let counters = sim.counters();
+    assert!(sim.max_concurrent_sessions() <= 3, "{counters:?}");
+    assert_eq!(counters.sessions_created, 12);
+    assert_eq!(counters.sessions_closed, 12);
+    assert_eq!(counters.slots_in_use, 0);
+}
+
+#[tokio::test]
+async fn a_waiting_run_on_the_same_sensor_reuses_the_session() {
+    let (sim, url) = simulator(SimConfig::default()).await;
+    let adapter = Arc::new(adapter(config(&url)));
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let adapter = Arc::clone(&adapter);
+        tasks.push(tokio::spawn(async move {
+            let mut run = Run::new("1", vec![Command::ProcessList, Command::ProcessList]);
+            run.drive(&adapter).await;
+            run.assert_all_succeeded();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let counters = sim.counters();
+    assert_eq!(counters.sessions_created, 1, "{counters:?}");
+    assert_eq!(counters.sessions_closed, 1);
+    assert_eq!(counters.executed("process list"), 6);
+}
+
+#[tokio::test]
+async fn a_lost_session_is_replaced_and_read_commands_re_sent() {
+    let (sim, url) = simulator(SimConfig {
+        faults: Faults {
+            expire_sessions_after_commands: Some(2),
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let adapter = adapter(config(&url));
+    let mut run = Run::new(
+        "1",
+        vec![
+            Command::ProcessList,
+            Command::ListDirectory {
+                path: "C:\\evidence".into(),
+            },
+            Command::GetFile {
+                path: "C:\\evidence\\note.txt".into(),
+                offset: None,
+                length: None,
+            },
+            Command::RegistryList {
+                key: "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run".into(),
+            },
+            Command::ProcessList,
+        ],
+    );
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert_eq!(file_of(run.result(2)).sha256, sha256(NOTE_TXT.as_bytes()));
+    assert!(sim.counters().sessions_created >= 3, "{:?}", sim.counters());
+}
+
+/// Steps `run` until its journal records an intent, waits `after`, then abandons the step
+/// mid-flight, as a crash would.
+async fn crash_after_intent(run: &mut Run, adapter: &CarbonBlackAdapter, after: Duration) {
+    let journal = Arc::clone(&run.journal);
+    loop {
+        let recorded = journal.recorded.notified();
+        tokio::pin!(recorded);
+        recorded.as_mut().enable();
+        let crashed = {
+            let step = run.step(adapter);
+            tokio::pin!(step);
+            tokio::select! {
+                next = &mut step => { next.unwrap(); false }
+                _ = async { recorded.await; tokio::time::sleep(after).await } => true,
+            }
+        };
+        if crashed {
+            break;
+        }
+    }
+    // The engine resumes from what the journal stored.
+    run.checkpoint = run.journal.records.lock().unwrap().last().cloned();
+    *run.journal.mode.lock().unwrap() = JournalMode::Store;
+}
+
+#[tokio::test]
+async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
+    let (sim, url) = simulator(SimConfig {
+        command_latency: Duration::from_millis(800),
+        ..SimConfig::default()
+    })
+    .await;
+    let first = adapter(config(&url));
+    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }]);
+    crash_after_intent(&mut run, &first, Duration::from_millis(200)).await;
+    assert_eq!(
+        sim.counters().commands_by_name.get("kill"),
+        None,
+        "not executed yet"
+    );
+    drop(first);
+
+    let second = adapter(config(&url));
+    run.drive(&second).await;
+    assert_eq!(run.status(0), Status::Succeeded, "{:?}", run.views[0]);
+    let counters = sim.counters();
+    assert_eq!(counters.executed("kill"), 1);
+    assert_eq!(counters.commands_posted, 1, "{counters:?}");
+    assert!(!sim.process_exists(1, 3012));
+}
+
+#[tokio::test]
+async fn a_crash_before_the_kill_was_sent_is_reported_unknown_not_resent() {
+    let (sim, url) = simulator(SimConfig::default()).await;
+    let first = adapter(config(&url));
+    let mut run = Run::new(
+        "1",
+        vec![Command::KillProcess { pid: 3012 }, Command::ProcessList],
+    );
+    *run.journal.mode.lock().unwrap() = JournalMode::StoreThenHang;
+    crash_after_intent(&mut run, &first, Duration::from_millis(100)).await;
+    drop(first);
+
+    let second = adapter(config(&url));
+    run.drive(&second).await;
+    assert_eq!(run.status(0), Status::Failed);
+    assert_eq!(run.error(0).code, ErrorCode::OutcomeUnknown);
+    assert_eq!(run.status(1), Status::Skipped);
+    assert_eq!(sim.counters().executed("kill"), 0);
+    assert!(sim.process_exists(1, 3012));
+}
+
+#[tokio::test]
+async fn cancel_while_queued_for_a_slot() {
+    let (sim, url) = simulator(SimConfig {
+        memdump_duration: Duration::from_secs(2),
+        memdump_size: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut cfg = config(&url);
+    cfg.slot_limit = 1;
+    let adapter = Arc::new(adapter(cfg));
+    let holder = {
+        let adapter = Arc::clone(&adapter);
+        tokio::spawn(async move {
+            let mut run = Run::new(
+                "1",
+                vec![Command::MemoryDump {
+                    path: None,
+                    fetch: false,
+                }],
+            );
+            run.drive(&adapter).await;
+            run.assert_all_succeeded();
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut waiting = Run::new(
+        "2",
+        vec![
+            Command::ProcessList,
+            Command::ListDirectory {
+                path: "C:\\".into(),
+            },
+        ],
+    );
+    let stop = waiting.stop.clone();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.stop(StopReason::Cancelled);
+    });
+    waiting.drive(&adapter).await;
+    canceller.await.unwrap();
+    for i in 0..2 {
+        assert_eq!(waiting.status(i), Status::Cancelled);
+        assert_eq!(waiting.error(i).code, ErrorCode::Cancelled);
+    }
+    assert!(
+        !waiting
+            .history
+            .iter()
+            .any(|(_, s)| *s == Status::Dispatched),
+        "never left the queue"
+    );
+    holder.await.unwrap();
+    assert_eq!(sim.counters().sessions_created, 1);
+}
+
+async fn stop_a_running_memdump(reason: StopReason) -> (Run, Simulator) {
+    let (sim, url) = simulator(SimConfig {
+        memdump_duration: Duration::from_secs(5),
+        memdump_size: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    let adapter = adapter(config(&url));
+    let mut run = Run::new(
+        "1",
+        vec![
+            Command::MemoryDump {
+                path: None,
+                fetch: true,
+            },
+            Command::ProcessList,
+        ],
+    );
+    let stop = run.stop.clone();
+    let stopper = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        stop.stop(reason);
+    });
+    run.drive(&adapter).await;
+    stopper.await.unwrap();
+    (run, sim)
+}
+
+#[tokio::test]
+async fn cancel_while_running() {
+    let (run, sim) = stop_a_running_memdump(StopReason::Cancelled).await;
+    assert!(
+        run.history.contains(&(0, Status::Running))
+            || run.history.contains(&(0, Status::Dispatched))
+    );
+    for i in 0..2 {
+        assert_eq!(run.status(i), Status::Cancelled);
+        assert_eq!(run.error(i).code, ErrorCode::Cancelled);
+    }
+    let counters = sim.counters();
+    assert_eq!(counters.sessions_closed, 1);
+    assert_eq!(counters.executed("process list"), 0);
+}
+
+#[tokio::test]
+async fn deadline_times_out_what_is_left() {
+    let (run, sim) = stop_a_running_memdump(StopReason::DeadlineExceeded).await;
+    for i in 0..2 {
+        assert_eq!(run.status(i), Status::TimedOut);
+        assert_eq!(run.error(i).code, ErrorCode::Timeout);
+    }
+    assert_eq!(sim.counters().sessions_closed, 1);
+}
+
+#[tokio::test]
+async fn isolate_and_release_without_a_session() {
+    let (sim, url) = simulator(SimConfig::default()).await;
+    let adapter = adapter(config(&url));
+    let mut run = Run::new("2", vec![Command::Isolate]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert!(sim.is_isolated(2));
+    let devices = adapter.find_devices(Some("WIN-0002")).await.unwrap();
+    assert_eq!(devices[0].isolated, Some(true));
+
+    let mut run = Run::new("2", vec![Command::Release]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert!(!sim.is_isolated(2));
+    assert_eq!(sim.counters().sessions_created, 0);
+}
+
+#[tokio::test]
+async fn hostnames_resolve_to_sensors() {
+    let (_sim, url) = simulator(SimConfig {
+        sensors: 3,
+        hostname_overrides: vec![(3, "WIN-0001".into())],
+        ..SimConfig::default()
+    })
+    .await;
+    let adapter = adapter(config(&url));
+    let device = adapter.resolve_hostname("win-0002").await.unwrap();
+    assert_eq!(
+        (
+            device.device_id.as_str(),
+            device.backend.as_str(),
+            device.online
+        ),
+        ("2", "cb-test", true)
+    );
+    let ambiguous = adapter.resolve_hostname("WIN-0001").await.unwrap_err();
+    assert_eq!(ambiguous.code(), ErrorCode::DeviceAmbiguous);
+    assert!(ambiguous.info.message.contains('1') && ambiguous.info.message.contains('3'));
+    let missing = adapter.resolve_hostname("NOPE").await.unwrap_err();
+    assert_eq!(missing.code(), ErrorCode::DeviceNotFound);
+    assert_eq!(adapter.find_devices(None).await.unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn an_offline_sensor_fails_with_device_offline_after_the_checkin_timeout() {
+    let (sim, url) = simulator(SimConfig {
+        offline_sensors: vec![2],
+        ..SimConfig::default()
+    })
+    .await;
+    let mut cfg = config(&url);
+    cfg.session_checkin_timeout_secs = 1;
+    let adapter = adapter(cfg);
+    let mut run = Run::new(
+        "2",
+        vec![
+            Command::ProcessList,
+            Command::ListDirectory {
+                path: "C:\\".into(),
+            },
+        ],
+    )
+    .continue_on_error();
+    run.drive(&adapter).await;
+    for i in 0..2 {
+        assert_eq!(run.status(i), Status::Failed);
+        assert_eq!(run.error(i).code, ErrorCode::DeviceOffline);
+    }
+    let counters = sim.counters();
+    assert_eq!(
+        (counters.sessions_created, counters.sessions_closed),
+        (1, 1)
+    );
+}
+
+#[tokio::test]
+async fn live_response_disabled_is_vendor_rejected() {
+    let (_sim, url) = simulator(SimConfig {
+        live_response_enabled: false,
+        ..SimConfig::default()
+    })
+    .await;
+    let adapter = adapter(config(&url));
+    let mut run = Run::new("1", vec![Command::ProcessList]);
+    run.drive(&adapter).await;
+    assert_eq!(run.status(0), Status::Failed);
+    let e = run.error(0);
+    assert_eq!(
+        (e.code, e.vendor_code.as_deref()),
+        (ErrorCode::VendorRejected, Some("412"))
+    );
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_vendor_auth_failed_and_never_shown() {
+    let (_sim, url) = simulator(SimConfig::default()).await;
+    let mut cfg = config(&url);
+    cfg.token = "wrong-token-value-123".to_owned().into();
+    let adapter = adapter(cfg);
+    let e = adapter.find_devices(None).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::VendorAuthFailed);
+    assert!(!format!("{e} {e:?}").contains("wrong-token-value-123"));
+}
