@@ -283,9 +283,7 @@ impl Simulator {
     /// Serve plain HTTP on `listener` until the task is dropped.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> io::Result<()> {
         let std_listener = listener.into_std()?;
-        axum_server::from_tcp(std_listener)
-            .serve(self.make_service())
-            .await
+        axum_server::from_tcp(std_listener).serve(self.make_service()).await
     }
 
     /// Serve HTTPS on `addr` with the generated self-signed certificate ([`Self::cert_pem`]).
@@ -302,9 +300,7 @@ impl Simulator {
             tls.key_pem.clone().into_bytes(),
         )
         .await?;
-        axum_server::tls_rustls::from_tcp_rustls(listener, config)
-            .serve(self.make_service())
-            .await
+        axum_server::tls_rustls::from_tcp_rustls(listener, config).serve(self.make_service()).await
     }
 
     /// Bind `127.0.0.1:0`, serve plain HTTP in a background task, return the address.
@@ -395,20 +391,12 @@ impl Simulator {
     }
 
     pub fn process_exists(&self, sensor_id: u64, pid: u64) -> bool {
-        self.with(|rt, _| {
-            rt.endpoints
-                .get(&sensor_id)
-                .is_some_and(|e| e.process_exists(pid))
-        })
+        self.with(|rt, _| rt.endpoints.get(&sensor_id).is_some_and(|e| e.process_exists(pid)))
     }
 
     /// A file or directory exists (case-insensitive Windows path).
     pub fn file_exists(&self, sensor_id: u64, path: &str) -> bool {
-        self.with(|rt, _| {
-            rt.endpoints
-                .get(&sensor_id)
-                .is_some_and(|e| e.path_exists(path))
-        })
+        self.with(|rt, _| rt.endpoints.get(&sensor_id).is_some_and(|e| e.path_exists(path)))
     }
 
     pub fn file_size(&self, sensor_id: u64, path: &str) -> Option<u64> {
@@ -430,19 +418,11 @@ impl Simulator {
 
     /// `value_data` of a registry value (`key` like `HKLM\SOFTWARE\...`, case-insensitive).
     pub fn registry_value(&self, sensor_id: u64, key: &str, value: &str) -> Option<Value> {
-        self.with(|rt, _| {
-            rt.endpoints
-                .get(&sensor_id)
-                .and_then(|e| e.registry_value(key, value))
-        })
+        self.with(|rt, _| rt.endpoints.get(&sensor_id).and_then(|e| e.registry_value(key, value)))
     }
 
     pub fn registry_key_exists(&self, sensor_id: u64, key: &str) -> bool {
-        self.with(|rt, _| {
-            rt.endpoints
-                .get(&sensor_id)
-                .is_some_and(|e| e.registry_key_exists(key))
-        })
+        self.with(|rt, _| rt.endpoints.get(&sensor_id).is_some_and(|e| e.registry_key_exists(key)))
     }
 
     pub fn is_isolated(&self, sensor_id: u64) -> bool {

@@ -13,12 +13,7 @@ pub(crate) fn build(parts: &ArchiveParts) -> Vec<u8> {
     let mut tar = Vec::new();
     let json = |v: &Value| serde_json::to_vec_pretty(v).unwrap_or_default();
     append(&mut tar, "session.json", &json(&parts.session), parts.mtime);
-    append(
-        &mut tar,
-        "commands.json",
-        &json(&Value::Array(parts.commands.clone())),
-        parts.mtime,
-    );
+    append(&mut tar, "commands.json", &json(&Value::Array(parts.commands.clone())), parts.mtime);
     let mut listing = Vec::new();
     for (meta, id, name, content) in &parts.files {
         let mut meta = meta.clone();
@@ -31,28 +26,12 @@ pub(crate) fn build(parts: &ArchiveParts) -> Vec<u8> {
             let base = name.rsplit(['\\', '/']).next().unwrap_or(name);
             let safe: String = base
                 .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
+                .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
                 .collect();
-            append(
-                &mut tar,
-                &format!("files/{id}_{safe}"),
-                &content.to_vec(),
-                parts.mtime,
-            );
+            append(&mut tar, &format!("files/{id}_{safe}"), &content.to_vec(), parts.mtime);
         }
     }
-    append(
-        &mut tar,
-        "files.json",
-        &json(&Value::Array(listing)),
-        parts.mtime,
-    );
+    append(&mut tar, "files.json", &json(&Value::Array(listing)), parts.mtime);
     // End of archive: two zero blocks.
     tar.extend_from_slice(&[0u8; 1024]);
     gzip_stored(&tar, parts.mtime)
@@ -118,11 +97,7 @@ const CRC_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xedb8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xedb8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
@@ -132,9 +107,7 @@ const CRC_TABLE: [u32; 256] = {
 };
 
 pub(crate) fn crc32(data: &[u8]) -> u32 {
-    !data.iter().fold(!0u32, |c, b| {
-        CRC_TABLE[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8)
-    })
+    !data.iter().fold(!0u32, |c, b| CRC_TABLE[((c ^ u32::from(*b)) & 0xff) as usize] ^ (c >> 8))
 }
 
 #[cfg(test)]

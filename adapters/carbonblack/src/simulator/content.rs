@@ -31,11 +31,7 @@ impl Content {
     pub(crate) fn bytes(b: impl Into<Bytes>) -> Self {
         let b: Bytes = b.into();
         let len = b.len() as u64;
-        Self {
-            source: Source::Bytes(b),
-            offset: 0,
-            len,
-        }
+        Self { source: Source::Bytes(b), offset: 0, len }
     }
 
     pub(crate) fn empty() -> Self {
@@ -43,11 +39,7 @@ impl Content {
     }
 
     pub(crate) fn synthetic(seed: u64, len: u64) -> Self {
-        Self {
-            source: Source::Synthetic(seed),
-            offset: 0,
-            len,
-        }
+        Self { source: Source::Synthetic(seed), offset: 0, len }
     }
 
     pub(crate) fn len(&self) -> u64 {
@@ -63,11 +55,7 @@ impl Content {
             Some(c) if c > 0 => c.min(avail),
             _ => avail,
         };
-        Self {
-            source: self.source.clone(),
-            offset: self.offset + start,
-            len,
-        }
+        Self { source: self.source.clone(), offset: self.offset + start, len }
     }
 
     /// Materialise `[start, start + n)` of this window (clamped to its end).

@@ -128,11 +128,7 @@ impl CommandInput {
     }
 
     fn string(&self, key: &str) -> Option<&str> {
-        self.extra
-            .get(key)
-            .and_then(Value::as_str)
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+        self.extra.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty())
     }
 
     fn number(&self, key: &str) -> Option<u64> {
@@ -206,10 +202,8 @@ impl Endpoint {
         const SYSTEM: (&str, &str) = ("s-1-5-18", "NT AUTHORITY\\SYSTEM");
         const LOCAL: (&str, &str) = ("s-1-5-19", "NT AUTHORITY\\LOCAL SERVICE");
         const NETWORK: (&str, &str) = ("s-1-5-20", "NT AUTHORITY\\NETWORK SERVICE");
-        let user_sid = format!(
-            "s-1-5-21-850238481-2932160288-{}-1001",
-            1_760_307_000 + self.sensor_id
-        );
+        let user_sid =
+            format!("s-1-5-21-850238481-2932160288-{}-1001", 1_760_307_000 + self.sensor_id);
         let user_name = format!("{}\\jdoe", self.hostname);
         let csrss_cmd = "%SystemRoot%\\system32\\csrss.exe ObjectDirectory=\\Windows SharedSection=1024,20480,768 Windows=On SubSystemType=Windows ServerDll=basesrv,1 ServerDll=winsrv:UserServerDllInitialization,3 ServerDll=sxssrv,4 ProfileControl=Off MaxRequestThreads=16";
         let table: Vec<ProcSeed<'_>> = vec![
@@ -222,38 +216,10 @@ impl Endpoint {
                 "\\SystemRoot\\System32\\smss.exe".into(),
                 SYSTEM,
             ),
-            (
-                424,
-                416,
-                9,
-                "c:\\windows\\system32\\csrss.exe",
-                csrss_cmd.into(),
-                SYSTEM,
-            ),
-            (
-                472,
-                416,
-                11,
-                "c:\\windows\\system32\\wininit.exe",
-                "wininit.exe".into(),
-                SYSTEM,
-            ),
-            (
-                484,
-                464,
-                11,
-                "c:\\windows\\system32\\csrss.exe",
-                csrss_cmd.into(),
-                SYSTEM,
-            ),
-            (
-                524,
-                464,
-                11,
-                "c:\\windows\\system32\\winlogon.exe",
-                "winlogon.exe".into(),
-                SYSTEM,
-            ),
+            (424, 416, 9, "c:\\windows\\system32\\csrss.exe", csrss_cmd.into(), SYSTEM),
+            (472, 416, 11, "c:\\windows\\system32\\wininit.exe", "wininit.exe".into(), SYSTEM),
+            (484, 464, 11, "c:\\windows\\system32\\csrss.exe", csrss_cmd.into(), SYSTEM),
+            (524, 464, 11, "c:\\windows\\system32\\winlogon.exe", "winlogon.exe".into(), SYSTEM),
             (
                 568,
                 472,
@@ -452,10 +418,7 @@ impl Endpoint {
             ("C:\\Windows\\System32\\ipconfig.exe", 35_840),
             ("C:\\Windows\\System32\\taskkill.exe", 94_208),
             ("C:\\Windows\\System32\\conhost.exe", 868_352),
-            (
-                "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
-                452_608,
-            ),
+            ("C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe", 452_608),
             ("C:\\Windows\\CarbonBlack\\cb.exe", 3_915_272),
             ("C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe", 73_216),
             ("C:\\Windows\\System32\\drivers\\acpi.sys", 765_792),
@@ -471,10 +434,7 @@ impl Endpoint {
         self.seed_synthetic("C:\\evidence\\big.bin", big_file_size, &[], t0);
         let host_note = format!("Hostname: {}\r\n", self.hostname);
         let texts: [(&str, &[u8]); 7] = [
-            (
-                "C:\\Windows\\System32\\drivers\\etc\\hosts",
-                HOSTS_TXT.as_bytes(),
-            ),
+            ("C:\\Windows\\System32\\drivers\\etc\\hosts", HOSTS_TXT.as_bytes()),
             ("C:\\evidence\\note.txt", NOTE_TXT.as_bytes()),
             ("C:\\evidence\\empty.txt", b""),
             ("C:\\evidence\\host.txt", host_note.as_bytes()),
@@ -483,16 +443,12 @@ impl Endpoint {
                 "C:\\Users\\jdoe\\Desktop\\todo.txt",
                 b"- call IT about the weird popup\r\n- renew VPN cert\r\n",
             ),
-            (
-                "C:\\Users\\jdoe\\Documents\\report.docx",
-                b"PK\x03\x04 not really a docx",
-            ),
+            ("C:\\Users\\jdoe\\Documents\\report.docx", b"PK\x03\x04 not really a docx"),
         ];
         for (path, body) in texts {
             if let Some(key) = norm_path(path) {
                 let name = last_component(path).to_owned();
-                self.fs
-                    .insert(key, file_node(name, Content::bytes(body.to_vec()), t0, &[]));
+                self.fs.insert(key, file_node(name, Content::bytes(body.to_vec()), t0, &[]));
             }
         }
     }
@@ -506,10 +462,7 @@ impl Endpoint {
     fn seed_synthetic(&mut self, path: &str, size: u64, attrs: &'static [&'static str], t: i64) {
         if let Some(key) = norm_path(path) {
             let content = Content::synthetic(seed_for(self.sensor_id, &key), size);
-            self.fs.insert(
-                key,
-                file_node(last_component(path).to_owned(), content, t, attrs),
-            );
+            self.fs.insert(key, file_node(last_component(path).to_owned(), content, t, attrs));
         }
     }
 
@@ -521,20 +474,14 @@ impl Endpoint {
             (
                 "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run",
                 vec![
-                    (
-                        "SecurityHealth",
-                        expand("%windir%\\system32\\SecurityHealthSystray.exe"),
-                    ),
+                    ("SecurityHealth", expand("%windir%\\system32\\SecurityHealthSystray.exe")),
                     (
                         "Updater",
                         sz("\"C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe\" --silent"),
                     ),
                 ],
             ),
-            (
-                "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\RunOnce",
-                vec![],
-            ),
+            ("HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\RunOnce", vec![]),
             (
                 "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion",
                 vec![
@@ -554,34 +501,22 @@ impl Endpoint {
             ),
             (
                 "HKLM\\SYSTEM\\CurrentControlSet\\Services\\CarbonBlack",
-                vec![
-                    ("Start", dword(2)),
-                    ("ImagePath", sz("C:\\Windows\\CarbonBlack\\cb.exe")),
-                ],
+                vec![("Start", dword(2)), ("ImagePath", sz("C:\\Windows\\CarbonBlack\\cb.exe"))],
             ),
             (
                 "HKLM\\SYSTEM\\CurrentControlSet\\Control\\Session Manager",
-                vec![(
-                    "BootExecute",
-                    ("REG_MULTI_SZ", json!(["autocheck autochk *"])),
-                )],
+                vec![("BootExecute", ("REG_MULTI_SZ", json!(["autocheck autochk *"])))],
             ),
             (
                 "HKLM\\SYSTEM\\CurrentControlSet\\Control\\ComputerName\\ComputerName",
                 vec![("ComputerName", sz(&self.hostname.clone()))],
             ),
-            (
-                "HKU\\.DEFAULT\\Software\\Microsoft\\Windows\\CurrentVersion\\Run",
-                vec![],
-            ),
+            ("HKU\\.DEFAULT\\Software\\Microsoft\\Windows\\CurrentVersion\\Run", vec![]),
         ];
         for hive in ["HKLM", "HKU", "HKCU", "HKCR", "HKCC"] {
             self.registry.insert(
                 hive.to_ascii_lowercase(),
-                RegKey {
-                    name: hive.to_owned(),
-                    values: Vec::new(),
-                },
+                RegKey { name: hive.to_owned(), values: Vec::new() },
             );
         }
         for (path, values) in keys {
@@ -608,10 +543,7 @@ impl Endpoint {
 
     pub(crate) fn file(&self, path: &str) -> Option<Content> {
         let key = norm_path(path)?;
-        self.fs
-            .get(&key)
-            .filter(|n| !n.dir)
-            .map(|n| n.content.clone())
+        self.fs.get(&key).filter(|n| !n.dir).map(|n| n.content.clone())
     }
 
     pub(crate) fn path_exists(&self, path: &str) -> bool {
@@ -621,10 +553,7 @@ impl Endpoint {
     pub(crate) fn registry_value(&self, key: &str, value: &str) -> Option<Value> {
         let (lower, _) = norm_reg(key)?;
         let k = self.registry.get(&lower)?;
-        k.values
-            .iter()
-            .find(|v| v.name.eq_ignore_ascii_case(value))
-            .map(|v| v.data.clone())
+        k.values.iter().find(|v| v.name.eq_ignore_ascii_case(value)).map(|v| v.data.clone())
     }
 
     pub(crate) fn registry_key_exists(&self, key: &str) -> bool {
@@ -673,11 +602,8 @@ impl Endpoint {
                 if cmd.flag("compress") {
                     path.push_str(".zip");
                 }
-                let size = if cmd.flag("compress") {
-                    self.memdump_size / 3
-                } else {
-                    self.memdump_size
-                };
+                let size =
+                    if cmd.flag("compress") { self.memdump_size / 3 } else { self.memdump_size };
                 let key = norm_path(&path).ok_or(Hresult::INVALID_PARAMETER)?;
                 let content = Content::synthetic(seed_for(self.sensor_id, &key), size);
                 self.write_file(&path, content, false, now)?;
@@ -733,26 +659,13 @@ impl Endpoint {
     fn kill(&mut self, object: &Value) -> Result<(), Hresult> {
         // cbapi sends the pid as an int, CLI tools as a string (§4.3).
         let pid = as_u64_lenient(object).ok_or(Hresult::INVALID_PARAMETER)?;
-        let idx = self
-            .processes
-            .iter()
-            .position(|p| p.pid == pid)
-            .ok_or(Hresult::INVALID_PARAMETER)?;
+        let idx =
+            self.processes.iter().position(|p| p.pid == pid).ok_or(Hresult::INVALID_PARAMETER)?;
         // TerminateProcess on System/PPL processes and on the tamper-protected sensor fails.
-        let protected = [
-            "smss.exe",
-            "csrss.exe",
-            "wininit.exe",
-            "services.exe",
-            "lsass.exe",
-            "cb.exe",
-        ];
+        let protected =
+            ["smss.exe", "csrss.exe", "wininit.exe", "services.exe", "lsass.exe", "cb.exe"];
         let p = &self.processes[idx];
-        if p.pid <= 4
-            || protected
-                .iter()
-                .any(|n| p.path.ends_with(&format!("\\{n}")))
-        {
+        if p.pid <= 4 || protected.iter().any(|n| p.path.ends_with(&format!("\\{n}"))) {
             return Err(Hresult::ACCESS_DENIED);
         }
         self.processes.remove(idx);
@@ -873,11 +786,7 @@ impl Endpoint {
         }
         let dir_key = norm_path(&format!("{dir_part}\\")).ok_or(Hresult::INVALID_PARAMETER)?;
         check_drive(&dir_key)?;
-        let dir = self
-            .fs
-            .get(&dir_key)
-            .filter(|n| n.dir)
-            .ok_or(Hresult::PATH_NOT_FOUND)?;
+        let dir = self.fs.get(&dir_key).filter(|n| n.dir).ok_or(Hresult::PATH_NOT_FOUND)?;
         let pattern = if last == "*.*" { "*" } else { last };
         let mut out = Vec::new();
         if !dir_key.ends_with('\\') && glob(pattern, ".") {
@@ -887,10 +796,7 @@ impl Endpoint {
         let mut children: Vec<&FsNode> = self.children(&dir_key).collect();
         children.sort_by_key(|n| n.name.to_lowercase());
         out.extend(
-            children
-                .into_iter()
-                .filter(|n| glob(pattern, &n.name))
-                .map(|n| entry_json(&n.name, n)),
+            children.into_iter().filter(|n| glob(pattern, &n.name)).map(|n| entry_json(&n.name, n)),
         );
         if out.is_empty() {
             return Err(Hresult::FILE_NOT_FOUND);
@@ -899,20 +805,13 @@ impl Endpoint {
     }
 
     fn children<'a>(&'a self, dir_key: &str) -> impl Iterator<Item = &'a FsNode> + 'a {
-        let prefix = if dir_key.ends_with('\\') {
-            dir_key.to_owned()
-        } else {
-            format!("{dir_key}\\")
-        };
+        let prefix =
+            if dir_key.ends_with('\\') { dir_key.to_owned() } else { format!("{dir_key}\\") };
         self.fs
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
             .filter({
-                let plen = if dir_key.ends_with('\\') {
-                    dir_key.len()
-                } else {
-                    dir_key.len() + 1
-                };
+                let plen = if dir_key.ends_with('\\') { dir_key.len() } else { dir_key.len() + 1 };
                 move |(k, _)| !k[plen..].contains('\\')
             })
             .map(|(_, n)| n)
@@ -996,10 +895,7 @@ impl Endpoint {
         match base {
             "cmd" => {
                 let lower = args.trim_start().to_ascii_lowercase();
-                match lower
-                    .strip_prefix("/c")
-                    .or_else(|| lower.strip_prefix("/k"))
-                {
+                match lower.strip_prefix("/c").or_else(|| lower.strip_prefix("/k")) {
                     // Keep the original case of the command after the switch.
                     Some(rest) => {
                         let start = args.len() - rest.len();
@@ -1033,10 +929,7 @@ impl Endpoint {
                     .unwrap_or(0);
                 (String::new(), code)
             }
-            "ver" => (
-                "\r\nMicrosoft Windows [Version 10.0.19045.3803]\r\n".into(),
-                0,
-            ),
+            "ver" => ("\r\nMicrosoft Windows [Version 10.0.19045.3803]\r\n".into(), 0),
             "type" => {
                 let target = unquote(rest.trim());
                 let content = resolve_relative(target, cwd)
@@ -1161,10 +1054,7 @@ impl Endpoint {
         check_reg_writable(path)?;
         let (key_path, name) = Self::split_value_path(path)?;
         let (lower, _) = self.reg_key(key_path)?;
-        let key = self
-            .registry
-            .get_mut(&lower)
-            .ok_or(Hresult::FILE_NOT_FOUND)?;
+        let key = self.registry.get_mut(&lower).ok_or(Hresult::FILE_NOT_FOUND)?;
         let idx = key
             .values
             .iter()
@@ -1192,20 +1082,9 @@ impl Endpoint {
         let data = coerce_reg_data(&value_type, data)?;
         let overwrite = cmd.flag("overwrite");
         let (lower, _) = self.reg_key(key_path)?;
-        let key = self
-            .registry
-            .get_mut(&lower)
-            .ok_or(Hresult::FILE_NOT_FOUND)?;
-        let new = RegValue {
-            name: name.to_owned(),
-            value_type,
-            data,
-        };
-        match key
-            .values
-            .iter_mut()
-            .find(|v| v.name.eq_ignore_ascii_case(name))
-        {
+        let key = self.registry.get_mut(&lower).ok_or(Hresult::FILE_NOT_FOUND)?;
+        let new = RegValue { name: name.to_owned(), value_type, data };
+        match key.values.iter_mut().find(|v| v.name.eq_ignore_ascii_case(name)) {
             Some(_) if !overwrite => Err(Hresult::ALREADY_EXISTS),
             Some(existing) => {
                 *existing = new;
@@ -1226,9 +1105,7 @@ fn coerce_reg_data(value_type: &str, data: Value) -> Result<Value, Hresult> {
             .filter(|n| *n <= u64::from(u32::MAX))
             .map(Value::from)
             .ok_or(Hresult::INVALID_PARAMETER),
-        "REG_QWORD" => as_u64_lenient(&data)
-            .map(Value::from)
-            .ok_or(Hresult::INVALID_PARAMETER),
+        "REG_QWORD" => as_u64_lenient(&data).map(Value::from).ok_or(Hresult::INVALID_PARAMETER),
         "REG_SZ" | "REG_EXPAND_SZ" => match data {
             Value::String(_) => Ok(data),
             Value::Number(n) => Ok(Value::from(n.to_string())),
@@ -1307,10 +1184,8 @@ fn short_name(name: &str) -> String {
         Some((b, e)) if !b.is_empty() => (b, e),
         _ => (name, ""),
     };
-    let legal = |s: &str| {
-        s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-$~!#%&{}()@^`'".contains(c))
-    };
+    let legal =
+        |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric() || "_-$~!#%&{}()@^`'".contains(c));
     if base.len() <= 8
         && ext.len() <= 3
         && legal(base)
@@ -1327,11 +1202,7 @@ fn short_name(name: &str) -> String {
     };
     let b: String = clean(base).chars().take(6).collect();
     let e: String = clean(ext).chars().take(3).collect();
-    if e.is_empty() {
-        format!("{b}~1")
-    } else {
-        format!("{b}~1.{e}")
-    }
+    if e.is_empty() { format!("{b}~1") } else { format!("{b}~1.{e}") }
 }
 
 /// Case-insensitive `*`/`?` match.
@@ -1386,18 +1257,11 @@ fn parent_key(key: &str) -> Option<String> {
         return None;
     }
     let (parent, _) = trimmed.rsplit_once('\\')?;
-    Some(if parent.len() == 2 {
-        format!("{parent}\\")
-    } else {
-        parent.to_owned()
-    })
+    Some(if parent.len() == 2 { format!("{parent}\\") } else { parent.to_owned() })
 }
 
 fn last_component(path: &str) -> &str {
-    path.trim_end_matches(['\\', '/'])
-        .rsplit(['\\', '/'])
-        .next()
-        .unwrap_or(path)
+    path.trim_end_matches(['\\', '/']).rsplit(['\\', '/']).next().unwrap_or(path)
 }
 
 /// Join a possibly relative path onto a working directory key.
@@ -1441,10 +1305,7 @@ fn norm_reg(path: &str) -> Option<(String, String)> {
         _ => return None,
     };
     let rest: Vec<&str> = parts.collect();
-    let display = std::iter::once(hive)
-        .chain(rest.iter().copied())
-        .collect::<Vec<_>>()
-        .join("\\");
+    let display = std::iter::once(hive).chain(rest.iter().copied()).collect::<Vec<_>>().join("\\");
     Some((display.to_lowercase(), display))
 }
 
@@ -1465,9 +1326,7 @@ fn split_command_line(cmd: &str) -> (String, String) {
 }
 
 fn unquote(s: &str) -> &str {
-    s.strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .unwrap_or(s)
+    s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s)
 }
 
 #[cfg(test)]
@@ -1523,23 +1382,13 @@ mod tests {
             json!({"wait": true, "output_file": "C:\\Windows\\Temp\\o.txt"}),
         );
         let r = e.execute(&c, 1).map_err(|h| h.0);
-        assert_eq!(
-            r.map(|x| x.fields.get("return_code").cloned()),
-            Ok(Some(json!(0)))
-        );
+        assert_eq!(r.map(|x| x.fields.get("return_code").cloned()), Ok(Some(json!(0))));
         assert_eq!(
             e.file("c:\\windows\\temp\\O.TXT").map(|c| c.to_vec()),
             Some(b"hello\r\n".to_vec())
         );
-        let c = cmd(
-            "create process",
-            json!("cmd.exe /c exit 3"),
-            json!({"wait": true}),
-        );
-        let rc = e
-            .execute(&c, 1)
-            .ok()
-            .and_then(|x| x.fields.get("return_code").cloned());
+        let c = cmd("create process", json!("cmd.exe /c exit 3"), json!({"wait": true}));
+        let rc = e.execute(&c, 1).ok().and_then(|x| x.fields.get("return_code").cloned());
         assert_eq!(rc, Some(json!(3)));
     }
 
@@ -1547,23 +1396,11 @@ mod tests {
     fn directory_semantics() {
         let e = ep();
         let listed = e.directory_list("C:\\evidence\\*").unwrap_or_default();
-        let names: Vec<_> = listed
-            .iter()
-            .filter_map(|v| v["filename"].as_str())
-            .collect();
-        assert_eq!(
-            names,
-            vec![".", "..", "big.bin", "empty.txt", "host.txt", "note.txt"]
-        );
+        let names: Vec<_> = listed.iter().filter_map(|v| v["filename"].as_str()).collect();
+        assert_eq!(names, vec![".", "..", "big.bin", "empty.txt", "host.txt", "note.txt"]);
         assert_eq!(e.directory_list("C:\\evidence").map(|v| v.len()), Ok(1));
-        assert_eq!(
-            e.directory_list("C:\\nope\\*"),
-            Err(Hresult::PATH_NOT_FOUND)
-        );
-        assert_eq!(
-            e.directory_list("C:\\evidence\\*.zip"),
-            Err(Hresult::FILE_NOT_FOUND)
-        );
+        assert_eq!(e.directory_list("C:\\nope\\*"), Err(Hresult::PATH_NOT_FOUND));
+        assert_eq!(e.directory_list("C:\\evidence\\*.zip"), Err(Hresult::FILE_NOT_FOUND));
         let root = e.directory_list("C:\\").unwrap_or_default();
         assert!(root.iter().all(|v| v["filename"] != "."));
     }

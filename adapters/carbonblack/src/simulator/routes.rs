@@ -24,24 +24,13 @@ pub(crate) fn router(sim: Simulator) -> Router {
         .route("/session/{sid}", get(get_session).put(put_session))
         .route("/session/{sid}/keepalive", get(keepalive))
         .route("/session/{sid}/archive", get(session_archive))
-        .route(
-            "/session/{sid}/command",
-            get(list_commands).post(create_command),
-        )
-        .route(
-            "/session/{sid}/command/{cid}",
-            get(get_command).put(cancel_command),
-        )
+        .route("/session/{sid}/command", get(list_commands).post(create_command))
+        .route("/session/{sid}/command/{cid}", get(get_command).put(cancel_command))
         .route(
             "/session/{sid}/file",
-            get(list_files)
-                .post(upload_file)
-                .layer(DefaultBodyLimit::max(max_upload)),
+            get(list_files).post(upload_file).layer(DefaultBodyLimit::max(max_upload)),
         )
-        .route(
-            "/session/{sid}/file/{fid}",
-            get(get_file).put(put_file).delete(delete_file),
-        )
+        .route("/session/{sid}/file/{fid}", get(get_file).put(put_file).delete(delete_file))
         .route("/session/{sid}/file/{fid}/content", get(file_content));
     Router::new()
         .route("/api/info", get(info))
@@ -57,11 +46,7 @@ pub(crate) fn router(sim: Simulator) -> Router {
 
 /// JSON with the content type the real server sends (REC).
 fn json_response(status: StatusCode, v: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
-        v.to_string(),
-    )
+    (status, [(header::CONTENT_TYPE, "application/json; charset=utf-8")], v.to_string())
         .into_response()
 }
 
@@ -70,12 +55,7 @@ fn ok(v: &Value) -> Response {
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        msg.into(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], msg.into()).into_response()
 }
 
 impl IntoResponse for ApiError {
@@ -106,23 +86,16 @@ fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
 }
 
 fn flag(params: &HashMap<String, String>, key: &str) -> bool {
-    params
-        .get(key)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+    params.get(key).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
 // ----- gate: faults, auth, LR switch, headers --------------------------------------------
 
 async fn gate(State(sim): State<Simulator>, req: Request, next: Next) -> Response {
     let n = sim.next_request_number();
-    let (faults, token, lr_enabled) = sim.with(|rt, _| {
-        (
-            rt.cfg.faults.clone(),
-            rt.cfg.token.clone(),
-            rt.cfg.live_response_enabled,
-        )
-    });
-    let hit = |every: Option<u32>| every.is_some_and(|k| k > 0 && n % u64::from(k) == 0);
+    let (faults, token, lr_enabled) = sim
+        .with(|rt, _| (rt.cfg.faults.clone(), rt.cfg.token.clone(), rt.cfg.live_response_enabled));
+    let hit = |every: Option<u32>| every.is_some_and(|k| k > 0 && n.is_multiple_of(u64::from(k)));
     if hit(faults.drop_every) {
         sim.with(|rt, _| rt.count(|c| c.faults_dropped += 1));
         if faults.drop_after_processing {
@@ -144,10 +117,8 @@ async fn gate(State(sim): State<Simulator>, req: Request, next: Next) -> Respons
         tokio::time::sleep(delay).await;
     }
     // §1: `X-Auth-Token` is the only auth scheme.
-    let authorized = req
-        .headers()
-        .get("x-auth-token")
-        .is_some_and(|v| v.as_bytes() == token.as_bytes());
+    let authorized =
+        req.headers().get("x-auth-token").is_some_and(|v| v.as_bytes() == token.as_bytes());
     let mut resp = if !authorized {
         sim.with(|rt, _| rt.count(|c| c.unauthorized += 1));
         text(StatusCode::UNAUTHORIZED, "Unauthorized")
@@ -237,20 +208,10 @@ async fn update_sensor(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_object(&body)?;
+    let wanted = body.get("network_isolation_enabled").and_then(Value::as_bool);
     sim.with(|rt, now| {
-        let wanted = body
-            .get("network_isolation_enabled")
-            .and_then(Value::as_bool);
-        let s = rt
-            .sensors
-            .get_mut(&id)
-            .ok_or_else(|| ApiError::NotFound(format!("Sensor {id} not found")))?;
-        let changed = wanted.is_some_and(|w| w != s.isolated);
         if let Some(w) = wanted {
-            s.isolated = w;
-        }
-        if changed {
-            rt.count(|c| c.isolation_changes += 1);
+            rt.set_isolation(id, w, now)?;
         }
         let s = rt
             .sensors
@@ -289,9 +250,7 @@ async fn sensors_v2(State(sim): State<Simulator>, Query(p): Params) -> Response 
     let start: usize = p.get("start").and_then(|v| v.parse().ok()).unwrap_or(0);
     let rows: usize = p.get("rows").and_then(|v| v.parse().ok()).unwrap_or(10);
     let by_id = p.get("sort.col").is_some_and(|c| c == "id");
-    let descending = p
-        .get("sort.dir")
-        .is_some_and(|d| d.eq_ignore_ascii_case("desc"));
+    let descending = p.get("sort.dir").is_some_and(|d| d.eq_ignore_ascii_case("desc"));
     let (total, results) = sim.with(|rt, now| {
         let mut found = rt.search_sensors(hostname, ip, group);
         if by_id {
@@ -303,12 +262,8 @@ async fn sensors_v2(State(sim): State<Simulator>, Query(p): Params) -> Response 
             found.reverse();
         }
         let total = found.len();
-        let page: Vec<Value> = found
-            .into_iter()
-            .skip(start)
-            .take(rows)
-            .map(|s| rt.sensor_json(s, now))
-            .collect();
+        let page: Vec<Value> =
+            found.into_iter().skip(start).take(rows).map(|s| rt.sensor_json(s, now)).collect();
         (total, page)
     });
     ok(&json!({"results": results, "total_results": total}))
@@ -356,8 +311,7 @@ async fn get_session(
 
 async fn put_session(State(sim): State<Simulator>, Path(sid): Path<u64>, body: Bytes) -> ApiResult {
     let body = parse_object(&body)?;
-    sim.with(|rt, now| rt.put_session(sid, &body, now))
-        .map(|v| ok(&v))
+    sim.with(|rt, now| rt.put_session(sid, &body, now)).map(|v| ok(&v))
 }
 
 async fn keepalive(State(sim): State<Simulator>, Path(sid): Path<u64>) -> ApiResult {
@@ -392,8 +346,7 @@ async fn list_commands(
 ) -> ApiResult {
     let status = p.get("status").map(String::as_str);
     let count = p.get("count").and_then(|c| c.parse().ok());
-    sim.with(|rt, now| rt.list_commands(sid, status, count, now))
-        .map(|v| ok(&v))
+    sim.with(|rt, now| rt.list_commands(sid, status, count, now)).map(|v| ok(&v))
 }
 
 async fn create_command(
@@ -402,8 +355,7 @@ async fn create_command(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_object(&body)?;
-    sim.with(|rt, now| rt.post_command(sid, &body, now))
-        .map(|v| ok(&v))
+    sim.with(|rt, now| rt.post_command(sid, &body, now)).map(|v| ok(&v))
 }
 
 /// §2.8 GET; `?wait=true` long-polls until the command is final or the cap passes.
@@ -428,8 +380,7 @@ async fn cancel_command(
     State(sim): State<Simulator>,
     Path((sid, cid)): Path<(u64, u64)>,
 ) -> ApiResult {
-    sim.with(|rt, now| rt.cancel_command(sid, cid, now))
-        .map(|v| ok(&v))
+    sim.with(|rt, now| rt.cancel_command(sid, cid, now)).map(|v| ok(&v))
 }
 
 // ----- session file storage ------------------------------------------------------------------
@@ -447,9 +398,7 @@ async fn upload_file(
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => {
-                return Err(ApiError::BadRequest(
-                    "multipart field `file` is required".into(),
-                ));
+                return Err(ApiError::BadRequest("multipart field `file` is required".into()));
             }
             Err(e) => return Ok((e.status(), e.body_text()).into_response()),
         };
@@ -461,9 +410,7 @@ async fn upload_file(
             Ok(b) => b,
             Err(e) => return Ok((e.status(), e.body_text()).into_response()),
         };
-        return sim
-            .with(|rt, now| rt.upload(sid, file_name, bytes, now))
-            .map(|v| ok(&v));
+        return sim.with(|rt, now| rt.upload(sid, file_name, bytes, now)).map(|v| ok(&v));
     }
 }
 
@@ -482,17 +429,9 @@ async fn put_file(
     body: Bytes,
 ) -> ApiResult {
     let body = parse_object(&body)?;
-    let delete = body
-        .get("delete")
-        .is_some_and(|d| d == &Value::Bool(true) || d == "true");
-    sim.with(|rt, _| {
-        if delete {
-            rt.delete_file(sid, fid)
-        } else {
-            rt.get_file(sid, fid)
-        }
-    })
-    .map(|v| ok(&v))
+    let delete = body.get("delete").is_some_and(|d| d == &Value::Bool(true) || d == "true");
+    sim.with(|rt, _| if delete { rt.delete_file(sid, fid) } else { rt.get_file(sid, fid) })
+        .map(|v| ok(&v))
 }
 
 async fn delete_file(
@@ -510,10 +449,7 @@ async fn file_content(
     let (content, etag) = sim.with(|rt, _| rt.file_content(sid, fid))?;
     let mut resp = Response::new(Body::from_stream(content.stream()));
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
     }

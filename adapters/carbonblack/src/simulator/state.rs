@@ -52,7 +52,12 @@ pub(crate) struct Sensor {
     pub(crate) hostname: String,
     pub(crate) online: bool,
     online_since: Instant,
+    /// `network_isolation_enabled`: what the console asked for.
     pub(crate) isolated: bool,
+    /// Isolation state before the last change, and when it changed: the sensor applies a
+    /// change only at its next check-in (`is_isolating`, §7.4).
+    isolating_before: bool,
+    isolation_changed: Option<Instant>,
     pub(crate) group_id: u64,
 }
 
@@ -91,10 +96,7 @@ impl StoredFile {
 enum Outcome {
     Queued,
     Cancelled,
-    Done {
-        completion: f64,
-        result: Result<Map<String, Value>, Hresult>,
-    },
+    Done { completion: f64, result: Result<Map<String, Value>, Hresult> },
 }
 
 struct Command {
@@ -141,11 +143,7 @@ impl Session {
     }
 
     fn storage_size(&self) -> u64 {
-        self.files
-            .values()
-            .filter(|f| f.ready)
-            .map(|f| f.content.len())
-            .sum()
+        self.files.values().filter(|f| f.ready).map(|f| f.content.len()).sum()
     }
 
     pub(crate) fn has_content(&self) -> bool {
@@ -184,9 +182,8 @@ fn duration_field(body: &Map<String, Value>, keys: &[&str]) -> Option<Duration> 
 
 impl Runtime {
     pub(crate) fn new(cfg: SimConfig, now: Instant) -> Self {
-        let origin_epoch = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let origin_epoch =
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let mut sensors = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
         for id in 1..=cfg.sensors as u64 {
@@ -198,13 +195,7 @@ impl Runtime {
                 .map_or_else(|| format!("WIN-{id:04}"), |(_, h)| h.clone());
             endpoints.insert(
                 id,
-                Endpoint::new(
-                    id,
-                    &hostname,
-                    cfg.file_size,
-                    cfg.memdump_size,
-                    origin_epoch as i64,
-                ),
+                Endpoint::new(id, &hostname, cfg.file_size, cfg.memdump_size, origin_epoch as i64),
             );
             sensors.insert(
                 id,
@@ -214,6 +205,8 @@ impl Runtime {
                     online: !cfg.offline_sensors.contains(&id),
                     online_since: now,
                     isolated: false,
+                    isolating_before: false,
+                    isolation_changed: None,
                     group_id: 1,
                 },
             );
@@ -372,17 +365,9 @@ impl Runtime {
             None => Err(Hresult::INVALID_PARAMETER),
         };
         let name = cmd.input.name.clone();
-        *self
-            .counters
-            .commands_by_name
-            .entry(name.clone())
-            .or_default() += 1;
+        *self.counters.commands_by_name.entry(name.clone()).or_default() += 1;
         if result.is_err() {
-            *self
-                .counters
-                .command_errors_by_name
-                .entry(name)
-                .or_default() += 1;
+            *self.counters.command_errors_by_name.entry(name).or_default() += 1;
         }
         let result = result.map(|mut executed| {
             if let (Some(fid), Some(fetched)) = (cmd.file_id, executed.fetched.take())
@@ -398,20 +383,14 @@ impl Runtime {
         {
             f.status = h.0;
         }
-        cmd.outcome = Outcome::Done {
-            completion: epoch,
-            result,
-        };
+        cmd.outcome = Outcome::Done { completion: epoch, result };
         s.last_activity = at;
     }
 
     // ----- sessions ----------------------------------------------------------------------
 
     fn live_session(&self, sid: u64) -> Result<&Session, ApiError> {
-        self.sessions
-            .get(&sid)
-            .filter(|s| s.status.live())
-            .ok_or(ApiError::SessionNotFound(sid))
+        self.sessions.get(&sid).filter(|s| s.status.live()).ok_or(ApiError::SessionNotFound(sid))
     }
 
     fn live_session_mut(&mut self, sid: u64) -> Result<&mut Session, ApiError> {
@@ -422,9 +401,7 @@ impl Runtime {
     }
 
     pub(crate) fn is_pending(&self, sid: u64) -> bool {
-        self.sessions
-            .get(&sid)
-            .is_some_and(|s| s.status == SessionStatus::Pending)
+        self.sessions.get(&sid).is_some_and(|s| s.status == SessionStatus::Pending)
     }
 
     /// §3.1 session object; pending sessions carry no sensor context (DOC5 example).
@@ -487,10 +464,7 @@ impl Runtime {
         let idle = duration_field(body, &["session_timeout"]).unwrap_or(self.cfg.session_timeout);
         let check_in = duration_field(body, &["checkin_timeout", "check_in_timeout"])
             .unwrap_or(self.cfg.check_in_timeout);
-        let sensor_wait = body
-            .get("sensor_wait_timeout")
-            .and_then(as_u64_lenient)
-            .unwrap_or(120);
+        let sensor_wait = body.get("sensor_wait_timeout").and_then(as_u64_lenient).unwrap_or(120);
         let id = self.next_session_id;
         self.next_session_id += 1;
         let session = Session {
@@ -534,10 +508,7 @@ impl Runtime {
         if body.get("status").and_then(Value::as_str) == Some("close") {
             self.end_session(sid, SessionStatus::Close, now);
         }
-        let s = self
-            .sessions
-            .get(&sid)
-            .ok_or(ApiError::SessionNotFound(sid))?;
+        let s = self.sessions.get(&sid).ok_or(ApiError::SessionNotFound(sid))?;
         Ok(self.session_json(s))
     }
 
@@ -553,10 +524,7 @@ impl Runtime {
             _ => {}
         }
         self.counters.keepalives += 1;
-        let s = self
-            .sessions
-            .get(&sid)
-            .ok_or(ApiError::SessionNotFound(sid))?;
+        let s = self.sessions.get(&sid).ok_or(ApiError::SessionNotFound(sid))?;
         Ok(self.session_json(s))
     }
 
@@ -580,7 +548,8 @@ impl Runtime {
         }
         let is_memdump = c.input.name == "memdump";
         let status = match &c.outcome {
-            Outcome::Queued if now < c.start => {
+            // REC: the POST response is always `pending`; the sensor picks it up later.
+            Outcome::Queued if now <= c.start => {
                 if is_memdump {
                     memdump_progress(&mut o, 0, false, false);
                 }
@@ -595,12 +564,9 @@ impl Runtime {
                     } else {
                         99
                     };
-                    let compressing = c
-                        .input
-                        .extra
-                        .get("compress")
-                        .is_some_and(|v| v == &Value::Bool(true))
-                        && pct >= 80;
+                    let compressing =
+                        c.input.extra.get("compress").is_some_and(|v| v == &Value::Bool(true))
+                            && pct >= 80;
                     memdump_progress(&mut o, pct, !compressing, compressing);
                 }
                 "in progress"
@@ -647,11 +613,8 @@ impl Runtime {
                     .as_str()
                     .and_then(|p| self.endpoints.get(&sensor_id).and_then(|e| e.file_size(p)))
                     .unwrap_or(0);
-                let count = input
-                    .extra
-                    .get("get_count")
-                    .and_then(as_u64_lenient)
-                    .filter(|c| *c > 0);
+                let count =
+                    input.extra.get("get_count").and_then(as_u64_lenient).filter(|c| *c > 0);
                 base + transfer(count.map_or(size, |c| c.min(size)))
             }
             _ => base,
@@ -691,10 +654,7 @@ impl Runtime {
         let extra: Map<String, Value> = body
             .iter()
             .filter(|(k, _)| {
-                !matches!(
-                    k.as_str(),
-                    "name" | "object" | "session_id" | "id" | "status"
-                )
+                !matches!(k.as_str(), "name" | "object" | "session_id" | "id" | "status")
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -704,12 +664,7 @@ impl Runtime {
             .and_then(|fid| s.files.get(&fid))
             .filter(|f| f.ready && f.status == 0)
             .map(|f| f.content.clone());
-        let input = CommandInput {
-            name,
-            object,
-            extra,
-            upload,
-        };
+        let input = CommandInput { name, object, extra, upload };
         let duration = self.command_duration(&input, s.sensor_id);
         let username = self.cfg.username.clone();
         let create_epoch = self.epoch(now);
@@ -753,10 +708,7 @@ impl Runtime {
         s.commands.push(cmd);
         self.counters.commands_posted += 1;
         let s = self.live_session(sid)?;
-        let c = s
-            .commands
-            .last()
-            .ok_or_else(|| ApiError::Internal("command vanished".into()))?;
+        let c = s.commands.last().ok_or_else(|| ApiError::Internal("command vanished".into()))?;
         Ok(self.command_json(s, c, now))
     }
 
@@ -812,7 +764,7 @@ impl Runtime {
         })?;
         let cancelled = {
             let c = &mut s.commands[idx];
-            if matches!(c.outcome, Outcome::Queued) && now < c.start {
+            if matches!(c.outcome, Outcome::Queued) && now <= c.start {
                 c.outcome = Outcome::Cancelled;
                 true
             } else {
@@ -857,9 +809,7 @@ impl Runtime {
 
     pub(crate) fn list_files(&self, sid: u64) -> Result<Value, ApiError> {
         let s = self.live_session(sid)?;
-        Ok(Value::Array(
-            s.files.values().map(StoredFile::to_json).collect(),
-        ))
+        Ok(Value::Array(s.files.values().map(StoredFile::to_json).collect()))
     }
 
     fn stored_file(&self, sid: u64, fid: u64) -> Result<&StoredFile, ApiError> {
@@ -895,21 +845,9 @@ impl Runtime {
         fid: u64,
     ) -> Result<(Content, String), ApiError> {
         let f = self.stored_file(sid, fid)?;
-        let content = if f.ready {
-            f.content.clone()
-        } else {
-            Content::empty()
-        };
-        let name_hash = f
-            .file_name
-            .bytes()
-            .fold(5381u32, |h, b| h.wrapping_mul(33) ^ u32::from(b));
-        let etag = format!(
-            "\"flask-{:.2}-{}-{}\"",
-            f.created_epoch,
-            content.len(),
-            name_hash
-        );
+        let content = if f.ready { f.content.clone() } else { Content::empty() };
+        let name_hash = f.file_name.bytes().fold(5381u32, |h, b| h.wrapping_mul(33) ^ u32::from(b));
+        let etag = format!("\"flask-{:.2}-{}-{}\"", f.created_epoch, content.len(), name_hash);
         self.counters.downloads += 1;
         Ok((content, etag))
     }
@@ -917,23 +855,14 @@ impl Runtime {
     /// Everything the archive needs, gathered under the lock (contents are cheap handles).
     pub(crate) fn archive_parts(&self, sid: u64, now: Instant) -> Result<ArchiveParts, ApiError> {
         // The archive stays available after the session ended: that is when it is useful.
-        let s = self
-            .sessions
-            .get(&sid)
-            .ok_or(ApiError::SessionNotFound(sid))?;
+        let s = self.sessions.get(&sid).ok_or(ApiError::SessionNotFound(sid))?;
         if !s.has_content() {
             // XSOAR: the real server answers 500 for a session without content (§2.6).
-            return Err(ApiError::Internal(format!(
-                "Session {sid} has no content to archive"
-            )));
+            return Err(ApiError::Internal(format!("Session {sid} has no content to archive")));
         }
         Ok(ArchiveParts {
             session: self.session_json(s),
-            commands: s
-                .commands
-                .iter()
-                .map(|c| self.command_json(s, c, now))
-                .collect(),
+            commands: s.commands.iter().map(|c| self.command_json(s, c, now)).collect(),
             files: s
                 .files
                 .values()
@@ -962,7 +891,7 @@ impl Runtime {
             "physical_memory_size": "8589934592",
             "build_id": 11,
             "uptime": "259200",
-            "is_isolating": s.isolated,
+            "is_isolating": self.is_isolating(s, now),
             "event_log_flush_time": null,
             "computer_dns_name": format!("{}.corp.example", s.hostname.to_lowercase()),
             "emet_report_setting": " (Locally configured)",
@@ -1009,6 +938,43 @@ impl Runtime {
             a.extend(b);
         }
         first
+    }
+
+    /// The sensor applies an isolation change `checkin_delay` after it was requested (or after
+    /// it comes back online); until then it keeps doing what it did before.
+    fn is_isolating(&self, s: &Sensor, now: Instant) -> bool {
+        match s.isolation_changed {
+            Some(t) if !s.online || now < t.max(s.online_since) + self.cfg.checkin_delay => {
+                s.isolating_before
+            }
+            _ => s.isolated,
+        }
+    }
+
+    /// cbapi `Sensor.isolate()`/`unisolate()`: returns whether the request changed anything.
+    pub(crate) fn set_isolation(
+        &mut self,
+        id: u64,
+        wanted: bool,
+        now: Instant,
+    ) -> Result<bool, ApiError> {
+        let current = self
+            .sensors
+            .get(&id)
+            .map(|s| self.is_isolating(s, now))
+            .ok_or_else(|| ApiError::NotFound(format!("Sensor {id} not found")))?;
+        let s = self
+            .sensors
+            .get_mut(&id)
+            .ok_or_else(|| ApiError::NotFound(format!("Sensor {id} not found")))?;
+        if s.isolated == wanted {
+            return Ok(false);
+        }
+        s.isolating_before = current;
+        s.isolated = wanted;
+        s.isolation_changed = Some(now);
+        self.counters.isolation_changes += 1;
+        Ok(true)
     }
 
     /// §7.4 search: `hostname`/`ip` are case-sensitive substring matches (ip wins when both).
