@@ -120,11 +120,7 @@ enum Phase {
     /// `put_file`: the content is in session storage as `file_id`.
     Uploaded { file_id: u64 },
     /// Intent recorded for a side-effect command; its POST may or may not have reached CB.
-    Intent {
-        at: f64,
-        name: String,
-        object: String,
-    },
+    Intent { at: f64, name: String, object: String },
     /// CB command `cid` is pending or running.
     Sent {
         cid: u64,
@@ -135,12 +131,7 @@ enum Phase {
     /// Downloading an endpoint file in ranges.
     Fetch(Box<Fetch>),
     /// Deleting a temporary file edrgate created on the endpoint; `result` is reported after.
-    Cleanup {
-        path: String,
-        cid: Option<u64>,
-        at: f64,
-        result: Box<CommandResult>,
-    },
+    Cleanup { path: String, cid: Option<u64>, at: f64, result: Box<CommandResult> },
     /// Isolate/release: intent recorded at `at`; `applied` once the sensor record says so.
     Contain { at: f64, applied: bool },
 }
@@ -169,15 +160,8 @@ struct Fetch {
 #[serde(tag = "for", rename_all = "snake_case")]
 enum AfterFetch {
     GetFile,
-    Execute {
-        pid: Option<u64>,
-        exit_code: Option<i64>,
-        delete: bool,
-    },
-    MemoryDump {
-        path: String,
-        delete: bool,
-    },
+    Execute { pid: Option<u64>, exit_code: Option<i64>, delete: bool },
+    MemoryDump { path: String, delete: bool },
 }
 
 /// What driving the current command produced.
@@ -243,16 +227,43 @@ impl Adapter for CarbonBlackAdapter {
     /// Sensors matching `hostname` (CB's case-sensitive substring match, §7.4), minus
     /// uninstalled ones, which a re-install leaves behind under the same name.
     async fn find_devices(&self, hostname: Option<&str>) -> Result<Vec<Device>, AdapterError> {
-        let sensors = self
-            .client
-            .sensors(hostname)
-            .await
-            .map_err(CbError::into_adapter)?;
+        let sensors = self.client.sensors(hostname).await.map_err(CbError::into_adapter)?;
         Ok(sensors
             .into_iter()
             .filter(|s| s.uninstalled != Some(true))
             .map(|s| mapping::device(&self.capabilities.backend, s))
             .collect())
+    }
+
+    /// The one sensor named `hostname`, compared case-insensitively. CB's own search is a
+    /// case-sensitive substring match (§7.4), so when it finds no such name the full sensor
+    /// list is searched before answering `device_not_found`.
+    async fn resolve_hostname(&self, hostname: &str) -> Result<Device, AdapterError> {
+        let named = |devices: Vec<Device>| -> Vec<Device> {
+            devices.into_iter().filter(|d| d.hostname.eq_ignore_ascii_case(hostname)).collect()
+        };
+        let mut exact = named(self.find_devices(Some(hostname)).await?);
+        if exact.is_empty() {
+            exact = named(self.find_devices(None).await?);
+        }
+        match exact.len() {
+            0 => Err(AdapterError::new(
+                ErrorCode::DeviceNotFound,
+                format!("no device named {hostname:?} on backend {}", self.capabilities.backend),
+            )),
+            1 => Ok(exact.remove(0)),
+            n => {
+                let ids: Vec<String> = exact.iter().map(|d| d.device_id.clone()).collect();
+                Err(AdapterError::new(
+                    ErrorCode::DeviceAmbiguous,
+                    format!(
+                        "{n} sensors named {hostname:?} on backend {} (device ids {}); target one by device_id",
+                        self.capabilities.backend,
+                        ids.join(", ")
+                    ),
+                ))
+            }
+        }
     }
 
     async fn step(
@@ -279,11 +290,7 @@ impl Adapter for CarbonBlackAdapter {
         if next == Next::Done {
             self.forget(ctx.run_id);
         }
-        Ok(Step {
-            checkpoint: to_json(&cp)?,
-            updates,
-            next,
-        })
+        Ok(Step { checkpoint: to_json(&cp)?, updates, next })
     }
 }
 
@@ -380,10 +387,7 @@ impl CarbonBlackAdapter {
             _ => {}
         }
         if cp.offline {
-            return Ok(Drive::Finished(CommandUpdate::failed(
-                index,
-                offline_error(),
-            )));
+            return Ok(Drive::Finished(CommandUpdate::failed(index, offline_error())));
         }
         let sid = match self.ensure_session(ctx, cp, updates).await? {
             SessionReady::Active(sid) => sid,
@@ -391,10 +395,7 @@ impl CarbonBlackAdapter {
             SessionReady::Stopped(reason) => return Ok(Drive::Stopped(reason)),
             SessionReady::Offline => {
                 cp.offline = true;
-                return Ok(Drive::Finished(CommandUpdate::failed(
-                    index,
-                    offline_error(),
-                )));
+                return Ok(Drive::Finished(CommandUpdate::failed(index, offline_error())));
             }
         };
         match cp.phase.clone() {
@@ -409,23 +410,12 @@ impl CarbonBlackAdapter {
             Phase::Intent { at, name, object } => {
                 self.reconcile(ctx, cp, sid, at, &name, &object).await
             }
-            Phase::Sent {
-                cid,
-                at,
-                vendor_status,
-            } => {
-                self.poll(ctx, cp, updates, sid, cid, at, vendor_status)
-                    .await
+            Phase::Sent { cid, at, vendor_status } => {
+                self.poll(ctx, cp, updates, sid, cid, at, vendor_status).await
             }
             Phase::Fetch(fetch) => self.drive_fetch(ctx, cp, updates, sid, *fetch).await,
-            Phase::Cleanup {
-                path,
-                cid,
-                at,
-                result,
-            } => {
-                self.drive_cleanup(ctx, cp, sid, path, cid, at, *result)
-                    .await
+            Phase::Cleanup { path, cid, at, result } => {
+                self.drive_cleanup(ctx, cp, sid, path, cid, at, *result).await
             }
             Phase::Contain { .. } => Err(phase_mismatch()),
         }
@@ -449,11 +439,7 @@ impl CarbonBlackAdapter {
             };
         }
         match command {
-            Command::GetFile {
-                path,
-                offset,
-                length,
-            } => {
+            Command::GetFile { path, offset, length } => {
                 let start = offset.unwrap_or(0);
                 cp.phase = Phase::Fetch(Box::new(Fetch::new(
                     path.clone(),
@@ -470,12 +456,7 @@ impl CarbonBlackAdapter {
                 cp.phase = Phase::Uploaded { file_id: stored.id };
                 Ok(Drive::Continue)
             }
-            Command::Execute {
-                command_line,
-                wait,
-                working_directory,
-                output_file,
-            } => {
+            Command::Execute { command_line, wait, working_directory, output_file } => {
                 let output = match (wait, output_file) {
                     (_, Some(path)) => Some(path.clone()),
                     (true, None) => Some(self.temp_path(ctx, cp, "out").await?),
@@ -564,17 +545,10 @@ impl CarbonBlackAdapter {
             session.last_contact = at;
         }
         updates.push(
-            CommandUpdate::status(
-                cp.index,
-                mapping::command_status(&sent.status).min_running(),
-            )
-            .with_vendor(Some(vendor_ref(sid, sent.id)), Some(sent.status.clone())),
+            CommandUpdate::status(cp.index, mapping::command_status(&sent.status).min_running())
+                .with_vendor(Some(vendor_ref(sid, sent.id)), Some(sent.status.clone())),
         );
-        cp.phase = Phase::Sent {
-            cid: sent.id,
-            at,
-            vendor_status: sent.status.clone(),
-        };
+        cp.phase = Phase::Sent { cid: sent.id, at, vendor_status: sent.status.clone() };
     }
 
     /// After a crash between intent and answer: adopt the command if CB has it, else report
@@ -606,11 +580,7 @@ impl CarbonBlackAdapter {
         match adopted {
             Some(found) => {
                 tracing::info!(run = %ctx.run_id, command = found.id, "adopted the command sent before a restart");
-                cp.phase = Phase::Sent {
-                    cid: found.id,
-                    at,
-                    vendor_status: String::new(),
-                };
+                cp.phase = Phase::Sent { cid: found.id, at, vendor_status: String::new() };
                 Ok(Drive::Continue)
             }
             None => Ok(Drive::Finished(outcome_unknown(cp.index, name))),
@@ -635,7 +605,9 @@ impl CarbonBlackAdapter {
             Waited::Done(cb) => cb,
             Waited::Pending(cb, delay) => {
                 if now() - at > self.timeout_of(command.kind()).as_secs_f64() {
-                    return Ok(self.timed_out(sid, cid, index, command.kind()).await);
+                    return Ok(Drive::Finished(
+                        self.timed_out(sid, cid, index, command.kind()).await,
+                    ));
                 }
                 let word = progress(&cb);
                 if word != vendor_status {
@@ -646,18 +618,14 @@ impl CarbonBlackAdapter {
                         )
                         .with_vendor(Some(vendor_ref(sid, cid)), Some(word.clone())),
                     );
-                    cp.phase = Phase::Sent {
-                        cid,
-                        at,
-                        vendor_status: word,
-                    };
+                    cp.phase = Phase::Sent { cid, at, vendor_status: word };
                 }
-                return Ok(delay);
+                return Ok(Drive::Wait(delay));
             }
-            Waited::Interrupted(drive) => return Ok(drive),
+            Waited::Interrupted => return Ok(Drive::Wait(Duration::ZERO)),
         };
         match mapping::command_status(&cb.status) {
-            Status::Succeeded => self.completed(ctx, cp, sid, cb).await,
+            Status::Succeeded => self.completed(ctx, cp, sid, *cb).await,
             Status::Cancelled => Ok(Drive::Finished(
                 CommandUpdate::status(index, Status::Cancelled)
                     .with_vendor(Some(vendor_ref(sid, cid)), Some(cb.status.clone()))
@@ -690,9 +658,7 @@ impl CarbonBlackAdapter {
             )
         };
         match &ctx.commands[index] {
-            Command::Execute {
-                wait, output_file, ..
-            } => {
+            Command::Execute { wait, output_file, .. } => {
                 if !wait {
                     return Ok(finished(CommandResult::Execution {
                         pid: cb.pid,
@@ -709,11 +675,7 @@ impl CarbonBlackAdapter {
                     path,
                     0,
                     None,
-                    AfterFetch::Execute {
-                        pid: cb.pid,
-                        exit_code: cb.return_code,
-                        delete,
-                    },
+                    AfterFetch::Execute { pid: cb.pid, exit_code: cb.return_code, delete },
                 )));
                 Ok(Drive::Continue)
             }
@@ -723,19 +685,13 @@ impl CarbonBlackAdapter {
                     None => (self.temp_path(ctx, cp, "dmp").await?, true),
                 };
                 if !fetch {
-                    return Ok(finished(CommandResult::MemoryDump {
-                        path: dump,
-                        file: None,
-                    }));
+                    return Ok(finished(CommandResult::MemoryDump { path: dump, file: None }));
                 }
                 cp.phase = Phase::Fetch(Box::new(Fetch::new(
                     dump.clone(),
                     0,
                     None,
-                    AfterFetch::MemoryDump {
-                        path: dump,
-                        delete: ours,
-                    },
+                    AfterFetch::MemoryDump { path: dump, delete: ours },
                 )));
                 Ok(Drive::Continue)
             }
@@ -774,9 +730,7 @@ impl CarbonBlackAdapter {
                 }
             }
         };
-        let result = self
-            .fetch_range(ctx, cp, updates, sid, &mut fetch, &mut writer)
-            .await;
+        let result = self.fetch_range(ctx, cp, updates, sid, &mut fetch, &mut writer).await;
         match result {
             Ok(FetchStep::More(drive)) => {
                 self.put_writer(ctx.run_id, writer);
@@ -788,11 +742,7 @@ impl CarbonBlackAdapter {
                 let reference = fetch.cid.map(|cid| vendor_ref(sid, cid));
                 let (result, cleanup) = match fetch.then {
                     AfterFetch::GetFile => (CommandResult::File { file }, None),
-                    AfterFetch::Execute {
-                        pid,
-                        exit_code,
-                        delete,
-                    } => (
+                    AfterFetch::Execute { pid, exit_code, delete } => (
                         CommandResult::Execution {
                             pid,
                             exit_code,
@@ -802,21 +752,14 @@ impl CarbonBlackAdapter {
                         delete.then_some(fetch.path),
                     ),
                     AfterFetch::MemoryDump { path, delete } => (
-                        CommandResult::MemoryDump {
-                            path: path.clone(),
-                            file: Some(file),
-                        },
+                        CommandResult::MemoryDump { path: path.clone(), file: Some(file) },
                         delete.then_some(path),
                     ),
                 };
                 match cleanup {
                     Some(path) => {
-                        cp.phase = Phase::Cleanup {
-                            path,
-                            cid: None,
-                            at: now(),
-                            result: Box::new(result),
-                        };
+                        cp.phase =
+                            Phase::Cleanup { path, cid: None, at: now(), result: Box::new(result) };
                         Ok(Drive::Continue)
                     }
                     None => Ok(Drive::Finished(
@@ -885,14 +828,12 @@ impl CarbonBlackAdapter {
             Waited::Done(cb) => cb,
             Waited::Pending(_, delay) => {
                 if now() - fetch.at > self.timeout_of(CommandKind::GetFile).as_secs_f64() {
-                    return match self.timed_out(sid, cid, index, CommandKind::GetFile).await {
-                        Drive::Finished(update) => Ok(FetchStep::Failed(update)),
-                        other => Ok(FetchStep::More(other)),
-                    };
+                    let update = self.timed_out(sid, cid, index, CommandKind::GetFile).await;
+                    return Ok(FetchStep::Failed(update));
                 }
-                return Ok(FetchStep::More(delay));
+                return Ok(FetchStep::More(Drive::Wait(delay)));
             }
-            Waited::Interrupted(drive) => return Ok(FetchStep::More(drive)),
+            Waited::Interrupted => return Ok(FetchStep::More(Drive::Wait(Duration::ZERO))),
         };
         match mapping::command_status(&cb.status) {
             Status::Succeeded => {}
@@ -914,20 +855,14 @@ impl CarbonBlackAdapter {
         let Some(fid) = cb.file_id.or(fetch.file_id) else {
             return Ok(FetchStep::Failed(CommandUpdate::failed(
                 index,
-                ErrorInfo::new(
-                    ErrorCode::CommandFailed,
-                    "get file completed without a file id",
-                ),
+                ErrorInfo::new(ErrorCode::CommandFailed, "get file completed without a file id"),
             )));
         };
         let before = writer.writer.written();
         if let Err(e) = self.download(sid, fid, fetch.asked, writer).await {
             fetch.failures += 1;
             if fetch.failures > MAX_FETCH_FAILURES {
-                return Ok(FetchStep::Failed(CommandUpdate::failed(
-                    index,
-                    e.into_adapter().info,
-                )));
+                return Ok(FetchStep::Failed(CommandUpdate::failed(index, e.into_adapter().info)));
             }
             return Err(e);
         }
@@ -1019,9 +954,9 @@ impl CarbonBlackAdapter {
                     tracing::warn!(run = %ctx.run_id, path = %path, "deleting a temporary file timed out");
                     return Ok(finished(result));
                 }
-                Ok(delay)
+                Ok(Drive::Wait(delay))
             }
-            Waited::Interrupted(drive) => Ok(drive),
+            Waited::Interrupted => Ok(Drive::Wait(Duration::ZERO)),
         }
     }
 
@@ -1037,13 +972,8 @@ impl CarbonBlackAdapter {
         let (at, applied) = match cp.phase {
             Phase::Contain { at, applied } => (at, applied),
             _ => {
-                let previous = std::mem::replace(
-                    &mut cp.phase,
-                    Phase::Contain {
-                        at: now(),
-                        applied: false,
-                    },
-                );
+                let previous =
+                    std::mem::replace(&mut cp.phase, Phase::Contain { at: now(), applied: false });
                 if let Err(e) = self.record(ctx, cp).await {
                     cp.phase = previous;
                     return Ok(Drive::Abort(e));
@@ -1069,10 +999,7 @@ impl CarbonBlackAdapter {
         if sensor.is_isolating.or(sensor.network_isolation_enabled) == Some(isolate) {
             return Ok(Drive::Finished(
                 CommandUpdate::succeeded(index, CommandResult::Containment { isolated: isolate })
-                    .with_vendor(
-                        Some(format!("sensor/{}", cp.sensor_id)),
-                        Some(sensor.status),
-                    ),
+                    .with_vendor(Some(format!("sensor/{}", cp.sensor_id)), Some(sensor.status)),
             ));
         }
         if now() - at > self.cfg.command_timeout_secs as f64 {
@@ -1123,12 +1050,10 @@ impl CarbonBlackAdapter {
                 None => self.client.create_session(sensor).await?,
             };
             let at = now();
-            updates.push(
-                CommandUpdate::status(cp.index, Status::Dispatched).with_vendor(
-                    Some(format!("session/{}", session.id)),
-                    Some(session.status.clone()),
-                ),
-            );
+            updates.push(CommandUpdate::status(cp.index, Status::Dispatched).with_vendor(
+                Some(format!("session/{}", session.id)),
+                Some(session.status.clone()),
+            ));
             cp.session = Some(SessionState {
                 id: session.id,
                 active: mapping::session_status(&session.status) == Status::Running,
@@ -1149,14 +1074,14 @@ impl CarbonBlackAdapter {
             polled = self.client.session(sid, long_poll) => polled?,
             _ = ctx.stop.stopped() => return Ok(SessionReady::Wait(Duration::ZERO)),
         };
-        let Some(polled) = polled else {
-            return Ok(SessionReady::Wait(Duration::ZERO));
-        };
         // The long-poll released the borrow of `cp`; take the session again.
         let Some(session) = &mut cp.session else {
             return Err(phase_mismatch());
         };
-        match mapping::session_status(&polled.status) {
+        // `None`: our side of the long-poll ran out while the session was still pending.
+        let status =
+            polled.as_ref().map_or(Status::Dispatched, |p| mapping::session_status(&p.status));
+        match status {
             Status::Running => {
                 session.active = true;
                 session.last_contact = now();
@@ -1171,13 +1096,14 @@ impl CarbonBlackAdapter {
                     }
                     return Ok(SessionReady::Offline);
                 }
-                Ok(SessionReady::Wait(
-                    self.next_poll(long_poll, started, since),
-                ))
+                Ok(SessionReady::Wait(match polled {
+                    None => Duration::ZERO,
+                    Some(_) => self.next_poll(long_poll, started, since),
+                }))
             }
-            _ => Err(CbError::SessionLost(format!(
+            other => Err(CbError::SessionLost(format!(
                 "Session {sid} is {}",
-                polled.status
+                polled.map_or_else(|| other.as_str().to_owned(), |p| p.status)
             ))),
         }
     }
@@ -1223,10 +1149,7 @@ impl CarbonBlackAdapter {
                 CommandUpdate::failed(
                     index,
                     ErrorInfo::from(CbError::SessionLost(text).into_adapter()).with_message(
-                        format!(
-                            "the live-response session ended {} times",
-                            cp.session_losses
-                        ),
+                        format!("the live-response session ended {} times", cp.session_losses),
                     ),
                 )
             })
@@ -1263,19 +1186,23 @@ impl CarbonBlackAdapter {
     }
 
     /// A command ran out of time: cancel it on the server (best effort) and report it.
-    async fn timed_out(&self, sid: u64, cid: u64, index: usize, kind: CommandKind) -> Drive {
+    async fn timed_out(
+        &self,
+        sid: u64,
+        cid: u64,
+        index: usize,
+        kind: CommandKind,
+    ) -> CommandUpdate {
         if let Err(e) = self.client.cancel_command(sid, cid).await {
             tracing::debug!(error = %e, "cancelling a timed-out command failed");
         }
         let limit = self.timeout_of(kind).as_secs();
-        Drive::Finished(
-            CommandUpdate::status(index, Status::TimedOut)
-                .with_vendor(Some(vendor_ref(sid, cid)), None)
-                .with_error(ErrorInfo::new(
-                    ErrorCode::Timeout,
-                    format!("the command did not finish in time (limit {limit} s)"),
-                )),
-        )
+        CommandUpdate::status(index, Status::TimedOut)
+            .with_vendor(Some(vendor_ref(sid, cid)), None)
+            .with_error(ErrorInfo::new(
+                ErrorCode::Timeout,
+                format!("the command did not finish in time (limit {limit} s)"),
+            ))
     }
 
     /// The run is stopped: cancel what runs on the server, close out every unfinished
@@ -1341,17 +1268,17 @@ impl CarbonBlackAdapter {
         let started = Instant::now();
         let got = tokio::select! {
             got = self.client.command(sid, cid, long_poll) => got?,
-            _ = ctx.stop.stopped() => return Ok(Waited::Interrupted(Drive::Wait(Duration::ZERO))),
+            _ = ctx.stop.stopped() => return Ok(Waited::Interrupted),
         };
         let Some(cb) = got else {
             // Our side of the long-poll ran out: ask again at once.
-            return Ok(Waited::Interrupted(Drive::Wait(Duration::ZERO)));
+            return Ok(Waited::Interrupted);
         };
         if mapping::command_status(&cb.status).is_terminal() {
-            return Ok(Waited::Done(cb));
+            return Ok(Waited::Done(Box::new(cb)));
         }
         let delay = self.next_poll(long_poll, started, since);
-        Ok(Waited::Pending(cb, Drive::Wait(delay)))
+        Ok(Waited::Pending(Box::new(cb), delay))
     }
 
     fn long_poll(&self) -> Option<Duration> {
@@ -1401,11 +1328,7 @@ impl CarbonBlackAdapter {
             }
         };
         let name = format!("edrgate-{}-{}.{ext}", ctx.run_id.simple(), cp.index);
-        Ok(if windows {
-            format!("C:\\Windows\\Temp\\{name}")
-        } else {
-            format!("/tmp/{name}")
-        })
+        Ok(if windows { format!("C:\\Windows\\Temp\\{name}") } else { format!("/tmp/{name}") })
     }
 
     fn failure(&self, cp: &Checkpoint, info: ErrorInfo) -> CommandUpdate {
@@ -1418,12 +1341,7 @@ impl CarbonBlackAdapter {
 
     async fn record(&self, ctx: &RunContext<'_>, cp: &Checkpoint) -> Result<(), AdapterError> {
         let value = to_json(cp)?;
-        ctx.journal
-            .record(
-                &value,
-                &[CommandUpdate::status(cp.index, Status::Dispatched)],
-            )
-            .await
+        ctx.journal.record(&value, &[CommandUpdate::status(cp.index, Status::Dispatched)]).await
     }
 
     // ---- per-run memory ----
@@ -1473,10 +1391,7 @@ impl CarbonBlackAdapter {
     }
 
     fn put_writer(&self, run: Uuid, writer: FetchWriter) {
-        self.memory()
-            .entry(run)
-            .or_insert_with(RunMemory::new)
-            .fetch = Some(writer);
+        self.memory().entry(run).or_insert_with(RunMemory::new).fetch = Some(writer);
     }
 
     fn forget(&self, run: Uuid) {
@@ -1491,19 +1406,19 @@ enum FetchStep {
     Failed(CommandUpdate),
 }
 
+/// What waiting on a command found.
 enum Waited {
-    Done(CbCommand),
-    Pending(CbCommand, Drive),
-    Interrupted(Drive),
+    /// It ended (complete, error or cancel).
+    Done(Box<CbCommand>),
+    /// Still pending or running; poll again after the delay.
+    Pending(Box<CbCommand>, Duration),
+    /// The wait was cut short (stop signal, our long-poll timeout): step again at once.
+    Interrupted,
 }
 
 impl RunMemory {
     fn new() -> Self {
-        RunMemory {
-            slot: None,
-            fetch: None,
-            touched: Instant::now(),
-        }
+        RunMemory { slot: None, fetch: None, touched: Instant::now() }
     }
 }
 
@@ -1532,11 +1447,7 @@ trait StatusExt {
 
 impl StatusExt for Status {
     fn min_running(self) -> Status {
-        if self.is_terminal() || self == Status::Queued {
-            Status::Dispatched
-        } else {
-            self
-        }
+        if self.is_terminal() || self == Status::Queued { Status::Dispatched } else { self }
     }
 }
 
@@ -1570,11 +1481,7 @@ fn capabilities(backend: &str, concurrent_sessions: u32) -> Capabilities {
         commands: CommandKind::ALL
             .into_iter()
             .filter(|k| *k != CommandKind::RunScript)
-            .map(|command| CommandSupport {
-                command,
-                via: Via::Native,
-                notes: None,
-            })
+            .map(|command| CommandSupport { command, via: Via::Native, notes: None })
             .collect(),
         limits: Limits {
             concurrent_sessions: Some(concurrent_sessions),
@@ -1595,10 +1502,8 @@ fn shared_slots(url: &reqwest::Url, capacity: usize) -> Arc<FairSlots> {
         url.port_or_known_default().unwrap_or(0),
         url.path().trim_end_matches('/')
     );
-    let mut servers = SERVERS
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut servers =
+        SERVERS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
     servers.retain(|_, w| w.strong_count() > 0);
     if let Some(existing) = servers.get(&key).and_then(Weak::upgrade) {
         if existing.capacity() != capacity {
@@ -1631,9 +1536,7 @@ fn offline_error() -> ErrorInfo {
 }
 
 fn phase_mismatch() -> CbError {
-    CbError::Api(AdapterError::internal(
-        "checkpoint phase does not fit the command",
-    ))
+    CbError::Api(AdapterError::internal("checkpoint phase does not fit the command"))
 }
 
 fn vendor_ref(sid: u64, cid: u64) -> String {
@@ -1658,7 +1561,5 @@ fn to_json(cp: &Checkpoint) -> Result<serde_json::Value, AdapterError> {
 }
 
 fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }

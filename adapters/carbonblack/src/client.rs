@@ -30,11 +30,8 @@ const AUTH_HEADER: &str = "X-Auth-Token";
 /// Bytes of an error body kept for classification and messages.
 const ERROR_BODY_LIMIT: usize = 4096;
 /// Retries of idempotent calls inside a step: short, since the engine backs off between steps.
-const READ_RETRY: Backoff = Backoff {
-    base: Duration::from_millis(100),
-    max: Duration::from_secs(2),
-    max_attempts: 3,
-};
+const READ_RETRY: Backoff =
+    Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2), max_attempts: 3 };
 
 pub(crate) struct CbClient {
     http: reqwest::Client,
@@ -50,21 +47,14 @@ impl CbClient {
             })?),
             None => None,
         };
-        let tls = TlsOptions {
-            ca_pem,
-            insecure_skip_verify: cfg.insecure_skip_verify,
-        };
+        let tls = TlsOptions { ca_pem, insecure_skip_verify: cfg.insecure_skip_verify };
         let http = http::client(&tls, Duration::from_secs(cfg.read_timeout_secs))?;
         let mut token = HeaderValue::from_str(cfg.token.expose_secret()).map_err(|_| {
             AdapterError::internal("the Carbon Black token is not a valid header value")
         })?;
         // Keeps the token out of reqwest's Debug output and HTTP/2 header compression.
         token.set_sensitive(true);
-        Ok(CbClient {
-            http,
-            base: cfg.url.trim_end_matches('/').to_owned(),
-            token,
-        })
+        Ok(CbClient { http, base: cfg.url.trim_end_matches('/').to_owned(), token })
     }
 
     // ---- sensors (§7.4) ----
@@ -100,19 +90,11 @@ impl CbClient {
     pub(crate) async fn set_isolation(&self, id: u64, isolate: bool) -> Result<bool, CbError> {
         let path = format!("/api/v1/sensor/{id}");
         let mut sensor: serde_json::Map<String, Value> = self.get_json(&path).await?;
-        if sensor
-            .get(wire::SENSOR_ISOLATION_FIELD)
-            .and_then(Value::as_bool)
-            == Some(isolate)
-        {
+        if sensor.get(wire::SENSOR_ISOLATION_FIELD).and_then(Value::as_bool) == Some(isolate) {
             return Ok(false);
         }
-        sensor.insert(
-            wire::SENSOR_ISOLATION_FIELD.to_owned(),
-            Value::Bool(isolate),
-        );
-        self.send(self.request(Method::PUT, &path).json(&sensor))
-            .await?;
+        sensor.insert(wire::SENSOR_ISOLATION_FIELD.to_owned(), Value::Bool(isolate));
+        self.send(self.request(Method::PUT, &path).json(&sensor)).await?;
         Ok(true)
     }
 
@@ -121,9 +103,8 @@ impl CbClient {
     /// Open sessions (`?active_only=true`, which cbapi filters again for pending/active).
     pub(crate) async fn sessions(&self) -> Result<Vec<wire::Session>, CbError> {
         retry(|| async {
-            let req = self
-                .request(Method::GET, "/api/v1/cblr/session")
-                .query(&[("active_only", "true")]);
+            let req =
+                self.request(Method::GET, "/api/v1/cblr/session").query(&[("active_only", "true")]);
             json(self.send(req).await?).await
         })
         .await
@@ -145,30 +126,22 @@ impl CbClient {
         sid: u64,
         wait: Option<Duration>,
     ) -> Result<Option<wire::Session>, CbError> {
-        self.long_poll(&format!("/api/v1/cblr/session/{sid}"), wait)
-            .await
+        self.long_poll(&format!("/api/v1/cblr/session/{sid}"), wait).await
     }
 
     pub(crate) async fn keepalive(&self, sid: u64) -> Result<(), CbError> {
         retry(|| async {
-            self.send(self.request(
-                Method::GET,
-                &format!("/api/v1/cblr/session/{sid}/keepalive"),
-            ))
-            .await
-            .map(drop)
+            self.send(self.request(Method::GET, &format!("/api/v1/cblr/session/{sid}/keepalive")))
+                .await
+                .map(drop)
         })
         .await
     }
 
     /// Closes with CLI0's minimal body (§2.4). Idempotent, so retried.
     pub(crate) async fn close_session(&self, sid: u64) -> Result<(), CbError> {
-        let body = wire::SetStatus {
-            id: sid,
-            status: wire::STATUS_CLOSE,
-        };
-        self.put_idempotent(&format!("/api/v1/cblr/session/{sid}"), &body)
-            .await
+        let body = wire::SetStatus { id: sid, status: wire::STATUS_CLOSE };
+        self.put_idempotent(&format!("/api/v1/cblr/session/{sid}"), &body).await
     }
 
     // ---- commands (§2.7, §2.8) ----
@@ -193,23 +166,17 @@ impl CbClient {
         cid: u64,
         wait: Option<Duration>,
     ) -> Result<Option<wire::CbCommand>, CbError> {
-        self.long_poll(&format!("/api/v1/cblr/session/{sid}/command/{cid}"), wait)
-            .await
+        self.long_poll(&format!("/api/v1/cblr/session/{sid}/command/{cid}"), wait).await
     }
 
     pub(crate) async fn commands(&self, sid: u64) -> Result<Vec<wire::CbCommand>, CbError> {
-        self.get_json(&format!("/api/v1/cblr/session/{sid}/command"))
-            .await
+        self.get_json(&format!("/api/v1/cblr/session/{sid}/command")).await
     }
 
     /// Cancels a pending command with CLI0's body (§2.8).
     pub(crate) async fn cancel_command(&self, sid: u64, cid: u64) -> Result<(), CbError> {
-        let body = wire::SetStatus {
-            id: cid,
-            status: wire::STATUS_CANCEL,
-        };
-        self.put_idempotent(&format!("/api/v1/cblr/session/{sid}/command/{cid}"), &body)
-            .await
+        let body = wire::SetStatus { id: cid, status: wire::STATUS_CANCEL };
+        self.put_idempotent(&format!("/api/v1/cblr/session/{sid}/command/{cid}"), &body).await
     }
 
     // ---- session file storage (§2.9–§2.13) ----
@@ -230,9 +197,8 @@ impl CbClient {
             .mime_str("application/octet-stream")
             .map_err(|e| CbError::Api(AdapterError::internal(format!("multipart part: {e}"))))?;
         let form = reqwest::multipart::Form::new().part("file", part);
-        let req = self
-            .request(Method::POST, &format!("/api/v1/cblr/session/{sid}/file"))
-            .multipart(form);
+        let req =
+            self.request(Method::POST, &format!("/api/v1/cblr/session/{sid}/file")).multipart(form);
         json(self.send(req).await?).await
     }
 
@@ -242,26 +208,24 @@ impl CbClient {
         sid: u64,
         fid: u64,
     ) -> Result<impl Stream<Item = Result<Bytes, CbError>> + Send + use<>, CbError> {
-        let resp = retry(|| async {
-            self.send(self.request(
-                Method::GET,
-                &format!("/api/v1/cblr/session/{sid}/file/{fid}/content"),
-            ))
-            .await
-        })
-        .await?;
-        Ok(resp
-            .bytes_stream()
-            .map(|r| r.map_err(|e| CbError::Api(http::transport_error(&e)))))
+        let resp =
+            retry(|| async {
+                self.send(self.request(
+                    Method::GET,
+                    &format!("/api/v1/cblr/session/{sid}/file/{fid}/content"),
+                ))
+                .await
+            })
+            .await?;
+        Ok(resp.bytes_stream().map(|r| r.map_err(|e| CbError::Api(http::transport_error(&e)))))
     }
 
     /// Removes a file object from the server's session storage (§2.12, `DELETE`).
     pub(crate) async fn delete_file_object(&self, sid: u64, fid: u64) -> Result<(), CbError> {
         retry(|| async {
-            self.send(self.request(
-                Method::DELETE,
-                &format!("/api/v1/cblr/session/{sid}/file/{fid}"),
-            ))
+            self.send(
+                self.request(Method::DELETE, &format!("/api/v1/cblr/session/{sid}/file/{fid}")),
+            )
             .await
             .map(drop)
         })
@@ -297,10 +261,7 @@ impl CbClient {
         let Some(wait) = wait else {
             return self.get_json(path).await.map(Some);
         };
-        let req = self
-            .request(Method::GET, path)
-            .query(&[("wait", "true")])
-            .timeout(wait);
+        let req = self.request(Method::GET, path).query(&[("wait", "true")]).timeout(wait);
         match req.header(AUTH_HEADER, self.token.clone()).send().await {
             Err(e) if e.is_timeout() => Ok(None),
             Err(e) => Err(CbError::Api(http::transport_error(&e))),
@@ -309,12 +270,8 @@ impl CbClient {
     }
 
     async fn put_idempotent<B: Serialize>(&self, path: &str, body: &B) -> Result<(), CbError> {
-        retry(|| async {
-            self.send(self.request(Method::PUT, path).json(body))
-                .await
-                .map(drop)
-        })
-        .await
+        retry(|| async { self.send(self.request(Method::PUT, path).json(body)).await.map(drop) })
+            .await
     }
 }
 
@@ -337,10 +294,7 @@ async fn check(mut resp: Response) -> Result<Response, CbError> {
 }
 
 async fn json<T: DeserializeOwned>(resp: Response) -> Result<T, CbError> {
-    let bytes = resp
-        .bytes()
-        .await
-        .map_err(|e| CbError::Api(http::transport_error(&e)))?;
+    let bytes = resp.bytes().await.map_err(|e| CbError::Api(http::transport_error(&e)))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         CbError::Api(AdapterError::new(
             ErrorCode::VendorUnavailable,

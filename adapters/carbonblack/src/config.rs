@@ -100,10 +100,7 @@ impl CarbonBlackConfig {
         let mut errors = Vec::new();
         match reqwest::Url::parse(&self.url) {
             Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {}
-            Ok(_) => errors.push(format!(
-                "url {:?} must be an http(s) URL with a host",
-                self.url
-            )),
+            Ok(_) => errors.push(format!("url {:?} must be an http(s) URL with a host", self.url)),
             Err(e) => errors.push(format!("url {:?} is invalid: {e}", self.url)),
         }
         if self.slot_limit == 0 {
@@ -116,10 +113,7 @@ impl CarbonBlackConfig {
             errors.push("chunk_size must be at least 1024 bytes".into());
         }
         for (name, value) in [
-            (
-                "session_checkin_timeout_secs",
-                self.session_checkin_timeout_secs,
-            ),
+            ("session_checkin_timeout_secs", self.session_checkin_timeout_secs),
             ("command_timeout_secs", self.command_timeout_secs),
             ("memdump_timeout_secs", self.memdump_timeout_secs),
             ("keepalive_interval_secs", self.keepalive_interval_secs),
@@ -129,11 +123,7 @@ impl CarbonBlackConfig {
                 errors.push(format!("{name} must be at least 1"));
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 
     pub(crate) fn poll_min(&self) -> Duration {

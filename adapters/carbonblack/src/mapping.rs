@@ -115,10 +115,7 @@ pub(crate) fn command_status(word: &str) -> Status {
 
 fn lookup(table: &[(&str, Status)], word: &str) -> Option<Status> {
     let word = word.trim();
-    table
-        .iter()
-        .find(|(w, _)| w.eq_ignore_ascii_case(word))
-        .map(|(_, s)| *s)
+    table.iter().find(|(w, _)| w.eq_ignore_ascii_case(word)).map(|(_, s)| *s)
 }
 
 /// HRESULTs a command can fail with (§4.4, names from cbapi's `winerror.py`), with the closest
@@ -127,35 +124,15 @@ pub(crate) const HRESULTS: &[(u32, &str, ErrorCode)] = &[
     (0x8007_0002, "ERROR_FILE_NOT_FOUND", ErrorCode::FileNotFound),
     (0x8007_0003, "ERROR_PATH_NOT_FOUND", ErrorCode::FileNotFound),
     (0x8007_0005, "ERROR_ACCESS_DENIED", ErrorCode::AccessDenied),
-    (
-        0x8007_0011,
-        "ERROR_NOT_SAME_DEVICE",
-        ErrorCode::CommandFailed,
-    ),
-    (
-        0x8007_0020,
-        "ERROR_SHARING_VIOLATION",
-        ErrorCode::CommandFailed,
-    ),
-    (
-        0x8007_0021,
-        "ERROR_LOCK_VIOLATION",
-        ErrorCode::CommandFailed,
-    ),
+    (0x8007_0011, "ERROR_NOT_SAME_DEVICE", ErrorCode::CommandFailed),
+    (0x8007_0020, "ERROR_SHARING_VIOLATION", ErrorCode::CommandFailed),
+    (0x8007_0021, "ERROR_LOCK_VIOLATION", ErrorCode::CommandFailed),
     (0x8007_0050, "ERROR_FILE_EXISTS", ErrorCode::CommandFailed),
-    (
-        0x8007_0057,
-        "ERROR_INVALID_PARAMETER",
-        ErrorCode::CommandFailed,
-    ),
+    (0x8007_0057, "ERROR_INVALID_PARAMETER", ErrorCode::CommandFailed),
     (0x8007_0070, "ERROR_DISK_FULL", ErrorCode::CommandFailed),
     (0x8007_007B, "ERROR_INVALID_NAME", ErrorCode::CommandFailed),
     (0x8007_0091, "ERROR_DIR_NOT_EMPTY", ErrorCode::CommandFailed),
-    (
-        0x8007_00B7,
-        "ERROR_ALREADY_EXISTS",
-        ErrorCode::CommandFailed,
-    ),
+    (0x8007_00B7, "ERROR_ALREADY_EXISTS", ErrorCode::CommandFailed),
     (0x8007_0490, "ERROR_NOT_FOUND", ErrorCode::CommandFailed),
     (0x8007_05B4, "ERROR_TIMEOUT", ErrorCode::Timeout),
     (0x8007_000E, "ERROR_OUTOFMEMORY", ErrorCode::CommandFailed),
@@ -165,11 +142,7 @@ pub(crate) const HRESULTS: &[(u32, &str, ErrorCode)] = &[
 
 /// An HRESULT delivered signed (`-2147024894`) or unsigned (`2147942402`), as 32 bits.
 pub(crate) fn hresult(code: i64) -> Option<u32> {
-    if code < 0 {
-        i32::try_from(code).ok().map(|c| c as u32)
-    } else {
-        u32::try_from(code).ok()
-    }
+    if code < 0 { i32::try_from(code).ok().map(|c| c as u32) } else { u32::try_from(code).ok() }
 }
 
 /// The name of an HRESULT: from [`HRESULTS`], else `WIN32_ERROR_<n>` for a FACILITY_WIN32
@@ -220,11 +193,8 @@ pub(crate) fn command_error(cmd: &CbCommand) -> ErrorInfo {
 /// A `process list` row. The name is the file name of `path` (empty for System), else of the
 /// command line's first token.
 pub(crate) fn process(p: wire::Process) -> ProcessInfo {
-    let non_empty = |s: &Option<String>| {
-        s.as_deref()
-            .filter(|s| !s.trim().is_empty())
-            .map(str::to_owned)
-    };
+    let non_empty =
+        |s: &Option<String>| s.as_deref().filter(|s| !s.trim().is_empty()).map(str::to_owned);
     let path = non_empty(&p.path);
     let command_line = non_empty(&p.command_line);
     let name = path
@@ -265,10 +235,7 @@ pub(crate) fn directory(files: Vec<wire::DirEntry>) -> Vec<DirectoryEntry> {
                 return None;
             }
             Some(DirectoryEntry {
-                is_directory: f
-                    .attributes
-                    .iter()
-                    .any(|a| a.eq_ignore_ascii_case("DIRECTORY")),
+                is_directory: f.attributes.iter().any(|a| a.eq_ignore_ascii_case("DIRECTORY")),
                 name,
                 size: f.size.unwrap_or(0),
                 attributes: f.attributes,
@@ -281,11 +248,7 @@ pub(crate) fn directory(files: Vec<wire::DirEntry>) -> Vec<DirectoryEntry> {
 }
 
 pub(crate) fn registry_value(v: wire::RegValue) -> RegistryValue {
-    RegistryValue {
-        name: v.value_name,
-        value_type: v.value_type,
-        data: v.value_data,
-    }
+    RegistryValue { name: v.value_name, value_type: v.value_type, data: v.value_data }
 }
 
 /// A sensor as a device. `online` is the sensor's own status (cbapi's scheduler keeps only
@@ -325,13 +288,7 @@ pub(crate) fn simple_request(cmd: &Command, session_id: u64) -> Option<CommandRe
         Command::RegistryGet { key, value } => {
             req(names::REG_QUERY_VALUE, registry_path(key, value).into())
         }
-        Command::RegistrySet {
-            key,
-            value,
-            value_type,
-            data,
-            overwrite,
-        } => CommandRequest {
+        Command::RegistrySet { key, value, value_type, data, overwrite } => CommandRequest {
             value_type: Some(value_type.as_str()),
             value_data: Some(data.clone()),
             overwrite: Some(*overwrite),
@@ -356,34 +313,21 @@ pub(crate) fn simple_request(cmd: &Command, session_id: u64) -> Option<CommandRe
 pub(crate) fn simple_result(cmd: &Command, done: CbCommand) -> CommandResult {
     match cmd {
         Command::ProcessList => CommandResult::Processes {
-            processes: done
-                .processes
-                .unwrap_or_default()
-                .into_iter()
-                .map(process)
-                .collect(),
+            processes: done.processes.unwrap_or_default().into_iter().map(process).collect(),
         },
-        Command::ListDirectory { .. } => CommandResult::Directory {
-            entries: directory(done.files.unwrap_or_default()),
-        },
+        Command::ListDirectory { .. } => {
+            CommandResult::Directory { entries: directory(done.files.unwrap_or_default()) }
+        }
         Command::RegistryList { .. } => CommandResult::RegistryKey {
             sub_keys: done.sub_keys.unwrap_or_default(),
-            values: done
-                .values
-                .unwrap_or_default()
-                .into_iter()
-                .map(registry_value)
-                .collect(),
+            values: done.values.unwrap_or_default().into_iter().map(registry_value).collect(),
         },
         Command::RegistryGet { value, .. } => CommandResult::RegistryValue {
-            value: done
-                .value
-                .map(registry_value)
-                .unwrap_or_else(|| RegistryValue {
-                    name: value.clone(),
-                    value_type: String::new(),
-                    data: Value::Null,
-                }),
+            value: done.value.map(registry_value).unwrap_or_else(|| RegistryValue {
+                name: value.clone(),
+                value_type: String::new(),
+                data: Value::Null,
+            }),
         },
         _ => CommandResult::Done,
     }
@@ -482,9 +426,7 @@ pub(crate) fn registry_path(key: &str, value: &str) -> String {
 
 /// The last component of a Windows or POSIX path.
 pub(crate) fn base_name(path: &str) -> &str {
-    path.rsplit(['\\', '/'])
-        .find(|s| !s.is_empty())
-        .unwrap_or(path)
+    path.rsplit(['\\', '/']).find(|s| !s.is_empty()).unwrap_or(path)
 }
 
 #[cfg(test)]
@@ -523,15 +465,8 @@ mod tests {
             match (code, &e) {
                 (None, CbError::SessionLost(text)) => assert_eq!(text, body),
                 (Some(code), CbError::Api(a)) => {
-                    assert_eq!(
-                        (a.code(), a.is_retryable()),
-                        (*code, *retryable),
-                        "{status}"
-                    );
-                    assert_eq!(
-                        a.info.vendor_code.as_deref(),
-                        Some(status.to_string().as_str())
-                    );
+                    assert_eq!((a.code(), a.is_retryable()), (*code, *retryable), "{status}");
+                    assert_eq!(a.info.vendor_code.as_deref(), Some(status.to_string().as_str()));
                 }
                 _ => panic!("{status} {body}: {e:?}"),
             }
@@ -659,24 +594,15 @@ mod tests {
             assert_eq!(e.vendor_message.as_deref(), Some(*vendor_message), "{raw}");
         }
         let no_desc = command_error(&failed(json!(2147942402u64), "WinHresult", ""));
-        assert_eq!(
-            no_desc.vendor_message.as_deref(),
-            Some("ERROR_FILE_NOT_FOUND")
-        );
+        assert_eq!(no_desc.vendor_message.as_deref(), Some("ERROR_FILE_NOT_FOUND"));
         let other = command_error(&failed(json!(17), "CbError", "sensor said no"));
         assert_eq!(other.code, ErrorCode::CommandFailed);
         assert_eq!(other.vendor_code.as_deref(), Some("17"));
-        assert_eq!(
-            other.vendor_message.as_deref(),
-            Some("CbError: sensor said no")
-        );
+        assert_eq!(other.vendor_message.as_deref(), Some("CbError: sensor said no"));
         // Every table entry round-trips through the decoder.
         for (code, name, error_code) in HRESULTS {
             let e = command_error(&failed(json!(*code), "WinHresult", ""));
-            assert_eq!(
-                (e.code, e.vendor_message.as_deref()),
-                (*error_code, Some(*name))
-            );
+            assert_eq!((e.code, e.vendor_message.as_deref()), (*error_code, Some(*name)));
         }
     }
 
@@ -684,10 +610,7 @@ mod tests {
     fn recorded_process_lists_convert() {
         for (fixture_name, count) in [
             ("GET_api_v1_cblr_session_1_command_4.json", 34),
-            (
-                "cbr-5.1.1_2016/GET_api_v1_cblr_session_10_command_2.json",
-                37,
-            ),
+            ("cbr-5.1.1_2016/GET_api_v1_cblr_session_10_command_2.json", 37),
         ] {
             let cmd: CbCommand = serde_json::from_value(fixture(fixture_name)).unwrap();
             assert_eq!(command_status(&cmd.status), Status::Succeeded);
@@ -702,13 +625,7 @@ mod tests {
                 (4, "System", None)
             );
             assert_eq!(system.parent_pid, Some(0));
-            assert!(
-                system
-                    .vendor_id
-                    .as_deref()
-                    .unwrap()
-                    .starts_with("00000001-0000-0004-")
-            );
+            assert!(system.vendor_id.as_deref().unwrap().starts_with("00000001-0000-0004-"));
             let smss = &processes[1];
             assert_eq!(smss.name, "smss.exe");
             assert_eq!(smss.username.as_deref(), Some("NT AUTHORITY\\SYSTEM"));
@@ -728,17 +645,10 @@ mod tests {
             "cbr-5.1.1_2016/POST_api_v1_cblr_session__sensor_id-1.json",
         ))
         .unwrap();
-        assert_eq!(
-            (pending.id, session_status(&pending.status)),
-            (10, Status::Dispatched)
-        );
+        assert_eq!((pending.id, session_status(&pending.status)), (10, Status::Dispatched));
         let closed: Vec<wire::Session> =
             serde_json::from_value(fixture("cbr-5.1.1_2016/GET_api_v1_cblr_session.json")).unwrap();
-        assert!(
-            closed
-                .iter()
-                .all(|s| session_status(&s.status) == Status::Cancelled)
-        );
+        assert!(closed.iter().all(|s| session_status(&s.status) == Status::Cancelled));
 
         let posted: CbCommand =
             serde_json::from_value(fixture("POST_api_v1_cblr_session_1_command__get-file.json"))
@@ -748,10 +658,7 @@ mod tests {
         assert_eq!(object_text(&posted.object), "C:\\test.txt");
         let done: CbCommand =
             serde_json::from_value(fixture("GET_api_v1_cblr_session_1_command_3.json")).unwrap();
-        assert_eq!(
-            (command_status(&done.status), done.result_code),
-            (Status::Succeeded, Some(0))
-        );
+        assert_eq!((command_status(&done.status), done.result_code), (Status::Succeeded, Some(0)));
         let listed: CbCommand = serde_json::from_value(fixture(
             "POST_api_v1_cblr_session_1_command__process-list.json",
         ))
@@ -765,10 +672,7 @@ mod tests {
         assert_eq!(device.hostname, "WIN7-HYPERV-2");
         assert!(device.online);
         assert_eq!(device.isolated, Some(false));
-        assert_eq!(
-            device.os.as_deref(),
-            Some("Windows 7 Professional Service Pack 1, 32-bit")
-        );
+        assert_eq!(device.os.as_deref(), Some("Windows 7 Professional Service Pack 1, 32-bit"));
     }
 
     #[test]
@@ -784,32 +688,16 @@ mod tests {
             ]
         }))
         .unwrap();
-        let CommandResult::Directory { entries } = simple_result(
-            &Command::ListDirectory {
-                path: "C:\\Temp".into(),
-            },
-            cmd,
-        ) else {
+        let CommandResult::Directory { entries } =
+            simple_result(&Command::ListDirectory { path: "C:\\Temp".into() }, cmd)
+        else {
             panic!()
         };
-        let summary: Vec<(&str, bool, u64)> = entries
-            .iter()
-            .map(|e| (e.name.as_str(), e.is_directory, e.size))
-            .collect();
+        let summary: Vec<(&str, bool, u64)> =
+            entries.iter().map(|e| (e.name.as_str(), e.is_directory, e.size)).collect();
+        assert_eq!(summary, [("sub", true, 0), ("a.txt", false, 12), ("docs.txt", false, 5)]);
         assert_eq!(
-            summary,
-            [
-                ("sub", true, 0),
-                ("a.txt", false, 12),
-                ("docs.txt", false, 5)
-            ]
-        );
-        assert_eq!(
-            (
-                entries[0].created_at,
-                entries[0].modified_at,
-                entries[0].accessed_at
-            ),
+            (entries[0].created_at, entries[0].modified_at, entries[0].accessed_at),
             (Some(1), Some(2), Some(3))
         );
         assert_eq!(entries[1].attributes, ["ARCHIVE", "HIDDEN"]);
@@ -823,12 +711,9 @@ mod tests {
             ]
         }))
         .unwrap();
-        let CommandResult::RegistryKey { sub_keys, values } = simple_result(
-            &Command::RegistryList {
-                key: "HKLM\\X".into(),
-            },
-            cmd,
-        ) else {
+        let CommandResult::RegistryKey { sub_keys, values } =
+            simple_result(&Command::RegistryList { key: "HKLM\\X".into() }, cmd)
+        else {
             panic!()
         };
         assert_eq!(sub_keys, ["A", "B"]);
@@ -840,55 +725,37 @@ mod tests {
     fn commands_become_cb_requests() {
         use edrgate_adapter::RegistryValueType;
         let table: Vec<(Command, Value)> = vec![
-            (
-                Command::ProcessList,
-                json!({"name": "process list", "session_id": 5}),
-            ),
+            (Command::ProcessList, json!({"name": "process list", "session_id": 5})),
             (
                 Command::KillProcess { pid: 1660 },
                 json!({"name": "kill", "object": 1660, "session_id": 5}),
             ),
             (
-                Command::DeleteFile {
-                    path: "C:\\x.txt".into(),
-                },
+                Command::DeleteFile { path: "C:\\x.txt".into() },
                 json!({"name": "delete file", "object": "C:\\x.txt", "session_id": 5}),
             ),
             (
-                Command::ListDirectory {
-                    path: "C:\\Temp".into(),
-                },
+                Command::ListDirectory { path: "C:\\Temp".into() },
                 json!({"name": "directory list", "object": "C:\\Temp\\*", "session_id": 5}),
             ),
             (
-                Command::ListDirectory {
-                    path: "C:\\Temp\\".into(),
-                },
+                Command::ListDirectory { path: "C:\\Temp\\".into() },
                 json!({"name": "directory list", "object": "C:\\Temp\\*", "session_id": 5}),
             ),
             (
-                Command::ListDirectory {
-                    path: "C:\\Temp\\*.log".into(),
-                },
+                Command::ListDirectory { path: "C:\\Temp\\*.log".into() },
                 json!({"name": "directory list", "object": "C:\\Temp\\*.log", "session_id": 5}),
             ),
             (
-                Command::CreateDirectory {
-                    path: "C:\\new".into(),
-                },
+                Command::CreateDirectory { path: "C:\\new".into() },
                 json!({"name": "create directory", "object": "C:\\new", "session_id": 5}),
             ),
             (
-                Command::RegistryList {
-                    key: "HKLM\\Soft".into(),
-                },
+                Command::RegistryList { key: "HKLM\\Soft".into() },
                 json!({"name": "reg enum key", "object": "HKLM\\Soft", "session_id": 5}),
             ),
             (
-                Command::RegistryGet {
-                    key: "HKLM\\Soft\\".into(),
-                    value: "v".into(),
-                },
+                Command::RegistryGet { key: "HKLM\\Soft\\".into(), value: "v".into() },
                 json!({"name": "reg query value", "object": "HKLM\\Soft\\v", "session_id": 5}),
             ),
             (
@@ -902,22 +769,15 @@ mod tests {
                 json!({"name": "reg set value", "object": "HKLM\\Soft\\v", "session_id": 5, "value_type": "REG_MULTI_SZ", "value_data": ["a", "b"], "overwrite": true}),
             ),
             (
-                Command::RegistryCreateKey {
-                    key: "HKLM\\K".into(),
-                },
+                Command::RegistryCreateKey { key: "HKLM\\K".into() },
                 json!({"name": "reg create key", "object": "HKLM\\K", "session_id": 5}),
             ),
             (
-                Command::RegistryDeleteKey {
-                    key: "HKLM\\K".into(),
-                },
+                Command::RegistryDeleteKey { key: "HKLM\\K".into() },
                 json!({"name": "reg delete key", "object": "HKLM\\K", "session_id": 5}),
             ),
             (
-                Command::RegistryDeleteValue {
-                    key: "HKLM\\K".into(),
-                    value: "v".into(),
-                },
+                Command::RegistryDeleteValue { key: "HKLM\\K".into(), value: "v".into() },
                 json!({"name": "reg delete value", "object": "HKLM\\K\\v", "session_id": 5}),
             ),
         ];

@@ -254,14 +254,12 @@ fn lenient_opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Er
     // Empty strings and nulls are "absent"; garbage is absent too rather than failing the
     // whole object over an informational field.
     let v = Option::<Lenient>::deserialize(d)?;
-    Ok(v.and_then(|v| v.as_i128())
-        .and_then(|n| u64::try_from(n).ok()))
+    Ok(v.and_then(|v| v.as_i128()).and_then(|n| u64::try_from(n).ok()))
 }
 
 fn lenient_opt_i64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
     let v = Option::<Lenient>::deserialize(d)?;
-    Ok(v.and_then(|v| v.as_i128())
-        .and_then(|n| i64::try_from(n).ok()))
+    Ok(v.and_then(|v| v.as_i128()).and_then(|n| i64::try_from(n).ok()))
 }
 
 fn lenient_opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
@@ -293,11 +291,7 @@ mod tests {
 
     #[test]
     fn requests_omit_unset_fields() {
-        let r = CommandRequest {
-            name: names::PROCESS_LIST,
-            session_id: 1,
-            ..Default::default()
-        };
+        let r = CommandRequest { name: names::PROCESS_LIST, session_id: 1, ..Default::default() };
         assert_eq!(
             serde_json::to_value(&r).unwrap(),
             json!({"name": "process list", "session_id": 1})

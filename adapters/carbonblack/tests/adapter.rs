@@ -68,11 +68,7 @@ struct MemFiles(Arc<FileStore>);
 impl MemFiles {
     fn add(&self, name: &str, bytes: &[u8]) -> String {
         let id = format!("up-{}", self.0.next.fetch_add(1, Ordering::Relaxed));
-        self.0
-            .files
-            .lock()
-            .unwrap()
-            .insert(id.clone(), (name.to_owned(), bytes.to_vec()));
+        self.0.files.lock().unwrap().insert(id.clone(), (name.to_owned(), bytes.to_vec()));
         id
     }
 
@@ -101,23 +97,14 @@ impl FileWriter for MemWriter {
         let sha256 = hex::encode(Sha256::digest(&this.buf));
         let size = this.buf.len() as u64;
         let id = this.store.add(&this.name, &this.buf);
-        Ok(FileRef {
-            file_id: id,
-            name: this.name,
-            size,
-            sha256,
-        })
+        Ok(FileRef { file_id: id, name: this.name, size, sha256 })
     }
 }
 
 #[async_trait]
 impl RunFiles for MemFiles {
     async fn create(&self, _index: usize, name: &str) -> Result<Box<dyn FileWriter>, AdapterError> {
-        Ok(Box::new(MemWriter {
-            store: self.clone(),
-            name: name.to_owned(),
-            buf: Vec::new(),
-        }))
+        Ok(Box::new(MemWriter { store: self.clone(), name: name.to_owned(), buf: Vec::new() }))
     }
 
     async fn open(&self, file_id: &str) -> Result<(FileRef, FileReader), AdapterError> {
@@ -294,12 +281,7 @@ impl Run {
 
     fn assert_all_succeeded(&self) {
         for (i, v) in self.views.iter().enumerate() {
-            assert_eq!(
-                v.status,
-                Status::Succeeded,
-                "command {i} ({:?}): {v:?}",
-                self.commands[i]
-            );
+            assert_eq!(v.status, Status::Succeeded, "command {i} ({:?}): {v:?}", self.commands[i]);
         }
     }
 }
@@ -351,24 +333,11 @@ async fn every_command_kind_succeeds_with_its_typed_result() {
     let key = "HKLM\\SOFTWARE\\edrgate".to_owned();
     let commands = vec![
         Command::ProcessList,
-        Command::ListDirectory {
-            path: "C:\\evidence".into(),
-        },
-        Command::GetFile {
-            path: "C:\\evidence\\note.txt".into(),
-            offset: None,
-            length: None,
-        },
-        Command::PutFile {
-            file_id: String::new(),
-            path: "C:\\evidence\\up.txt".into(),
-        },
-        Command::CreateDirectory {
-            path: "C:\\evidence\\newdir".into(),
-        },
-        Command::DeleteFile {
-            path: "C:\\evidence\\up.txt".into(),
-        },
+        Command::ListDirectory { path: "C:\\evidence".into() },
+        Command::GetFile { path: "C:\\evidence\\note.txt".into(), offset: None, length: None },
+        Command::PutFile { file_id: String::new(), path: "C:\\evidence\\up.txt".into() },
+        Command::CreateDirectory { path: "C:\\evidence\\newdir".into() },
+        Command::DeleteFile { path: "C:\\evidence\\up.txt".into() },
         Command::RegistryCreateKey { key: key.clone() },
         Command::RegistrySet {
             key: key.clone(),
@@ -377,15 +346,9 @@ async fn every_command_kind_succeeds_with_its_typed_result() {
             data: json!("data"),
             overwrite: false,
         },
-        Command::RegistryGet {
-            key: key.clone(),
-            value: "v".into(),
-        },
+        Command::RegistryGet { key: key.clone(), value: "v".into() },
         Command::RegistryList { key: key.clone() },
-        Command::RegistryDeleteValue {
-            key: key.clone(),
-            value: "v".into(),
-        },
+        Command::RegistryDeleteValue { key: key.clone(), value: "v".into() },
         Command::RegistryDeleteKey { key: key.clone() },
         Command::Execute {
             command_line: "cmd.exe /c echo hello edrgate".into(),
@@ -400,10 +363,7 @@ async fn every_command_kind_succeeds_with_its_typed_result() {
             output_file: None,
         },
         Command::KillProcess { pid: 3012 },
-        Command::MemoryDump {
-            path: None,
-            fetch: true,
-        },
+        Command::MemoryDump { path: None, fetch: true },
         Command::Isolate,
         Command::Release,
     ];
@@ -415,22 +375,12 @@ async fn every_command_kind_succeeds_with_its_typed_result() {
     run.drive(&adapter).await;
     run.assert_all_succeeded();
 
-    let CommandResult::Processes { processes } = run.result(0) else {
-        panic!()
-    };
+    let CommandResult::Processes { processes } = run.result(0) else { panic!() };
     let updater = processes.iter().find(|p| p.pid == 3012).unwrap();
     assert_eq!(updater.name, "updater.exe");
-    assert!(
-        updater
-            .vendor_id
-            .as_deref()
-            .unwrap()
-            .starts_with("00000001-")
-    );
+    assert!(updater.vendor_id.as_deref().unwrap().starts_with("00000001-"));
 
-    let CommandResult::Directory { entries } = run.result(1) else {
-        panic!()
-    };
+    let CommandResult::Directory { entries } = run.result(1) else { panic!() };
     let note = entries.iter().find(|e| e.name == "note.txt").unwrap();
     assert!(!note.is_directory);
     assert_eq!(note.size, NOTE_TXT.len() as u64);
@@ -441,67 +391,38 @@ async fn every_command_kind_succeeds_with_its_typed_result() {
     assert_eq!(note_file.sha256, sha256(NOTE_TXT.as_bytes()));
     assert_eq!(run.files.bytes(note_file), NOTE_TXT.as_bytes());
 
-    assert!(
-        !sim.file_exists(1, "C:\\evidence\\up.txt"),
-        "deleted after the put"
-    );
+    assert!(!sim.file_exists(1, "C:\\evidence\\up.txt"), "deleted after the put");
     assert!(sim.file_exists(1, "C:\\evidence\\newdir"));
     assert!(!sim.registry_key_exists(1, &key));
-    let CommandResult::RegistryValue { value } = run.result(8) else {
-        panic!()
-    };
+    let CommandResult::RegistryValue { value } = run.result(8) else { panic!() };
     assert_eq!(
         (value.name.as_str(), value.value_type.as_str(), &value.data),
         ("v", "REG_SZ", &json!("data"))
     );
-    let CommandResult::RegistryKey { values, .. } = run.result(9) else {
-        panic!()
-    };
+    let CommandResult::RegistryKey { values, .. } = run.result(9) else { panic!() };
     assert!(values.iter().any(|v| v.name == "v"));
 
-    let CommandResult::Execution {
-        exit_code,
-        output,
-        output_file,
-        ..
-    } = run.result(12)
-    else {
+    let CommandResult::Execution { exit_code, output, output_file, .. } = run.result(12) else {
         panic!()
     };
     assert_eq!(*exit_code, Some(0));
-    assert!(
-        output.as_deref().unwrap().contains("hello edrgate"),
-        "{output:?}"
-    );
+    assert!(output.as_deref().unwrap().contains("hello edrgate"), "{output:?}");
     let output_file = output_file.as_ref().unwrap();
-    assert_eq!(
-        run.files.bytes(output_file),
-        output.as_deref().unwrap().as_bytes()
-    );
+    assert_eq!(run.files.bytes(output_file), output.as_deref().unwrap().as_bytes());
     let temp = format!("C:\\Windows\\Temp\\edrgate-{}-12.out", run.run_id.simple());
     assert!(!sim.file_exists(1, &temp), "temporary output deleted");
-    let CommandResult::Execution { pid, exit_code, .. } = run.result(13) else {
-        panic!()
-    };
+    let CommandResult::Execution { pid, exit_code, .. } = run.result(13) else { panic!() };
     assert!(pid.is_some());
     assert_eq!(*exit_code, None);
 
     assert!(!sim.process_exists(1, 3012));
 
-    let CommandResult::MemoryDump { path, file } = run.result(15) else {
-        panic!()
-    };
+    let CommandResult::MemoryDump { path, file } = run.result(15) else { panic!() };
     assert_eq!(file.as_ref().unwrap().size, 100_000);
     assert!(!sim.file_exists(1, path), "temporary dump deleted");
 
-    assert_eq!(
-        run.result(16),
-        &CommandResult::Containment { isolated: true }
-    );
-    assert_eq!(
-        run.result(17),
-        &CommandResult::Containment { isolated: false }
-    );
+    assert_eq!(run.result(16), &CommandResult::Containment { isolated: true });
+    assert_eq!(run.result(17), &CommandResult::Containment { isolated: false });
     assert!(!sim.is_isolated(1));
 
     let counters = sim.counters();
@@ -520,11 +441,7 @@ async fn hresult_failures_map_to_stable_codes_with_the_raw_code() {
     let mut run = Run::new(
         "1",
         vec![
-            Command::GetFile {
-                path: "C:\\nope.txt".into(),
-                offset: None,
-                length: None,
-            },
+            Command::GetFile { path: "C:\\nope.txt".into(), offset: None, length: None },
             Command::GetFile {
                 path: "C:\\Windows\\System32\\config\\SAM".into(),
                 offset: None,
@@ -537,34 +454,16 @@ async fn hresult_failures_map_to_stable_codes_with_the_raw_code() {
     .continue_on_error();
     run.drive(&adapter).await;
     let table = [
-        (
-            0,
-            ErrorCode::FileNotFound,
-            "0x80070002",
-            "ERROR_FILE_NOT_FOUND",
-        ),
-        (
-            1,
-            ErrorCode::AccessDenied,
-            "0x80070005",
-            "ERROR_ACCESS_DENIED",
-        ),
-        (
-            2,
-            ErrorCode::CommandFailed,
-            "0x80070057",
-            "ERROR_INVALID_PARAMETER",
-        ),
+        (0, ErrorCode::FileNotFound, "0x80070002", "ERROR_FILE_NOT_FOUND"),
+        (1, ErrorCode::AccessDenied, "0x80070005", "ERROR_ACCESS_DENIED"),
+        (2, ErrorCode::CommandFailed, "0x80070057", "ERROR_INVALID_PARAMETER"),
     ];
     for (i, code, vendor_code, name) in table {
         assert_eq!(run.status(i), Status::Failed);
         let e = run.error(i);
         assert_eq!(e.code, code, "{e:?}");
         assert_eq!(e.vendor_code.as_deref(), Some(vendor_code));
-        assert!(
-            e.vendor_message.as_deref().unwrap().starts_with(name),
-            "{e:?}"
-        );
+        assert!(e.vendor_message.as_deref().unwrap().starts_with(name), "{e:?}");
     }
     assert_eq!(run.status(3), Status::Succeeded);
 
@@ -572,29 +471,18 @@ async fn hresult_failures_map_to_stable_codes_with_the_raw_code() {
     let mut run = Run::new(
         "2",
         vec![
-            Command::GetFile {
-                path: "C:\\nope.txt".into(),
-                offset: None,
-                length: None,
-            },
+            Command::GetFile { path: "C:\\nope.txt".into(), offset: None, length: None },
             Command::ProcessList,
         ],
     );
     run.drive(&adapter).await;
-    assert_eq!(
-        (run.status(0), run.status(1)),
-        (Status::Failed, Status::Skipped)
-    );
+    assert_eq!((run.status(0), run.status(1)), (Status::Failed, Status::Skipped));
 }
 
 #[tokio::test]
 async fn get_file_downloads_in_ranges() {
     let size = 300_000u64;
-    let (sim, url) = simulator(SimConfig {
-        file_size: size,
-        ..SimConfig::default()
-    })
-    .await;
+    let (sim, url) = simulator(SimConfig { file_size: size, ..SimConfig::default() }).await;
     let mut cfg = config(&url);
     cfg.chunk_size = 64 * 1024;
     let adapter = adapter(cfg);
@@ -602,32 +490,18 @@ async fn get_file_downloads_in_ranges() {
     let mut run = Run::new(
         "1",
         vec![
-            Command::GetFile {
-                path: big.into(),
-                offset: None,
-                length: None,
-            },
-            Command::GetFile {
-                path: big.into(),
-                offset: Some(1000),
-                length: Some(150_000),
-            },
+            Command::GetFile { path: big.into(), offset: None, length: None },
+            Command::GetFile { path: big.into(), offset: Some(1000), length: Some(150_000) },
         ],
     );
     run.drive(&adapter).await;
     run.assert_all_succeeded();
     let whole = file_of(run.result(0));
     assert_eq!(whole.size, size);
-    assert_eq!(
-        whole.sha256,
-        sha256(&sim.read_file(1, big, 0, size).unwrap())
-    );
+    assert_eq!(whole.sha256, sha256(&sim.read_file(1, big, 0, size).unwrap()));
     let part = file_of(run.result(1));
     assert_eq!(part.size, 150_000);
-    assert_eq!(
-        part.sha256,
-        sha256(&sim.read_file(1, big, 1000, 150_000).unwrap())
-    );
+    assert_eq!(part.sha256, sha256(&sim.read_file(1, big, 1000, 150_000).unwrap()));
     // 300 000 bytes in 64 KiB ranges: 5; 150 000 bytes: 3.
     assert_eq!(sim.counters().downloads, 8);
     assert_eq!(sim.counters().executed("get file"), 8);
@@ -635,11 +509,7 @@ async fn get_file_downloads_in_ranges() {
 
 #[tokio::test]
 async fn slot_limit_holds_across_many_runs() {
-    let (sim, url) = simulator(SimConfig {
-        sensors: 12,
-        ..SimConfig::default()
-    })
-    .await;
+    let (sim, url) = simulator(SimConfig { sensors: 12, ..SimConfig::default() }).await;
     let mut cfg = config(&url);
     cfg.slot_limit = 3;
     let adapter = Arc::new(adapter(cfg));
@@ -697,10 +567,7 @@ async fn a_waiting_run_on_the_same_sensor_reuses_the_session() {
 #[tokio::test]
 async fn a_lost_session_is_replaced_and_read_commands_re_sent() {
     let (sim, url) = simulator(SimConfig {
-        faults: Faults {
-            expire_sessions_after_commands: Some(2),
-            ..Faults::default()
-        },
+        faults: Faults { expire_sessions_after_commands: Some(2), ..Faults::default() },
         ..SimConfig::default()
     })
     .await;
@@ -709,14 +576,8 @@ async fn a_lost_session_is_replaced_and_read_commands_re_sent() {
         "1",
         vec![
             Command::ProcessList,
-            Command::ListDirectory {
-                path: "C:\\evidence".into(),
-            },
-            Command::GetFile {
-                path: "C:\\evidence\\note.txt".into(),
-                offset: None,
-                length: None,
-            },
+            Command::ListDirectory { path: "C:\\evidence".into() },
+            Command::GetFile { path: "C:\\evidence\\note.txt".into(), offset: None, length: None },
             Command::RegistryList {
                 key: "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run".into(),
             },
@@ -764,11 +625,7 @@ async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
     let first = adapter(config(&url));
     let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }]);
     crash_after_intent(&mut run, &first, Duration::from_millis(200)).await;
-    assert_eq!(
-        sim.counters().commands_by_name.get("kill"),
-        None,
-        "not executed yet"
-    );
+    assert_eq!(sim.counters().commands_by_name.get("kill"), None, "not executed yet");
     drop(first);
 
     let second = adapter(config(&url));
@@ -784,10 +641,7 @@ async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
 async fn a_crash_before_the_kill_was_sent_is_reported_unknown_not_resent() {
     let (sim, url) = simulator(SimConfig::default()).await;
     let first = adapter(config(&url));
-    let mut run = Run::new(
-        "1",
-        vec![Command::KillProcess { pid: 3012 }, Command::ProcessList],
-    );
+    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }, Command::ProcessList]);
     *run.journal.mode.lock().unwrap() = JournalMode::StoreThenHang;
     crash_after_intent(&mut run, &first, Duration::from_millis(100)).await;
     drop(first);
@@ -815,27 +669,14 @@ async fn cancel_while_queued_for_a_slot() {
     let holder = {
         let adapter = Arc::clone(&adapter);
         tokio::spawn(async move {
-            let mut run = Run::new(
-                "1",
-                vec![Command::MemoryDump {
-                    path: None,
-                    fetch: false,
-                }],
-            );
+            let mut run = Run::new("1", vec![Command::MemoryDump { path: None, fetch: false }]);
             run.drive(&adapter).await;
             run.assert_all_succeeded();
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut waiting = Run::new(
-        "2",
-        vec![
-            Command::ProcessList,
-            Command::ListDirectory {
-                path: "C:\\".into(),
-            },
-        ],
-    );
+    let mut waiting =
+        Run::new("2", vec![Command::ProcessList, Command::ListDirectory { path: "C:\\".into() }]);
     let stop = waiting.stop.clone();
     let canceller = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -847,13 +688,7 @@ async fn cancel_while_queued_for_a_slot() {
         assert_eq!(waiting.status(i), Status::Cancelled);
         assert_eq!(waiting.error(i).code, ErrorCode::Cancelled);
     }
-    assert!(
-        !waiting
-            .history
-            .iter()
-            .any(|(_, s)| *s == Status::Dispatched),
-        "never left the queue"
-    );
+    assert!(!waiting.history.iter().any(|(_, s)| *s == Status::Dispatched), "never left the queue");
     holder.await.unwrap();
     assert_eq!(sim.counters().sessions_created, 1);
 }
@@ -866,16 +701,8 @@ async fn stop_a_running_memdump(reason: StopReason) -> (Run, Simulator) {
     })
     .await;
     let adapter = adapter(config(&url));
-    let mut run = Run::new(
-        "1",
-        vec![
-            Command::MemoryDump {
-                path: None,
-                fetch: true,
-            },
-            Command::ProcessList,
-        ],
-    );
+    let mut run =
+        Run::new("1", vec![Command::MemoryDump { path: None, fetch: true }, Command::ProcessList]);
     let stop = run.stop.clone();
     let stopper = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -941,11 +768,7 @@ async fn hostnames_resolve_to_sensors() {
     let adapter = adapter(config(&url));
     let device = adapter.resolve_hostname("win-0002").await.unwrap();
     assert_eq!(
-        (
-            device.device_id.as_str(),
-            device.backend.as_str(),
-            device.online
-        ),
+        (device.device_id.as_str(), device.backend.as_str(), device.online),
         ("2", "cb-test", true)
     );
     let ambiguous = adapter.resolve_hostname("WIN-0001").await.unwrap_err();
@@ -958,52 +781,33 @@ async fn hostnames_resolve_to_sensors() {
 
 #[tokio::test]
 async fn an_offline_sensor_fails_with_device_offline_after_the_checkin_timeout() {
-    let (sim, url) = simulator(SimConfig {
-        offline_sensors: vec![2],
-        ..SimConfig::default()
-    })
-    .await;
+    let (sim, url) =
+        simulator(SimConfig { offline_sensors: vec![2], ..SimConfig::default() }).await;
     let mut cfg = config(&url);
     cfg.session_checkin_timeout_secs = 1;
     let adapter = adapter(cfg);
-    let mut run = Run::new(
-        "2",
-        vec![
-            Command::ProcessList,
-            Command::ListDirectory {
-                path: "C:\\".into(),
-            },
-        ],
-    )
-    .continue_on_error();
+    let mut run =
+        Run::new("2", vec![Command::ProcessList, Command::ListDirectory { path: "C:\\".into() }])
+            .continue_on_error();
     run.drive(&adapter).await;
     for i in 0..2 {
         assert_eq!(run.status(i), Status::Failed);
         assert_eq!(run.error(i).code, ErrorCode::DeviceOffline);
     }
     let counters = sim.counters();
-    assert_eq!(
-        (counters.sessions_created, counters.sessions_closed),
-        (1, 1)
-    );
+    assert_eq!((counters.sessions_created, counters.sessions_closed), (1, 1));
 }
 
 #[tokio::test]
 async fn live_response_disabled_is_vendor_rejected() {
-    let (_sim, url) = simulator(SimConfig {
-        live_response_enabled: false,
-        ..SimConfig::default()
-    })
-    .await;
+    let (_sim, url) =
+        simulator(SimConfig { live_response_enabled: false, ..SimConfig::default() }).await;
     let adapter = adapter(config(&url));
     let mut run = Run::new("1", vec![Command::ProcessList]);
     run.drive(&adapter).await;
     assert_eq!(run.status(0), Status::Failed);
     let e = run.error(0);
-    assert_eq!(
-        (e.code, e.vendor_code.as_deref()),
-        (ErrorCode::VendorRejected, Some("412"))
-    );
+    assert_eq!((e.code, e.vendor_code.as_deref()), (ErrorCode::VendorRejected, Some("412")));
 }
 
 #[tokio::test]
