@@ -251,6 +251,12 @@ pub struct Simulator {
     inner: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator").field("counters", &self.counters()).finish_non_exhaustive()
+    }
+}
+
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
         Self {

@@ -123,7 +123,7 @@ impl CommandInput {
         }
     }
 
-    fn flag(&self, key: &str) -> bool {
+    pub(crate) fn flag(&self, key: &str) -> bool {
         self.extra.get(key).is_some_and(truthy)
     }
 

@@ -564,9 +564,7 @@ impl Runtime {
                     } else {
                         99
                     };
-                    let compressing =
-                        c.input.extra.get("compress").is_some_and(|v| v == &Value::Bool(true))
-                            && pct >= 80;
+                    let compressing = c.input.flag("compress") && pct >= 80;
                     memdump_progress(&mut o, pct, !compressing, compressing);
                 }
                 "in progress"
