@@ -8,7 +8,7 @@
 //!
 //! # What is simulated
 //! * **Server routes**: `GET /api/info`, sensors (`/api/v1/sensor/{id}` GET/PUT for network
-//!   isolation, `/api/v1/sensor?hostname=` with 204 on no match, `/api/v2/sensor`), and every
+//!   isolation, applied as `is_isolating` at the sensor's next check-in, `/api/v1/sensor?hostname=` with 204 on no match, `/api/v2/sensor`), and every
 //!   Live Response route of §2 under `/api/v1/cblr` (sessions, keepalive, archive, commands with
 //!   `?wait=true`, cancel, session file storage with multipart upload and streamed content).
 //! * **Sessions** (§3): `pending` → `active` after [`SimConfig::checkin_delay`] once the session
@@ -52,7 +52,10 @@
 //! assert_eq!(sim.counters().sessions_created, 0);
 //! # Ok(()) }
 //! ```
-//! `router()` gives the bare [`axum::Router`] for embedding; `serve`/`serve_tls` run it.
+//! `router()` gives the bare [`axum::Router`] for embedding; `serve`/`serve_tls`/`serve_tls_on`
+//! run it on a listener, `spawn`/`spawn_tls` do so in a background task on `127.0.0.1:0`.
+//! Test helpers (`process_exists`, `file_exists`, `read_file`, `registry_value`,
+//! `is_isolated`, `counters`, …) look at endpoint and server state directly.
 //! HTTPS uses a self-signed certificate (rcgen) for `localhost` and `127.0.0.1`, available
 //! as PEM from [`Simulator::cert_pem`] so clients can trust it.
 
@@ -431,6 +434,8 @@ impl Simulator {
         self.with(|rt, _| rt.endpoints.get(&sensor_id).is_some_and(|e| e.registry_key_exists(key)))
     }
 
+    /// `network_isolation_enabled` as last set through `PUT /api/v1/sensor/{id}`; the sensor
+    /// object's `is_isolating` follows it one `checkin_delay` later (next check-in).
     pub fn is_isolated(&self, sensor_id: u64) -> bool {
         self.with(|rt, _| rt.sensors.get(&sensor_id).is_some_and(|s| s.isolated))
     }
