@@ -38,9 +38,6 @@ const OUTPUT_INLINE_LIMIT: usize = 64 * 1024;
 /// Clock skew tolerated between edrgate and the CB server when matching a command to an
 /// intent by `create_time`. Erring late only turns an adoption into `outcome_unknown`.
 const RECONCILE_SKEW_SECS: f64 = 2.0;
-/// Consecutive transient failures a run rides out with its own back-off before the current
-/// command fails with the last error.
-const MAX_TRANSIENT: u32 = 6;
 /// Failed range downloads of one file before the command fails.
 const MAX_FETCH_FAILURES: u32 = 5;
 /// Per-run memory (slot, file writer) of runs whose steps stopped coming (engine gave up,
@@ -66,8 +63,9 @@ struct RunMemory {
 struct FetchWriter {
     index: usize,
     writer: Box<dyn FileWriter>,
-    /// The first bytes, for `execute`'s inline output.
+    /// The first bytes, for `execute`'s inline output (empty for other downloads).
     head: Vec<u8>,
+    head_limit: usize,
 }
 
 /// The run's state between steps, stored as JSON by the engine.
@@ -89,7 +87,7 @@ struct Checkpoint {
     /// Sessions lost under the current command (bounded by `max_session_retries`).
     #[serde(default)]
     session_losses: u32,
-    /// Consecutive transient failures (bounded by [`MAX_TRANSIENT`]).
+    /// Consecutive transient failures, for the back-off.
     #[serde(default)]
     transient: u32,
     /// The sensor never checked in: later commands needing a session fail at once.
@@ -348,10 +346,16 @@ impl CarbonBlackAdapter {
                     }
                 }
                 Err(CbError::SessionLost(text)) => self.session_lost(ctx, cp, updates, text),
-                Err(e) if e.is_retryable() && cp.transient < MAX_TRANSIENT => {
-                    cp.transient += 1;
+                // Transient failures (transport, 5xx, 429) are ridden out here, with the
+                // engine's back-off and the vendor's Retry-After, rather than returned as
+                // `Err`: the run holds a slot and maybe a session, and only a later step
+                // (which the engine skips for a run stopped during an error back-off) can
+                // release them. The state reached so far is kept, so an intent is reconciled
+                // rather than re-sent. A stop or the deadline ends the retrying.
+                Err(e) if e.is_retryable() => {
+                    cp.transient = cp.transient.saturating_add(1);
                     let delay = edrgate_adapter::http::Backoff::STANDARD
-                        .delay(cp.transient, e.retry_after());
+                        .delay(cp.transient.min(8), e.retry_after());
                     tracing::warn!(run = %ctx.run_id, error = %e, retry_in = ?delay, "carbon black call failed");
                     return Ok(Next::After(delay));
                 }
@@ -522,9 +526,10 @@ impl CarbonBlackAdapter {
                 self.sent(cp, updates, sid, &sent);
                 Ok(Drive::Continue)
             }
-            // An HTTP answer other than 5xx/429 means the server refused it: nothing ran.
-            // A lost session likewise (§5.3: cbapi re-sends after reconnecting).
-            Err(e) if !e.is_retryable() => {
+            // An HTTP answer other than 5xx means the server refused it: nothing ran. A
+            // lost session likewise (§5.3: cbapi re-sends after reconnecting), and a 429,
+            // which a rate limiter answers before the request is processed.
+            Err(e) if !e.is_retryable() || is_rate_limited(&e) => {
                 cp.phase = previous;
                 Err(e)
             }
@@ -727,6 +732,10 @@ impl CarbonBlackAdapter {
                     index,
                     writer: ctx.files.create(index, &name).await?,
                     head: Vec::new(),
+                    head_limit: match fetch.then {
+                        AfterFetch::Execute { .. } => OUTPUT_INLINE_LIMIT,
+                        _ => 0,
+                    },
                 }
             }
         };
@@ -902,8 +911,8 @@ impl CarbonBlackAdapter {
                     "Carbon Black returned more bytes than the requested range",
                 )));
             }
-            if writer.head.len() < OUTPUT_INLINE_LIMIT {
-                let take = (OUTPUT_INLINE_LIMIT - writer.head.len()).min(chunk.len());
+            if writer.head.len() < writer.head_limit {
+                let take = (writer.head_limit - writer.head.len()).min(chunk.len());
                 writer.head.extend_from_slice(&chunk[..take]);
             }
             writer.writer.write(&chunk).await?;
@@ -1264,7 +1273,10 @@ impl CarbonBlackAdapter {
             self.client.keepalive(sid).await?;
             session.last_contact = now();
         }
-        let long_poll = self.long_poll();
+        // Long-poll only during the first window after sending: short commands are noticed
+        // the moment they end, while longer ones are polled plainly so their progress
+        // (memdump percentage, `in progress`) is seen.
+        let long_poll = self.long_poll().filter(|lp| now() - since < lp.as_secs_f64());
         let started = Instant::now();
         let got = tokio::select! {
             got = self.client.command(sid, cid, long_poll) => got?,
@@ -1526,6 +1538,10 @@ fn outcome_unknown(index: usize, name: &str) -> CommandUpdate {
             ),
         ),
     )
+}
+
+fn is_rate_limited(e: &CbError) -> bool {
+    matches!(e, CbError::Api(a) if a.code() == ErrorCode::VendorRateLimited)
 }
 
 fn offline_error() -> ErrorInfo {

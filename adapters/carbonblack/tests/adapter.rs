@@ -148,6 +148,7 @@ struct Run {
     checkpoint: Option<Value>,
     views: Vec<CommandView>,
     history: Vec<(usize, Status)>,
+    vendor_history: Vec<(usize, String)>,
 }
 
 impl Run {
@@ -179,6 +180,7 @@ impl Run {
             checkpoint: None,
             views,
             history: Vec::new(),
+            vendor_history: Vec::new(),
         }
     }
 
@@ -204,8 +206,9 @@ impl Run {
             if u.error.is_some() {
                 view.error = u.error;
             }
-            if u.vendor_status.is_some() {
-                view.vendor_status = u.vendor_status;
+            if let Some(word) = u.vendor_status {
+                self.vendor_history.push((u.index, word.clone()));
+                view.vendor_status = Some(word);
             }
             self.history.push((u.index, u.status));
         }
@@ -819,4 +822,176 @@ async fn a_wrong_token_is_vendor_auth_failed_and_never_shown() {
     let e = adapter.find_devices(None).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::VendorAuthFailed);
     assert!(!format!("{e} {e:?}").contains("wrong-token-value-123"));
+}
+
+/// Makespan of 200 sensors × (process list + 1 MiB get file) through 10 slots against the
+/// slot-bound optimum (waves × (check-in + two command latencies)). Run with `--ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "timing measurement, not a correctness test"]
+async fn makespan_of_200_sensors_through_10_slots() {
+    let sim_cfg = SimConfig { sensors: 200, ..SimConfig::default() };
+    let optimum =
+        (200 / 10) as f64 * (sim_cfg.checkin_delay + sim_cfg.command_latency * 2).as_secs_f64();
+    let (sim, url) = simulator(sim_cfg).await;
+    let mut cfg = CarbonBlackConfig::new(&url, DEFAULT_TOKEN.to_owned().into());
+    cfg.slot_limit = 10;
+    let adapter = Arc::new(adapter(cfg));
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for sensor in 1..=200 {
+        let adapter = Arc::clone(&adapter);
+        tasks.push(tokio::spawn(async move {
+            let mut run = Run::new(
+                &sensor.to_string(),
+                vec![
+                    Command::ProcessList,
+                    Command::GetFile {
+                        path: "C:\\evidence\\big.bin".into(),
+                        offset: None,
+                        length: None,
+                    },
+                ],
+            );
+            run.drive(&adapter).await;
+            run.assert_all_succeeded();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let makespan = started.elapsed().as_secs_f64();
+    println!(
+        "makespan {makespan:.2} s, optimum {optimum:.2} s, ratio {:.3}, max sessions {}",
+        makespan / optimum,
+        sim.max_concurrent_sessions()
+    );
+    assert!(sim.max_concurrent_sessions() <= 10);
+}
+
+#[tokio::test]
+async fn transient_failures_are_ridden_out() {
+    let (sim, url) = simulator(SimConfig {
+        file_size: 200_000,
+        faults: Faults { error_5xx_every: Some(3), drop_every: Some(7), ..Faults::default() },
+        ..SimConfig::default()
+    })
+    .await;
+    let mut cfg = config(&url);
+    cfg.chunk_size = 64 * 1024;
+    let adapter = adapter(cfg);
+    let mut run = Run::new(
+        "1",
+        vec![
+            Command::ProcessList,
+            Command::GetFile { path: "C:\\evidence\\big.bin".into(), offset: None, length: None },
+            Command::ListDirectory { path: "C:\\evidence".into() },
+            Command::RegistryGet {
+                key: "HKLM\\SYSTEM\\CurrentControlSet\\Services\\CarbonBlack".into(),
+                value: "ImagePath".into(),
+            },
+        ],
+    );
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let file = file_of(run.result(1));
+    assert_eq!(
+        file.sha256,
+        sha256(&sim.read_file(1, "C:\\evidence\\big.bin", 0, 200_000).unwrap())
+    );
+    let counters = sim.counters();
+    assert!(counters.faults_5xx > 0 && counters.faults_dropped > 0, "{counters:?}");
+}
+
+#[tokio::test]
+async fn a_kill_whose_answer_was_lost_is_adopted_not_resent() {
+    // Requests: list sessions, create, wait for check-in, then the kill POST, whose
+    // response is dropped after the simulator processed it.
+    let (sim, url) = simulator(SimConfig {
+        faults: Faults { drop_every: Some(4), drop_after_processing: true, ..Faults::default() },
+        ..SimConfig::default()
+    })
+    .await;
+    let adapter = adapter(config(&url));
+    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }]);
+    run.drive(&adapter).await;
+    assert_eq!(run.status(0), Status::Succeeded, "{:?}", run.views[0]);
+    let counters = sim.counters();
+    assert!(counters.faults_dropped >= 1, "{counters:?}");
+    assert_eq!((counters.commands_posted, counters.executed("kill")), (1, 1));
+    assert!(!sim.process_exists(1, 3012));
+}
+
+#[tokio::test]
+async fn keepalives_flow_while_a_long_command_runs_and_slow_commands_time_out() {
+    let (sim, url) = simulator(SimConfig {
+        memdump_duration: Duration::from_millis(2500),
+        memdump_size: 1000,
+        ..SimConfig::default()
+    })
+    .await;
+    let mut cfg = config(&url);
+    cfg.keepalive_interval_secs = 1;
+    let adapter = adapter(cfg.clone());
+    let mut run =
+        Run::new("1", vec![Command::MemoryDump { path: Some("C:\\m.dmp".into()), fetch: false }]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert!(sim.counters().keepalives >= 1, "{:?}", sim.counters());
+    assert!(sim.file_exists(1, "C:\\m.dmp"), "a dump at a caller's path is kept");
+    // Progress is reported while it runs.
+    assert!(run.history.contains(&(0, Status::Running)), "{:?}", run.history);
+    assert!(
+        run.vendor_history.iter().any(|(_, w)| w.starts_with("dumping ") && w.ends_with('%')),
+        "{:?}",
+        run.vendor_history
+    );
+    assert_eq!(run.views[0].vendor_status.as_deref(), Some("complete"));
+
+    cfg.memdump_timeout_secs = 1;
+    let adapter = adapter_with(cfg);
+    let mut run =
+        Run::new("2", vec![Command::MemoryDump { path: None, fetch: false }, Command::ProcessList])
+            .continue_on_error();
+    run.drive(&adapter).await;
+    assert_eq!(run.status(0), Status::TimedOut);
+    assert_eq!(run.error(0).code, ErrorCode::Timeout);
+    assert_eq!(run.status(1), Status::Succeeded);
+}
+
+fn adapter_with(cfg: CarbonBlackConfig) -> CarbonBlackAdapter {
+    adapter(cfg)
+}
+
+#[tokio::test]
+async fn a_restart_mid_download_starts_the_file_over_and_stays_correct() {
+    let size = 400_000u64;
+    let (sim, url) = simulator(SimConfig { file_size: size, ..SimConfig::default() }).await;
+    let mut cfg = config(&url);
+    cfg.chunk_size = 64 * 1024;
+    // Plain polls, so each range takes a step of its own.
+    cfg.long_poll_ms = 0;
+    let big = "C:\\evidence\\big.bin";
+    let mut run =
+        Run::new("1", vec![Command::GetFile { path: big.into(), offset: None, length: None }]);
+    let first = adapter(cfg.clone());
+    // Step until at least one range has been written.
+    loop {
+        let next = run.step(&first).await.unwrap();
+        assert_ne!(next, Next::Done, "finished before the restart");
+        let cp = run.checkpoint.as_ref().unwrap();
+        if cp["phase"]["phase"] == "fetch" && cp["phase"]["next"].as_u64().unwrap() > 0 {
+            break;
+        }
+        if let Next::After(d) = next {
+            tokio::time::sleep(d).await;
+        }
+    }
+    drop(first);
+    let second = adapter(cfg);
+    run.drive(&second).await;
+    run.assert_all_succeeded();
+    let file = file_of(run.result(0));
+    assert_eq!(file.size, size);
+    assert_eq!(file.sha256, sha256(&sim.read_file(1, big, 0, size).unwrap()));
+    assert_eq!(sim.counters().sessions_created, 1, "the open session was reused");
 }
