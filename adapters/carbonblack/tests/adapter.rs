@@ -1,293 +1,18 @@
-//! The Carbon Black adapter driven end to end against the in-process simulator.
-//!
-//! A small harness stands in for the engine: an in-memory [`Journal`] and [`RunFiles`], and a
-//! loop that calls `step` until `Next::Done`, sleeping (and waking on a stop) between steps.
+//! The Carbon Black adapter driven end to end against the in-process simulator, stepped by
+//! `edrgate_adapter::testsuite`'s stand-in for the engine.
 
-use std::collections::HashMap;
-use std::io::Cursor;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use edrgate_adapter::adapter::{FileReader, FileWriter, StopReason, StopSignal};
+use edrgate_adapter::adapter::StopReason;
+use edrgate_adapter::testsuite::{JournalMode, RunHarness as Run, sha256_hex as sha256};
 use edrgate_adapter::{
-    Adapter, AdapterError, Command, CommandKind, CommandResult, CommandUpdate, ErrorCode,
-    ErrorInfo, FileRef, Journal, Next, OnError, RegistryValueType, RunContext, RunFiles, Status,
+    Adapter, Command, CommandKind, CommandResult, ErrorCode, FileRef, Next, RegistryValueType,
+    Status,
 };
 use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, Faults, NOTE_TXT, SimConfig, Simulator};
 use edrgate_carbonblack::{CarbonBlackAdapter, CarbonBlackConfig};
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tokio::sync::Notify;
-use uuid::Uuid;
-
-// ---- harness ----
-
-#[derive(Clone, Copy, PartialEq)]
-enum JournalMode {
-    Store,
-    /// Store, then never return: a crash between the intent and the vendor call.
-    StoreThenHang,
-}
-
-struct MemJournal {
-    mode: Mutex<JournalMode>,
-    records: Mutex<Vec<Value>>,
-    pending: Mutex<Vec<CommandUpdate>>,
-    recorded: Notify,
-}
-
-#[async_trait]
-impl Journal for MemJournal {
-    async fn record(
-        &self,
-        checkpoint: &Value,
-        updates: &[CommandUpdate],
-    ) -> Result<(), AdapterError> {
-        self.records.lock().unwrap().push(checkpoint.clone());
-        self.pending.lock().unwrap().extend_from_slice(updates);
-        self.recorded.notify_waiters();
-        let mode = *self.mode.lock().unwrap();
-        if mode == JournalMode::StoreThenHang {
-            std::future::pending::<()>().await;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct FileStore {
-    files: Mutex<HashMap<String, (String, Vec<u8>)>>,
-    next: AtomicU64,
-}
-
-#[derive(Clone, Default)]
-struct MemFiles(Arc<FileStore>);
-
-impl MemFiles {
-    fn add(&self, name: &str, bytes: &[u8]) -> String {
-        let id = format!("up-{}", self.0.next.fetch_add(1, Ordering::Relaxed));
-        self.0.files.lock().unwrap().insert(id.clone(), (name.to_owned(), bytes.to_vec()));
-        id
-    }
-
-    fn bytes(&self, file: &FileRef) -> Vec<u8> {
-        self.0.files.lock().unwrap()[&file.file_id].1.clone()
-    }
-}
-
-struct MemWriter {
-    store: MemFiles,
-    name: String,
-    buf: Vec<u8>,
-}
-
-#[async_trait]
-impl FileWriter for MemWriter {
-    async fn write(&mut self, chunk: &[u8]) -> Result<(), AdapterError> {
-        self.buf.extend_from_slice(chunk);
-        Ok(())
-    }
-    fn written(&self) -> u64 {
-        self.buf.len() as u64
-    }
-    async fn commit(self: Box<Self>) -> Result<FileRef, AdapterError> {
-        let this = *self;
-        let sha256 = hex::encode(Sha256::digest(&this.buf));
-        let size = this.buf.len() as u64;
-        let id = this.store.add(&this.name, &this.buf);
-        Ok(FileRef { file_id: id, name: this.name, size, sha256 })
-    }
-}
-
-#[async_trait]
-impl RunFiles for MemFiles {
-    async fn create(&self, _index: usize, name: &str) -> Result<Box<dyn FileWriter>, AdapterError> {
-        Ok(Box::new(MemWriter { store: self.clone(), name: name.to_owned(), buf: Vec::new() }))
-    }
-
-    async fn open(&self, file_id: &str) -> Result<(FileRef, FileReader), AdapterError> {
-        let (name, bytes) = self
-            .0
-            .files
-            .lock()
-            .unwrap()
-            .get(file_id)
-            .cloned()
-            .ok_or_else(|| AdapterError::new(ErrorCode::NotFound, "no such file"))?;
-        let file = FileRef {
-            file_id: file_id.to_owned(),
-            name,
-            size: bytes.len() as u64,
-            sha256: hex::encode(Sha256::digest(&bytes)),
-        };
-        Ok((file, Box::new(Cursor::new(bytes))))
-    }
-}
-
-#[derive(Clone, Debug)]
-struct CommandView {
-    status: Status,
-    result: Option<CommandResult>,
-    error: Option<ErrorInfo>,
-    vendor_status: Option<String>,
-}
-
-/// One run as the engine holds it.
-struct Run {
-    run_id: Uuid,
-    action_id: Uuid,
-    tenant: String,
-    device_id: String,
-    commands: Vec<Command>,
-    on_error: OnError,
-    stop: StopSignal,
-    journal: Arc<MemJournal>,
-    files: MemFiles,
-    checkpoint: Option<Value>,
-    views: Vec<CommandView>,
-    history: Vec<(usize, Status)>,
-    vendor_history: Vec<(usize, String)>,
-}
-
-impl Run {
-    fn new(device_id: &str, commands: Vec<Command>) -> Self {
-        let views = commands
-            .iter()
-            .map(|_| CommandView {
-                status: Status::Queued,
-                result: None,
-                error: None,
-                vendor_status: None,
-            })
-            .collect();
-        Run {
-            run_id: Uuid::now_v7(),
-            action_id: Uuid::now_v7(),
-            tenant: "t1".into(),
-            device_id: device_id.into(),
-            commands,
-            on_error: OnError::Stop,
-            stop: StopSignal::new(),
-            journal: Arc::new(MemJournal {
-                mode: Mutex::new(JournalMode::Store),
-                records: Mutex::new(Vec::new()),
-                pending: Mutex::new(Vec::new()),
-                recorded: Notify::new(),
-            }),
-            files: MemFiles::default(),
-            checkpoint: None,
-            views,
-            history: Vec::new(),
-            vendor_history: Vec::new(),
-        }
-    }
-
-    fn continue_on_error(mut self) -> Self {
-        self.on_error = OnError::Continue;
-        self
-    }
-
-    fn apply(&mut self, updates: Vec<CommandUpdate>) {
-        for u in updates {
-            let view = &mut self.views[u.index];
-            assert!(
-                !view.status.is_terminal(),
-                "command {} updated after it ended ({:?} -> {:?})",
-                u.index,
-                view.status,
-                u.status
-            );
-            view.status = u.status;
-            if u.result.is_some() {
-                view.result = u.result;
-            }
-            if u.error.is_some() {
-                view.error = u.error;
-            }
-            if let Some(word) = u.vendor_status {
-                self.vendor_history.push((u.index, word.clone()));
-                view.vendor_status = Some(word);
-            }
-            self.history.push((u.index, u.status));
-        }
-    }
-
-    /// One step, as the engine does it.
-    async fn step(&mut self, adapter: &CarbonBlackAdapter) -> Result<Next, AdapterError> {
-        let ctx = RunContext {
-            run_id: self.run_id,
-            action_id: self.action_id,
-            tenant: &self.tenant,
-            device_id: &self.device_id,
-            commands: &self.commands,
-            on_error: self.on_error,
-            comment: None,
-            stop: &self.stop,
-            journal: &*self.journal,
-            files: &self.files,
-        };
-        let result = adapter.step(&ctx, self.checkpoint.clone()).await;
-        let journaled = std::mem::take(&mut *self.journal.pending.lock().unwrap());
-        self.apply(journaled);
-        let step = result?;
-        self.checkpoint = Some(step.checkpoint);
-        self.apply(step.updates);
-        Ok(step.next)
-    }
-
-    /// Steps until done (retrying retryable errors), like the engine's worker loop.
-    async fn drive(&mut self, adapter: &CarbonBlackAdapter) {
-        let work = async {
-            loop {
-                match self.step(adapter).await {
-                    Ok(Next::Done) => return,
-                    Ok(Next::After(delay)) => {
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = self.stop.stopped() => {}
-                        }
-                    }
-                    Err(e) if e.is_retryable() => {
-                        tokio::time::sleep(Duration::from_millis(50)).await
-                    }
-                    Err(e) => panic!("run failed: {e}"),
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(60), work)
-            .await
-            .expect("run did not finish within 60 s");
-        for (i, v) in self.views.iter().enumerate() {
-            assert!(v.status.is_terminal(), "command {i} left {:?}", v.status);
-        }
-    }
-
-    fn status(&self, i: usize) -> Status {
-        self.views[i].status
-    }
-
-    fn result(&self, i: usize) -> &CommandResult {
-        self.views[i]
-            .result
-            .as_ref()
-            .unwrap_or_else(|| panic!("command {i} has no result: {:?}", self.views[i]))
-    }
-
-    fn error(&self, i: usize) -> &ErrorInfo {
-        self.views[i]
-            .error
-            .as_ref()
-            .unwrap_or_else(|| panic!("command {i} has no error: {:?}", self.views[i]))
-    }
-
-    fn assert_all_succeeded(&self) {
-        for (i, v) in self.views.iter().enumerate() {
-            assert_eq!(v.status, Status::Succeeded, "command {i} ({:?}): {v:?}", self.commands[i]);
-        }
-    }
-}
+use serde_json::json;
 
 async fn simulator(cfg: SimConfig) -> (Simulator, String) {
     let sim = Simulator::new(cfg);
@@ -305,10 +30,6 @@ fn config(url: &str) -> CarbonBlackConfig {
 
 fn adapter(cfg: CarbonBlackConfig) -> CarbonBlackAdapter {
     CarbonBlackAdapter::new("cb-test", cfg).unwrap()
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn file_of(result: &CommandResult) -> &FileRef {
@@ -531,7 +252,7 @@ async fn slot_limit_holds_across_many_runs() {
                     },
                 ],
             );
-            run.drive(&adapter).await;
+            run.drive(&*adapter).await;
             run.assert_all_succeeded();
         }));
     }
@@ -554,7 +275,7 @@ async fn a_waiting_run_on_the_same_sensor_reuses_the_session() {
         let adapter = Arc::clone(&adapter);
         tasks.push(tokio::spawn(async move {
             let mut run = Run::new("1", vec![Command::ProcessList, Command::ProcessList]);
-            run.drive(&adapter).await;
+            run.drive(&*adapter).await;
             run.assert_all_succeeded();
         }));
     }
@@ -593,31 +314,6 @@ async fn a_lost_session_is_replaced_and_read_commands_re_sent() {
     assert!(sim.counters().sessions_created >= 3, "{:?}", sim.counters());
 }
 
-/// Steps `run` until its journal records an intent, waits `after`, then abandons the step
-/// mid-flight, as a crash would.
-async fn crash_after_intent(run: &mut Run, adapter: &CarbonBlackAdapter, after: Duration) {
-    let journal = Arc::clone(&run.journal);
-    loop {
-        let recorded = journal.recorded.notified();
-        tokio::pin!(recorded);
-        recorded.as_mut().enable();
-        let crashed = {
-            let step = run.step(adapter);
-            tokio::pin!(step);
-            tokio::select! {
-                next = &mut step => { next.unwrap(); false }
-                _ = async { recorded.await; tokio::time::sleep(after).await } => true,
-            }
-        };
-        if crashed {
-            break;
-        }
-    }
-    // The engine resumes from what the journal stored.
-    run.checkpoint = run.journal.records.lock().unwrap().last().cloned();
-    *run.journal.mode.lock().unwrap() = JournalMode::Store;
-}
-
 #[tokio::test]
 async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
     let (sim, url) = simulator(SimConfig {
@@ -627,7 +323,7 @@ async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
     .await;
     let first = adapter(config(&url));
     let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }]);
-    crash_after_intent(&mut run, &first, Duration::from_millis(200)).await;
+    run.crash_after_intent(&first, Duration::from_millis(200)).await;
     assert_eq!(sim.counters().commands_by_name.get("kill"), None, "not executed yet");
     drop(first);
 
@@ -645,8 +341,8 @@ async fn a_crash_before_the_kill_was_sent_is_reported_unknown_not_resent() {
     let (sim, url) = simulator(SimConfig::default()).await;
     let first = adapter(config(&url));
     let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }, Command::ProcessList]);
-    *run.journal.mode.lock().unwrap() = JournalMode::StoreThenHang;
-    crash_after_intent(&mut run, &first, Duration::from_millis(100)).await;
+    run.journal.set_mode(JournalMode::StoreThenHang);
+    run.crash_after_intent(&first, Duration::from_millis(100)).await;
     drop(first);
 
     let second = adapter(config(&url));
@@ -673,7 +369,7 @@ async fn cancel_while_queued_for_a_slot() {
         let adapter = Arc::clone(&adapter);
         tokio::spawn(async move {
             let mut run = Run::new("1", vec![Command::MemoryDump { path: None, fetch: false }]);
-            run.drive(&adapter).await;
+            run.drive(&*adapter).await;
             run.assert_all_succeeded();
         })
     };
@@ -685,7 +381,7 @@ async fn cancel_while_queued_for_a_slot() {
         tokio::time::sleep(Duration::from_millis(300)).await;
         stop.stop(StopReason::Cancelled);
     });
-    waiting.drive(&adapter).await;
+    waiting.drive(&*adapter).await;
     canceller.await.unwrap();
     for i in 0..2 {
         assert_eq!(waiting.status(i), Status::Cancelled);
@@ -852,7 +548,7 @@ async fn makespan_of_200_sensors_through_10_slots() {
                     },
                 ],
             );
-            run.drive(&adapter).await;
+            run.drive(&*adapter).await;
             run.assert_all_succeeded();
         }));
     }
@@ -931,10 +627,10 @@ async fn keepalives_flow_while_a_long_command_runs_and_slow_commands_time_out() 
     .await;
     let mut cfg = config(&url);
     cfg.keepalive_interval_secs = 1;
-    let adapter = adapter(cfg.clone());
+    let patient = adapter(cfg.clone());
     let mut run =
         Run::new("1", vec![Command::MemoryDump { path: Some("C:\\m.dmp".into()), fetch: false }]);
-    run.drive(&adapter).await;
+    run.drive(&patient).await;
     run.assert_all_succeeded();
     assert!(sim.counters().keepalives >= 1, "{:?}", sim.counters());
     assert!(sim.file_exists(1, "C:\\m.dmp"), "a dump at a caller's path is kept");
@@ -948,18 +644,14 @@ async fn keepalives_flow_while_a_long_command_runs_and_slow_commands_time_out() 
     assert_eq!(run.views[0].vendor_status.as_deref(), Some("complete"));
 
     cfg.memdump_timeout_secs = 1;
-    let adapter = adapter_with(cfg);
+    let impatient = adapter(cfg);
     let mut run =
         Run::new("2", vec![Command::MemoryDump { path: None, fetch: false }, Command::ProcessList])
             .continue_on_error();
-    run.drive(&adapter).await;
+    run.drive(&impatient).await;
     assert_eq!(run.status(0), Status::TimedOut);
     assert_eq!(run.error(0).code, ErrorCode::Timeout);
     assert_eq!(run.status(1), Status::Succeeded);
-}
-
-fn adapter_with(cfg: CarbonBlackConfig) -> CarbonBlackAdapter {
-    adapter(cfg)
 }
 
 #[tokio::test]

@@ -9,7 +9,8 @@
 //! - [`error`]: [`AdapterError`], the normalized error with its retry hints;
 //! - [`budget`]: [`FairSlots`], the fair concurrency budget in front of a vendor;
 //! - [`http`]: vendor-HTTP helpers shared by adapters (`Retry-After`, back-off, classification
-//!   of transport failures).
+//!   of transport failures);
+//! - `testsuite` (feature `testsuite`): an in-memory engine stand-in for adapter tests.
 //!
 //! The rules every adapter follows are in `adapters/README.md`.
 
@@ -18,6 +19,8 @@ pub mod budget;
 pub mod error;
 pub mod http;
 pub mod model;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
 
 pub use adapter::{Adapter, CommandUpdate, Journal, Next, RunContext, RunFiles, Step};
 pub use budget::{FairSlots, SlotGuard};
