@@ -3,7 +3,11 @@
 //! See ARCHITECTURE.md for the map. Entry points: [`cli`] (the binary), [`api::router`] (HTTP),
 //! [`engine::Engine`] (durable execution).
 
+pub mod api;
+pub mod app;
+pub mod auth;
 pub mod backends;
+pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod files;

@@ -1,0 +1,298 @@
+//! `/v1/actions`: submit, get (with long-poll), list, cancel.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::LOCATION;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use edrgate_adapter::{Action, ActionRequest, Status};
+use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::ApiState;
+use super::problem::{ApiError, Json, Path, Problem, Query};
+use crate::auth::Caller;
+use crate::engine::{SubmitMeta, Submitted};
+use crate::store::{Cursor, ListQuery};
+
+/// Header that makes a retried submission return the first one's action.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set (to `true`) on the answer to a replayed submission.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+/// Longest accepted `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Page size of `GET /v1/actions` when `limit` is not given, and the largest allowed.
+pub const DEFAULT_LIMIT: u32 = 50;
+pub const MAX_LIMIT: u32 = 500;
+
+/// A page of actions, newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActionList {
+    pub items: Vec<Action>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v1/actions/{id}`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GetParams {
+    /// Long-poll: answer as soon as the action changes, or after this many seconds (capped by
+    /// the server's `max_wait_seconds`). A finished action is returned at once.
+    pub wait: Option<u64>,
+}
+
+/// Query of `GET /v1/actions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only actions with this status.
+    pub status: Option<Status>,
+    /// Only actions with a run on this device (device id or hostname).
+    pub device: Option<String>,
+    /// Only actions created at or after this instant (RFC 3339).
+    #[param(format = DateTime)]
+    pub since: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+}
+
+/// Submit an action.
+///
+/// The action and its runs are stored before the answer. With an `Idempotency-Key`, a retried
+/// submission (same key, same body) answers `200` with the first action and
+/// `Idempotent-Replayed: true`; the same key with another body is a `409`.
+#[utoipa::path(
+    post,
+    path = "/v1/actions",
+    tag = "actions",
+    request_body = ActionRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this submission return the same action (at most 255 characters)"),
+        ("X-Request-ID" = Option<String>, Header, description = "Echoed on the answer and stored with the action; generated when absent"),
+    ),
+    responses(
+        (status = 202, description = "Accepted: the action is stored and will run", body = Action,
+            headers(("Location" = String, description = "URL of the action"))),
+        (status = 200, description = "A replay of an earlier submission with the same Idempotency-Key", body = Action,
+            headers(("Idempotent-Replayed" = String, description = "`true`"))),
+        (status = 400, description = "Malformed JSON, unknown field or command, invalid arguments", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The tenant has no backends", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Idempotency-Key reused with a different request", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "A command the target's backend does not support", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn submit_action(
+    State(state): State<ApiState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Json(request): Json<ActionRequest>,
+) -> Result<Response, ApiError> {
+    let idempotency_key = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(value) => {
+            let key = value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_LEN);
+            let Some(key) = key else {
+                return Err(ApiError::invalid(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+                )));
+            };
+            Some(key.to_owned())
+        }
+    };
+    let request_id =
+        headers.get(&super::X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let meta = SubmitMeta { idempotency_key, request_id, subject: caller.subject.clone() };
+    let submitted = state.engine.submit(&caller.tenant, request, meta).await?;
+    let (status, action, replayed) = match submitted {
+        Submitted::Created(action) => (StatusCode::ACCEPTED, action, false),
+        Submitted::Replayed(action) => (StatusCode::OK, action, true),
+    };
+    tracing::info!(tenant = %caller.tenant, action_id = %action.id, replayed, "action submitted");
+    let mut response = (status, Json(&action)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/actions/{}", action.id)) {
+        response.headers_mut().insert(LOCATION, location);
+    }
+    if replayed {
+        response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Get an action, optionally long-polling until it changes.
+#[utoipa::path(
+    get,
+    path = "/v1/actions/{id}",
+    tag = "actions",
+    params(("id" = Uuid, Path, description = "Action id"), GetParams),
+    responses(
+        (status = 200, description = "The action", body = Action),
+        (status = 400, description = "Invalid `wait`", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such action for this tenant", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_action(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Query(params): Query<GetParams>,
+) -> Result<Json<Action>, ApiError> {
+    let wait = Duration::from_secs(params.wait.unwrap_or(0)).min(state.max_wait);
+    if wait.is_zero() {
+        return Ok(Json(state.engine.action(&caller.tenant, id).await?));
+    }
+    let action = tokio::select! {
+        changed = state.engine.wait_action(&caller.tenant, id, wait) => changed?,
+        // Shutting down: answer with what there is rather than hold the drain up.
+        () = state.shutdown.cancelled() => state.engine.action(&caller.tenant, id).await?,
+    };
+    Ok(Json(action))
+}
+
+/// List the tenant's actions, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/actions",
+    tag = "actions",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of actions", body = ActionList),
+        (status = 400, description = "Invalid filter or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_actions(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(params): Query<ListParams>,
+) -> Result<Json<ActionList>, ApiError> {
+    let query = list_query(params)?;
+    let (items, next) = state.engine.list(&caller.tenant, &query).await?;
+    Ok(Json(ActionList { items, next_cursor: next.map(|c| c.encode()) }))
+}
+
+/// Request the cancellation of an action.
+///
+/// Queued work is dropped; running commands are cancelled at the vendor where it allows. The
+/// answer is the action with `cancel_requested: true`; it reaches `cancelled` shortly after.
+#[utoipa::path(
+    post,
+    path = "/v1/actions/{id}/cancel",
+    tag = "actions",
+    params(("id" = Uuid, Path, description = "Action id")),
+    responses(
+        (status = 200, description = "Cancel requested", body = Action),
+        (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such action for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The action already finished", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn cancel_action(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<Json<Action>, ApiError> {
+    let action = state.engine.cancel(&caller.tenant, id).await?;
+    tracing::info!(tenant = %caller.tenant, action_id = %id, "cancel requested");
+    Ok(Json(action))
+}
+
+/// Checks the list filters and turns them into the store's query.
+fn list_query(params: ListParams) -> Result<ListQuery, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit: between 1 and {MAX_LIMIT}")));
+    }
+    let since = match params.since.as_deref() {
+        None => None,
+        Some(text) => {
+            let at = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+                ApiError::invalid(
+                    "since: an RFC 3339 date-time is expected, e.g. 2026-01-31T12:00:00Z",
+                )
+            })?;
+            Some(i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        }
+    };
+    let cursor = match params.cursor.as_deref() {
+        None | Some("") => None,
+        Some(text) => Some(
+            Cursor::decode(text)
+                .ok_or_else(|| ApiError::invalid("cursor: not a cursor this server issued"))?,
+        ),
+    };
+    let device = params.device.filter(|d| !d.is_empty());
+    Ok(ListQuery { status: params.status, device, since, cursor, limit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(query: &str) -> Result<ListParams, String> {
+        serde_urlencoded_from(query)
+    }
+
+    /// What axum's `Query` does with a query string.
+    fn serde_urlencoded_from(query: &str) -> Result<ListParams, String> {
+        let uri: axum::http::Uri = format!("/v1/actions?{query}").parse().unwrap();
+        axum::extract::Query::<ListParams>::try_from_uri(&uri)
+            .map(|q| q.0)
+            .map_err(|e| e.body_text())
+    }
+
+    #[test]
+    fn list_filters_are_parsed_and_checked() {
+        let cursor = Cursor { created_at: 1_700_000_000_000, id: Uuid::now_v7() };
+        let query = list_query(
+            params(&format!(
+                "status=succeeded&device=WIN-0001&since=2026-01-31T12:00:00Z&cursor={}&limit=10",
+                cursor.encode()
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(query.status, Some(Status::Succeeded));
+        assert_eq!(query.device.as_deref(), Some("WIN-0001"));
+        assert_eq!(query.since, Some(1_769_860_800_000));
+        assert_eq!(query.cursor, Some(cursor));
+        assert_eq!(query.limit, 10);
+        assert_eq!(list_query(params("").unwrap()).unwrap().limit, DEFAULT_LIMIT);
+    }
+
+    #[test]
+    fn bad_filters_are_invalid_requests() {
+        assert!(params("status=done").is_err());
+        assert!(params("limit=-1").is_err());
+        for query in ["limit=0", "limit=501", "since=yesterday", "cursor=abc", "cursor=12.nope"] {
+            let error = list_query(params(query).unwrap()).unwrap_err();
+            assert_eq!(error.code(), edrgate_adapter::ErrorCode::InvalidRequest, "{query}");
+        }
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let cursor = Cursor { created_at: 42, id: Uuid::now_v7() };
+        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::decode("42"), None);
+        assert_eq!(Cursor::decode("x.y"), None);
+    }
+}

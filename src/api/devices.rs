@@ -1,0 +1,122 @@
+//! `/v1/devices` and `/v1/capabilities`: what the tenant's backends know and can do; plus the
+//! unauthenticated health endpoints.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use edrgate_adapter::{Capabilities, Device, ErrorCode};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::ApiState;
+use super::problem::{ApiError, Json, Problem, Query};
+use crate::auth::Caller;
+
+/// Devices known to the tenant's backends.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceList {
+    pub items: Vec<Device>,
+}
+
+/// What each of the tenant's backends supports.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CapabilityList {
+    pub items: Vec<Capabilities>,
+}
+
+/// Liveness and readiness answers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok` (live) or `ready`.
+    pub status: String,
+}
+
+/// Query of `GET /v1/devices`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceParams {
+    /// Only devices with this hostname (case-insensitive, as the backends match it).
+    pub hostname: Option<String>,
+}
+
+/// List the devices the tenant's backends know.
+///
+/// Asks every backend of the tenant; each device carries its backend and device id, which can
+/// be used as an explicit target.
+#[utoipa::path(
+    get,
+    path = "/v1/devices",
+    tag = "devices",
+    params(DeviceParams),
+    responses(
+        (status = 200, description = "Matching devices", body = DeviceList),
+        (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 502, description = "A backend refused the lookup", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "A backend is unavailable or rate-limiting", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_devices(
+    State(state): State<ApiState>,
+    caller: Caller,
+    Query(params): Query<DeviceParams>,
+) -> Result<Json<DeviceList>, ApiError> {
+    let hostname = params.hostname.as_deref().map(str::trim).filter(|h| !h.is_empty());
+    let items = state.engine.backends().devices(&caller.tenant, hostname).await.map_err(|e| {
+        tracing::warn!(tenant = %caller.tenant, error = %e, "device lookup failed");
+        ApiError::from(e.info)
+    })?;
+    Ok(Json(DeviceList { items }))
+}
+
+/// What each of the tenant's backends supports (commands, how, limits).
+#[utoipa::path(
+    get,
+    path = "/v1/capabilities",
+    tag = "devices",
+    responses(
+        (status = 200, description = "One entry per backend", body = CapabilityList),
+        (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn capabilities(
+    State(state): State<ApiState>,
+    caller: Caller,
+) -> Json<CapabilityList> {
+    Json(CapabilityList { items: state.engine.backends().capabilities(&caller.tenant) })
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses((status = 200, description = "Alive", body = Health))
+)]
+pub(crate) async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
+}
+
+/// Readiness: the store answers and the process is not shutting down.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn readyz(State(state): State<ApiState>) -> Result<Json<Health>, ApiError> {
+    let unready = |detail: &str| {
+        ApiError::with_status(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Internal, detail)
+    };
+    if state.shutdown.is_cancelled() {
+        return Err(unready("shutting down"));
+    }
+    state.engine.store().ping().await.map_err(|error| {
+        tracing::error!(%error, "readiness check: the store does not answer");
+        unready("the store does not answer")
+    })?;
+    Ok(Json(Health { status: "ready".into() }))
+}

@@ -1,0 +1,147 @@
+//! The HTTP surface: `/v1` (authenticated), `/healthz`, `/readyz` and `/openapi.json`.
+//!
+//! Routes are declared once, with their OpenAPI description, through utoipa-axum (see
+//! [`openapi::api_routes`]); [`router`] adds the state, the fallbacks and the layers.
+//! Every error answer is `application/problem+json` ([`problem`]).
+//!
+//! **Architecture Invariant:** this module never imports a vendor crate; it sees the engine,
+//! the store's public types and the normalized model only.
+
+pub mod actions;
+pub mod devices;
+pub mod files;
+pub mod openapi;
+pub mod problem;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRef, MatchedPath, Request};
+use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use uuid::Uuid;
+
+use crate::auth::Auth;
+use crate::engine::Engine;
+use problem::ApiError;
+
+/// The request id header, echoed on every answer and set on every request that lacks one.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Client-supplied request ids longer than this are replaced by a generated one: they end up
+/// in logs and in the store.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct ApiState {
+    pub engine: Arc<Engine>,
+    pub auth: Arc<Auth>,
+    /// Cap of `?wait=` long-polls (`server.max_wait_seconds`).
+    pub max_wait: Duration,
+    /// Cancelled when the process starts shutting down: long-polls answer at once and
+    /// `/readyz` turns unready, so the graceful drain is not held up.
+    pub shutdown: CancellationToken,
+}
+
+impl FromRef<ApiState> for Arc<Auth> {
+    fn from_ref(state: &ApiState) -> Arc<Auth> {
+        Arc::clone(&state.auth)
+    }
+}
+
+/// The complete application router: routes, fallbacks, `/openapi.json` and the layers.
+pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
+    let (routes, doc) = openapi::api_routes().split_for_parts();
+    // Rendered once: the document is a function of the code only.
+    let doc = openapi::render(&doc);
+    let routes = routes
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc) }
+            }),
+        )
+        .fallback(not_found)
+        .with_state(state);
+
+    // `ServiceBuilder` lists layers outermost first (the reverse of chained `.layer` calls).
+    let layers = ServiceBuilder::new()
+        // Outermost: `Authorization` is marked sensitive before anything could log it.
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        // An unusable client request id is dropped here so the next layer generates one.
+        .layer(axum::middleware::map_request(drop_unusable_request_id))
+        // Before tracing, so the span can carry the id; propagation copies it to the answer
+        // (problems included, which are made further in).
+        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuidV7))
+        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        // Outside everything that can make an error answer (including a panic), so each one
+        // leaves as problem+json with the request id.
+        .layer(axum::middleware::from_fn(problem::render_problems))
+        .layer(CatchPanicLayer::custom(panic_response))
+        // Backstop for bodies that are not read through `Json` (which has `DefaultBodyLimit`
+        // below). An upload route will need its own, larger limit.
+        .layer(RequestBodyLimitLayer::new(max_body_bytes));
+    routes.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(layers)
+}
+
+/// Generates request ids: UUIDv7, so they sort by time in logs.
+#[derive(Clone, Copy, Debug, Default)]
+struct MakeRequestUuidV7;
+
+impl MakeRequestId for MakeRequestUuidV7 {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&Uuid::now_v7().to_string()).ok().map(RequestId::new)
+    }
+}
+
+async fn drop_unusable_request_id(mut req: Request) -> Request {
+    let unusable = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .is_some_and(|v| v.is_empty() || v.len() > MAX_REQUEST_ID_LEN || v.to_str().is_err());
+    if unusable {
+        req.headers_mut().remove(&X_REQUEST_ID);
+    }
+    req
+}
+
+fn request_span(req: &axum::http::Request<Body>) -> tracing::Span {
+    let request_id = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+    // The route template, not the concrete path: ids stay out of span names and metrics.
+    let route = req.extensions().get::<MatchedPath>().map_or("(unmatched)", MatchedPath::as_str);
+    tracing::info_span!("request", method = %req.method(), route, request_id)
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = message, "handler panicked");
+    ApiError::internal().into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}

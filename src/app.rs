@@ -1,0 +1,133 @@
+//! Wiring: configuration → store → file store → backends → engine → router, and serving it
+//! with a graceful shutdown. Used by `edrgate serve`, `edrgate demo` and the end-to-end tests.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::auth::Auth;
+use crate::backends::Backends;
+use crate::config::Config;
+use crate::engine::{Engine, EngineOptions};
+use crate::files::FileStore;
+use crate::store::Store;
+
+/// How long a shutdown waits for in-flight requests, then for run drivers to hand their runs
+/// back, before cutting them off.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A built, started gateway.
+pub struct App {
+    /// The running engine (already started).
+    pub engine: Arc<Engine>,
+    /// The complete HTTP application, ready for `axum::serve`.
+    pub router: axum::Router,
+    /// The validator the router uses (handy for tests and the CLI).
+    pub auth: Arc<Auth>,
+    /// Cancelled at the start of a shutdown: long-polls answer at once, `/readyz` turns 503.
+    pub shutdown: CancellationToken,
+}
+
+impl App {
+    /// Opens the store and the file store, builds every backend, starts the engine and builds
+    /// the router. Fails (without starting anything) on a bad backend or a broken JWT setup.
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let auth = Arc::new(Auth::new(&config.auth).context("authentication setup")?);
+        if let Some(dir) = config.store.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let store = Store::open(&config.store.path)
+            .await
+            .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+        let files = FileStore::open(&config.files.dir, store.clone())
+            .await
+            .with_context(|| format!("opening the file store {}", config.files.dir.display()))?;
+        let backends = Backends::from_config(config.tenants)
+            .map_err(|errors| anyhow::anyhow!("invalid backends: {}", errors.join("; ")))?;
+        let engine = Engine::new(
+            store,
+            files,
+            Arc::new(backends),
+            EngineOptions {
+                lease: Duration::from_secs(config.engine.lease_seconds),
+                default_timeout: Duration::from_secs(config.engine.default_timeout_seconds),
+                max_timeout: Duration::from_secs(config.engine.max_timeout_seconds),
+                max_in_flight: config.engine.max_runs_in_flight,
+            },
+        );
+        engine.start();
+        let shutdown = CancellationToken::new();
+        let state = ApiState {
+            engine: Arc::clone(&engine),
+            auth: Arc::clone(&auth),
+            max_wait: Duration::from_secs(config.server.max_wait_seconds),
+            shutdown: shutdown.clone(),
+        };
+        let router = api::router(state, config.server.max_body_bytes);
+        Ok(App { engine, router, auth, shutdown })
+    }
+}
+
+/// Serves `app` on `listener` until `signal` resolves, then shuts down gracefully: stop
+/// accepting, let long-polls answer, drain in-flight requests (at most [`SHUTDOWN_GRACE`]),
+/// then stop the engine, which hands its runs back for the next process.
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let App { engine, router, shutdown, .. } = app;
+    let stopping = shutdown.clone();
+    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+        signal.await;
+        tracing::info!("shutting down: no new connections");
+        stopping.cancel();
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let served = tokio::select! {
+        served = &mut server => served,
+        // Once the shutdown started, the drain gets a bounded time.
+        () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::warn!("in-flight requests did not finish in time");
+            Ok(())
+        }
+    };
+    engine.shutdown(SHUTDOWN_GRACE).await;
+    tracing::info!("stopped");
+    served.context("http server")
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

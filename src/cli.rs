@@ -1,0 +1,427 @@
+//! The `edrgate` command line: `serve`, `demo`, `sim`, `token`, `check-config`, `openapi`.
+//!
+//! Besides `backends.rs`, this is the only gateway module that names a vendor crate: `demo`
+//! and `sim` run the vendors' simulators.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Parser, Subcommand};
+use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use rand::Rng as _;
+
+use crate::api::openapi;
+use crate::app::{self, App};
+use crate::auth::{self, Auth};
+use crate::backends::Backends;
+use crate::config::Config;
+
+/// One normalized response-action API in front of EDR live-response backends.
+#[derive(Debug, Parser)]
+#[command(name = "edrgate", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(long, short, env = "EDRGATE_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run the gateway and a Carbon Black simulator in one process, with a demo tenant, and
+    /// print a token and curl commands to try it.
+    Demo(DemoArgs),
+    /// Run a vendor simulator.
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// Mint a development bearer token (HS256).
+    Token(TokenArgs),
+    /// Check a configuration file; prints every problem with its path.
+    CheckConfig {
+        /// Configuration file (TOML).
+        file: PathBuf,
+    },
+    /// Print the OpenAPI document (or rewrite the committed schemas with `--write`).
+    Openapi {
+        /// Write `schemas/openapi.json` and `schemas/model.schema.json` instead of printing.
+        #[arg(long)]
+        write: bool,
+        /// Repository root the `schemas/` directory is in.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address of the gateway.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the demo keeps its database and files (default: a temporary directory removed
+    /// at exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Endpoints of the simulated Carbon Black server (`WIN-0001`, `WIN-0002`, …).
+    #[arg(long, default_value_t = 5)]
+    pub sensors: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SimCommand {
+    /// Carbon Black EDR (Live Response API).
+    Carbonblack(CarbonBlackSimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CarbonBlackSimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub listen: SocketAddr,
+    /// Serve HTTPS with a self-signed certificate for `localhost` and `127.0.0.1`.
+    #[arg(long)]
+    pub tls: bool,
+    /// Write the certificate (PEM) here, for clients to trust; printed when omitted.
+    #[arg(long, requires = "tls")]
+    pub cert_out: Option<PathBuf>,
+    /// API token clients send in `X-Auth-Token`.
+    #[arg(long, default_value = DEFAULT_TOKEN)]
+    pub token: String,
+    /// Number of sensors, ids 1..=N, hostnames `WIN-0001`, `WIN-0002`, ….
+    #[arg(long, default_value_t = 5)]
+    pub sensors: usize,
+    /// Concurrent live-response sessions the server allows.
+    #[arg(long, default_value_t = 10)]
+    pub slots: usize,
+    /// Time from a session holding a slot to `active`, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub checkin_delay_ms: u64,
+    /// Time a command takes, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub command_latency_ms: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// Tenant the token is for.
+    #[arg(long)]
+    pub tenant: String,
+    /// Subject (`sub`): who the caller is.
+    #[arg(long, default_value = "dev")]
+    pub sub: String,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl: u64,
+    /// Take the secret, tenant claim, issuer and audience from this configuration file.
+    #[arg(long, conflicts_with = "secret", required_unless_present = "secret")]
+    pub config: Option<PathBuf>,
+    /// The HS256 secret (prefer the environment variable: arguments are visible to others).
+    #[arg(long, env = "EDRGATE_JWT_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+}
+
+/// Sets up logging: `RUST_LOG` filters (default `info`); `EDRGATE_LOG_FORMAT=json` logs JSON
+/// lines. Logs go to stderr, so commands that print (`openapi`, `token`) stay pipeable.
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let json = std::env::var("EDRGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    // `try_init`: a second initialization (tests) is not an error worth failing for.
+    let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve(&config).await,
+        Command::Demo(args) => demo(args).await,
+        Command::Sim(SimCommand::Carbonblack(args)) => sim_carbonblack(args).await,
+        Command::Token(args) => token(args),
+        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Openapi { write, root } => openapi_command(write, &root),
+    }
+}
+
+async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            print_problems(path, &errors);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let listen = config.server.listen;
+    let app = App::build(config).await?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(address = %listener.local_addr()?, "edrgate listening");
+    app::serve(listener, app, app::shutdown_signal()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    // A fresh temporary directory unless one was given; only a directory made here is removed.
+    let (dir, remove_after) = match args.data_dir {
+        Some(dir) => (dir, false),
+        None => {
+            let dir = std::env::temp_dir().join(format!("edrgate-demo-{}", std::process::id()));
+            (dir, true)
+        }
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
+
+    // The simulator over HTTPS, as a real server would be; the gateway trusts its certificate.
+    let sim = Simulator::new(SimConfig { sensors: args.sensors, ..SimConfig::default() });
+    let sim_addr = sim.spawn_tls().await.context("starting the Carbon Black simulator")?;
+    let ca_file = dir.join("cb-sim-ca.pem");
+    std::fs::write(&ca_file, sim.cert_pem()?)
+        .with_context(|| format!("writing {}", ca_file.display()))?;
+
+    let secret = hex::encode(rand::rng().random::<[u8; 32]>());
+    let text = format!(
+        "[server]\nlisten = {listen}\n\
+         [store]\npath = {db}\n\
+         [files]\ndir = {files}\n\
+         [auth]\nhs256_secret = {secret}\n\
+         [tenants.demo.backends.cb-lab]\nkind = \"carbonblack\"\nurl = {url}\ntoken = {token}\nca_file = {ca}\n",
+        listen = toml_string(&args.listen.to_string()),
+        db = toml_string(&dir.join("edrgate.db").display().to_string()),
+        files = toml_string(&dir.join("files").display().to_string()),
+        secret = toml_string(&secret),
+        url = toml_string(&format!("https://127.0.0.1:{}", sim_addr.port())),
+        token = toml_string(DEFAULT_TOKEN),
+        ca = toml_string(&ca_file.display().to_string()),
+    );
+    let config = Config::parse(&text, |_| None)
+        .map_err(|errors| anyhow::anyhow!("demo configuration: {}", errors.join("; ")))?;
+    let token = auth::mint_for(&config.auth, "demo", "demo-user", Duration::from_secs(24 * 3600))?;
+    let app = App::build(config).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let base = format!("http://{}", listener.local_addr()?);
+    println!("{}", demo_banner(&base, &token, &dir, sim_addr, args.sensors));
+    app::serve(listener, app, app::shutdown_signal()).await?;
+    if remove_after && let Err(error) = std::fs::remove_dir_all(&dir) {
+        tracing::warn!(%error, dir = %dir.display(), "could not remove the demo directory");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo_banner(base: &str, token: &str, dir: &Path, sim: SocketAddr, sensors: usize) -> String {
+    let last = format!("WIN-{sensors:04}");
+    format!(
+        r#"
+edrgate demo on {base}
+  tenant "demo", backend "cb-lab": Carbon Black simulator at https://{sim} ({sensors} endpoints, WIN-0001 … {last})
+  data in {dir}
+  stop with ctrl-c
+
+Paste into a shell:
+
+export EDRGATE_TOKEN='{token}'
+
+# 1. the devices the demo tenant can act on
+curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" '{base}/v1/devices'
+
+# 2. list the processes of WIN-0001 (answers 202 with the stored action; its id goes to ACTION_ID)
+ACTION_ID=$(curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" -H 'Content-Type: application/json' \
+  -d '{{"targets": [{{"hostname": "WIN-0001"}}], "commands": [{{"type": "process_list"}}]}}' \
+  '{base}/v1/actions' | grep -o '"id":"[^"]*"' | head -n 1 | cut -d '"' -f 4); echo "$ACTION_ID"
+
+# 3. the action, waiting up to 30 s for its next change (repeat until "status":"succeeded")
+curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" "{base}/v1/actions/$ACTION_ID?wait=30"
+
+API description: {base}/openapi.json
+"#,
+        dir = dir.display(),
+    )
+}
+
+async fn sim_carbonblack(args: CarbonBlackSimArgs) -> anyhow::Result<ExitCode> {
+    let sim = Simulator::new(SimConfig {
+        token: args.token.clone(),
+        sensors: args.sensors,
+        slot_limit: args.slots,
+        checkin_delay: Duration::from_millis(args.checkin_delay_ms),
+        command_latency: Duration::from_millis(args.command_latency_ms),
+        ..SimConfig::default()
+    });
+    let scheme = if args.tls { "https" } else { "http" };
+    let served = if args.tls {
+        let listener = std::net::TcpListener::bind(args.listen)
+            .with_context(|| format!("binding {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let pem = sim.cert_pem()?;
+        match &args.cert_out {
+            Some(path) => {
+                std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?
+            }
+            None => println!("{pem}"),
+        }
+        print_sim_banner(scheme, addr, &args);
+        tokio::spawn(sim.serve_tls_on(listener))
+    } else {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        print_sim_banner(scheme, listener.local_addr()?, &args);
+        tokio::spawn(sim.serve(listener))
+    };
+    tokio::select! {
+        result = served => result.context("simulator task")?.context("simulator")?,
+        () = app::shutdown_signal() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_sim_banner(scheme: &str, addr: SocketAddr, args: &CarbonBlackSimArgs) {
+    println!(
+        "Carbon Black simulator on {scheme}://{addr}\n  X-Auth-Token: {}\n  {} sensors (ids 1..={}, WIN-0001 …), {} session slots{}",
+        args.token,
+        args.sensors,
+        args.sensors,
+        args.slots,
+        match &args.cert_out {
+            Some(path) => format!("\n  certificate: {}", path.display()),
+            None => String::new(),
+        }
+    );
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
+    let ttl = Duration::from_secs(args.ttl);
+    let token = match (&args.config, &args.secret) {
+        (Some(path), _) => {
+            let config = match Config::load(path) {
+                Ok(config) => config,
+                Err(errors) => {
+                    print_problems(path, &errors);
+                    return Ok(ExitCode::FAILURE);
+                }
+            };
+            auth::mint_for(&config.auth, &args.tenant, &args.sub, ttl)?
+        }
+        (None, Some(secret)) => {
+            if secret.len() < 32 {
+                bail!("the secret must be at least 32 bytes, as auth.hs256_secret");
+            }
+            auth::mint(secret.as_bytes(), &args.tenant, &args.sub, ttl)?
+        }
+        (None, None) => bail!("give --config FILE or --secret (or EDRGATE_JWT_SECRET)"),
+    };
+    println!("{token}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Parses, validates, builds the backends (no network) and the token validator.
+fn check_config(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            print_problems(path, &errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut problems = Vec::new();
+    if let Err(error) = Auth::new(&config.auth) {
+        problems.push(format!("auth: {error}"));
+    }
+    let tenants = config.tenants.len();
+    let backends: usize = config.tenants.values().map(|t| t.backends.len()).sum();
+    if let Err(errors) = Backends::from_config(config.tenants) {
+        problems.extend(errors);
+    }
+    if !problems.is_empty() {
+        print_problems(path, &problems);
+        return ExitCode::FAILURE;
+    }
+    println!("{}: ok ({tenants} tenants, {backends} backends)", path.display());
+    ExitCode::SUCCESS
+}
+
+fn openapi_command(write: bool, root: &Path) -> anyhow::Result<ExitCode> {
+    if write {
+        for path in openapi::write_all(root).context("writing the schemas")? {
+            println!("wrote {}", path.display());
+        }
+    } else {
+        print!("{}", openapi::openapi_json());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_problems(path: &Path, problems: &[String]) {
+    eprintln!("{}: {} problem(s)", path.display(), problems.len());
+    for problem in problems {
+        eprintln!("  {problem}");
+    }
+}
+
+/// A TOML basic string (quoted and escaped).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("edrgate").chain(args.iter().copied()))
+        };
+        assert!(matches!(
+            parse(&["serve", "--config", "x.toml"]).unwrap().command,
+            Command::Serve { .. }
+        ));
+        assert!(matches!(
+            parse(&["check-config", "x.toml"]).unwrap().command,
+            Command::CheckConfig { .. }
+        ));
+        assert!(matches!(
+            parse(&["openapi", "--write"]).unwrap().command,
+            Command::Openapi { write: true, .. }
+        ));
+        let Command::Sim(SimCommand::Carbonblack(sim)) =
+            parse(&["sim", "carbonblack", "--listen", "127.0.0.1:0", "--tls", "--sensors", "9"])
+                .unwrap()
+                .command
+        else {
+            panic!("not sim carbonblack");
+        };
+        assert!(sim.tls);
+        assert_eq!((sim.sensors, sim.slots, sim.token.as_str()), (9, 10, DEFAULT_TOKEN));
+        let Command::Token(t) =
+            parse(&["token", "--tenant", "acme", "--secret", "s"]).unwrap().command
+        else {
+            panic!("not token");
+        };
+        assert_eq!((t.sub.as_str(), t.ttl), ("dev", 3600));
+        assert!(parse(&["token", "--tenant", "acme", "--secret", "s", "--config", "c"]).is_err());
+        let Command::Demo(demo) = parse(&["demo"]).unwrap().command else { panic!("not demo") };
+        assert_eq!(demo.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn toml_strings_are_escaped() {
+        let tricky = r#"C:\x "y" 'z'"#;
+        let parsed: toml::Table = toml::from_str(&format!("v = {}", toml_string(tricky))).unwrap();
+        assert_eq!(parsed["v"].as_str(), Some(tricky));
+    }
+}
