@@ -79,7 +79,7 @@ impl CbClient {
     }
 
     pub(crate) async fn sensor(&self, id: u64) -> Result<wire::Sensor, CbError> {
-        self.get_json(&format!("/api/v1/sensor/{id}")).await
+        self.get_json(&format!("/api/v1/sensor/{id}")).await.map_err(|e| sensor_missing(e, id))
     }
 
     /// Sets `network_isolation_enabled` the way cbapi's `Sensor.isolate()`/`unisolate()` do:
@@ -89,12 +89,15 @@ impl CbClient {
     /// was sent.
     pub(crate) async fn set_isolation(&self, id: u64, isolate: bool) -> Result<bool, CbError> {
         let path = format!("/api/v1/sensor/{id}");
-        let mut sensor: serde_json::Map<String, Value> = self.get_json(&path).await?;
+        let mut sensor: serde_json::Map<String, Value> =
+            self.get_json(&path).await.map_err(|e| sensor_missing(e, id))?;
         if sensor.get(wire::SENSOR_ISOLATION_FIELD).and_then(Value::as_bool) == Some(isolate) {
             return Ok(false);
         }
         sensor.insert(wire::SENSOR_ISOLATION_FIELD.to_owned(), Value::Bool(isolate));
-        self.send(self.request(Method::PUT, &path).json(&sensor)).await?;
+        self.send(self.request(Method::PUT, &path).json(&sensor))
+            .await
+            .map_err(|e| sensor_missing(e, id))?;
         Ok(true)
     }
 
@@ -115,7 +118,7 @@ impl CbClient {
         let req = self
             .request(Method::POST, "/api/v1/cblr/session")
             .json(&wire::CreateSession { sensor_id });
-        json(self.send(req).await?).await
+        json(self.send(req).await.map_err(|e| sensor_missing(e, sensor_id))?).await
     }
 
     /// One session. With `wait`, a bounded long-poll (`?wait=true`, which blocks while the
@@ -272,6 +275,21 @@ impl CbClient {
     async fn put_idempotent<B: Serialize>(&self, path: &str, body: &B) -> Result<(), CbError> {
         retry(|| async { self.send(self.request(Method::PUT, path).json(body)).await.map(drop) })
             .await
+    }
+}
+
+/// On a sensor route (or when creating a session), `404 Sensor N not found` means the
+/// sensor does not exist, not that a session was lost.
+fn sensor_missing(e: CbError, sensor_id: u64) -> CbError {
+    match e {
+        CbError::SessionLost(text) => CbError::Api(
+            AdapterError::new(
+                ErrorCode::DeviceNotFound,
+                format!("Carbon Black has no sensor {sensor_id}"),
+            )
+            .with_vendor("404", text),
+        ),
+        other => other,
     }
 }
 

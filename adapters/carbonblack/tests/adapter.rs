@@ -687,3 +687,15 @@ async fn a_restart_mid_download_starts_the_file_over_and_stays_correct() {
     assert_eq!(file.sha256, sha256(&sim.read_file(1, big, 0, size).unwrap()));
     assert_eq!(sim.counters().sessions_created, 1, "the open session was reused");
 }
+
+#[tokio::test]
+async fn an_unknown_sensor_is_device_not_found() {
+    let (_sim, url) = simulator(SimConfig { sensors: 2, ..SimConfig::default() }).await;
+    let adapter = adapter(config(&url));
+    let mut run = Run::new("77", vec![Command::ProcessList, Command::Isolate]).continue_on_error();
+    run.drive(&adapter).await;
+    for i in 0..2 {
+        assert_eq!(run.status(i), Status::Failed);
+        assert_eq!(run.error(i).code, ErrorCode::DeviceNotFound, "{:?}", run.error(i));
+    }
+}
