@@ -89,12 +89,11 @@ impl CbClient {
     /// was sent.
     pub(crate) async fn set_isolation(&self, id: u64, isolate: bool) -> Result<bool, CbError> {
         let path = format!("/api/v1/sensor/{id}");
-        let mut sensor: serde_json::Map<String, Value> =
+        let sensor: serde_json::Map<String, Value> =
             self.get_json(&path).await.map_err(|e| sensor_missing(e, id))?;
-        if sensor.get(wire::SENSOR_ISOLATION_FIELD).and_then(Value::as_bool) == Some(isolate) {
+        let Some(sensor) = wire::sensor_with_isolation(sensor, isolate) else {
             return Ok(false);
-        }
-        sensor.insert(wire::SENSOR_ISOLATION_FIELD.to_owned(), Value::Bool(isolate));
+        };
         self.send(self.request(Method::PUT, &path).json(&sensor))
             .await
             .map_err(|e| sensor_missing(e, id))?;

@@ -14,9 +14,12 @@
 //!   after `session_timeout` (300 s) without commands or keepalives (`GET …/keepalive`, sent
 //!   only to active sessions, §2.5); a dead session answers `404 Session N not found`, and
 //!   the adapter opens another one, at most `max_session_retries` times, like cbapi (§5.3).
-//! - **Commands** (§4): one command per `POST …/command`, polled until `complete` / `error`
-//!   (`GET …/command/{id}`, with a bounded `?wait=true` long-poll, §2.8). Failures carry a
-//!   Win32 HRESULT (§4.4), kept as `vendor_code` (`0x80070002`) beside the normalized code.
+//! - **Commands** (§4): one command per `POST …/command`, run one at a time per session,
+//!   polled until `complete` / `error` / `cancel` (`GET …/command/{id}`). Right after sending,
+//!   the adapter long-polls (`?wait=true`, §2.8, bounded by `long_poll_ms`) so short commands
+//!   are noticed as they end; longer ones are polled plainly with a delay that grows with the
+//!   time waited, which also surfaces memdump progress (`percentdone`). Failures carry a Win32
+//!   HRESULT (§4.4), kept as `vendor_code` (`0x80070002`) beside the normalized code.
 //! - **Files** (§2.9–§2.13, §5.6): `get file` stages the endpoint file on the server, whose
 //!   content is then downloaded; edrgate reads it in ranges (`offset`/`get_count`, 4 MiB by
 //!   default, the server's own transfer chunk) streamed into the file store and deletes each
@@ -34,8 +37,17 @@
 //! Every normalized command maps to a native CB command (§4.3) except `run_script`: CB EDR has
 //! no script primitive (only `create process` of a command line already on the endpoint), so
 //! `run_script` is left out of the capabilities and refused at submission. `execute` uses
-//! `create process`, collecting its output through a temporary `output_file` that is fetched
-//! and deleted; `memory_dump` uses `memdump` and can fetch the dump.
+//! `create process`; with `wait` its output is fetched from `output_file` (a temporary file in
+//! the endpoint's temp directory when none is given, deleted afterwards, as cbapi does, §5.4).
+//! `memory_dump` uses `memdump`; with `fetch` the dump is downloaded, and deleted on the
+//! endpoint when edrgate chose its path (a path the caller chose is left in place).
+//!
+//! # Failures
+//! Transient failures (transport, 5xx, 429) are retried by the run itself with back-off and
+//! `Retry-After`, until the action's deadline: the run keeps its slot and session meanwhile.
+//! A POST with a side effect is never repeated after an ambiguous failure (transport, 5xx);
+//! it is reconciled as below. Errors the vendor meant (4xx, HRESULTs) fail the command, and
+//! `on_error` decides about the rest.
 //!
 //! # Asynchrony and crash safety
 //! [`CarbonBlackAdapter`] is a resumable state machine (see `edrgate_adapter::adapter`): its

@@ -142,9 +142,20 @@ pub(crate) struct Sensor {
     pub uninstalled: Option<bool>,
 }
 
-/// Field cbapi's `Sensor.isolate()` / `unisolate()` set before `save()` (a PUT of the whole
-/// object; `src/cbapi/response/models.py`).
-pub(crate) const SENSOR_ISOLATION_FIELD: &str = "network_isolation_enabled";
+/// A whole sensor object with cbapi's isolation field set, as `Sensor.isolate()` /
+/// `unisolate()` do before `save()` PUTs the object back (`src/cbapi/response/models.py`).
+/// `None` when the field already holds the wanted value.
+pub(crate) fn sensor_with_isolation(
+    mut sensor: serde_json::Map<String, Value>,
+    isolate: bool,
+) -> Option<serde_json::Map<String, Value>> {
+    const FIELD: &str = "network_isolation_enabled";
+    if sensor.get(FIELD).and_then(Value::as_bool) == Some(isolate) {
+        return None;
+    }
+    sensor.insert(FIELD.to_owned(), Value::Bool(isolate));
+    Some(sensor)
+}
 
 /// `POST /api/v1/cblr/session` (§2.2): cbapi sends only the sensor id.
 #[derive(Debug, Serialize)]
