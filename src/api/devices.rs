@@ -34,7 +34,7 @@ pub struct Health {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct DeviceParams {
-    /// Only devices with this hostname (case-insensitive, as the backends match it).
+    /// Only devices matching this hostname, as each backend's own device search matches it.
     pub hostname: Option<String>,
 }
 

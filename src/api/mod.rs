@@ -79,6 +79,11 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         .fallback(not_found)
         .with_state(state);
 
+    with_layers(routes, max_body_bytes)
+}
+
+/// The middleware stack around every route (and the fallbacks).
+fn with_layers(routes: Router, max_body_bytes: usize) -> Router {
     // `ServiceBuilder` lists layers outermost first (the reverse of chained `.layer` calls).
     let layers = ServiceBuilder::new()
         // Outermost: `Authorization` is marked sensitive before anything could log it.
@@ -144,4 +149,51 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::StatusCode;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_is_a_problem_with_the_request_id() {
+        let routes = Router::new().route(
+            "/boom",
+            axum::routing::get(|| async {
+                // A stand-in for a bug in a handler.
+                let v: Vec<u8> = Vec::new();
+                v[1].to_string()
+            }),
+        );
+        let request = axum::http::Request::get("/boom")
+            .header(&X_REQUEST_ID, "req-panic")
+            .body(Body::empty())
+            .unwrap();
+        let response = with_layers(routes, 1024).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(response.headers()["content-type"], problem::PROBLEM_JSON);
+        assert_eq!(response.headers()[&X_REQUEST_ID], "req-panic");
+        let body = axum::body::to_bytes(response.into_body(), 4096).await.unwrap();
+        let problem: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(problem["code"], "internal");
+        assert_eq!(problem["detail"], "internal error");
+        assert_eq!(problem["request_id"], "req-panic");
+    }
+
+    #[tokio::test]
+    async fn unusable_request_ids_are_replaced() {
+        let routes = Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        for sent in ["", &"x".repeat(MAX_REQUEST_ID_LEN + 1)] {
+            let request = axum::http::Request::get("/")
+                .header(&X_REQUEST_ID, sent)
+                .body(Body::empty())
+                .unwrap();
+            let response = with_layers(routes.clone(), 1024).oneshot(request).await.unwrap();
+            let echoed = response.headers()[&X_REQUEST_ID].to_str().unwrap();
+            assert!(Uuid::parse_str(echoed).is_ok(), "{echoed}");
+        }
+    }
 }
