@@ -131,7 +131,10 @@ pub struct TokenArgs {
 pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let json = std::env::var("EDRGATE_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     // `try_init`: a second initialization (tests) is not an error worth failing for.
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
