@@ -1493,7 +1493,7 @@ fn capabilities(backend: &str, concurrent_sessions: u32) -> Capabilities {
         commands: CommandKind::ALL
             .into_iter()
             .filter(|k| *k != CommandKind::RunScript)
-            .map(|command| CommandSupport { command, via: Via::Native, notes: None })
+            .map(|command| CommandSupport { command, via: Via::Native, notes: note(command) })
             .collect(),
         limits: Limits {
             concurrent_sessions: Some(concurrent_sessions),
@@ -1501,6 +1501,22 @@ fn capabilities(backend: &str, concurrent_sessions: u32) -> Capabilities {
             calls_per_minute: None,
         },
     }
+}
+
+/// What a caller should know about how CB carries out a command.
+fn note(kind: CommandKind) -> Option<String> {
+    let text = match kind {
+        CommandKind::GetFile => "get file, fetched in ranges of chunk_size bytes",
+        CommandKind::Execute => {
+            "create process; with wait, output is captured in output_file (a temporary file when omitted)"
+        }
+        CommandKind::MemoryDump => "memdump; can take minutes (memdump_timeout_secs)",
+        CommandKind::Isolate | CommandKind::Release => {
+            "network_isolation_enabled on the sensor; applied at the sensor's next check-in"
+        }
+        _ => return None,
+    };
+    Some(text.to_owned())
 }
 
 /// One slot budget per CB server, shared by every backend configured against it: the
