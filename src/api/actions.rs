@@ -33,6 +33,7 @@ pub const MAX_LIMIT: u32 = 500;
 pub struct ActionList {
     pub items: Vec<Action>,
     /// Pass as `cursor` to get the next page; `null` on the last page.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
