@@ -116,6 +116,8 @@ mod support {
         let d = dir.path().display();
         let text = format!(
             r#"
+            [server]
+            max_body_bytes = 65536
             [store]
             path = "{d}/edrgate.db"
             [files]
@@ -236,8 +238,8 @@ async fn every_command_kind_succeeds_with_a_typed_result() {
     assert_eq!(results[7]["value"]["data"], "seen");
     assert_eq!(results[10]["type"], "memory_dump");
     assert!(results[10]["file"]["size"].as_u64().unwrap() > 0);
-    assert_eq!(results[11], json!({"type": "containment", "isolated": true}));
-    assert_eq!(results[12], json!({"type": "containment", "isolated": false}));
+    assert_eq!(*results[11], json!({"type": "containment", "isolated": true}));
+    assert_eq!(*results[12], json!({"type": "containment", "isolated": false}));
 
     assert!(!gw.sim.process_exists(1, 3012));
     assert!(!gw.sim.file_exists(1, "C:\\evidence\\note.txt"));
@@ -305,7 +307,7 @@ async fn unsupported_and_malformed_requests_are_refused_with_problem_json() {
             "invalid_request",
         ),
         (
-            gw.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body(vec![b' '; 8 * 1024 * 1024]),
+            gw.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body(vec![b' '; 100 * 1024]),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
@@ -402,9 +404,9 @@ async fn forty_sensors_share_ten_slots_and_all_finish() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
     let mut gw = Gateway::start(SimConfig {
-        command_latency: Duration::from_millis(60),
+        command_latency: Duration::from_millis(150),
         checkin_delay: Duration::from_millis(100),
-        slot_limit: 10,
+        slot_limit: 5,
         ..fast_sim()
     })
     .await;
@@ -418,7 +420,7 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
                 .await,
         );
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let kills_before = gw.sim.counters().executed("kill");
     assert!(kills_before < 20, "everything ran before the crash; the test proves nothing");
     gw.crash_and_restart().await;

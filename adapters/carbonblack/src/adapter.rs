@@ -118,7 +118,15 @@ enum Phase {
     /// `put_file`: the content is in session storage as `file_id`.
     Uploaded { file_id: u64 },
     /// Intent recorded for a side-effect command; its POST may or may not have reached CB.
-    Intent { at: f64, name: String, object: String },
+    Intent {
+        at: f64,
+        name: String,
+        object: String,
+        /// The session the POST was meant for: while it lives, its command list tells
+        /// whether the POST arrived.
+        #[serde(default)]
+        sid: Option<u64>,
+    },
     /// CB command `cid` is pending or running.
     Sent {
         cid: u64,
@@ -411,8 +419,8 @@ impl CarbonBlackAdapter {
                 let request = mapping::put_file_request(sid, path, file_id);
                 self.send_side_effect(ctx, cp, updates, sid, request).await
             }
-            Phase::Intent { at, name, object } => {
-                self.reconcile(ctx, cp, sid, at, &name, &object).await
+            Phase::Intent { at, name, object, sid: intent_sid } => {
+                self.reconcile(ctx, cp, sid, intent_sid, at, &name, &object).await
             }
             Phase::Sent { cid, at, vendor_status } => {
                 self.poll(ctx, cp, updates, sid, cid, at, vendor_status).await
@@ -515,9 +523,10 @@ impl CarbonBlackAdapter {
                 at: now(),
                 name: request.name.to_owned(),
                 object: mapping::object_text(&request.object),
+                sid: Some(sid),
             },
         );
-        if let Err(e) = self.record(ctx, cp).await {
+        if let Err(e) = self.record(ctx, cp, updates).await {
             cp.phase = previous;
             return Ok(Drive::Abort(e));
         }
@@ -556,13 +565,16 @@ impl CarbonBlackAdapter {
         cp.phase = Phase::Sent { cid: sent.id, at, vendor_status: sent.status.clone() };
     }
 
-    /// After a crash between intent and answer: adopt the command if CB has it, else report
-    /// `outcome_unknown` and never re-send.
+    /// After a crash between intent and answer: adopt the command if CB has it; if the session
+    /// the POST was meant for is alive and does not list it, the POST never arrived and the
+    /// command starts over; otherwise report `outcome_unknown` and never re-send.
+    #[allow(clippy::too_many_arguments)]
     async fn reconcile(
         &self,
         ctx: &RunContext<'_>,
         cp: &mut Checkpoint,
         sid: u64,
+        intent_sid: Option<u64>,
         at: f64,
         name: &str,
         object: &str,
@@ -586,6 +598,13 @@ impl CarbonBlackAdapter {
             Some(found) => {
                 tracing::info!(run = %ctx.run_id, command = found.id, "adopted the command sent before a restart");
                 cp.phase = Phase::Sent { cid: found.id, at, vendor_status: String::new() };
+                Ok(Drive::Continue)
+            }
+            // The process that recorded the intent is gone (its lease expired before this
+            // run was resumed), so no POST of it can still be in flight.
+            None if intent_sid == Some(sid) => {
+                tracing::info!(run = %ctx.run_id, "the command sent before a restart never reached CB; sending it now");
+                cp.phase = Phase::Ready;
                 Ok(Drive::Continue)
             }
             None => Ok(Drive::Finished(outcome_unknown(cp.index, name))),
@@ -983,7 +1002,7 @@ impl CarbonBlackAdapter {
             _ => {
                 let previous =
                     std::mem::replace(&mut cp.phase, Phase::Contain { at: now(), applied: false });
-                if let Err(e) = self.record(ctx, cp).await {
+                if let Err(e) = self.record(ctx, cp, updates).await {
                     cp.phase = previous;
                     return Ok(Drive::Abort(e));
                 }
@@ -1351,9 +1370,19 @@ impl CarbonBlackAdapter {
         }
     }
 
-    async fn record(&self, ctx: &RunContext<'_>, cp: &Checkpoint) -> Result<(), AdapterError> {
+    /// Persists the intent now. The step's earlier updates (e.g. the previous command's
+    /// result) go with it: the checkpoint has moved past them, so they would be lost if the
+    /// process died before the step returned.
+    async fn record(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &Checkpoint,
+        updates: &[CommandUpdate],
+    ) -> Result<(), AdapterError> {
         let value = to_json(cp)?;
-        ctx.journal.record(&value, &[CommandUpdate::status(cp.index, Status::Dispatched)]).await
+        let mut all = updates.to_vec();
+        all.push(CommandUpdate::status(cp.index, Status::Dispatched));
+        ctx.journal.record(&value, &all).await
     }
 
     // ---- per-run memory ----
