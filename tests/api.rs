@@ -82,6 +82,11 @@ impl Api {
             kind = "carbonblack"
             url = "http://{addr}"
             token = "{DEFAULT_TOKEN}"
+            # Nothing listens there: its runs retry quietly (no state change) until stopped.
+            [tenants.umbrella.backends.down]
+            kind = "carbonblack"
+            url = "http://127.0.0.1:1"
+            token = "{DEFAULT_TOKEN}"
             "#
         );
         let config = Config::parse(&text, |_| None).unwrap();
@@ -467,23 +472,20 @@ async fn file_content_is_streamed_with_its_digests() {
 
 #[tokio::test]
 async fn long_polls_return_on_change_and_are_capped() {
-    // Sensor 3 is offline: its session never becomes active, so the action stays unfinished.
-    let api = Api::start_with(SimConfig {
-        offline_sensors: vec![3],
-        checkin_delay: Duration::from_millis(30),
-        command_latency: Duration::from_millis(10),
-        ..SimConfig::default()
-    })
-    .await;
+    let api = Api::start().await;
+    // Tenant `umbrella`'s backend is unreachable: the run retries without changing anything.
     let stuck = api
-        .submit("acme", &json!({"targets": [{"backend": "cb", "device_id": "3"}], "commands": [{"type": "process_list"}]}))
+        .submit(
+            "umbrella",
+            &json!({"targets": [{"backend": "down", "device_id": "3"}], "commands": [{"type": "process_list"}]}),
+        )
         .await;
     let id = stuck["id"].as_str().unwrap();
-    // Let it reach its resting state (dispatched, waiting for the check-in).
+    // Let the engine claim it and reach its retry loop.
     tokio::time::sleep(Duration::from_millis(500)).await;
     // `wait=30` is capped by `max_wait_seconds = 2`.
     let started = Instant::now();
-    let answer = api.get("acme", &format!("/v1/actions/{id}?wait=30")).await;
+    let answer = api.get("umbrella", &format!("/v1/actions/{id}?wait=30")).await;
     let waited = started.elapsed();
     assert_eq!(answer.status, StatusCode::OK);
     assert!(
@@ -495,7 +497,7 @@ async fn long_polls_return_on_change_and_are_capped() {
     let poll = {
         let router = api.app.router.clone();
         let request = api
-            .request(Method::GET, &format!("/v1/actions/{id}?wait=2"), Some("acme"))
+            .request(Method::GET, &format!("/v1/actions/{id}?wait=2"), Some("umbrella"))
             .body(Body::empty())
             .unwrap();
         tokio::spawn(async move {
@@ -505,23 +507,26 @@ async fn long_polls_return_on_change_and_are_capped() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let cancelled = api.post("acme", &format!("/v1/actions/{id}/cancel"), &json!({})).await;
+    let cancelled = api.post("umbrella", &format!("/v1/actions/{id}/cancel"), &json!({})).await;
     assert_eq!(cancelled.status, StatusCode::OK, "{}", cancelled.json());
     assert_eq!(cancelled.json()["cancel_requested"], true);
     let (status, waited) = poll.await.unwrap();
     assert_eq!(status, StatusCode::OK);
     assert!(waited < Duration::from_millis(1500), "the long-poll missed the change: {waited:?}");
 
-    let done = api.finished("acme", id).await;
+    let done = api.finished("umbrella", id).await;
     assert_eq!(done["status"], "cancelled");
     // A finished action answers a long-poll at once and cannot be cancelled again.
     let started = Instant::now();
-    assert_eq!(api.get("acme", &format!("/v1/actions/{id}?wait=2")).await.status, StatusCode::OK);
+    assert_eq!(
+        api.get("umbrella", &format!("/v1/actions/{id}?wait=2")).await.status,
+        StatusCode::OK
+    );
     assert!(started.elapsed() < Duration::from_secs(1));
-    api.post("acme", &format!("/v1/actions/{id}/cancel"), &json!({}))
+    api.post("umbrella", &format!("/v1/actions/{id}/cancel"), &json!({}))
         .await
         .problem(StatusCode::CONFLICT, "conflict");
-    api.get("acme", &format!("/v1/actions/{id}?wait=-1"))
+    api.get("umbrella", &format!("/v1/actions/{id}?wait=-1"))
         .await
         .problem(StatusCode::BAD_REQUEST, "invalid_request");
 }
