@@ -323,7 +323,16 @@ async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
     .await;
     let first = adapter(config(&url));
     let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }]);
-    run.crash_after_intent(&first, Duration::from_millis(200)).await;
+    // Crash once the simulator has accepted the kill, before it ran.
+    run.crash_after_intent(&first, || {
+        let sim = sim.clone();
+        async move {
+            while sim.counters().commands_posted == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
     assert_eq!(sim.counters().commands_by_name.get("kill"), None, "not executed yet");
     drop(first);
 
@@ -342,7 +351,7 @@ async fn a_crash_before_the_kill_was_sent_is_reported_unknown_not_resent() {
     let first = adapter(config(&url));
     let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }, Command::ProcessList]);
     run.journal.set_mode(JournalMode::StoreThenHang);
-    run.crash_after_intent(&first, Duration::from_millis(100)).await;
+    run.crash_after_intent(&first, || tokio::time::sleep(Duration::from_millis(100))).await;
     drop(first);
 
     let second = adapter(config(&url));
