@@ -1372,17 +1372,26 @@ impl CarbonBlackAdapter {
 
     /// Persists the intent now. The step's earlier updates (e.g. the previous command's
     /// result) go with it: the checkpoint has moved past them, so they would be lost if the
-    /// process died before the step returned.
+    /// process died before the step returned. Once stored they are drained, so the step does
+    /// not report them a second time.
     async fn record(
         &self,
         ctx: &RunContext<'_>,
         cp: &Checkpoint,
-        updates: &[CommandUpdate],
+        updates: &mut Vec<CommandUpdate>,
     ) -> Result<(), AdapterError> {
         let value = to_json(cp)?;
-        let mut all = updates.to_vec();
-        all.push(CommandUpdate::status(cp.index, Status::Dispatched));
-        ctx.journal.record(&value, &all).await
+        updates.push(CommandUpdate::status(cp.index, Status::Dispatched));
+        match ctx.journal.record(&value, updates).await {
+            Ok(()) => {
+                updates.clear();
+                Ok(())
+            }
+            Err(e) => {
+                updates.pop();
+                Err(e)
+            }
+        }
     }
 
     // ---- per-run memory ----

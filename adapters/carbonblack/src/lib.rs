@@ -53,8 +53,10 @@
 //! [`CarbonBlackAdapter`] is a resumable state machine (see `edrgate_adapter::adapter`): its
 //! checkpoint records the sensor, the session, the current command and its phase. Commands
 //! with side effects record their intent before the POST; after a crash the adapter looks
-//! for the command in the session's command list (`GET …/command`) and adopts it, or reports
-//! `outcome_unknown` without re-sending.
+//! for the command in the session's command list (`GET …/command`) and adopts it. When the
+//! session the POST was meant for is alive and does not list it, the POST never arrived and
+//! the command is sent; when that session is gone, nobody can tell, and the command is
+//! reported `outcome_unknown` without being sent again.
 
 mod adapter;
 mod client;

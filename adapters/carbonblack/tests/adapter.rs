@@ -346,13 +346,38 @@ async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
 }
 
 #[tokio::test]
-async fn a_crash_before_the_kill_was_sent_is_reported_unknown_not_resent() {
+async fn a_crash_before_the_kill_was_sent_sends_it_once_into_its_live_session() {
     let (sim, url) = simulator(SimConfig::default()).await;
     let first = adapter(config(&url));
     let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }, Command::ProcessList]);
     run.journal.set_mode(JournalMode::StoreThenHang);
     run.crash_after_intent(&first, || tokio::time::sleep(Duration::from_millis(100))).await;
     drop(first);
+    assert_eq!(sim.counters().commands_posted, 0);
+
+    // The session is alive and does not list the kill: the POST never arrived.
+    let second = adapter(config(&url));
+    run.drive(&second).await;
+    run.assert_all_succeeded();
+    let counters = sim.counters();
+    assert_eq!((counters.executed("kill"), counters.sessions_created), (1, 1));
+    assert!(!sim.process_exists(1, 3012));
+}
+
+#[tokio::test]
+async fn a_crash_before_the_kill_was_sent_is_unknown_once_its_session_is_gone() {
+    let (sim, url) = simulator(SimConfig {
+        session_timeout: Duration::from_millis(300),
+        ..SimConfig::default()
+    })
+    .await;
+    let first = adapter(config(&url));
+    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }, Command::ProcessList]);
+    run.journal.set_mode(JournalMode::StoreThenHang);
+    run.crash_after_intent(&first, || tokio::time::sleep(Duration::from_millis(100))).await;
+    drop(first);
+    // The idle session expires before the run is resumed: nobody can tell any more.
+    tokio::time::sleep(Duration::from_millis(800)).await;
 
     let second = adapter(config(&url));
     run.drive(&second).await;
