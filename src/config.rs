@@ -110,6 +110,13 @@ impl BackendConfig {
             BackendConfig::Carbonblack(_) => "carbonblack",
         }
     }
+
+    /// The vendor's own checks of its settings (no IO).
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        match self {
+            BackendConfig::Carbonblack(cb) => cb.validate(),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -226,11 +233,16 @@ impl Config {
                     "tenants.{tenant}.backends: at least one backend is needed"
                 ));
             }
-            for name in t.backends.keys() {
+            for (name, backend) in &t.backends {
                 if !is_identifier(name) {
                     errors.push(format!(
                         "tenants.{tenant}.backends.{name}: backend names are 1-64 characters of a-z, A-Z, 0-9, '-' and '_'"
                     ));
+                }
+                if let Err(problems) = backend.validate() {
+                    errors.extend(
+                        problems.into_iter().map(|p| format!("tenants.{tenant}.backends.{name}.{p}")),
+                    );
                 }
             }
         }
@@ -337,5 +349,12 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
+        let errors = Config::parse(
+            &EXAMPLE.replace("https://cb.example.com", "ftp:nowhere"),
+            |_| Some("x".repeat(32)),
+        )
+        .unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("tenants.acme.backends.cb.url"), "{errors:?}");
     }
 }

@@ -538,6 +538,7 @@ impl Engine {
             engine: &self,
             lease: &lease,
             run: Mutex::new(run),
+            seen: Mutex::new(None),
             stop: &stop,
             wake: &wake,
         }
@@ -553,6 +554,8 @@ struct Driver<'a> {
     engine: &'a Arc<Engine>,
     lease: &'a Lease,
     run: Mutex<RunRecord>,
+    /// What callers last saw of the run, to tell visible writes from checkpoint-only ones.
+    seen: Mutex<Option<serde_json::Value>>,
     stop: &'a StopSignal,
     wake: &'a Notify,
 }
@@ -804,6 +807,20 @@ impl Driver<'_> {
             }
             run.clone()
         };
+        let view = serde_json::json!([
+            run.status,
+            run.states,
+            run.error,
+            run.backend,
+            run.device_id,
+            run.hostname
+        ]);
+        let visible = {
+            let mut seen = lock(&self.seen);
+            let changed = seen.as_ref() != Some(&view);
+            *seen = Some(view);
+            changed
+        };
         let now = now_ms();
         let write = RunWrite {
             backend: run.backend.as_deref(),
@@ -815,12 +832,15 @@ impl Driver<'_> {
             checkpoint: run.checkpoint.as_ref(),
             next_step_at: now + i64::try_from(next_in.as_millis()).unwrap_or(0),
             lease_until: now + i64::try_from(self.engine.opts.lease.as_millis()).unwrap_or(0),
+            visible,
         };
         if !self.engine.store.save_run(self.lease, &write).await? {
             tracing::warn!(run_id = %run.id, "lease lost; another process drives this run now");
             return Ok(Outcome::LeaseLost);
         }
-        let _ = self.engine.changes.send(run.action_id);
+        if visible {
+            let _ = self.engine.changes.send(run.action_id);
+        }
         Ok(Outcome::Continue)
     }
 }

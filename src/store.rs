@@ -103,6 +103,10 @@ pub struct RunWrite<'a> {
     pub checkpoint: Option<&'a serde_json::Value>,
     pub next_step_at: i64,
     pub lease_until: i64,
+    /// Whether anything a caller sees changed (statuses, results, errors, device). Writes
+    /// that only move the checkpoint leave the action's version alone, so long-polls do not
+    /// wake for them.
+    pub visible: bool,
 }
 
 /// Filters of `GET /v1/actions`.
@@ -507,6 +511,10 @@ impl Store {
         .await?;
         if updated.rows_affected() != 1 {
             return Ok(false);
+        }
+        if !w.visible {
+            tx.commit().await?;
+            return Ok(true);
         }
         let action_id: String = sqlx::query_scalar("SELECT action_id FROM runs WHERE id = ?1")
             .bind(lease.run_id.to_string())

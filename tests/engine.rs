@@ -253,7 +253,8 @@ async fn an_action_is_persisted_before_acceptance_and_runs_to_completion() {
         request(json!([{"type": "kill_process", "pid": 4}, {"type": "process_list"}])),
     )
     .await;
-    assert_eq!(accepted.status, Status::Queued);
+    // The engine may already have started it, but cannot have finished it.
+    assert!(!accepted.status.is_terminal(), "{accepted:?}");
     assert_eq!(accepted.runs.len(), 1);
     let done = finished(&engine, accepted.id).await;
     assert_eq!(done.status, Status::Succeeded);

@@ -219,7 +219,7 @@ impl CbClient {
                 .await
             })
             .await?;
-        Ok(resp.bytes_stream().map(|r| r.map_err(|e| CbError::Api(http::transport_error(&e)))))
+        Ok(resp.bytes_stream().map(|r| r.map_err(|e| CbError::Api(http::transport_error(e)))))
     }
 
     /// Removes a file object from the server's session storage (§2.12, `DELETE`).
@@ -245,7 +245,7 @@ impl CbClient {
             .header(AUTH_HEADER, self.token.clone())
             .send()
             .await
-            .map_err(|e| CbError::Api(http::transport_error(&e)))?;
+            .map_err(|e| CbError::Api(http::transport_error(e)))?;
         check(resp).await
     }
 
@@ -266,7 +266,7 @@ impl CbClient {
         let req = self.request(Method::GET, path).query(&[("wait", "true")]).timeout(wait);
         match req.header(AUTH_HEADER, self.token.clone()).send().await {
             Err(e) if e.is_timeout() => Ok(None),
-            Err(e) => Err(CbError::Api(http::transport_error(&e))),
+            Err(e) => Err(CbError::Api(http::transport_error(e))),
             Ok(resp) => json(check(resp).await?).await.map(Some),
         }
     }
@@ -311,7 +311,7 @@ async fn check(mut resp: Response) -> Result<Response, CbError> {
 }
 
 async fn json<T: DeserializeOwned>(resp: Response) -> Result<T, CbError> {
-    let bytes = resp.bytes().await.map_err(|e| CbError::Api(http::transport_error(&e)))?;
+    let bytes = resp.bytes().await.map_err(|e| CbError::Api(http::transport_error(e)))?;
     serde_json::from_slice(&bytes).map_err(|e| {
         CbError::Api(AdapterError::new(
             ErrorCode::VendorUnavailable,

@@ -53,7 +53,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// A transport failure (no HTTP status): always transient, the request may not have arrived.
-pub fn transport_error(error: &reqwest::Error) -> AdapterError {
+pub fn transport_error(error: reqwest::Error) -> AdapterError {
     let what = if error.is_timeout() {
         "timed out"
     } else if error.is_connect() {
