@@ -37,19 +37,14 @@ impl Backends {
                     Ok(a) => {
                         adapters.insert(name, a);
                     }
-                    Err(e) => errors.push(format!(
-                        "tenants.{tenant}.backends.{name}: {}",
-                        e.info.message
-                    )),
+                    Err(e) => {
+                        errors.push(format!("tenants.{tenant}.backends.{name}: {}", e.info.message))
+                    }
                 }
             }
             built.insert(tenant, adapters);
         }
-        if errors.is_empty() {
-            Ok(Self::new(built))
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(Self::new(built)) } else { Err(errors) }
     }
 
     pub fn new(tenants: HashMap<String, BTreeMap<String, Arc<dyn Adapter>>>) -> Backends {
@@ -76,9 +71,7 @@ impl Backends {
     }
 
     pub fn capabilities(&self, tenant: &str) -> Vec<Capabilities> {
-        self.of_tenant(tenant)
-            .map(|(_, a)| a.capabilities().clone())
-            .collect()
+        self.of_tenant(tenant).map(|(_, a)| a.capabilities().clone()).collect()
     }
 
     /// Resolves a target to (backend, device id, hostname if known).
@@ -136,10 +129,8 @@ impl Backends {
                 )
             })),
             _ => {
-                let names: Vec<String> = found
-                    .iter()
-                    .map(|(b, d)| format!("{b} (device {})", d.device_id))
-                    .collect();
+                let names: Vec<String> =
+                    found.iter().map(|(b, d)| format!("{b} (device {})", d.device_id)).collect();
                 Err(AdapterError::new(
                     ErrorCode::DeviceAmbiguous,
                     format!(

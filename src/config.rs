@@ -137,9 +137,7 @@ impl Default for StoreConfig {
 
 impl Default for FilesConfig {
     fn default() -> Self {
-        FilesConfig {
-            dir: default_files(),
-        }
+        FilesConfig { dir: default_files() }
     }
 }
 
@@ -200,9 +198,7 @@ impl Config {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let config: Config = value
-            .try_into()
-            .map_err(|e: toml::de::Error| vec![e.to_string()])?;
+        let config: Config = value.try_into().map_err(|e: toml::de::Error| vec![e.to_string()])?;
         config.validate()?;
         Ok(config)
     }
@@ -229,9 +225,7 @@ impl Config {
                 ));
             }
             if t.backends.is_empty() {
-                errors.push(format!(
-                    "tenants.{tenant}.backends: at least one backend is needed"
-                ));
+                errors.push(format!("tenants.{tenant}.backends: at least one backend is needed"));
             }
             for (name, backend) in &t.backends {
                 if !is_identifier(name) {
@@ -241,16 +235,14 @@ impl Config {
                 }
                 if let Err(problems) = backend.validate() {
                     errors.extend(
-                        problems.into_iter().map(|p| format!("tenants.{tenant}.backends.{name}.{p}")),
+                        problems
+                            .into_iter()
+                            .map(|p| format!("tenants.{tenant}.backends.{name}.{p}")),
                     );
                 }
             }
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(errors)
-        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
 }
 
@@ -258,8 +250,7 @@ impl Config {
 pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// Replaces `${NAME}` in every string with the environment variable `NAME`.
@@ -291,11 +282,7 @@ fn interpolate(
         }
         toml::Value::Table(t) => {
             for (k, v) in t.iter_mut() {
-                let p = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
+                let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
                 interpolate(v, &p, env, errors);
             }
         }
@@ -343,17 +330,15 @@ mod tests {
                 "tenants.acme.backends.cb.token: environment variable CB_TOKEN is not set"
             ]
         );
-        let errors = Config::parse(
-            "[auth]\nhs256_secret = \"short\"\n[tenants.\"a/b\"]\n",
-            |_| None,
-        )
-        .unwrap_err();
+        let errors =
+            Config::parse("[auth]\nhs256_secret = \"short\"\n[tenants.\"a/b\"]\n", |_| None)
+                .unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
-        let errors = Config::parse(
-            &EXAMPLE.replace("https://cb.example.com", "ftp:nowhere"),
-            |_| Some("x".repeat(32)),
-        )
-        .unwrap_err();
+        let errors =
+            Config::parse(&EXAMPLE.replace("https://cb.example.com", "ftp:nowhere"), |_| {
+                Some("x".repeat(32))
+            })
+            .unwrap_err();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("tenants.acme.backends.cb.url"), "{errors:?}");
     }

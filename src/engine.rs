@@ -41,6 +41,8 @@ use crate::store::{
 pub const MAX_TARGETS: usize = 1000;
 pub const MAX_COMMANDS: usize = 100;
 const MAX_COMMENT: usize = 1024;
+/// Steps an adapter gets to clean up after a stop when its vendor calls keep failing.
+const MAX_STOP_ATTEMPTS: u32 = 3;
 
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
@@ -174,9 +176,8 @@ impl Engine {
             serde_json::to_vec(&request).map_err(|e| internal("serialize request", e))?,
         ));
         let now = now_ms();
-        let timeout = request
-            .timeout_seconds
-            .map_or(self.opts.default_timeout, Duration::from_secs);
+        let timeout =
+            request.timeout_seconds.map_or(self.opts.default_timeout, Duration::from_secs);
         let runs = request
             .targets
             .iter()
@@ -221,21 +222,13 @@ impl Engine {
             subject: meta.subject,
             runs,
         };
-        match self
-            .store
-            .insert_action(&action)
-            .await
-            .map_err(store_error)?
-        {
+        match self.store.insert_action(&action).await.map_err(store_error)? {
             Inserted::Created => {
                 self.work.notify_one();
                 let created = self.action(tenant, action.id).await?;
                 Ok(Submitted::Created(created))
             }
-            Inserted::Existing {
-                id,
-                request_hash: existing,
-            } => {
+            Inserted::Existing { id, request_hash: existing } => {
                 if existing != request_hash {
                     return Err(ErrorInfo::new(
                         ErrorCode::Conflict,
@@ -258,20 +251,12 @@ impl Engine {
             ));
         }
         if request.targets.is_empty() || request.targets.len() > MAX_TARGETS {
-            return invalid(format!(
-                "targets: between 1 and {MAX_TARGETS} targets are needed"
-            ));
+            return invalid(format!("targets: between 1 and {MAX_TARGETS} targets are needed"));
         }
         if request.commands.is_empty() || request.commands.len() > MAX_COMMANDS {
-            return invalid(format!(
-                "commands: between 1 and {MAX_COMMANDS} commands are needed"
-            ));
+            return invalid(format!("commands: between 1 and {MAX_COMMANDS} commands are needed"));
         }
-        if request
-            .comment
-            .as_ref()
-            .is_some_and(|c| c.len() > MAX_COMMENT)
-        {
+        if request.comment.as_ref().is_some_and(|c| c.len() > MAX_COMMENT) {
             return invalid(format!("comment: at most {MAX_COMMENT} bytes"));
         }
         if let Some(t) = request.timeout_seconds
@@ -311,11 +296,7 @@ impl Engine {
                 return invalid(format!("commands[{i}]: {m}"));
             }
             if let edrgate_adapter::Command::PutFile { file_id, .. } = command {
-                let known = self
-                    .files
-                    .meta(tenant, file_id)
-                    .await
-                    .map_err(store_error)?;
+                let known = self.files.meta(tenant, file_id).await.map_err(store_error)?;
                 if known.is_none() {
                     return invalid(format!("commands[{i}]: unknown file_id {file_id:?}"));
                 }
@@ -357,11 +338,7 @@ impl Engine {
     }
 
     async fn action_versioned(&self, tenant: &str, id: Uuid) -> Result<(Action, i64), ErrorInfo> {
-        self.store
-            .action(tenant, id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)
+        self.store.action(tenant, id).await.map_err(store_error)?.ok_or_else(not_found)
     }
 
     /// The action once it changed, or after `wait` (long-poll). A finished action is returned
@@ -390,11 +367,7 @@ impl Engine {
                 Ok(Err(broadcast::error::RecvError::Closed)) => break,
                 // A matching change, or missed messages (lagged): look at the store.
                 Ok(_) => {
-                    let now = self
-                        .store
-                        .action_version(tenant, id)
-                        .await
-                        .map_err(store_error)?;
+                    let now = self.store.action_version(tenant, id).await.map_err(store_error)?;
                     if now.is_some_and(|(v, _)| v != version) {
                         break;
                     }
@@ -513,13 +486,7 @@ impl Engine {
         }
         let stop = StopSignal::new();
         let wake = Arc::new(Notify::new());
-        lock(&self.local).insert(
-            run.id,
-            LocalRun {
-                stop: stop.clone(),
-                wake: Arc::clone(&wake),
-            },
-        );
+        lock(&self.local).insert(run.id, LocalRun { stop: stop.clone(), wake: Arc::clone(&wake) });
         // The cancel may have been requested before this process held the run.
         if self.store.cancel_requested(run.action_id).await? {
             stop.stop(StopReason::Cancelled);
@@ -534,17 +501,24 @@ impl Engine {
                 wake.notify_one();
             })
         };
-        let result = Driver {
+        let driver = Driver {
             engine: &self,
             lease: &lease,
             run: Mutex::new(run),
             seen: Mutex::new(None),
             stop: &stop,
             wake: &wake,
-        }
-        .run()
-        .await;
+        };
+        let result = driver.run().await;
         timer.abort();
+        // Whatever ended the drive, the adapter may drop what it kept in memory for the run.
+        let (tenant, backend) = {
+            let run = lock(&driver.run);
+            (run.tenant.clone(), run.backend.clone())
+        };
+        if let Some(adapter) = backend.and_then(|b| self.backends.adapter(&tenant, &b).cloned()) {
+            adapter.run_closed(lease.run_id);
+        }
         result
     }
 }
@@ -583,6 +557,7 @@ impl Driver<'_> {
             return self.fail(error).await.map(|_| ());
         };
         let mut attempt = 0u32;
+        let mut stop_attempts = 0u32;
         loop {
             if self.engine.shutdown.is_cancelled() {
                 let next = now_ms();
@@ -598,10 +573,7 @@ impl Driver<'_> {
                 // Nothing was sent to the vendor yet: close the run without asking the adapter.
                 return self.finish(reason).await.map(|_| ());
             }
-            let files = EngineRunFiles {
-                engine: self.engine,
-                run: &snapshot,
-            };
+            let files = EngineRunFiles { engine: self.engine, run: &snapshot };
             let ctx = RunContext {
                 run_id: snapshot.id,
                 action_id: snapshot.action_id,
@@ -640,16 +612,23 @@ impl Driver<'_> {
                 }
                 Err(error) => {
                     if let Some(reason) = self.stop.reason() {
-                        tracing::warn!(run_id = %snapshot.id, %error, "vendor call failed while stopping");
-                        return self.finish(reason).await.map(|_| ());
+                        // Give the adapter a few more steps to cancel vendor work and close its
+                        // session; a vendor that stays down must not hold the run open.
+                        stop_attempts += 1;
+                        tracing::warn!(run_id = %snapshot.id, %error, stop_attempts, "vendor call failed while stopping");
+                        if stop_attempts >= MAX_STOP_ATTEMPTS {
+                            return self.finish(reason).await.map(|_| ());
+                        }
+                        Duration::from_millis(250 * u64::from(stop_attempts))
+                    } else {
+                        if !error.is_retryable() {
+                            return self.fail(error.info).await.map(|_| ());
+                        }
+                        attempt += 1;
+                        let delay = Backoff::STANDARD.delay(attempt.min(8), error.retry_after);
+                        tracing::warn!(run_id = %snapshot.id, %error, attempt, ?delay, "vendor call failed; retrying");
+                        delay
                     }
-                    if !error.is_retryable() {
-                        return self.fail(error.info).await.map(|_| ());
-                    }
-                    attempt += 1;
-                    let delay = Backoff::STANDARD.delay(attempt.min(8), error.retry_after);
-                    tracing::warn!(run_id = %snapshot.id, %error, attempt, ?delay, "vendor call failed; retrying");
-                    delay
                 }
             };
             // A stop that arrived during the step must not wait for the delay.
@@ -711,10 +690,7 @@ impl Driver<'_> {
                         self.fail(error).await?;
                         return Ok(false);
                     }
-                    return Ok(!matches!(
-                        self.save(Duration::ZERO).await?,
-                        Outcome::LeaseLost
-                    ));
+                    return Ok(!matches!(self.save(Duration::ZERO).await?, Outcome::LeaseLost));
                 }
                 Err(e) if e.is_retryable() => {
                     attempt += 1;
@@ -858,10 +834,9 @@ impl Journal for Driver<'_> {
             run.checkpoint = Some(checkpoint.clone());
         }
         match self.save(Duration::ZERO).await {
-            Ok(Outcome::LeaseLost) => Err(AdapterError::new(
-                ErrorCode::Conflict,
-                "the run's lease was lost",
-            )),
+            Ok(Outcome::LeaseLost) => {
+                Err(AdapterError::new(ErrorCode::Conflict, "the run's lease was lost"))
+            }
             Ok(_) => Ok(()),
             Err(e) => Err(AdapterError::internal(format!("cannot record intent: {e}"))),
         }
@@ -884,30 +859,16 @@ impl RunFiles for EngineRunFiles<'_> {
             backend: self.run.backend.clone(),
             device_id: self.run.device_id.clone(),
         };
-        Ok(Box::new(
-            self.engine
-                .files
-                .create(&self.run.tenant, name, origin)
-                .await?,
-        ))
+        Ok(Box::new(self.engine.files.create(&self.run.tenant, name, origin).await?))
     }
 
     async fn open(&self, file_id: &str) -> Result<(FileRef, FileReader), AdapterError> {
-        let (meta, file) = self
-            .engine
-            .files
-            .open_content(&self.run.tenant, file_id)
-            .await?
-            .ok_or_else(|| {
+        let (meta, file) =
+            self.engine.files.open_content(&self.run.tenant, file_id).await?.ok_or_else(|| {
                 AdapterError::new(ErrorCode::NotFound, format!("unknown file_id {file_id:?}"))
             })?;
         Ok((
-            FileRef {
-                file_id: meta.id,
-                name: meta.name,
-                size: meta.size,
-                sha256: meta.sha256,
-            },
+            FileRef { file_id: meta.id, name: meta.name, size: meta.size, sha256: meta.sha256 },
             Box::new(file),
         ))
     }

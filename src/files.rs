@@ -24,10 +24,7 @@ pub struct FileStore {
 impl FileStore {
     pub async fn open(dir: &Path, store: Store) -> std::io::Result<FileStore> {
         tokio::fs::create_dir_all(dir.join("tmp")).await?;
-        Ok(FileStore {
-            dir: dir.to_path_buf(),
-            store,
-        })
+        Ok(FileStore { dir: dir.to_path_buf(), store })
     }
 
     /// Starts a file for `tenant`. Nothing is visible until [`FileWriter::commit`].
@@ -66,16 +63,12 @@ impl FileStore {
         tenant: &str,
         id: &str,
     ) -> Result<Option<(FileMeta, tokio::fs::File)>, AdapterError> {
-        let Some(meta) = self
-            .meta(tenant, id)
-            .await
-            .map_err(|e| AdapterError::internal(e.to_string()))?
+        let Some(meta) =
+            self.meta(tenant, id).await.map_err(|e| AdapterError::internal(e.to_string()))?
         else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(self.path(tenant, id))
-            .await
-            .map_err(io_error)?;
+        let file = tokio::fs::File::open(self.path(tenant, id)).await.map_err(io_error)?;
         Ok(Some((meta, file)))
     }
 
@@ -115,15 +108,11 @@ impl FileWriter for LocalWriter {
         self.file.flush().await.map_err(io_error)?;
         self.file.get_ref().sync_all().await.map_err(io_error)?;
         let dest_dir = self.files.dir.join(&self.tenant);
-        tokio::fs::create_dir_all(&dest_dir)
-            .await
-            .map_err(io_error)?;
+        tokio::fs::create_dir_all(&dest_dir).await.map_err(io_error)?;
         let Some(tmp) = self.tmp.take() else {
             return Err(AdapterError::internal("file committed twice"));
         };
-        tokio::fs::rename(&tmp, dest_dir.join(&self.id))
-            .await
-            .map_err(io_error)?;
+        tokio::fs::rename(&tmp, dest_dir.join(&self.id)).await.map_err(io_error)?;
         let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
         let meta = FileMeta {
             id: self.id.clone(),
@@ -138,12 +127,7 @@ impl FileWriter for LocalWriter {
             .insert_file(&self.tenant, &meta)
             .await
             .map_err(|e| AdapterError::internal(format!("cannot record file: {e}")))?;
-        Ok(FileRef {
-            file_id: meta.id,
-            name: meta.name,
-            size: meta.size,
-            sha256,
-        })
+        Ok(FileRef { file_id: meta.id, name: meta.name, size: meta.size, sha256 })
     }
 }
 
@@ -159,10 +143,7 @@ impl Drop for LocalWriter {
 
 /// Whether `id` has the shape of a file id (32 lowercase hex digits).
 pub fn is_file_id(id: &str) -> bool {
-    id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// The last component of a Windows or POSIX path, reduced to characters safe in a
@@ -171,21 +152,11 @@ pub fn safe_name(path: &str) -> String {
     let last = path.rsplit(['\\', '/']).next().unwrap_or_default();
     let cleaned: String = last
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
         .take(200)
         .collect();
     let trimmed = cleaned.trim_start_matches('.');
-    if trimmed.is_empty() {
-        "file".to_owned()
-    } else {
-        trimmed.to_owned()
-    }
+    if trimmed.is_empty() { "file".to_owned() } else { trimmed.to_owned() }
 }
 
 fn io_error(e: std::io::Error) -> AdapterError {

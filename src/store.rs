@@ -135,10 +135,7 @@ impl Cursor {
 
     pub fn decode(s: &str) -> Option<Cursor> {
         let (at, id) = s.split_once('.')?;
-        Some(Cursor {
-            created_at: at.parse().ok()?,
-            id: Uuid::try_parse(id).ok()?,
-        })
+        Some(Cursor { created_at: at.parse().ok()?, id: Uuid::try_parse(id).ok()? })
     }
 }
 
@@ -191,13 +188,8 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
-        sqlx::migrate!("schemas/migrations/sqlite")
-            .run(&pool)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
+        sqlx::migrate!("schemas/migrations/sqlite").run(&pool).await?;
         Ok(Store { pool })
     }
 
@@ -285,8 +277,7 @@ impl Store {
             .bind(tenant)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok((r.get("version"), parse_status(r.get("status"))?)))
-            .transpose()
+        row.map(|r| Ok((r.get("version"), parse_status(r.get("status"))?))).transpose()
     }
 
     /// A page of the tenant's actions, newest first, and the cursor of the next page.
@@ -315,10 +306,7 @@ impl Store {
         .await?;
         let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
         let mut actions = Vec::with_capacity(rows.len());
-        for row in rows
-            .iter()
-            .take(usize::try_from(limit).unwrap_or(usize::MAX))
-        {
+        for row in rows.iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
             let id: String = row.get("id");
             let runs = sqlx::query("SELECT * FROM runs WHERE action_id = ?1 ORDER BY position")
                 .bind(&id)
@@ -364,10 +352,7 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|r| parse_uuid(r.get("id")))
-            .collect::<Result<_>>()
-            .map(Some)
+        rows.iter().map(|r| parse_uuid(r.get("id"))).collect::<Result<_>>().map(Some)
     }
 
     /// Claims up to `limit` unfinished runs that are due and not leased by a live owner.
@@ -460,10 +445,7 @@ impl Store {
             request: from_json(row.get("request_json"))?,
             states: from_json(row.get("commands_json"))?,
             status: parse_status(row.get("status"))?,
-            error: row
-                .get::<Option<String>, _>("error_json")
-                .map(|s| from_json(&s))
-                .transpose()?,
+            error: row.get::<Option<String>, _>("error_json").map(|s| from_json(&s)).transpose()?,
             checkpoint: row
                 .get::<Option<String>, _>("checkpoint_json")
                 .map(|s| from_json(&s))
@@ -525,10 +507,7 @@ impl Store {
                 .bind(&action_id)
                 .fetch_all(&mut *tx)
                 .await?;
-        let statuses = statuses
-            .iter()
-            .map(|s| parse_status(s))
-            .collect::<Result<Vec<_>>>()?;
+        let statuses = statuses.iter().map(|s| parse_status(s)).collect::<Result<Vec<_>>>()?;
         sqlx::query(
             "UPDATE actions SET status = ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
         )

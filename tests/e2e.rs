@@ -12,21 +12,21 @@ mod support {
     use edrgate::app::App;
     use edrgate::config::Config;
 
-    pub const SECRET: &str = "e2e-secret-0123456789abcdef0123456789abcdef";
+    pub(crate) const SECRET: &str = "e2e-secret-0123456789abcdef0123456789abcdef";
 
     /// A running gateway in front of one simulator, with tenants `acme` and `globex`.
-    pub struct Gateway {
-        pub base: String,
-        pub http: reqwest::Client,
-        pub sim: Simulator,
-        pub app: App,
-        pub dir: tempfile::TempDir,
+    pub(crate) struct Gateway {
+        pub(crate) base: String,
+        pub(crate) http: reqwest::Client,
+        pub(crate) sim: Simulator,
+        pub(crate) app: App,
+        pub(crate) dir: tempfile::TempDir,
         sim_url: String,
         server: tokio::task::JoinHandle<()>,
     }
 
     impl Gateway {
-        pub async fn start(sim: SimConfig) -> Gateway {
+        pub(crate) async fn start(sim: SimConfig) -> Gateway {
             let sim = Simulator::new(sim);
             let addr = sim.spawn().await.unwrap();
             let sim_url = format!("http://{addr}");
@@ -45,7 +45,7 @@ mod support {
 
         /// Stops the gateway as a crash would (no lease released, no step finished) and starts
         /// a new one on the same database and files.
-        pub async fn crash_and_restart(&mut self) {
+        pub(crate) async fn crash_and_restart(&mut self) {
             self.app.engine.kill();
             self.server.abort();
             let (app, base, server) = serve(&self.dir, &self.sim_url).await;
@@ -54,12 +54,12 @@ mod support {
             self.server = server;
         }
 
-        pub fn token(&self, tenant: &str) -> String {
+        pub(crate) fn token(&self, tenant: &str) -> String {
             edrgate::auth::mint(SECRET.as_bytes(), tenant, "e2e-test", Duration::from_secs(600))
                 .unwrap()
         }
 
-        pub async fn post(&self, tenant: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        pub(crate) async fn post(&self, tenant: &str, path: &str, body: &Value) -> (StatusCode, Value) {
             let r = self
                 .http
                 .post(format!("{}{path}", self.base))
@@ -72,7 +72,7 @@ mod support {
             (status, r.json().await.unwrap_or(Value::Null))
         }
 
-        pub async fn get(&self, tenant: &str, path: &str) -> (StatusCode, Value) {
+        pub(crate) async fn get(&self, tenant: &str, path: &str) -> (StatusCode, Value) {
             let r = self
                 .http
                 .get(format!("{}{path}", self.base))
@@ -84,14 +84,14 @@ mod support {
             (status, r.json().await.unwrap_or(Value::Null))
         }
 
-        pub async fn submit(&self, body: Value) -> Value {
+        pub(crate) async fn submit(&self, body: Value) -> Value {
             let (status, action) = self.post("acme", "/v1/actions", &body).await;
             assert_eq!(status, StatusCode::ACCEPTED, "{action}");
             action
         }
 
         /// Long-polls until the action is terminal.
-        pub async fn finished(&self, action: &Value) -> Value {
+        pub(crate) async fn finished(&self, action: &Value) -> Value {
             let id = action["id"].as_str().unwrap();
             for _ in 0..120 {
                 let (status, a) = self.get("acme", &format!("/v1/actions/{id}?wait=5")).await;
@@ -103,7 +103,7 @@ mod support {
             panic!("action {id} did not finish");
         }
 
-        pub async fn run(&self, body: Value) -> Value {
+        pub(crate) async fn run(&self, body: Value) -> Value {
             let action = self.submit(body).await;
             self.finished(&action).await
         }
@@ -186,7 +186,10 @@ async fn every_command_kind_succeeds_with_a_typed_result() {
     let results: Vec<&Value> =
         fetched["runs"][0]["commands"].as_array().unwrap().iter().map(|c| &c["result"]).collect();
     let processes = results[0]["processes"].as_array().unwrap();
-    assert!(processes.iter().any(|p| p["pid"] == 3012 && p["name"] == "updater.exe"), "{processes:?}");
+    assert!(
+        processes.iter().any(|p| p["pid"] == 3012 && p["name"] == "updater.exe"),
+        "{processes:?}"
+    );
     let file = &results[1]["file"];
     let expected = gw.sim.file_content(1, "C:\\evidence\\note.txt").unwrap();
     assert_eq!(file["size"], expected.len());
@@ -430,7 +433,8 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
     for action in &actions {
         let done = gw.finished(action).await;
         let commands = done["runs"][0]["commands"].as_array().unwrap();
-        for (command, counter) in commands.iter().zip([&mut kills_reported, &mut deletes_reported]) {
+        for (command, counter) in commands.iter().zip([&mut kills_reported, &mut deletes_reported])
+        {
             match command["status"].as_str().unwrap() {
                 "succeeded" => *counter += 1,
                 "failed" => assert_eq!(command["error"]["code"], "outcome_unknown", "{done:#}"),
@@ -451,7 +455,8 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_submission_creates_nothing_new() {
     let gw = Gateway::start(fast_sim()).await;
-    let body = json!({"targets": [{"hostname": "WIN-0001"}], "commands": [{"type": "process_list"}]});
+    let body =
+        json!({"targets": [{"hostname": "WIN-0001"}], "commands": [{"type": "process_list"}]});
     let mut ids = Vec::new();
     for attempt in 0..3 {
         let r = gw
@@ -489,11 +494,16 @@ async fn another_tenant_sees_nothing() {
         format!("/v1/files/{file_id}/content"),
     ] {
         let (status, problem) = gw.get("globex", &path).await;
-        assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")), "{path}");
+        assert_eq!(
+            (status, problem["code"].as_str()),
+            (StatusCode::NOT_FOUND, Some("not_found")),
+            "{path}"
+        );
         let (status, _) = gw.get("acme", &path).await;
         assert_eq!(status, StatusCode::OK, "{path}");
     }
-    let (status, problem) = gw.post("globex", &format!("/v1/actions/{id}/cancel"), &json!({})).await;
+    let (status, problem) =
+        gw.post("globex", &format!("/v1/actions/{id}/cancel"), &json!({})).await;
     assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
     let (_, listed) = gw.get("globex", "/v1/actions").await;
     assert_eq!(listed["items"], json!([]));
@@ -523,6 +533,9 @@ async fn listing_filters_and_pages_and_devices_resolve() {
     assert_eq!(status, StatusCode::OK, "{devices}");
     let devices = devices.as_array().or(devices["items"].as_array()).unwrap().clone();
     assert!(devices.iter().any(|d| d["device_id"] == "4" && d["backend"] == "cb"), "{devices:?}");
+    // One hostname rule for every vendor: substring, case-insensitive.
+    let (_, lower) = gw.get("acme", "/v1/devices?hostname=win-0004").await;
+    assert_eq!(lower["items"].as_array().unwrap().len(), 1, "{lower}");
 
     // Two sensors answer to WIN-0006: refused, naming both, never a guess.
     let ambiguous = gw

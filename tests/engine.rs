@@ -30,12 +30,7 @@ struct Scripted {
 
 impl Scripted {
     fn kill(&self, run: uuid::Uuid, index: usize) {
-        *self
-            .executed
-            .lock()
-            .unwrap()
-            .entry((run, index))
-            .or_default() += 1;
+        *self.executed.lock().unwrap().entry((run, index)).or_default() += 1;
     }
 
     fn kills(&self) -> Vec<u32> {
@@ -74,9 +69,7 @@ impl Adapter for Scripted {
         checkpoint: Option<serde_json::Value>,
     ) -> Result<Step, AdapterError> {
         self.steps.fetch_add(1, Ordering::SeqCst);
-        let mut cp: Cp = checkpoint
-            .map(|v| serde_json::from_value(v).unwrap())
-            .unwrap_or_default();
+        let mut cp: Cp = checkpoint.map(|v| serde_json::from_value(v).unwrap()).unwrap_or_default();
         if let Some(reason) = ctx.stop.reason() {
             let updates = (cp.index..ctx.commands.len())
                 .map(|i| CommandUpdate {
@@ -163,11 +156,7 @@ fn scripted() -> Arc<Scripted> {
             kind: "scripted".into(),
             commands: [CommandKind::KillProcess, CommandKind::ProcessList]
                 .into_iter()
-                .map(|command| CommandSupport {
-                    command,
-                    via: Via::Native,
-                    notes: None,
-                })
+                .map(|command| CommandSupport { command, via: Via::Native, notes: None })
                 .collect(),
             limits: Limits::default(),
         },
@@ -183,29 +172,19 @@ struct Harness {
 
 impl Harness {
     fn new() -> Harness {
-        Harness {
-            dir: tempfile::tempdir().unwrap(),
-            adapter: scripted(),
-        }
+        Harness { dir: tempfile::tempdir().unwrap(), adapter: scripted() }
     }
 
     async fn engine(&self, lease: Duration) -> Arc<Engine> {
-        let store = Store::open(&self.dir.path().join("edrgate.db"))
-            .await
-            .unwrap();
-        let files = FileStore::open(&self.dir.path().join("files"), store.clone())
-            .await
-            .unwrap();
+        let store = Store::open(&self.dir.path().join("edrgate.db")).await.unwrap();
+        let files = FileStore::open(&self.dir.path().join("files"), store.clone()).await.unwrap();
         let mut tenants = HashMap::new();
         for tenant in ["acme", "other"] {
             let mut m: BTreeMap<String, Arc<dyn Adapter>> = BTreeMap::new();
             m.insert("fake".into(), self.adapter.clone());
             tenants.insert(tenant.to_owned(), m);
         }
-        let opts = EngineOptions {
-            lease,
-            ..EngineOptions::default()
-        };
+        let opts = EngineOptions { lease, ..EngineOptions::default() };
         let engine = Engine::new(store, files, Arc::new(Backends::new(tenants)), opts);
         engine.start();
         engine
@@ -221,11 +200,7 @@ fn request(commands: serde_json::Value) -> ActionRequest {
 }
 
 async fn submit(engine: &Engine, req: ActionRequest) -> Action {
-    match engine
-        .submit("acme", req, SubmitMeta::default())
-        .await
-        .unwrap()
-    {
+    match engine.submit("acme", req, SubmitMeta::default()).await.unwrap() {
         Submitted::Created(a) => a,
         Submitted::Replayed(_) => panic!("unexpected replay"),
     }
@@ -233,10 +208,7 @@ async fn submit(engine: &Engine, req: ActionRequest) -> Action {
 
 async fn finished(engine: &Engine, id: uuid::Uuid) -> Action {
     for _ in 0..200 {
-        let a = engine
-            .wait_action("acme", id, Duration::from_millis(100))
-            .await
-            .unwrap();
+        let a = engine.wait_action("acme", id, Duration::from_millis(100)).await.unwrap();
         if a.status.is_terminal() {
             return a;
         }
@@ -277,10 +249,7 @@ async fn a_failure_skips_the_rest_unless_asked_to_continue() {
     assert_eq!(done.status, Status::Failed);
     let statuses: Vec<Status> = done.runs[0].commands.iter().map(|c| c.status).collect();
     assert_eq!(statuses, [Status::Failed, Status::Skipped]);
-    assert_eq!(
-        done.runs[0].commands[0].error.as_ref().unwrap().code,
-        ErrorCode::CommandFailed
-    );
+    assert_eq!(done.runs[0].commands[0].error.as_ref().unwrap().code, ErrorCode::CommandFailed);
 
     let mut req =
         request(json!([{"type": "kill_process", "pid": 666}, {"type": "kill_process", "pid": 5}]));
@@ -302,25 +271,12 @@ async fn a_killed_engine_is_resumed_from_checkpoints_without_repeating_side_effe
     }
     tokio::time::sleep(Duration::from_millis(70)).await;
     engine.kill();
-    assert!(
-        h.adapter.steps.load(Ordering::SeqCst) > 0,
-        "nothing ran before the crash"
-    );
+    assert!(h.adapter.steps.load(Ordering::SeqCst) > 0, "nothing ran before the crash");
     let mut unfinished = 0;
     for id in &ids {
-        unfinished += usize::from(
-            !engine
-                .action("acme", *id)
-                .await
-                .unwrap()
-                .status
-                .is_terminal(),
-        );
+        unfinished += usize::from(!engine.action("acme", *id).await.unwrap().status.is_terminal());
     }
-    assert!(
-        unfinished > 0,
-        "everything finished before the crash; the test proves nothing"
-    );
+    assert!(unfinished > 0, "everything finished before the crash; the test proves nothing");
 
     let engine = h.engine(lease).await;
     for id in &ids {
@@ -336,9 +292,7 @@ async fn a_killed_engine_is_resumed_from_checkpoints_without_repeating_side_effe
 async fn cancel_stops_queued_and_running_work() {
     let h = Harness::new();
     let engine = h.engine(Duration::from_secs(5)).await;
-    let commands: Vec<_> = (1..40)
-        .map(|pid| json!({"type": "kill_process", "pid": pid}))
-        .collect();
+    let commands: Vec<_> = (1..40).map(|pid| json!({"type": "kill_process", "pid": pid})).collect();
     let a = submit(&engine, request(json!(commands))).await;
     tokio::time::sleep(Duration::from_millis(150)).await;
     let cancelled = engine.cancel("acme", a.id).await.unwrap();
@@ -346,40 +300,24 @@ async fn cancel_stops_queued_and_running_work() {
     let done = finished(&engine, a.id).await;
     assert_eq!(done.status, Status::Cancelled);
     let first = &done.runs[0].commands[0];
-    assert_eq!(
-        first.status,
-        Status::Succeeded,
-        "work done before the cancel stays done"
-    );
+    assert_eq!(first.status, Status::Succeeded, "work done before the cancel stays done");
     let last = done.runs[0].commands.last().unwrap();
     assert_eq!(last.status, Status::Cancelled);
     assert_eq!(last.error.as_ref().unwrap().code, ErrorCode::Cancelled);
-    assert!(
-        engine.cancel("acme", a.id).await.is_err(),
-        "a finished action cannot be cancelled"
-    );
+    assert!(engine.cancel("acme", a.id).await.is_err(), "a finished action cannot be cancelled");
 }
 
 #[tokio::test]
 async fn the_deadline_times_out_unfinished_commands() {
     let h = Harness::new();
     let engine = h.engine(Duration::from_secs(5)).await;
-    let commands: Vec<_> = (1..60)
-        .map(|pid| json!({"type": "kill_process", "pid": pid}))
-        .collect();
+    let commands: Vec<_> = (1..60).map(|pid| json!({"type": "kill_process", "pid": pid})).collect();
     let mut req = request(json!(commands));
     req.timeout_seconds = Some(1);
     let done = finished(&engine, submit(&engine, req).await.id).await;
     assert_eq!(done.status, Status::TimedOut);
     assert_eq!(
-        done.runs[0]
-            .commands
-            .last()
-            .unwrap()
-            .error
-            .as_ref()
-            .unwrap()
-            .code,
+        done.runs[0].commands.last().unwrap().error.as_ref().unwrap().code,
         ErrorCode::Timeout
     );
 }
@@ -388,15 +326,9 @@ async fn the_deadline_times_out_unfinished_commands() {
 async fn idempotency_keys_replay_and_tenants_are_isolated() {
     let h = Harness::new();
     let engine = h.engine(Duration::from_secs(5)).await;
-    let meta = SubmitMeta {
-        idempotency_key: Some("k-1".into()),
-        ..SubmitMeta::default()
-    };
+    let meta = SubmitMeta { idempotency_key: Some("k-1".into()), ..SubmitMeta::default() };
     let req = request(json!([{"type": "process_list"}]));
-    let Submitted::Created(first) = engine
-        .submit("acme", req.clone(), meta.clone())
-        .await
-        .unwrap()
+    let Submitted::Created(first) = engine.submit("acme", req.clone(), meta.clone()).await.unwrap()
     else {
         panic!("first submission must create");
     };
@@ -404,29 +336,15 @@ async fn idempotency_keys_replay_and_tenants_are_isolated() {
         panic!("retry must replay");
     };
     assert_eq!(first.id, again.id);
-    let different = engine
-        .submit(
-            "acme",
-            request(json!([{"type": "kill_process", "pid": 9}])),
-            meta,
-        )
-        .await;
+    let different =
+        engine.submit("acme", request(json!([{"type": "kill_process", "pid": 9}])), meta).await;
     assert_eq!(different.err().unwrap().code, ErrorCode::Conflict);
 
     let hidden = engine.action("other", first.id).await.unwrap_err();
     assert_eq!(hidden.code, ErrorCode::NotFound);
-    assert_eq!(
-        engine.cancel("other", first.id).await.unwrap_err().code,
-        ErrorCode::NotFound
-    );
+    assert_eq!(engine.cancel("other", first.id).await.unwrap_err().code, ErrorCode::NotFound);
     let (listed, _) = engine
-        .list(
-            "other",
-            &edrgate::store::ListQuery {
-                limit: 50,
-                ..Default::default()
-            },
-        )
+        .list("other", &edrgate::store::ListQuery { limit: 50, ..Default::default() })
         .await
         .unwrap();
     assert!(listed.is_empty());
@@ -437,14 +355,8 @@ async fn submissions_are_checked_before_anything_is_stored() {
     let h = Harness::new();
     let engine = h.engine(Duration::from_secs(5)).await;
     let cases = [
-        (
-            json!([{"type": "delete_file", "path": "C:\\x"}]),
-            ErrorCode::UnsupportedCommand,
-        ),
-        (
-            json!([{"type": "kill_process", "pid": 0}]),
-            ErrorCode::InvalidRequest,
-        ),
+        (json!([{"type": "delete_file", "path": "C:\\x"}]), ErrorCode::UnsupportedCommand),
+        (json!([{"type": "kill_process", "pid": 0}]), ErrorCode::InvalidRequest),
         (json!([]), ErrorCode::InvalidRequest),
     ];
     for (commands, code) in cases {
@@ -460,22 +372,11 @@ async fn submissions_are_checked_before_anything_is_stored() {
     }))
     .unwrap();
     assert_eq!(
-        engine
-            .submit("acme", unknown_backend, SubmitMeta::default())
-            .await
-            .err()
-            .unwrap()
-            .code,
+        engine.submit("acme", unknown_backend, SubmitMeta::default()).await.err().unwrap().code,
         ErrorCode::InvalidRequest
     );
     let (listed, _) = engine
-        .list(
-            "acme",
-            &edrgate::store::ListQuery {
-                limit: 50,
-                ..Default::default()
-            },
-        )
+        .list("acme", &edrgate::store::ListQuery { limit: 50, ..Default::default() })
         .await
         .unwrap();
     assert!(listed.is_empty(), "rejected submissions left rows behind");
@@ -493,12 +394,7 @@ async fn hostname_targets_resolve_through_the_tenant_backends() {
     assert_eq!(done.status, Status::Succeeded);
     assert_eq!(done.runs[0].device_id.as_deref(), Some("7"));
     assert_eq!(done.runs[0].hostname.as_deref(), Some("HOST-7"));
-    assert_eq!(
-        done.runs[0].target,
-        Target::Hostname {
-            hostname: "host-7".into()
-        }
-    );
+    assert_eq!(done.runs[0].target, Target::Hostname { hostname: "host-7".into() });
 
     let req: ActionRequest = serde_json::from_value(json!({
         "targets": [{"hostname": "nowhere"}], "commands": [{"type": "process_list"}]
@@ -506,8 +402,5 @@ async fn hostname_targets_resolve_through_the_tenant_backends() {
     .unwrap();
     let done = finished(&engine, submit(&engine, req).await.id).await;
     assert_eq!(done.status, Status::Failed);
-    assert_eq!(
-        done.runs[0].error.as_ref().unwrap().code,
-        ErrorCode::DeviceNotFound
-    );
+    assert_eq!(done.runs[0].error.as_ref().unwrap().code, ErrorCode::DeviceNotFound);
 }

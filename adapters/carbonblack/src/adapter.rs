@@ -230,46 +230,31 @@ impl Adapter for CarbonBlackAdapter {
         &self.capabilities
     }
 
-    /// Sensors matching `hostname` (CB's case-sensitive substring match, §7.4), minus
-    /// uninstalled ones, which a re-install leaves behind under the same name.
+    /// Sensors whose name contains `hostname`, case-insensitively (the contract's rule), minus
+    /// uninstalled ones, which a re-install leaves behind under the same name. CB's own search
+    /// is a case-sensitive substring match (§7.4): it is asked first, and the full sensor list
+    /// is searched only when it finds nothing.
     async fn find_devices(&self, hostname: Option<&str>) -> Result<Vec<Device>, AdapterError> {
-        let sensors = self.client.sensors(hostname).await.map_err(CbError::into_adapter)?;
-        Ok(sensors
-            .into_iter()
-            .filter(|s| s.uninstalled != Some(true))
-            .map(|s| mapping::device(&self.capabilities.backend, s))
-            .collect())
+        let matching = |sensors: Vec<wire::Sensor>| -> Vec<Device> {
+            sensors
+                .into_iter()
+                .filter(|s| s.uninstalled != Some(true))
+                .map(|s| mapping::device(&self.capabilities.backend, s))
+                .filter(|d| {
+                    hostname.is_none_or(|h| edrgate_adapter::hostname_matches(&d.hostname, h))
+                })
+                .collect()
+        };
+        let mut found =
+            matching(self.client.sensors(hostname).await.map_err(CbError::into_adapter)?);
+        if found.is_empty() && hostname.is_some() {
+            found = matching(self.client.sensors(None).await.map_err(CbError::into_adapter)?);
+        }
+        Ok(found)
     }
 
-    /// The one sensor named `hostname`, compared case-insensitively. CB's own search is a
-    /// case-sensitive substring match (§7.4), so when it finds no such name the full sensor
-    /// list is searched before answering `device_not_found`.
-    async fn resolve_hostname(&self, hostname: &str) -> Result<Device, AdapterError> {
-        let named = |devices: Vec<Device>| -> Vec<Device> {
-            devices.into_iter().filter(|d| d.hostname.eq_ignore_ascii_case(hostname)).collect()
-        };
-        let mut exact = named(self.find_devices(Some(hostname)).await?);
-        if exact.is_empty() {
-            exact = named(self.find_devices(None).await?);
-        }
-        match exact.len() {
-            0 => Err(AdapterError::new(
-                ErrorCode::DeviceNotFound,
-                format!("no device named {hostname:?} on backend {}", self.capabilities.backend),
-            )),
-            1 => Ok(exact.remove(0)),
-            n => {
-                let ids: Vec<String> = exact.iter().map(|d| d.device_id.clone()).collect();
-                Err(AdapterError::new(
-                    ErrorCode::DeviceAmbiguous,
-                    format!(
-                        "{n} sensors named {hostname:?} on backend {} (device ids {}); target one by device_id",
-                        self.capabilities.backend,
-                        ids.join(", ")
-                    ),
-                ))
-            }
-        }
+    fn run_closed(&self, run_id: Uuid) {
+        self.forget(run_id);
     }
 
     async fn step(

@@ -42,7 +42,9 @@ pub trait Adapter: Send + Sync + 'static {
     /// What this backend supports; commands outside it are refused at submission.
     fn capabilities(&self) -> &Capabilities;
 
-    /// Devices the backend knows, optionally filtered by hostname (vendor matching rules).
+    /// Devices the backend knows; with `hostname`, those whose hostname contains it,
+    /// compared case-insensitively ([`hostname_matches`]), whatever the vendor's own search
+    /// rules are.
     async fn find_devices(&self, hostname: Option<&str>) -> Result<Vec<Device>, AdapterError>;
 
     /// The one device whose hostname is `hostname` (case-insensitive, exact). No match is
@@ -57,10 +59,7 @@ pub trait Adapter: Send + Sync + 'static {
         match exact.len() {
             0 => Err(AdapterError::new(
                 ErrorCode::DeviceNotFound,
-                format!(
-                    "no device named {hostname:?} on backend {}",
-                    self.capabilities().backend
-                ),
+                format!("no device named {hostname:?} on backend {}", self.capabilities().backend),
             )),
             1 => Ok(exact.remove(0)),
             _ => {
@@ -78,6 +77,11 @@ pub trait Adapter: Send + Sync + 'static {
         }
     }
 
+    /// The engine closed the run (finished, failed, or handed to another process): drop any
+    /// in-memory state kept for it (budget slots, open transfers). Vendor-side cleanup belongs
+    /// in `step`, which sees the stop signal first whenever the engine can give it one.
+    fn run_closed(&self, _run_id: Uuid) {}
+
     /// Advances a run. `checkpoint` is `None` on the first call, else what the previous step (or
     /// [`Journal::record`]) stored. An `Err` that `is_retryable` makes the engine call again with
     /// the same checkpoint after a back-off; any other `Err` fails the run's unfinished commands.
@@ -86,6 +90,12 @@ pub trait Adapter: Send + Sync + 'static {
         ctx: &RunContext<'_>,
         checkpoint: Option<serde_json::Value>,
     ) -> Result<Step, AdapterError>;
+}
+
+/// The hostname rule of every adapter's device search: `name` contains `query`, ignoring ASCII
+/// case (hostnames are ASCII: DNS labels and NetBIOS names).
+pub fn hostname_matches(name: &str, query: &str) -> bool {
+    name.to_ascii_lowercase().contains(&query.to_ascii_lowercase())
 }
 
 /// Everything an adapter knows about the run it is stepping.
@@ -144,17 +154,11 @@ impl CommandUpdate {
     }
 
     pub fn succeeded(index: usize, result: CommandResult) -> Self {
-        CommandUpdate {
-            result: Some(result),
-            ..Self::status(index, Status::Succeeded)
-        }
+        CommandUpdate { result: Some(result), ..Self::status(index, Status::Succeeded) }
     }
 
     pub fn failed(index: usize, error: ErrorInfo) -> Self {
-        CommandUpdate {
-            error: Some(error),
-            ..Self::status(index, Status::Failed)
-        }
+        CommandUpdate { error: Some(error), ..Self::status(index, Status::Failed) }
     }
 
     pub fn with_vendor(

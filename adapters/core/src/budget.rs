@@ -42,10 +42,7 @@ pub struct SlotGuard {
 
 impl FairSlots {
     pub fn new(capacity: usize) -> Arc<Self> {
-        Arc::new(FairSlots {
-            capacity: capacity.max(1),
-            state: Mutex::new(State::default()),
-        })
+        Arc::new(FairSlots { capacity: capacity.max(1), state: Mutex::new(State::default()) })
     }
 
     pub fn capacity(&self) -> usize {
@@ -83,20 +80,12 @@ impl FairSlots {
             self.dispatch(&mut state, None);
             id
         };
-        let mut pending = Pending {
-            slots: self,
-            id,
-            key,
-            granted: false,
-        };
+        let mut pending = Pending { slots: self, id, key, granted: false };
         // The sender lives in `waiters` until granted; a grant always sends before removal, so
         // the channel cannot close without a grant while we wait.
         let _ = rx.await;
         pending.granted = true;
-        SlotGuard {
-            slots: Arc::clone(self),
-            key: key.to_owned(),
-        }
+        SlotGuard { slots: Arc::clone(self), key: key.to_owned() }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -116,11 +105,8 @@ impl FairSlots {
 
     fn dispatch(&self, state: &mut State, freed_key: Option<&str>) {
         while state.held.len() < self.capacity {
-            let eligible = state
-                .waiters
-                .iter()
-                .enumerate()
-                .filter(|(_, w)| !state.held.contains_key(&w.key));
+            let eligible =
+                state.waiters.iter().enumerate().filter(|(_, w)| !state.held.contains_key(&w.key));
             let pick = eligible
                 .min_by_key(|(_, w)| {
                     (
@@ -135,9 +121,7 @@ impl FairSlots {
             let waiter = state.waiters.remove(i);
             *state.by_tenant.entry(waiter.tenant.clone()).or_default() += 1;
             *state.by_action.entry(waiter.action.clone()).or_default() += 1;
-            state
-                .held
-                .insert(waiter.key, (waiter.tenant, waiter.action));
+            state.held.insert(waiter.key, (waiter.tenant, waiter.action));
             // A dropped receiver is handled by `Pending::drop`, which releases the slot.
             let _ = waiter.grant.send(());
         }
@@ -210,10 +194,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(!third.is_finished());
         drop(a);
-        let _c = tokio::time::timeout(Duration::from_secs(1), third)
-            .await
-            .unwrap()
-            .unwrap();
+        let _c = tokio::time::timeout(Duration::from_secs(1), third).await.unwrap().unwrap();
         assert_eq!(slots.in_use(), 2);
     }
 
@@ -235,10 +216,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         // The small tenant arrived last, but holds nothing while the big one holds a slot.
         drop(first);
-        let granted = tokio::time::timeout(Duration::from_secs(1), small)
-            .await
-            .unwrap()
-            .unwrap();
+        let granted = tokio::time::timeout(Duration::from_secs(1), small).await.unwrap().unwrap();
         assert_eq!(granted.key(), "small-0");
         assert!(big_waiters.iter().all(|h| !h.is_finished()));
     }

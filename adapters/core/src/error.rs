@@ -20,19 +20,12 @@ pub struct AdapterError {
 
 impl AdapterError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        AdapterError {
-            info: ErrorInfo::new(code, message),
-            retryable: false,
-            retry_after: None,
-        }
+        AdapterError { info: ErrorInfo::new(code, message), retryable: false, retry_after: None }
     }
 
     /// A transient failure (connection refused, 5xx, 429).
     pub fn transient(code: ErrorCode, message: impl Into<String>) -> Self {
-        AdapterError {
-            retryable: true,
-            ..Self::new(code, message)
-        }
+        AdapterError { retryable: true, ..Self::new(code, message) }
     }
 
     pub fn with_vendor(mut self, code: impl Into<String>, message: impl Into<String>) -> Self {

@@ -40,9 +40,7 @@ pub fn client(tls: &TlsOptions, read_timeout: Duration) -> Result<reqwest::Clien
     if tls.insecure_skip_verify {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
-    builder
-        .build()
-        .map_err(|e| AdapterError::internal(format!("cannot build HTTP client: {e}")))
+    builder.build().map_err(|e| AdapterError::internal(format!("cannot build HTTP client: {e}")))
 }
 
 /// The delay a `Retry-After` header asks for (delta-seconds; HTTP dates are rare from these
@@ -62,10 +60,7 @@ pub fn transport_error(error: reqwest::Error) -> AdapterError {
         "transport error"
     };
     // The error's Display carries the URL, never headers, so it holds no credentials.
-    AdapterError::transient(
-        ErrorCode::VendorUnavailable,
-        format!("vendor request {what}: {error}"),
-    )
+    AdapterError::transient(ErrorCode::VendorUnavailable, format!("vendor request {what}: {error}"))
 }
 
 /// The generic reading of an HTTP status; adapters refine it with the vendor's body first.
@@ -93,11 +88,8 @@ pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &str) -> Adap
             AdapterError::new(ErrorCode::NotFound, "the vendor does not know this object")
                 .with_vendor(code, snippet)
         }
-        s => AdapterError::new(
-            ErrorCode::VendorRejected,
-            format!("the vendor answered {s}"),
-        )
-        .with_vendor(code, snippet),
+        s => AdapterError::new(ErrorCode::VendorRejected, format!("the vendor answered {s}"))
+            .with_vendor(code, snippet),
     }
 }
 
@@ -110,11 +102,8 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub const STANDARD: Backoff = Backoff {
-        base: Duration::from_millis(250),
-        max: Duration::from_secs(30),
-        max_attempts: 5,
-    };
+    pub const STANDARD: Backoff =
+        Backoff { base: Duration::from_millis(250), max: Duration::from_secs(30), max_attempts: 5 };
 
     /// The delay before attempt `attempt` (1-based retry count), or the vendor's
     /// `Retry-After` when it gave one.
@@ -122,10 +111,7 @@ impl Backoff {
         if let Some(after) = retry_after {
             return after;
         }
-        let exp = self
-            .base
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(self.max);
+        let exp = self.base.saturating_mul(1u32 << attempt.min(16)).min(self.max);
         let millis = u64::try_from(exp.as_millis()).unwrap_or(u64::MAX).max(1);
         Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
     }
@@ -172,10 +158,7 @@ mod tests {
         for (status, code, retryable) in table {
             let e = status_error(StatusCode::from_u16(status).unwrap(), &headers, "body");
             assert_eq!((e.code(), e.is_retryable()), (code, retryable), "{status}");
-            assert_eq!(
-                e.info.vendor_code.as_deref(),
-                Some(status.to_string().as_str())
-            );
+            assert_eq!(e.info.vendor_code.as_deref(), Some(status.to_string().as_str()));
         }
         let limited = status_error(StatusCode::TOO_MANY_REQUESTS, &headers, "");
         assert_eq!(limited.retry_after, Some(Duration::from_secs(7)));
@@ -188,10 +171,7 @@ mod tests {
             max: Duration::from_secs(1),
             max_attempts: 3,
         };
-        assert_eq!(
-            b.delay(3, Some(Duration::from_secs(9))),
-            Duration::from_secs(9)
-        );
+        assert_eq!(b.delay(3, Some(Duration::from_secs(9))), Duration::from_secs(9));
         for attempt in 0..20 {
             assert!(b.delay(attempt, None) <= Duration::from_secs(1));
         }

@@ -22,7 +22,9 @@ pub mod model;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
-pub use adapter::{Adapter, CommandUpdate, Journal, Next, RunContext, RunFiles, Step};
+pub use adapter::{
+    Adapter, CommandUpdate, Journal, Next, RunContext, RunFiles, Step, hostname_matches,
+};
 pub use budget::{FairSlots, SlotGuard};
 pub use error::AdapterError;
 pub use model::*;

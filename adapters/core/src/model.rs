@@ -290,11 +290,7 @@ impl Command {
                     Ok(())
                 }
             }
-            Command::GetFile {
-                path: p,
-                offset,
-                length,
-            } => {
+            Command::GetFile { path: p, offset, length } => {
                 path("path", p)?;
                 if offset.is_some() && length.is_none() {
                     return Err("length is required with offset".into());
@@ -313,12 +309,7 @@ impl Command {
             Command::DeleteFile { path: p }
             | Command::ListDirectory { path: p }
             | Command::CreateDirectory { path: p } => path("path", p),
-            Command::Execute {
-                command_line,
-                working_directory,
-                output_file,
-                ..
-            } => {
+            Command::Execute { command_line, working_directory, output_file, .. } => {
                 if command_line.trim().is_empty() {
                     return Err("command_line must not be empty".into());
                 }
@@ -350,13 +341,7 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::RegistrySet {
-                key,
-                value,
-                value_type,
-                data,
-                ..
-            } => {
+            Command::RegistrySet { key, value, value_type, data, .. } => {
                 path("key", key)?;
                 if value.contains('\0') {
                     return Err("value must not contain NUL bytes".into());
@@ -404,9 +389,7 @@ impl RegistryValueType {
         use serde_json::Value;
         let ok = match self {
             Self::Sz | Self::ExpandSz => data.is_string(),
-            Self::MultiSz => data
-                .as_array()
-                .is_some_and(|a| a.iter().all(Value::is_string)),
+            Self::MultiSz => data.as_array().is_some_and(|a| a.iter().all(Value::is_string)),
             Self::Dword => data.as_u64().is_some_and(|n| n <= u64::from(u32::MAX)),
             Self::Qword => data.is_u64(),
             // Hex string, the convention of `reg.exe` exports.
@@ -452,10 +435,7 @@ pub enum CommandResult {
         output_file: Option<FileRef>,
     },
     /// `registry_list`.
-    RegistryKey {
-        sub_keys: Vec<String>,
-        values: Vec<RegistryValue>,
-    },
+    RegistryKey { sub_keys: Vec<String>, values: Vec<RegistryValue> },
     /// `registry_get`.
     RegistryValue { value: RegistryValue },
     /// `memory_dump`: where the dump was written on the endpoint.
@@ -600,11 +580,7 @@ impl Status {
             }
         }
         if !all_terminal {
-            return if any_started {
-                Status::Running
-            } else {
-                Status::Queued
-            };
+            return if any_started { Status::Running } else { Status::Queued };
         }
         if timed_out {
             Status::TimedOut
@@ -715,12 +691,7 @@ pub struct ErrorInfo {
 
 impl ErrorInfo {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorInfo {
-            code,
-            message: message.into(),
-            vendor_code: None,
-            vendor_message: None,
-        }
+        ErrorInfo { code, message: message.into(), vendor_code: None, vendor_message: None }
     }
 
     pub fn with_vendor(mut self, code: impl Into<String>, message: impl Into<String>) -> Self {
@@ -864,25 +835,15 @@ mod tests {
     fn commands_round_trip_by_type_tag() {
         let cases = [
             (json!({"type": "process_list"}), Command::ProcessList),
-            (
-                json!({"type": "kill_process", "pid": 42}),
-                Command::KillProcess { pid: 42 },
-            ),
+            (json!({"type": "kill_process", "pid": 42}), Command::KillProcess { pid: 42 }),
             (
                 json!({"type": "get_file", "path": "C:\\x.txt"}),
-                Command::GetFile {
-                    path: "C:\\x.txt".into(),
-                    offset: None,
-                    length: None,
-                },
+                Command::GetFile { path: "C:\\x.txt".into(), offset: None, length: None },
             ),
             (json!({"type": "isolate"}), Command::Isolate),
         ];
         for (wire, command) in cases {
-            assert_eq!(
-                serde_json::from_value::<Command>(wire.clone()).unwrap(),
-                command
-            );
+            assert_eq!(serde_json::from_value::<Command>(wire.clone()).unwrap(), command);
         }
     }
 
@@ -894,24 +855,15 @@ mod tests {
             json!({"type": "kill_process"}),
             json!({"pid": 1}),
         ] {
-            assert!(
-                serde_json::from_value::<Command>(wire.clone()).is_err(),
-                "{wire}"
-            );
+            assert!(serde_json::from_value::<Command>(wire.clone()).is_err(), "{wire}");
         }
     }
 
     #[test]
     fn validation_refuses_traversal_and_bad_registry_data() {
         let bad = [
-            Command::DeleteFile {
-                path: "C:\\temp\\..\\Windows\\x".into(),
-            },
-            Command::GetFile {
-                path: " ".into(),
-                offset: None,
-                length: None,
-            },
+            Command::DeleteFile { path: "C:\\temp\\..\\Windows\\x".into() },
+            Command::GetFile { path: " ".into(), offset: None, length: None },
             Command::KillProcess { pid: 0 },
             Command::RegistrySet {
                 key: "HKLM\\SOFTWARE\\x".into(),
@@ -925,13 +877,9 @@ mod tests {
             assert!(command.validate().is_err(), "{command:?}");
         }
         assert!(
-            Command::GetFile {
-                path: "C:\\a..b.txt".into(),
-                offset: None,
-                length: None
-            }
-            .validate()
-            .is_ok()
+            Command::GetFile { path: "C:\\a..b.txt".into(), offset: None, length: None }
+                .validate()
+                .is_ok()
         );
     }
 
