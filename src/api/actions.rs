@@ -159,43 +159,13 @@ pub(crate) async fn get_action(
         return Ok(Json(state.engine.action(&caller.tenant, id).await?));
     }
     let action = tokio::select! {
-        changed = wait_for_change(&state, &caller.tenant, id, wait) => changed?,
+        // The engine wakes only on changes a caller can see (statuses, results, errors), not
+        // on checkpoint-only writes.
+        changed = state.engine.wait_action(&caller.tenant, id, wait) => changed?,
         // Shutting down: answer with what there is rather than hold the drain up.
         () = state.shutdown.cancelled() => state.engine.action(&caller.tenant, id).await?,
     };
     Ok(Json(action))
-}
-
-/// The action once a caller could see a difference, or after `wait`.
-///
-/// The engine wakes waiters on every write of a run, including writes of the adapter's
-/// checkpoint alone; those change nothing in the action, so they do not end the long-poll.
-async fn wait_for_change(
-    state: &ApiState,
-    tenant: &str,
-    id: Uuid,
-    wait: Duration,
-) -> Result<Action, ApiError> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let before = state.engine.action(tenant, id).await?;
-    let mut current = before.clone();
-    while !current.status.is_terminal() {
-        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        if remaining.is_zero() {
-            break;
-        }
-        current = state.engine.wait_action(tenant, id, remaining).await?;
-        if visibly_changed(&before, &current) {
-            break;
-        }
-    }
-    Ok(current)
-}
-
-/// Whether `after` differs from `before` in anything but `updated_at`.
-fn visibly_changed(before: &Action, after: &Action) -> bool {
-    let comparable = Action { updated_at: before.updated_at, ..after.clone() };
-    comparable != *before
 }
 
 /// List the tenant's actions, newest first.
@@ -319,28 +289,6 @@ mod tests {
             let error = list_query(params(query).unwrap()).unwrap_err();
             assert_eq!(error.code(), edrgate_adapter::ErrorCode::InvalidRequest, "{query}");
         }
-    }
-
-    #[test]
-    fn only_visible_differences_end_a_long_poll() {
-        let now = time::OffsetDateTime::now_utc();
-        let before = Action {
-            id: Uuid::now_v7(),
-            status: Status::Running,
-            comment: None,
-            on_error: edrgate_adapter::OnError::Stop,
-            commands: vec![edrgate_adapter::Command::ProcessList],
-            runs: Vec::new(),
-            created_at: now,
-            updated_at: now,
-            deadline: None,
-            cancel_requested: false,
-            request_id: None,
-        };
-        let touched = Action { updated_at: now + time::Duration::seconds(1), ..before.clone() };
-        assert!(!visibly_changed(&before, &touched));
-        let cancelled = Action { cancel_requested: true, ..touched };
-        assert!(visibly_changed(&before, &cancelled));
     }
 
     #[test]
