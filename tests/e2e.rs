@@ -59,7 +59,12 @@ mod support {
                 .unwrap()
         }
 
-        pub(crate) async fn post(&self, tenant: &str, path: &str, body: &Value) -> (StatusCode, Value) {
+        pub(crate) async fn post(
+            &self,
+            tenant: &str,
+            path: &str,
+            body: &Value,
+        ) -> (StatusCode, Value) {
             let r = self
                 .http
                 .post(format!("{}{path}", self.base))
