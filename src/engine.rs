@@ -504,8 +504,8 @@ impl Engine {
         let driver = Driver {
             engine: &self,
             lease: &lease,
+            seen: Mutex::new(Some(visible_view(&run))),
             run: Mutex::new(run),
-            seen: Mutex::new(None),
             stop: &stop,
             wake: &wake,
         };
@@ -783,14 +783,7 @@ impl Driver<'_> {
             }
             run.clone()
         };
-        let view = serde_json::json!([
-            run.status,
-            run.states,
-            run.error,
-            run.backend,
-            run.device_id,
-            run.hostname
-        ]);
+        let view = visible_view(&run);
         let visible = {
             let mut seen = lock(&self.seen);
             let changed = seen.as_ref() != Some(&view);
@@ -872,6 +865,11 @@ impl RunFiles for EngineRunFiles<'_> {
             Box::new(file),
         ))
     }
+}
+
+/// What a caller sees of a run: a write that leaves it unchanged is checkpoint-only.
+fn visible_view(run: &RunRecord) -> serde_json::Value {
+    serde_json::json!([run.status, run.states, run.error, run.backend, run.device_id, run.hostname])
 }
 
 fn apply(states: &mut [CommandState], updates: &[CommandUpdate]) {
