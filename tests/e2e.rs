@@ -433,27 +433,34 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
     assert!(kills_before < 20, "everything ran before the crash; the test proves nothing");
     gw.crash_and_restart().await;
 
-    let mut kills_reported = 0;
-    let mut deletes_reported = 0;
+    // Per side-effect kind: (reported succeeded, reported outcome_unknown).
+    let mut kills = (0, 0);
+    let mut deletes = (0, 0);
     for action in &actions {
         let done = gw.finished(action).await;
         let commands = done["runs"][0]["commands"].as_array().unwrap();
-        for (command, counter) in commands.iter().zip([&mut kills_reported, &mut deletes_reported])
-        {
+        for (command, tally) in commands.iter().zip([&mut kills, &mut deletes]) {
             match command["status"].as_str().unwrap() {
-                "succeeded" => *counter += 1,
-                "failed" => assert_eq!(command["error"]["code"], "outcome_unknown", "{done:#}"),
+                "succeeded" => tally.0 += 1,
+                "failed" => {
+                    assert_eq!(command["error"]["code"], "outcome_unknown", "{done:#}");
+                    tally.1 += 1;
+                }
                 other => panic!("unexpected {other}: {done:#}"),
             }
         }
     }
     let counters = gw.sim.counters();
-    // Every kill and delete ran at most once per sensor, and every reported success happened.
-    assert_eq!(counters.executed("kill"), kills_reported);
-    assert_eq!(counters.executed("delete file"), deletes_reported);
-    assert!(kills_reported >= 18, "too many outcomes unknown: {kills_reported}");
-    for sensor in 1..=20 {
-        assert!(!gw.sim.process_exists(sensor, 3012) || kills_reported < 20);
+    for (name, (succeeded, unknown)) in [("kill", kills), ("delete file", deletes)] {
+        let executed = counters.executed(name);
+        // Nothing ran twice (one per sensor at most), every reported success happened, and
+        // only an outcome reported unknown may have happened unreported.
+        assert!(executed <= 20, "{name} ran {executed} times on 20 sensors");
+        assert!(
+            succeeded <= executed && executed <= succeeded + unknown,
+            "{name}: executed {executed}, reported {succeeded} succeeded and {unknown} unknown"
+        );
+        assert!(unknown <= 2, "{name}: {unknown} outcomes unknown");
     }
 }
 
