@@ -24,6 +24,13 @@
 //! 3. **cbapi**: the same fan-out with `cb.live_response.submit_job` (10 workers).
 //!
 //! The gateway's peak RSS is read after phase 1 and after phase 2 (`VmHWM` only grows).
+//!
+//! Diagnostics beside the headline numbers: the simulator's slots in use sampled every 5 ms
+//! (slot utilization, slot-seconds per session against the ideal), CPU-seconds per phase for
+//! the gateway, this driver with its children, and "other" (anything else on the machine: it
+//! should be ~0, the machine may be shared), and per status read the gateway's CPU time and
+//! context switches. `--breakdown` adds wrk on `/healthz` and on an unknown action (auth + one
+//! query), then times the parts of a status read in this process on the gateway's database.
 
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};
@@ -560,8 +567,16 @@ async fn status_reads(args: &Args, gw: &Gateway, sim_http: SocketAddr) -> anyhow
     let bytes = gw.http.get(&url).bearer_auth(&gw.token).send().await?.bytes().await?.len();
 
     let meter = CpuMeter::start(Some(gw.pid()));
+    let switches = context_switches(gw.pid());
     let gateway = wrk(args, &url, &format!("Authorization: Bearer {}", gw.token)).await?;
     let cpu = meter.finish();
+    let switched = context_switches(gw.pid());
+    let requests = gateway["requests"].as_f64().unwrap_or(f64::NAN);
+    let per_request = json!({
+        "gateway_cpu_us": round3(cpu["gateway_s"].as_f64().unwrap_or(0.0) * 1e6 / requests),
+        "voluntary_context_switches": round3((switched.0 - switches.0) as f64 / requests),
+        "involuntary_context_switches": round3((switched.1 - switches.1) as f64 / requests),
+    });
 
     // Reference: the simulator's command-status route (in this driver process).
     let (sid, cid) = sim_command(sim_http).await?;
@@ -587,6 +602,7 @@ async fn status_reads(args: &Args, gw: &Gateway, sim_http: SocketAddr) -> anyhow
             "goal_requests_per_s": 10000,
             "goal_met": rps >= 10000.0,
             "cpu": cpu,
+            "per_request": per_request,
             "gateway_vmhwm_kib": gw.status_kib("VmHWM"),
         },
         "simulator_reference": {
@@ -1029,6 +1045,25 @@ fn own_cpu_seconds() -> Option<f64> {
 fn clock_ticks() -> f64 {
     static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *HZ.get_or_init(|| shell("getconf CLK_TCK").parse::<f64>().unwrap_or(100.0))
+}
+
+/// Context switches (voluntary, involuntary) of every thread of `pid` so far. Threads that
+/// ended are not counted; the gateway's threads live as long as it does.
+fn context_switches(pid: u32) -> (u64, u64) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return (0, 0) };
+    let mut total = (0, 0);
+    for task in tasks.flatten() {
+        let Ok(text) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        for line in text.lines() {
+            let value = |l: &str| l.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok());
+            if line.starts_with("voluntary_ctxt_switches:") {
+                total.0 += value(line).unwrap_or(0);
+            } else if line.starts_with("nonvoluntary_ctxt_switches:") {
+                total.1 += value(line).unwrap_or(0);
+            }
+        }
+    }
+    total
 }
 
 fn proc_cpu_seconds(pid: u32) -> Option<f64> {
