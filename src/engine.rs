@@ -86,6 +86,8 @@ pub struct Engine {
     owner: String,
     /// Ids of actions that changed, for long-polls.
     changes: broadcast::Sender<Uuid>,
+    /// Assembled actions by id, with the store version they were assembled at.
+    snapshots: moka::future::Cache<Uuid, (i64, Arc<Action>)>,
     /// Runs this process drives.
     local: Mutex<HashMap<Uuid, LocalRun>>,
     /// Signalled when new work was submitted.
@@ -114,6 +116,16 @@ impl Engine {
             opts,
             owner: format!("edrgate-{}", Uuid::now_v7().simple()),
             changes: broadcast::channel(4096).0,
+            snapshots: moka::future::Cache::builder()
+                // Weighed by commands across runs, the unit whose results take the space
+                // (a process list is a few KiB): bounds the cache to roughly 100 MiB.
+                .weigher(|_, (_, action): &(i64, Arc<Action>)| {
+                    let commands = action.runs.len().max(1) * action.commands.len().max(1);
+                    u32::try_from(commands).unwrap_or(u32::MAX)
+                })
+                .max_capacity(20_000)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
             local: Mutex::new(HashMap::new()),
             work: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -333,12 +345,28 @@ impl Engine {
         Ok(())
     }
 
+    /// The action as the store holds it now.
+    ///
+    /// Status reads are the hot path (callers poll), and assembling an action costs two queries
+    /// and the decoding of every command's result. The store's version of the action (one
+    /// cheap query, tenant-checked) says whether the copy assembled last time is still exact,
+    /// so the store stays the source of truth and the cache holds across replicas.
     pub async fn action(&self, tenant: &str, id: Uuid) -> Result<Action, ErrorInfo> {
-        Ok(self.action_versioned(tenant, id).await?.0)
-    }
-
-    async fn action_versioned(&self, tenant: &str, id: Uuid) -> Result<(Action, i64), ErrorInfo> {
-        self.store.action(tenant, id).await.map_err(store_error)?.ok_or_else(not_found)
+        let (version, _) = self
+            .store
+            .action_version(tenant, id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(not_found)?;
+        if let Some((cached, action)) = self.snapshots.get(&id).await
+            && cached == version
+        {
+            return Ok(Action::clone(&action));
+        }
+        let (action, version) =
+            self.store.action(tenant, id).await.map_err(store_error)?.ok_or_else(not_found)?;
+        self.snapshots.insert(id, (version, Arc::new(action.clone()))).await;
+        Ok(action)
     }
 
     /// The action once it changed, or after `wait` (long-poll). A finished action is returned
