@@ -35,45 +35,17 @@ def main():
     p.add_argument("--sensors", type=int, default=200, help="sensor ids 1..N get one job each")
     p.add_argument("--path", default="C:\\evidence\\big.bin")
     p.add_argument("--timeout", type=float, default=3600, help="give up waiting after this many seconds")
-    p.add_argument("--no-partition-workaround", dest="allow_partition_workaround", action="store_false",
-                   help="fail instead of tolerating a 404 on /api/v1/storage/events/partition")
     args = p.parse_args()
 
     warnings.filterwarnings("ignore")  # urllib3 InsecureRequestWarning on every request
     logging.basicConfig(level=logging.ERROR, stream=sys.stderr)
     try:
-        from cbapi.errors import ObjectNotFoundError
         from cbapi.response import CbResponseAPI
-        from cbapi.response import models
     except ImportError as e:
         print(json.dumps({"error": f"cbapi is not installed: {e}"}))
         return 2
 
-    workarounds = []
-    try:
-        cb = CbResponseAPI(url=args.url, token=args.token, ssl_verify=False)
-    except ObjectNotFoundError as e:
-        # cbapi 2.0.0's constructor lists the event storage partitions on servers >= 6.0
-        # (GET /api/v1/storage/events/partition) and only tolerates a 403 there. A server
-        # without the route (edrgate's simulator, as of this script) answers 404. The
-        # partitions only matter for event searches, not live response: treat the 404 as
-        # "no partitions", as cbapi treats a 403, and say so in the result.
-        if "/api/v1/storage/events/partition" not in str(e):
-            raise
-        if not args.allow_partition_workaround:
-            print(json.dumps({"error": f"CbResponseAPI() failed: {e}"}))
-            return 2
-        workarounds.append("GET /api/v1/storage/events/partition answered 404; treated as no partitions")
-        original = models.StoragePartitionQuery.results
-
-        def no_partitions(self):
-            try:
-                return original.fget(self)
-            except ObjectNotFoundError:
-                return []
-
-        models.StoragePartitionQuery.results = property(no_partitions)
-        cb = CbResponseAPI(url=args.url, token=args.token, ssl_verify=False)
+    cb = CbResponseAPI(url=args.url, token=args.token, ssl_verify=False)
     path = args.path
 
     def job(session):
@@ -121,7 +93,6 @@ def main():
         # Linux: ru_maxrss is in KiB.
         "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "cpu_s": round(cpu, 3),
-        "workarounds": workarounds,
     }
     print(json.dumps(out))
     sys.stdout.flush()

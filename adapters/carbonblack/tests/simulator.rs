@@ -208,6 +208,16 @@ async fn auth_is_required_everywhere() {
     assert_eq!(c.requests, 3);
 }
 
+/// cbapi 2.x lists the event partitions when it connects to a 6.x server and fails on a 404.
+#[tokio::test]
+async fn event_partitions_answer_as_cbapi_expects() {
+    let h = Harness::start(fast()).await;
+    let partitions = h.get_json("/api/v1/storage/events/partition").await;
+    let writer = &partitions["writer"];
+    assert_eq!(writer["name"], "writer");
+    assert_eq!(writer["info"]["isLegacy"], false);
+}
+
 #[tokio::test]
 async fn live_response_disabled_is_412_on_every_cblr_route() {
     let h = Harness::start(SimConfig { live_response_enabled: false, ..fast() }).await;

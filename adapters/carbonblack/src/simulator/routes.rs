@@ -34,6 +34,7 @@ pub(crate) fn router(sim: Simulator) -> Router {
         .route("/session/{sid}/file/{fid}/content", get(file_content));
     Router::new()
         .route("/api/info", get(info))
+        .route("/api/v1/storage/events/partition", get(event_partitions))
         .route("/api/v1/sensor", get(sensors_v1))
         .route("/api/v1/sensor/{id}", get(sensor).put(update_sensor))
         .route("/api/v2/sensor", get(sensors_v2))
@@ -160,6 +161,25 @@ fn add_server_headers(h: &mut HeaderMap) {
 }
 
 // ----- server info & sensors -----------------------------------------------------------------
+
+/// Event-store partitions. cbapi 2.x lists them when it connects to a server ≥ 6.0 (reading
+/// each one's `info.isLegacy`, `cbapi/response/rest_api.py`) and tolerates only a 403
+/// otherwise; one current (`writer`) partition is what a small server has.
+async fn event_partitions() -> Response {
+    ok(&json!({
+        "writer": {
+            "name": "writer",
+            "status": "hot",
+            "info": {
+                "isLegacy": false,
+                "sizeInBytes": 1_073_741_824u64,
+                "startDate": "2026-01-01T00:00:00.000000Z",
+                "endDate": null,
+                "deleteRequested": false
+            }
+        }
+    }))
+}
 
 async fn info(State(sim): State<Simulator>) -> Response {
     let enabled = sim.with(|rt, _| rt.cfg.live_response_enabled);
