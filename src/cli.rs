@@ -105,6 +105,9 @@ pub struct CarbonBlackSimArgs {
     /// Time a command takes, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub command_latency_ms: u64,
+    /// Size of each endpoint's `C:\evidence\big.bin`, in bytes (generated, not stored).
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub file_size_bytes: u64,
 }
 
 #[derive(Debug, Args)]
@@ -256,6 +259,7 @@ async fn sim_carbonblack(args: CarbonBlackSimArgs) -> anyhow::Result<ExitCode> {
         slot_limit: args.slots,
         checkin_delay: Duration::from_millis(args.checkin_delay_ms),
         command_latency: Duration::from_millis(args.command_latency_ms),
+        file_size: args.file_size_bytes,
         ..SimConfig::default()
     });
     let scheme = if args.tls { "https" } else { "http" };
