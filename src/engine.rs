@@ -345,6 +345,12 @@ impl Engine {
         Ok(())
     }
 
+    /// The store's change counter and status of the tenant's action (`not_found` for another
+    /// tenant's).
+    async fn version(&self, tenant: &str, id: Uuid) -> Result<(i64, Status), ErrorInfo> {
+        self.store.action_version(tenant, id).await.map_err(store_error)?.ok_or_else(not_found)
+    }
+
     /// The action as the store holds it now.
     ///
     /// Status reads are the hot path (callers poll), and assembling an action costs two queries
@@ -352,12 +358,7 @@ impl Engine {
     /// cheap query, tenant-checked) says whether the copy assembled last time is still exact,
     /// so the store stays the source of truth and the cache holds across replicas.
     pub async fn action(&self, tenant: &str, id: Uuid) -> Result<Action, ErrorInfo> {
-        let (version, _) = self
-            .store
-            .action_version(tenant, id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)?;
+        let (version, _) = self.version(tenant, id).await?;
         if let Some((cached, action)) = self.snapshots.get(&id).await
             && cached == version
         {
@@ -378,12 +379,7 @@ impl Engine {
         wait: Duration,
     ) -> Result<Action, ErrorInfo> {
         let mut changes = self.changes.subscribe();
-        let (version, status) = self
-            .store
-            .action_version(tenant, id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)?;
+        let (version, status) = self.version(tenant, id).await?;
         if status.is_terminal() {
             return self.action(tenant, id).await;
         }
@@ -416,13 +412,7 @@ impl Engine {
     /// Requests a cancel. Queued work is dropped, running commands are cancelled at the vendor
     /// where it allows; a finished action is a conflict.
     pub async fn cancel(&self, tenant: &str, id: Uuid) -> Result<Action, ErrorInfo> {
-        let (version, status) = self
-            .store
-            .action_version(tenant, id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)?;
-        let _ = version;
+        let (_, status) = self.version(tenant, id).await?;
         if status.is_terminal() {
             return Err(ErrorInfo::new(
                 ErrorCode::Conflict,
