@@ -414,7 +414,8 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
     let mut gw = Gateway::start(SimConfig {
         command_latency: Duration::from_millis(150),
         checkin_delay: Duration::from_millis(100),
-        slot_limit: 5,
+        // The backend's configured slot limit (default 10), as an operator would set it.
+        slot_limit: 10,
         ..fast_sim()
     })
     .await;
@@ -428,7 +429,7 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
                 .await,
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
     let kills_before = gw.sim.counters().executed("kill");
     assert!(kills_before < 20, "everything ran before the crash; the test proves nothing");
     gw.crash_and_restart().await;

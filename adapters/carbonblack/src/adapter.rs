@@ -1051,15 +1051,29 @@ impl CarbonBlackAdapter {
             let sensor = cp.sensor_id;
             // Reuse a pending/active session of the sensor (cbapi §5.2), e.g. one handed over
             // by the previous run or left by another tool: it already holds a server slot.
-            let existing = self.client.sessions().await?.into_iter().find(|s| {
-                s.sensor_id == sensor
-                    && matches!(
+            let live: Vec<wire::Session> = self
+                .client
+                .sessions()
+                .await?
+                .into_iter()
+                .filter(|s| {
+                    matches!(
                         mapping::session_status(&s.status),
                         Status::Dispatched | Status::Running
                     )
-            });
+                })
+                .collect();
+            let existing = live.iter().find(|s| s.sensor_id == sensor).cloned();
             let session = match existing {
                 Some(s) => s,
+                // §10: count the sessions already on the server, not only ours. After a restart
+                // the sessions of resumed runs still hold server slots while those runs wait for
+                // ours: a new session would sit pending behind them, holding the slot they need.
+                // Give the slot back and try again shortly instead.
+                None if live.len() >= self.cfg.slot_limit => {
+                    self.release_slot(ctx.run_id);
+                    return Ok(SessionReady::Wait(self.cfg.poll_max()));
+                }
                 None => self.client.create_session(sensor).await?,
             };
             let at = now();
@@ -1410,6 +1424,11 @@ impl CarbonBlackAdapter {
 
     fn holds_slot(&self, run: Uuid) -> bool {
         self.memory().get(&run).is_some_and(|m| m.slot.is_some())
+    }
+
+    fn release_slot(&self, run: Uuid) {
+        let slot = self.memory().get_mut(&run).and_then(|m| m.slot.take());
+        drop(slot);
     }
 
     fn keep_slot(&self, run: Uuid, guard: SlotGuard) {
