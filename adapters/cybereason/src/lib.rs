@@ -1,0 +1,1 @@
+//! Cybereason adapter (in progress).

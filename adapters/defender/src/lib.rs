@@ -1,0 +1,1 @@
+//! Microsoft Defender for Endpoint adapter (in progress).
