@@ -60,6 +60,8 @@ impl Adapter for Scripted {
             os: None,
             isolated: None,
             last_seen: None,
+            group: None,
+            tags: Vec::new(),
         }])
     }
 

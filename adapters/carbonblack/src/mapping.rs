@@ -262,6 +262,9 @@ pub(crate) fn device(backend: &str, s: wire::Sensor) -> Device {
         os: s.os_environment_display_string.filter(|o| !o.is_empty()),
         isolated: s.is_isolating.or(s.network_isolation_enabled),
         last_seen: s.last_checkin_time,
+        // CB sensor groups are known by id on this API (§7.4); tags do not exist.
+        group: s.group_id.map(|g| g.to_string()),
+        tags: Vec::new(),
     }
 }
 

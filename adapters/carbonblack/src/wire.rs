@@ -137,6 +137,8 @@ pub(crate) struct Sensor {
     pub network_isolation_enabled: Option<bool>,
     #[serde(default)]
     pub last_checkin_time: Option<String>,
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    pub group_id: Option<u64>,
     /// `null` on live sensors (REC); `true` once uninstalled.
     #[serde(default)]
     pub uninstalled: Option<bool>,

@@ -715,6 +715,13 @@ pub struct Device {
     pub isolated: Option<bool>,
     #[serde(default)]
     pub last_seen: Option<String>,
+    /// The vendor's device group (CB sensor group id, Defender machine group, Cybereason
+    /// group), matched by `group` routing rules.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The vendor's device tags (Defender machine tags…), matched by `tag` routing rules.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// What a backend can do.
