@@ -93,6 +93,11 @@ pub enum Command {
         script: String,
         #[serde(default)]
         args: Vec<String>,
+        /// The script's content: a file in edrgate's file store (`POST /v1/files`), which
+        /// the adapter stages with the vendor under `script`'s name. Without it, `script`
+        /// names a script the vendor already has (e.g. in Defender's library).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        file_id: Option<String>,
     },
     RegistryList {
         key: String,
@@ -238,6 +243,16 @@ impl CommandKind {
 }
 
 impl Command {
+    /// The stored file (`/v1/files`) the command sends to the endpoint, if any: it must
+    /// exist in the caller's tenant when the action is submitted.
+    pub fn file_id(&self) -> Option<&str> {
+        match self {
+            Command::PutFile { file_id, .. } => Some(file_id),
+            Command::RunScript { file_id, .. } => file_id.as_deref(),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> CommandKind {
         match self {
             Command::ProcessList => CommandKind::ProcessList,
@@ -324,12 +339,14 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::RunScript { script, .. } => {
+            Command::RunScript { script, file_id, .. } => {
                 if script.trim().is_empty() {
-                    Err("script must not be empty".into())
-                } else {
-                    Ok(())
+                    return Err("script must not be empty".into());
                 }
+                if file_id.as_ref().is_some_and(|id| id.trim().is_empty()) {
+                    return Err("file_id must not be empty".into());
+                }
+                Ok(())
             }
             Command::RegistryList { key }
             | Command::RegistryCreateKey { key }
