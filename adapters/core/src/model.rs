@@ -647,6 +647,9 @@ pub enum ErrorCode {
     Forbidden,
     NotFound,
     Conflict,
+    /// The gateway's own inbound limits (per tenant), not a vendor's: retry after
+    /// `Retry-After`.
+    RateLimited,
     UnsupportedCommand,
     DeviceNotFound,
     DeviceAmbiguous,
@@ -673,6 +676,7 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::Conflict => "conflict",
+            Self::RateLimited => "rate_limited",
             Self::UnsupportedCommand => "unsupported_command",
             Self::DeviceNotFound => "device_not_found",
             Self::DeviceAmbiguous => "device_ambiguous",
