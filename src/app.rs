@@ -2,7 +2,9 @@
 //! with a graceful shutdown. Used by `edrgate serve`, `edrgate demo` and the end-to-end tests.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -31,12 +33,14 @@ pub struct App {
     pub auth: Arc<Auth>,
     /// Cancelled at the start of a shutdown: long-polls answer at once, `/readyz` turns 503.
     pub shutdown: CancellationToken,
+    /// Configuration reloads (SIGHUP, the admin endpoint).
+    pub reloader: Arc<Reloader>,
 }
 
 impl App {
     /// Opens the store and the file store, builds every backend, starts the engine and builds
     /// the router. Fails (without starting anything) on a bad backend or a broken JWT setup.
-    pub async fn build(config: Config) -> anyhow::Result<App> {
+    pub async fn build(mut config: Config) -> anyhow::Result<App> {
         let auth = Arc::new(Auth::new(&config.auth).context("authentication setup")?);
         if let Some(dir) = config.store.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
@@ -46,10 +50,10 @@ impl App {
         let store = Store::open(&config.store.path)
             .await
             .with_context(|| format!("opening the store {}", config.store.path.display()))?;
-        let files = FileStore::open(&config.files.dir, store.clone())
+        let files = FileStore::from_config(&config.files, store.clone())
             .await
             .with_context(|| format!("opening the file store {}", config.files.dir.display()))?;
-        let backends = Backends::from_config(config.tenants)
+        let backends = Backends::from_config(&mut config, None)
             .map_err(|errors| anyhow::anyhow!("invalid backends: {}", errors.join("; ")))?;
         let engine = Engine::new(
             store,
@@ -64,14 +68,88 @@ impl App {
         );
         engine.start();
         let shutdown = CancellationToken::new();
+        engine.files().spawn_sweeper(
+            Duration::from_secs(config.files.sweep_interval_seconds),
+            shutdown.clone(),
+        );
+        let reloader = Arc::new(Reloader {
+            file: OnceLock::new(),
+            engine: Arc::clone(&engine),
+            lock: tokio::sync::Mutex::new(()),
+        });
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| api::request::Cidr::parse(c).ok())
+            .collect();
         let state = ApiState {
+            trusted_proxies,
+            reloader: Arc::clone(&reloader),
             engine: Arc::clone(&engine),
             auth: Arc::clone(&auth),
             max_wait: Duration::from_secs(config.server.max_wait_seconds),
             shutdown: shutdown.clone(),
         };
         let router = api::router(state, config.server.max_body_bytes);
-        Ok(App { engine, router, auth, shutdown })
+        Ok(App { engine, router, auth, shutdown, reloader })
+    }
+}
+
+/// Re-reads the configuration file and swaps in the tenants' new backends and routing. Only
+/// `tenants` is reloaded; the other sections are read at start. A configuration that does not
+/// validate, or whose backends cannot be built, is refused and the running one keeps serving.
+/// Backends whose settings are unchanged keep their adapter (sessions, tokens, budgets), and
+/// runs being driven finish on the adapter they started with.
+pub struct Reloader {
+    file: OnceLock<PathBuf>,
+    engine: Arc<Engine>,
+    /// One reload at a time: two racing reloads could install the older file last.
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// What a reload changed.
+#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ReloadReport {
+    pub tenants: usize,
+    pub backends: usize,
+    /// `tenant.backend` of the backends built anew (added or changed).
+    pub rebuilt: Vec<String>,
+    /// `tenant.backend` of the backends that are gone.
+    pub removed: Vec<String>,
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("the configuration was not loaded from a file, so it cannot be reloaded")]
+    NoFile,
+    #[error("the new configuration is invalid: {}", .0.join("; "))]
+    Invalid(Vec<String>),
+}
+
+impl Reloader {
+    /// Makes `file` the configuration that reloads read.
+    pub fn watch_file(&self, file: PathBuf) {
+        let _ = self.file.set(file);
+    }
+
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        let file = self.file.get().ok_or(ReloadError::NoFile)?;
+        let _one = self.lock.lock().await;
+        let mut config = Config::load(file).map_err(ReloadError::Invalid)?;
+        let old = self.engine.backends();
+        let new = Backends::from_config(&mut config, Some(&old)).map_err(ReloadError::Invalid)?;
+        let (rebuilt, removed) = new.changes_since(&old);
+        let report = ReloadReport {
+            tenants: new.tenant_count(),
+            backends: new.all().count(),
+            rebuilt,
+            removed,
+        };
+        self.engine.replace_backends(Arc::new(new));
+        tracing::info!(?report, "configuration reloaded");
+        Ok(report)
     }
 }
 
@@ -83,8 +161,11 @@ pub async fn serve(
     app: App,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let App { engine, router, shutdown, .. } = app;
+    let App { engine, router, shutdown, reloader, .. } = app;
     let stopping = shutdown.clone();
+    let reloads = tokio::spawn(reload_on_sighup(reloader));
+    // The peer address feeds the audit trail (through trusted proxies only).
+    let router = router.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         signal.await;
         tracing::info!("shutting down: no new connections");
@@ -99,9 +180,32 @@ pub async fn serve(
             Ok(())
         }
     };
+    reloads.abort();
     engine.shutdown(SHUTDOWN_GRACE).await;
     tracing::info!("stopped");
     served.context("http server")
+}
+
+/// Reloads the configuration on every SIGHUP; a refused reload is logged and changes nothing.
+async fn reload_on_sighup(reloader: Arc<Reloader>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => hup,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGHUP; reload through the admin endpoint");
+                return;
+            }
+        };
+        while hup.recv().await.is_some() {
+            if let Err(error) = reloader.reload().await {
+                tracing::error!(%error, "configuration reload refused; the running configuration stays");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -2,6 +2,10 @@
 //!
 //! This is the only module of the gateway that names vendor crates: it builds each configured
 //! backend's adapter, then everything else sees `Arc<dyn Adapter>`.
+//!
+//! A [`Backends`] is immutable; a configuration reload builds a new one (reusing the adapters
+//! whose settings did not change, so their sessions, tokens and budgets carry over) and the
+//! engine swaps it in. Runs already being driven keep the adapter they started with.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,52 +13,108 @@ use std::time::Duration;
 
 use edrgate_adapter::{Adapter, AdapterError, Capabilities, Device, ErrorCode, Target};
 
-use crate::config::{BackendConfig, TenantConfig};
+use crate::config::{BackendConfig, Config, RouteRule, RoutingConfig};
 
-/// Every tenant's backends, built once from the configuration.
+/// Every tenant's backends and routing, built from one configuration.
 pub struct Backends {
-    tenants: HashMap<String, BTreeMap<String, Arc<dyn Adapter>>>,
-    /// (tenant, lower-case hostname) → where it resolved. Advisory: a stale entry only sends a
-    /// run to a device that then reports itself missing.
-    resolutions: moka::future::Cache<(String, String), (String, Device)>,
+    tenants: HashMap<String, Tenant>,
+}
+
+struct Tenant {
+    adapters: BTreeMap<String, Built>,
+    routing: Routing,
+    /// Lower-case hostname → where it resolved. Advisory: a stale entry only sends a run to a
+    /// device that then reports itself missing.
+    resolved: Option<moka::future::Cache<String, (String, Device)>>,
+    /// Lower-case hostnames no backend knew, so a typo in a fan-out does not ask every vendor
+    /// again for each target.
+    unknown: Option<moka::future::Cache<String, ()>>,
+}
+
+struct Built {
+    adapter: Arc<dyn Adapter>,
+    /// Digest of the backend's settings (secrets included, never kept in clear here): a
+    /// reload keeps the adapter when it is unchanged.
+    fingerprint: [u8; 32],
+}
+
+struct Routing {
+    rules: Vec<Rule>,
+    order: Vec<String>,
+    default: Option<String>,
+}
+
+struct Rule {
+    matcher: Matcher,
+    backend: String,
+}
+
+enum Matcher {
+    /// Lower-case glob.
+    Hostname(String),
+    Tag(String),
+    Group(String),
 }
 
 impl Backends {
-    /// Builds the adapters of every tenant. Reports every backend that cannot be built.
-    pub fn from_config(tenants: BTreeMap<String, TenantConfig>) -> Result<Backends, Vec<String>> {
+    /// Builds the adapters and routing of every tenant, reusing the adapters of `previous`
+    /// whose settings are unchanged. Reports every backend that cannot be built.
+    pub fn from_config(
+        config: &mut Config,
+        previous: Option<&Backends>,
+    ) -> Result<Backends, Vec<String>> {
         let mut errors = Vec::new();
-        let mut built = HashMap::new();
-        for (tenant, config) in tenants {
-            let mut adapters: BTreeMap<String, Arc<dyn Adapter>> = BTreeMap::new();
-            for (name, backend) in config.backends {
-                let adapter: Result<Arc<dyn Adapter>, AdapterError> = match backend {
-                    BackendConfig::Carbonblack(cb) => {
-                        edrgate_carbonblack::CarbonBlackAdapter::new(&name, cb)
-                            .map(|a| Arc::new(a) as Arc<dyn Adapter>)
-                    }
-                };
-                match adapter {
-                    Ok(a) => {
-                        adapters.insert(name, a);
+        let mut tenants = HashMap::new();
+        let tenant_configs = std::mem::take(&mut config.tenants);
+        for (tenant, tenant_config) in tenant_configs {
+            let mut adapters = BTreeMap::new();
+            for (name, backend) in tenant_config.backends {
+                let fingerprint =
+                    config.backend_fingerprints.get(&(tenant.clone(), name.clone())).copied();
+                let reused = previous
+                    .and_then(|p| p.tenants.get(&tenant))
+                    .and_then(|t| t.adapters.get(&name))
+                    .filter(|b| fingerprint.is_some_and(|f| f == b.fingerprint));
+                if let Some(built) = reused {
+                    adapters.insert(
+                        name,
+                        Built {
+                            adapter: Arc::clone(&built.adapter),
+                            fingerprint: built.fingerprint,
+                        },
+                    );
+                    continue;
+                }
+                match build(&name, backend) {
+                    Ok(adapter) => {
+                        adapters.insert(
+                            name,
+                            Built { adapter, fingerprint: fingerprint.unwrap_or_default() },
+                        );
                     }
                     Err(e) => {
                         errors.push(format!("tenants.{tenant}.backends.{name}: {}", e.info.message))
                     }
                 }
             }
-            built.insert(tenant, adapters);
+            tenants.insert(tenant, Tenant::new(adapters, &tenant_config.routing));
         }
-        if errors.is_empty() { Ok(Self::new(built)) } else { Err(errors) }
+        if errors.is_empty() { Ok(Backends { tenants }) } else { Err(errors) }
     }
 
+    /// Backends from ready-made adapters (tests), every hostname asked of every backend.
     pub fn new(tenants: HashMap<String, BTreeMap<String, Arc<dyn Adapter>>>) -> Backends {
-        Backends {
-            tenants,
-            resolutions: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(60))
-                .build(),
-        }
+        let tenants = tenants
+            .into_iter()
+            .map(|(tenant, adapters)| {
+                let adapters = adapters
+                    .into_iter()
+                    .map(|(name, adapter)| (name, Built { adapter, fingerprint: [0; 32] }))
+                    .collect();
+                (tenant, Tenant::new(adapters, &RoutingConfig::default()))
+            })
+            .collect();
+        Backends { tenants }
     }
 
     pub fn tenant_exists(&self, tenant: &str) -> bool {
@@ -62,12 +122,43 @@ impl Backends {
     }
 
     pub fn adapter(&self, tenant: &str, backend: &str) -> Option<&Arc<dyn Adapter>> {
-        self.tenants.get(tenant)?.get(backend)
+        Some(&self.tenants.get(tenant)?.adapters.get(backend)?.adapter)
     }
 
     /// The tenant's backends, in name order.
     pub fn of_tenant(&self, tenant: &str) -> impl Iterator<Item = (&String, &Arc<dyn Adapter>)> {
-        self.tenants.get(tenant).into_iter().flat_map(|m| m.iter())
+        self.tenants
+            .get(tenant)
+            .into_iter()
+            .flat_map(|t| t.adapters.iter().map(|(n, b)| (n, &b.adapter)))
+    }
+
+    /// Every (tenant, backend name, adapter), for `check-config --connect`.
+    pub fn all(&self) -> impl Iterator<Item = (&String, &String, &Arc<dyn Adapter>)> {
+        self.tenants
+            .iter()
+            .flat_map(|(t, tenant)| tenant.adapters.iter().map(move |(n, b)| (t, n, &b.adapter)))
+    }
+
+    pub fn tenant_count(&self) -> usize {
+        self.tenants.len()
+    }
+
+    /// `tenant.backend` of the backends built anew since `old`, and of those gone.
+    pub fn changes_since(&self, old: &Backends) -> (Vec<String>, Vec<String>) {
+        let mut rebuilt: Vec<String> = self
+            .all()
+            .filter(|(t, n, a)| old.adapter(t, n).is_none_or(|o| !Arc::ptr_eq(o, a)))
+            .map(|(t, n, _)| format!("{t}.{n}"))
+            .collect();
+        let mut removed: Vec<String> = old
+            .all()
+            .filter(|(t, n, _)| self.adapter(t, n).is_none())
+            .map(|(t, n, _)| format!("{t}.{n}"))
+            .collect();
+        rebuilt.sort();
+        removed.sort();
+        (rebuilt, removed)
     }
 
     pub fn capabilities(&self, tenant: &str) -> Vec<Capabilities> {
@@ -91,53 +182,11 @@ impl Backends {
                 Ok((backend.clone(), device_id.clone(), None))
             }
             Target::Hostname { hostname } => {
-                let (backend, device) = self.resolve_hostname(tenant, hostname).await?;
+                let Some(t) = self.tenants.get(tenant) else {
+                    return Err(not_found(hostname));
+                };
+                let (backend, device) = t.resolve_hostname(hostname).await?;
                 Ok((backend, device.device_id, Some(device.hostname)))
-            }
-        }
-    }
-
-    /// Asks every backend of the tenant; exactly one must know the hostname.
-    async fn resolve_hostname(
-        &self,
-        tenant: &str,
-        hostname: &str,
-    ) -> Result<(String, Device), AdapterError> {
-        let key = (tenant.to_owned(), hostname.to_ascii_lowercase());
-        if let Some(hit) = self.resolutions.get(&key).await {
-            return Ok(hit);
-        }
-        let mut found = Vec::new();
-        let mut failure = None;
-        for (name, adapter) in self.of_tenant(tenant) {
-            match adapter.resolve_hostname(hostname).await {
-                Ok(device) => found.push((name.clone(), device)),
-                Err(e) if e.code() == ErrorCode::DeviceNotFound => {}
-                Err(e) => failure = Some(e),
-            }
-        }
-        match found.len() {
-            1 => {
-                let hit = found.remove(0);
-                self.resolutions.insert(key, hit.clone()).await;
-                Ok(hit)
-            }
-            0 => Err(failure.unwrap_or_else(|| {
-                AdapterError::new(
-                    ErrorCode::DeviceNotFound,
-                    format!("no backend knows a device named {hostname:?}"),
-                )
-            })),
-            _ => {
-                let names: Vec<String> =
-                    found.iter().map(|(b, d)| format!("{b} (device {})", d.device_id)).collect();
-                Err(AdapterError::new(
-                    ErrorCode::DeviceAmbiguous,
-                    format!(
-                        "{hostname:?} is known to several backends: {}; target one by backend and device_id",
-                        names.join(", ")
-                    ),
-                ))
             }
         }
     }
@@ -153,5 +202,224 @@ impl Backends {
             all.extend(adapter.find_devices(hostname).await?);
         }
         Ok(all)
+    }
+}
+
+fn build(name: &str, backend: BackendConfig) -> Result<Arc<dyn Adapter>, AdapterError> {
+    match backend {
+        BackendConfig::Carbonblack(cb) => {
+            edrgate_carbonblack::CarbonBlackAdapter::new(name, cb).map(|a| Arc::new(a) as _)
+        }
+    }
+}
+
+impl Tenant {
+    fn new(adapters: BTreeMap<String, Built>, config: &RoutingConfig) -> Tenant {
+        fn cache<V: Clone + Send + Sync + 'static>(
+            ttl: u64,
+        ) -> Option<moka::future::Cache<String, V>> {
+            (ttl > 0).then(|| {
+                moka::future::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(Duration::from_secs(ttl))
+                    .build()
+            })
+        }
+        Tenant {
+            adapters,
+            routing: Routing::new(config),
+            resolved: cache(config.cache_ttl_seconds),
+            unknown: cache(config.negative_cache_ttl_seconds),
+        }
+    }
+
+    async fn resolve_hostname(&self, hostname: &str) -> Result<(String, Device), AdapterError> {
+        let key = hostname.to_ascii_lowercase();
+        if let Some(cache) = &self.resolved
+            && let Some(hit) = cache.get(&key).await
+        {
+            return Ok(hit);
+        }
+        if let Some(cache) = &self.unknown
+            && cache.contains_key(&key)
+        {
+            return Err(not_found(hostname));
+        }
+        let result = self.route(hostname, &key).await;
+        match &result {
+            Ok(hit) => {
+                if let Some(cache) = &self.resolved {
+                    cache.insert(key, hit.clone()).await;
+                }
+            }
+            Err(e) if e.code() == ErrorCode::DeviceNotFound => {
+                if let Some(cache) = &self.unknown {
+                    cache.insert(key, ()).await;
+                }
+            }
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The routing procedure documented on [`RoutingConfig`].
+    async fn route(&self, hostname: &str, lower: &str) -> Result<(String, Device), AdapterError> {
+        if let Some(rule) = self.routing.rules.iter().find(|r| match &r.matcher {
+            Matcher::Hostname(pattern) => glob(pattern.as_bytes(), lower.as_bytes()),
+            _ => false,
+        }) {
+            let device = self.ask(&rule.backend, hostname).await?;
+            return Ok((rule.backend.clone(), device));
+        }
+        let mut found = Vec::new();
+        if !self.routing.order.is_empty() {
+            // Precedence is configured: the first backend that knows the hostname wins. A
+            // failing backend stops the walk: a later one winning would be a guess.
+            for name in &self.routing.order {
+                match self.ask(name, hostname).await {
+                    Ok(device) => return Ok((name.clone(), device)),
+                    Err(e) if e.code() == ErrorCode::DeviceNotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        } else {
+            let names: Vec<&String> = match &self.routing.default {
+                Some(name) => vec![name],
+                None => self.adapters.keys().collect(),
+            };
+            let answers =
+                futures::future::join_all(names.iter().map(|name| self.ask(name, hostname))).await;
+            for (name, answer) in names.into_iter().zip(answers) {
+                match answer {
+                    Ok(device) => found.push((name.clone(), device)),
+                    Err(e) if e.code() == ErrorCode::DeviceNotFound => {}
+                    // A backend that cannot answer might know the hostname too: deciding
+                    // without it could route to the wrong device. The engine retries.
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if found.len() > 1 {
+            let settled: Vec<&(String, Device)> = found
+                .iter()
+                .filter(|(backend, device)| self.routing.claims(backend, device))
+                .collect();
+            if let [one] = settled.as_slice() {
+                return Ok((*one).clone());
+            }
+            let names: Vec<String> =
+                found.iter().map(|(b, d)| format!("{b} (device {})", d.device_id)).collect();
+            return Err(AdapterError::new(
+                ErrorCode::DeviceAmbiguous,
+                format!(
+                    "{hostname:?} is known to several backends: {}; target one by backend and device_id, or add a routing rule",
+                    names.join(", ")
+                ),
+            ));
+        }
+        found.pop().ok_or_else(|| not_found(hostname))
+    }
+
+    async fn ask(&self, backend: &str, hostname: &str) -> Result<Device, AdapterError> {
+        let Some(built) = self.adapters.get(backend) else {
+            // Validation makes every rule name a backend of the tenant.
+            return Err(AdapterError::new(
+                ErrorCode::Internal,
+                format!("routing names backend {backend:?}, which is not configured"),
+            ));
+        };
+        built.adapter.resolve_hostname(hostname).await
+    }
+}
+
+impl Routing {
+    fn new(config: &RoutingConfig) -> Routing {
+        let rules = config.rules.iter().filter_map(Rule::new).collect();
+        Routing { rules, order: config.order.clone(), default: config.default.clone() }
+    }
+
+    /// Whether a `tag` or `group` rule routes this device of `backend` to `backend`.
+    fn claims(&self, backend: &str, device: &Device) -> bool {
+        self.rules.iter().any(|rule| {
+            rule.backend == backend
+                && match &rule.matcher {
+                    Matcher::Hostname(_) => false,
+                    Matcher::Tag(tag) => device.tags.iter().any(|t| t.eq_ignore_ascii_case(tag)),
+                    Matcher::Group(group) => {
+                        device.group.as_deref().is_some_and(|g| g.eq_ignore_ascii_case(group))
+                    }
+                }
+        })
+    }
+}
+
+impl Rule {
+    fn new(rule: &RouteRule) -> Option<Rule> {
+        let matcher = match (&rule.hostname, &rule.tag, &rule.group) {
+            (Some(h), None, None) => Matcher::Hostname(h.to_ascii_lowercase()),
+            (None, Some(t), None) => Matcher::Tag(t.clone()),
+            (None, None, Some(g)) => Matcher::Group(g.clone()),
+            // Refused by validation.
+            _ => return None,
+        };
+        Some(Rule { matcher, backend: rule.backend.clone() })
+    }
+}
+
+fn not_found(hostname: &str) -> AdapterError {
+    AdapterError::new(
+        ErrorCode::DeviceNotFound,
+        format!("no backend of the tenant knows a device named {hostname:?}"),
+    )
+}
+
+/// `*` matches any run of bytes, `?` one byte; everything else itself. Iterative with one
+/// backtrack point, so a hostile pattern cannot make it exponential.
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, n));
+                p += 1;
+            }
+            Some(&c) if c == b'?' || c == name[n] => {
+                p += 1;
+                n += 1;
+            }
+            _ => match star {
+                Some((sp, sn)) => {
+                    p = sp + 1;
+                    n = sn + 1;
+                    star = Some((sp, sn + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn glob_matches_like_a_shell() {
+        for (pattern, name, expected) in [
+            ("win-*", "win-0001", true),
+            ("win-*", "srv-0001", false),
+            ("*.corp.example", "db1.corp.example", true),
+            ("*.corp.example", "db1.corp.example.evil", false),
+            ("db?", "db1", true),
+            ("db?", "db12", false),
+            ("*", "", true),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("exact", "exact", true),
+        ] {
+            assert_eq!(glob(pattern.as_bytes(), name.as_bytes()), expected, "{pattern} {name}");
+        }
     }
 }

@@ -47,6 +47,10 @@ pub enum Command {
     CheckConfig {
         /// Configuration file (TOML).
         file: PathBuf,
+        /// Also sign in to every backend and look a device up, to check credentials and
+        /// reachability (network calls; without it nothing leaves the machine).
+        #[arg(long)]
+        connect: bool,
     },
     /// Print the OpenAPI document (or rewrite the committed schemas with `--write`).
     Openapi {
@@ -150,7 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo(args).await,
         Command::Sim(SimCommand::Carbonblack(args)) => sim_carbonblack(args).await,
         Command::Token(args) => token(args),
-        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::CheckConfig { file, connect } => Ok(check_config(&file, connect).await),
         Command::Openapi { write, root } => openapi_command(write, &root),
     }
 }
@@ -165,6 +169,7 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     };
     let listen = config.server.listen;
     let app = App::build(config).await?;
+    app.reloader.watch_file(path.to_owned());
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "edrgate listening");
@@ -329,9 +334,10 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses, validates, builds the backends (no network) and the token validator.
-fn check_config(path: &Path) -> ExitCode {
-    let config = match Config::load(path) {
+/// Parses, validates, builds the backends and the token validator; with `connect`, also
+/// reaches every backend with its credentials.
+async fn check_config(path: &Path, connect: bool) -> ExitCode {
+    let mut config = match Config::load(path) {
         Ok(config) => config,
         Err(errors) => {
             print_problems(path, &errors);
@@ -344,8 +350,22 @@ fn check_config(path: &Path) -> ExitCode {
     }
     let tenants = config.tenants.len();
     let backends: usize = config.tenants.values().map(|t| t.backends.len()).sum();
-    if let Err(errors) = Backends::from_config(config.tenants) {
-        problems.extend(errors);
+    match Backends::from_config(&mut config, None) {
+        Err(errors) => problems.extend(errors),
+        Ok(built) if connect => {
+            let checks = built.all().map(|(tenant, name, adapter)| async move {
+                // Looking a device up signs in and reaches the API, and changes nothing.
+                let found = adapter.find_devices(Some("edrgate-connectivity-check")).await;
+                (format!("tenants.{tenant}.backends.{name}"), found)
+            });
+            for (path, found) in futures::future::join_all(checks).await {
+                match found {
+                    Ok(_) => println!("{path}: reachable, credentials accepted"),
+                    Err(e) => problems.push(format!("{path}: {}: {}", e.code().as_str(), e.info.message)),
+                }
+            }
+        }
+        Ok(_) => {}
     }
     if !problems.is_empty() {
         print_problems(path, &problems);

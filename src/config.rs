@@ -23,6 +23,10 @@ pub struct Config {
     /// Tenant id → its backends.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// (tenant, backend) → SHA-256 of the backend's resolved settings: a reload rebuilds only
+    /// the backends whose settings changed.
+    #[serde(skip)]
+    pub backend_fingerprints: BTreeMap<(String, String), [u8; 32]>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,6 +40,10 @@ pub struct ServerConfig {
     /// Longest `?wait=` a long-poll may ask for, in seconds.
     #[serde(default = "default_max_wait")]
     pub max_wait_seconds: u64,
+    /// Reverse proxies (addresses or CIDR blocks) whose `Forwarded` / `X-Forwarded-For`
+    /// headers are believed; from any other peer they are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,25 +57,287 @@ pub struct StoreConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FilesConfig {
-    /// Directory of stored files (results fetched from endpoints).
+    /// Directory of stored files (results fetched from endpoints, uploads), unless `s3` is set.
     #[serde(default = "default_files")]
     pub dir: PathBuf,
+    /// An S3-compatible object store instead of `dir` (for several replicas).
+    #[serde(default)]
+    pub s3: Option<S3Config>,
+    /// Largest upload (`POST /v1/files`) a tenant may send, in bytes.
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: u64,
+    /// How long stored files are kept, in days; unset: until deleted.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// How often expired and deleted files are purged, in seconds.
+    #[serde(default = "default_sweep_interval")]
+    pub sweep_interval_seconds: u64,
+    /// Per-tenant overrides of `max_upload_bytes` and `retention_days`.
+    #[serde(default)]
+    pub tenants: BTreeMap<String, TenantFilesConfig>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFilesConfig {
+    #[serde(default)]
+    pub max_upload_bytes: Option<u64>,
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+}
+
+/// An S3-compatible bucket. Without credentials, the usual AWS environment (variables,
+/// instance metadata) is used.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// `http(s)://host:port` of an S3-compatible server; unset: AWS S3 of `region`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<SecretString>,
+    /// Prepended to every object key (e.g. `edrgate/`).
+    #[serde(default)]
+    pub prefix: String,
+}
+
+impl FilesConfig {
+    /// Checks of `[files]`; `tenants` are the configured tenant ids.
+    fn validate(&self, tenants: &BTreeMap<String, TenantConfig>, errors: &mut Vec<String>) {
+        if self.max_upload_bytes == 0 {
+            errors.push("files.max_upload_bytes: must be at least 1".into());
+        }
+        if self.retention_days == Some(0) {
+            errors.push("files.retention_days: must be at least 1 (or unset to keep files)".into());
+        }
+        if self.sweep_interval_seconds == 0 {
+            errors.push("files.sweep_interval_seconds: must be at least 1".into());
+        }
+        for (tenant, t) in &self.tenants {
+            if !tenants.contains_key(tenant) {
+                errors.push(format!("files.tenants.{tenant}: no such tenant"));
+            }
+            if t.max_upload_bytes == Some(0) {
+                errors.push(format!("files.tenants.{tenant}.max_upload_bytes: must be at least 1"));
+            }
+            if t.retention_days == Some(0) {
+                errors.push(format!("files.tenants.{tenant}.retention_days: must be at least 1"));
+            }
+        }
+        if let Some(s3) = &self.s3 {
+            // S3 bucket naming rules: 3-63 of a-z, 0-9, '.', '-'.
+            let bucket_ok = (3..=63).contains(&s3.bucket.len())
+                && s3.bucket.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-'
+                });
+            if !bucket_ok {
+                errors.push("files.s3.bucket: 3-63 characters of a-z, 0-9, '.' and '-'".into());
+            }
+            if let Some(endpoint) = &s3.endpoint
+                && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+            {
+                errors.push("files.s3.endpoint: must be an http:// or https:// URL".into());
+            }
+            if s3.access_key_id.is_some() != s3.secret_access_key.is_some() {
+                errors.push("files.s3: access_key_id and secret_access_key go together".into());
+            }
+            if s3.prefix.starts_with('/')
+                || s3.prefix.split('/').any(|s| s == "..")
+                || !(s3.prefix.is_empty() || s3.prefix.ends_with('/'))
+            {
+                errors
+                    .push("files.s3.prefix: a relative path ending with '/', without '..'".into());
+            }
+        }
+    }
+}
+
+/// Bearer-token settings (see `crate::auth`). Production: public keys from PEM files and/or
+/// JWKS endpoints, with `issuer` and `audience`. Development: HS256 with a shared secret, only
+/// when `allow_hs256` says so.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// Shared secret of HS256 bearer tokens (at least 32 bytes).
-    pub hs256_secret: SecretString,
-    /// Expected `iss`, when set.
+    /// Public keys read from PEM files.
+    #[serde(default)]
+    pub keys: Vec<AuthKeyConfig>,
+    /// JWKS endpoints of identity providers.
+    #[serde(default)]
+    pub jwks: Vec<JwksConfig>,
+    /// Accept HS256 tokens signed with `hs256_secret`. For development and demos: anyone who
+    /// holds the secret can mint tokens for any tenant.
+    #[serde(default)]
+    pub allow_hs256: bool,
+    /// Shared secret of HS256 bearer tokens (at least 32 bytes); needs `allow_hs256`.
+    #[serde(default)]
+    pub hs256_secret: Option<SecretString>,
+    /// Expected `iss`; required with `keys` or `jwks`.
     #[serde(default)]
     pub issuer: Option<String>,
-    /// Expected `aud`, when set.
+    /// Expected `aud`; required with `keys` or `jwks`.
     #[serde(default)]
     pub audience: Option<String>,
     /// Claim that names the caller's tenant.
     #[serde(default = "default_tenant_claim")]
     pub tenant_claim: String,
+    /// Claim holding the caller's scopes, as a space-separated string or an array of strings.
+    /// Unset: `scope` (string, RFC 8693) and `scp` (array or string, Entra ID/Okta) are both read.
+    #[serde(default)]
+    pub scope_claim: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds (at most 300).
+    #[serde(default = "default_leeway")]
+    pub leeway_seconds: u64,
+    /// The scope that grants each permission.
+    #[serde(default)]
+    pub scopes: ScopeNames,
+}
+
+/// A public key in a PEM file (`PUBLIC KEY`, `RSA PUBLIC KEY`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthKeyConfig {
+    pub pem_file: PathBuf,
+    /// Tokens whose header names this `kid` are checked with this key only.
+    #[serde(default)]
+    pub kid: Option<String>,
+    /// `RS256`, `RS384`, `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384` or `EdDSA`.
+    /// Default by key type: RSA → RS256, EC → ES256, Ed25519 → EdDSA.
+    #[serde(default)]
+    pub algorithm: Option<String>,
+}
+
+/// A JWKS endpoint (`https://…/.well-known/jwks.json`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksConfig {
+    /// `https://` (plain `http://` only to a loopback address).
+    pub url: String,
+    /// How long a fetched key set is used before it is fetched again.
+    #[serde(default = "default_jwks_cache")]
+    pub cache_seconds: u64,
+    /// A token with an unknown `kid` fetches the set again, at most once per this interval.
+    #[serde(default = "default_jwks_refresh")]
+    pub min_refresh_seconds: u64,
+    /// PEM of a private CA that signs the endpoint's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The scope names that grant each permission (`crate::auth::Permission`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScopeNames {
+    pub read: String,
+    pub write: String,
+    pub execute: String,
+    pub contain: String,
+    pub files: String,
+    pub admin: String,
+}
+
+impl Default for ScopeNames {
+    fn default() -> Self {
+        ScopeNames {
+            read: "edrgate:read".into(),
+            write: "edrgate:write".into(),
+            execute: "edrgate:execute".into(),
+            contain: "edrgate:contain".into(),
+            files: "edrgate:files".into(),
+            admin: "edrgate:admin".into(),
+        }
+    }
+}
+
+/// Largest accepted `auth.leeway_seconds`.
+pub const MAX_LEEWAY_SECS: u64 = 300;
+
+impl AuthConfig {
+    /// Checks what types cannot (no IO: key files are read by `Auth::new`).
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        use secrecy::ExposeSecret;
+        match (&self.hs256_secret, self.allow_hs256) {
+            (Some(secret), true) if secret.expose_secret().len() < 32 => {
+                errors.push("auth.hs256_secret: must be at least 32 bytes".to_owned());
+            }
+            (Some(_), false) => errors.push(
+                "auth.hs256_secret: HS256 is for development; set auth.allow_hs256 = true to use it"
+                    .to_owned(),
+            ),
+            (None, true) => {
+                errors.push("auth.hs256_secret: missing (auth.allow_hs256 is true)".to_owned());
+            }
+            _ => {}
+        }
+        let asymmetric = !self.keys.is_empty() || !self.jwks.is_empty();
+        if !asymmetric && !self.allow_hs256 {
+            errors.push(
+                "auth: no token key: set auth.keys or auth.jwks (or, for development, auth.allow_hs256 and auth.hs256_secret)"
+                    .to_owned(),
+            );
+        }
+        if asymmetric {
+            // A key of a shared identity provider also signs tokens for other applications
+            // and other issuers' tenants: both claims must pin them to this gateway.
+            if self.issuer.as_deref().is_none_or(str::is_empty) {
+                errors.push("auth.issuer: required with auth.keys or auth.jwks".to_owned());
+            }
+            if self.audience.as_deref().is_none_or(str::is_empty) {
+                errors.push("auth.audience: required with auth.keys or auth.jwks".to_owned());
+            }
+        }
+        for (i, key) in self.keys.iter().enumerate() {
+            if let Some(alg) = &key.algorithm
+                && crate::auth::asymmetric_algorithm(alg).is_none()
+            {
+                errors.push(format!(
+                    "auth.keys[{i}].algorithm: {alg:?} is not one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"
+                ));
+            }
+            if key.kid.as_deref().is_some_and(str::is_empty) {
+                errors.push(format!("auth.keys[{i}].kid: must not be empty"));
+            }
+        }
+        for (i, jwks) in self.jwks.iter().enumerate() {
+            if let Err(problem) = crate::auth::check_jwks_url(&jwks.url) {
+                errors.push(format!("auth.jwks[{i}].url: {problem}"));
+            }
+            if jwks.cache_seconds == 0 {
+                errors.push(format!("auth.jwks[{i}].cache_seconds: must be at least 1"));
+            }
+        }
+        if self.tenant_claim.is_empty() {
+            errors.push("auth.tenant_claim: must not be empty".to_owned());
+        }
+        if self.scope_claim.as_deref().is_some_and(str::is_empty) {
+            errors.push("auth.scope_claim: must not be empty".to_owned());
+        }
+        if self.leeway_seconds > MAX_LEEWAY_SECS {
+            errors.push(format!("auth.leeway_seconds: at most {MAX_LEEWAY_SECS}"));
+        }
+        let s = &self.scopes;
+        let names = [
+            ("read", &s.read),
+            ("write", &s.write),
+            ("execute", &s.execute),
+            ("contain", &s.contain),
+            ("files", &s.files),
+            ("admin", &s.admin),
+        ];
+        for (i, (field, name)) in names.iter().enumerate() {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                errors.push(format!("auth.scopes.{field}: one scope name, without spaces"));
+            } else if names[..i].iter().any(|(_, other)| other == name) {
+                errors.push(format!(
+                    "auth.scopes.{field}: {name:?} already grants another permission"
+                ));
+            }
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,10 +361,74 @@ pub struct EngineConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
-    /// Backend name → backend. Hostname targets are looked up on every backend of the tenant;
-    /// a hostname two backends know is refused as ambiguous.
+    /// Backend name → backend.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
+    /// Which backend serves a hostname target (see [`RoutingConfig`]).
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Inbound limits of the tenant's callers (none by default).
+    #[serde(default)]
+    pub limits: TenantLimitsConfig,
+}
+
+/// Per-tenant inbound limits, answered with `429 rate_limited` and `Retry-After`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimitsConfig {
+    /// Authenticated `/v1` requests per minute, all callers of the tenant together.
+    #[serde(default)]
+    pub requests_per_minute: Option<u32>,
+    /// Requests allowed at once above the steady rate (default: a tenth of a minute's worth).
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Actions of the tenant not yet finished; a submission over it is refused.
+    #[serde(default)]
+    pub max_actions_in_flight: Option<u32>,
+}
+
+/// How a hostname target finds its backend, in this order:
+/// 1. the first `rules` entry with a `hostname` pattern that matches routes it, unasked;
+/// 2. otherwise the backends are asked: `order` one after the other, the first that knows the
+///    hostname winning; else only `default` when set; else every backend of the tenant;
+/// 3. a hostname several backends know is settled by `tag`/`group` rules (the device that
+///    carries the rule's tag or group on the rule's backend wins); when they don't settle it,
+///    the target is refused as ambiguous, naming every backend: edrgate never guesses.
+///
+/// Explicit targets (`{"backend": …, "device_id": …}`) bypass routing.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    #[serde(default)]
+    pub rules: Vec<RouteRule>,
+    /// Backends asked for hostnames no `hostname` rule matched, in precedence order.
+    #[serde(default)]
+    pub order: Vec<String>,
+    /// The one backend asked for hostnames no `hostname` rule matched (exclusive with `order`).
+    #[serde(default)]
+    pub default: Option<String>,
+    /// How long a resolution is remembered, in seconds (0: not cached).
+    #[serde(default = "default_resolution_ttl")]
+    pub cache_ttl_seconds: u64,
+    /// How long "no backend knows this hostname" is remembered, in seconds (0: not cached).
+    #[serde(default = "default_negative_ttl")]
+    pub negative_cache_ttl_seconds: u64,
+}
+
+/// One routing rule: exactly one matcher, and the backend it routes to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteRule {
+    /// Case-insensitive glob on the hostname (`*` any run, `?` one character).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// A tag the device carries at its backend (Defender machine tags…).
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// The device's group at its backend (CB sensor group id, machine group…).
+    #[serde(default)]
+    pub group: Option<String>,
+    pub backend: String,
 }
 
 /// A vendor backend, tagged by `kind`.
@@ -125,6 +459,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
             max_wait_seconds: default_max_wait(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -137,7 +472,14 @@ impl Default for StoreConfig {
 
 impl Default for FilesConfig {
     fn default() -> Self {
-        FilesConfig { dir: default_files() }
+        FilesConfig {
+            dir: default_files(),
+            s3: None,
+            max_upload_bytes: default_max_upload(),
+            retention_days: None,
+            sweep_interval_seconds: default_sweep_interval(),
+            tenants: BTreeMap::new(),
+        }
     }
 }
 
@@ -167,8 +509,32 @@ fn default_db() -> PathBuf {
 fn default_files() -> PathBuf {
     PathBuf::from("data/files")
 }
+fn default_max_upload() -> u64 {
+    2 * 1024 * 1024 * 1024
+}
+fn default_sweep_interval() -> u64 {
+    3600
+}
+fn default_region() -> String {
+    "us-east-1".into()
+}
 fn default_tenant_claim() -> String {
     "tenant".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_jwks_cache() -> u64 {
+    3600
+}
+fn default_jwks_refresh() -> u64 {
+    60
+}
+fn default_resolution_ttl() -> u64 {
+    60
+}
+fn default_negative_ttl() -> u64 {
+    10
 }
 fn default_lease() -> u64 {
     30
@@ -195,20 +561,26 @@ impl Config {
         let mut value: toml::Value = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let mut errors = Vec::new();
         interpolate(&mut value, "", &env, &mut errors);
+        read_secret_files(&mut value, "", &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
-        let config: Config = value.try_into().map_err(|e: toml::de::Error| vec![e.to_string()])?;
+        let fingerprints = backend_fingerprints(&value);
+        let mut config: Config =
+            value.try_into().map_err(|e: toml::de::Error| vec![e.to_string()])?;
+        config.backend_fingerprints = fingerprints;
         config.validate()?;
         Ok(config)
     }
 
     /// Checks what types cannot: identifiers, lengths, ranges. No IO.
     pub fn validate(&self) -> Result<(), Vec<String>> {
-        use secrecy::ExposeSecret;
         let mut errors = Vec::new();
-        if self.auth.hs256_secret.expose_secret().len() < 32 {
-            errors.push("auth.hs256_secret: must be at least 32 bytes".to_owned());
+        self.auth.validate(&mut errors);
+        for (i, proxy) in self.server.trusted_proxies.iter().enumerate() {
+            if let Err(problem) = crate::api::request::Cidr::parse(proxy) {
+                errors.push(format!("server.trusted_proxies[{i}]: {problem}"));
+            }
         }
         if self.engine.lease_seconds == 0 {
             errors.push("engine.lease_seconds: must be at least 1".to_owned());
@@ -218,6 +590,7 @@ impl Config {
                 "engine.default_timeout_seconds: must not exceed engine.max_timeout_seconds".into(),
             );
         }
+        self.files.validate(&self.tenants, &mut errors);
         for (tenant, t) in &self.tenants {
             if !is_identifier(tenant) {
                 errors.push(format!(
@@ -226,6 +599,21 @@ impl Config {
             }
             if t.backends.is_empty() {
                 errors.push(format!("tenants.{tenant}.backends: at least one backend is needed"));
+            }
+            let limits = &t.limits;
+            for (field, value) in [
+                ("requests_per_minute", limits.requests_per_minute),
+                ("burst", limits.burst),
+                ("max_actions_in_flight", limits.max_actions_in_flight),
+            ] {
+                if value == Some(0) {
+                    errors.push(format!("tenants.{tenant}.limits.{field}: must be at least 1"));
+                }
+            }
+            if limits.burst.is_some() && limits.requests_per_minute.is_none() {
+                errors.push(format!(
+                    "tenants.{tenant}.limits.burst: needs tenants.{tenant}.limits.requests_per_minute"
+                ));
             }
             for (name, backend) in &t.backends {
                 if !is_identifier(name) {
@@ -241,8 +629,48 @@ impl Config {
                     );
                 }
             }
+            t.routing.validate(&format!("tenants.{tenant}.routing"), &t.backends, &mut errors);
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+}
+
+impl RoutingConfig {
+    fn validate(
+        &self,
+        path: &str,
+        backends: &BTreeMap<String, BackendConfig>,
+        errors: &mut Vec<String>,
+    ) {
+        let mut known = |field: String, name: &str| {
+            if !backends.contains_key(name) {
+                errors.push(format!("{field}: no backend named {name:?} in this tenant"));
+            }
+        };
+        for (i, rule) in self.rules.iter().enumerate() {
+            known(format!("{path}.rules[{i}].backend"), &rule.backend);
+        }
+        for (i, name) in self.order.iter().enumerate() {
+            known(format!("{path}.order[{i}]"), name);
+        }
+        if let Some(name) = &self.default {
+            known(format!("{path}.default"), name);
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let matchers = [&rule.hostname, &rule.tag, &rule.group];
+            let set = matchers.iter().filter(|m| m.is_some()).count();
+            if set != 1 {
+                errors.push(format!(
+                    "{path}.rules[{i}]: exactly one of hostname, tag or group is needed (found {set})"
+                ));
+            }
+            if matchers.iter().any(|m| m.as_deref().is_some_and(str::is_empty)) {
+                errors.push(format!("{path}.rules[{i}]: an empty matcher matches nothing"));
+            }
+        }
+        if !self.order.is_empty() && self.default.is_some() {
+            errors.push(format!("{path}: order and default exclude each other"));
+        }
     }
 }
 
@@ -251,6 +679,65 @@ pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn backend_fingerprints(value: &toml::Value) -> BTreeMap<(String, String), [u8; 32]> {
+    use sha2::Digest as _;
+    let mut out = BTreeMap::new();
+    let tenants = value.get("tenants").and_then(toml::Value::as_table);
+    for (tenant, t) in tenants.into_iter().flatten() {
+        let backends = t.get("backends").and_then(toml::Value::as_table);
+        for (name, backend) in backends.into_iter().flatten() {
+            // `toml::Value`'s tables are ordered maps: equal settings print equally.
+            let digest = sha2::Sha256::digest(backend.to_string().as_bytes());
+            out.insert((tenant.clone(), name.clone()), digest.into());
+        }
+    }
+    out
+}
+
+/// Settings that hold secrets. Each can instead be given as `<name>_file`: the path of a file
+/// holding it (container secrets, Kubernetes secret volumes), read at load time with one
+/// trailing newline removed.
+pub const SECRET_SETTINGS: &[&str] =
+    &["token", "client_secret", "password", "totp_secret", "hs256_secret", "secret_access_key"];
+
+/// Replaces every `<secret>_file` setting by the `<secret>` read from that file.
+fn read_secret_files(value: &mut toml::Value, path: &str, errors: &mut Vec<String>) {
+    let toml::Value::Table(table) = value else {
+        if let toml::Value::Array(items) = value {
+            for (i, item) in items.iter_mut().enumerate() {
+                read_secret_files(item, &format!("{path}[{i}]"), errors);
+            }
+        }
+        return;
+    };
+    let join = |k: &str| if path.is_empty() { k.to_owned() } else { format!("{path}.{k}") };
+    for secret in SECRET_SETTINGS {
+        let file_key = format!("{secret}_file");
+        let Some(file) = table.remove(&file_key) else { continue };
+        let field = join(&file_key);
+        let Some(file) = file.as_str() else {
+            errors.push(format!("{field}: must be a path"));
+            continue;
+        };
+        if table.contains_key(*secret) {
+            errors.push(format!("{field}: set either {secret} or {file_key}, not both"));
+            continue;
+        }
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                let text = text.strip_suffix('\r').unwrap_or(text);
+                table.insert((*secret).to_owned(), toml::Value::String(text.to_owned()));
+            }
+            // The path is configuration, not a secret: it may be shown.
+            Err(e) => errors.push(format!("{field}: cannot read {file}: {e}")),
+        }
+    }
+    for (k, v) in table.iter_mut() {
+        read_secret_files(v, &join(k), errors);
+    }
 }
 
 /// Replaces `${NAME}` in every string with the environment variable `NAME`.
@@ -301,6 +788,7 @@ mod tests {
 
     const EXAMPLE: &str = r#"
         [auth]
+        allow_hs256 = true
         hs256_secret = "${SECRET}"
         [tenants.acme.backends.cb]
         kind = "carbonblack"
@@ -330,9 +818,11 @@ mod tests {
                 "tenants.acme.backends.cb.token: environment variable CB_TOKEN is not set"
             ]
         );
-        let errors =
-            Config::parse("[auth]\nhs256_secret = \"short\"\n[tenants.\"a/b\"]\n", |_| None)
-                .unwrap_err();
+        let errors = Config::parse(
+            "[auth]\nallow_hs256 = true\nhs256_secret = \"short\"\n[tenants.\"a/b\"]\n",
+            |_| None,
+        )
+        .unwrap_err();
         assert_eq!(errors.len(), 3, "{errors:?}");
         let errors =
             Config::parse(&EXAMPLE.replace("https://cb.example.com", "ftp:nowhere"), |_| {

@@ -16,11 +16,12 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use edrgate_adapter::adapter::{FileReader, FileWriter, StopReason, StopSignal};
 use edrgate_adapter::http::Backoff;
 use edrgate_adapter::{
-    Action, ActionRequest, AdapterError, CommandState, CommandUpdate, ErrorCode, ErrorInfo,
+    Action, ActionRequest, Adapter, AdapterError, CommandState, CommandUpdate, ErrorCode, ErrorInfo,
     FileRef, Journal, Next, OnError, RunContext, RunFiles, Status, Target,
 };
 use futures::FutureExt;
@@ -80,7 +81,8 @@ pub enum Submitted {
 pub struct Engine {
     store: Store,
     files: FileStore,
-    backends: Arc<Backends>,
+    /// Swapped whole by a configuration reload; runs being driven keep their adapter.
+    backends: ArcSwap<Backends>,
     opts: EngineOptions,
     /// This process's lease owner id.
     owner: String,
@@ -112,7 +114,7 @@ impl Engine {
         Arc::new(Engine {
             store,
             files,
-            backends,
+            backends: ArcSwap::new(backends),
             opts,
             owner: format!("edrgate-{}", Uuid::now_v7().simple()),
             changes: broadcast::channel(4096).0,
@@ -141,8 +143,15 @@ impl Engine {
         &self.files
     }
 
-    pub fn backends(&self) -> &Backends {
-        &self.backends
+    /// The current backends and routing.
+    pub fn backends(&self) -> Arc<Backends> {
+        self.backends.load_full()
+    }
+
+    /// Installs reloaded backends: new actions resolve and run with them, runs being driven
+    /// finish on the adapter they started with.
+    pub fn replace_backends(&self, backends: Arc<Backends>) {
+        self.backends.store(backends);
     }
 
     /// Starts claiming and driving runs.
@@ -256,7 +265,8 @@ impl Engine {
     /// before anything is stored or sent.
     async fn validate(&self, tenant: &str, request: &ActionRequest) -> Result<(), ErrorInfo> {
         let invalid = |m: String| Err(ErrorInfo::new(ErrorCode::InvalidRequest, m));
-        if !self.backends.tenant_exists(tenant) {
+        let backends = self.backends();
+        if !backends.tenant_exists(tenant) {
             return Err(ErrorInfo::new(
                 ErrorCode::Forbidden,
                 "the caller's tenant has no backends configured",
@@ -298,7 +308,7 @@ impl Engine {
                 return invalid(format!("targets[{i}]: duplicate target"));
             }
             if let Target::Device { backend, .. } = target
-                && self.backends.adapter(tenant, backend).is_none()
+                && backends.adapter(tenant, backend).is_none()
             {
                 return invalid(format!("targets[{i}]: unknown backend {backend:?}"));
             }
@@ -307,7 +317,7 @@ impl Engine {
             if let Err(m) = command.validate() {
                 return invalid(format!("commands[{i}]: {m}"));
             }
-            if let edrgate_adapter::Command::PutFile { file_id, .. } = command {
+            if let Some(file_id) = command.file_id() {
                 let known = self.files.meta(tenant, file_id).await.map_err(store_error)?;
                 if known.is_none() {
                     return invalid(format!("commands[{i}]: unknown file_id {file_id:?}"));
@@ -321,12 +331,10 @@ impl Engine {
             let kind = command.kind();
             for target in &request.targets {
                 let supported = match target {
-                    Target::Device { backend, .. } => self
-                        .backends
+                    Target::Device { backend, .. } => backends
                         .adapter(tenant, backend)
                         .is_some_and(|a| a.capabilities().supports(kind)),
-                    Target::Hostname { .. } => self
-                        .backends
+                    Target::Hostname { .. } => backends
                         .of_tenant(tenant)
                         .any(|(_, a)| a.capabilities().supports(kind)),
                 };
@@ -524,17 +532,14 @@ impl Engine {
             lease: &lease,
             seen: Mutex::new(Some(visible_view(&run))),
             run: Mutex::new(run),
+            adapter: Mutex::new(None),
             stop: &stop,
             wake: &wake,
         };
         let result = driver.run().await;
         timer.abort();
         // Whatever ended the drive, the adapter may drop what it kept in memory for the run.
-        let (tenant, backend) = {
-            let run = lock(&driver.run);
-            (run.tenant.clone(), run.backend.clone())
-        };
-        if let Some(adapter) = backend.and_then(|b| self.backends.adapter(&tenant, &b).cloned()) {
+        if let Some(adapter) = lock(&driver.adapter).take() {
             adapter.run_closed(lease.run_id);
         }
         result
@@ -546,6 +551,8 @@ struct Driver<'a> {
     engine: &'a Arc<Engine>,
     lease: &'a Lease,
     run: Mutex<RunRecord>,
+    /// The adapter driving the run, fixed at its first step: a reload does not move it.
+    adapter: Mutex<Option<Arc<dyn Adapter>>>,
     /// What callers last saw of the run, to tell visible writes from checkpoint-only ones.
     seen: Mutex<Option<serde_json::Value>>,
     stop: &'a StopSignal,
@@ -567,13 +574,14 @@ impl Driver<'_> {
             let run = lock(&self.run);
             (run.tenant.clone(), run.backend.clone().unwrap_or_default())
         };
-        let Some(adapter) = self.engine.backends.adapter(&tenant, &backend).cloned() else {
+        let Some(adapter) = self.engine.backends().adapter(&tenant, &backend).cloned() else {
             let error = ErrorInfo::new(
                 ErrorCode::Internal,
                 format!("backend {backend:?} is no longer configured"),
             );
             return self.fail(error).await.map(|_| ());
         };
+        *lock(&self.adapter) = Some(Arc::clone(&adapter));
         let mut attempt = 0u32;
         let mut stop_attempts = 0u32;
         loop {
@@ -680,10 +688,11 @@ impl Driver<'_> {
                 self.finish(reason).await?;
                 return Ok(false);
             }
-            match self.engine.backends.resolve(&tenant, &target).await {
+            let backends = self.engine.backends();
+            match backends.resolve(&tenant, &target).await {
                 Ok((backend, device_id, hostname)) => {
                     let unsupported = {
-                        let adapter = self.engine.backends.adapter(&tenant, &backend);
+                        let adapter = backends.adapter(&tenant, &backend);
                         let run = lock(&self.run);
                         run.request
                             .commands
@@ -863,25 +872,39 @@ struct EngineRunFiles<'a> {
 #[async_trait]
 impl RunFiles for EngineRunFiles<'_> {
     async fn create(&self, index: usize, name: &str) -> Result<Box<dyn FileWriter>, AdapterError> {
+        let run = self.run;
         let origin = crate::store::FileOrigin {
-            action_id: Some(self.run.action_id),
-            run_id: Some(self.run.id),
+            action_id: Some(run.action_id),
+            run_id: Some(run.id),
             command_index: Some(index),
-            backend: self.run.backend.clone(),
-            device_id: self.run.device_id.clone(),
+            backend: run.backend.clone(),
+            device_id: run.device_id.clone(),
+            hostname: run.hostname.clone(),
+            vendor_ref: run.states.get(index).and_then(|s| s.vendor_ref.clone()),
+            remote_path: run.request.commands.get(index).and_then(remote_path),
+            ..Default::default()
         };
-        Ok(Box::new(self.engine.files.create(&self.run.tenant, name, origin).await?))
+        // Fetched evidence has no size cap: a memory dump is as large as the endpoint's RAM.
+        Ok(Box::new(self.engine.files.create(&run.tenant, name, origin, None).await?))
     }
 
     async fn open(&self, file_id: &str) -> Result<(FileRef, FileReader), AdapterError> {
-        let (meta, file) =
-            self.engine.files.open_content(&self.run.tenant, file_id).await?.ok_or_else(|| {
-                AdapterError::new(ErrorCode::NotFound, format!("unknown file_id {file_id:?}"))
-            })?;
+        let (meta, content) = self.engine.files.open(&self.run.tenant, file_id, None).await?;
         Ok((
             FileRef { file_id: meta.id, name: meta.name, size: meta.size, sha256: meta.sha256 },
-            Box::new(file),
+            Box::new(tokio_util::io::StreamReader::new(content)),
         ))
+    }
+}
+
+/// The endpoint path a command reads a result from, when the caller named it.
+fn remote_path(command: &edrgate_adapter::Command) -> Option<String> {
+    use edrgate_adapter::Command;
+    match command {
+        Command::GetFile { path, .. } => Some(path.clone()),
+        Command::MemoryDump { path, .. } => path.clone(),
+        Command::Execute { output_file, .. } => output_file.clone(),
+        _ => None,
     }
 }
 

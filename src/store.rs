@@ -143,18 +143,46 @@ impl Cursor {
 #[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileMeta {
     pub id: String,
+    /// The tenant the file belongs to.
+    pub tenant: String,
+    /// A safe file name (`[A-Za-z0-9._-]`), used in `Content-Disposition`.
     pub name: String,
     pub size: u64,
+    /// Lower-case hex SHA-256 of the content, computed while it was stored and checked again
+    /// whenever the whole file is read.
     pub sha256: String,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
+    /// When the tenant's retention deletes the file; absent: kept until deleted.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
     pub origin: FileOrigin,
 }
 
-/// Custody: the action, run and command a file is the result of.
+/// How a file entered the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FileSource {
+    /// Fetched from an endpoint by a command (`get_file`, `execute` output, `memory_dump`).
+    #[default]
+    Endpoint,
+    /// Sent by a caller (`POST /v1/files`).
+    Upload,
+}
+
+/// Custody: where a file came from. For endpoint results, the action, run and command it is
+/// the result of, the device and backend, the vendor's reference and the remote path; for
+/// uploads, the caller and the name they gave.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileOrigin {
+    #[serde(default)]
+    pub source: FileSource,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action_id: Option<Uuid>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +193,23 @@ pub struct FileOrigin {
     pub backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The vendor's reference of the command that produced the file (e.g. `session:command`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vendor_ref: Option<String>,
+    /// The path on the endpoint, when the command named it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_path: Option<String>,
+    /// The caller (`sub`) who uploaded the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The name the uploader gave, as sent (it passed the upload name checks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_name: Option<String>,
+    /// The `X-Request-ID` of the upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 pub fn now_ms() -> i64 {
@@ -191,6 +236,11 @@ impl Store {
         let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         sqlx::migrate!("schemas/migrations/sqlite").run(&pool).await?;
         Ok(Store { pool })
+    }
+
+    /// The pool, for the modules that keep their own tables here (audit).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     /// Whether the database answers (for readiness).
@@ -520,41 +570,87 @@ impl Store {
         Ok(true)
     }
 
-    pub async fn insert_file(&self, tenant: &str, meta: &FileMeta) -> Result<()> {
+    pub async fn insert_file(&self, meta: &FileMeta) -> Result<()> {
         sqlx::query(
-            "INSERT INTO files (id, tenant, name, size, sha256, created_at, origin_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO files (id, tenant, name, size, sha256, created_at, origin_json, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .bind(&meta.id)
-        .bind(tenant)
+        .bind(&meta.tenant)
         .bind(&meta.name)
         .bind(i64::try_from(meta.size).unwrap_or(i64::MAX))
         .bind(&meta.sha256)
-        .bind(i64::try_from(meta.created_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0))
+        .bind(to_ms(meta.created_at))
         .bind(to_json(&meta.origin)?)
+        .bind(meta.expires_at.map(to_ms))
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    pub async fn file(&self, tenant: &str, id: &str) -> Result<Option<FileMeta>> {
-        let row = sqlx::query("SELECT * FROM files WHERE id = ?1 AND tenant = ?2")
-            .bind(id)
-            .bind(tenant)
-            .fetch_optional(&self.pool)
-            .await?;
+    /// A live file of `tenant`: neither deleted nor expired at `now` (unix ms).
+    pub async fn file(&self, tenant: &str, id: &str, now: i64) -> Result<Option<FileMeta>> {
+        let row = sqlx::query(
+            "SELECT * FROM files WHERE id = ?1 AND tenant = ?2 AND deleted_at IS NULL
+               AND (expires_at IS NULL OR expires_at > ?3)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(|r| {
             Ok(FileMeta {
                 id: r.get("id"),
+                tenant: r.get("tenant"),
                 name: r.get("name"),
                 size: u64::try_from(r.get::<i64, _>("size")).unwrap_or(0),
                 sha256: r.get("sha256"),
                 created_at: from_ms(r.get("created_at")),
+                expires_at: r.get::<Option<i64>, _>("expires_at").map(from_ms),
                 origin: from_json(r.get("origin_json"))?,
             })
         })
         .transpose()
     }
+
+    /// Hides a file at once (its content is deleted next). `false` if there is no such live
+    /// file.
+    pub async fn mark_file_deleted(&self, tenant: &str, id: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE files SET deleted_at = ?3 WHERE id = ?1 AND tenant = ?2 AND deleted_at IS NULL",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// `(tenant, id)` of up to `limit` files deleted or expired at `now`, whose content is to
+    /// be purged.
+    pub async fn files_to_purge(&self, now: i64, limit: u32) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT tenant, id FROM files WHERE deleted_at IS NOT NULL OR expires_at <= ?1
+             ORDER BY id LIMIT ?2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get("tenant"), r.get("id"))).collect())
+    }
+
+    /// Forgets a file whose content is gone.
+    pub async fn purge_file(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM files WHERE id = ?1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+fn to_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 fn assemble(row: &sqlx::sqlite::SqliteRow, runs: &[sqlx::sqlite::SqliteRow]) -> Result<Action> {

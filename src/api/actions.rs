@@ -13,7 +13,10 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::ApiState;
+use super::audit;
 use super::problem::{ApiError, Json, Path, Problem, Query};
+use super::request::RequestMeta;
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::Caller;
 use crate::engine::{SubmitMeta, Submitted};
 use crate::store::{Cursor, ListQuery};
@@ -96,6 +99,7 @@ pub struct ListParams {
 pub(crate) async fn submit_action(
     State(state): State<ApiState>,
     caller: Caller,
+    meta: RequestMeta,
     headers: HeaderMap,
     Json(request): Json<ActionRequest>,
 ) -> Result<Response, ApiError> {
@@ -117,9 +121,23 @@ pub(crate) async fn submit_action(
     };
     let request_id =
         headers.get(&super::X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    let meta = SubmitMeta { idempotency_key, request_id, subject: caller.subject.clone() };
-    let submitted = state.engine.submit(&caller.tenant, request, meta).await?;
-    let (status, action, replayed) = match submitted {
+    let submit_meta = SubmitMeta { idempotency_key, request_id, subject: caller.subject.clone() };
+    let targets = serde_json::to_value(&request.targets).ok();
+    let commands = serde_json::to_value(&request.commands).ok();
+    let submitted = state.engine.submit(&caller.tenant, request, submit_meta).await.map_err(ApiError::from);
+    let mut entry = match &submitted {
+        Ok(Submitted::Created(action)) => {
+            AuditRecord::new(AuditEvent::ActionSubmit, "accepted", 202).for_action(action.id)
+        }
+        Ok(Submitted::Replayed(action)) => {
+            AuditRecord::new(AuditEvent::ActionSubmit, "replayed", 200).for_action(action.id)
+        }
+        Err(error) => audit::refused(AuditEvent::ActionSubmit, error),
+    };
+    entry.targets = targets;
+    entry.commands = commands;
+    audit::record(&state, &caller, &meta, entry).await;
+    let (status, action, replayed) = match submitted? {
         Submitted::Created(action) => (StatusCode::ACCEPTED, action, false),
         Submitted::Replayed(action) => (StatusCode::OK, action, true),
     };
@@ -211,9 +229,18 @@ pub(crate) async fn list_actions(
 pub(crate) async fn cancel_action(
     State(state): State<ApiState>,
     caller: Caller,
+    meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Action>, ApiError> {
-    let action = state.engine.cancel(&caller.tenant, id).await?;
+    let cancelled = state.engine.cancel(&caller.tenant, id).await.map_err(ApiError::from);
+    let entry = match &cancelled {
+        Ok(_) => AuditRecord::new(AuditEvent::ActionCancel, "accepted", 200),
+        // Another tenant's id is a 404 like an unknown one; the attempt is still recorded in
+        // the caller's own tenant.
+        Err(error) => audit::refused(AuditEvent::ActionCancel, error),
+    };
+    audit::record(&state, &caller, &meta, entry.for_action(id)).await;
+    let action = cancelled?;
     tracing::info!(tenant = %caller.tenant, action_id = %id, "cancel requested");
     Ok(Json(action))
 }

@@ -8,10 +8,12 @@
 //! the store's public types and the normalized model only.
 
 pub mod actions;
+pub mod audit;
 pub mod devices;
 pub mod files;
 pub mod openapi;
 pub mod problem;
+pub mod request;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -55,6 +57,10 @@ pub struct ApiState {
     /// Cancelled when the process starts shutting down: long-polls answer at once and
     /// `/readyz` turns unready, so the graceful drain is not held up.
     pub shutdown: CancellationToken,
+    /// Peers whose forwarded headers are believed (`server.trusted_proxies`).
+    pub trusted_proxies: Arc<[request::Cidr]>,
+    /// Re-reads the configuration (SIGHUP, `POST /v1/admin/reload`).
+    pub reloader: Arc<crate::app::Reloader>,
 }
 
 impl FromRef<ApiState> for Arc<Auth> {

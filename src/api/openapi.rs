@@ -15,7 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ApiState;
-use super::{actions, devices, files};
+use super::{actions, audit, devices, files};
 
 /// Where the committed documents live, relative to the repository root.
 pub const OPENAPI_FILE: &str = "schemas/openapi.json";
@@ -44,6 +44,8 @@ pub const REGENERATE: &str = "cargo run -- openapi --write";
         (name = "actions", description = "Submit, follow, list and cancel response actions"),
         (name = "files", description = "Files fetched from endpoints, with their custody"),
         (name = "devices", description = "Devices and backend capabilities of the caller's tenant"),
+        (name = "audit", description = "The tenant's audit trail of response actions and file transfers"),
+        (name = "admin", description = "Operating the gateway (admin permission)"),
         (name = "health", description = "Liveness and readiness (no authentication)"),
     )
 )]
@@ -77,6 +79,8 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(actions::submit_action, actions::list_actions))
         .routes(routes!(actions::get_action))
         .routes(routes!(actions::cancel_action))
+        .routes(routes!(audit::list_audit))
+        .routes(routes!(audit::reload))
         .routes(routes!(files::file_meta))
         .routes(routes!(files::file_content))
         .routes(routes!(devices::list_devices))

@@ -1,0 +1,200 @@
+//! Who is on the other end of a request: its id and the client's address, taking forwarded
+//! headers only from configured trusted proxies (a client can write any header it likes).
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRef, FromRequestParts};
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use std::sync::Arc;
+
+use super::{ApiState, X_REQUEST_ID};
+
+/// An address block (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().map_err(|_| format!("{s:?} is not an address"))?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: the prefix length must be 0-{max}"))?,
+            None => max,
+        };
+        Ok(Cidr { net, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.net, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 peers (dual-stack listeners) compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The request's id and the client's address, for the audit trail and logs.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMeta {
+    pub request_id: Option<String>,
+    /// `None` when the transport has no peer address (in-process tests).
+    pub client: Option<IpAddr>,
+}
+
+impl<S> FromRequestParts<S> for RequestMeta
+where
+    S: Send + Sync,
+    ApiState: FromRef<S>,
+{
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let state = ApiState::from_ref(state);
+        let request_id =
+            parts.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let client = peer.map(|peer| client_address(peer, &parts.headers, &state.trusted_proxies));
+        Ok(RequestMeta { request_id, client })
+    }
+}
+
+/// The client's address: the peer, unless the peer is a trusted proxy, in which case the
+/// forwarded chain (`Forwarded: for=`, else `X-Forwarded-For`) is walked from the right, past
+/// trusted proxies, to the first address no trusted proxy vouches for beyond.
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &Arc<[Cidr]>) -> IpAddr {
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return canonical(peer);
+    }
+    let chain = forwarded_chain(headers);
+    let mut client = canonical(peer);
+    for hop in chain.iter().rev() {
+        let Some(ip) = *hop else {
+            // An unparsable hop (obfuscated `for=_x`, `unknown`): stop at what is known.
+            break;
+        };
+        client = canonical(ip);
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// The forwarded-for chain, leftmost (original client) first. `None` for a hop that is not
+/// an address.
+fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    let forwarded: Vec<&str> =
+        headers.get_all("forwarded").iter().filter_map(|v| v.to_str().ok()).collect();
+    if !forwarded.is_empty() {
+        // RFC 7239: `for=192.0.2.1;proto=https, for="[2001:db8::1]:4711"`.
+        return forwarded
+            .iter()
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case("for").then(|| parse_node(v.trim()))
+                })
+            })
+            .collect();
+    }
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|hop| parse_node(hop.trim()))
+        .collect()
+}
+
+/// `192.0.2.1`, `192.0.2.1:80`, `"[2001:db8::1]:4711"`, `2001:db8::1`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    let node = node.trim_matches('"');
+    if let Ok(ip) = node.parse() {
+        return Some(ip);
+    }
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    node.strip_prefix('[')?.split_once(']')?.0.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn trusted(list: &[&str]) -> Arc<[Cidr]> {
+        list.iter().map(|c| Cidr::parse(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn cidr_parsing_and_matching() {
+        let c = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(c.contains("10.200.1.1".parse().unwrap()));
+        assert!(!c.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:10.1.1.1".parse().unwrap()));
+        assert!(Cidr::parse("::1").unwrap().contains("::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nope").is_err());
+    }
+
+    #[test]
+    fn forwarded_headers_count_only_from_trusted_peers() {
+        let proxies = trusted(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6, 203.0.113.7, 10.1.2.3"));
+        let cases = [
+            // An untrusted peer's headers are ignored.
+            ("198.51.100.1", "198.51.100.1"),
+            // From a trusted proxy: walk past trusted hops to the first untrusted one; the
+            // spoofed leftmost entry is never reached.
+            ("127.0.0.1", "203.0.113.7"),
+        ];
+        for (peer, expected) in cases {
+            let got = client_address(peer.parse().unwrap(), &h, &proxies);
+            assert_eq!(got.to_string(), expected, "peer {peer}");
+        }
+        let mut f = HeaderMap::new();
+        f.insert(
+            "forwarded",
+            HeaderValue::from_static("for=192.0.2.60;proto=https, for=\"[2001:db8::1]:4711\""),
+        );
+        let got = client_address("127.0.0.1".parse().unwrap(), &f, &proxies);
+        assert_eq!(got.to_string(), "2001:db8::1");
+        let mut u = HeaderMap::new();
+        u.insert("x-forwarded-for", HeaderValue::from_static("unknown"));
+        let got = client_address("127.0.0.1".parse().unwrap(), &u, &proxies);
+        assert_eq!(got.to_string(), "127.0.0.1");
+    }
+}
