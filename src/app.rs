@@ -42,6 +42,7 @@ impl App {
     /// the router. Fails (without starting anything) on a bad backend or a broken JWT setup.
     pub async fn build(mut config: Config) -> anyhow::Result<App> {
         let auth = Arc::new(Auth::new(&config.auth).context("authentication setup")?);
+        auth.set_tenant_limits(config.tenants.iter().map(|(t, c)| (t.as_str(), &c.limits)));
         if let Some(dir) = config.store.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(dir)
                 .await
@@ -75,6 +76,7 @@ impl App {
         let reloader = Arc::new(Reloader {
             file: OnceLock::new(),
             engine: Arc::clone(&engine),
+            auth: Arc::clone(&auth),
             lock: tokio::sync::Mutex::new(()),
         });
         let trusted_proxies = config
@@ -104,6 +106,8 @@ impl App {
 pub struct Reloader {
     file: OnceLock<PathBuf>,
     engine: Arc<Engine>,
+    /// Takes the tenants' new inbound limits.
+    auth: Arc<Auth>,
     /// One reload at a time: two racing reloads could install the older file last.
     lock: tokio::sync::Mutex<()>,
 }
@@ -138,6 +142,9 @@ impl Reloader {
         let file = self.file.get().ok_or(ReloadError::NoFile)?;
         let _one = self.lock.lock().await;
         let mut config = Config::load(file).map_err(ReloadError::Invalid)?;
+        // Read before the backends take the tenants' settings.
+        let limits: Vec<_> =
+            config.tenants.iter().map(|(t, c)| (t.clone(), c.limits.clone())).collect();
         let old = self.engine.backends();
         let new = Backends::from_config(&mut config, Some(&old)).map_err(ReloadError::Invalid)?;
         let (rebuilt, removed) = new.changes_since(&old);
@@ -148,6 +155,7 @@ impl Reloader {
             removed,
         };
         self.engine.replace_backends(Arc::new(new));
+        self.auth.set_tenant_limits(limits.iter().map(|(t, l)| (t.as_str(), l)));
         tracing::info!(?report, "configuration reloaded");
         Ok(report)
     }

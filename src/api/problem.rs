@@ -11,7 +11,7 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -59,6 +59,7 @@ struct Inner {
     status: StatusCode,
     info: ErrorInfo,
     www_authenticate: Option<HeaderValue>,
+    retry_after: Option<HeaderValue>,
 }
 
 /// `Json<T>` that rejects with a problem (malformed JSON, unknown fields or commands, wrong
@@ -87,6 +88,7 @@ impl ApiError {
             status,
             info: ErrorInfo::new(code, detail),
             www_authenticate: None,
+            retry_after: None,
         }))
     }
 
@@ -102,16 +104,41 @@ impl ApiError {
         ApiError::new(ErrorCode::Internal, "internal error")
     }
 
-    /// A `401` for a bearer token that is missing (`error` = `None`) or bad, with the
-    /// `WWW-Authenticate` challenge of RFC 6750 §3.
+    /// A `401` for a bearer token that is missing (`invalid_token` false) or bad, with the
+    /// `WWW-Authenticate` challenge of RFC 6750 §3. A bad token's `detail` is repeated as the
+    /// challenge's `error_description`: it must say why without naming keys or internals.
     pub fn unauthenticated(detail: impl Into<String>, invalid_token: bool) -> ApiError {
+        let detail = detail.into();
         let challenge = if invalid_token {
-            r#"Bearer realm="edrgate", error="invalid_token""#
+            format!(
+                r#"Bearer realm="edrgate", error="invalid_token", error_description="{}""#,
+                challenge_text(&detail)
+            )
         } else {
-            r#"Bearer realm="edrgate""#
+            r#"Bearer realm="edrgate""#.to_owned()
         };
         let mut error = ApiError::new(ErrorCode::Unauthenticated, detail);
-        error.0.www_authenticate = Some(HeaderValue::from_static(challenge));
+        error.0.www_authenticate = HeaderValue::from_str(&challenge).ok();
+        error
+    }
+
+    /// A `403 forbidden` for a caller whose token lacks `scopes` (RFC 6750 §3.1
+    /// `insufficient_scope`, naming the scopes that would do).
+    pub fn insufficient_scope(detail: impl Into<String>, scopes: &[&str]) -> ApiError {
+        let challenge = format!(
+            r#"Bearer realm="edrgate", error="insufficient_scope", scope="{}""#,
+            challenge_text(&scopes.join(" "))
+        );
+        let mut error = ApiError::new(ErrorCode::Forbidden, detail);
+        error.0.www_authenticate = HeaderValue::from_str(&challenge).ok();
+        error
+    }
+
+    /// A `429 rate_limited` with `Retry-After` (whole seconds, at least 1).
+    pub fn rate_limited(detail: impl Into<String>, retry_after: std::time::Duration) -> ApiError {
+        let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        let mut error = ApiError::new(ErrorCode::RateLimited, detail);
+        error.0.retry_after = Some(HeaderValue::from(seconds.max(1)));
         error
     }
 
@@ -148,7 +175,12 @@ impl From<ErrorInfo> for ApiError {
     fn from(info: ErrorInfo) -> ApiError {
         let www_authenticate = (info.code == ErrorCode::Unauthenticated)
             .then(|| HeaderValue::from_static(r#"Bearer realm="edrgate""#));
-        ApiError(Box::new(Inner { status: status_of(info.code), info, www_authenticate }))
+        ApiError(Box::new(Inner {
+            status: status_of(info.code),
+            info,
+            www_authenticate,
+            retry_after: None,
+        }))
     }
 }
 
@@ -172,6 +204,9 @@ impl IntoResponse for ApiError {
         let mut response = problem_response(&problem);
         if let Some(challenge) = self.0.www_authenticate {
             response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(after) = self.0.retry_after {
+            response.headers_mut().insert(RETRY_AFTER, after);
         }
         // The middleware re-renders the body with the request id from this copy.
         response.extensions_mut().insert(problem);
@@ -275,6 +310,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         Forbidden => StatusCode::FORBIDDEN,
         NotFound => StatusCode::NOT_FOUND,
         Conflict | Cancelled => StatusCode::CONFLICT,
+        RateLimited => StatusCode::TOO_MANY_REQUESTS,
         // Well-formed requests the target cannot carry out.
         UnsupportedCommand | DeviceNotFound | DeviceAmbiguous | DeviceOffline | FileNotFound
         | AccessDenied | CommandFailed => StatusCode::UNPROCESSABLE_ENTITY,
@@ -293,6 +329,7 @@ pub fn code_of_status(status: StatusCode) -> ErrorCode {
         StatusCode::FORBIDDEN => ErrorCode::Forbidden,
         StatusCode::NOT_FOUND => ErrorCode::NotFound,
         StatusCode::CONFLICT => ErrorCode::Conflict,
+        StatusCode::TOO_MANY_REQUESTS => ErrorCode::RateLimited,
         StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
         StatusCode::REQUEST_TIMEOUT | StatusCode::GATEWAY_TIMEOUT => ErrorCode::Timeout,
         s if s.is_client_error() => ErrorCode::InvalidRequest,
@@ -309,6 +346,7 @@ fn title_of(code: ErrorCode) -> &'static str {
         Forbidden => "Forbidden",
         NotFound => "Not found",
         Conflict => "Conflict",
+        RateLimited => "Rate limited",
         UnsupportedCommand => "Unsupported command",
         DeviceNotFound => "Device not found",
         DeviceAmbiguous => "Device ambiguous",
@@ -325,6 +363,13 @@ fn title_of(code: ErrorCode) -> &'static str {
         Cancelled => "Cancelled",
         Internal => "Internal error",
     }
+}
+
+/// Text fit for a quoted `WWW-Authenticate` parameter: visible ASCII without `"` or `\\`.
+fn challenge_text(text: &str) -> String {
+    text.chars()
+        .map(|c| if (c.is_ascii_graphic() || c == ' ') && c != '"' && c != '\\' { c } else { '?' })
+        .collect()
 }
 
 fn problem_type(code: ErrorCode) -> String {
@@ -396,6 +441,7 @@ mod tests {
             (Forbidden, 403),
             (NotFound, 404),
             (Conflict, 409),
+            (RateLimited, 429),
             (UnsupportedCommand, 422),
             (DeviceNotFound, 422),
             (DeviceAmbiguous, 422),
@@ -458,10 +504,32 @@ mod tests {
         let response = ApiError::unauthenticated("expired", true).into_response();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         let challenge = response.headers()[WWW_AUTHENTICATE].to_str().unwrap();
-        assert!(challenge.starts_with("Bearer ") && challenge.contains("invalid_token"));
+        assert_eq!(
+            challenge,
+            r#"Bearer realm="edrgate", error="invalid_token", error_description="expired""#
+        );
+        let odd = ApiError::unauthenticated("a \"quoted\" \\ é", true).into_response();
+        assert!(odd.headers()[WWW_AUTHENTICATE].to_str().unwrap().contains(r#""a ?quoted? ? ?""#));
         let from_engine =
             ApiError::from(ErrorInfo::new(ErrorCode::Unauthenticated, "no")).into_response();
         assert!(from_engine.headers()[WWW_AUTHENTICATE].to_str().unwrap().starts_with("Bearer"));
+    }
+
+    #[test]
+    fn forbidden_and_rate_limited_carry_their_headers() {
+        let forbidden =
+            ApiError::insufficient_scope("no write", &["edrgate:write"]).into_response();
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            forbidden.headers()[WWW_AUTHENTICATE],
+            r#"Bearer realm="edrgate", error="insufficient_scope", scope="edrgate:write""#
+        );
+        let limited = ApiError::rate_limited("slow down", std::time::Duration::from_millis(1500))
+            .into_response();
+        assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers()[RETRY_AFTER], "2");
+        let soon = ApiError::rate_limited("x", std::time::Duration::ZERO).into_response();
+        assert_eq!(soon.headers()[RETRY_AFTER], "1");
     }
 
     #[test]
