@@ -330,6 +330,21 @@ impl Store {
         row.map(|r| Ok((r.get("version"), parse_status(r.get("status"))?))).transpose()
     }
 
+    /// How many of the tenant's actions still have work outstanding (a run queued, dispatched
+    /// or running): the count under `tenants.<id>.limits.max_actions_in_flight`.
+    pub async fn unfinished_actions(&self, tenant: &str) -> Result<u64> {
+        // Through the partial index of unfinished runs: the work in flight, not the tenant's
+        // whole history (the planner would otherwise pick `runs_by_device` and read it all).
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(DISTINCT action_id) FROM runs INDEXED BY runs_claimable
+             WHERE status IN ('queued', 'dispatched', 'running') AND tenant = ?1",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// A page of the tenant's actions, newest first, and the cursor of the next page.
     pub async fn list(&self, tenant: &str, q: &ListQuery) -> Result<(Vec<Action>, Option<Cursor>)> {
         let limit = i64::from(q.limit.clamp(1, 500));

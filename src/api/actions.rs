@@ -6,7 +6,7 @@ use axum::extract::State;
 use axum::http::header::LOCATION;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use edrgate_adapter::{Action, ActionRequest, Status};
+use edrgate_adapter::{Action, ActionRequest, Command, Status};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use utoipa::{IntoParams, ToSchema};
@@ -17,7 +17,7 @@ use super::audit;
 use super::problem::{ApiError, Json, Path, Problem, Query};
 use super::request::RequestMeta;
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::auth::Caller;
+use crate::auth::{Caller, Permission};
 use crate::engine::{SubmitMeta, Submitted};
 use crate::store::{Cursor, ListQuery};
 
@@ -88,11 +88,12 @@ pub struct ListParams {
             headers(("Idempotent-Replayed" = String, description = "`true`"))),
         (status = 400, description = "Malformed JSON, unknown field or command, invalid arguments", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The tenant has no backends", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A permission the commands need is missing (`read`, `write`, `execute`, `contain`), or the tenant has no backends", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Idempotency-Key reused with a different request", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "A command the target's backend does not support", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate or actions-in-flight limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -124,7 +125,24 @@ pub(crate) async fn submit_action(
     let submit_meta = SubmitMeta { idempotency_key, request_id, subject: caller.subject.clone() };
     let targets = serde_json::to_value(&request.targets).ok();
     let commands = serde_json::to_value(&request.commands).ok();
-    let submitted = state.engine.submit(&caller.tenant, request, submit_meta).await.map_err(ApiError::from);
+    let submitted = match caller.require_commands(request.commands.iter().map(Command::kind)) {
+        Err(forbidden) => Err(forbidden),
+        Ok(()) => {
+            let store = state.engine.store();
+            let admitted = state
+                .auth
+                .admit_action(&caller.tenant, || store.unfinished_actions(&caller.tenant));
+            match admitted.await {
+                Err(limited) => Err(limited),
+                // Held until the action is stored, so the count it checked stays true.
+                Ok(_admission) => state
+                    .engine
+                    .submit(&caller.tenant, request, submit_meta)
+                    .await
+                    .map_err(ApiError::from),
+            }
+        }
+    };
     let mut entry = match &submitted {
         Ok(Submitted::Created(action)) => {
             AuditRecord::new(AuditEvent::ActionSubmit, "accepted", 202).for_action(action.id)
@@ -162,6 +180,8 @@ pub(crate) async fn submit_action(
         (status = 200, description = "The action", body = Action),
         (status = 400, description = "Invalid `wait`", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The `read` permission is missing", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such action for this tenant", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -172,6 +192,7 @@ pub(crate) async fn get_action(
     Path(id): Path<Uuid>,
     Query(params): Query<GetParams>,
 ) -> Result<Json<Action>, ApiError> {
+    caller.require(Permission::Read)?;
     let wait = Duration::from_secs(params.wait.unwrap_or(0)).min(state.max_wait);
     if wait.is_zero() {
         return Ok(Json(state.engine.action(&caller.tenant, id).await?));
@@ -196,6 +217,8 @@ pub(crate) async fn get_action(
         (status = 200, description = "A page of actions", body = ActionList),
         (status = 400, description = "Invalid filter or cursor", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The `read` permission is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -204,6 +227,7 @@ pub(crate) async fn list_actions(
     caller: Caller,
     Query(params): Query<ListParams>,
 ) -> Result<Json<ActionList>, ApiError> {
+    caller.require(Permission::Read)?;
     let query = list_query(params)?;
     let (items, next) = state.engine.list(&caller.tenant, &query).await?;
     Ok(Json(ActionList { items, next_cursor: next.map(|c| c.encode()) }))
@@ -221,6 +245,8 @@ pub(crate) async fn list_actions(
     responses(
         (status = 200, description = "Cancel requested", body = Action),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "A permission the action's commands need is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such action for this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The action already finished", body = Problem, content_type = "application/problem+json"),
     ),
@@ -232,7 +258,14 @@ pub(crate) async fn cancel_action(
     meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<Json<Action>, ApiError> {
-    let cancelled = state.engine.cancel(&caller.tenant, id).await.map_err(ApiError::from);
+    let cancelled: Result<Action, ApiError> = async {
+        // Cancelling needs the permissions that submitting the action needed; another
+        // tenant's action is a 404 before any permission is looked at.
+        let action = state.engine.action(&caller.tenant, id).await?;
+        caller.require_commands(action.commands.iter().map(Command::kind))?;
+        Ok(state.engine.cancel(&caller.tenant, id).await?)
+    }
+    .await;
     let entry = match &cancelled {
         Ok(_) => AuditRecord::new(AuditEvent::ActionCancel, "accepted", 200),
         // Another tenant's id is a 404 like an unknown one; the attempt is still recorded in

@@ -9,7 +9,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::ApiState;
 use super::problem::{ApiError, Json, Problem, Query};
-use crate::auth::Caller;
+use crate::auth::{Caller, Permission};
 
 /// Devices known to the tenant's backends.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -50,6 +50,8 @@ pub struct DeviceParams {
     responses(
         (status = 200, description = "Matching devices", body = DeviceList),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The `read` permission is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "A backend refused the lookup", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable or rate-limiting", body = Problem, content_type = "application/problem+json"),
     ),
@@ -60,6 +62,7 @@ pub(crate) async fn list_devices(
     caller: Caller,
     Query(params): Query<DeviceParams>,
 ) -> Result<Json<DeviceList>, ApiError> {
+    caller.require(Permission::Read)?;
     let hostname = params.hostname.as_deref().map(str::trim).filter(|h| !h.is_empty());
     let items = state.engine.backends().devices(&caller.tenant, hostname).await.map_err(|e| {
         tracing::warn!(tenant = %caller.tenant, error = %e, "device lookup failed");
@@ -76,14 +79,17 @@ pub(crate) async fn list_devices(
     responses(
         (status = 200, description = "One entry per backend", body = CapabilityList),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The `read` permission is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
 pub(crate) async fn capabilities(
     State(state): State<ApiState>,
     caller: Caller,
-) -> Json<CapabilityList> {
-    Json(CapabilityList { items: state.engine.backends().capabilities(&caller.tenant) })
+) -> Result<Json<CapabilityList>, ApiError> {
+    caller.require(Permission::Read)?;
+    Ok(Json(CapabilityList { items: state.engine.backends().capabilities(&caller.tenant) }))
 }
 
 /// Liveness: the process answers.
