@@ -10,7 +10,7 @@ use tokio_util::io::ReaderStream;
 
 use super::ApiState;
 use super::problem::{ApiError, Json, Path, Problem};
-use crate::auth::Caller;
+use crate::auth::{Caller, Permission};
 use crate::files::safe_name;
 use crate::store::FileMeta;
 
@@ -26,6 +26,8 @@ pub const REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
     responses(
         (status = 200, description = "The file's metadata and custody", body = FileMeta),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The `files` permission is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file for this tenant", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -35,6 +37,8 @@ pub(crate) async fn file_meta(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<FileMeta>, ApiError> {
+    // Stored files are their own permission (`files`), whatever produced them.
+    caller.require(Permission::Files)?;
     let meta = state.engine.files().meta(&caller.tenant, &id).await.map_err(|error| {
         tracing::error!(%error, "file metadata lookup failed");
         ApiError::internal()
@@ -64,6 +68,8 @@ pub(crate) async fn file_meta(
             )),
         (status = 304, description = "Unchanged (If-None-Match matched)"),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The `files` permission is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file for this tenant", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
@@ -74,6 +80,7 @@ pub(crate) async fn file_content(
     Path(id): Path<String>,
     request_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    caller.require(Permission::Files)?;
     let opened = state.engine.files().open_content(&caller.tenant, &id).await.map_err(|error| {
         tracing::error!(%error, "opening a stored file failed");
         ApiError::internal()
