@@ -179,7 +179,7 @@ impl Harness {
 
     async fn engine(&self, lease: Duration) -> Arc<Engine> {
         let store = Store::open(&self.dir.path().join("edrgate.db")).await.unwrap();
-        let files = FileStore::open(&self.dir.path().join("files"), store.clone()).await.unwrap();
+        let files = FileStore::local(&self.dir.path().join("files"), store.clone()).await.unwrap();
         let mut tenants = HashMap::new();
         for tenant in ["acme", "other"] {
             let mut m: BTreeMap<String, Arc<dyn Adapter>> = BTreeMap::new();

@@ -110,9 +110,27 @@ fn with_layers(routes: Router, max_body_bytes: usize) -> Router {
         .layer(axum::middleware::from_fn(problem::render_problems))
         .layer(CatchPanicLayer::custom(panic_response))
         // Backstop for bodies that are not read through `Json` (which has `DefaultBodyLimit`
-        // below). An upload route will need its own, larger limit.
-        .layer(RequestBodyLimitLayer::new(max_body_bytes));
+        // below); uploads stream under their tenant's own cap instead.
+        .layer(axum::middleware::from_fn_with_state(max_body_bytes, limit_body));
     routes.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(layers)
+}
+
+/// `RequestBodyLimitLayer` for every request but `POST /v1/files`, whose body streams to
+/// storage and is capped by `files.max_upload_bytes` ([`files::upload_file`]).
+async fn limit_body(
+    axum::extract::State(max): axum::extract::State<usize>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use tower::{Layer as _, ServiceExt as _};
+    if req.method() == axum::http::Method::POST && req.uri().path() == "/v1/files" {
+        return next.run(req).await;
+    }
+    let next = next.map_request(|r: axum::http::Request<_>| r.map(Body::new));
+    match RequestBodyLimitLayer::new(max).layer(next).oneshot(req).await {
+        Ok(response) => response.map(Body::new),
+        Err(never) => match never {},
+    }
 }
 
 /// Generates request ids: UUIDv7, so they sort by time in logs.

@@ -42,7 +42,7 @@ pub const REGENERATE: &str = "cargo run -- openapi --write";
     modifiers(&BearerAuth),
     tags(
         (name = "actions", description = "Submit, follow, list and cancel response actions"),
-        (name = "files", description = "Files fetched from endpoints, with their custody"),
+        (name = "files", description = "Uploads and files fetched from endpoints, with their custody"),
         (name = "devices", description = "Devices and backend capabilities of the caller's tenant"),
         (name = "audit", description = "The tenant's audit trail of response actions and file transfers"),
         (name = "admin", description = "Operating the gateway (admin permission)"),
@@ -81,7 +81,8 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(actions::cancel_action))
         .routes(routes!(audit::list_audit))
         .routes(routes!(audit::reload))
-        .routes(routes!(files::file_meta))
+        .routes(routes!(files::upload_file))
+        .routes(routes!(files::file_meta, files::delete_file))
         .routes(routes!(files::file_content))
         .routes(routes!(devices::list_devices))
         .routes(routes!(devices::capabilities))
