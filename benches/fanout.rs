@@ -289,6 +289,7 @@ path = "{db}"
 [files]
 dir = "{files}"
 [auth]
+allow_hs256 = true
 hs256_secret = "{SECRET}"
 [tenants.{TENANT}.backends.cb]
 kind = "carbonblack"
@@ -844,12 +845,8 @@ async fn breakdown(db: &Path, action_id: &str) -> anyhow::Result<Value> {
     })
     .await?;
 
-    let auth_config = edrgate::config::AuthConfig {
-        hs256_secret: secrecy::SecretString::from(SECRET),
-        issuer: None,
-        audience: None,
-        tenant_claim: "tenant".into(),
-    };
+    let auth_config: edrgate::config::AuthConfig =
+        toml::from_str(&format!("allow_hs256 = true\nhs256_secret = \"{SECRET}\""))?;
     let auth = Arc::new(edrgate::auth::Auth::new(&auth_config)?);
     let token = Arc::new(edrgate::auth::mint(
         SECRET.as_bytes(),

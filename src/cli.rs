@@ -15,7 +15,7 @@ use rand::Rng as _;
 
 use crate::api::openapi;
 use crate::app::{self, App};
-use crate::auth::{self, Auth};
+use crate::auth::{self, Auth, Permission, Permissions};
 use crate::backends::Backends;
 use crate::config::Config;
 
@@ -131,6 +131,17 @@ pub struct TokenArgs {
     /// The HS256 secret (prefer the environment variable: arguments are visible to others).
     #[arg(long, env = "EDRGATE_JWT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// A permission to grant (repeatable): read, write, execute, contain, files, admin.
+    /// Default: all of them.
+    #[arg(long = "permission", value_parser = parse_permission)]
+    pub permissions: Vec<Permission>,
+}
+
+fn parse_permission(name: &str) -> Result<Permission, String> {
+    Permission::ALL.into_iter().find(|p| p.as_str() == name).ok_or_else(|| {
+        let names: Vec<_> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+        format!("one of {}", names.join(", "))
+    })
 }
 
 /// Sets up logging: `RUST_LOG` filters (default `info`); `EDRGATE_LOG_FORMAT=json` logs JSON
@@ -201,7 +212,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         "[server]\nlisten = {listen}\n\
          [store]\npath = {db}\n\
          [files]\ndir = {files}\n\
-         [auth]\nhs256_secret = {secret}\n\
+         [auth]\nallow_hs256 = true\nhs256_secret = {secret}\n\
          [tenants.demo.backends.cb-lab]\nkind = \"carbonblack\"\nurl = {url}\ntoken = {token}\nca_file = {ca}\n",
         listen = toml_string(&args.listen.to_string()),
         db = toml_string(&dir.join("edrgate.db").display().to_string()),
@@ -311,6 +322,11 @@ fn print_sim_banner(scheme: &str, addr: SocketAddr, args: &CarbonBlackSimArgs) {
 
 fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     let ttl = Duration::from_secs(args.ttl);
+    let permissions: Permissions = if args.permissions.is_empty() {
+        Permissions::all()
+    } else {
+        args.permissions.iter().copied().collect()
+    };
     let token = match (&args.config, &args.secret) {
         (Some(path), _) => {
             let config = match Config::load(path) {
@@ -320,13 +336,17 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             };
-            auth::mint_for(&config.auth, &args.tenant, &args.sub, ttl)?
+            let spec =
+                auth::TokenSpec::for_config(&config.auth)?.only(permissions, &config.auth.scopes);
+            auth::mint_with(&spec, &args.tenant, &args.sub, ttl)?
         }
         (None, Some(secret)) => {
             if secret.len() < 32 {
                 bail!("the secret must be at least 32 bytes, as auth.hs256_secret");
             }
-            auth::mint(secret.as_bytes(), &args.tenant, &args.sub, ttl)?
+            let spec = auth::TokenSpec::dev(secret.as_bytes())
+                .only(permissions, &crate::config::ScopeNames::default());
+            auth::mint_with(&spec, &args.tenant, &args.sub, ttl)?
         }
         (None, None) => bail!("give --config FILE or --secret (or EDRGATE_JWT_SECRET)"),
     };
@@ -361,7 +381,9 @@ async fn check_config(path: &Path, connect: bool) -> ExitCode {
             for (path, found) in futures::future::join_all(checks).await {
                 match found {
                     Ok(_) => println!("{path}: reachable, credentials accepted"),
-                    Err(e) => problems.push(format!("{path}: {}: {}", e.code().as_str(), e.info.message)),
+                    Err(e) => {
+                        problems.push(format!("{path}: {}: {}", e.code().as_str(), e.info.message))
+                    }
                 }
             }
         }
@@ -440,6 +462,15 @@ mod tests {
             panic!("not token");
         };
         assert_eq!((t.sub.as_str(), t.ttl), ("dev", 3600));
+        assert!(t.permissions.is_empty(), "all permissions by default");
+        let args = ["token", "--tenant", "a", "--secret", "s", "--permission", "read"];
+        let Command::Token(t) =
+            parse(&[&args[..], &["--permission", "contain"]].concat()).unwrap().command
+        else {
+            panic!("not token");
+        };
+        assert_eq!(t.permissions, [Permission::Read, Permission::Contain]);
+        assert!(parse(&[&args[..6], &["root"]].concat()).is_err());
         assert!(parse(&["token", "--tenant", "acme", "--secret", "s", "--config", "c"]).is_err());
         let Command::Demo(demo) = parse(&["demo"]).unwrap().command else { panic!("not demo") };
         assert_eq!(demo.listen.to_string(), "127.0.0.1:8080");

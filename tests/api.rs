@@ -73,6 +73,7 @@ impl Api {
             [files]
             dir = "{d}/files"
             [auth]
+            allow_hs256 = true
             hs256_secret = "{SECRET}"
             [tenants.acme.backends.cb]
             kind = "carbonblack"

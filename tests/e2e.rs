@@ -128,6 +128,7 @@ mod support {
             [files]
             dir = "{d}/files"
             [auth]
+            allow_hs256 = true
             hs256_secret = "{SECRET}"
             [engine]
             lease_seconds = 1
