@@ -565,6 +565,10 @@ impl Config {
         if !errors.is_empty() {
             return Err(errors);
         }
+        shape_errors(&value, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let fingerprints = backend_fingerprints(&value);
         let mut config: Config =
             value.try_into().map_err(|e: toml::de::Error| vec![e.to_string()])?;
@@ -679,6 +683,87 @@ pub fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Deserializes each section, tenant and backend on its own, so that every malformed one is
+/// reported with its path (serde stops at the first error of a document).
+fn shape_errors(value: &toml::Value, errors: &mut Vec<String>) {
+    fn check<T: serde::de::DeserializeOwned>(
+        value: &toml::Value,
+        path: &str,
+        errors: &mut Vec<String>,
+    ) {
+        if let Err(e) = value.clone().try_into::<T>() {
+            errors.push(shape_error(path, e.message()));
+        }
+    }
+    let Some(root) = value.as_table() else { return };
+    let mut top = root.clone();
+    // Sections are checked on their own below; what is left are unknown top-level keys.
+    for (key, section) in root {
+        let path = key.as_str();
+        match path {
+            "server" => check::<ServerConfig>(section, path, errors),
+            "store" => check::<StoreConfig>(section, path, errors),
+            "files" => check::<FilesConfig>(section, path, errors),
+            "auth" => check::<AuthConfig>(section, path, errors),
+            "engine" => check::<EngineConfig>(section, path, errors),
+            "tenants" => {
+                for (tenant, t) in section.as_table().into_iter().flatten() {
+                    let path = format!("tenants.{tenant}");
+                    let Some(table) = t.as_table() else {
+                        errors.push(format!("{path}: a table is expected"));
+                        continue;
+                    };
+                    let mut rest = table.clone();
+                    if let Some(backends) = rest.remove("backends") {
+                        for (name, b) in backends.as_table().into_iter().flatten() {
+                            check::<BackendConfig>(b, &format!("{path}.backends.{name}"), errors);
+                        }
+                    }
+                    if let Some(toml::Value::Table(mut routing)) = rest.remove("routing") {
+                        let rules = routing.remove("rules");
+                        for (i, rule) in
+                            rules.iter().flat_map(|r| r.as_array()).flatten().enumerate()
+                        {
+                            check::<RouteRule>(rule, &format!("{path}.routing.rules[{i}]"), errors);
+                        }
+                        check::<RoutingConfig>(
+                            &toml::Value::Table(routing),
+                            &format!("{path}.routing"),
+                            errors,
+                        );
+                    }
+                    check::<TenantConfig>(&toml::Value::Table(rest), &path, errors);
+                }
+            }
+            _ => continue,
+        }
+        top.remove(key);
+    }
+    if !root.contains_key("auth") {
+        errors.push("auth: missing".to_owned());
+    }
+    for key in top.keys() {
+        errors.push(format!(
+            "{key}: unknown section (expected server, store, files, auth, engine or tenants)"
+        ));
+    }
+}
+
+/// `missing field `x`` at `a.b` reads `a.b.x: missing`; other messages keep their words.
+fn shape_error(path: &str, message: &str) -> String {
+    let field = |prefix: &str| {
+        message.strip_prefix(prefix).and_then(|rest| rest.split('`').next()).map(str::to_owned)
+    };
+    if let Some(name) = field("missing field `") {
+        return format!("{path}.{name}: missing");
+    }
+    if let Some(name) = field("unknown field `") {
+        let expected = message.split_once(", expected ").map(|(_, e)| e).unwrap_or("");
+        return format!("{path}.{name}: unknown setting (expected {expected})");
+    }
+    format!("{path}: {}", message.trim())
 }
 
 fn backend_fingerprints(value: &toml::Value) -> BTreeMap<(String, String), [u8; 32]> {
@@ -831,5 +916,82 @@ mod tests {
             .unwrap_err();
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("tenants.acme.backends.cb.url"), "{errors:?}");
+    }
+
+    #[test]
+    fn every_malformed_section_is_reported_with_its_path() {
+        let text = r#"
+            [auth]
+            allow_hs256 = true
+            hs256_secret = "0123456789abcdef0123456789abcdef"
+            [engine]
+            lease_seconds = "soon"
+            [tenants.acme.backends.cb]
+            kind = "carbonblack"
+            token = "t"
+            [tenants.acme.backends.cb2]
+            kind = "carbonblack"
+            url = "https://cb"
+            token = "t"
+            colour = "blue"
+            [[tenants.acme.routing.rules]]
+            hostname = "a*"
+            [tenants.acme.routing]
+            default = "cb"
+            [tenants.globex.backends.x]
+            kind = "nonesuch"
+            [metrics]
+        "#;
+        let errors = Config::parse(text, |_| None).unwrap_err();
+        let expected = [
+            "engine: ",
+            "tenants.acme.backends.cb.url: missing",
+            "tenants.acme.backends.cb2.colour: unknown setting",
+            "tenants.acme.routing.rules",
+            "tenants.globex.backends.x: ",
+            "metrics: unknown section",
+        ];
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        for prefix in expected {
+            assert!(errors.iter().any(|e| e.starts_with(prefix)), "{prefix} not in {errors:#?}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files_and_routing_names_known_backends() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("cb-token");
+        std::fs::write(&token, "from-a-file\n").unwrap();
+        let text = format!(
+            r#"
+            [auth]
+            allow_hs256 = true
+            hs256_secret = "0123456789abcdef0123456789abcdef"
+            [tenants.acme.backends.cb]
+            kind = "carbonblack"
+            url = "https://cb"
+            token_file = "{}"
+            [tenants.acme.routing]
+            order = ["cb", "nope"]
+            "#,
+            token.display()
+        );
+        let errors = Config::parse(&text, |_| None).unwrap_err();
+        assert_eq!(
+            errors,
+            ["tenants.acme.routing.order[1]: no backend named \"nope\" in this tenant"]
+        );
+        let config = Config::parse(&text.replace(", \"nope\"", ""), |_| None).unwrap();
+        let BackendConfig::Carbonblack(cb) = &config.tenants["acme"].backends["cb"] else {
+            panic!("not carbonblack");
+        };
+        // One trailing newline (what `echo` writes) is not part of the secret.
+        assert_eq!(secrecy::ExposeSecret::expose_secret(&cb.token), "from-a-file");
+        let missing = text.replace(&token.display().to_string(), "/nonexistent/token");
+        let errors = Config::parse(&missing, |_| None).unwrap_err();
+        assert!(
+            errors[0].starts_with("tenants.acme.backends.cb.token_file: cannot read"),
+            "{errors:?}"
+        );
     }
 }
