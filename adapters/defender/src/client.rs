@@ -1,0 +1,552 @@
+//! A typed client over the Defender routes edrgate uses (defender.md §1, §3–§8, §10), with the
+//! OAuth2 client-credentials token, the per-endpoint call budgets and error classification.
+//!
+//! Tokens are cached in moka with a per-entry lifetime of `expires_in` minus a margin (§1.3);
+//! concurrent callers share one fetch, and a 401 forces one new token and one retry of the
+//! call, as Kibana's connector does. Every call other than `runliveresponse` (whose budget the
+//! adapter holds, since runs wait on it visibly) first passes its endpoint's rate gate: each
+//! endpoint allows 100 calls per minute and 1500 per hour per app and tenant (§9, #10124).
+//! Reads are retried briefly; POSTs that change an endpoint are sent once (design §3).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use edrgate_adapter::http::{self, Backoff, TlsOptions};
+use edrgate_adapter::{AdapterError, ErrorCode, FairSlots};
+use futures::{Stream, StreamExt as _};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde::de::DeserializeOwned;
+use tokio_util::io::ReaderStream;
+
+use crate::config::DefenderConfig;
+use crate::mapping::classify;
+use crate::wire;
+
+/// Bytes of an error body kept for classification and messages.
+const ERROR_BODY_LIMIT: usize = 8192;
+/// Retries of idempotent calls inside a step: short, since the engine backs off between steps.
+const READ_RETRY: Backoff =
+    Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2), max_attempts: 3 };
+/// Machine action ids per `$filter=id in (…)` poll, keeping the URL short.
+const POLL_CHUNK: usize = 40;
+
+/// A sliding-window rate gate, fair (FIFO: tokio's mutex queues waiters in order). A call is
+/// logged when its permit drops, i.e. after the vendor answered, so the vendor (which counts
+/// arrivals) can never see more calls in a window than edrgate allowed itself.
+pub(crate) struct RateGate {
+    windows: Vec<(usize, Duration)>,
+    log: Arc<tokio::sync::Mutex<VecDeque<Instant>>>,
+}
+
+pub(crate) struct RatePermit {
+    log: tokio::sync::OwnedMutexGuard<VecDeque<Instant>>,
+}
+
+impl Drop for RatePermit {
+    fn drop(&mut self) {
+        self.log.push_back(Instant::now());
+    }
+}
+
+impl RateGate {
+    pub(crate) fn new(windows: Vec<(usize, Duration)>) -> Self {
+        RateGate { windows, log: Arc::new(tokio::sync::Mutex::new(VecDeque::new())) }
+    }
+
+    /// Waits for the caller's turn and a free place in every window. Cancel-safe: dropping
+    /// the future gives up the place in line without using the budget.
+    pub(crate) async fn acquire(&self) -> RatePermit {
+        let mut log = Arc::clone(&self.log).lock_owned().await;
+        let longest = self.windows.iter().map(|(_, w)| *w).max().unwrap_or_default();
+        loop {
+            let now = Instant::now();
+            while log.front().is_some_and(|t| now.duration_since(*t) >= longest) {
+                log.pop_front();
+            }
+            let ready_at = self
+                .windows
+                .iter()
+                .filter_map(|(n, w)| {
+                    let inside =
+                        log.iter().rev().take_while(|t| now.duration_since(**t) < *w).count();
+                    (inside >= *n).then(|| log[log.len() - n] + *w)
+                })
+                .max();
+            match ready_at {
+                None => return RatePermit { log },
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+            }
+        }
+    }
+
+    /// Calls logged within the first window, for metrics and tests.
+    pub(crate) fn recent(&self) -> usize {
+        let Ok(log) = self.log.try_lock() else { return 0 };
+        let w = self.windows.first().map_or(Duration::ZERO, |(_, w)| *w);
+        log.iter().filter(|t| t.elapsed() < w).count()
+    }
+}
+
+/// The budgets of one credential (app + tenant): the vendor counts per credential, so every
+/// backend configured with the same one shares them.
+pub(crate) struct Budget {
+    pub(crate) live_response: RateGate,
+    pub(crate) sessions: Arc<FairSlots>,
+    endpoints: Mutex<HashMap<&'static str, Arc<RateGate>>>,
+    per_minute: usize,
+    per_hour: usize,
+}
+
+impl Budget {
+    fn shared(cfg: &DefenderConfig) -> Arc<Budget> {
+        static BUDGETS: OnceLock<Mutex<HashMap<String, Weak<Budget>>>> = OnceLock::new();
+        let key = format!(
+            "{}|{}|{}|{}",
+            cfg.api_url.trim_end_matches('/').to_ascii_lowercase(),
+            cfg.token_endpoint(),
+            cfg.tenant_id,
+            cfg.client_id
+        );
+        let mut all =
+            BUDGETS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, w| w.strong_count() > 0);
+        if let Some(b) = all.get(&key).and_then(Weak::upgrade) {
+            return b;
+        }
+        let budget = Arc::new(Budget {
+            live_response: RateGate::new(vec![(cfg.live_response_calls as usize, cfg.lr_window())]),
+            sessions: FairSlots::new(cfg.concurrent_sessions),
+            endpoints: Mutex::new(HashMap::new()),
+            per_minute: cfg.api_calls_per_minute as usize,
+            per_hour: cfg.api_calls_per_hour as usize,
+        });
+        all.insert(key, Arc::downgrade(&budget));
+        budget
+    }
+
+    fn endpoint(&self, name: &'static str) -> Arc<RateGate> {
+        let mut map = self.endpoints.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(map.entry(name).or_insert_with(|| {
+            Arc::new(RateGate::new(vec![
+                (self.per_minute, Duration::from_secs(60)),
+                (self.per_hour, Duration::from_secs(3600)),
+            ]))
+        }))
+    }
+}
+
+struct Token {
+    header: HeaderValue,
+    ttl: Duration,
+}
+
+struct TokenExpiry;
+
+impl moka::Expiry<(), Arc<Token>> for TokenExpiry {
+    fn expire_after_create(&self, _: &(), token: &Arc<Token>, _: Instant) -> Option<Duration> {
+        Some(token.ttl)
+    }
+}
+
+pub(crate) struct DfClient {
+    http: reqwest::Client,
+    base: String,
+    token_url: String,
+    v1: bool,
+    client_id: String,
+    secret: SecretString,
+    scope: String,
+    resource: String,
+    margin: Duration,
+    tokens: moka::future::Cache<(), Arc<Token>>,
+    pub(crate) budget: Arc<Budget>,
+}
+
+impl DfClient {
+    pub(crate) fn new(cfg: &DefenderConfig) -> Result<Self, AdapterError> {
+        let ca_pem = match &cfg.ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                AdapterError::internal(format!("cannot read ca_file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let tls = TlsOptions { ca_pem, insecure_skip_verify: cfg.insecure_skip_verify };
+        let http = http::client(&tls, Duration::from_secs(cfg.read_timeout_secs))?;
+        let token_url = cfg.token_endpoint();
+        Ok(DfClient {
+            http,
+            base: cfg.api_url.trim_end_matches('/').to_owned(),
+            v1: token_url.trim_end_matches('/').ends_with("/oauth2/token"),
+            token_url,
+            client_id: cfg.client_id.clone(),
+            secret: cfg.client_secret.clone(),
+            scope: cfg.scope.clone(),
+            resource: cfg.resource.clone(),
+            margin: Duration::from_secs(cfg.token_refresh_margin_secs),
+            tokens: moka::future::Cache::builder()
+                .max_capacity(1)
+                .expire_after(TokenExpiry)
+                .build(),
+            budget: Budget::shared(cfg),
+        })
+    }
+
+    // ---- token (§1) ----
+
+    async fn token(&self) -> Result<HeaderValue, AdapterError> {
+        let token = self
+            .tokens
+            .try_get_with((), self.fetch_token())
+            .await
+            .map_err(|e: Arc<AdapterError>| (*e).clone())?;
+        Ok(token.header.clone())
+    }
+
+    async fn fetch_token(&self) -> Result<Arc<Token>, AdapterError> {
+        let mut form = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.secret.expose_secret()),
+        ];
+        if self.v1 {
+            form.push(("resource", self.resource.as_str()));
+        } else {
+            form.push(("scope", self.scope.as_str()));
+        }
+        // application/x-www-form-urlencoded, encoded by the URL crate's form serializer.
+        let mut encoder = reqwest::Url::parse("http://form.invalid/")
+            .map_err(|e| AdapterError::internal(format!("form encoder: {e}")))?;
+        encoder.query_pairs_mut().extend_pairs(&form);
+        let body = encoder.query().unwrap_or_default().to_owned();
+        let resp = self
+            .http
+            .post(&self.token_url)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .map_err(http::transport_error)?;
+        let status = resp.status();
+        let body = resp.bytes().await.map_err(http::transport_error)?;
+        if !status.is_success() {
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                return Err(AdapterError::transient(
+                    ErrorCode::VendorUnavailable,
+                    format!("the token endpoint answered {status}"),
+                ));
+            }
+            let err: wire::TokenError = serde_json::from_slice(&body).unwrap_or_default();
+            return Err(AdapterError::new(
+                ErrorCode::VendorAuthFailed,
+                "Entra refused edrgate's client credentials",
+            )
+            .with_vendor(
+                if err.error.is_empty() { status.as_u16().to_string() } else { err.error },
+                err.error_description,
+            ));
+        }
+        let t: wire::TokenResponse = serde_json::from_slice(&body).map_err(|e| {
+            AdapterError::new(
+                ErrorCode::VendorAuthFailed,
+                format!("unreadable token response: {e}"),
+            )
+        })?;
+        let lifetime = Duration::from_secs(t.expires_in);
+        // A margin larger than the lifetime (short-lived test tokens) falls back to half of it.
+        let ttl =
+            lifetime.checked_sub(self.margin).filter(|d| !d.is_zero()).unwrap_or(lifetime / 2);
+        let mut header = HeaderValue::from_str(&format!("Bearer {}", t.access_token))
+            .map_err(|_| AdapterError::internal("the access token is not a valid header value"))?;
+        header.set_sensitive(true);
+        Ok(Arc::new(Token { header, ttl: ttl.max(Duration::from_millis(100)) }))
+    }
+
+    // ---- machines (§10) ----
+
+    /// Machines, optionally filtered by `computerDnsName eq '…'` (lower-cased; quotes doubled
+    /// as OData requires). A 404 on an empty result (documented for the list) is an empty list.
+    pub(crate) async fn machines(
+        &self,
+        dns_name: Option<&str>,
+    ) -> Result<Vec<wire::Machine>, AdapterError> {
+        let filter = dns_name.map(|n| {
+            format!("computerDnsName eq '{}'", n.to_ascii_lowercase().replace('\'', "''"))
+        });
+        let result = self
+            .get_json::<wire::Collection<wire::Machine>>(
+                "machines",
+                "/api/machines",
+                filter.as_deref(),
+            )
+            .await;
+        match result {
+            Ok(c) => Ok(c.value),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    // ---- machine actions (§3, §4, §6, §11) ----
+
+    /// `POST /api/machines/{id}/runliveresponse`. Sent once; the caller holds the
+    /// live-response budget.
+    pub(crate) async fn run_live_response(
+        &self,
+        machine_id: &str,
+        body: &wire::LiveResponseRequest,
+    ) -> Result<wire::MachineAction, AdapterError> {
+        let path = format!("/api/machines/{machine_id}/runliveresponse");
+        json(self.send(|| self.request(Method::POST, &path).json(body)).await?).await
+    }
+
+    /// Isolate or release (§11), sent once.
+    pub(crate) async fn contain(
+        &self,
+        machine_id: &str,
+        isolate: bool,
+        comment: &str,
+    ) -> Result<wire::MachineAction, AdapterError> {
+        let gate = self.budget.endpoint("isolate");
+        let _permit = gate.acquire().await;
+        let (verb, kind) =
+            if isolate { ("isolate", Some("Full".to_owned())) } else { ("unisolate", None) };
+        let path = format!("/api/machines/{machine_id}/{verb}");
+        let body = wire::CommentBody { comment: comment.to_owned(), isolation_type: kind };
+        json(self.send(|| self.request(Method::POST, &path).json(&body)).await?).await
+    }
+
+    /// Several machine actions in one call (`$filter=id in (…)`, §4.4); ids not returned are
+    /// not (yet) visible.
+    pub(crate) async fn actions_by_id(
+        &self,
+        ids: &[String],
+    ) -> Result<Vec<wire::MachineAction>, AdapterError> {
+        let mut all = Vec::new();
+        for chunk in ids.chunks(POLL_CHUNK) {
+            let list: Vec<String> =
+                chunk.iter().map(|id| format!("'{}'", id.replace('\'', "''"))).collect();
+            let filter = format!("id in ({})", list.join(","));
+            let c: wire::Collection<wire::MachineAction> =
+                self.get_json("machineactions", "/api/machineactions", Some(&filter)).await?;
+            all.extend(c.value);
+        }
+        Ok(all)
+    }
+
+    /// The machine's actions of `kind` (for reconciliation by comment tag).
+    pub(crate) async fn actions_of_machine(
+        &self,
+        machine_id: &str,
+        kind: &str,
+    ) -> Result<Vec<wire::MachineAction>, AdapterError> {
+        let filter =
+            format!("machineId eq '{}' and type eq '{kind}'", machine_id.replace('\'', "''"));
+        let c: wire::Collection<wire::MachineAction> =
+            self.get_json("machineactions", "/api/machineactions", Some(&filter)).await?;
+        Ok(c.value)
+    }
+
+    /// `POST /api/machineactions/{id}/cancel` (§6). Cancelling twice is harmless, so retried.
+    pub(crate) async fn cancel(
+        &self,
+        id: &str,
+        comment: &str,
+    ) -> Result<wire::MachineAction, AdapterError> {
+        let gate = self.budget.endpoint("cancel");
+        let path = format!("/api/machineactions/{id}/cancel");
+        let body = wire::CommentBody { comment: comment.to_owned(), isolation_type: None };
+        retry(|| async {
+            let _permit = gate.acquire().await;
+            json(self.send(|| self.request(Method::POST, &path).json(&body)).await?).await
+        })
+        .await
+    }
+
+    /// A fresh SAS link to command `index`'s result (§5).
+    pub(crate) async fn download_link(
+        &self,
+        id: &str,
+        index: usize,
+    ) -> Result<String, AdapterError> {
+        let path =
+            format!("/api/machineactions/{id}/GetLiveResponseResultDownloadLink(index={index})");
+        let v: wire::StringValue = self.get_json("link", &path, None).await?;
+        Ok(v.value)
+    }
+
+    /// The blob behind a SAS link, as it arrives. No bearer token: the link carries its own
+    /// signature, and the token must never reach blob storage (§5).
+    pub(crate) async fn download(
+        &self,
+        url: &str,
+    ) -> Result<impl Stream<Item = Result<Bytes, AdapterError>> + Send + use<>, AdapterError> {
+        let resp = self.http.get(url).send().await.map_err(http::transport_error)?;
+        let resp = check(resp).await?;
+        Ok(resp.bytes_stream().map(|r| r.map_err(http::transport_error)))
+    }
+
+    // ---- library (§8) ----
+
+    pub(crate) async fn library(&self) -> Result<Vec<wire::LibraryFile>, AdapterError> {
+        let c: wire::Collection<wire::LibraryFile> =
+            self.get_json("library", "/api/libraryfiles", None).await?;
+        Ok(c.value)
+    }
+
+    /// Multipart upload (§8.1). Storing a library file changes no endpoint, and names are
+    /// content-addressed, so a repeat after an ambiguous failure is harmless (`OverrideIfExists`).
+    pub(crate) async fn upload(
+        &self,
+        name: &str,
+        reader: edrgate_adapter::adapter::FileReader,
+        size: u64,
+        description: &str,
+    ) -> Result<wire::LibraryFile, AdapterError> {
+        let gate = self.budget.endpoint("library");
+        let _permit = gate.acquire().await;
+        let body = reqwest::Body::wrap_stream(ReaderStream::new(reader));
+        let part = reqwest::multipart::Part::stream_with_length(body, size)
+            .file_name(name.to_owned())
+            .mime_str("application/octet-stream")
+            .map_err(|e| AdapterError::internal(format!("multipart part: {e}")))?;
+        let form = reqwest::multipart::Form::new()
+            .part("file", part)
+            .text("Description", description.to_owned())
+            .text("HasParameters", "true")
+            .text("OverrideIfExists", "true");
+        let token = self.token().await?;
+        let resp = self
+            .request(Method::POST, "/api/libraryfiles")
+            .multipart(form)
+            .header(AUTHORIZATION, token)
+            .send()
+            .await
+            .map_err(http::transport_error)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // The stream is consumed: drop the token and let the caller upload again.
+            self.tokens.invalidate(&()).await;
+            return Err(AdapterError::transient(
+                ErrorCode::VendorAuthFailed,
+                "the access token was refused; renewed",
+            ));
+        }
+        json(check(resp).await?).await
+    }
+
+    // ---- plumbing ----
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base))
+    }
+
+    /// Sends with the bearer token; on 401 renews the token once and sends again.
+    async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response, AdapterError> {
+        let token = self.token().await?;
+        let resp =
+            build().header(AUTHORIZATION, token).send().await.map_err(http::transport_error)?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return check(resp).await;
+        }
+        tracing::debug!("defender answered 401; renewing the access token once");
+        self.tokens.invalidate(&()).await;
+        let token = self.token().await?;
+        let resp =
+            build().header(AUTHORIZATION, token).send().await.map_err(http::transport_error)?;
+        check(resp).await
+    }
+
+    async fn get_json<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        filter: Option<&str>,
+    ) -> Result<T, AdapterError> {
+        let gate = self.budget.endpoint(endpoint);
+        retry(|| async {
+            let _permit = gate.acquire().await;
+            let resp = self
+                .send(|| {
+                    let req = self.request(Method::GET, path);
+                    match filter {
+                        Some(f) => req.query(&[("$filter", f)]),
+                        None => req,
+                    }
+                })
+                .await?;
+            json(resp).await
+        })
+        .await
+    }
+}
+
+/// Passes 2xx through; anything else is read (bounded) and classified.
+async fn check(mut resp: Response) -> Result<Response, AdapterError> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let headers = resp.headers().clone();
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(ERROR_BODY_LIMIT);
+    Err(classify(status, &headers, &String::from_utf8_lossy(&body)))
+}
+
+async fn json<T: DeserializeOwned>(resp: Response) -> Result<T, AdapterError> {
+    let bytes = resp.bytes().await.map_err(http::transport_error)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        AdapterError::transient(
+            ErrorCode::VendorUnavailable,
+            format!("unexpected response from Defender: {e}"),
+        )
+    })
+}
+
+/// Retries an idempotent call on transient failures, briefly; a long `Retry-After` is the
+/// engine's to honour between steps.
+async fn retry<T, F, Fut>(mut call: F) -> Result<T, AdapterError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AdapterError>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e) if e.is_retryable() && attempt + 1 < READ_RETRY.max_attempts => {
+                let delay = READ_RETRY.delay(attempt + 1, e.retry_after);
+                if delay > READ_RETRY.max {
+                    return Err(e);
+                }
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn rate_gate_spaces_calls_by_window() {
+        let gate = RateGate::new(vec![(2, Duration::from_millis(200))]);
+        let start = Instant::now();
+        for _ in 0..5 {
+            drop(gate.acquire().await);
+        }
+        // 5 calls, 2 per 200 ms: the 5th waits for two full windows.
+        assert!(start.elapsed() >= Duration::from_millis(400), "{:?}", start.elapsed());
+        assert!(start.elapsed() < Duration::from_millis(700), "{:?}", start.elapsed());
+    }
+}

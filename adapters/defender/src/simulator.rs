@@ -1,0 +1,422 @@
+//! A stateful simulator of the Microsoft Defender for Endpoint API surface edrgate uses.
+//!
+//! Product code, not a mock: tests, the demo and benchmarks drive the adapter against it over
+//! real HTTP(S). Section numbers (§) refer to `shared/vendor-apis/defender.md`, whose §14 lists
+//! what a simulator must model; this one models all of it except `roles` claims (any valid
+//! token may call every endpoint) and the hourly API budget.
+//!
+//! # What is simulated
+//! * **Tokens** (§1): `POST /{tenant}/oauth2/v2.0/token` (with `scope`) and
+//!   `/{tenant}/oauth2/token` (with `resource`), `client_credentials` only; wrong client id or
+//!   secret → Entra-shaped 400 (`invalid_client`, `AADSTS7000215`, `error_codes`, `trace_id`,
+//!   …). Tokens live [`SimConfig::token_lifetime`]; an expired or unknown bearer on `/api` is a
+//!   401 `Unauthorized`. [`Simulator::expire_tokens`] ends every token at once.
+//! * **Machines** (§10): `GET /api/machines` with OData `$filter` (`eq`, `in`, `and` on
+//!   `computerDnsName`, `id`, `healthStatus`) and `$top`; `GET /api/machines/{id or name}`.
+//!   Machines `1..=n` have 40-hex ids ([`machine_id`]) and hostnames
+//!   `{hostname_prefix}{n:04}` (default `mde-0001`); offline ones are `Inactive`.
+//! * **Live response** (§3): `POST /api/machines/{id}/runliveresponse` validates PascalCase
+//!   keys, command types, param keys, library membership and the PutFile → RunScript → GetFile
+//!   order (400 with the error envelope and documented codes), 404 `ResourceNotFound` for an
+//!   unknown machine, 400 `ActiveRequestAlreadyExists` while the machine has a pending or
+//!   running live-response action, 429 `TooManyRequests` + `Retry-After` above
+//!   [`SimConfig::live_response_calls`] per [`SimConfig::live_response_window`] or at
+//!   [`SimConfig::session_cap`] pending+running actions (pending ones count, §13); else 201
+//!   with a `Pending` action whose commands are `Created`.
+//! * **Lifecycle** (§4.3): `Pending` until the machine is online and
+//!   [`SimConfig::pickup_delay`] passed (offline machines queue until
+//!   [`SimConfig::queue_timeout`], then `TimeOut`), `InProgress` while commands run one after
+//!   another (`Executing` → `Completed`/`Failed`, each [`SimConfig::command_latency`] plus the
+//!   script's `Start-Sleep`s), `Succeeded`, or `Failed` at the first failed command (later
+//!   ones stay `Created`, §3 limitation 5); a RunScript longer than
+//!   [`SimConfig::script_timeout`] fails and the action ends `TimeOut`. Isolate / unisolate
+//!   (§11) complete after the pickup delay and flip the machine's isolation.
+//! * **Endpoint model** (`simulator/endpoint.rs`): per machine, processes, files
+//!   (`C:\evidence\note.txt` = [`NOTE_TXT`], `C:\evidence\big.bin` of
+//!   [`SimConfig::file_size`] bytes, `C:\Windows\System32\config\*` access-denied) and
+//!   registry. GetFile of a missing file fails with "File … was not found on the device" and
+//!   `errorHResult` 0x80070002. edrgate's helper scripts (recognised by their
+//!   content-versioned library names) act on the model and print their JSON result; other
+//!   library scripts run through a small PowerShell subset (`Write-Output`, `Write-Error`,
+//!   `exit`, `throw`, `Start-Sleep`).
+//! * **Results** (§5): `GetLiveResponseResultDownloadLink(index=N)` returns a signed link to
+//!   the simulator's own blob route, valid [`SimConfig::link_lifetime`], usable without a
+//!   bearer (403 `AuthenticationFailed` once expired or tampered with); 404 for PutFile,
+//!   unfinished or unknown indices. GetFile blobs are gzip; RunScript blobs are
+//!   `{script_name, exit_code, script_output, script_errors}` with the transcript banner and
+//!   trailing NULs.
+//! * **Machine actions** (§4.4, §6): `GET /api/machineactions` (`$filter` on `id` incl. `in`,
+//!   `machineId`, `type`, `status`; `$top`, `$skip`, `$count`), `GET …/{id}`, `POST …/cancel`
+//!   (a final action is returned unchanged: the race with completion).
+//!   [`SimConfig::visibility_delay`] hides new actions for a while (read-after-write 404,
+//!   §4.5).
+//! * **Library** (§8): list, multipart upload (`File`/`file`, `Description`,
+//!   `HasParameters`, `OverrideIfExists`; 400 above [`SimConfig::library_max_bytes`], for a
+//!   name outside `[A-Za-z0-9._-]`, or an existing name without override), delete (204/404).
+//! * **Budgets**: every endpoint other than runliveresponse allows
+//!   [`SimConfig::api_calls_per_minute`] calls per minute (429 + `Retry-After`).
+//! * **Faults** ([`Faults`]): every Nth request a 500 `InternalServerError`, added latency;
+//!   [`Simulator::refuse_next_downloads`] makes blob downloads answer as if expired.
+//!
+//! HTTPS uses a self-signed certificate (rcgen) for `localhost` and `127.0.0.1`
+//! ([`Simulator::cert_pem`]). [`Counters`] tell tests what happened, exactly once or not.
+
+mod endpoint;
+mod routes;
+mod state;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+
+pub use endpoint::NOTE_TXT;
+pub use state::machine_id;
+
+use state::Runtime;
+
+/// Default app registration the simulator accepts.
+pub const DEFAULT_CLIENT_ID: &str = "00000000-0000-0000-0000-00000000edf0";
+/// Default client secret the simulator accepts.
+pub const DEFAULT_CLIENT_SECRET: &str = "sim-mde-client-secret-0123456789";
+/// Tenant id used in the token path by the demo and tests (any tenant is accepted).
+pub const DEFAULT_TENANT: &str = "sim-tenant";
+
+/// Simulator configuration. Build with struct update syntax from `SimConfig::default()`.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    pub client_id: String,
+    pub client_secret: String,
+    /// `expires_in` of issued tokens. Default 3599 s (§1.2).
+    pub token_lifetime: Duration,
+    /// Number of machines. Default 5.
+    pub machines: usize,
+    /// Hostname prefix: machine n is `{prefix}{n:04}`. Default `mde-`.
+    pub hostname_prefix: String,
+    /// Hostname overrides `(machine number, hostname)`, e.g. to make a name ambiguous.
+    pub hostname_overrides: Vec<(usize, String)>,
+    /// Machine numbers that are offline (their actions stay `Pending`).
+    pub offline_machines: Vec<usize>,
+    /// Time from creation to `InProgress` for an online machine. Default 200 ms.
+    pub pickup_delay: Duration,
+    /// Time each live-response command takes. Default 50 ms.
+    pub command_latency: Duration,
+    /// How long an action may wait for an offline machine before `TimeOut`. Default 3 days.
+    pub queue_timeout: Duration,
+    /// RunScript limit (§3: 10 minutes).
+    pub script_timeout: Duration,
+    /// runliveresponse calls per window (§3: 10 per minute).
+    pub live_response_calls: usize,
+    pub live_response_window: Duration,
+    /// Pending + running live-response actions per tenant (§9: 25).
+    pub session_cap: usize,
+    /// Calls per minute to each other endpoint (§9: 100).
+    pub api_calls_per_minute: usize,
+    /// Lifetime of result links (§5: 30 minutes).
+    pub link_lifetime: Duration,
+    /// How long a new action answers 404 (read-after-write lag, §4.5). Default 0.
+    pub visibility_delay: Duration,
+    /// Library upload cap (§8.1: 20 MB).
+    pub library_max_bytes: u64,
+    /// Size of `C:\evidence\big.bin`. Default 1 MiB.
+    pub file_size: u64,
+    /// Library scripts present from the start `(name, content)`.
+    pub library_scripts: Vec<(String, String)>,
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            client_id: DEFAULT_CLIENT_ID.into(),
+            client_secret: DEFAULT_CLIENT_SECRET.into(),
+            token_lifetime: Duration::from_secs(3599),
+            machines: 5,
+            hostname_prefix: "mde-".into(),
+            hostname_overrides: Vec::new(),
+            offline_machines: Vec::new(),
+            pickup_delay: Duration::from_millis(200),
+            command_latency: Duration::from_millis(50),
+            queue_timeout: Duration::from_secs(3 * 24 * 3600),
+            script_timeout: Duration::from_secs(600),
+            live_response_calls: 10,
+            live_response_window: Duration::from_secs(60),
+            session_cap: 25,
+            api_calls_per_minute: 100,
+            link_lifetime: Duration::from_secs(30 * 60),
+            visibility_delay: Duration::ZERO,
+            library_max_bytes: crate::config::LIBRARY_MAX_BYTES,
+            file_size: 1024 * 1024,
+            library_scripts: vec![(
+                "collect.ps1".into(),
+                "Write-Output \"collected on $env:COMPUTERNAME with $args\"\nexit 0\n".into(),
+            )],
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// Fault injection.
+#[derive(Clone, Debug, Default)]
+pub struct Faults {
+    /// Every Nth request (1-based, global) answers 500 before any processing.
+    pub error_5xx_every: Option<u32>,
+    /// Latency added to every request.
+    pub slow: Option<Duration>,
+}
+
+/// Snapshot of what happened, for exactly-once assertions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub requests: u64,
+    pub tokens_issued: u64,
+    pub tokens_refused: u64,
+    pub unauthorized: u64,
+    /// Live-response machine actions created.
+    pub live_response_actions: u64,
+    /// Machine actions created, by `type`.
+    pub actions_by_type: BTreeMap<String, u64>,
+    /// Live-response commands executed (completed or failed), by type.
+    pub commands_by_type: BTreeMap<String, u64>,
+    pub commands_failed: u64,
+    /// edrgate helper script runs, by helper.
+    pub helper_runs: BTreeMap<String, u64>,
+    pub cancels: u64,
+    pub library_uploads: u64,
+    pub links_issued: u64,
+    pub downloads: u64,
+    /// Downloads refused as expired.
+    pub expired_downloads: u64,
+    /// Blob downloads that carried an `Authorization` header (must stay 0).
+    pub downloads_with_bearer: u64,
+    pub action_list_calls: u64,
+    /// Every 429 sent.
+    pub responses_429: u64,
+    pub live_response_rate_limited: u64,
+    pub session_cap_rejections: u64,
+    pub api_rate_limited: u64,
+    pub active_request_conflicts: u64,
+    pub isolation_changes: u64,
+    pub faults_5xx: u64,
+    /// High-water mark of pending + running live-response actions.
+    pub max_concurrent_sessions: usize,
+}
+
+struct TlsMaterial {
+    cert_pem: String,
+    key_pem: String,
+}
+
+struct Shared {
+    rt: Mutex<Runtime>,
+    requests: AtomicU64,
+    tls: OnceLock<Result<TlsMaterial, String>>,
+    serving_tls: AtomicBool,
+}
+
+/// The simulator; cheap to clone (shared state).
+#[derive(Clone)]
+pub struct Simulator {
+    inner: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Simulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Simulator").field("counters", &self.counters()).finish_non_exhaustive()
+    }
+}
+
+impl Simulator {
+    pub fn new(cfg: SimConfig) -> Self {
+        Simulator {
+            inner: Arc::new(Shared {
+                rt: Mutex::new(Runtime::new(cfg)),
+                requests: AtomicU64::new(0),
+                tls: OnceLock::new(),
+                serving_tls: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Runs `f` on the state after advancing every action to now. Never held across `.await`.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut Runtime, Instant) -> R) -> R {
+        let now = Instant::now();
+        let mut rt = self.inner.rt.lock().unwrap_or_else(PoisonError::into_inner);
+        rt.tick(now);
+        f(&mut rt, now)
+    }
+
+    pub(crate) fn next_request_number(&self) -> u64 {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    pub(crate) fn is_tls(&self) -> bool {
+        self.inner.serving_tls.load(Ordering::Relaxed)
+    }
+
+    /// The axum router with every route.
+    pub fn router(&self) -> Router {
+        routes::router(self.clone())
+    }
+
+    /// Serves plain HTTP on `listener` until the task is dropped.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> io::Result<()> {
+        axum::serve(listener, self.router()).await
+    }
+
+    /// Serves HTTPS on an already bound listener with the self-signed certificate.
+    pub async fn serve_tls_on(self, listener: std::net::TcpListener) -> io::Result<()> {
+        let tls = self.tls_material()?;
+        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+            tls.cert_pem.clone().into_bytes(),
+            tls.key_pem.clone().into_bytes(),
+        )
+        .await?;
+        self.inner.serving_tls.store(true, Ordering::Relaxed);
+        axum_server::tls_rustls::from_tcp_rustls(listener, config)
+            .serve(self.router().into_make_service())
+            .await
+    }
+
+    /// Binds `127.0.0.1:0`, serves plain HTTP in a background task, returns the address.
+    pub async fn spawn(&self) -> io::Result<SocketAddr> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let sim = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sim.serve(listener).await {
+                tracing::error!(error = %e, "defender simulator stopped");
+            }
+        });
+        Ok(addr)
+    }
+
+    /// Binds `127.0.0.1:0`, serves HTTPS in a background task, returns the address.
+    pub async fn spawn_tls(&self) -> io::Result<SocketAddr> {
+        self.tls_material()?;
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
+        let addr = listener.local_addr()?;
+        self.inner.serving_tls.store(true, Ordering::Relaxed);
+        let sim = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = sim.serve_tls_on(listener).await {
+                tracing::error!(error = %e, "defender simulator (tls) stopped");
+            }
+        });
+        Ok(addr)
+    }
+
+    /// PEM of the self-signed certificate (SANs `localhost`, `127.0.0.1`).
+    pub fn cert_pem(&self) -> io::Result<String> {
+        Ok(self.tls_material()?.cert_pem.clone())
+    }
+
+    fn tls_material(&self) -> io::Result<&TlsMaterial> {
+        let made = self.inner.tls.get_or_init(|| {
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .map(|ck| TlsMaterial {
+                    cert_pem: ck.cert.pem(),
+                    key_pem: ck.signing_key.serialize_pem(),
+                })
+                .map_err(|e| e.to_string())
+        });
+        made.as_ref().map_err(|e| io::Error::other(e.clone()))
+    }
+
+    /// The configuration in effect (including runtime changes).
+    pub fn config(&self) -> SimConfig {
+        self.with(|rt, _| rt.cfg.clone())
+    }
+
+    pub fn counters(&self) -> Counters {
+        let mut c = self.with(|rt, _| rt.counters.clone());
+        c.requests = self.inner.requests.load(Ordering::Relaxed);
+        c
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.with(|rt, _| rt.cfg.faults = faults);
+    }
+
+    /// Every issued token stops working now (a token expiring mid-run).
+    pub fn expire_tokens(&self) {
+        self.with(|rt, _| rt.tokens.clear());
+    }
+
+    /// The next `n` blob downloads are refused as expired links.
+    pub fn refuse_next_downloads(&self, n: u32) {
+        self.with(|rt, _| rt.refuse_downloads = n);
+    }
+
+    /// Takes machine `n` (1-based) on or offline.
+    pub fn set_machine_online(&self, n: usize, online: bool) {
+        let id = machine_id(n);
+        self.with(|rt, _| {
+            if let Some(m) = rt.machines.iter_mut().find(|m| m.id == id) {
+                m.online = online;
+            }
+        });
+    }
+
+    /// Pending + running live-response actions now.
+    pub fn active_sessions(&self) -> usize {
+        self.with(|rt, _| rt.active_sessions())
+    }
+
+    /// `(type, status, requestorComment)` of every machine action, oldest first.
+    pub fn actions(&self) -> Vec<(String, String, String)> {
+        self.with(|rt, _| {
+            rt.actions
+                .iter()
+                .map(|a| (a.kind.to_owned(), a.status.to_owned(), a.comment.clone()))
+                .collect()
+        })
+    }
+
+    /// Names of the library files.
+    pub fn library(&self) -> Vec<String> {
+        self.with(|rt, _| rt.library.keys().cloned().collect())
+    }
+
+    pub fn process_exists(&self, machine: &str, pid: u64) -> bool {
+        self.with(|rt, _| {
+            rt.machine(machine).is_some_and(|m| m.endpoint.processes.contains_key(&pid))
+        })
+    }
+
+    /// Content of a file on machine `machine` (id), if it exists.
+    pub fn file_content(&self, machine: &str, path: &str) -> Option<Vec<u8>> {
+        self.with(|rt, _| {
+            rt.machine(machine)?.endpoint.file(path).filter(|n| !n.dir).map(|n| n.content.clone())
+        })
+    }
+
+    pub fn file_exists(&self, machine: &str, path: &str) -> bool {
+        self.with(|rt, _| rt.machine(machine).is_some_and(|m| m.endpoint.file(path).is_some()))
+    }
+
+    /// Data of a registry value (`key` like `HKLM\SOFTWARE\…`, case-insensitive).
+    pub fn registry_value(
+        &self,
+        machine: &str,
+        key: &str,
+        value: &str,
+    ) -> Option<serde_json::Value> {
+        self.with(|rt, _| {
+            let k = rt
+                .machine(machine)?
+                .endpoint
+                .registry
+                .get(&key.trim_end_matches('\\').to_ascii_lowercase())?;
+            k.values.get(&value.to_ascii_lowercase()).map(|(_, _, d)| d.clone())
+        })
+    }
+
+    pub fn is_isolated(&self, machine: &str) -> bool {
+        self.with(|rt, _| rt.machine(machine).is_some_and(|m| m.isolated))
+    }
+}
