@@ -1,0 +1,169 @@
+//! One simulated machine behind a sensor: processes, files and registry keys, each with the
+//! element GUID Cybereason gives it (§5: `<machine prefix>.<signed 64-bit>`), so remediation
+//! targets and visual-search results look like the real thing.
+
+use std::collections::BTreeMap;
+
+/// Content of `C:\evidence\note.txt` on every machine.
+pub const NOTE_TXT: &[u8] = b"Cybereason simulator evidence file.\r\nCollected by edrgate.\r\n";
+
+#[derive(Clone, Debug)]
+pub(crate) struct Process {
+    pub(crate) pid: u64,
+    pub(crate) name: String,
+    pub(crate) command_line: String,
+    pub(crate) guid: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct File {
+    /// Lower-case path as Cybereason's `correctedPath` holds it.
+    pub(crate) path: String,
+    pub(crate) content: Vec<u8>,
+    pub(crate) guid: String,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Endpoint {
+    /// The machine GUID's first half, shared by every element GUID of the machine.
+    pub(crate) prefix: i64,
+    pub(crate) processes: Vec<Process>,
+    /// By lower-case path.
+    pub(crate) files: BTreeMap<String, File>,
+    /// Lower-case key path → element GUID.
+    pub(crate) registry: BTreeMap<String, String>,
+    /// Files moved to the quarantine folder by `QUARANTINE_FILE`.
+    pub(crate) quarantine: Vec<File>,
+}
+
+/// A deterministic signed 64-bit number for `seed` (FNV-1a), for stable GUIDs.
+pub(crate) fn hash64(seed: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in seed.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(h.to_ne_bytes())
+}
+
+impl Endpoint {
+    pub(crate) fn new(hostname: &str, prefix: i64) -> Self {
+        let guid = |what: &str| format!("{prefix}.{}", hash64(&format!("{hostname}/{what}")));
+        let processes = [
+            (4, "System", "System"),
+            (368, "smss.exe", "\\SystemRoot\\System32\\smss.exe"),
+            (612, "winlogon.exe", "winlogon.exe"),
+            (1024, "svchost.exe", "C:\\WINDOWS\\system32\\svchost.exe -k LocalService -s W32Time"),
+            (2480, "explorer.exe", "C:\\WINDOWS\\Explorer.EXE"),
+            (4242, "notepad.exe", "\"C:\\WINDOWS\\system32\\notepad.exe\" C:\\evidence\\note.txt"),
+            (6666, "updater.exe", "C:\\Users\\Public\\updater.exe --beacon 10.0.0.66"),
+        ]
+        .into_iter()
+        .map(|(pid, name, cl)| Process {
+            pid,
+            name: name.into(),
+            command_line: cl.into(),
+            guid: guid(&format!("process/{pid}")),
+        })
+        .collect();
+        let mut files = BTreeMap::new();
+        let dropper: Vec<u8> = b"MZ\x90\x00simulated dropper "
+            .iter()
+            .copied()
+            .chain(hostname.bytes())
+            .chain((0..=255u8).cycle().take(64 * 1024))
+            .collect();
+        for (path, content) in [
+            ("C:\\evidence\\note.txt", NOTE_TXT.to_vec()),
+            ("C:\\Users\\Public\\updater.exe", dropper),
+            ("C:\\Windows\\System32\\drivers\\etc\\hosts", b"127.0.0.1 localhost\r\n".to_vec()),
+        ] {
+            let lower = path.to_lowercase();
+            files.insert(
+                lower.clone(),
+                File { guid: guid(&format!("file/{lower}")), path: lower, content },
+            );
+        }
+        let registry = [
+            "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run\\Updater",
+            "HKCU\\Software\\Updater",
+            "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion",
+        ]
+        .into_iter()
+        .map(|k| {
+            let lower = k.to_lowercase();
+            let g = guid(&format!("registry/{lower}"));
+            (lower, g)
+        })
+        .collect();
+        Endpoint { prefix, processes, files, registry, quarantine: Vec::new() }
+    }
+
+    pub(crate) fn machine_guid(&self, hostname: &str) -> String {
+        format!("{}.{}", self.prefix, hash64(&format!("machine/{hostname}")))
+    }
+
+    /// Runs one remediation action; `Err` is the statusLog error (type, message).
+    pub(crate) fn remediate(&mut self, action: &str, target: &str) -> Result<(), (String, String)> {
+        let invalid = || {
+            (
+                "INVALID_ARGUMENT".to_owned(),
+                "Failed to get ProbeRemediationRequest for action: com.cybereason.commads.remediation.RemediationAction. Ignoring remediation action.".to_owned(),
+            )
+        };
+        match action {
+            "KILL_PROCESS" => {
+                let i = self.processes.iter().position(|p| p.guid == target).ok_or_else(invalid)?;
+                self.processes.remove(i);
+            }
+            "QUARANTINE_FILE" => {
+                let key = self
+                    .files
+                    .iter()
+                    .find(|(_, f)| f.guid == target)
+                    .map(|(k, _)| k.clone())
+                    .ok_or_else(invalid)?;
+                if let Some(f) = self.files.remove(&key) {
+                    self.quarantine.push(f);
+                }
+            }
+            "DELETE_REGISTRY_KEY" => {
+                let key = self
+                    .registry
+                    .iter()
+                    .find(|(_, g)| *g == target)
+                    .map(|(k, _)| k.clone())
+                    .ok_or_else(invalid)?;
+                // Deleting a key removes its subkeys too.
+                self.registry.retain(|k, _| k != &key && !k.starts_with(&format!("{key}\\")));
+            }
+            _ => {
+                return Err((
+                    "UNSUPPORTED_ACTION".into(),
+                    format!("action {action} is not supported by the sensor"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remediations_change_the_endpoint_once() {
+        let mut e = Endpoint::new("CR-WS-0001", -1845090846);
+        let notepad = e.processes.iter().find(|p| p.pid == 4242).unwrap().guid.clone();
+        assert!(notepad.starts_with("-1845090846."));
+        assert!(e.remediate("KILL_PROCESS", &notepad).is_ok());
+        assert_eq!(e.remediate("KILL_PROCESS", &notepad).unwrap_err().0, "INVALID_ARGUMENT");
+        let file = e.files["c:\\evidence\\note.txt"].guid.clone();
+        e.remediate("QUARANTINE_FILE", &file).unwrap();
+        assert_eq!(e.quarantine.len(), 1);
+        let key = e.registry["hkcu\\software\\updater"].clone();
+        e.remediate("DELETE_REGISTRY_KEY", &key).unwrap();
+        assert!(!e.registry.contains_key("hkcu\\software\\updater"));
+    }
+}

@@ -1,0 +1,876 @@
+//! The simulator's HTTP surface: the login pages and every `/rest/` route it serves.
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::http::header::{
+    CONTENT_DISPOSITION, CONTENT_TYPE, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE,
+};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Form, Json};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::io::Write as _;
+
+use super::Simulator;
+use super::state::{Batch, FetchBatch, IrSensor, Remediation, RemediationItem, Runtime, epoch_ms};
+use crate::wire;
+
+/// Largest IR package accepted (§6.6.3).
+const MAX_PACKAGE: usize = 100 * 1024 * 1024;
+
+const LOGIN_PAGE: &str = "<!doctype html>\n<html lang=\"en\">\n<head>\n    <meta charset=\"utf-8\">\n    <title>Cybereason | Login</title>\n    <base href=\"/\">\n</head>\n<body class=\"cbr-theme-dark\">\n    <app-login></app-login>\n</body>\n</html>\n";
+const TFA_PAGE: &str = "<!doctype html>\n<html lang=\"en\">\n<head><title>Cybereason</title></head>\n<body>\n<h2>Two factor authentication</h2>\n<form method=\"post\" action=\"/\"><input name=\"totpCode\"><input type=\"submit\" name=\"submit\" value=\"Login\"></form>\n</body>\n</html>\n";
+const APP_PAGE: &str = "<!doctype html>\n<html lang=\"en\">\n<head><title>Cybereason</title><base href=\"/\"></head>\n<body><app-root></app-root></body>\n</html>\n";
+
+/// The authenticated user of a `/rest/` call.
+#[derive(Clone)]
+struct User(String);
+
+pub(crate) fn router(sim: Simulator) -> Router {
+    let rest = Router::new()
+        .route("/monitor/global/server/version/all", get(version))
+        .route("/sensors/query", post(sensors_query))
+        .route("/monitor/global/commands/isolate", post(isolate))
+        .route("/monitor/global/commands/un-isolate", post(unisolate))
+        .route("/remediate", post(remediate))
+        .route("/remediate/progress/{user}/{malop}/{id}", get(remediation_progress))
+        .route("/remediate/status/{malop}", get(remediation_status))
+        .route("/visualsearch/query/simple", post(visual_query))
+        .route("/file-search/fetch-direct", post(fetch_direct))
+        .route("/fetchfile/start", post(fetch_start))
+        .route("/fetchfile/downloads/progress", get(fetch_progress))
+        .route("/fetchfile/getfiles/{batch}", get(fetch_files))
+        .route("/fetchfile/close/{batch}", get(fetch_close))
+        .route("/irtools/packages", get(packages))
+        .route(
+            "/irtools/upload",
+            post(upload).layer(DefaultBodyLimit::max(MAX_PACKAGE + 1024 * 1024)),
+        )
+        .route("/sensors/action/runIRTool", post(ir_run))
+        .route("/sensors/action/getRunIRToolStatus/{batch}", get(ir_status))
+        .route("/sensors/abort/{batch}", get(abort))
+        .route("/sensors/allActions", get(all_actions))
+        .layer(middleware::from_fn_with_state(sim.clone(), rest_guard));
+    Router::new()
+        .route("/login.html", get(login_page).post(login))
+        .route("/", get(root).post(totp_step))
+        .route("/logout", get(logout))
+        .nest("/rest", rest)
+        .with_state(sim)
+}
+
+// ---- login (§3) ----
+
+#[derive(Deserialize)]
+struct LoginForm {
+    username: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct TotpForm {
+    #[serde(rename = "totpCode")]
+    totp_code: String,
+}
+
+fn cookie_of(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == wire::SESSION_COOKIE).then(|| value.to_owned())
+        })
+}
+
+fn redirect(to: &str, cookie: Option<&str>) -> Response {
+    let mut resp = (StatusCode::FOUND, [(LOCATION, to.to_owned())]).into_response();
+    if let Some(c) = cookie
+        && let Ok(v) = format!("{}={c}; Path=/; HttpOnly", wire::SESSION_COOKIE).parse()
+    {
+        resp.headers_mut().insert(SET_COOKIE, v);
+    }
+    resp
+}
+
+fn html(body: &'static str) -> Response {
+    (StatusCode::OK, [(CONTENT_TYPE, "text/html;charset=UTF-8")], body).into_response()
+}
+
+async fn login_page() -> Response {
+    html(LOGIN_PAGE)
+}
+
+async fn login(State(sim): State<Simulator>, Form(form): Form<LoginForm>) -> Response {
+    sim.with(|rt, now| {
+        let user = rt
+            .cfg
+            .users
+            .iter()
+            .find(|u| {
+                u.username.eq_ignore_ascii_case(&form.username) && u.password == form.password
+            })
+            .cloned();
+        let Some(user) = user else {
+            rt.counters.login_failures += 1;
+            // A cookie comes with the failure page too (SEKOIA's test, §3.1).
+            let anonymous = rt.new_session("", false, now);
+            return redirect("/login.html?error=true", Some(&anonymous));
+        };
+        if user.password_expired {
+            rt.counters.login_failures += 1;
+            let anonymous = rt.new_session("", false, now);
+            return redirect("/login.html?reset=true", Some(&anonymous));
+        }
+        let tfa = user.totp_secret.is_some();
+        let id = rt.new_session(&user.username, !tfa, now);
+        if !tfa {
+            rt.counters.logins += 1;
+        }
+        redirect("/", Some(&id))
+    })
+}
+
+async fn root(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
+    let cookie = cookie_of(&headers);
+    sim.with(|rt, now| {
+        match cookie
+            .as_deref()
+            .and_then(|c| rt.sessions.get(c).map(|s| (c, s.authenticated, s.user.clone())))
+        {
+            Some((c, true, _)) if rt.session_user(c, now).is_some() => html(APP_PAGE),
+            Some((_, false, user)) if !user.is_empty() => html(TFA_PAGE),
+            _ => redirect("/login.html", None),
+        }
+    })
+}
+
+async fn totp_step(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    Form(form): Form<TotpForm>,
+) -> Response {
+    let cookie = cookie_of(&headers);
+    sim.with(|rt, _| {
+        let Some(session) = cookie.as_deref().and_then(|c| rt.sessions.get(c)) else {
+            return redirect("/login.html?error=true", None);
+        };
+        let secret = rt
+            .cfg
+            .users
+            .iter()
+            .find(|u| u.username == session.user)
+            .and_then(|u| u.totp_secret.clone());
+        let ok = secret
+            .and_then(|s| crate::client::totp(&s).ok())
+            .is_some_and(|t| t.check_current(form.totp_code.trim()).is_some());
+        if !ok {
+            rt.counters.login_failures += 1;
+            return redirect("/login.html?error=true", None);
+        }
+        if let Some(s) = cookie.as_deref().and_then(|c| rt.sessions.get_mut(c)) {
+            s.authenticated = true;
+        }
+        rt.counters.logins += 1;
+        rt.counters.totp_logins += 1;
+        redirect("/", None)
+    })
+}
+
+async fn logout(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
+    if let Some(c) = cookie_of(&headers) {
+        sim.with(|rt, _| rt.sessions.remove(&c));
+    }
+    redirect("/login.html", None)
+}
+
+/// Session check, fault injection and request counting for every `/rest/` call.
+async fn rest_guard(State(sim): State<Simulator>, mut req: Request, next: Next) -> Response {
+    let cookie = cookie_of(req.headers());
+    // Nested routes see their path without `/rest`; the original URI has it.
+    let path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| format!("/rest{}", req.uri().path()), |u| u.0.path().to_owned());
+    let (user, fault, latency) = sim.with(|rt, now| {
+        rt.counters.requests += 1;
+        let n = rt.counters.requests;
+        let faults = rt.cfg.faults.clone();
+        if rt.expire_before.as_deref() == Some(path.as_str()) {
+            rt.expire_before = None;
+            if let Some(s) = cookie.as_deref().and_then(|c| rt.sessions.get_mut(c)) {
+                s.expired = true;
+            }
+        }
+        let user = cookie.as_deref().and_then(|c| rt.session_user(c, now));
+        if user.is_none() {
+            rt.counters.session_redirects += 1;
+        }
+        let fault = if faults.rate_limit_every > 0 && n % faults.rate_limit_every == 0 {
+            rt.counters.rate_limited += 1;
+            Some(StatusCode::TOO_MANY_REQUESTS)
+        } else if faults.unavailable_every > 0 && n % faults.unavailable_every == 0 {
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        } else {
+            None
+        };
+        (user, fault, faults.latency)
+    });
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let Some(user) = user else {
+        return redirect("/login.html", None);
+    };
+    match fault {
+        Some(StatusCode::TOO_MANY_REQUESTS) => {
+            return (StatusCode::TOO_MANY_REQUESTS, [(RETRY_AFTER, "1")], "Too Many Requests")
+                .into_response();
+        }
+        Some(status) => return (status, "Service Unavailable").into_response(),
+        None => {}
+    }
+    req.extensions_mut().insert(User(user));
+    next.run(req).await
+}
+
+/// A refusal of the role or version checks.
+struct Denied(StatusCode, &'static str);
+
+impl IntoResponse for Denied {
+    fn into_response(self) -> Response {
+        (self.0, self.1).into_response()
+    }
+}
+
+/// 403 with a text body unless the user has one of `roles` (§3.5); `tfa` also demands
+/// two-factor authentication (Responder L2, D5).
+fn require(rt: &Runtime, user: &User, roles: &[&str], tfa: bool) -> Result<(), Denied> {
+    let Some(u) = rt.cfg.users.iter().find(|u| u.username == user.0) else {
+        return Err(Denied(StatusCode::FORBIDDEN, "Forbidden"));
+    };
+    if !roles.iter().any(|r| u.roles.iter().any(|have| have == r))
+        || (tfa && u.totp_secret.is_none())
+    {
+        return Err(Denied(
+            StatusCode::FORBIDDEN,
+            "Access is denied: the user does not have the required role",
+        ));
+    }
+    Ok(())
+}
+
+/// 404 for a request newer than the console (§4, §9).
+fn since(rt: &Runtime, min: &str) -> Result<(), Denied> {
+    let parse = |v: &str| v.split('.').map(|p| p.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    if parse(&rt.cfg.version) < parse(min) {
+        return Err(Denied(StatusCode::NOT_FOUND, "Not Found"));
+    }
+    Ok(())
+}
+
+fn json_response(v: Value) -> Response {
+    Json(v).into_response()
+}
+
+macro_rules! guard {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(denied) => return denied.into_response(),
+        }
+    };
+}
+
+// ---- misc (§6.7) ----
+
+async fn version(State(sim): State<Simulator>) -> Response {
+    sim.with(|rt, _| json_response(json!({"data": {"version": rt.cfg.version}})))
+}
+
+// ---- sensors (§6.1) ----
+
+fn sensor_json(rt: &Runtime, i: usize) -> Value {
+    let m = &rt.machines[i];
+    let status = if m.archived {
+        "Archived"
+    } else if m.online {
+        "Online"
+    } else {
+        "Offline"
+    };
+    json!({
+        "sensorId": m.sensor_id,
+        "pylumId": m.pylum_id,
+        "guid": m.guid(),
+        "fqdn": m.hostname.to_lowercase(),
+        "machineName": m.hostname,
+        "internalIpAddress": format!("10.1.0.{}", i + 10),
+        "externalIpAddress": "203.0.113.7",
+        "status": status,
+        "isolated": m.isolated,
+        "disconnected": !m.online,
+        "osType": m.os_type,
+        "osVersionType": "Windows_10",
+        "version": "21.2.300.0",
+        "serverId": m.sensor_id.split(':').next().unwrap_or_default(),
+        "serverName": "sim-1-t",
+        "groupId": "72a61eac-6f79-4670-8607-a1334ddd2ff0",
+        "groupName": "Simulated",
+        "policyName": "Default",
+        "actionsInProgress": 0,
+        "pendingActions": [],
+        "remoteShellStatus": "AC_ENABLED",
+        "lastPylumUpdateTimestampMs": epoch_ms(),
+    })
+}
+
+fn matches_filter(sensor: &Value, f: &wire::Filter) -> bool {
+    let field = sensor.get(&f.field_name).map(|v| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let Some(field) = field else { return false };
+    let values: Vec<String> =
+        f.values.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect();
+    match f.operator.as_str() {
+        "Equals" => values.contains(&field),
+        "NotEquals" => values.iter().all(|v| *v != field),
+        "ContainsIgnoreCase" => {
+            values.iter().any(|v| field.to_lowercase().contains(&v.to_lowercase()))
+        }
+        "NotContainsIgnoreCase" => {
+            values.iter().all(|v| !field.to_lowercase().contains(&v.to_lowercase()))
+        }
+        _ => false,
+    }
+}
+
+async fn sensors_query(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Json(q): Json<Value>,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["system_admin"], false));
+        // `{}` lists everything (XSOAR, §6.1).
+        let q: wire::SensorsQuery = match serde_json::from_value(q) {
+            Ok(q) => q,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        };
+        let all: Vec<Value> = (0..rt.machines.len())
+            .map(|i| sensor_json(rt, i))
+            .filter(|s| q.filters.iter().all(|f| matches_filter(s, f)))
+            .collect();
+        let limit = usize::try_from(q.limit.unwrap_or(100).max(1)).unwrap_or(100);
+        let offset = usize::try_from(q.offset.unwrap_or(0)).unwrap_or(0);
+        let start = if rt.cfg.offset_is_page { offset.saturating_mul(limit) } else { offset };
+        let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+        let online = all.iter().filter(|s| s["status"] == "Online").count();
+        json_response(json!({
+            "totalResults": all.len(),
+            "sensorsStatus": {"@class": ".SensorsStatusOverview", "onlineCount": online, "offlineCount": all.len() - online},
+            "sensors": page,
+            "hasMoreResults": start + limit < all.len(),
+        }))
+    })
+}
+
+// ---- isolation (§6.2) ----
+
+async fn isolate(
+    state: State<Simulator>,
+    user: Extension<User>,
+    body: Json<wire::IsolateRequest>,
+) -> Response {
+    set_isolation(state, user, body, true)
+}
+
+async fn unisolate(
+    state: State<Simulator>,
+    user: Extension<User>,
+    body: Json<wire::IsolateRequest>,
+) -> Response {
+    set_isolation(state, user, body, false)
+}
+
+fn set_isolation(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Json(body): Json<wire::IsolateRequest>,
+    on: bool,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["analyst_l3"], false));
+        let mut result = serde_json::Map::new();
+        for id in &body.pylum_ids {
+            let word = match rt.machine_by_pylum(id) {
+                Some(i) => {
+                    rt.machines[i].isolated = on;
+                    if on {
+                        rt.counters.isolations += 1;
+                    } else {
+                        rt.counters.unisolations += 1;
+                    }
+                    "Succeeded"
+                }
+                None => "UnknownProbe",
+            };
+            result.insert(id.clone(), word.into());
+        }
+        json_response(Value::Object(result))
+    })
+}
+
+// ---- remediation (§6.3) ----
+
+async fn remediate(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Json(body): Json<wire::RemediateRequest>,
+) -> Response {
+    sim.with(|rt, now| {
+        guard!(require(rt, &user, &["analyst_l3"], false));
+        let mut items = Vec::new();
+        for (machine_guid, actions) in &body.actions_by_machine {
+            let Some(machine) = rt.machine_by_guid(machine_guid) else {
+                return (StatusCode::BAD_REQUEST, format!("Unknown machine {machine_guid}"))
+                    .into_response();
+            };
+            for a in actions {
+                items.push(RemediationItem {
+                    machine,
+                    target: a.target_id.clone().unwrap_or_default(),
+                    action: a.action_type.clone(),
+                    status: None,
+                    error: None,
+                    timestamp: epoch_ms(),
+                });
+            }
+        }
+        rt.counters.remediations_received += 1;
+        let r = Remediation {
+            id: uuid::Uuid::new_v4().to_string(),
+            malop: body.malop_id.clone().unwrap_or_else(|| "NOMALOP".into()),
+            user: user.0.clone(),
+            start_ms: epoch_ms(),
+            end_ms: None,
+            created: now,
+            items,
+        };
+        let v = rt.remediation_json(&r);
+        rt.remediations.push(r);
+        json_response(v)
+    })
+}
+
+async fn remediation_progress(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Path((username, malop, id)): Path<(String, String, String)>,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["analyst_l3"], false));
+        match rt
+            .remediations
+            .iter()
+            .find(|r| r.id == id && r.malop == malop && r.user.eq_ignore_ascii_case(&username))
+        {
+            Some(r) => json_response(rt.remediation_json(r)),
+            // Documented as 200 with an error message (§6.3, D14).
+            None => {
+                json_response(json!({"message": format!("No remediation {id} for malop {malop}")}))
+            }
+        }
+    })
+}
+
+async fn remediation_status(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Path(malop): Path<String>,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["analyst_l3"], false));
+        let all: Vec<Value> = rt
+            .remediations
+            .iter()
+            .filter(|r| r.malop == malop)
+            .map(|r| rt.remediation_json(r))
+            .collect();
+        json_response(Value::Array(all))
+    })
+}
+
+// ---- visual search (§6.1): Machine → processes/files/registryEvents ----
+
+fn simple(value: &str) -> Value {
+    json!({"totalValues": 1, "values": [value]})
+}
+
+async fn visual_query(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Json(q): Json<wire::VisualQuery>,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["analyst_l3", "responder_l1", "responder_l2"], false));
+        let facet = |hop: &wire::QueryHop, name: &str| -> Option<Vec<String>> {
+            hop.filters.iter().find(|f| f.facet_name == name).map(|f| {
+                f.values.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect()
+            })
+        };
+        let mut results = serde_json::Map::new();
+        let (machines, hop): (Vec<usize>, &wire::QueryHop) = match q.query_path.as_slice() {
+            [m, hop] if m.requested_type == "Machine" => {
+                let names = facet(m, "elementDisplayName").unwrap_or_default();
+                let machines = (0..rt.machines.len())
+                    .filter(|i| names.is_empty() || names.iter().any(|n| n.eq_ignore_ascii_case(&rt.machines[*i].hostname)))
+                    .collect();
+                (machines, hop)
+            }
+            [hop] => ((0..rt.machines.len()).collect(), hop),
+            _ => return (StatusCode::BAD_REQUEST, "Unsupported query path").into_response(),
+        };
+        for i in machines {
+            let m = &rt.machines[i];
+            let owner = json!({"ownerMachine": {"totalValues": 1, "elementValues": [{"elementType": "Machine", "guid": m.guid(), "name": m.hostname}]}});
+            match hop.requested_type.as_str() {
+                "Machine" => {
+                    results.insert(m.guid(), json!({"simpleValues": {"elementDisplayName": simple(&m.hostname), "pylumId": simple(&m.pylum_id)}, "elementValues": {}, "guidString": m.guid()}));
+                }
+                "Process" => {
+                    let pids = facet(hop, "pid");
+                    for p in m.endpoint.processes.iter().filter(|p| pids.as_ref().is_none_or(|v| v.contains(&p.pid.to_string()))) {
+                        results.insert(p.guid.clone(), json!({
+                            "simpleValues": {"elementDisplayName": simple(&p.name), "pid": simple(&p.pid.to_string()), "commandLine": simple(&p.command_line)},
+                            "elementValues": owner, "guidString": p.guid,
+                        }));
+                    }
+                }
+                "File" => {
+                    let paths = facet(hop, "correctedPath");
+                    for f in m.endpoint.files.values().filter(|f| paths.as_ref().is_none_or(|v| v.iter().any(|p| p.eq_ignore_ascii_case(&f.path)))) {
+                        let name = f.path.rsplit('\\').next().unwrap_or_default().to_owned();
+                        results.insert(f.guid.clone(), json!({
+                            "simpleValues": {"elementDisplayName": simple(&name), "correctedPath": simple(&f.path)},
+                            "elementValues": owner, "guidString": f.guid,
+                        }));
+                    }
+                }
+                "RegistryEvent" => {
+                    let keys = facet(hop, "elementDisplayName");
+                    for (k, g) in m.endpoint.registry.iter().filter(|(k, _)| keys.as_ref().is_none_or(|v| v.iter().any(|x| x.eq_ignore_ascii_case(k)))) {
+                        results.insert(g.clone(), json!({"simpleValues": {"elementDisplayName": simple(k)}, "elementValues": owner, "guidString": g}));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let n = results.len();
+        json_response(json!({
+            "data": {"resultIdToElementDataMap": results, "totalPossibleResults": n, "queryTerminated": false},
+            "status": "SUCCESS", "hidePartialSuccess": false, "message": "", "expectedResults": 1, "failures": 0,
+        }))
+    })
+}
+
+// ---- files (§6.4) ----
+
+/// An AES-256 zip holding one file, as the fetches return it.
+fn zip_of(name: &str, content: &[u8], password: &str) -> Result<Vec<u8>, String> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated)
+        .with_aes_encryption(zip::AesMode::Aes256, password);
+    w.start_file(name, options).map_err(|e| e.to_string())?;
+    w.write_all(content).map_err(|e| e.to_string())?;
+    Ok(w.finish().map_err(|e| e.to_string())?.into_inner())
+}
+
+fn zip_response(name: &str, content: &[u8], password: &str) -> Response {
+    match zip_of(name, content, password) {
+        Ok(bytes) => (
+            StatusCode::OK,
+            [
+                (CONTENT_TYPE, "application/octet-stream".to_owned()),
+                (CONTENT_DISPOSITION, format!("attachment; filename=\"{name}.zip\"")),
+            ],
+            bytes,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
+    }
+}
+
+async fn fetch_direct(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Json(body): Json<wire::FetchDirect>,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
+        let Some(i) = rt.machine_by_pylum(&body.pylum_id) else {
+            return (StatusCode::BAD_REQUEST, "Unknown sensor").into_response();
+        };
+        let m = &rt.machines[i];
+        let file = if m.online { m.endpoint.files.get(&body.path.to_lowercase()) } else { None };
+        let Some(file) = file else {
+            // No Content-Disposition: "file not found" to clients (C1).
+            return (StatusCode::OK, [(CONTENT_TYPE, "application/octet-stream")], Vec::new())
+                .into_response();
+        };
+        let name = file.path.rsplit('\\').next().unwrap_or("file").to_owned();
+        let content = file.content.clone();
+        rt.counters.direct_fetches += 1;
+        zip_response(&name, &content, &rt.cfg.fetch_zip_password)
+    })
+}
+
+async fn fetch_start(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Json(body): Json<wire::FetchStart>,
+) -> Response {
+    sim.with(|rt, now| {
+        guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
+        let mut failures = 0;
+        for guid in &body.element_guids {
+            let found = rt.machines.iter().enumerate().find_map(|(i, m)| {
+                m.endpoint.files.values().find(|f| &f.guid == guid).map(|f| (i, f.path.clone()))
+            });
+            match found {
+                Some((machine, file_path)) => {
+                    let id = rt.batch_id();
+                    rt.fetches.push(FetchBatch { id, machine, file_path, created: now });
+                    rt.counters.fetch_batches += 1;
+                }
+                None => failures += 1,
+            }
+        }
+        let status = if failures == 0 { "SUCCESS" } else if failures < body.element_guids.len() { "PARTIAL_SUCCESS" } else { "FAILURE" };
+        json_response(json!({
+            "data": (failures == 0).to_string(), "status": status, "hidePartialSuccess": false, "message": "",
+            "expectedResults": body.element_guids.len(), "failures": failures,
+            "failedServersInfo": {"onlineFailedServers": [], "offlineServers": [], "onlineFailedServersPercentage": 0.0, "totalFailedServersPercentage": 0.0},
+        }))
+    })
+}
+
+async fn fetch_progress(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+) -> Response {
+    sim.with(|rt, now| {
+        guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
+        let data: Vec<Value> = rt
+            .fetches
+            .iter()
+            .map(|f| {
+                let name = f.file_path.rsplit('\\').next().unwrap_or_default();
+                json!({"fileName": name, "succeeded": rt.fetch_ready(f, now), "batchId": f.id, "machineName": rt.machines[f.machine].hostname})
+            })
+            .collect();
+        json_response(json!({"data": data}))
+    })
+}
+
+async fn fetch_files(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Path(batch): Path<i64>,
+) -> Response {
+    sim.with(|rt, now| {
+        guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
+        // Unknown or expired batch: 500 (XSOAR, §6.4).
+        let Some(f) = rt.fetches.iter().find(|f| f.id == batch) else {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+        };
+        if rt.is_expired(f, now) || !rt.fetch_ready(f, now) {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+        }
+        let m = &rt.machines[f.machine];
+        let Some(file) = m.endpoint.files.get(&f.file_path) else {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+        };
+        let name = file.path.rsplit('\\').next().unwrap_or("file").to_owned();
+        zip_response(&name, &file.content, &rt.cfg.fetch_zip_password)
+    })
+}
+
+async fn fetch_close(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Path(batch): Path<i64>,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
+        let before = rt.fetches.len();
+        rt.fetches.retain(|f| f.id != batch);
+        if rt.fetches.len() == before {
+            return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+        }
+        json_response(json!({"status": "SUCCESS", "data": true, "message": ""}))
+    })
+}
+
+// ---- IR tools and sensor batches (§6.5, §6.6) ----
+
+async fn packages(State(sim): State<Simulator>, Extension(user): Extension<User>) -> Response {
+    sim.with(|rt, _| {
+        guard!(since(rt, "21.1.81"));
+        guard!(require(rt, &user, &["responder_l2"], true));
+        let list: Vec<Value> = rt
+            .packages
+            .iter()
+            .map(|(n, (size, at))| json!({"packageName": n, "size": size, "uploadTime": at}))
+            .collect();
+        json_response(Value::Array(list))
+    })
+}
+
+async fn upload(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    mut form: Multipart,
+) -> Response {
+    let allowed = sim.with(|rt, _| {
+        since(rt, "21.1.81").and_then(|()| require(rt, &user, &["responder_l2"], true))
+    });
+    guard!(allowed);
+    let (mut name, mut size, mut file_name) = (None, 0usize, None);
+    loop {
+        match form.next_field().await {
+            Ok(Some(mut field)) => match field.name() {
+                Some("packageName" | "pacakgeName") => name = field.text().await.ok(),
+                Some("packageInfo") => {
+                    file_name = field.file_name().map(str::to_owned);
+                    // Counted while streaming, never held whole.
+                    loop {
+                        match field.chunk().await {
+                            Ok(Some(chunk)) => size += chunk.len(),
+                            Ok(None) => break,
+                            Err(e) => {
+                                return (StatusCode::BAD_REQUEST, e.to_string()).into_response();
+                            }
+                        }
+                        if size > MAX_PACKAGE {
+                            return (
+                                StatusCode::BAD_REQUEST,
+                                "Package size exceeds the 100MB limit",
+                            )
+                                .into_response();
+                        }
+                    }
+                }
+                _ => {}
+            },
+            Ok(None) => break,
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
+    }
+    let Some(name) = name.or(file_name) else {
+        return (StatusCode::BAD_REQUEST, "Missing package name").into_response();
+    };
+    sim.with(|rt, _| {
+        rt.packages.insert(name.clone(), (size as u64, epoch_ms()));
+        rt.counters.packages_uploaded += 1;
+        json_response(json!({"packageName": name, "size": size, "status": "SUCCESS"}))
+    })
+}
+
+/// The IR run (shape unpublished, §6.6.2): the batch framework's body — `sensorsIds` (or
+/// `sensorIds`, both spellings seen, §5) and the package name in `argument` (or `toolName`).
+async fn ir_run(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Json(body): Json<Value>,
+) -> Response {
+    sim.with(|rt, now| {
+        guard!(since(rt, "21.1.81"));
+        guard!(require(rt, &user, &["responder_l2"], true));
+        let ids: Vec<String> = ["sensorsIds", "sensorIds"]
+            .iter()
+            .find_map(|k| body.get(*k).and_then(Value::as_array))
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        let tool = ["argument", "toolName"].iter().find_map(|k| body.get(*k).and_then(Value::as_str)).unwrap_or_default().to_owned();
+        if !rt.packages.contains_key(&tool) {
+            return (StatusCode::BAD_REQUEST, format!("Unknown IR tool package {tool:?}")).into_response();
+        }
+        let sensors: Vec<IrSensor> = ids
+            .iter()
+            .filter_map(|id| rt.machine_by_sensor(id))
+            .filter(|i| !rt.machines[*i].archived)
+            .map(|machine| IrSensor { machine, status: "Pending", error: None })
+            .collect();
+        if sensors.is_empty() {
+            // None of the selected sensors can take the action (§6.5).
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        let batch = Batch {
+            id: rt.batch_id(),
+            action_type: "IRToolsRunIRTool",
+            arguments: json!({"@class": "com.cybereason.configuration.models.irtools.RunIRToolParameters", "packageName": tool, "arguments": body.get("arguments").cloned().unwrap_or(Value::Null)}),
+            user: user.0.clone(),
+            start_ms: epoch_ms(),
+            created: now,
+            sensors,
+            aborted_by: None,
+        };
+        rt.counters.ir_runs += 1;
+        let v = rt.batch_json(&batch);
+        rt.batches.push(batch);
+        json_response(v)
+    })
+}
+
+async fn ir_status(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Path(batch): Path<i64>,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(since(rt, "21.1.81"));
+        guard!(require(rt, &user, &["responder_l2"], true));
+        match rt.batches.iter().find(|b| b.id == batch) {
+            Some(b) => json_response(rt.ir_rows(b)),
+            None => (StatusCode::BAD_REQUEST, "UNKNOWN BATCH").into_response(),
+        }
+    })
+}
+
+async fn abort(
+    State(sim): State<Simulator>,
+    Extension(user): Extension<User>,
+    Path(batch): Path<i64>,
+) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["system_admin"], false));
+        let Some(i) = rt.batches.iter().position(|b| b.id == batch) else {
+            return (StatusCode::BAD_REQUEST, "UNKNOWN BATCH").into_response();
+        };
+        // Only work not yet sent to sensors is aborted (§6.5, D8).
+        let b = &mut rt.batches[i];
+        for s in b.sensors.iter_mut().filter(|s| s.status == "Pending") {
+            s.status = "Aborted";
+        }
+        b.aborted_by = Some(user.0.clone());
+        rt.counters.ir_aborts += 1;
+        let v = rt.batch_json(&rt.batches[i]);
+        json_response(v)
+    })
+}
+
+async fn all_actions(State(sim): State<Simulator>, Extension(user): Extension<User>) -> Response {
+    sim.with(|rt, _| {
+        guard!(require(rt, &user, &["system_admin"], false));
+        let all: Vec<Value> = rt.batches.iter().rev().map(|b| rt.batch_json(b)).collect();
+        json_response(Value::Array(all))
+    })
+}

@@ -1,0 +1,417 @@
+//! The adapter against its simulator, over real HTTP on loopback, driven by the testsuite's
+//! engine stand-in.
+
+use std::time::Duration;
+
+use edrgate_adapter::testsuite::{JournalMode, RunHarness, sha256_hex};
+use edrgate_adapter::{Adapter, Command, CommandResult, ErrorCode, Status};
+use edrgate_cybereason::simulator::{
+    DEFAULT_PASSWORD, DEFAULT_TFA_USERNAME, DEFAULT_TOTP_SECRET, DEFAULT_USERNAME,
+    DEFAULT_ZIP_PASSWORD, Faults, NOTE_TXT, SimConfig, SimUser, Simulator,
+};
+use edrgate_cybereason::{CybereasonAdapter, CybereasonConfig};
+use secrecy::SecretString;
+
+const HOST: &str = "CR-WS-0001";
+
+fn config(url: &str, username: &str) -> CybereasonConfig {
+    let mut cfg = CybereasonConfig::new(url, username, SecretString::from(DEFAULT_PASSWORD));
+    cfg.totp_secret = Some(SecretString::from(DEFAULT_TOTP_SECRET));
+    cfg.fetch_zip_password = Some(SecretString::from(DEFAULT_ZIP_PASSWORD));
+    cfg.poll_interval_ms = 20;
+    cfg.max_poll_interval_ms = 100;
+    cfg
+}
+
+async fn setup(sim: SimConfig) -> (Simulator, CybereasonAdapter) {
+    let sim = Simulator::new(sim);
+    let addr = sim.spawn().await.unwrap();
+    let adapter =
+        CybereasonAdapter::new("cr", config(&format!("http://{addr}"), DEFAULT_TFA_USERNAME))
+            .unwrap();
+    (sim, adapter)
+}
+
+fn run(sim: &Simulator, host: &str, commands: Vec<Command>) -> RunHarness {
+    RunHarness::new(&sim.pylum_id(host).unwrap(), commands)
+}
+
+#[tokio::test]
+async fn devices_are_found_by_hostname_with_pylum_ids() {
+    let (sim, adapter) = setup(SimConfig { machines: 3, ..SimConfig::default() }).await;
+    let all = adapter.find_devices(None).await.unwrap();
+    assert_eq!(all.len(), 3);
+    let d = adapter.resolve_hostname("cr-ws-0002").await.unwrap();
+    assert_eq!(d.device_id, sim.pylum_id("CR-WS-0002").unwrap());
+    assert!(d.online);
+    assert_eq!(d.group.as_deref(), Some("Simulated"));
+    sim.set_archived("CR-WS-0003", true);
+    assert_eq!(
+        adapter.find_devices(Some("CR-WS")).await.unwrap().len(),
+        2,
+        "archived sensors are left out"
+    );
+    let e = adapter.resolve_hostname("nope").await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DeviceNotFound);
+}
+
+#[tokio::test]
+async fn get_file_streams_the_file_out_of_the_encrypted_zip() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let path = "C:\\Users\\Public\\updater.exe";
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![
+            Command::GetFile { path: path.into(), offset: None, length: None },
+            Command::GetFile { path: path.into(), offset: Some(2), length: Some(10) },
+            Command::GetFile { path: "C:\\evidence\\note.txt".into(), offset: None, length: None },
+        ],
+    );
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let expected = sim.file_content(HOST, path).unwrap();
+    let CommandResult::File { file } = r.result(0) else { panic!("{:?}", r.result(0)) };
+    assert_eq!(
+        (file.size, file.sha256.as_str(), file.name.as_str()),
+        (expected.len() as u64, sha256_hex(&expected).as_str(), "updater.exe")
+    );
+    assert_eq!(r.files.bytes(file), expected);
+    let CommandResult::File { file } = r.result(1) else { panic!() };
+    assert_eq!(r.files.bytes(file), expected[2..12].to_vec());
+    let CommandResult::File { file } = r.result(2) else { panic!() };
+    assert_eq!(r.files.bytes(file), NOTE_TXT);
+    assert_eq!(sim.counters().direct_fetches, 3);
+}
+
+#[tokio::test]
+async fn missing_file_and_wrong_zip_password_fail_cleanly() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::GetFile { path: "C:\\nope.txt".into(), offset: None, length: None }],
+    );
+    r.drive(&adapter).await;
+    assert_eq!(r.error(0).code, ErrorCode::FileNotFound);
+
+    let mut cfg = config(&adapter_url(&sim).await, DEFAULT_TFA_USERNAME);
+    cfg.fetch_zip_password = Some(SecretString::from("wrong"));
+    let wrong = CybereasonAdapter::new("cr", cfg).unwrap();
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::GetFile {
+            path: "C:\\evidence\\note.txt".into(),
+            offset: None,
+            length: None,
+        }],
+    );
+    r.drive(&wrong).await;
+    assert_eq!(r.status(0), Status::Failed);
+    assert!(r.error(0).message.contains("fetch_zip_password"), "{:?}", r.error(0));
+}
+
+async fn adapter_url(sim: &Simulator) -> String {
+    format!("http://{}", sim.spawn().await.unwrap())
+}
+
+#[tokio::test]
+async fn remediations_kill_quarantine_and_delete_keys_once() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let key = "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run\\Updater";
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![
+            Command::KillProcess { pid: 6666 },
+            Command::DeleteFile { path: "C:\\Users\\Public\\updater.exe".into() },
+            Command::RegistryDeleteKey { key: key.into() },
+        ],
+    );
+    assert!(sim.process_exists(HOST, 6666));
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert!(!sim.process_exists(HOST, 6666));
+    assert!(sim.is_quarantined(HOST, "C:\\Users\\Public\\updater.exe"));
+    assert!(!sim.registry_key_exists(HOST, key));
+    let c = sim.counters();
+    assert_eq!((c.remediations_received, c.remediations_executed), (3, 3));
+    // The raw vendor words were reported on the way: not reported yet, then running, then done.
+    let words: Vec<&str> =
+        r.vendor_history.iter().filter(|(i, _)| *i == 0).map(|(_, w)| w.as_str()).collect();
+    assert_eq!(words.last(), Some(&"SUCCESS"), "{words:?}");
+}
+
+#[tokio::test]
+async fn unknown_pid_and_offline_kill_fail_with_their_codes() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 31337 }]);
+    r.drive(&adapter).await;
+    assert_eq!(r.error(0).code, ErrorCode::NotFound);
+    assert_eq!(sim.counters().remediations_received, 0, "nothing to remediate");
+
+    sim.set_online("CR-WS-0002", false);
+    let mut r = run(&sim, "CR-WS-0002", vec![Command::KillProcess { pid: 4242 }]);
+    r.drive(&adapter).await;
+    let e = r.error(0);
+    assert_eq!(
+        (e.code, e.vendor_code.as_deref()),
+        (ErrorCode::DeviceOffline, Some("MACHINE_NOT_CONNECTED"))
+    );
+    assert!(sim.process_exists("CR-WS-0002", 4242));
+}
+
+#[tokio::test]
+async fn isolate_then_release_reads_the_per_id_result() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut r = run(&sim, HOST, vec![Command::Isolate]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert_eq!(r.result(0), &CommandResult::Containment { isolated: true });
+    assert!(sim.is_isolated(HOST));
+    let mut r = run(&sim, HOST, vec![Command::Release]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert!(!sim.is_isolated(HOST));
+    assert_eq!((sim.counters().isolations, sim.counters().unisolations), (1, 1));
+}
+
+#[tokio::test]
+async fn ir_tool_runs_upload_packages_and_report_failures() {
+    let (sim, adapter) =
+        setup(SimConfig { ir_fail_hosts: vec!["CR-WS-0002".into()], ..SimConfig::default() }).await;
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::RunScript {
+            script: "triage.ps1".into(),
+            args: vec!["-Quick".into()],
+            file_id: None,
+        }],
+    );
+    let file_id = r.files.add("triage.ps1", b"Get-Process | Out-File $env:TEMP\\p.txt");
+    r.commands[0] = Command::RunScript {
+        script: "triage.ps1".into(),
+        args: vec!["-Quick".into()],
+        file_id: Some(file_id),
+    };
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let CommandResult::Execution { output: Some(output), .. } = r.result(0) else {
+        panic!("{:?}", r.result(0))
+    };
+    assert!(output.contains("storage bucket"), "{output}");
+    assert!(sim.packages().contains(&"triage.ps1".to_owned()));
+
+    let mut failing = run(
+        &sim,
+        "CR-WS-0002",
+        vec![Command::RunScript { script: "collector.exe".into(), args: vec![], file_id: None }],
+    );
+    failing.drive(&adapter).await;
+    let e = failing.error(0);
+    assert_eq!((e.code, e.vendor_code.as_deref()), (ErrorCode::CommandFailed, Some("Failed")));
+    assert_eq!(e.vendor_message.as_deref(), Some("The tool exited with code 1"));
+    assert_eq!(sim.counters().ir_runs, 2);
+}
+
+#[tokio::test]
+async fn a_cancelled_ir_run_is_aborted_on_the_console() {
+    let (sim, adapter) =
+        setup(SimConfig { ir_step: Duration::from_secs(30), ..SimConfig::default() }).await;
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::RunScript { script: "collector.exe".into(), args: vec![], file_id: None }],
+    );
+    while sim.counters().ir_runs == 0 {
+        r.step(&adapter).await.unwrap();
+    }
+    r.stop.stop(edrgate_adapter::adapter::StopReason::Cancelled);
+    r.drive(&adapter).await;
+    assert_eq!(r.status(0), Status::Cancelled);
+    assert_eq!(sim.counters().ir_aborts, 1);
+}
+
+#[tokio::test]
+async fn a_session_lost_mid_run_logs_in_again_and_remediates_once() {
+    let (sim, adapter) =
+        setup(SimConfig { remediation_delay: Duration::from_millis(600), ..SimConfig::default() })
+            .await;
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242 }]);
+    while sim.counters().remediations_received == 0 {
+        r.step(&adapter).await.unwrap();
+    }
+    sim.expire_sessions();
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let c = sim.counters();
+    assert_eq!((c.remediations_received, c.remediations_executed), (1, 1));
+    assert_eq!(c.logins, 2);
+    assert!(c.session_redirects >= 1);
+}
+
+#[tokio::test]
+async fn a_session_lost_on_the_action_request_is_reconciled_not_replayed() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    sim.expire_session_before("/rest/remediate");
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242 }]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let c = sim.counters();
+    assert_eq!((c.remediations_received, c.remediations_executed, c.logins), (1, 1, 2));
+}
+
+#[tokio::test]
+async fn crash_after_the_remediation_arrived_adopts_it() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242 }]);
+    // Slow calls keep the step in flight after the POST arrived, where the crash hits.
+    sim.set_faults(Faults { latency: Duration::from_millis(150), ..Faults::default() });
+    let s = sim.clone();
+    r.crash_after_intent(&adapter, || {
+        let s = s.clone();
+        async move {
+            while s.counters().remediations_received == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+    sim.set_faults(Faults::default());
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert_eq!(sim.counters().remediations_received, 1);
+}
+
+#[tokio::test]
+async fn crash_before_the_remediation_was_sent_sends_it_once() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut r =
+        run(&sim, HOST, vec![Command::DeleteFile { path: "C:\\evidence\\note.txt".into() }]);
+    r.journal.set_mode(JournalMode::StoreThenHang);
+    r.crash_after_intent(&adapter, || tokio::time::sleep(Duration::from_millis(50))).await;
+    assert_eq!(sim.counters().remediations_received, 0);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert_eq!(sim.counters().remediations_received, 1);
+}
+
+#[tokio::test]
+async fn crash_after_an_ir_run_started_adopts_the_batch() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::RunScript { script: "collector.exe".into(), args: vec![], file_id: None }],
+    );
+    sim.set_faults(Faults { latency: Duration::from_millis(150), ..Faults::default() });
+    let s = sim.clone();
+    r.crash_after_intent(&adapter, || {
+        let s = s.clone();
+        async move {
+            while s.counters().ir_runs == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+    sim.set_faults(Faults::default());
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert_eq!(sim.counters().ir_runs, 1);
+}
+
+#[tokio::test]
+async fn login_failures_are_vendor_auth_failed_not_hangs() {
+    let sim = Simulator::new(SimConfig::default());
+    let url = format!("http://{}", sim.spawn().await.unwrap());
+    let kill = || vec![Command::KillProcess { pid: 4242 }];
+    let pylum = sim.pylum_id(HOST).unwrap();
+
+    // Wrong password: the login page comes back.
+    let mut cfg = config(&url, DEFAULT_USERNAME);
+    cfg.password = SecretString::from("wrong");
+    let bad = CybereasonAdapter::new("cr", cfg).unwrap();
+    let e = bad.find_devices(None).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::VendorAuthFailed);
+    let mut r = RunHarness::new(&pylum, kill());
+    let err = r.step(&bad).await;
+    assert!(err.is_ok(), "command failures are reported on the command");
+    assert_eq!(r.error(0).code, ErrorCode::VendorAuthFailed);
+
+    // A two-factor user without the TOTP secret.
+    let mut cfg = config(&url, DEFAULT_TFA_USERNAME);
+    cfg.totp_secret = None;
+    let no_totp = CybereasonAdapter::new("cr", cfg).unwrap();
+    let e = no_totp.find_devices(None).await.unwrap_err();
+    assert!(e.info.message.contains("totp_secret"), "{e}");
+
+    // An expired password.
+    let mut expired = SimUser::new("old@sim.example", DEFAULT_PASSWORD);
+    expired.password_expired = true;
+    sim.set_users(vec![expired, SimUser::new(DEFAULT_USERNAME, DEFAULT_PASSWORD)]);
+    let old = CybereasonAdapter::new("cr", config(&url, "old@sim.example")).unwrap();
+    let e = old.find_devices(None).await.unwrap_err();
+    assert!(e.info.message.contains("expired"), "{e}");
+    assert!(sim.counters().login_failures >= 2);
+}
+
+#[tokio::test]
+async fn missing_roles_and_rate_limits() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    // A user without Responder L2 cannot run IR tools: 403.
+    let mut analyst = SimUser::new("analyst@sim.example", DEFAULT_PASSWORD);
+    analyst.roles = vec!["system_admin".into(), "analyst_l3".into()];
+    sim.set_users(vec![analyst]);
+    let url = adapter_url(&sim).await;
+    let limited = CybereasonAdapter::new("cr", config(&url, "analyst@sim.example")).unwrap();
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::RunScript { script: "collector.exe".into(), args: vec![], file_id: None }],
+    );
+    r.drive(&limited).await;
+    assert_eq!(r.error(0).code, ErrorCode::VendorAuthFailed);
+    assert_eq!(r.error(0).vendor_code.as_deref(), Some("403"));
+    drop(adapter);
+
+    // Every third call is a 429: the run still completes, honouring Retry-After.
+    sim.set_faults(Faults { rate_limit_every: 3, ..Faults::default() });
+    let mut r = run(&sim, HOST, vec![Command::Isolate]);
+    r.drive(&limited).await;
+    r.assert_all_succeeded();
+    assert!(sim.counters().rate_limited >= 1);
+    assert_eq!(sim.counters().isolations, 1);
+}
+
+#[tokio::test]
+async fn the_batch_fetch_flow_downloads_by_element() {
+    let sim = Simulator::new(SimConfig::default());
+    let url = adapter_url(&sim).await;
+    let mut cfg = config(&url, DEFAULT_TFA_USERNAME);
+    cfg.fetch_mode = edrgate_cybereason::FetchMode::Batch;
+    let adapter = CybereasonAdapter::new("cr", cfg).unwrap();
+    let path = "C:\\Users\\Public\\updater.exe";
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![
+            Command::GetFile { path: path.into(), offset: None, length: None },
+            // The same name again: the earlier batch is told apart from the new one.
+            Command::GetFile { path: path.into(), offset: Some(0), length: Some(4) },
+            Command::GetFile { path: "C:\\nope.bin".into(), offset: None, length: None },
+        ],
+    )
+    .continue_on_error();
+    r.drive(&adapter).await;
+    let expected = sim.file_content(HOST, path).unwrap();
+    let CommandResult::File { file } = r.result(0) else { panic!("{:?}", r.result(0)) };
+    assert_eq!(r.files.bytes(file), expected);
+    let CommandResult::File { file } = r.result(1) else { panic!("{:?}", r.result(1)) };
+    assert_eq!(r.files.bytes(file), expected[..4].to_vec());
+    assert_eq!(r.error(2).code, ErrorCode::FileNotFound);
+    let c = sim.counters();
+    assert_eq!((c.fetch_batches, c.direct_fetches), (2, 0));
+}
