@@ -290,7 +290,7 @@ impl FileStore {
             loop {
                 loop {
                     match files.sweep(500).await {
-                        Ok(n) if n == 500 => continue,
+                        Ok(500) => continue,
                         Ok(n) => {
                             if n > 0 {
                                 tracing::info!(purged = n, "expired files deleted");
