@@ -82,6 +82,11 @@ pub trait Adapter: Send + Sync + 'static {
     /// in `step`, which sees the stop signal first whenever the engine can give it one.
     fn run_closed(&self, _run_id: Uuid) {}
 
+    /// The engine gives every adapter the budget it shares with the other replicas, before the
+    /// adapter's first step and again after a reload (keep the first). Adapters with vendor
+    /// limits ask it as well as their local budget; see [`crate::shared`].
+    fn use_shared_budget(&self, _budget: Arc<dyn crate::shared::SharedBudget>) {}
+
     /// Advances a run. `checkpoint` is `None` on the first call, else what the previous step (or
     /// [`Journal::record`]) stored. An `Err` that `is_retryable` makes the engine call again with
     /// the same checkpoint after a back-off; any other `Err` fails the run's unfinished commands.

@@ -8,6 +8,7 @@
 //!   step, and the seams it gets from the engine ([`Journal`], [`RunFiles`]);
 //! - [`error`]: [`AdapterError`], the normalized error with its retry hints;
 //! - [`budget`]: [`FairSlots`], the fair concurrency budget in front of a vendor;
+//! - [`shared`]: [`SharedBudget`], vendor budgets kept with the other gateway replicas;
 //! - [`http`]: vendor-HTTP helpers shared by adapters (`Retry-After`, back-off, classification
 //!   of transport failures);
 //! - `testsuite` (feature `testsuite`): an in-memory engine stand-in for adapter tests.
@@ -19,6 +20,7 @@ pub mod budget;
 pub mod error;
 pub mod http;
 pub mod model;
+pub mod shared;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
@@ -28,3 +30,4 @@ pub use adapter::{
 pub use budget::{FairSlots, SlotGuard};
 pub use error::AdapterError;
 pub use model::*;
+pub use shared::{LocalBudget, SharedBudget, SharedSlot};
