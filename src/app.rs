@@ -19,10 +19,6 @@ use crate::engine::{Engine, EngineOptions};
 use crate::files::FileStore;
 use crate::store::Store;
 
-/// How long a shutdown waits for in-flight requests, then for run drivers to hand their runs
-/// back, before cutting them off.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
 /// A built, started gateway.
 pub struct App {
     /// The running engine (already started).
@@ -35,6 +31,9 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Configuration reloads (SIGHUP, the admin endpoint).
     pub reloader: Arc<Reloader>,
+    /// How long a shutdown waits for in-flight requests, then for run drivers to hand their
+    /// runs back, before cutting them off (`server.shutdown_grace_seconds`).
+    pub grace: Duration,
 }
 
 impl App {
@@ -86,6 +85,7 @@ impl App {
             .filter_map(|c| api::request::Cidr::parse(c).ok())
             .collect();
         let state = ApiState {
+            prefix: config.server.path_prefix.as_str().into(),
             trusted_proxies,
             reloader: Arc::clone(&reloader),
             engine: Arc::clone(&engine),
@@ -94,7 +94,8 @@ impl App {
             shutdown: shutdown.clone(),
         };
         let router = api::router(state, config.server.max_body_bytes);
-        Ok(App { engine, router, auth, shutdown, reloader })
+        let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
+        Ok(App { engine, router, auth, shutdown, reloader, grace })
     }
 }
 
@@ -162,34 +163,40 @@ impl Reloader {
 }
 
 /// Serves `app` on `listener` until `signal` resolves, then shuts down gracefully: stop
-/// accepting, let long-polls answer, drain in-flight requests (at most [`SHUTDOWN_GRACE`]),
-/// then stop the engine, which hands its runs back for the next process.
+/// accepting, let long-polls answer, drain in-flight requests, hand the runs back; all within
+/// the app's `grace`, so the next process (or replica) resumes them at once.
 pub async fn serve(
     listener: TcpListener,
     app: App,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let App { engine, router, shutdown, reloader, .. } = app;
+    let App { engine, router, shutdown, reloader, grace, .. } = app;
+    let deadline = std::sync::Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+    let started = std::sync::Arc::clone(&deadline);
     let stopping = shutdown.clone();
     let reloads = tokio::spawn(reload_on_sighup(reloader));
     // The peer address feeds the audit trail (through trusted proxies only).
     let router = router.into_make_service_with_connect_info::<SocketAddr>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
         signal.await;
-        tracing::info!("shutting down: no new connections");
+        let _ = started.set(tokio::time::Instant::now() + grace);
+        tracing::info!(grace_seconds = grace.as_secs(), "shutting down: no new connections");
         stopping.cancel();
     });
     let mut server = std::pin::pin!(server.into_future());
     let served = tokio::select! {
         served = &mut server => served,
         // Once the shutdown started, the drain gets a bounded time.
-        () = async { shutdown.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
             tracing::warn!("in-flight requests did not finish in time");
             Ok(())
         }
     };
     reloads.abort();
-    engine.shutdown(SHUTDOWN_GRACE).await;
+    // What is left of the grace goes to the run drivers.
+    let left =
+        deadline.get().map_or(grace, |d| d.saturating_duration_since(tokio::time::Instant::now()));
+    engine.shutdown(left.max(Duration::from_millis(100))).await;
     tracing::info!("stopped");
     served.context("http server")
 }

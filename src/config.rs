@@ -44,6 +44,15 @@ pub struct ServerConfig {
     /// headers are believed; from any other peer they are ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Path the API is served under (`/edrgate` serves `/edrgate/v1/actions`), for a reverse
+    /// proxy that forwards a sub-path as is. `/healthz`, `/readyz` and `/metrics` are also
+    /// served at the root, for probes and scrapers that reach the process directly.
+    #[serde(default)]
+    pub path_prefix: String,
+    /// On SIGTERM: how long in-flight requests, then run drivers, get to finish before the
+    /// process exits (runs not handed back by then are taken over after their lease).
+    #[serde(default = "default_grace")]
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -436,12 +445,14 @@ pub struct RouteRule {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackendConfig {
     Carbonblack(edrgate_carbonblack::CarbonBlackConfig),
+    Cybereason(edrgate_cybereason::CybereasonConfig),
 }
 
 impl BackendConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             BackendConfig::Carbonblack(_) => "carbonblack",
+            BackendConfig::Cybereason(_) => "cybereason",
         }
     }
 
@@ -449,6 +460,7 @@ impl BackendConfig {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         match self {
             BackendConfig::Carbonblack(cb) => cb.validate(),
+            BackendConfig::Cybereason(cr) => cr.validate(),
         }
     }
 }
@@ -460,6 +472,8 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body(),
             max_wait_seconds: default_max_wait(),
             trusted_proxies: Vec::new(),
+            path_prefix: String::new(),
+            shutdown_grace_seconds: default_grace(),
         }
     }
 }
@@ -530,6 +544,9 @@ fn default_jwks_cache() -> u64 {
 fn default_jwks_refresh() -> u64 {
     60
 }
+fn default_grace() -> u64 {
+    10
+}
 fn default_resolution_ttl() -> u64 {
     60
 }
@@ -581,6 +598,25 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         self.auth.validate(&mut errors);
+        let prefix = &self.server.path_prefix;
+        let prefix_ok = prefix.is_empty()
+            || (prefix.starts_with('/')
+                && !prefix.ends_with('/')
+                && prefix.len() <= 128
+                && prefix.split('/').skip(1).all(|seg| {
+                    !seg.is_empty()
+                        && seg != "."
+                        && seg != ".."
+                        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+                }));
+        if !prefix_ok {
+            errors.push(format!(
+                "server.path_prefix: {prefix:?} must look like /edrgate or /a/b (no trailing slash)"
+            ));
+        }
+        if self.server.shutdown_grace_seconds == 0 {
+            errors.push("server.shutdown_grace_seconds: must be at least 1".to_owned());
+        }
         for (i, proxy) in self.server.trusted_proxies.iter().enumerate() {
             if let Err(problem) = crate::api::request::Cidr::parse(proxy) {
                 errors.push(format!("server.trusted_proxies[{i}]: {problem}"));
@@ -982,6 +1018,7 @@ mod tests {
             ["tenants.acme.routing.order[1]: no backend named \"nope\" in this tenant"]
         );
         let config = Config::parse(&text.replace(", \"nope\"", ""), |_| None).unwrap();
+        #[allow(irrefutable_let_patterns, reason = "irrefutable only while one kind exists")]
         let BackendConfig::Carbonblack(cb) = &config.tenants["acme"].backends["cb"] else {
             panic!("not carbonblack");
         };

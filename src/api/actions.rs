@@ -161,7 +161,7 @@ pub(crate) async fn submit_action(
     };
     tracing::info!(tenant = %caller.tenant, action_id = %action.id, replayed, "action submitted");
     let mut response = (status, Json(&action)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/actions/{}", action.id)) {
+    if let Ok(location) = HeaderValue::from_str(&meta.link(&format!("/v1/actions/{}", action.id))) {
         response.headers_mut().insert(LOCATION, location);
     }
     if replayed {

@@ -61,6 +61,8 @@ pub struct ApiState {
     pub trusted_proxies: Arc<[request::Cidr]>,
     /// Re-reads the configuration (SIGHUP, `POST /v1/admin/reload`).
     pub reloader: Arc<crate::app::Reloader>,
+    /// `server.path_prefix` (empty for none).
+    pub prefix: Arc<str>,
 }
 
 impl FromRef<ApiState> for Arc<Auth> {
@@ -71,6 +73,7 @@ impl FromRef<ApiState> for Arc<Auth> {
 
 /// The complete application router: routes, fallbacks, `/openapi.json` and the layers.
 pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
+    let prefix = Arc::clone(&state.prefix);
     let (routes, doc) = openapi::api_routes().split_for_parts();
     // Rendered once: the document is a function of the code only.
     let doc = openapi::render(&doc);
@@ -82,14 +85,23 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
                 async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )
-        .fallback(not_found)
-        .with_state(state);
-
-    with_layers(routes, max_body_bytes)
+        .with_state(state.clone());
+    let routes = if prefix.is_empty() {
+        routes
+    } else {
+        // Probes and scrapers reach the process directly, without the proxy's prefix.
+        let ops = Router::new()
+            .route("/healthz", axum::routing::get(devices::healthz))
+            .route("/readyz", axum::routing::get(devices::readyz))
+            .with_state(state);
+        Router::new().nest(&prefix, routes).merge(ops)
+    };
+    let upload_path: Arc<str> = format!("{prefix}/v1/files").into();
+    with_layers(routes.fallback(not_found), max_body_bytes, upload_path)
 }
 
 /// The middleware stack around every route (and the fallbacks).
-fn with_layers(routes: Router, max_body_bytes: usize) -> Router {
+fn with_layers(routes: Router, max_body_bytes: usize, upload_path: Arc<str>) -> Router {
     // `ServiceBuilder` lists layers outermost first (the reverse of chained `.layer` calls).
     let layers = ServiceBuilder::new()
         // Outermost: `Authorization` is marked sensitive before anything could log it.
@@ -111,19 +123,19 @@ fn with_layers(routes: Router, max_body_bytes: usize) -> Router {
         .layer(CatchPanicLayer::custom(panic_response))
         // Backstop for bodies that are not read through `Json` (which has `DefaultBodyLimit`
         // below); uploads stream under their tenant's own cap instead.
-        .layer(axum::middleware::from_fn_with_state(max_body_bytes, limit_body));
+        .layer(axum::middleware::from_fn_with_state((max_body_bytes, upload_path), limit_body));
     routes.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(layers)
 }
 
 /// `RequestBodyLimitLayer` for every request but `POST /v1/files`, whose body streams to
 /// storage and is capped by `files.max_upload_bytes` ([`files::upload_file`]).
 async fn limit_body(
-    axum::extract::State(max): axum::extract::State<usize>,
+    axum::extract::State((max, upload_path)): axum::extract::State<(usize, Arc<str>)>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
     use tower::{Layer as _, ServiceExt as _};
-    if req.method() == axum::http::Method::POST && req.uri().path() == "/v1/files" {
+    if req.method() == axum::http::Method::POST && req.uri().path() == &*upload_path {
         return next.run(req).await;
     }
     let next = next.map_request(|r: axum::http::Request<_>| r.map(Body::new));
@@ -196,7 +208,8 @@ mod tests {
             .header(&X_REQUEST_ID, "req-panic")
             .body(Body::empty())
             .unwrap();
-        let response = with_layers(routes, 1024).oneshot(request).await.unwrap();
+        let response =
+            with_layers(routes, 1024, "/v1/files".into()).oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(response.headers()["content-type"], problem::PROBLEM_JSON);
         assert_eq!(response.headers()[&X_REQUEST_ID], "req-panic");
@@ -215,7 +228,10 @@ mod tests {
                 .header(&X_REQUEST_ID, sent)
                 .body(Body::empty())
                 .unwrap();
-            let response = with_layers(routes.clone(), 1024).oneshot(request).await.unwrap();
+            let response = with_layers(routes.clone(), 1024, "/v1/files".into())
+                .oneshot(request)
+                .await
+                .unwrap();
             let echoed = response.headers()[&X_REQUEST_ID].to_str().unwrap();
             assert!(Uuid::parse_str(echoed).is_ok(), "{echoed}");
         }

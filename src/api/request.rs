@@ -61,12 +61,25 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The request's id and the client's address, for the audit trail and logs.
+/// The request's id, the client's address (for the audit trail and logs), and the origin the
+/// client addressed (for the links the API answers with).
 #[derive(Clone, Debug, Default)]
 pub struct RequestMeta {
     pub request_id: Option<String>,
     /// `None` when the transport has no peer address (in-process tests).
     pub client: Option<IpAddr>,
+    /// `scheme://host` as the client sees the API: from a trusted proxy's forwarded proto and
+    /// host, else `http` and the `Host` header. `None` without a usable host.
+    pub origin: Option<String>,
+    /// `server.path_prefix`.
+    pub prefix: Arc<str>,
+}
+
+impl RequestMeta {
+    /// The URL of `path` (an API path such as `/v1/actions/…`) as the client can follow it.
+    pub fn link(&self, path: &str) -> String {
+        format!("{}{}{path}", self.origin.as_deref().unwrap_or(""), self.prefix)
+    }
 }
 
 impl<S> FromRequestParts<S> for RequestMeta
@@ -82,7 +95,10 @@ where
             parts.headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         let client = peer.map(|peer| client_address(peer, &parts.headers, &state.trusted_proxies));
-        Ok(RequestMeta { request_id, client })
+        let trusted_peer =
+            peer.is_some_and(|p| state.trusted_proxies.iter().any(|c| c.contains(p)));
+        let origin = origin(&parts.headers, trusted_peer);
+        Ok(RequestMeta { request_id, client, origin, prefix: Arc::clone(&state.prefix) })
     }
 }
 
@@ -107,6 +123,37 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &Arc<[Cidr]>) 
         }
     }
     client
+}
+
+/// `scheme://host` of the request as the client made it. Forwarded values count only from a
+/// trusted proxy; the first (client-facing) proxy's values win. Hosts are checked to be plain
+/// `name[:port]` so a hostile header cannot inject into a `Location`.
+fn origin(headers: &HeaderMap, trusted_peer: bool) -> Option<String> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let first = |v: &str| v.split(',').next().unwrap_or("").trim().trim_matches('"').to_owned();
+    let (mut proto, mut host) = (None, None);
+    if trusted_peer {
+        if let Some(forwarded) = header("forwarded") {
+            let element = forwarded.split(',').next().unwrap_or("");
+            for pair in element.split(';') {
+                if let Some((k, v)) = pair.split_once('=') {
+                    match k.trim().to_ascii_lowercase().as_str() {
+                        "proto" => proto = Some(first(v)),
+                        "host" => host = Some(first(v)),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        proto = proto.or_else(|| header("x-forwarded-proto").map(first));
+        host = host.or_else(|| header("x-forwarded-host").map(first));
+    }
+    let proto = proto.filter(|p| p == "http" || p == "https").unwrap_or_else(|| "http".into());
+    let host = host.or_else(|| header("host").map(str::to_owned))?;
+    let plain = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b));
+    plain.then(|| format!("{proto}://{host}"))
 }
 
 /// The forwarded-for chain, leftmost (original client) first. `None` for a hop that is not
@@ -155,6 +202,24 @@ mod tests {
 
     fn trusted(list: &[&str]) -> Arc<[Cidr]> {
         list.iter().map(|c| Cidr::parse(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn origin_comes_from_trusted_proxies_only() {
+        let mut h = HeaderMap::new();
+        h.insert("host", HeaderValue::from_static("gw.internal:8080"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("soc.example.com"));
+        assert_eq!(origin(&h, true).as_deref(), Some("https://soc.example.com"));
+        assert_eq!(origin(&h, false).as_deref(), Some("http://gw.internal:8080"));
+        h.insert(
+            "forwarded",
+            HeaderValue::from_static("for=1.2.3.4;proto=http;host=\"a.example:81\""),
+        );
+        assert_eq!(origin(&h, true).as_deref(), Some("http://a.example:81"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example/x"));
+        h.remove("forwarded");
+        assert_eq!(origin(&h, true), None);
     }
 
     #[test]
