@@ -210,6 +210,9 @@ fn build(name: &str, backend: BackendConfig) -> Result<Arc<dyn Adapter>, Adapter
         BackendConfig::Carbonblack(cb) => {
             edrgate_carbonblack::CarbonBlackAdapter::new(name, cb).map(|a| Arc::new(a) as _)
         }
+        BackendConfig::Cybereason(cr) => {
+            edrgate_cybereason::CybereasonAdapter::new(name, cr).map(|a| Arc::new(a) as _)
+        }
     }
 }
 

@@ -81,6 +81,33 @@ pub struct DemoArgs {
 pub enum SimCommand {
     /// Carbon Black EDR (Live Response API).
     Carbonblack(CarbonBlackSimArgs),
+    /// Cybereason (console REST API: login, remediation, isolation, file fetch, IR tools).
+    Cybereason(CybereasonSimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CybereasonSimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    pub listen: SocketAddr,
+    /// Serve HTTPS with a self-signed certificate for `localhost` and `127.0.0.1`.
+    #[arg(long)]
+    pub tls: bool,
+    /// Write the certificate (PEM) here, for clients to trust; printed when omitted.
+    #[arg(long, requires = "tls")]
+    pub cert_out: Option<PathBuf>,
+    /// Number of machines, hostnames `CR-WS-0001`, `CR-WS-0002`, ….
+    #[arg(long, default_value_t = 5)]
+    pub machines: usize,
+    /// Time a remediation takes to end, in milliseconds.
+    #[arg(long, default_value_t = 300)]
+    pub remediation_delay_ms: u64,
+    /// Time between IR tool status changes on a sensor, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub ir_step_ms: u64,
+    /// Hostname where IR tools fail (repeatable).
+    #[arg(long)]
+    pub ir_fail_host: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -164,6 +191,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { config } => serve(&config).await,
         Command::Demo(args) => demo(args).await,
         Command::Sim(SimCommand::Carbonblack(args)) => sim_carbonblack(args).await,
+        Command::Sim(SimCommand::Cybereason(args)) => sim_cybereason(args).await,
         Command::Token(args) => token(args),
         Command::CheckConfig { file, connect } => Ok(check_config(&file, connect).await),
         Command::Openapi { write, root } => openapi_command(write, &root),
@@ -222,6 +250,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         token = toml_string(DEFAULT_TOKEN),
         ca = toml_string(&ca_file.display().to_string()),
     );
+    let (cr_toml, cr_banner) = demo_cybereason(&dir).await?;
+    let text = text + &cr_toml;
     let config = Config::parse(&text, |_| None)
         .map_err(|errors| anyhow::anyhow!("demo configuration: {}", errors.join("; ")))?;
     let token = auth::mint_for(&config.auth, "demo", "demo-user", Duration::from_secs(24 * 3600))?;
@@ -231,6 +261,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("binding {}", args.listen))?;
     let base = format!("http://{}", listener.local_addr()?);
     println!("{}", demo_banner(&base, &token, &dir, sim_addr, args.sensors));
+    println!("{cr_banner}");
     app::serve(listener, app, app::shutdown_signal()).await?;
     if remove_after && let Err(error) = std::fs::remove_dir_all(&dir) {
         tracing::warn!(%error, dir = %dir.display(), "could not remove the demo directory");
@@ -266,6 +297,83 @@ API description: {base}/openapi.json
 "#,
         dir = dir.display(),
     )
+}
+
+/// The demo's Cybereason simulator (HTTPS, `CR-WS-0001` … `CR-WS-0005`) as backend `cr-lab`
+/// of tenant `demo`: its config table and a banner line.
+async fn demo_cybereason(dir: &Path) -> anyhow::Result<(String, String)> {
+    use edrgate_cybereason::simulator as cr;
+    let sim = cr::Simulator::new(cr::SimConfig::default());
+    let addr = sim.spawn_tls().await.context("starting the Cybereason simulator")?;
+    let ca_file = dir.join("cr-sim-ca.pem");
+    std::fs::write(&ca_file, sim.cert_pem()?)
+        .with_context(|| format!("writing {}", ca_file.display()))?;
+    let table = format!(
+        "[tenants.demo.backends.cr-lab]\nkind = \"cybereason\"\nurl = {url}\nusername = {user}\n\
+         password = {password}\ntotp_secret = {totp}\nfetch_zip_password = {zip}\nca_file = {ca}\n",
+        url = toml_string(&format!("https://127.0.0.1:{}", addr.port())),
+        user = toml_string(cr::DEFAULT_TFA_USERNAME),
+        password = toml_string(cr::DEFAULT_PASSWORD),
+        totp = toml_string(cr::DEFAULT_TOTP_SECRET),
+        zip = toml_string(cr::DEFAULT_ZIP_PASSWORD),
+        ca = toml_string(&ca_file.display().to_string()),
+    );
+    let hosts = sim.hostnames();
+    let banner = format!(
+        "  backend \"cr-lab\": Cybereason simulator at https://{addr} ({} machines, {} … {}); try\n  \
+         {{\"targets\": [{{\"hostname\": \"CR-WS-0001\"}}], \"commands\": [{{\"type\": \"get_file\", \"path\": \"C:\\\\evidence\\\\note.txt\"}}]}}",
+        hosts.len(),
+        hosts.first().map_or("", String::as_str),
+        hosts.last().map_or("", String::as_str),
+    );
+    Ok((table, banner))
+}
+
+async fn sim_cybereason(args: CybereasonSimArgs) -> anyhow::Result<ExitCode> {
+    use edrgate_cybereason::simulator as cr;
+    let sim = cr::Simulator::new(cr::SimConfig {
+        machines: args.machines,
+        remediation_delay: Duration::from_millis(args.remediation_delay_ms),
+        ir_step: Duration::from_millis(args.ir_step_ms),
+        ir_fail_hosts: args.ir_fail_host.clone(),
+        ..cr::SimConfig::default()
+    });
+    let scheme = if args.tls { "https" } else { "http" };
+    let banner = |addr: SocketAddr| {
+        println!(
+            "Cybereason simulator on {scheme}://{addr}\n  users: {} (no 2FA) and {} (TOTP secret {}), password {}\n  fetch zip password: {}\n  {} machines (CR-WS-0001 …)",
+            cr::DEFAULT_USERNAME,
+            cr::DEFAULT_TFA_USERNAME,
+            cr::DEFAULT_TOTP_SECRET,
+            cr::DEFAULT_PASSWORD,
+            cr::DEFAULT_ZIP_PASSWORD,
+            args.machines,
+        );
+    };
+    let served = if args.tls {
+        let listener = std::net::TcpListener::bind(args.listen)
+            .with_context(|| format!("binding {}", args.listen))?;
+        let pem = sim.cert_pem()?;
+        match &args.cert_out {
+            Some(path) => {
+                std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?
+            }
+            None => println!("{pem}"),
+        }
+        banner(listener.local_addr()?);
+        tokio::spawn(sim.serve_tls_on(listener))
+    } else {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        banner(listener.local_addr()?);
+        tokio::spawn(sim.serve(listener))
+    };
+    tokio::select! {
+        result = served => result.context("simulator task")?.context("simulator")?,
+        () = app::shutdown_signal() => {}
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn sim_carbonblack(args: CarbonBlackSimArgs) -> anyhow::Result<ExitCode> {
@@ -456,6 +564,12 @@ mod tests {
         };
         assert!(sim.tls);
         assert_eq!((sim.sensors, sim.slots, sim.token.as_str()), (9, 10, DEFAULT_TOKEN));
+        let Command::Sim(SimCommand::Cybereason(cr)) =
+            parse(&["sim", "cybereason", "--listen", "127.0.0.1:0"]).unwrap().command
+        else {
+            panic!("not sim cybereason");
+        };
+        assert_eq!((cr.tls, cr.machines, cr.remediation_delay_ms), (false, 5, 300));
         let Command::Token(t) =
             parse(&["token", "--tenant", "acme", "--secret", "s"]).unwrap().command
         else {
