@@ -82,6 +82,12 @@ pub trait Adapter: Send + Sync + 'static {
     /// in `step`, which sees the stop signal first whenever the engine can give it one.
     fn run_closed(&self, _run_id: Uuid) {}
 
+    /// The backend's vendor budgets as they stand (sessions in use, calls this minute…), for
+    /// the gateway's `/metrics`. Cheap: called on every scrape.
+    fn budgets(&self) -> Vec<BudgetUse> {
+        Vec::new()
+    }
+
     /// The engine gives every adapter the budget it shares with the other replicas, before the
     /// adapter's first step and again after a reload (keep the first). Adapters with vendor
     /// limits ask it as well as their local budget; see [`crate::shared`].
@@ -95,6 +101,17 @@ pub trait Adapter: Send + Sync + 'static {
         ctx: &RunContext<'_>,
         checkpoint: Option<serde_json::Value>,
     ) -> Result<Step, AdapterError>;
+}
+
+/// One vendor budget of a backend at one instant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BudgetUse {
+    /// What is counted, e.g. `sessions`, `runliveresponse_per_minute`.
+    pub name: &'static str,
+    pub in_use: usize,
+    pub capacity: usize,
+    /// Runs waiting for it (queued, visible as such to callers).
+    pub waiting: usize,
 }
 
 /// The hostname rule of every adapter's device search: `name` contains `query`, ignoring ASCII

@@ -43,6 +43,42 @@ pub fn client(tls: &TlsOptions, read_timeout: Duration) -> Result<reqwest::Clien
     builder.build().map_err(|e| AdapterError::internal(format!("cannot build HTTP client: {e}")))
 }
 
+/// Sends a vendor request, recording it in the gateway's metrics: the call count and latency
+/// by vendor, backend and outcome (`2xx`, `3xx`, `4xx`, `429`, `5xx`, `timeout`, `transport`),
+/// and the vendor's 429s on their own. Every adapter sends through this, so `/metrics` sees
+/// every vendor call.
+pub async fn send(
+    vendor: &'static str,
+    backend: &str,
+    request: reqwest::RequestBuilder,
+) -> reqwest::Result<reqwest::Response> {
+    let started = std::time::Instant::now();
+    let result = request.send().await;
+    let outcome = match &result {
+        Ok(r) if r.status() == StatusCode::TOO_MANY_REQUESTS => "429",
+        Ok(r) => match r.status().as_u16() {
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        },
+        Err(e) if e.is_timeout() => "timeout",
+        Err(_) => "transport",
+    };
+    let labels = [
+        ("vendor", vendor.to_owned()),
+        ("backend", backend.to_owned()),
+        ("outcome", outcome.to_owned()),
+    ];
+    metrics::counter!("edrgate_vendor_requests_total", &labels).increment(1);
+    metrics::histogram!("edrgate_vendor_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    if outcome == "429" {
+        metrics::counter!("edrgate_vendor_rate_limited_total", &labels[..2]).increment(1);
+    }
+    result
+}
+
 /// The delay a `Retry-After` header asks for (delta-seconds; HTTP dates are rare from these
 /// vendors and are treated as absent).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {

@@ -25,7 +25,7 @@ pub mod shared;
 pub mod testsuite;
 
 pub use adapter::{
-    Adapter, CommandUpdate, Journal, Next, RunContext, RunFiles, Step, hostname_matches,
+    Adapter, BudgetUse, CommandUpdate, Journal, Next, RunContext, RunFiles, Step, hostname_matches,
 };
 pub use budget::{FairSlots, SlotGuard};
 pub use error::AdapterError;
