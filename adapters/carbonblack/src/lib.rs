@@ -66,4 +66,7 @@ pub mod simulator;
 mod wire;
 
 pub use adapter::CarbonBlackAdapter;
+
+/// The backend kind, as configured (`kind = "carbonblack"`) and reported.
+pub const KIND: &str = "carbonblack";
 pub use config::CarbonBlackConfig;
