@@ -893,7 +893,7 @@ impl CarbonBlackAdapter {
         // A short range means the end of the file, but only if the server staged no more than
         // it sent: a body cut short without a transport error (a proxy, a restarted worker)
         // must not complete a truncated file. The file object's `size` (§2.10–§2.12) tells.
-        if false && got < fetch.asked {
+        if got < fetch.asked {
             let staged = self.client.file_object(sid, fid).await?.size;
             if staged != Some(got) {
                 let e = CbError::Api(AdapterError::transient(

@@ -197,6 +197,12 @@ pub struct Faults {
     /// A session silently dies after accepting N commands: the next command POST (and every
     /// later call) gets 404 `Session {id} not found`, which drives cbapi's reconnect (§5.3).
     pub expire_sessions_after_commands: Option<u32>,
+    /// Every Nth file-content download (§2.13, counted separately) stops after half of its
+    /// bytes: the body is aborted (the client sees a transport error) or, with
+    /// `cut_downloads_cleanly`, ends as if complete, which only the file object's `size`
+    /// reveals.
+    pub cut_downloads_every: Option<u32>,
+    pub cut_downloads_cleanly: bool,
 }
 
 /// Snapshot of what happened, for exactly-once assertions.
@@ -222,6 +228,8 @@ pub struct Counters {
     pub downloads: u64,
     pub faults_5xx: u64,
     pub faults_dropped: u64,
+    /// Downloads cut short by `cut_downloads_every`.
+    pub faults_cut: u64,
     pub unauthorized: u64,
     pub isolation_changes: u64,
     /// Sessions holding a slot right now.

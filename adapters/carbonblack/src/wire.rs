@@ -116,6 +116,9 @@ pub(crate) struct RegValue {
 pub(crate) struct FileObject {
     #[serde(deserialize_with = "lenient_u64")]
     pub id: u64,
+    /// Bytes of the stored file; null when the sensor's transfer errored (§2.10–§2.12).
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    pub size: Option<u64>,
 }
 
 /// A sensor record (`GET /api/v1/sensor…`, §7.4).

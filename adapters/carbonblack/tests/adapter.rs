@@ -738,3 +738,62 @@ async fn an_unknown_sensor_is_device_not_found() {
         assert_eq!(run.error(i).code, ErrorCode::DeviceNotFound, "{:?}", run.error(i));
     }
 }
+
+#[tokio::test]
+async fn downloads_cut_short_resume_and_never_complete_truncated() {
+    // Aborted bodies (a transport error) and bodies that end cleanly but short (only the file
+    // object's `size` reveals them) both resume from the bytes already written.
+    for cleanly in [false, true] {
+        let size = 300_000u64;
+        let (sim, url) = simulator(SimConfig {
+            file_size: size,
+            faults: Faults {
+                cut_downloads_every: Some(2),
+                cut_downloads_cleanly: cleanly,
+                ..Faults::default()
+            },
+            ..SimConfig::default()
+        })
+        .await;
+        let mut cfg = config(&url);
+        cfg.chunk_size = 64 * 1024;
+        let adapter = adapter(cfg);
+        let big = "C:\\evidence\\big.bin";
+        let mut run = Run::new(
+            "1",
+            vec![
+                Command::GetFile { path: big.into(), offset: None, length: None },
+                Command::GetFile { path: big.into(), offset: Some(1000), length: Some(150_000) },
+            ],
+        );
+        run.drive(&adapter).await;
+        run.assert_all_succeeded();
+        let whole = file_of(run.result(0));
+        assert_eq!(whole.size, size, "cleanly: {cleanly}");
+        assert_eq!(whole.sha256, sha256(&sim.read_file(1, big, 0, size).unwrap()));
+        let part = file_of(run.result(1));
+        assert_eq!(part.size, 150_000);
+        assert_eq!(part.sha256, sha256(&sim.read_file(1, big, 1000, 150_000).unwrap()));
+        assert!(sim.counters().faults_cut >= 4, "{:?}", sim.counters());
+    }
+
+    // Every download cut: the command fails after a bounded number of tries, with no file.
+    let (_sim, url) = simulator(SimConfig {
+        faults: Faults {
+            cut_downloads_every: Some(1),
+            cut_downloads_cleanly: true,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let adapter = adapter(config(&url));
+    let mut run = Run::new(
+        "1",
+        vec![Command::GetFile { path: "C:\\evidence\\big.bin".into(), offset: None, length: None }],
+    );
+    run.drive(&adapter).await;
+    assert_eq!(run.status(0), Status::Failed, "{:?}", run.views[0]);
+    assert_eq!(run.error(0).code, ErrorCode::VendorUnavailable, "{:?}", run.error(0));
+    assert!(run.views[0].result.is_none());
+}

@@ -1,6 +1,7 @@
 //! HTTP surface: routes of §2 and §7.4, the auth/LR/fault gate, and CB-like headers.
 
 use std::collections::HashMap;
+use std::io;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -10,6 +11,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::state::ApiError;
@@ -466,8 +468,28 @@ async fn file_content(
     State(sim): State<Simulator>,
     Path((sid, fid)): Path<(u64, u64)>,
 ) -> ApiResult {
-    let (content, etag) = sim.with(|rt, _| rt.file_content(sid, fid))?;
-    let mut resp = Response::new(Body::from_stream(content.stream()));
+    let (content, etag, cut) = sim.with(|rt, _| {
+        let (content, etag) = rt.file_content(sid, fid)?;
+        let faults = &rt.cfg.faults;
+        let n = rt.counters_snapshot().downloads;
+        let hit =
+            faults.cut_downloads_every.is_some_and(|k| k > 0 && n.is_multiple_of(u64::from(k)));
+        let cut = (hit && content.len() > 1).then_some(faults.cut_downloads_cleanly);
+        if cut.is_some() {
+            rt.count(|c| c.faults_cut += 1);
+        }
+        Ok::<_, ApiError>((content, etag, cut))
+    })?;
+    let body = match cut {
+        None => Body::from_stream(content.stream()),
+        Some(cleanly) => {
+            let half = content.len() / 2;
+            let head = content.slice(0, Some(half)).stream().map(|r| r.map_err(io::Error::other));
+            let tail = (!cleanly).then(|| Err(io::Error::other("simulated cut")));
+            Body::from_stream(head.chain(futures::stream::iter(tail)))
+        }
+    };
+    let mut resp = Response::new(body);
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     if let Ok(v) = HeaderValue::from_str(&etag) {
