@@ -538,10 +538,14 @@ impl DefenderAdapter {
                 let word =
                     main_status(&slots, &results, i).unwrap_or_else(|| action.status.clone());
                 if reported[i - cp.index] != word {
-                    let s = if status == Status::Running {
-                        mapping::command_status(&word)
-                    } else {
-                        status
+                    // A finished command's verdict waits for its result, collected once the
+                    // action ends (links exist only then).
+                    let s = match status {
+                        Status::Running => match mapping::command_status(&word) {
+                            s if s.is_terminal() => Status::Running,
+                            s => s,
+                        },
+                        s => s,
                     };
                     updates.push(
                         CommandUpdate::status(i, s)
@@ -1040,10 +1044,10 @@ impl DefenderAdapter {
                     ) =>
                 {
                     // Completion won the race: report what really happened.
-                    if matches!(cp.phase, Phase::Running { .. } | Phase::Intent { .. }) {
-                        if let Err(e) = self.collect(ctx, cp, updates, &action, end).await {
-                            tracing::debug!(run = %ctx.run_id, error = %e, "collecting a finished action after a stop failed");
-                        }
+                    if matches!(cp.phase, Phase::Running { .. } | Phase::Intent { .. })
+                        && let Err(e) = self.collect(ctx, cp, updates, &action, end).await
+                    {
+                        tracing::debug!(run = %ctx.run_id, error = %e, "collecting a finished action after a stop failed");
                     }
                 }
                 Ok(_) => {}

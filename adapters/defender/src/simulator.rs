@@ -167,6 +167,9 @@ pub struct Faults {
     pub error_5xx_every: Option<u32>,
     /// Latency added to every request.
     pub slow: Option<Duration>,
+    /// Latency added after a request was processed, before its response: the window in which
+    /// a client cannot know whether its POST happened.
+    pub slow_response: Option<Duration>,
 }
 
 /// Snapshot of what happened, for exactly-once assertions.

@@ -324,7 +324,7 @@ impl Endpoint {
                 ));
             }
         }
-        let prefix = if dir.ends_with(':') { format!("{dir}\\") } else { format!("{dir}\\") };
+        let prefix = format!("{dir}\\");
         let entries = self
             .files
             .iter()

@@ -77,6 +77,13 @@ async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Res
         sim.with(|rt, _| rt.counters.faults_5xx += 1);
         return error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "injected fault");
     }
+    // HTTP/2 carries the host as `:authority`, not `Host`; links are built from `Host`.
+    if !req.headers().contains_key(header::HOST)
+        && let Some(authority) =
+            req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, authority);
+    }
     let path = req.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix("/API/") {
         // The docs write `/API/` in one place (§0).
@@ -108,19 +115,26 @@ async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Res
             );
         }
     }
-    next.run(req).await
+    let resp = next.run(req).await;
+    if let Some(d) = faults.slow_response {
+        tokio::time::sleep(d).await;
+    }
+    resp
 }
 
 /// The per-endpoint API budget (100/min per app+tenant, §9).
-fn admit(rt: &mut Runtime, class: &'static str, now: Instant) -> Result<(), Resp> {
+/// `Some` rejection once the endpoint's budget is used up.
+fn admit(rt: &mut Runtime, class: &'static str, now: Instant) -> Option<Resp> {
     let limit = rt.cfg.api_calls_per_minute;
-    rt.api_windows.entry(class).or_default().admit(now, limit, Duration::from_secs(60)).map_err(
-        |wait| {
-            rt.counters.responses_429 += 1;
-            rt.counters.api_rate_limited += 1;
-            too_many(wait, "API calls quota exceeded")
-        },
-    )
+    let wait = rt
+        .api_windows
+        .entry(class)
+        .or_default()
+        .admit(now, limit, Duration::from_secs(60))
+        .err()?;
+    rt.counters.responses_429 += 1;
+    rt.counters.api_rate_limited += 1;
+    Some(too_many(wait, "API calls quota exceeded"))
 }
 
 fn base(sim: &Simulator, headers: &HeaderMap) -> String {
@@ -235,7 +249,7 @@ async fn machines(
     };
     let base = base(&sim, &headers);
     sim.with(|rt, now| {
-        if let Err(r) = admit(rt, "machines", now) {
+        if let Some(r) = admit(rt, "machines", now) {
             return r;
         }
         let value: Vec<Value> = rt
@@ -261,7 +275,7 @@ async fn machines(
 
 async fn machine(State(sim): State<Simulator>, Path(id): Path<String>) -> Resp {
     sim.with(|rt, now| {
-        if let Err(r) = admit(rt, "machines", now) {
+        if let Some(r) = admit(rt, "machines", now) {
             return r;
         }
         // `{id}` may be the id or the computer name (§10).
@@ -340,7 +354,7 @@ async fn machine_action(
             ok_json(StatusCode::CREATED, v)
         }
         verb @ ("isolate" | "unisolate") => {
-            if let Err(r) = admit(rt, "isolate", now) {
+            if let Some(r) = admit(rt, "isolate", now) {
                 return r;
             }
             let comment =
@@ -411,7 +425,7 @@ async fn actions(
     };
     let base = base(&sim, &headers);
     sim.with(|rt, now| {
-        if let Err(r) = admit(rt, "machineactions", now) {
+        if let Some(r) = admit(rt, "machineactions", now) {
             return r;
         }
         rt.counters.action_list_calls += 1;
@@ -455,7 +469,7 @@ fn find(rt: &Runtime, id: &str, now: Instant) -> Option<usize> {
 async fn action(State(sim): State<Simulator>, headers: HeaderMap, Path(id): Path<String>) -> Resp {
     let base = base(&sim, &headers);
     sim.with(|rt, now| {
-        if let Err(r) = admit(rt, "machineactions", now) {
+        if let Some(r) = admit(rt, "machineactions", now) {
             return r;
         }
         match find(rt, &id, now) {
@@ -484,7 +498,7 @@ async fn action_function(
         return error(StatusCode::NOT_FOUND, "ResourceNotFound", "Resource not found");
     };
     sim.with(|rt, now| {
-        if let Err(r) = admit(rt, "link", now) {
+        if let Some(r) = admit(rt, "link", now) {
             return r;
         }
         let Some(i) = find(rt, &id, now) else {
@@ -526,7 +540,7 @@ async fn action_post(
     let base = base(&sim, &headers);
     let comment = serde_json::from_str::<wire::CommentBody>(&body).map(|b| b.comment);
     sim.with(|rt, now| {
-        if let Err(r) = admit(rt, "cancel", now) {
+        if let Some(r) = admit(rt, "cancel", now) {
             return r;
         }
         let Ok(comment) = comment else {
@@ -603,7 +617,7 @@ async fn blob(
 async fn library(State(sim): State<Simulator>, headers: HeaderMap) -> Resp {
     let base = base(&sim, &headers);
     sim.with(|rt, now| {
-        if let Err(r) = admit(rt, "library", now) {
+        if let Some(r) = admit(rt, "library", now) {
             return r;
         }
         let value: Vec<&wire::LibraryFile> = rt.library.values().map(|f| &f.entity).collect();
@@ -615,7 +629,7 @@ async fn library(State(sim): State<Simulator>, headers: HeaderMap) -> Resp {
 }
 
 async fn upload(State(sim): State<Simulator>, mut form: Multipart) -> Resp {
-    if let Err(r) = sim.with(|rt, now| admit(rt, "library", now)) {
+    if let Some(r) = sim.with(|rt, now| admit(rt, "library", now)) {
         return r;
     }
     let max = sim.config().library_max_bytes;
@@ -687,7 +701,7 @@ async fn upload(State(sim): State<Simulator>, mut form: Multipart) -> Resp {
 
 async fn delete_library(State(sim): State<Simulator>, Path(name): Path<String>) -> Resp {
     sim.with(|rt, now| {
-        if let Err(r) = admit(rt, "library", now) {
+        if let Some(r) = admit(rt, "library", now) {
             return r;
         }
         match rt.library.remove(&name) {

@@ -347,11 +347,11 @@ impl Runtime {
             let isolate = a.kind == "Isolate";
             a.status = "Succeeded";
             a.updated_utc = utc_now();
-            if let Some(m) = self.machine_mut(&machine_id) {
-                if m.isolated != isolate {
-                    m.isolated = isolate;
-                    self.counters.isolation_changes += 1;
-                }
+            if let Some(m) = self.machine_mut(&machine_id)
+                && m.isolated != isolate
+            {
+                m.isolated = isolate;
+                self.counters.isolation_changes += 1;
             }
             return;
         }
@@ -424,10 +424,10 @@ impl Runtime {
 
     fn duration_of(&self, lr: &LrCommand) -> Duration {
         let mut d = self.cfg.command_latency;
-        if lr.kind == kinds::RUN_SCRIPT {
-            if let Some(f) = lr.param(keys::SCRIPT_NAME).and_then(|n| self.library.get(n)) {
-                d += Duration::from_secs_f64(endpoint::script_sleep_secs(&f.content));
-            }
+        if lr.kind == kinds::RUN_SCRIPT
+            && let Some(f) = lr.param(keys::SCRIPT_NAME).and_then(|n| self.library.get(n))
+        {
+            d += Duration::from_secs_f64(endpoint::script_sleep_secs(&f.content));
         }
         d
     }

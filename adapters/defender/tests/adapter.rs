@@ -1,0 +1,454 @@
+//! The Defender adapter against its simulator, driven by the engine stand-in of
+//! `edrgate_adapter::testsuite`.
+
+use std::time::Duration;
+
+use edrgate_adapter::testsuite::RunHarness;
+use edrgate_adapter::{Adapter, Command, CommandResult, ErrorCode, RegistryValueType, Status};
+use edrgate_defender::simulator::{
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, Faults, NOTE_TXT, SimConfig,
+    Simulator, machine_id,
+};
+use edrgate_defender::{DefenderAdapter, DefenderConfig, PUTFILE_DIR};
+use secrecy::SecretString;
+use serde_json::json;
+
+fn config(base: &str) -> DefenderConfig {
+    let mut cfg = DefenderConfig::new(
+        base,
+        DEFAULT_TENANT,
+        DEFAULT_CLIENT_ID,
+        SecretString::from(DEFAULT_CLIENT_SECRET),
+    );
+    cfg.token_url = Some(format!("{base}/{DEFAULT_TENANT}/oauth2/v2.0/token"));
+    cfg.poll_interval_ms = 50;
+    cfg.max_poll_interval_ms = 200;
+    cfg.visibility_grace_secs = 2;
+    cfg
+}
+
+async fn setup(sim: SimConfig) -> (Simulator, DefenderAdapter) {
+    let sim = Simulator::new(sim);
+    let addr = sim.spawn().await.unwrap();
+    let adapter = DefenderAdapter::new("mde", config(&format!("http://{addr}"))).unwrap();
+    (sim, adapter)
+}
+
+fn get(path: &str) -> Command {
+    Command::GetFile { path: path.into(), offset: None, length: None }
+}
+
+#[tokio::test]
+async fn reads_return_typed_results_in_one_machine_action() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let m1 = machine_id(1);
+    let mut run = RunHarness::new(
+        &m1,
+        vec![
+            Command::RunScript {
+                script: "collect.ps1".into(),
+                args: vec!["-x".into()],
+                file_id: None,
+            },
+            Command::ProcessList,
+            Command::ListDirectory { path: "C:\\evidence".into() },
+            Command::RegistryList {
+                key: "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run".into(),
+            },
+            Command::RegistryGet {
+                key: "HKLM\\SYSTEM\\CurrentControlSet\\Services\\Sense".into(),
+                value: "Start".into(),
+            },
+            get("C:\\evidence\\note.txt"),
+        ],
+    );
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    // Six commands, one runliveresponse (RunScripts before GetFile keep Defender's order).
+    let c = sim.counters();
+    assert_eq!(c.live_response_actions, 1, "{c:?}");
+    assert_eq!(c.downloads_with_bearer, 0);
+    let CommandResult::Execution { exit_code, output, output_file, .. } = run.result(0) else {
+        panic!("{:?}", run.result(0))
+    };
+    assert_eq!(*exit_code, Some(0));
+    assert!(output.as_deref().unwrap().starts_with("collected on mde-0001 with -x"), "{output:?}");
+    assert!(output_file.is_some());
+    let CommandResult::Processes { processes } = run.result(1) else { panic!() };
+    assert!(
+        processes
+            .iter()
+            .any(|p| p.pid == 4242 && p.name == "notepad.exe" && p.parent_pid == Some(3120))
+    );
+    let CommandResult::Directory { entries } = run.result(2) else { panic!() };
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.name == "note.txt" && !e.is_directory && e.size == NOTE_TXT.len() as u64)
+    );
+    let CommandResult::RegistryKey { values, .. } = run.result(3) else { panic!() };
+    assert_eq!(values[0].name, "SecurityHealth");
+    let CommandResult::RegistryValue { value } = run.result(4) else { panic!() };
+    assert_eq!((value.value_type.as_str(), &value.data), ("REG_DWORD", &json!(2)));
+    let CommandResult::File { file } = run.result(5) else { panic!() };
+    assert_eq!(run.files.bytes(file), NOTE_TXT);
+    assert_eq!(file.size, NOTE_TXT.len() as u64);
+    // Helpers were uploaded once, under content-versioned names.
+    assert!(sim.library().iter().any(|n| n.starts_with("edrgate-process_list-")));
+    let uploads = sim.counters().library_uploads;
+    let mut again = RunHarness::new(&m1, vec![Command::ProcessList]);
+    again.drive(&adapter).await;
+    again.assert_all_succeeded();
+    assert_eq!(sim.counters().library_uploads, uploads);
+}
+
+#[tokio::test]
+async fn writes_change_the_endpoint_once() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let m2 = machine_id(2);
+    let mut run = RunHarness::new(&m2, vec![Command::ProcessList; 7]);
+    let payload = run.files.add("tool.exe", b"MZ edrgate payload");
+    run.commands = vec![
+        Command::PutFile { file_id: payload.clone(), path: "C:\\Users\\Public\\tool.exe".into() },
+        Command::KillProcess { pid: 4242 },
+        Command::RegistrySet {
+            key: "HKLM\\SOFTWARE\\Microsoft".into(),
+            value: "edrgate".into(),
+            value_type: RegistryValueType::Dword,
+            data: json!(7),
+            overwrite: false,
+        },
+        Command::RegistryCreateKey { key: "HKLM\\SOFTWARE\\edrgate\\test".into() },
+        Command::DeleteFile { path: "C:\\evidence\\note.txt".into() },
+        Command::CreateDirectory { path: "C:\\evidence\\out".into() },
+        Command::Execute {
+            command_line: "echo hello".into(),
+            wait: true,
+            working_directory: None,
+            output_file: None,
+        },
+    ];
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert_eq!(
+        sim.file_content(&m2, "C:\\Users\\Public\\tool.exe").as_deref(),
+        Some(&b"MZ edrgate payload"[..])
+    );
+    assert!(!sim.file_exists(&m2, &format!("{PUTFILE_DIR}\\edrgate-file-x")));
+    assert!(!sim.process_exists(&m2, 4242));
+    assert_eq!(sim.registry_value(&m2, "HKLM\\SOFTWARE\\Microsoft", "edrgate"), Some(json!(7)));
+    assert!(!sim.file_exists(&m2, "C:\\evidence\\note.txt"));
+    assert!(sim.file_exists(&m2, "C:\\evidence\\out"));
+    let CommandResult::Execution { output, exit_code, pid, .. } = run.result(6) else { panic!() };
+    assert_eq!((output.as_deref(), *exit_code), (Some("hello\r\n"), Some(0)));
+    assert!(pid.is_some());
+    let c = sim.counters();
+    assert_eq!(c.helper_runs.get("kill_process"), Some(&1));
+    assert_eq!(c.commands_by_type.get("PutFile"), Some(&1));
+    // Same content again: no second upload of the payload.
+    let uploads = c.library_uploads;
+    let mut again = RunHarness::new(
+        &m2,
+        vec![Command::PutFile {
+            file_id: String::new(),
+            path: "C:\\Users\\Public\\tool2.exe".into(),
+        }],
+    );
+    let id = again.files.add("tool.exe", b"MZ edrgate payload");
+    again.commands[0] =
+        Command::PutFile { file_id: id, path: "C:\\Users\\Public\\tool2.exe".into() };
+    again.drive(&adapter).await;
+    again.assert_all_succeeded();
+    assert_eq!(sim.counters().library_uploads, uploads);
+}
+
+#[tokio::test]
+async fn failed_get_file_stops_or_continues() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let m1 = machine_id(1);
+    let mut stop = RunHarness::new(&m1, vec![get("C:\\nope.txt"), Command::ProcessList]);
+    stop.drive(&adapter).await;
+    assert_eq!((stop.status(0), stop.status(1)), (Status::Failed, Status::Skipped));
+    let e = stop.error(0);
+    assert_eq!(e.code, ErrorCode::FileNotFound);
+    assert_eq!(e.vendor_code.as_deref(), Some("0x80070002"));
+    assert_eq!(e.vendor_message.as_deref(), Some("File C:\\nope.txt was not found on the device"));
+
+    let before = sim.counters().live_response_actions;
+    let mut cont = RunHarness::new(&m1, vec![get("C:\\nope.txt"), get("C:\\evidence\\note.txt")])
+        .continue_on_error();
+    cont.drive(&adapter).await;
+    assert_eq!((cont.status(0), cont.status(1)), (Status::Failed, Status::Succeeded));
+    // Defender stopped the first batch at the failure; the rest went into a second one.
+    assert_eq!(sim.counters().live_response_actions - before, 2);
+}
+
+#[tokio::test]
+async fn helper_failures_map_to_error_codes() {
+    let (_sim, adapter) = setup(SimConfig::default()).await;
+    let mut run = RunHarness::new(
+        &machine_id(1),
+        vec![
+            Command::ListDirectory { path: "C:\\missing".into() },
+            Command::KillProcess { pid: 99999 },
+            get("C:\\Windows\\System32\\config\\SAM"),
+        ],
+    )
+    .continue_on_error();
+    run.drive(&adapter).await;
+    assert_eq!(run.error(0).code, ErrorCode::FileNotFound);
+    assert_eq!(run.error(0).vendor_code.as_deref(), Some("0x80070003"));
+    assert_eq!(run.error(1).code, ErrorCode::NotFound);
+    assert_eq!(run.error(2).code, ErrorCode::AccessDenied);
+}
+
+#[tokio::test]
+async fn isolate_and_release() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let m3 = machine_id(3);
+    let mut run = RunHarness::new(&m3, vec![Command::Isolate]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert_eq!(run.result(0), &CommandResult::Containment { isolated: true });
+    assert!(sim.is_isolated(&m3));
+    let mut run = RunHarness::new(&m3, vec![Command::Release]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert!(!sim.is_isolated(&m3));
+    assert_eq!(sim.counters().isolation_changes, 2);
+}
+
+#[tokio::test]
+async fn expired_tokens_and_links_are_renewed() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let m1 = machine_id(1);
+    let mut run = RunHarness::new(&m1, vec![get("C:\\evidence\\big.bin")]);
+    assert!(matches!(run.step(&adapter).await.unwrap(), edrgate_adapter::Next::After(_)));
+    sim.expire_tokens();
+    sim.refuse_next_downloads(1);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let CommandResult::File { file } = run.result(0) else { panic!() };
+    assert_eq!(file.size, 1024 * 1024);
+    assert_eq!(run.files.bytes(file), sim.file_content(&m1, "C:\\evidence\\big.bin").unwrap());
+    let c = sim.counters();
+    assert_eq!(c.tokens_issued, 2, "{c:?}");
+    assert_eq!((c.expired_downloads, c.downloads, c.downloads_with_bearer), (1, 1, 0));
+}
+
+#[tokio::test]
+async fn partial_reads_take_the_range() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let m1 = machine_id(1);
+    let mut run = RunHarness::new(
+        &m1,
+        vec![Command::GetFile {
+            path: "C:\\evidence\\big.bin".into(),
+            offset: Some(1000),
+            length: Some(70_000),
+        }],
+    );
+    run.drive(&adapter).await;
+    let CommandResult::File { file } = run.result(0) else { panic!() };
+    let whole = sim.file_content(&m1, "C:\\evidence\\big.bin").unwrap();
+    assert_eq!(run.files.bytes(file), &whole[1000..71_000]);
+}
+
+#[tokio::test]
+async fn oversized_put_file_fails_before_any_vendor_call() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::ProcessList]);
+    let id = run.files.add("big.bin", &vec![0u8; 20 * 1024 * 1024 + 1]);
+    run.commands = vec![Command::PutFile { file_id: id, path: "C:\\x.bin".into() }];
+    run.drive(&adapter).await;
+    assert_eq!(run.status(0), Status::Failed);
+    assert_eq!(run.error(0).code, ErrorCode::PayloadTooLarge);
+    assert!(run.error(0).message.contains("20971520"), "{}", run.error(0).message);
+    let c = sim.counters();
+    assert_eq!((c.requests, c.library_uploads, c.live_response_actions), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn restart_after_intent_adopts_the_action_by_its_comment() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut run = RunHarness::new(&machine_id(4), vec![Command::KillProcess { pid: 4242 }]);
+    // Answers arrive late: the crash lands after Defender created the action, before the
+    // adapter heard of it.
+    sim.set_faults(Faults { slow_response: Some(Duration::from_millis(300)), ..Faults::default() });
+    let s = sim.clone();
+    run.crash_after_intent(&adapter, || {
+        let s = s.clone();
+        async move {
+            while s.counters().live_response_actions == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    })
+    .await;
+    adapter.run_closed(run.run_id);
+    sim.set_faults(Faults::default());
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let c = sim.counters();
+    assert_eq!(c.live_response_actions, 1, "{c:?}");
+    assert_eq!(c.helper_runs.get("kill_process"), Some(&1));
+}
+
+#[tokio::test]
+async fn restart_before_the_submission_sends_it_after_the_grace() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut run = RunHarness::new(&machine_id(4), vec![Command::ProcessList]);
+    // Crash right after the intent, before the POST.
+    run.crash_after_intent(&adapter, || async {}).await;
+    adapter.run_closed(run.run_id);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert_eq!(sim.counters().live_response_actions, 1);
+}
+
+#[tokio::test]
+async fn budgets_hold_sessions_and_rate_without_429s() {
+    let sim_cfg = SimConfig {
+        machines: 12,
+        session_cap: 3,
+        live_response_calls: 4,
+        live_response_window: Duration::from_millis(800),
+        pickup_delay: Duration::from_millis(300),
+        ..SimConfig::default()
+    };
+    let sim = Simulator::new(sim_cfg);
+    let addr = sim.spawn().await.unwrap();
+    let mut cfg = config(&format!("http://{addr}"));
+    cfg.concurrent_sessions = 3;
+    cfg.live_response_calls = 4;
+    cfg.live_response_window_ms = 800;
+    let adapter = std::sync::Arc::new(DefenderAdapter::new("mde", cfg).unwrap());
+    let mut tasks = Vec::new();
+    for n in 1..=12 {
+        let adapter = std::sync::Arc::clone(&adapter);
+        tasks.push(tokio::spawn(async move {
+            let mut run = RunHarness::new(&machine_id(n), vec![get("C:\\evidence\\note.txt")]);
+            run.drive(&*adapter).await;
+            run.assert_all_succeeded();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = sim.counters();
+    assert_eq!(c.responses_429, 0, "{c:?}");
+    assert!(c.max_concurrent_sessions <= 3, "{c:?}");
+    assert_eq!(c.live_response_actions, 12);
+}
+
+#[tokio::test]
+async fn another_tools_action_on_the_machine_is_waited_for() {
+    let sim = Simulator::new(SimConfig {
+        pickup_delay: Duration::from_millis(400),
+        ..SimConfig::default()
+    });
+    let addr = sim.spawn().await.unwrap();
+    // Two adapters with separate budgets (as two gateways would be) on one machine.
+    let a = DefenderAdapter::new("a", config(&format!("http://{addr}"))).unwrap();
+    let b =
+        DefenderAdapter::new("b", config(&format!("http://localhost:{}", addr.port()))).unwrap();
+    let m = machine_id(1);
+    let mut ra = RunHarness::new(&m, vec![Command::ProcessList]);
+    let mut rb = RunHarness::new(&m, vec![Command::ProcessList]);
+    tokio::join!(ra.drive(&a), rb.drive(&b));
+    ra.assert_all_succeeded();
+    rb.assert_all_succeeded();
+    let c = sim.counters();
+    assert!(c.active_request_conflicts >= 1, "{c:?}");
+    assert_eq!(c.live_response_actions, 2);
+}
+
+#[tokio::test]
+async fn cancel_of_a_queued_action_on_an_offline_machine() {
+    let (sim, adapter) =
+        setup(SimConfig { offline_machines: vec![5], ..SimConfig::default() }).await;
+    let mut run =
+        RunHarness::new(&machine_id(5), vec![Command::ProcessList, get("C:\\evidence\\note.txt")]);
+    let stop = run.stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.stop(edrgate_adapter::adapter::StopReason::Cancelled);
+    });
+    run.drive(&adapter).await;
+    assert_eq!((run.status(0), run.status(1)), (Status::Cancelled, Status::Cancelled));
+    assert_eq!(sim.counters().cancels, 1);
+    assert_eq!(sim.actions()[0].1, "Cancelled");
+    assert_eq!(sim.active_sessions(), 0);
+}
+
+#[tokio::test]
+async fn staged_run_script_and_script_timeout() {
+    let (sim, adapter) =
+        setup(SimConfig { script_timeout: Duration::from_millis(500), ..SimConfig::default() })
+            .await;
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::ProcessList; 2]);
+    let script = run.files.add("hello.ps1", b"Write-Output \"hi $args\"\nexit 3\n");
+    let slow = run.files.add("slow.ps1", b"Start-Sleep -Seconds 2\nWrite-Output done\n");
+    run.commands = vec![
+        Command::RunScript {
+            script: "hello.ps1".into(),
+            args: vec!["there".into()],
+            file_id: Some(script),
+        },
+        Command::RunScript { script: "slow.ps1".into(), args: vec![], file_id: Some(slow) },
+    ];
+    run.drive(&adapter).await;
+    let CommandResult::Execution { exit_code, output, .. } = run.result(0) else { panic!() };
+    assert_eq!((*exit_code, output.as_deref()), (Some(3), Some("hi there")));
+    assert_eq!(run.status(1), Status::Failed);
+    assert_eq!(run.error(1).code, ErrorCode::Timeout);
+    assert!(sim.library().iter().any(|n| n.starts_with("hello-") && n.ends_with(".ps1")));
+}
+
+#[tokio::test]
+async fn hostnames_resolve_exactly_and_ambiguity_names_the_machines() {
+    let (_sim, adapter) = setup(SimConfig {
+        hostname_overrides: vec![(3, "mde-0002".into())],
+        ..SimConfig::default()
+    })
+    .await;
+    let d = adapter.resolve_hostname("MDE-0001").await.unwrap();
+    assert_eq!(d.device_id, machine_id(1));
+    assert!(d.online);
+    let e = adapter.resolve_hostname("mde-0002").await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DeviceAmbiguous);
+    assert!(e.info.message.contains(&machine_id(2)) && e.info.message.contains(&machine_id(3)));
+    assert_eq!(
+        adapter.resolve_hostname("nope").await.unwrap_err().code(),
+        ErrorCode::DeviceNotFound
+    );
+    assert_eq!(adapter.find_devices(Some("MDE-")).await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn https_with_the_simulators_certificate() {
+    let sim = Simulator::new(SimConfig::default());
+    let addr = sim.spawn_tls().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, sim.cert_pem().unwrap()).unwrap();
+    let mut cfg = config(&format!("https://localhost:{}", addr.port()));
+    cfg.ca_file = Some(ca);
+    let adapter = DefenderAdapter::new("mde", cfg).unwrap();
+    let mut run = RunHarness::new(&machine_id(1), vec![get("C:\\evidence\\note.txt")]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+}
+
+#[tokio::test]
+async fn wrong_secret_fails_with_the_entra_code() {
+    let sim = Simulator::new(SimConfig::default());
+    let addr = sim.spawn().await.unwrap();
+    let mut cfg = config(&format!("http://{addr}"));
+    cfg.client_secret = SecretString::from("wrong");
+    let adapter = DefenderAdapter::new("mde", cfg).unwrap();
+    let e = adapter.find_devices(None).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::VendorAuthFailed);
+    assert_eq!(e.info.vendor_code.as_deref(), Some("invalid_client"));
+    assert!(!format!("{e:?}").contains("wrong"));
+}
