@@ -218,7 +218,13 @@ async fn s3_storage() -> Option<S3Storage> {
     };
     let bucket = "edrgate-test";
     // Test servers (moto) accept an unsigned bucket creation; an existing bucket is fine.
-    let created = reqwest::Client::new().put(format!("{url}/{bucket}")).send().await.unwrap();
+    let created = reqwest::Client::builder()
+        .build()
+        .unwrap()
+        .put(format!("{url}/{bucket}"))
+        .send()
+        .await
+        .unwrap();
     assert!(
         created.status().is_success() || created.status() == StatusCode::CONFLICT,
         "{created:?}"
@@ -289,7 +295,7 @@ impl Gateway {
         tokio::spawn(async move { axum::serve(listener, app.router).await });
         Gateway {
             base,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder().build().unwrap(),
             sim,
             files_dir: dir.path().join("files"),
             _dir: dir,
@@ -506,7 +512,7 @@ async fn downloads_stream_whole_by_range_and_as_a_zip() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert!(!stored.exists());
+    assert!(!stored.try_exists().unwrap());
     problem(gw.get("acme", &path).send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
     let r = gw
         .http
