@@ -1,4 +1,88 @@
-//! Cybereason adapter (documentation below is completed with the crate).
+//! Cybereason adapter for edrgate (remediation, isolation, file fetch and IR tools behind the
+//! normalized `/v1/actions` model), and its simulator.
+//!
+//! Section numbers (§) refer to `shared/vendor-apis/cybereason.md`; vendor pages are under
+//! <https://api-doc.cybereason.com/en/latest/> (Log in with the API, Log in with TFA, Remediate
+//! Items, Check Remediation Progress, Isolate MalOp Machine, Start a File Download Operation,
+//! Abort an Operation, Monitor Incident Response Tool Execution — copy in
+//! `shared/vendor-docs/cybereason-monitor-ir-tool-execution.txt`); the behaviour of real clients
+//! comes from the `cybereason` PyPI client, the XSOAR, Splunk SOAR, Rapid7 and SEKOIA
+//! integrations (§1). Recorded responses are in `tests/fixtures` with their provenance.
+//!
+//! # Vendor model and limits
+//! - **Session** (§3): a browser-style form login (`POST /login.html`) yields a `JSESSIONID`
+//!   valid 8 h; a user with two-factor authentication then posts a TOTP code to `/` (Responder
+//!   L2 users, needed for IR tools, must have it, §3.2). The login answers 200 HTML whether it
+//!   worked or not, so the adapter reads the redirect target (`error`, `reset`) and the page
+//!   (the login form's `<app-login>`, the two-factor text) and reports `vendor_auth_failed`
+//!   rather than ever treating a page as success. One session per backend, one login at a
+//!   time, renewed `relogin_margin_secs` before `session_lifetime_secs`.
+//! - **Session loss** (§3.4, §7): a 302 or an HTML page on a `/rest/` call. The client logs in
+//!   again once; an idempotent read is replayed, a request that starts an action is not (see
+//!   crash safety below).
+//! - **Identifiers** (§5): a device is a sensor, identified by its `pylumId` (what isolation
+//!   and the direct fetch take); the run looks the sensor up once (`POST /rest/sensors/query`)
+//!   and keeps its `sensorId` (batch actions) and machine `guid` (remediation).
+//! - **Limits**: no published rate limit; 429 is honoured with `Retry-After` (C1 waits 60 s).
+//!   edrgate caps itself with `calls_per_minute` (a rate gate) and `max_concurrent_requests`
+//!   (a [`edrgate_adapter::FairSlots`] budget per backend, one holder per device). IR tool
+//!   packages are at most 100 MB (§6.6.3).
+//!
+//! # Commands (everything else is absent from the capabilities, so refused at submission)
+//! - `get_file{path}` (`fetch_mode = "direct"`, default): `POST /rest/file-search/fetch-direct`
+//!   by path and `pylumId` returns an AES-encrypted zip (§6.4; its fixed password is
+//!   `fetch_zip_password`). The zip is spooled to an anonymous temporary file (the format needs
+//!   seeking), the file in it is decrypted and streamed into the file store with its size and
+//!   SHA-256; `offset`/`length` cut the stream. With `fetch_mode = "batch"` the documented
+//!   fetch-file flow is used on the file's element GUID (found by visual search):
+//!   `fetchfile/start` → `downloads/progress` (by file name; batches of that name that existed
+//!   before are ignored) → `getfiles/{batchId}` (500 = expired) → `close`.
+//! - `kill_process{pid}` → remediation `KILL_PROCESS` of the process element the visual
+//!   search finds for the pid on the machine; `delete_file` → `QUARANTINE_FILE` (the file is
+//!   moved to the sensor's quarantine folder, §6.3); `registry_delete_key` →
+//!   `DELETE_REGISTRY_KEY` of the registry element of that key. `POST /rest/remediate` without a
+//!   malop (`NOMALOP`), then `GET /rest/remediate/progress/{username}/{malopId}/{remediationId}`:
+//!   an empty `statusLog` is "not reported yet", never success; the last entry's status and
+//!   `error.errorType` decide. Offline machines queue remediations except kills (§6.3). The
+//!   normalized `kill_process` has only a pid, so a caller cannot pass a process element id.
+//! - `run_script{script, args, file_id}` → an IR tool run (§6.6): with `file_id` the stored file
+//!   is first uploaded as package `script` (`POST /rest/irtools/upload`, part `packageInfo`;
+//!   upload replaces a package of the same name), then run and polled on
+//!   `GET /rest/sensors/action/getRunIRToolStatus/{batchID}` (per-sensor `Sensor`/`Status`/
+//!   `Error`, read whatever the casing or container; a batch object with `globalStats` is read
+//!   too) and aborted with `GET /rest/sensors/abort/{batchID}` on cancel or timeout. **The run
+//!   request itself is not published** (§6.6.2, §11): its path and body are per-backend config
+//!   (`ir_run_path`, `ir_run_body` with placeholders). The default follows the sensor batch
+//!   framework (§6.5), whose action type for IR runs is `IRToolsRunIRTool`:
+//!   `POST /rest/sensors/action/runIRTool` with
+//!   `{"sensorsIds": [<sensorId>], "filters": null, "argument": <package>, "arguments": [<args>]}`
+//!   answering a batch object with `batchId` (204: the sensor cannot take the action).
+//!   **Tool output is not returned through the API**: the sensor uploads it to the customer's
+//!   storage bucket configured for IR tools (`GET /rest/irtools/credentials`); the result says
+//!   so in `output`.
+//! - `isolate`/`release` → `POST /rest/monitor/global/commands/isolate` / `un-isolate` with
+//!   `pylumIds`; the per-id value must be `Succeeded`, whatever the HTTP code (§6.2).
+//!
+//! # Statuses and failures
+//! One table in `mapping.rs` maps remediation words (`PENDING`, `IN_PROGRESS`, `SUCCESS`,
+//! `FAILURE`), batch states (`globalStats.stats` keys, compared case-insensitively, with
+//! `finalState`; IR per-sensor statuses) and isolation results to the normalized lifecycle
+//! (§7), keeping the raw word as `vendor_status` and `errorType`/`Error` as `vendor_code` and
+//! `vendor_message`. Transient failures (transport, 5xx, 429) are retried with back-off and
+//! `Retry-After`; 403 (missing role) and failed logins are `vendor_auth_failed`; 404 (an
+//! endpoint newer than the console) is `vendor_rejected`.
+//!
+//! # Asynchrony and crash safety
+//! [`CybereasonAdapter`] is a resumable state machine: its checkpoint holds the sensor's ids,
+//! the current command and its phase. Before a remediation, IR run or isolation request it
+//! journals an intent. After a restart or a lost session an intent is reconciled against the
+//! console, never re-sent blindly: remediations against `GET /rest/remediate/status/NOMALOP`
+//! (ours: same user, started after the intent, same target and action; one that has not
+//! reported yet is waited for up to a minute), IR runs against `GET /rest/sensors/allActions`
+//! (type `IRToolsRunIRTool`, same user, after the intent, same package, confirmed by its
+//! per-sensor rows), isolation against the sensor's `isolated` flag. Found → adopted; none →
+//! sent; undecidable → `outcome_unknown`. Remediations have no confirmed abort route, so a
+//! cancel leaves a started remediation to finish on the console.
 
 mod adapter;
 mod client;
