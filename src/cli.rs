@@ -473,8 +473,11 @@ async fn check_config(path: &Path, connect: bool) -> ExitCode {
         }
     };
     let mut problems = Vec::new();
-    if let Err(error) = Auth::new(&config.auth) {
-        problems.push(format!("auth: {error}"));
+    match Auth::new(&config.auth) {
+        Err(error) => problems.push(format!("auth: {error}")),
+        // The JWKS endpoints answer with usable signing keys.
+        Ok(auth) if connect => problems.extend(auth.prefetch().await),
+        Ok(_) => {}
     }
     let tenants = config.tenants.len();
     let backends: usize = config.tenants.values().map(|t| t.backends.len()).sum();
