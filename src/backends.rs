@@ -213,6 +213,9 @@ fn build(name: &str, backend: BackendConfig) -> Result<Arc<dyn Adapter>, Adapter
         BackendConfig::Cybereason(cr) => {
             edrgate_cybereason::CybereasonAdapter::new(name, cr).map(|a| Arc::new(a) as _)
         }
+        BackendConfig::Defender(mde) => {
+            edrgate_defender::DefenderAdapter::new(name, mde).map(|a| Arc::new(a) as _)
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! The `edrgate` command line: `serve`, `demo`, `sim`, `token`, `check-config`, `openapi`.
+//! The `edrgate` command line: `serve`, `migrate`, `demo`, `sim`, `token`, `check-config`,
+//! `openapi`.
 //!
 //! Besides `backends.rs`, this is the only gateway module that names a vendor crate: `demo`
 //! and `sim` run the vendors' simulators.
@@ -43,6 +44,12 @@ pub enum Command {
     Sim(SimCommand),
     /// Mint a development bearer token (HS256).
     Token(TokenArgs),
+    /// Apply the store's database migrations (`serve` also applies them at start), then exit.
+    Migrate {
+        /// Configuration file (TOML); its `[store]` names the database.
+        #[arg(long, short, env = "EDRGATE_CONFIG")]
+        config: PathBuf,
+    },
     /// Check a configuration file; prints every problem with its path.
     CheckConfig {
         /// Configuration file (TOML).
@@ -83,6 +90,49 @@ pub enum SimCommand {
     Carbonblack(CarbonBlackSimArgs),
     /// Cybereason (console REST API: login, remediation, isolation, file fetch, IR tools).
     Cybereason(CybereasonSimArgs),
+    /// Microsoft Defender for Endpoint (token endpoint, machines, live response, library,
+    /// result links, isolation).
+    Defender(DefenderSimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DefenderSimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8445")]
+    pub listen: SocketAddr,
+    /// Serve HTTPS with a self-signed certificate for `localhost` and `127.0.0.1`.
+    #[arg(long)]
+    pub tls: bool,
+    /// Write the certificate (PEM) here, for clients to trust; printed when omitted.
+    #[arg(long, requires = "tls")]
+    pub cert_out: Option<PathBuf>,
+    /// Number of machines, hostnames `mde-0001`, `mde-0002`, ….
+    #[arg(long, default_value_t = 5)]
+    pub machines: usize,
+    /// Machine numbers that are offline (repeatable): their actions stay `Pending`.
+    #[arg(long)]
+    pub offline: Vec<usize>,
+    /// Time from a machine action's creation to `InProgress`, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub pickup_delay_ms: u64,
+    /// Time each live-response command takes, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub command_latency_ms: u64,
+    /// `runliveresponse` calls allowed per window (Defender: 10 per minute).
+    #[arg(long, default_value_t = 10)]
+    pub live_response_calls: usize,
+    /// The window of `--live-response-calls`, in seconds.
+    #[arg(long, default_value_t = 60)]
+    pub live_response_window_secs: u64,
+    /// Pending + running live-response actions allowed (Defender: 25).
+    #[arg(long, default_value_t = 25)]
+    pub session_cap: usize,
+    /// `expires_in` of issued access tokens, in seconds.
+    #[arg(long, default_value_t = 3599)]
+    pub token_lifetime_secs: u64,
+    /// Lifetime of result download links, in seconds (Defender: 30 minutes).
+    #[arg(long, default_value_t = 1800)]
+    pub link_lifetime_secs: u64,
 }
 
 #[derive(Debug, Args)]
@@ -192,7 +242,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo(args).await,
         Command::Sim(SimCommand::Carbonblack(args)) => sim_carbonblack(args).await,
         Command::Sim(SimCommand::Cybereason(args)) => sim_cybereason(args).await,
+        Command::Sim(SimCommand::Defender(args)) => sim_defender(args).await,
         Command::Token(args) => token(args),
+        Command::Migrate { config } => migrate(&config).await,
         Command::CheckConfig { file, connect } => Ok(check_config(&file, connect).await),
         Command::Openapi { write, root } => openapi_command(write, &root),
     }
@@ -251,7 +303,8 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         ca = toml_string(&ca_file.display().to_string()),
     );
     let (cr_toml, cr_banner) = demo_cybereason(&dir).await?;
-    let text = text + &cr_toml;
+    let (mde_toml, mde_banner) = demo_defender(&dir).await?;
+    let text = text + &cr_toml + &mde_toml;
     let config = Config::parse(&text, |_| None)
         .map_err(|errors| anyhow::anyhow!("demo configuration: {}", errors.join("; ")))?;
     let token = auth::mint_for(&config.auth, "demo", "demo-user", Duration::from_secs(24 * 3600))?;
@@ -262,6 +315,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let base = format!("http://{}", listener.local_addr()?);
     println!("{}", demo_banner(&base, &token, &dir, sim_addr, args.sensors));
     println!("{cr_banner}");
+    println!("{mde_banner}");
     app::serve(listener, app, app::shutdown_signal()).await?;
     if remove_after && let Err(error) = std::fs::remove_dir_all(&dir) {
         tracing::warn!(%error, dir = %dir.display(), "could not remove the demo directory");
@@ -327,6 +381,79 @@ async fn demo_cybereason(dir: &Path) -> anyhow::Result<(String, String)> {
         hosts.last().map_or("", String::as_str),
     );
     Ok((table, banner))
+}
+
+/// The demo's Defender simulator (HTTPS, `mde-0001` … `mde-0005`) as backend `mde-lab` of
+/// tenant `demo`: its config table and a banner line.
+async fn demo_defender(dir: &Path) -> anyhow::Result<(String, String)> {
+    use edrgate_defender::simulator as mde;
+    let config = mde::SimConfig::default();
+    let machines = config.machines;
+    let sim = mde::Simulator::new(config);
+    let addr = sim.spawn_tls().await.context("starting the Defender simulator")?;
+    let ca_file = dir.join("mde-sim-ca.pem");
+    std::fs::write(&ca_file, sim.cert_pem()?)
+        .with_context(|| format!("writing {}", ca_file.display()))?;
+    let base = format!("https://127.0.0.1:{}", addr.port());
+    let table = format!(
+        "[tenants.demo.backends.mde-lab]\nkind = \"defender\"\napi_url = {url}\n\
+         token_url = {token_url}\ntenant_id = {tenant}\nclient_id = {client}\n\
+         client_secret = {secret}\nca_file = {ca}\n",
+        url = toml_string(&base),
+        token_url = toml_string(&format!("{base}/{}/oauth2/v2.0/token", mde::DEFAULT_TENANT)),
+        tenant = toml_string(mde::DEFAULT_TENANT),
+        client = toml_string(mde::DEFAULT_CLIENT_ID),
+        secret = toml_string(mde::DEFAULT_CLIENT_SECRET),
+        ca = toml_string(&ca_file.display().to_string()),
+    );
+    let banner = format!(
+        "  backend \"mde-lab\": Defender simulator at https://{addr} ({machines} machines, mde-0001 … mde-{machines:04}); try\n  \
+         {{\"targets\": [{{\"hostname\": \"mde-0001\"}}], \"commands\": [{{\"type\": \"process_list\"}}, {{\"type\": \"get_file\", \"path\": \"C:\\\\evidence\\\\note.txt\"}}]}}"
+    );
+    Ok((table, banner))
+}
+
+async fn sim_defender(args: DefenderSimArgs) -> anyhow::Result<ExitCode> {
+    use edrgate_defender::simulator as mde;
+    let sim = mde::Simulator::new(mde::SimConfig {
+        machines: args.machines,
+        offline_machines: args.offline.clone(),
+        pickup_delay: Duration::from_millis(args.pickup_delay_ms),
+        command_latency: Duration::from_millis(args.command_latency_ms),
+        live_response_calls: args.live_response_calls,
+        live_response_window: Duration::from_secs(args.live_response_window_secs),
+        session_cap: args.session_cap,
+        token_lifetime: Duration::from_secs(args.token_lifetime_secs),
+        link_lifetime: Duration::from_secs(args.link_lifetime_secs),
+        ..mde::SimConfig::default()
+    });
+    let scheme = if args.tls { "https" } else { "http" };
+    println!(
+        "Defender simulator on {scheme}://{}\n  token endpoint {scheme}://{}/{}/oauth2/v2.0/token\n  client_id {} client_secret {}\n  {} machines (mde-0001 …), library script collect.ps1",
+        args.listen,
+        args.listen,
+        mde::DEFAULT_TENANT,
+        mde::DEFAULT_CLIENT_ID,
+        mde::DEFAULT_CLIENT_SECRET,
+        args.machines,
+    );
+    if args.tls {
+        let pem = sim.cert_pem()?;
+        match &args.cert_out {
+            Some(path) => std::fs::write(path, &pem)
+                .with_context(|| format!("writing {}", path.display()))?,
+            None => println!("{pem}"),
+        }
+        let listener = std::net::TcpListener::bind(args.listen)
+            .with_context(|| format!("binding {}", args.listen))?;
+        sim.serve_tls_on(listener).await?;
+    } else {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("binding {}", args.listen))?;
+        sim.serve(listener).await?;
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn sim_cybereason(args: CybereasonSimArgs) -> anyhow::Result<ExitCode> {
@@ -464,6 +591,21 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
 
 /// Parses, validates, builds the backends and the token validator; with `connect`, also
 /// reaches every backend with its credentials.
+async fn migrate(path: &Path) -> anyhow::Result<ExitCode> {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            print_problems(path, &errors);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let store = app::open_store(&config.store).await?;
+    let applied = store.migrate().await?;
+    let last = applied.last().map_or_else(|| "none".to_owned(), i64::to_string);
+    println!("{:?} store: {} migrations applied (latest {last})", store.dialect(), applied.len());
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn check_config(path: &Path, connect: bool) -> ExitCode {
     let mut config = match Config::load(path) {
         Ok(config) => config,
@@ -551,6 +693,10 @@ mod tests {
             Command::Serve { .. }
         ));
         assert!(matches!(
+            parse(&["migrate", "--config", "x.toml"]).unwrap().command,
+            Command::Migrate { .. }
+        ));
+        assert!(matches!(
             parse(&["check-config", "x.toml"]).unwrap().command,
             Command::CheckConfig { .. }
         ));
@@ -573,6 +719,13 @@ mod tests {
             panic!("not sim cybereason");
         };
         assert_eq!((cr.tls, cr.machines, cr.remediation_delay_ms), (false, 5, 300));
+        let Command::Sim(SimCommand::Defender(mde)) =
+            parse(&["sim", "defender", "--listen", "127.0.0.1:0", "--offline", "3"]).unwrap().command
+        else {
+            panic!("not sim defender");
+        };
+        assert_eq!((mde.machines, mde.live_response_calls, mde.session_cap), (5, 10, 25));
+        assert_eq!(mde.offline, [3]);
         let Command::Token(t) =
             parse(&["token", "--tenant", "acme", "--secret", "s"]).unwrap().command
         else {

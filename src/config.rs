@@ -58,9 +58,18 @@ pub struct ServerConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// SQLite database file (created if missing; WAL mode).
+    /// SQLite database file (created if missing; WAL mode). One replica only; ignored when
+    /// `url` is set.
     #[serde(default = "default_db")]
     pub path: PathBuf,
+    /// A PostgreSQL database (`postgres://user:password@host:5432/db?sslmode=verify-full`)
+    /// instead of the SQLite file: needed to run several replicas. Secret (it may carry the
+    /// password): give it as `${ENV}`.
+    #[serde(default)]
+    pub url: Option<SecretString>,
+    /// Connections each replica keeps to PostgreSQL.
+    #[serde(default = "default_db_connections")]
+    pub max_connections: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -446,6 +455,7 @@ pub struct RouteRule {
 pub enum BackendConfig {
     Carbonblack(edrgate_carbonblack::CarbonBlackConfig),
     Cybereason(edrgate_cybereason::CybereasonConfig),
+    Defender(edrgate_defender::DefenderConfig),
 }
 
 impl BackendConfig {
@@ -453,6 +463,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Carbonblack(_) => "carbonblack",
             BackendConfig::Cybereason(_) => "cybereason",
+            BackendConfig::Defender(_) => "defender",
         }
     }
 
@@ -461,6 +472,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Carbonblack(cb) => cb.validate(),
             BackendConfig::Cybereason(cr) => cr.validate(),
+            BackendConfig::Defender(mde) => mde.validate(),
         }
     }
 }
@@ -480,7 +492,7 @@ impl Default for ServerConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: default_db() }
+        StoreConfig { path: default_db(), url: None, max_connections: default_db_connections() }
     }
 }
 
@@ -519,6 +531,9 @@ fn default_max_wait() -> u64 {
 }
 fn default_db() -> PathBuf {
     PathBuf::from("data/edrgate.db")
+}
+fn default_db_connections() -> u32 {
+    16
 }
 fn default_files() -> PathBuf {
     PathBuf::from("data/files")
@@ -629,6 +644,15 @@ impl Config {
             errors.push(
                 "engine.default_timeout_seconds: must not exceed engine.max_timeout_seconds".into(),
             );
+        }
+        if let Some(url) = &self.store.url {
+            use secrecy::ExposeSecret as _;
+            if let Err(problem) = crate::store::postgres::check_url(url.expose_secret()) {
+                errors.push(format!("store.url: {problem}"));
+            }
+        }
+        if self.store.max_connections == 0 {
+            errors.push("store.max_connections: must be at least 1".to_owned());
         }
         self.files.validate(&self.tenants, &mut errors);
         for (tenant, t) in &self.tenants {
