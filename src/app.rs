@@ -40,16 +40,11 @@ impl App {
     /// Opens the store and the file store, builds every backend, starts the engine and builds
     /// the router. Fails (without starting anything) on a bad backend or a broken JWT setup.
     pub async fn build(mut config: Config) -> anyhow::Result<App> {
+        // Installed first, so vendor calls made while building are counted.
+        crate::metrics::handle();
         let auth = Arc::new(Auth::new(&config.auth).context("authentication setup")?);
         auth.set_tenant_limits(config.tenants.iter().map(|(t, c)| (t.as_str(), &c.limits)));
-        if let Some(dir) = config.store.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let store = Store::open(&config.store.path)
-            .await
-            .with_context(|| format!("opening the store {}", config.store.path.display()))?;
+        let store = open_store(&config.store).await?;
         let files = FileStore::from_config(&config.files, store.clone())
             .await
             .with_context(|| format!("opening the file store {}", config.files.dir.display()))?;
@@ -97,6 +92,23 @@ impl App {
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         Ok(App { engine, router, auth, shutdown, reloader, grace })
     }
+}
+
+/// Opens the configured store (PostgreSQL with `url`, else the SQLite file) and applies its
+/// migrations.
+pub async fn open_store(config: &crate::config::StoreConfig) -> anyhow::Result<Store> {
+    if config.url.is_some() {
+        // The URL may carry a password: never in messages.
+        return Store::from_config(config).await.context("opening the PostgreSQL store");
+    }
+    if let Some(dir) = config.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Store::from_config(config)
+        .await
+        .with_context(|| format!("opening the store {}", config.path.display()))
 }
 
 /// Re-reads the configuration file and swaps in the tenants' new backends and routing. Only

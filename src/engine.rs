@@ -21,8 +21,8 @@ use async_trait::async_trait;
 use edrgate_adapter::adapter::{FileReader, FileWriter, StopReason, StopSignal};
 use edrgate_adapter::http::Backoff;
 use edrgate_adapter::{
-    Action, ActionRequest, Adapter, AdapterError, CommandState, CommandUpdate, ErrorCode, ErrorInfo,
-    FileRef, Journal, Next, OnError, RunContext, RunFiles, Status, Target,
+    Action, ActionRequest, Adapter, AdapterError, CommandState, CommandUpdate, ErrorCode,
+    ErrorInfo, FileRef, Journal, Next, OnError, RunContext, RunFiles, Status, Target,
 };
 use futures::FutureExt;
 use sha2::{Digest, Sha256};
@@ -94,6 +94,8 @@ pub struct Engine {
     local: Mutex<HashMap<Uuid, LocalRun>>,
     /// Signalled when new work was submitted.
     work: Notify,
+    /// The vendor budget shared with the other replicas, handed to every adapter.
+    budget: Arc<dyn edrgate_adapter::SharedBudget>,
     shutdown: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -111,7 +113,13 @@ impl Engine {
         backends: Arc<Backends>,
         opts: EngineOptions,
     ) -> Arc<Engine> {
+        let shutdown = CancellationToken::new();
+        let budget = store.shared_budget(shutdown.clone());
+        for (_, _, adapter) in backends.all() {
+            adapter.use_shared_budget(Arc::clone(&budget));
+        }
         Arc::new(Engine {
+            budget,
             store,
             files,
             backends: ArcSwap::new(backends),
@@ -130,7 +138,7 @@ impl Engine {
                 .build(),
             local: Mutex::new(HashMap::new()),
             work: Notify::new(),
-            shutdown: CancellationToken::new(),
+            shutdown,
             tasks: Mutex::new(JoinSet::new()),
         })
     }
@@ -151,6 +159,9 @@ impl Engine {
     /// Installs reloaded backends: new actions resolve and run with them, runs being driven
     /// finish on the adapter they started with.
     pub fn replace_backends(&self, backends: Arc<Backends>) {
+        for (_, _, adapter) in backends.all() {
+            adapter.use_shared_budget(Arc::clone(&self.budget));
+        }
         self.backends.store(backends);
     }
 
@@ -159,6 +170,7 @@ impl Engine {
         let mut tasks = lock(&self.tasks);
         tasks.spawn(Arc::clone(self).claim_loop());
         tasks.spawn(Arc::clone(self).renew_loop());
+        tasks.spawn(Arc::clone(self).listen_loop());
     }
 
     /// Graceful stop: no new claims, drivers finish their current step and hand their runs
@@ -319,8 +331,31 @@ impl Engine {
             }
             if let Some(file_id) = command.file_id() {
                 let known = self.files.meta(tenant, file_id).await.map_err(store_error)?;
-                if known.is_none() {
+                let Some(known) = known else {
                     return invalid(format!("commands[{i}]: unknown file_id {file_id:?}"));
+                };
+                // A file larger than a backend accepts (Defender's 20 MB library cap) is
+                // refused now, before any vendor call, rather than failing the run later.
+                for target in &request.targets {
+                    let cap = match target {
+                        Target::Device { backend, .. } => backends
+                            .adapter(tenant, backend)
+                            .and_then(|a| a.capabilities().limits.max_upload_bytes),
+                        // A hostname may resolve to any backend: refuse only when none takes it.
+                        Target::Hostname { .. } => backends
+                            .of_tenant(tenant)
+                            .map(|(_, a)| a.capabilities().limits.max_upload_bytes)
+                            .try_fold(0u64, |max, cap| cap.map(|c| max.max(c))),
+                    };
+                    if let Some(cap) = cap.filter(|cap| known.size > *cap) {
+                        return Err(ErrorInfo::new(
+                            ErrorCode::PayloadTooLarge,
+                            format!(
+                                "commands[{i}]: file {file_id:?} is {} bytes; the backend accepts at most {cap}",
+                                known.size
+                            ),
+                        ));
+                    }
                 }
             }
         }
@@ -334,9 +369,9 @@ impl Engine {
                     Target::Device { backend, .. } => backends
                         .adapter(tenant, backend)
                         .is_some_and(|a| a.capabilities().supports(kind)),
-                    Target::Hostname { .. } => backends
-                        .of_tenant(tenant)
-                        .any(|(_, a)| a.capabilities().supports(kind)),
+                    Target::Hostname { .. } => {
+                        backends.of_tenant(tenant).any(|(_, a)| a.capabilities().supports(kind))
+                    }
                 };
                 if !supported {
                     let on = match target {
@@ -467,6 +502,39 @@ impl Engine {
         }
     }
 
+    /// Feeds changes made by other replicas (PostgreSQL NOTIFY) to the long-polls waiting here.
+    /// With SQLite there are none: the drivers' own announcements are every change.
+    async fn listen_loop(self: Arc<Self>) {
+        let retry = Duration::from_secs(1);
+        let mut listener = loop {
+            match self.store.change_listener().await {
+                Ok(Some(listener)) => break listener,
+                Ok(None) => return,
+                Err(error) => tracing::warn!(%error, "cannot listen for changes; retrying"),
+            }
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(retry) => {}
+            }
+        };
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                next = listener.next() => match next {
+                    Ok(Some(id)) => {
+                        let _ = self.changes.send(id);
+                    }
+                    // Reconnecting: notices sent meanwhile are lost, long-polls end on time.
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::warn!(%error, "listening for changes failed; retrying");
+                        tokio::time::sleep(retry).await;
+                    }
+                },
+            }
+        }
+    }
+
     async fn renew_loop(self: Arc<Self>) {
         let every = self.opts.lease / 3;
         loop {
@@ -509,6 +577,11 @@ impl Engine {
         let run = self.store.load_run(lease.run_id).await?;
         if run.status.is_terminal() {
             return self.store.release(&lease, now_ms()).await;
+        }
+        if run.checkpoint.is_some() {
+            // Someone stepped this run before and let its lease lapse (a crash, a killed
+            // replica) or handed it back (a shutdown): this process takes it over.
+            crate::metrics::run_taken_over(&run.tenant, run.backend.as_deref());
         }
         let stop = StopSignal::new();
         let wake = Arc::new(Notify::new());
@@ -790,6 +863,10 @@ impl Driver<'_> {
         }
         let outcome = self.save(Duration::ZERO).await?;
         self.engine.store.release(self.lease, now_ms()).await?;
+        if !matches!(outcome, Outcome::LeaseLost) {
+            let run = lock(&self.run);
+            crate::metrics::run_finished(&run.tenant, run.backend.as_deref(), run.status);
+        }
         Ok(match outcome {
             Outcome::LeaseLost => Outcome::LeaseLost,
             _ => Outcome::Finished,

@@ -12,4 +12,5 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod files;
+pub mod metrics;
 pub mod store;

@@ -86,15 +86,18 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
             }),
         )
         .with_state(state.clone());
+    let metrics = Router::new()
+        .route("/metrics", axum::routing::get(crate::metrics::render))
+        .with_state(state.clone());
     let routes = if prefix.is_empty() {
-        routes
+        routes.merge(metrics)
     } else {
         // Probes and scrapers reach the process directly, without the proxy's prefix.
         let ops = Router::new()
             .route("/healthz", axum::routing::get(devices::healthz))
             .route("/readyz", axum::routing::get(devices::readyz))
             .with_state(state);
-        Router::new().nest(&prefix, routes).merge(ops)
+        Router::new().nest(&prefix, routes).merge(ops).merge(metrics)
     };
     let upload_path: Arc<str> = format!("{prefix}/v1/files").into();
     with_layers(routes.fallback(not_found), max_body_bytes, upload_path)
@@ -117,6 +120,7 @@ fn with_layers(routes: Router, max_body_bytes: usize, upload_path: Arc<str>) -> 
                 .make_span_with(request_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
+        .layer(axum::middleware::from_fn(crate::metrics::track_requests))
         // Outside everything that can make an error answer (including a panic), so each one
         // leaves as problem+json with the request id.
         .layer(axum::middleware::from_fn(problem::render_problems))
