@@ -28,8 +28,23 @@ impl Gateway {
         Self::start_as(sim, DEFAULT_PASSWORD).await
     }
 
-    /// With the backend configured to log in with `password`.
+    /// With the backend configured to log in with `password`, and optionally a Carbon Black
+    /// backend `cb` beside it.
     async fn start_as(sim: SimConfig, password: &str) -> Gateway {
+        Self::start_with(sim, password, None).await
+    }
+
+    async fn start_with(
+        sim: SimConfig,
+        password: &str,
+        cb: Option<std::net::SocketAddr>,
+    ) -> Gateway {
+        let cb = cb.map_or_else(String::new, |addr| {
+            format!(
+                "[tenants.acme.backends.cb]\nkind = \"carbonblack\"\nurl = \"http://{addr}\"\ntoken = \"{}\"\n",
+                edrgate_carbonblack::simulator::DEFAULT_TOKEN
+            )
+        });
         let sim = Simulator::new(sim);
         let addr = sim.spawn().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -54,7 +69,7 @@ impl Gateway {
             fetch_zip_password = "{DEFAULT_ZIP_PASSWORD}"
             poll_interval_ms = 20
             max_poll_interval_ms = 200
-            "#
+            {cb}"#
         );
         let config = edrgate::config::Config::parse(&text, |_| None).unwrap();
         let app = edrgate::app::App::build(config).await.unwrap();
@@ -126,7 +141,7 @@ fn command(action: &Value, run: usize, index: usize) -> &Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_file_by_path_matches_the_endpoint_file() {
     let gw = Gateway::start(sim()).await;
-    let path = "C:\\Users\\Public\\updater.exe";
+    let path = "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe";
     let done = gw
         .run(json!({"targets": [{"hostname": "CR-WS-0001"}],
                     "commands": [{"type": "get_file", "path": path}]}))
@@ -147,14 +162,16 @@ async fn kill_quarantine_isolate_release() {
     let done = gw
         .run(json!({"targets": [{"hostname": "CR-WS-0002"}],
         "commands": [
-            {"type": "kill_process", "pid": 6666},
-            {"type": "delete_file", "path": "C:\\Users\\Public\\updater.exe"},
+            {"type": "kill_process", "pid": 3012},
+            {"type": "delete_file", "path": "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"},
             {"type": "isolate"},
         ]}))
         .await;
     assert_eq!(done["status"], "succeeded", "{done:#}");
-    assert!(!gw.sim.process_exists("CR-WS-0002", 6666));
-    assert!(gw.sim.is_quarantined("CR-WS-0002", "C:\\Users\\Public\\updater.exe"));
+    assert!(!gw.sim.process_exists("CR-WS-0002", 3012));
+    assert!(
+        gw.sim.is_quarantined("CR-WS-0002", "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe")
+    );
     assert!(gw.sim.is_isolated("CR-WS-0002"));
     assert_eq!(command(&done, 0, 0)["vendor_status"], "SUCCESS");
     assert_eq!(command(&done, 0, 2)["result"], json!({"type": "containment", "isolated": true}));
@@ -274,4 +291,41 @@ async fn unsupported_commands_are_refused_before_any_vendor_call() {
     }
     let c = gw.sim.counters();
     assert_eq!((c.requests, c.logins, c.login_failures), (0, 0, 0), "{c:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_bodies_work_on_carbon_black_and_cybereason_devices() {
+    use edrgate_carbonblack::simulator as cb;
+    let cb_sim = cb::Simulator::new(cb::SimConfig {
+        sensors: 1,
+        checkin_delay: Duration::from_millis(20),
+        command_latency: Duration::from_millis(5),
+        ..cb::SimConfig::default()
+    });
+    let cb_addr = cb_sim.spawn().await.unwrap();
+    let gw = Gateway::start_with(sim(), DEFAULT_PASSWORD, Some(cb_addr)).await;
+    // Every command both backends support, with one body for both devices.
+    for commands in [
+        json!([{"type": "get_file", "path": "C:\\evidence\\note.txt"}]),
+        json!([{"type": "kill_process", "pid": 3012}]),
+        json!([{"type": "delete_file", "path": "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"}]),
+        json!([{"type": "registry_delete_key", "key": "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\RunOnce"}]),
+        json!([{"type": "isolate"}]),
+        json!([{"type": "release"}]),
+    ] {
+        let done = gw
+            .run(json!({"targets": [{"hostname": "WIN-0001"}, {"hostname": "CR-WS-0001"}], "commands": commands}))
+            .await;
+        assert_eq!(done["status"], "succeeded", "{commands}: {done:#}");
+        let backends: Vec<&str> = done["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["backend"].as_str().unwrap())
+            .collect();
+        assert_eq!(backends, ["cb", "cr"]);
+    }
+    assert!(!gw.sim.process_exists("CR-WS-0001", 3012) && !cb_sim.process_exists(1, 3012));
+    let c = gw.sim.counters();
+    assert_eq!((c.remediations_executed, c.isolations, c.unisolations), (3, 1, 1));
 }

@@ -58,7 +58,7 @@ async fn devices_are_found_by_hostname_with_pylum_ids() {
 #[tokio::test]
 async fn get_file_streams_the_file_out_of_the_encrypted_zip() {
     let (sim, adapter) = setup(SimConfig::default()).await;
-    let path = "C:\\Users\\Public\\updater.exe";
+    let path = "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe";
     let mut r = run(
         &sim,
         HOST,
@@ -124,16 +124,18 @@ async fn remediations_kill_quarantine_and_delete_keys_once() {
         &sim,
         HOST,
         vec![
-            Command::KillProcess { pid: 6666 },
-            Command::DeleteFile { path: "C:\\Users\\Public\\updater.exe".into() },
+            Command::KillProcess { pid: 3012 },
+            Command::DeleteFile {
+                path: "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe".into(),
+            },
             Command::RegistryDeleteKey { key: key.into() },
         ],
     );
-    assert!(sim.process_exists(HOST, 6666));
+    assert!(sim.process_exists(HOST, 3012));
     r.drive(&adapter).await;
     r.assert_all_succeeded();
-    assert!(!sim.process_exists(HOST, 6666));
-    assert!(sim.is_quarantined(HOST, "C:\\Users\\Public\\updater.exe"));
+    assert!(!sim.process_exists(HOST, 3012));
+    assert!(sim.is_quarantined(HOST, "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"));
     assert!(!sim.registry_key_exists(HOST, key));
     let c = sim.counters();
     assert_eq!((c.remediations_received, c.remediations_executed), (3, 3));
@@ -393,7 +395,7 @@ async fn the_batch_fetch_flow_downloads_by_element() {
     let mut cfg = config(&url, DEFAULT_TFA_USERNAME);
     cfg.fetch_mode = edrgate_cybereason::FetchMode::Batch;
     let adapter = CybereasonAdapter::new("cr", cfg).unwrap();
-    let path = "C:\\Users\\Public\\updater.exe";
+    let path = "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe";
     let mut r = run(
         &sim,
         HOST,

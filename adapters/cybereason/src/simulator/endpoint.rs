@@ -56,7 +56,11 @@ impl Endpoint {
             (1024, "svchost.exe", "C:\\WINDOWS\\system32\\svchost.exe -k LocalService -s W32Time"),
             (2480, "explorer.exe", "C:\\WINDOWS\\Explorer.EXE"),
             (4242, "notepad.exe", "\"C:\\WINDOWS\\system32\\notepad.exe\" C:\\evidence\\note.txt"),
-            (6666, "updater.exe", "C:\\Users\\Public\\updater.exe --beacon 10.0.0.66"),
+            (
+                3012,
+                "updater.exe",
+                "\"C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe\" --silent --beacon 300",
+            ),
         ]
         .into_iter()
         .map(|(pid, name, cl)| Process {
@@ -75,7 +79,7 @@ impl Endpoint {
             .collect();
         for (path, content) in [
             ("C:\\evidence\\note.txt", NOTE_TXT.to_vec()),
-            ("C:\\Users\\Public\\updater.exe", dropper),
+            ("C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe", dropper),
             ("C:\\Windows\\System32\\drivers\\etc\\hosts", b"127.0.0.1 localhost\r\n".to_vec()),
         ] {
             let lower = path.to_lowercase();
@@ -87,6 +91,7 @@ impl Endpoint {
         let registry = [
             "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run\\Updater",
             "HKCU\\Software\\Updater",
+            "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\RunOnce",
             "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion",
         ]
         .into_iter()
