@@ -6,11 +6,10 @@
 //! caller's identity claims, the request's targets and commands, ids and outcomes only.
 
 use serde::Serialize;
-use sqlx::Row;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::store::{Store, StoreError, from_ms, now_ms};
+use crate::store::{Store, StoreError, args, from_ms, now_ms, sql};
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -161,30 +160,32 @@ impl Store {
         record: &AuditRecord,
     ) -> Result<(), StoreError> {
         let json = |v: &Option<serde_json::Value>| v.as_ref().map(serde_json::Value::to_string);
-        sqlx::query(
-            "INSERT INTO audit (id, at, tenant, event, subject, client_id, request_id, source,
-                                action_id, file_id, targets_json, commands_json, outcome,
-                                http_status, error_code, detail_json)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )
-        .bind(Uuid::now_v7().to_string())
-        .bind(now_ms())
-        .bind(&actor.tenant)
-        .bind(record.event.as_str())
-        .bind(&actor.subject)
-        .bind(&actor.client_id)
-        .bind(&actor.request_id)
-        .bind(&actor.source)
-        .bind(record.action_id.map(|id| id.to_string()))
-        .bind(&record.file_id)
-        .bind(json(&record.targets))
-        .bind(json(&record.commands))
-        .bind(record.outcome)
-        .bind(i64::from(record.http_status))
-        .bind(&record.error_code)
-        .bind(json(&record.detail))
-        .execute(self.pool())
-        .await?;
+        self.db()
+            .execute(
+                "INSERT INTO audit (id, at, tenant, event, subject, client_id, request_id, source,
+                                    action_id, file_id, targets_json, commands_json, outcome,
+                                    http_status, error_code, detail_json)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+                args![
+                    Uuid::now_v7().to_string(),
+                    now_ms(),
+                    &actor.tenant,
+                    record.event.as_str(),
+                    &actor.subject,
+                    &actor.client_id,
+                    &actor.request_id,
+                    &actor.source,
+                    record.action_id.map(|id| id.to_string()),
+                    &record.file_id,
+                    json(&record.targets),
+                    json(&record.commands),
+                    record.outcome,
+                    i64::from(record.http_status),
+                    &record.error_code,
+                    json(&record.detail),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
@@ -195,66 +196,105 @@ impl Store {
         q: &AuditQuery,
     ) -> Result<(Vec<AuditEntry>, Option<i64>), StoreError> {
         let limit = i64::from(q.limit.clamp(1, MAX_PAGE));
-        let rows = sqlx::query(
-            "SELECT au.*, a.status AS action_status FROM audit au
-             LEFT JOIN actions a ON a.id = au.action_id AND a.tenant = au.tenant
-             WHERE au.tenant = ?1
-               AND (?2 IS NULL OR au.event = ?2)
-               AND (?3 IS NULL OR au.subject = ?3)
-               AND (?4 IS NULL OR au.action_id = ?4)
-               AND (?5 IS NULL OR au.at >= ?5)
-               AND (?6 IS NULL OR au.at < ?6)
-               AND (?7 IS NULL OR au.seq < ?7)
-             ORDER BY au.seq DESC
-             LIMIT ?8",
-        )
-        .bind(tenant)
-        .bind(q.event.map(AuditEvent::as_str))
-        .bind(&q.subject)
-        .bind(q.action_id.map(|id| id.to_string()))
-        .bind(q.since)
-        .bind(q.until)
-        .bind(q.before)
-        .bind(limit + 1)
-        .fetch_all(self.pool())
-        .await?;
+        let rows: Vec<AuditRow> = self
+            .db()
+            .fetch_all(
+                sql!(self.dialect(),
+                    sqlite: "SELECT au.*, a.status AS action_status FROM audit au
+                     LEFT JOIN actions a ON a.id = au.action_id AND a.tenant = au.tenant
+                     WHERE au.tenant = $1
+                       AND ($2 IS NULL OR au.event = $2)
+                       AND ($3 IS NULL OR au.subject = $3)
+                       AND ($4 IS NULL OR au.action_id = $4)
+                       AND ($5 IS NULL OR au.at >= $5)
+                       AND ($6 IS NULL OR au.at < $6)
+                       AND ($7 IS NULL OR au.seq < $7)
+                     ORDER BY au.seq DESC
+                     LIMIT $8",
+                    // The same with typed parameters: PostgreSQL cannot infer the type of a
+                    // parameter that is only compared with NULL.
+                    postgres: "SELECT au.*, a.status AS action_status FROM audit au
+                     LEFT JOIN actions a ON a.id = au.action_id AND a.tenant = au.tenant
+                     WHERE au.tenant = $1
+                       AND ($2::text IS NULL OR au.event = $2)
+                       AND ($3::text IS NULL OR au.subject = $3)
+                       AND ($4::text IS NULL OR au.action_id = $4)
+                       AND ($5::bigint IS NULL OR au.at >= $5)
+                       AND ($6::bigint IS NULL OR au.at < $6)
+                       AND ($7::bigint IS NULL OR au.seq < $7)
+                     ORDER BY au.seq DESC
+                     LIMIT $8"),
+                args![
+                    tenant,
+                    q.event.map(AuditEvent::as_str),
+                    &q.subject,
+                    q.action_id.map(|id| id.to_string()),
+                    q.since,
+                    q.until,
+                    q.before,
+                    limit + 1,
+                ],
+            )
+            .await?;
         let page = usize::try_from(limit).unwrap_or(usize::MAX);
         let more = rows.len() > page;
         let mut entries = Vec::with_capacity(rows.len().min(page));
         let mut last_seq = None;
-        for row in rows.iter().take(page) {
-            let json = |col: &str| -> Result<Option<serde_json::Value>, StoreError> {
-                let text: Option<String> = row.get(col);
+        for row in rows.into_iter().take(page) {
+            let json = |col: &str,
+                        text: Option<String>|
+             -> Result<Option<serde_json::Value>, StoreError> {
                 text.map(|t| {
                     serde_json::from_str(&t)
                         .map_err(|e| StoreError::Corrupt(format!("audit.{col}: {e}")))
                 })
                 .transpose()
             };
-            let event: String = row.get("event");
-            let http_status: i64 = row.get("http_status");
-            last_seq = Some(row.get::<i64, _>("seq"));
+            last_seq = Some(row.seq);
             entries.push(AuditEntry {
-                id: row.get("id"),
-                at: from_ms(row.get("at")),
-                tenant: row.get("tenant"),
-                event: AuditEvent::parse(&event)
-                    .ok_or_else(|| StoreError::Corrupt(format!("audit.event {event:?}")))?,
-                subject: row.get("subject"),
-                client_id: row.get("client_id"),
-                request_id: row.get("request_id"),
-                source: row.get("source"),
-                action_id: row.get("action_id"),
-                file_id: row.get("file_id"),
-                targets: json("targets_json")?,
-                commands: json("commands_json")?,
-                outcome: row.get("outcome"),
-                http_status: u16::try_from(http_status).unwrap_or(0),
-                error_code: row.get("error_code"),
-                action_status: row.get("action_status"),
-                detail: json("detail_json")?,
+                id: row.id,
+                at: from_ms(row.at),
+                tenant: row.tenant,
+                event: AuditEvent::parse(&row.event)
+                    .ok_or_else(|| StoreError::Corrupt(format!("audit.event {:?}", row.event)))?,
+                subject: row.subject,
+                client_id: row.client_id,
+                request_id: row.request_id,
+                source: row.source,
+                action_id: row.action_id,
+                file_id: row.file_id,
+                targets: json("targets_json", row.targets_json)?,
+                commands: json("commands_json", row.commands_json)?,
+                outcome: row.outcome,
+                http_status: u16::try_from(row.http_status).unwrap_or(0),
+                error_code: row.error_code,
+                action_status: row.action_status,
+                detail: json("detail_json", row.detail_json)?,
             });
         }
         Ok((entries, if more { last_seq } else { None }))
     }
+}
+
+/// An `audit` row with its action's status, as both databases return it.
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    seq: i64,
+    id: String,
+    at: i64,
+    tenant: String,
+    event: String,
+    subject: Option<String>,
+    client_id: Option<String>,
+    request_id: Option<String>,
+    source: Option<String>,
+    action_id: Option<String>,
+    file_id: Option<String>,
+    targets_json: Option<String>,
+    commands_json: Option<String>,
+    outcome: String,
+    http_status: i64,
+    error_code: Option<String>,
+    detail_json: Option<String>,
+    action_status: Option<String>,
 }

@@ -59,6 +59,13 @@ pub enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Probe a running gateway's liveness endpoint; exit 0 when it answers 200 (the
+    /// container image's HEALTHCHECK, which has no curl).
+    Healthcheck {
+        /// The URL to probe.
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz")]
+        url: String,
+    },
     /// Print the OpenAPI document (or rewrite the committed schemas with `--write`).
     Openapi {
         /// Write `schemas/openapi.json` and `schemas/model.schema.json` instead of printing.
@@ -246,6 +253,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token(args) => token(args),
         Command::Migrate { config } => migrate(&config).await,
         Command::CheckConfig { file, connect } => Ok(check_config(&file, connect).await),
+        Command::Healthcheck { url } => Ok(healthcheck(&url).await),
         Command::Openapi { write, root } => openapi_command(write, &root),
     }
 }
@@ -440,8 +448,9 @@ async fn sim_defender(args: DefenderSimArgs) -> anyhow::Result<ExitCode> {
     if args.tls {
         let pem = sim.cert_pem()?;
         match &args.cert_out {
-            Some(path) => std::fs::write(path, &pem)
-                .with_context(|| format!("writing {}", path.display()))?,
+            Some(path) => {
+                std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?
+            }
             None => println!("{pem}"),
         }
         let listener = std::net::TcpListener::bind(args.listen)
@@ -650,6 +659,27 @@ async fn check_config(path: &Path, connect: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+async fn healthcheck(url: &str) -> ExitCode {
+    let client = match edrgate_adapter::http::client(&Default::default(), Duration::from_secs(3)) {
+        Ok(client) => client,
+        Err(error) => {
+            eprintln!("healthcheck: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match client.get(url).timeout(Duration::from_secs(3)).send().await {
+        Ok(r) if r.status().is_success() => ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("healthcheck: {url} answered {}", r.status());
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("healthcheck: {url}: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn openapi_command(write: bool, root: &Path) -> anyhow::Result<ExitCode> {
     if write {
         for path in openapi::write_all(root).context("writing the schemas")? {
@@ -720,7 +750,9 @@ mod tests {
         };
         assert_eq!((cr.tls, cr.machines, cr.remediation_delay_ms), (false, 5, 300));
         let Command::Sim(SimCommand::Defender(mde)) =
-            parse(&["sim", "defender", "--listen", "127.0.0.1:0", "--offline", "3"]).unwrap().command
+            parse(&["sim", "defender", "--listen", "127.0.0.1:0", "--offline", "3"])
+                .unwrap()
+                .command
         else {
             panic!("not sim defender");
         };

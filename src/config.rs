@@ -845,7 +845,7 @@ fn backend_fingerprints(value: &toml::Value) -> BTreeMap<(String, String), [u8; 
 /// holding it (container secrets, Kubernetes secret volumes), read at load time with one
 /// trailing newline removed.
 pub const SECRET_SETTINGS: &[&str] =
-    &["token", "client_secret", "password", "totp_secret", "hs256_secret", "secret_access_key"];
+    &["token", "client_secret", "password", "totp_secret", "hs256_secret", "secret_access_key", "url"];
 
 /// Replaces every `<secret>_file` setting by the `<secret>` read from that file.
 fn read_secret_files(value: &mut toml::Value, path: &str, errors: &mut Vec<String>) {

@@ -1,20 +1,32 @@
-//! The durable store: actions, runs (with their leases and adapter checkpoints) and file
-//! metadata, in SQLite through sqlx.
+//! The durable store: actions, runs (with their leases and adapter checkpoints), file metadata
+//! and the audit trail, in SQLite or PostgreSQL through sqlx (the configuration's `[store]`
+//! picks: `url = "postgres://…"`, else the SQLite file at `path`).
 //!
-//! The store is the single source of truth for action state. The SQLite store serves one
-//! gateway replica: leases still guard every write (so a restarted process never races the run
-//! it took over), but cross-replica coordination needs the PostgreSQL store.
+//! The store is the single source of truth for action state. One implementation serves both
+//! databases: statements are written once where the dialects agree and side by side
+//! ([`db::sql!`]) where they do not; rows decode into the same structs ([`db`]).
+//!
+//! - SQLite serves one gateway replica: leases still guard every write (so a restarted process
+//!   never races the run it took over).
+//! - PostgreSQL serves several: runs are claimed with `FOR UPDATE SKIP LOCKED`, every driver
+//!   write is fenced by the lease, a dead replica's runs are claimed again once their leases
+//!   expire, changes are announced with NOTIFY ([`Store::change_listener`]) and vendor budgets
+//!   are rows ([`Store::shared_budget`]).
+
+pub(crate) mod db;
+pub mod postgres;
+mod sqlite;
 
 use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use edrgate_adapter::{Action, ActionRequest, CommandState, ErrorInfo, Run, Status, Target};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+pub use db::Dialect;
+pub(crate) use db::{Db, Tx, args, sql};
 
 /// A store failure. Details stay in logs; callers see `internal`.
 #[derive(Debug, thiserror::Error)]
@@ -29,9 +41,9 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Db,
 }
 
 /// A new action with its runs, written in one transaction before the caller hears `202`.
@@ -221,83 +233,146 @@ pub fn from_ms(ms: i64) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// The NOTIFY channel of changed actions (payload: the action id), PostgreSQL only.
+pub(crate) const CHANGES_CHANNEL: &str = "edrgate_actions";
+
 impl Store {
-    /// Opens (creating if needed) the database at `path` and applies migrations.
+    /// Opens (creating if needed) the SQLite database at `path` and applies migrations.
     pub async fn open(path: &Path) -> Result<Store> {
-        let options = SqliteConnectOptions::from_str("sqlite://")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // WAL + NORMAL: a commit survives a crash of the process (what the engine's
-            // restart guarantees need); only an OS crash may lose the last commits.
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
-        sqlx::migrate!("schemas/migrations/sqlite").run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store { db: sqlite::open(path).await? })
     }
 
-    /// The pool, for the modules that keep their own tables here (audit).
-    pub(crate) fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// Connects to the PostgreSQL database at `url` (`postgres://…`) and applies migrations.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        Ok(Store { db: postgres::connect(url, max_connections).await? })
+    }
+
+    /// The store `[store]` configures: PostgreSQL when `url` is set, else SQLite at `path`.
+    pub async fn from_config(config: &crate::config::StoreConfig) -> Result<Store> {
+        match &config.url {
+            Some(url) => {
+                use secrecy::ExposeSecret as _;
+                Store::connect(url.expose_secret(), config.max_connections).await
+            }
+            None => Store::open(&config.path).await,
+        }
+    }
+
+    /// Applies pending migrations (also done by `open` and `connect`); the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<i64>> {
+        let (migrator, applied) = match &self.db {
+            Db::Sqlite(p) => {
+                let m = sqlite::migrator();
+                m.run(p).await?;
+                let applied: Vec<(i64,)> =
+                    self.db.fetch_all("SELECT version FROM _sqlx_migrations", args![]).await?;
+                (m, applied)
+            }
+            Db::Postgres(p) => {
+                let m = postgres::migrator();
+                m.run(p).await?;
+                let applied: Vec<(i64,)> =
+                    self.db.fetch_all("SELECT version FROM _sqlx_migrations", args![]).await?;
+                (m, applied)
+            }
+        };
+        let applied: Vec<i64> = applied.into_iter().map(|(v,)| v).collect();
+        Ok(migrator.iter().map(|m| m.version).filter(|v| applied.contains(v)).collect())
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.db.dialect()
+    }
+
+    pub(crate) fn db(&self) -> &Db {
+        &self.db
     }
 
     /// Whether the database answers (for readiness).
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        self.db.execute("SELECT 1", args![]).await?;
+        Ok(())
+    }
+
+    /// The vendor budget the replicas share: rows in PostgreSQL (renewed while held, by a task
+    /// that stops with `shutdown`), in memory with SQLite (one replica).
+    pub fn shared_budget(
+        &self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> std::sync::Arc<dyn edrgate_adapter::SharedBudget> {
+        match &self.db {
+            Db::Sqlite(_) => edrgate_adapter::LocalBudget::new(),
+            Db::Postgres(p) => postgres::PgBudget::start(p.clone(), shutdown),
+        }
+    }
+
+    /// Changes to actions made by any replica, as a stream of action ids (PostgreSQL's
+    /// LISTEN/NOTIFY). `None` with SQLite, where the engine's own announcements are all there is.
+    pub async fn change_listener(&self) -> Result<Option<postgres::ChangeListener>> {
+        match &self.db {
+            Db::Sqlite(_) => Ok(None),
+            Db::Postgres(p) => Ok(Some(postgres::ChangeListener::connect(p).await?)),
+        }
+    }
+
+    /// Within `tx`: tells the other replicas that `action_id` changed, on commit.
+    async fn announce(&self, tx: &mut Tx, action_id: &str) -> Result<()> {
+        if self.db.dialect() == Dialect::Postgres {
+            tx.execute("SELECT pg_notify($1, $2)", args![CHANGES_CHANNEL, action_id]).await?;
+        }
         Ok(())
     }
 
     pub async fn insert_action(&self, action: &NewAction) -> Result<Inserted> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(key) = &action.idempotency_key {
-            let existing = sqlx::query(
-                "SELECT id, request_hash FROM actions WHERE tenant = ?1 AND idempotency_key = ?2",
+        let mut tx = self.db.begin().await?;
+        // A concurrent submission with the same key (another replica) makes this insert a
+        // no-op once it commits; the existing action is read after it.
+        let inserted = tx
+            .execute(
+                "INSERT INTO actions (id, tenant, request_json, status, created_at, updated_at,
+                    deadline, idempotency_key, request_hash, request_id, subject)
+                 VALUES ($1, $2, $3, 'queued', $4, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL
+                 DO NOTHING",
+                args![
+                    action.id.to_string(),
+                    &action.tenant,
+                    to_json(&action.request)?,
+                    action.created_at,
+                    action.deadline,
+                    &action.idempotency_key,
+                    &action.request_hash,
+                    &action.request_id,
+                    &action.subject,
+                ],
             )
-            .bind(&action.tenant)
-            .bind(key)
-            .fetch_optional(&mut *tx)
             .await?;
-            if let Some(row) = existing {
-                return Ok(Inserted::Existing {
-                    id: parse_uuid(row.get("id"))?,
-                    request_hash: row.get("request_hash"),
-                });
-            }
+        if inserted == 0 {
+            let (id, request_hash): (String, String) = tx
+                .fetch_one(
+                    "SELECT id, request_hash FROM actions WHERE tenant = $1 AND idempotency_key = $2",
+                    args![&action.tenant, &action.idempotency_key],
+                )
+                .await?;
+            return Ok(Inserted::Existing { id: parse_uuid(&id)?, request_hash });
         }
-        sqlx::query(
-            "INSERT INTO actions (id, tenant, request_json, status, created_at, updated_at, deadline,
-                idempotency_key, request_hash, request_id, subject)
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )
-        .bind(action.id.to_string())
-        .bind(&action.tenant)
-        .bind(to_json(&action.request)?)
-        .bind(action.created_at)
-        .bind(action.deadline)
-        .bind(&action.idempotency_key)
-        .bind(&action.request_hash)
-        .bind(&action.request_id)
-        .bind(&action.subject)
-        .execute(&mut *tx)
-        .await?;
         for (position, run) in action.runs.iter().enumerate() {
-            sqlx::query(
+            tx.execute(
                 "INSERT INTO runs (id, action_id, tenant, position, target_json, backend, device_id,
                     status, commands_json, next_step_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?9)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9)",
+                args![
+                    run.id.to_string(),
+                    action.id.to_string(),
+                    &action.tenant,
+                    i64::try_from(position).unwrap_or(i64::MAX),
+                    to_json(&run.target)?,
+                    &run.backend,
+                    &run.device_id,
+                    to_json(&run.commands)?,
+                    action.created_at,
+                ],
             )
-            .bind(run.id.to_string())
-            .bind(action.id.to_string())
-            .bind(&action.tenant)
-            .bind(i64::try_from(position).unwrap_or(i64::MAX))
-            .bind(to_json(&run.target)?)
-            .bind(&run.backend)
-            .bind(&run.device_id)
-            .bind(to_json(&run.commands)?)
-            .bind(action.created_at)
-            .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
@@ -306,85 +381,107 @@ impl Store {
 
     /// The action with its runs and its change counter, if it belongs to `tenant`.
     pub async fn action(&self, tenant: &str, id: Uuid) -> Result<Option<(Action, i64)>> {
-        let row = sqlx::query("SELECT * FROM actions WHERE id = ?1 AND tenant = ?2")
-            .bind(id.to_string())
-            .bind(tenant)
-            .fetch_optional(&self.pool)
+        let row: Option<ActionRow> = self
+            .db
+            .fetch_optional(
+                "SELECT * FROM actions WHERE id = $1 AND tenant = $2",
+                args![id.to_string(), tenant],
+            )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let runs = sqlx::query("SELECT * FROM runs WHERE action_id = ?1 ORDER BY position")
-            .bind(id.to_string())
-            .fetch_all(&self.pool)
-            .await?;
-        let version: i64 = row.get("version");
-        Ok(Some((assemble(&row, &runs)?, version)))
+        let runs = self.runs_of(&row.id).await?;
+        let version = row.version;
+        Ok(Some((assemble(row, runs)?, version)))
+    }
+
+    async fn runs_of(&self, action_id: &str) -> Result<Vec<RunRow>> {
+        self.db
+            .fetch_all(
+                "SELECT * FROM runs WHERE action_id = $1 ORDER BY position",
+                args![action_id],
+            )
+            .await
     }
 
     /// The change counter and status of an action (cheap; for long-polls).
     pub async fn action_version(&self, tenant: &str, id: Uuid) -> Result<Option<(i64, Status)>> {
-        let row = sqlx::query("SELECT version, status FROM actions WHERE id = ?1 AND tenant = ?2")
-            .bind(id.to_string())
-            .bind(tenant)
-            .fetch_optional(&self.pool)
+        let row: Option<(i64, String)> = self
+            .db
+            .fetch_optional(
+                "SELECT version, status FROM actions WHERE id = $1 AND tenant = $2",
+                args![id.to_string(), tenant],
+            )
             .await?;
-        row.map(|r| Ok((r.get("version"), parse_status(r.get("status"))?))).transpose()
+        row.map(|(v, s)| Ok((v, parse_status(&s)?))).transpose()
     }
 
     /// How many of the tenant's actions still have work outstanding (a run queued, dispatched
     /// or running): the count under `tenants.<id>.limits.max_actions_in_flight`.
     pub async fn unfinished_actions(&self, tenant: &str) -> Result<u64> {
         // Through the partial index of unfinished runs: the work in flight, not the tenant's
-        // whole history (the planner would otherwise pick `runs_by_device` and read it all).
-        let count: i64 = sqlx::query_scalar(
-            "SELECT COUNT(DISTINCT action_id) FROM runs INDEXED BY runs_claimable
-             WHERE status IN ('queued', 'dispatched', 'running') AND tenant = ?1",
-        )
-        .bind(tenant)
-        .fetch_one(&self.pool)
-        .await?;
+        // whole history (SQLite's planner would otherwise pick `runs_by_device` and read it
+        // all; PostgreSQL has `runs_unfinished_by_tenant`).
+        let (count,): (i64,) = self
+            .db
+            .fetch_one(
+                sql!(self.db.dialect(),
+                    sqlite: "SELECT COUNT(DISTINCT action_id) FROM runs INDEXED BY runs_claimable
+                             WHERE status IN ('queued', 'dispatched', 'running') AND tenant = $1",
+                    postgres: "SELECT COUNT(DISTINCT action_id) FROM runs
+                               WHERE status IN ('queued', 'dispatched', 'running') AND tenant = $1"),
+                args![tenant],
+            )
+            .await?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// A page of the tenant's actions, newest first, and the cursor of the next page.
     pub async fn list(&self, tenant: &str, q: &ListQuery) -> Result<(Vec<Action>, Option<Cursor>)> {
         let limit = i64::from(q.limit.clamp(1, 500));
-        let rows = sqlx::query(
-            "SELECT * FROM actions a
-             WHERE a.tenant = ?1
-               AND (?2 IS NULL OR a.status = ?2)
-               AND (?3 IS NULL OR a.created_at >= ?3)
-               AND (?4 IS NULL OR EXISTS (SELECT 1 FROM runs r WHERE r.action_id = a.id
-                        AND (r.device_id = ?4 OR r.hostname = ?4 COLLATE NOCASE
-                             OR r.target_json LIKE '%' || ?4 || '%')))
-               AND (?5 IS NULL OR (a.created_at, a.id) < (?5, ?6))
-             ORDER BY a.created_at DESC, a.id DESC
-             LIMIT ?7",
-        )
-        .bind(tenant)
-        .bind(q.status.map(Status::as_str))
-        .bind(q.since)
-        .bind(&q.device)
-        .bind(q.cursor.map(|c| c.created_at))
-        .bind(q.cursor.map(|c| c.id.to_string()))
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-        let mut actions = Vec::with_capacity(rows.len());
-        for row in rows.iter().take(usize::try_from(limit).unwrap_or(usize::MAX)) {
-            let id: String = row.get("id");
-            let runs = sqlx::query("SELECT * FROM runs WHERE action_id = ?1 ORDER BY position")
-                .bind(&id)
-                .fetch_all(&self.pool)
-                .await?;
-            actions.push(assemble(row, &runs)?);
+        let rows: Vec<ActionRow> = self
+            .db
+            .fetch_all(
+                sql!(self.db.dialect(),
+                    sqlite: "SELECT * FROM actions a
+                     WHERE a.tenant = $1
+                       AND ($2 IS NULL OR a.status = $2)
+                       AND ($3 IS NULL OR a.created_at >= $3)
+                       AND ($4 IS NULL OR EXISTS (SELECT 1 FROM runs r WHERE r.action_id = a.id
+                                AND (r.device_id = $4 OR r.hostname = $4 COLLATE NOCASE
+                                     OR r.target_json LIKE '%' || $4 || '%')))
+                       AND ($5 IS NULL OR (a.created_at, a.id) < ($5, $6))
+                     ORDER BY a.created_at DESC, a.id DESC
+                     LIMIT $7",
+                    postgres: "SELECT * FROM actions a
+                     WHERE a.tenant = $1
+                       AND ($2::text IS NULL OR a.status = $2)
+                       AND ($3::bigint IS NULL OR a.created_at >= $3)
+                       AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM runs r WHERE r.action_id = a.id
+                                AND (r.device_id = $4 OR lower(r.hostname) = lower($4)
+                                     OR r.target_json LIKE '%' || $4 || '%')))
+                       AND ($5::bigint IS NULL OR (a.created_at, a.id) < ($5, $6))
+                     ORDER BY a.created_at DESC, a.id DESC
+                     LIMIT $7"),
+                args![
+                    tenant,
+                    q.status.map(Status::as_str),
+                    q.since,
+                    &q.device,
+                    q.cursor.map(|c| c.created_at),
+                    q.cursor.map(|c| c.id.to_string()),
+                    limit + 1,
+                ],
+            )
+            .await?;
+        let page = usize::try_from(limit).unwrap_or(usize::MAX);
+        let more = rows.len() > page;
+        let mut actions = Vec::with_capacity(rows.len().min(page));
+        for row in rows.into_iter().take(page) {
+            let runs = self.runs_of(&row.id).await?;
+            actions.push(assemble(row, runs)?);
         }
         let next = if more {
-            actions.last().map(|a: &Action| Cursor {
-                created_at: i64::try_from(a.created_at.unix_timestamp_nanos() / 1_000_000)
-                    .unwrap_or(0),
-                id: a.id,
-            })
+            actions.last().map(|a: &Action| Cursor { created_at: to_ms(a.created_at), id: a.id })
         } else {
             None
         };
@@ -394,236 +491,246 @@ impl Store {
     /// Marks the action as cancel-requested. Returns the ids of its unfinished runs, or `None`
     /// when the tenant has no such action.
     pub async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<Option<Vec<Uuid>>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query(
-            "UPDATE actions SET cancel_requested = 1, version = version + 1, updated_at = ?3
-             WHERE id = ?1 AND tenant = ?2",
-        )
-        .bind(id.to_string())
-        .bind(tenant)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() == 0 {
+        let mut tx = self.db.begin().await?;
+        // The action row first, then its runs: the order `save_run` locks them in.
+        let updated = tx
+            .execute(
+                "UPDATE actions SET cancel_requested = TRUE, version = version + 1, updated_at = $3
+                 WHERE id = $1 AND tenant = $2",
+                args![id.to_string(), tenant, now_ms()],
+            )
+            .await?;
+        if updated == 0 {
             return Ok(None);
         }
         // Runs that sleep until a far `next_step_at` must be looked at now.
-        let rows = sqlx::query(
-            "UPDATE runs SET next_step_at = ?2 WHERE action_id = ?1
-               AND status IN ('queued', 'dispatched', 'running') RETURNING id",
-        )
-        .bind(id.to_string())
-        .bind(now_ms())
-        .fetch_all(&mut *tx)
-        .await?;
+        let rows: Vec<(String,)> = tx
+            .fetch_all(
+                "UPDATE runs SET next_step_at = $2 WHERE action_id = $1
+                   AND status IN ('queued', 'dispatched', 'running') RETURNING id",
+                args![id.to_string(), now_ms()],
+            )
+            .await?;
+        self.announce(&mut tx, &id.to_string()).await?;
         tx.commit().await?;
-        rows.iter().map(|r| parse_uuid(r.get("id"))).collect::<Result<_>>().map(Some)
+        rows.iter().map(|(r,)| parse_uuid(r)).collect::<Result<_>>().map(Some)
     }
 
-    /// Claims up to `limit` unfinished runs that are due and not leased by a live owner.
+    /// Claims up to `limit` unfinished runs that are due and not leased by a live owner (never
+    /// runs `owner` leases itself: those have a driver here). With PostgreSQL, replicas
+    /// claiming at once skip each other's locked rows instead of waiting for them.
     pub async fn claim(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<Lease>> {
         let now = now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query(
-            "UPDATE runs SET lease_owner = ?1, lease_expires_at = ?2, lease_version = lease_version + 1
-             WHERE id IN (
-                SELECT id FROM runs
-                WHERE status IN ('queued', 'dispatched', 'running') AND next_step_at <= ?3
-                  AND (lease_owner IS NULL OR lease_expires_at < ?3 OR lease_owner = ?1)
-                ORDER BY next_step_at LIMIT ?4)
-               AND (lease_owner IS NULL OR lease_owner <> ?1)
-             RETURNING id, lease_version",
-        )
-        .bind(owner)
-        .bind(now + duration_ms(lease))
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
+        let mut tx = self.db.begin().await?;
+        let rows: Vec<(String, i64)> = tx
+            .fetch_all(
+                sql!(self.db.dialect(),
+                    sqlite: "UPDATE runs SET lease_owner = $1, lease_expires_at = $2,
+                        lease_version = lease_version + 1
+                     WHERE id IN (
+                        SELECT id FROM runs
+                        WHERE status IN ('queued', 'dispatched', 'running') AND next_step_at <= $3
+                          AND (lease_owner IS NULL OR (lease_expires_at < $3 AND lease_owner <> $1))
+                        ORDER BY next_step_at LIMIT $4)
+                     RETURNING id, lease_version",
+                    postgres: "UPDATE runs SET lease_owner = $1, lease_expires_at = $2,
+                        lease_version = lease_version + 1
+                     WHERE id IN (
+                        SELECT id FROM runs
+                        WHERE status IN ('queued', 'dispatched', 'running') AND next_step_at <= $3
+                          AND (lease_owner IS NULL OR (lease_expires_at < $3 AND lease_owner <> $1))
+                        ORDER BY next_step_at LIMIT $4
+                        FOR UPDATE SKIP LOCKED)
+                     RETURNING id, lease_version"),
+                args![owner, now + duration_ms(lease), now, i64::from(limit)],
+            )
+            .await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|r| {
-                Ok(Lease {
-                    run_id: parse_uuid(r.get("id"))?,
-                    owner: owner.to_owned(),
-                    version: r.get("lease_version"),
-                })
+        rows.into_iter()
+            .map(|(id, version)| {
+                Ok(Lease { run_id: parse_uuid(&id)?, owner: owner.to_owned(), version })
             })
             .collect()
     }
 
     /// Extends every lease `owner` holds on unfinished runs.
     pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64> {
-        let r = sqlx::query(
-            "UPDATE runs SET lease_expires_at = ?2
-             WHERE lease_owner = ?1 AND status IN ('queued', 'dispatched', 'running')",
-        )
-        .bind(owner)
-        .bind(now_ms() + duration_ms(lease))
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
+        self.db
+            .execute(
+                "UPDATE runs SET lease_expires_at = $2
+                 WHERE lease_owner = $1 AND status IN ('queued', 'dispatched', 'running')",
+                args![owner, now_ms() + duration_ms(lease)],
+            )
+            .await
     }
 
     /// Gives up `owner`'s leases (graceful shutdown) so another process resumes at once.
     pub async fn release_leases(&self, owner: &str) -> Result<()> {
-        sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = ?1",
-        )
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
+        self.db
+            .execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
+                args![owner],
+            )
+            .await?;
         Ok(())
     }
 
     /// Releases one lease after its run finished or was handed back.
     pub async fn release(&self, lease: &Lease, next_step_at: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, next_step_at = ?4
-             WHERE id = ?1 AND lease_owner = ?2 AND lease_version = ?3",
-        )
-        .bind(lease.run_id.to_string())
-        .bind(&lease.owner)
-        .bind(lease.version)
-        .bind(next_step_at)
-        .execute(&self.pool)
-        .await?;
+        self.db
+            .execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, next_step_at = $4
+                 WHERE id = $1 AND lease_owner = $2 AND lease_version = $3",
+                args![lease.run_id.to_string(), &lease.owner, lease.version, next_step_at],
+            )
+            .await?;
         Ok(())
     }
 
     pub async fn load_run(&self, run_id: Uuid) -> Result<RunRecord> {
-        let row = sqlx::query(
-            "SELECT r.*, a.request_json, a.deadline, a.cancel_requested
-             FROM runs r JOIN actions a ON a.id = r.action_id WHERE r.id = ?1",
-        )
-        .bind(run_id.to_string())
-        .fetch_one(&self.pool)
-        .await?;
+        let row: LoadedRunRow = self
+            .db
+            .fetch_one(
+                "SELECT r.*, a.request_json, a.deadline, a.cancel_requested
+                 FROM runs r JOIN actions a ON a.id = r.action_id WHERE r.id = $1",
+                args![run_id.to_string()],
+            )
+            .await?;
+        let run = row.run.into_run()?;
         Ok(RunRecord {
             id: run_id,
-            action_id: parse_uuid(row.get("action_id"))?,
-            tenant: row.get("tenant"),
-            target: from_json(row.get("target_json"))?,
-            backend: row.get("backend"),
-            device_id: row.get("device_id"),
-            hostname: row.get("hostname"),
-            request: from_json(row.get("request_json"))?,
-            states: from_json(row.get("commands_json"))?,
-            status: parse_status(row.get("status"))?,
-            error: row.get::<Option<String>, _>("error_json").map(|s| from_json(&s)).transpose()?,
-            checkpoint: row
-                .get::<Option<String>, _>("checkpoint_json")
-                .map(|s| from_json(&s))
-                .transpose()?,
-            deadline: row.get("deadline"),
-            cancel_requested: row.get::<i64, _>("cancel_requested") != 0,
+            action_id: parse_uuid(&row.action_id)?,
+            tenant: row.tenant,
+            target: run.target,
+            backend: run.backend,
+            device_id: run.device_id,
+            hostname: run.hostname,
+            request: from_json(&row.request_json)?,
+            states: run.commands,
+            status: run.status,
+            error: run.error,
+            checkpoint: row.checkpoint_json.as_deref().map(from_json).transpose()?,
+            deadline: row.deadline,
+            cancel_requested: row.cancel_requested,
         })
     }
 
     /// Whether the caller asked to cancel the run's action.
     pub async fn cancel_requested(&self, action_id: Uuid) -> Result<bool> {
-        let v: Option<i64> =
-            sqlx::query_scalar("SELECT cancel_requested FROM actions WHERE id = ?1")
-                .bind(action_id.to_string())
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(v.unwrap_or(0) != 0)
+        let v: Option<(bool,)> = self
+            .db
+            .fetch_optional(
+                "SELECT cancel_requested FROM actions WHERE id = $1",
+                args![action_id.to_string()],
+            )
+            .await?;
+        Ok(v.is_some_and(|(c,)| c))
     }
 
     /// Writes a run's progress, fenced by its lease, and refreshes the action's aggregate
     /// status. `false` means the lease was lost: the caller must stop driving the run.
     pub async fn save_run(&self, lease: &Lease, w: &RunWrite<'_>) -> Result<bool> {
         let now = now_ms();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query(
-            "UPDATE runs SET backend = ?4, device_id = ?5, hostname = ?6, status = ?7, error_json = ?8,
-                commands_json = ?9, checkpoint_json = ?10, next_step_at = ?11, lease_expires_at = ?12,
-                updated_at = ?13
-             WHERE id = ?1 AND lease_owner = ?2 AND lease_version = ?3",
-        )
-        .bind(lease.run_id.to_string())
-        .bind(&lease.owner)
-        .bind(lease.version)
-        .bind(w.backend)
-        .bind(w.device_id)
-        .bind(w.hostname)
-        .bind(w.status.as_str())
-        .bind(w.error.map(to_json).transpose()?)
-        .bind(to_json(w.states)?)
-        .bind(w.checkpoint.map(to_json).transpose()?)
-        .bind(w.next_step_at)
-        .bind(w.lease_until)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
+        let run_id = lease.run_id.to_string();
+        let mut tx = self.db.begin().await?;
+        let action_id = if w.visible {
+            let (action_id,): (String,) =
+                tx.fetch_one("SELECT action_id FROM runs WHERE id = $1", args![&run_id]).await?;
+            // PostgreSQL: replicas saving runs of one action take its row first, so each
+            // computes the aggregate from the others' committed statuses, and in the order
+            // `request_cancel` takes them (action, then runs), so they cannot deadlock. SQLite's
+            // `BEGIN IMMEDIATE` already serializes writers.
+            if self.db.dialect() == Dialect::Postgres {
+                tx.execute("SELECT 1 FROM actions WHERE id = $1 FOR UPDATE", args![&action_id])
+                    .await?;
+            }
+            Some(action_id)
+        } else {
+            None
+        };
+        let updated = tx
+            .execute(
+                "UPDATE runs SET backend = $4, device_id = $5, hostname = $6, status = $7,
+                    error_json = $8, commands_json = $9, checkpoint_json = $10, next_step_at = $11,
+                    lease_expires_at = $12, updated_at = $13
+                 WHERE id = $1 AND lease_owner = $2 AND lease_version = $3",
+                args![
+                    &run_id,
+                    &lease.owner,
+                    lease.version,
+                    w.backend,
+                    w.device_id,
+                    w.hostname,
+                    w.status.as_str(),
+                    w.error.map(to_json).transpose()?,
+                    to_json(w.states)?,
+                    w.checkpoint.map(to_json).transpose()?,
+                    w.next_step_at,
+                    w.lease_until,
+                    now,
+                ],
+            )
+            .await?;
+        if updated != 1 {
             return Ok(false);
         }
-        if !w.visible {
+        let Some(action_id) = action_id else {
             tx.commit().await?;
             return Ok(true);
-        }
-        let action_id: String = sqlx::query_scalar("SELECT action_id FROM runs WHERE id = ?1")
-            .bind(lease.run_id.to_string())
-            .fetch_one(&mut *tx)
-            .await?;
-        let statuses: Vec<String> =
-            sqlx::query_scalar("SELECT status FROM runs WHERE action_id = ?1")
-                .bind(&action_id)
-                .fetch_all(&mut *tx)
-                .await?;
-        let statuses = statuses.iter().map(|s| parse_status(s)).collect::<Result<Vec<_>>>()?;
-        sqlx::query(
-            "UPDATE actions SET status = ?2, updated_at = ?3, version = version + 1 WHERE id = ?1",
+        };
+        let statuses: Vec<(String,)> =
+            tx.fetch_all("SELECT status FROM runs WHERE action_id = $1", args![&action_id]).await?;
+        let statuses = statuses.iter().map(|(s,)| parse_status(s)).collect::<Result<Vec<_>>>()?;
+        tx.execute(
+            "UPDATE actions SET status = $2, updated_at = $3, version = version + 1 WHERE id = $1",
+            args![&action_id, Status::of_action(statuses).as_str(), now],
         )
-        .bind(&action_id)
-        .bind(Status::of_action(statuses).as_str())
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
+        self.announce(&mut tx, &action_id).await?;
         tx.commit().await?;
         Ok(true)
     }
 
     pub async fn insert_file(&self, meta: &FileMeta) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO files (id, tenant, name, size, sha256, created_at, origin_json, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )
-        .bind(&meta.id)
-        .bind(&meta.tenant)
-        .bind(&meta.name)
-        .bind(i64::try_from(meta.size).unwrap_or(i64::MAX))
-        .bind(&meta.sha256)
-        .bind(to_ms(meta.created_at))
-        .bind(to_json(&meta.origin)?)
-        .bind(meta.expires_at.map(to_ms))
-        .execute(&self.pool)
-        .await?;
+        self.db
+            .execute(
+                "INSERT INTO files (id, tenant, name, size, sha256, created_at, origin_json, expires_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                args![
+                    &meta.id,
+                    &meta.tenant,
+                    &meta.name,
+                    i64::try_from(meta.size).unwrap_or(i64::MAX),
+                    &meta.sha256,
+                    to_ms(meta.created_at),
+                    to_json(&meta.origin)?,
+                    meta.expires_at.map(to_ms),
+                ],
+            )
+            .await?;
         Ok(())
     }
 
     /// A live file of `tenant`: neither deleted nor expired at `now` (unix ms).
     pub async fn file(&self, tenant: &str, id: &str, now: i64) -> Result<Option<FileMeta>> {
-        let row = sqlx::query(
-            "SELECT * FROM files WHERE id = ?1 AND tenant = ?2 AND deleted_at IS NULL
-               AND (expires_at IS NULL OR expires_at > ?3)",
-        )
-        .bind(id)
-        .bind(tenant)
-        .bind(now)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<FileRow> = self
+            .db
+            .fetch_optional(
+                "SELECT * FROM files WHERE id = $1 AND tenant = $2 AND deleted_at IS NULL
+                   AND (expires_at IS NULL OR expires_at > $3)",
+                args![id, tenant, now],
+            )
+            .await?;
         row.map(|r| {
             Ok(FileMeta {
-                id: r.get("id"),
-                tenant: r.get("tenant"),
-                name: r.get("name"),
-                size: u64::try_from(r.get::<i64, _>("size")).unwrap_or(0),
-                sha256: r.get("sha256"),
-                created_at: from_ms(r.get("created_at")),
-                expires_at: r.get::<Option<i64>, _>("expires_at").map(from_ms),
-                origin: from_json(r.get("origin_json"))?,
+                id: r.id,
+                tenant: r.tenant,
+                name: r.name,
+                size: u64::try_from(r.size).unwrap_or(0),
+                sha256: r.sha256,
+                created_at: from_ms(r.created_at),
+                expires_at: r.expires_at.map(from_ms),
+                origin: from_json(&r.origin_json)?,
             })
         })
         .transpose()
@@ -632,75 +739,122 @@ impl Store {
     /// Hides a file at once (its content is deleted next). `false` if there is no such live
     /// file.
     pub async fn mark_file_deleted(&self, tenant: &str, id: &str) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE files SET deleted_at = ?3 WHERE id = ?1 AND tenant = ?2 AND deleted_at IS NULL",
-        )
-        .bind(id)
-        .bind(tenant)
-        .bind(now_ms())
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+        let n = self
+            .db
+            .execute(
+                "UPDATE files SET deleted_at = $3 WHERE id = $1 AND tenant = $2 AND deleted_at IS NULL",
+                args![id, tenant, now_ms()],
+            )
+            .await?;
+        Ok(n == 1)
     }
 
     /// `(tenant, id)` of up to `limit` files deleted or expired at `now`, whose content is to
     /// be purged.
     pub async fn files_to_purge(&self, now: i64, limit: u32) -> Result<Vec<(String, String)>> {
-        let rows = sqlx::query(
-            "SELECT tenant, id FROM files WHERE deleted_at IS NOT NULL OR expires_at <= ?1
-             ORDER BY id LIMIT ?2",
-        )
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(|r| (r.get("tenant"), r.get("id"))).collect())
+        self.db
+            .fetch_all(
+                "SELECT tenant, id FROM files WHERE deleted_at IS NOT NULL OR expires_at <= $1
+                 ORDER BY id LIMIT $2",
+                args![now, i64::from(limit)],
+            )
+            .await
     }
 
     /// Forgets a file whose content is gone.
     pub async fn purge_file(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM files WHERE id = ?1").bind(id).execute(&self.pool).await?;
+        self.db.execute("DELETE FROM files WHERE id = $1", args![id]).await?;
         Ok(())
     }
 }
 
-fn to_ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+/// An `actions` row, as both databases return it.
+#[derive(sqlx::FromRow)]
+struct ActionRow {
+    id: String,
+    request_json: String,
+    status: String,
+    created_at: i64,
+    updated_at: i64,
+    deadline: i64,
+    cancel_requested: bool,
+    request_id: Option<String>,
+    version: i64,
 }
 
-fn assemble(row: &sqlx::sqlite::SqliteRow, runs: &[sqlx::sqlite::SqliteRow]) -> Result<Action> {
-    let request: ActionRequest = from_json(row.get("request_json"))?;
-    let runs = runs
-        .iter()
-        .map(|r| {
-            Ok(Run {
-                id: parse_uuid(r.get("id"))?,
-                target: from_json(r.get("target_json"))?,
-                backend: r.get("backend"),
-                device_id: r.get("device_id"),
-                hostname: r.get("hostname"),
-                status: parse_status(r.get("status"))?,
-                error: r
-                    .get::<Option<String>, _>("error_json")
-                    .map(|s| from_json(&s))
-                    .transpose()?,
-                commands: from_json(r.get("commands_json"))?,
-            })
+/// The columns of a `runs` row the model shows.
+#[derive(sqlx::FromRow)]
+struct RunRow {
+    id: String,
+    target_json: String,
+    backend: Option<String>,
+    device_id: Option<String>,
+    hostname: Option<String>,
+    status: String,
+    error_json: Option<String>,
+    commands_json: String,
+}
+
+/// A run with what the engine needs of its action.
+#[derive(sqlx::FromRow)]
+struct LoadedRunRow {
+    #[sqlx(flatten)]
+    run: RunRow,
+    action_id: String,
+    tenant: String,
+    checkpoint_json: Option<String>,
+    request_json: String,
+    deadline: i64,
+    cancel_requested: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct FileRow {
+    id: String,
+    tenant: String,
+    name: String,
+    size: i64,
+    sha256: String,
+    created_at: i64,
+    origin_json: String,
+    expires_at: Option<i64>,
+}
+
+impl RunRow {
+    fn into_run(self) -> Result<Run> {
+        Ok(Run {
+            id: parse_uuid(&self.id)?,
+            target: from_json(&self.target_json)?,
+            backend: self.backend,
+            device_id: self.device_id,
+            hostname: self.hostname,
+            status: parse_status(&self.status)?,
+            error: self.error_json.as_deref().map(from_json).transpose()?,
+            commands: from_json(&self.commands_json)?,
         })
-        .collect::<Result<Vec<_>>>()?;
+    }
+}
+
+fn assemble(row: ActionRow, runs: Vec<RunRow>) -> Result<Action> {
+    let request: ActionRequest = from_json(&row.request_json)?;
+    let runs = runs.into_iter().map(RunRow::into_run).collect::<Result<Vec<_>>>()?;
     Ok(Action {
-        id: parse_uuid(row.get("id"))?,
-        status: parse_status(row.get("status"))?,
+        id: parse_uuid(&row.id)?,
+        status: parse_status(&row.status)?,
         comment: request.comment,
         on_error: request.on_error,
         commands: request.commands,
         runs,
-        created_at: from_ms(row.get("created_at")),
-        updated_at: from_ms(row.get("updated_at")),
-        deadline: Some(from_ms(row.get("deadline"))),
-        cancel_requested: row.get::<i64, _>("cancel_requested") != 0,
-        request_id: row.get("request_id"),
+        created_at: from_ms(row.created_at),
+        updated_at: from_ms(row.updated_at),
+        deadline: Some(from_ms(row.deadline)),
+        cancel_requested: row.cancel_requested,
+        request_id: row.request_id,
     })
+}
+
+pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 fn duration_ms(d: Duration) -> i64 {

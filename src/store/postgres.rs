@@ -1,0 +1,256 @@
+//! The PostgreSQL side of the store: connecting, the change listener (LISTEN/NOTIFY) and the
+//! vendor budget the replicas share.
+
+use std::collections::HashSet;
+use std::str::FromStr as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use edrgate_adapter::{AdapterError, SharedBudget};
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{CHANGES_CHANNEL, Db, Result, Tx, args, now_ms};
+
+pub(super) fn migrator() -> Migrator {
+    sqlx::migrate!("schemas/migrations/postgres")
+}
+
+/// Connects to `url` and applies migrations. sqlx's migrator takes an advisory lock, so
+/// replicas starting together apply them once.
+pub(super) async fn connect(url: &str, max_connections: u32) -> Result<Db> {
+    let options = PgConnectOptions::from_str(url)?.application_name("edrgate");
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(options)
+        .await?;
+    migrator().run(&pool).await?;
+    Ok(Db::Postgres(pool))
+}
+
+/// Whether `url` is a PostgreSQL connection URL sqlx accepts (for configuration checks).
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err("must start with postgres:// or postgresql://".to_owned());
+    }
+    // The error text may quote the URL, password included: report the kind only.
+    PgConnectOptions::from_str(url).map(|_| ()).map_err(|_| "is not a valid PostgreSQL URL".into())
+}
+
+/// Ids of actions changed by any replica (this one included), from NOTIFY.
+pub struct ChangeListener {
+    listener: PgListener,
+}
+
+impl ChangeListener {
+    pub(super) async fn connect(pool: &PgPool) -> Result<ChangeListener> {
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(ChangeListener { listener })
+    }
+
+    /// The next changed action. `Ok(None)`: the connection was lost and is being re-established
+    /// (notifications sent meanwhile are lost; long-polls still end at their deadline).
+    pub async fn next(&mut self) -> Result<Option<Uuid>> {
+        loop {
+            match self.listener.try_recv().await? {
+                None => return Ok(None),
+                Some(n) => match Uuid::try_parse(n.payload()) {
+                    Ok(id) => return Ok(Some(id)),
+                    Err(_) => tracing::warn!(payload = n.payload(), "unexpected change notice"),
+                },
+            }
+        }
+    }
+}
+
+/// How long a budget slot stays held without renewal: a replica that dies frees its slots
+/// after this (its runs' slots are taken over sooner, with the runs).
+const SLOT_TTL: Duration = Duration::from_secs(60);
+
+/// The vendor budget in PostgreSQL rows (`budget_slots`, `budget_calls`). Each check-and-take
+/// runs in one transaction holding a transaction-level advisory lock on the scope, so replicas
+/// asking at once are served one at a time and never both take the last slot or call.
+pub struct PgBudget {
+    pool: PgPool,
+    /// (scope, key, token) of the slots this process holds, renewed every third of the TTL.
+    held: Mutex<HashSet<(String, String, String)>>,
+    releases: mpsc::UnboundedSender<(String, String, String)>,
+}
+
+impl PgBudget {
+    pub(super) fn start(pool: PgPool, shutdown: CancellationToken) -> Arc<PgBudget> {
+        let (releases, mut queue) = mpsc::unbounded_channel::<(String, String, String)>();
+        let budget = Arc::new(PgBudget { pool, held: Mutex::new(HashSet::new()), releases });
+        let weak = Arc::downgrade(&budget);
+        tokio::spawn(async move {
+            let mut renew = tokio::time::interval(SLOT_TTL / 3);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = renew.tick() => {
+                        let Some(budget) = weak.upgrade() else { return };
+                        if let Err(error) = budget.renew().await {
+                            tracing::warn!(%error, "renewing shared budget slots failed");
+                        }
+                    }
+                    release = queue.recv() => {
+                        let Some((scope, key, token)) = release else { return };
+                        let Some(budget) = weak.upgrade() else { return };
+                        let db = Db::Postgres(budget.pool.clone());
+                        if let Err(error) = db.execute(
+                            "DELETE FROM budget_slots WHERE scope = $1 AND key = $2 AND token = $3",
+                            args![scope, key, token],
+                        ).await {
+                            // The row expires on its own once nobody renews it.
+                            tracing::warn!(%error, "freeing a shared budget slot failed");
+                        }
+                    }
+                }
+            }
+        });
+        budget
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String, String)>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn renew(&self) -> Result<()> {
+        let held: Vec<_> = self.held().iter().cloned().collect();
+        let db = Db::Postgres(self.pool.clone());
+        let until = now_ms() + ms(SLOT_TTL);
+        for (scope, key, token) in held {
+            db.execute(
+                "UPDATE budget_slots SET expires_at = $4 WHERE scope = $1 AND key = $2 AND token = $3",
+                args![scope, key, token, until],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A transaction holding the scope's advisory lock until it ends.
+    async fn lock_scope(&self, scope: &str) -> Result<Tx> {
+        let mut tx = Db::Postgres(self.pool.clone()).begin().await?;
+        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", args![scope]).await?;
+        Ok(tx)
+    }
+
+    async fn take_slot(
+        &self,
+        scope: &str,
+        capacity: usize,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<String>> {
+        let now = now_ms();
+        let mut tx = self.lock_scope(scope).await?;
+        tx.execute(
+            "DELETE FROM budget_slots WHERE scope = $1 AND expires_at < $2",
+            args![scope, now],
+        )
+        .await?;
+        let current: Option<(String,)> = tx
+            .fetch_optional(
+                "SELECT holder FROM budget_slots WHERE scope = $1 AND key = $2",
+                args![scope, key],
+            )
+            .await?;
+        match current {
+            Some((h,)) if h != holder => return Ok(None),
+            Some(_) => {}
+            None => {
+                let (used,): (i64,) = tx
+                    .fetch_one("SELECT COUNT(*) FROM budget_slots WHERE scope = $1", args![scope])
+                    .await?;
+                if usize::try_from(used).unwrap_or(usize::MAX) >= capacity {
+                    return Ok(None);
+                }
+            }
+        }
+        let token = Uuid::now_v7().simple().to_string();
+        tx.execute(
+            "INSERT INTO budget_slots (scope, key, holder, token, expires_at)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (scope, key) DO UPDATE SET holder = $3, token = $4, expires_at = $5",
+            args![scope, key, holder, &token, now + ms(SLOT_TTL)],
+        )
+        .await?;
+        tx.commit().await?;
+        self.held().insert((scope.to_owned(), key.to_owned(), token.clone()));
+        Ok(Some(token))
+    }
+
+    async fn call(&self, scope: &str, limit: u32, window: Duration) -> Result<Option<Duration>> {
+        let now = now_ms();
+        let since = now - ms(window);
+        let mut tx = self.lock_scope(scope).await?;
+        tx.execute("DELETE FROM budget_calls WHERE scope = $1 AND at <= $2", args![scope, since])
+            .await?;
+        let (used, oldest): (i64, Option<i64>) = tx
+            .fetch_one("SELECT COUNT(*), MIN(at) FROM budget_calls WHERE scope = $1", args![scope])
+            .await?;
+        if used >= i64::from(limit) {
+            let wait = oldest.map_or(0, |o| o + ms(window) - now).max(1);
+            return Ok(Some(Duration::from_millis(u64::try_from(wait).unwrap_or(1))));
+        }
+        tx.execute("INSERT INTO budget_calls (scope, at) VALUES ($1, $2)", args![scope, now])
+            .await?;
+        tx.commit().await?;
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl SharedBudget for PgBudget {
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn try_take_slot(
+        &self,
+        scope: &str,
+        capacity: usize,
+        key: &str,
+        holder: &str,
+    ) -> std::result::Result<Option<String>, AdapterError> {
+        self.take_slot(scope, capacity, key, holder).await.map_err(budget_error)
+    }
+
+    fn release_slot(&self, scope: &str, key: &str, token: &str) {
+        let id = (scope.to_owned(), key.to_owned(), token.to_owned());
+        self.held().remove(&id);
+        // Called from `Drop`: the delete happens on the budget's task.
+        let _ = self.releases.send(id);
+    }
+
+    async fn take_call(
+        &self,
+        scope: &str,
+        limit: u32,
+        window: Duration,
+    ) -> std::result::Result<Option<Duration>, AdapterError> {
+        self.call(scope, limit, window).await.map_err(budget_error)
+    }
+}
+
+fn budget_error(error: super::StoreError) -> AdapterError {
+    tracing::error!(%error, "shared budget");
+    // Retryable: the engine backs off and steps again; no vendor call was made.
+    AdapterError::transient(
+        edrgate_adapter::ErrorCode::Internal,
+        "the vendor budget shared by the replicas is unavailable (database)",
+    )
+    .with_retry_after(Some(Duration::from_secs(1)))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
