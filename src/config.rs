@@ -844,8 +844,15 @@ fn backend_fingerprints(value: &toml::Value) -> BTreeMap<(String, String), [u8; 
 /// Settings that hold secrets. Each can instead be given as `<name>_file`: the path of a file
 /// holding it (container secrets, Kubernetes secret volumes), read at load time with one
 /// trailing newline removed.
-pub const SECRET_SETTINGS: &[&str] =
-    &["token", "client_secret", "password", "totp_secret", "hs256_secret", "secret_access_key", "url"];
+pub const SECRET_SETTINGS: &[&str] = &[
+    "token",
+    "client_secret",
+    "password",
+    "totp_secret",
+    "hs256_secret",
+    "secret_access_key",
+    "url",
+];
 
 /// Replaces every `<secret>_file` setting by the `<secret>` read from that file.
 fn read_secret_files(value: &mut toml::Value, path: &str, errors: &mut Vec<String>) {
@@ -1054,5 +1061,51 @@ mod tests {
             errors[0].starts_with("tenants.acme.backends.cb.token_file: cannot read"),
             "{errors:?}"
         );
+    }
+}
+
+/// The configurations shipped in `deploy/` stay valid.
+#[cfg(test)]
+mod shipped {
+    use super::Config;
+
+    #[test]
+    fn every_shipped_configuration_is_valid() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let secrets = tempfile::tempdir().unwrap();
+        for name in ["acme-cb-token", "hs256", "edrgate/acme-cb-token", "edrgate/acme-cb-ca.pem"] {
+            let path = secrets.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "0123456789abcdef0123456789abcdef\n").unwrap();
+        }
+        let env = |name: &str| {
+            Some(match name {
+                n if n.contains("PROXIES") => "10.0.0.0/8".to_owned(),
+                n if n.contains("DATABASE_URL") => "postgres://u:p@db:5432/edrgate".to_owned(),
+                n if n.contains("URL") || n.contains("ISSUER") => "https://idp.example".to_owned(),
+                _ => "0123456789abcdef0123456789abcdef".to_owned(),
+            })
+        };
+        let configmap = std::fs::read_to_string(root.join("deploy/k8s/configmap.yaml")).unwrap();
+        let embedded: String = configmap
+            .split_once("edrgate.toml: |\n")
+            .unwrap()
+            .1
+            .lines()
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        let files =
+            ["deploy/edrgate.example.toml", "deploy/compose/edrgate.toml", "deploy/container.toml"];
+        let mut texts: Vec<(String, String)> = files
+            .iter()
+            .map(|f| ((*f).to_owned(), std::fs::read_to_string(root.join(f)).unwrap()))
+            .collect();
+        texts.push(("deploy/k8s/configmap.yaml".to_owned(), embedded));
+        for (file, text) in texts {
+            let text = text.replace("/run/secrets/", &format!("{}/", secrets.path().display()));
+            if let Err(errors) = Config::parse(&text, env) {
+                panic!("{file}: {errors:#?}");
+            }
+        }
     }
 }
