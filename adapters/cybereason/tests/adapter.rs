@@ -417,3 +417,20 @@ async fn the_batch_fetch_flow_downloads_by_element() {
     let c = sim.counters();
     assert_eq!((c.fetch_batches, c.direct_fetches), (2, 0));
 }
+
+#[tokio::test]
+async fn concurrent_calls_share_one_login() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let adapter = std::sync::Arc::new(adapter);
+    let calls: Vec<_> = (0..10)
+        .map(|_| {
+            let a = std::sync::Arc::clone(&adapter);
+            tokio::spawn(async move { a.find_devices(Some("CR-WS")).await.unwrap().len() })
+        })
+        .collect();
+    for call in calls {
+        assert_eq!(call.await.unwrap(), 5);
+    }
+    let c = sim.counters();
+    assert_eq!((c.logins, c.totp_logins), (1, 1), "logins are serialised and the session reused");
+}
