@@ -22,7 +22,7 @@ use edrgate_adapter::adapter::{FileWriter, StopReason};
 use edrgate_adapter::{
     Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandResult,
     CommandSupport, CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, Next, OnError,
-    RunContext, SlotGuard, Status, Step, Via,
+    RunContext, SharedBudget, SharedSlot, SlotGuard, Status, Step, Via,
 };
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,11 @@ pub struct CarbonBlackAdapter {
     cfg: CarbonBlackConfig,
     client: CbClient,
     slots: Arc<FairSlots>,
+    /// The session budget across gateway replicas (given by the engine): the server's slot limit
+    /// holds for all of them together, not per process.
+    shared: OnceLock<Arc<dyn SharedBudget>>,
+    /// The shared budget's scope: the server, as `slots` is shared per server.
+    scope: String,
     capabilities: Capabilities,
     runs: Mutex<HashMap<Uuid, RunMemory>>,
 }
@@ -56,6 +61,8 @@ pub struct CarbonBlackAdapter {
 /// What a run keeps in memory between steps (see the module doc).
 struct RunMemory {
     slot: Option<SlotGuard>,
+    /// The run's slot in the replicas' shared budget, held with `slot`.
+    shared_slot: Option<SharedSlot>,
     fetch: Option<FetchWriter>,
     touched: Instant,
 }
@@ -218,6 +225,8 @@ impl CarbonBlackAdapter {
             capabilities: capabilities(backend_name, concurrent),
             client,
             slots,
+            shared: OnceLock::new(),
+            scope: format!("carbonblack:{}", url.as_str().trim_end_matches('/')),
             cfg,
             runs: Mutex::new(HashMap::new()),
         })
@@ -265,6 +274,10 @@ impl Adapter for CarbonBlackAdapter {
 
     fn run_closed(&self, run_id: Uuid) {
         self.forget(run_id);
+    }
+
+    fn use_shared_budget(&self, budget: Arc<dyn SharedBudget>) {
+        let _ = self.shared.set(budget);
     }
 
     async fn step(
@@ -1077,7 +1090,35 @@ impl CarbonBlackAdapter {
                     return Ok(SessionReady::Stopped(ctx.stop.reason().unwrap_or(StopReason::Cancelled)));
                 }
             };
-            self.keep_slot(ctx.run_id, guard);
+            // This process's fair share is granted; with other replicas, the server's slots must
+            // also be free among them all (§10: the limit is the server's). A held key stays with
+            // its run, so a run taken over from a dead replica gets its slot back at once.
+            let shared = match self.shared.get().filter(|b| b.is_shared()) {
+                None => None,
+                Some(budget) => {
+                    let holder = ctx.run_id.to_string();
+                    let slot_limit = self.cfg.slot_limit;
+                    let taken = edrgate_adapter::shared::acquire_slot(
+                        budget,
+                        &self.scope,
+                        slot_limit,
+                        &key,
+                        &holder,
+                    )
+                    .await?;
+                    match taken {
+                        Some(slot) => Some(slot),
+                        // The other replicas hold every slot: give this one back to the local
+                        // waiters and ask again shortly.
+                        None => {
+                            drop(guard);
+                            let wait = self.cfg.poll_min().max(Duration::from_millis(500));
+                            return Ok(SessionReady::Wait(wait));
+                        }
+                    }
+                }
+            };
+            self.keep_slot(ctx.run_id, guard, shared);
         }
         if cp.session.is_none() {
             let sensor = cp.sensor_id;
@@ -1459,12 +1500,15 @@ impl CarbonBlackAdapter {
     }
 
     fn release_slot(&self, run: Uuid) {
-        let slot = self.memory().get_mut(&run).and_then(|m| m.slot.take());
-        drop(slot);
+        let slots = self.memory().get_mut(&run).map(|m| (m.slot.take(), m.shared_slot.take()));
+        drop(slots);
     }
 
-    fn keep_slot(&self, run: Uuid, guard: SlotGuard) {
-        self.memory().entry(run).or_insert_with(RunMemory::new).slot = Some(guard);
+    fn keep_slot(&self, run: Uuid, guard: SlotGuard, shared: Option<SharedSlot>) {
+        let mut runs = self.memory();
+        let m = runs.entry(run).or_insert_with(RunMemory::new);
+        m.slot = Some(guard);
+        m.shared_slot = shared;
     }
 
     fn take_writer(&self, run: Uuid, index: usize) -> Option<FetchWriter> {
@@ -1504,7 +1548,7 @@ enum Waited {
 
 impl RunMemory {
     fn new() -> Self {
-        RunMemory { slot: None, fetch: None, touched: Instant::now() }
+        RunMemory { slot: None, shared_slot: None, fetch: None, touched: Instant::now() }
     }
 }
 
