@@ -145,7 +145,11 @@ impl DefenderAdapter {
         let sessions = u32::try_from(client.budget.sessions.capacity()).unwrap_or(u32::MAX);
         Ok(DefenderAdapter {
             capabilities: capabilities(backend_name, sessions, &cfg),
-            poller: Arc::new(Poller { client: Arc::clone(&client), pending: Mutex::new(None) }),
+            poller: Arc::new(Poller {
+                client: Arc::clone(&client),
+                pending: Mutex::new(None),
+                flushing: tokio::sync::Mutex::new(()),
+            }),
             client,
             cfg,
             runs: Mutex::new(HashMap::new()),
@@ -1145,6 +1149,9 @@ impl DefenderAdapter {
 struct Poller {
     client: Arc<DfClient>,
     pending: Mutex<Option<HashMap<String, Vec<oneshot::Sender<PollResult>>>>>,
+    /// One flush at a time: while a call waits for the endpoint's budget, new requests gather
+    /// into the next batch instead of queueing calls of their own.
+    flushing: tokio::sync::Mutex<()>,
 }
 
 type PollResult = Result<Option<MachineAction>, AdapterError>;
@@ -1160,36 +1167,38 @@ impl Poller {
         };
         if start_flush {
             let this = Arc::clone(self);
-            tokio::spawn(async move {
-                tokio::time::sleep(POLL_GATHER).await;
-                let batch = this
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take()
-                    .unwrap_or_default();
-                let ids: Vec<String> = batch.keys().cloned().collect();
-                match this.client.actions_by_id(&ids).await {
-                    Ok(actions) => {
-                        let mut by_id: HashMap<String, MachineAction> =
-                            actions.into_iter().map(|a| (a.id.to_ascii_lowercase(), a)).collect();
-                        for (id, waiters) in batch {
-                            let found = by_id.remove(&id.to_ascii_lowercase());
-                            for w in waiters {
-                                let _ = w.send(Ok(found.clone()));
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        for w in batch.into_values().flatten() {
-                            let _ = w.send(Err(e.clone()));
-                        }
-                    }
-                }
-            });
+            tokio::spawn(async move { this.flush().await });
         }
         rx.await
             .unwrap_or_else(|_| Err(AdapterError::transient(ErrorCode::Internal, "poller stopped")))
+    }
+
+    async fn flush(&self) {
+        let _one = self.flushing.lock().await;
+        tokio::time::sleep(POLL_GATHER).await;
+        let batch =
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        if batch.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = batch.keys().cloned().collect();
+        match self.client.actions_by_id(&ids).await {
+            Ok(actions) => {
+                let mut by_id: HashMap<String, MachineAction> =
+                    actions.into_iter().map(|a| (a.id.to_ascii_lowercase(), a)).collect();
+                for (id, waiters) in batch {
+                    let found = by_id.remove(&id.to_ascii_lowercase());
+                    for w in waiters {
+                        let _ = w.send(Ok(found.clone()));
+                    }
+                }
+            }
+            Err(e) => {
+                for w in batch.into_values().flatten() {
+                    let _ = w.send(Err(e.clone()));
+                }
+            }
+        }
     }
 }
 

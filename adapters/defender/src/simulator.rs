@@ -380,6 +380,11 @@ impl Simulator {
         })
     }
 
+    /// When each live-response action was created, since the simulator started.
+    pub fn live_response_arrivals(&self) -> Vec<Duration> {
+        self.with(|rt, _| rt.lr_arrivals.iter().map(|t| t.duration_since(rt.started)).collect())
+    }
+
     /// Names of the library files.
     pub fn library(&self) -> Vec<String> {
         self.with(|rt, _| rt.library.keys().cloned().collect())

@@ -126,6 +126,9 @@ pub(crate) struct Runtime {
     /// Blob downloads still to refuse as expired (fault injection).
     pub(crate) refuse_downloads: u32,
     pub(crate) link_secret: String,
+    pub(crate) started: Instant,
+    /// Arrival times of accepted `runliveresponse` calls.
+    pub(crate) lr_arrivals: Vec<Instant>,
 }
 
 pub(crate) fn utc_now() -> String {
@@ -183,6 +186,8 @@ impl Runtime {
             counters: Counters::default(),
             refuse_downloads: 0,
             link_secret: uuid::Uuid::now_v7().to_string(),
+            started: Instant::now(),
+            lr_arrivals: Vec::new(),
         }
     }
 
@@ -311,6 +316,7 @@ impl Runtime {
         *self.counters.actions_by_type.entry(kind.to_owned()).or_default() += 1;
         if kind == "LiveResponse" {
             self.counters.live_response_actions += 1;
+            self.lr_arrivals.push(now);
             let live = self.active_sessions();
             self.counters.max_concurrent_sessions = self.counters.max_concurrent_sessions.max(live);
         }
