@@ -556,3 +556,56 @@ async fn secrets_never_reach_logs_or_the_audit_trail() {
         assert!(!export.contains(secret), "a secret is in the audit trail");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_uploads_and_downloads_are_audited() {
+    let (_sim, url) = sim(fast()).await;
+    let gw = Gateway::start("", &backend("acme", "cb", &url)).await;
+    let bearer = token("acme", "alice");
+    let upload = gw
+        .http
+        .post(format!("{}/v1/files?name=collector.ps1", gw.base))
+        .bearer_auth(&bearer)
+        .header("content-type", "application/octet-stream")
+        .body("Get-Process | ConvertTo-Json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(upload.status(), StatusCode::CREATED);
+    let location = upload.headers()["location"].to_str().unwrap().to_owned();
+    let file: Value = upload.json().await.unwrap();
+    assert_eq!(location, format!("{}/v1/files/{}", gw.base, file["id"].as_str().unwrap()));
+    let download = gw
+        .http
+        .get(format!("{location}/content"))
+        .bearer_auth(&bearer)
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(download.status(), StatusCode::PARTIAL_CONTENT);
+    // Another tenant asking for it: a 404, recorded in that tenant's trail.
+    let (status, _) = gw
+        .call(
+            reqwest::Method::GET,
+            &token("globex", "eve"),
+            &format!("/v1/files/{}/content", file["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (_, audit) = gw.call(reqwest::Method::GET, &token("acme", "ops"), "/v1/audit", None).await;
+    let items = audit["items"].as_array().unwrap();
+    let events: Vec<&str> = items.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["file.download", "file.upload"], "{audit:#}");
+    assert_eq!(items[0]["file_id"], file["id"]);
+    assert_eq!(items[0]["http_status"], 206);
+    assert_eq!(items[0]["detail"]["range"], "bytes=0-3");
+    assert_eq!(items[1]["detail"]["sha256"], file["sha256"]);
+    assert_eq!(items[1]["subject"], "alice");
+    let (_, other) =
+        gw.call(reqwest::Method::GET, &token("globex", "ops"), "/v1/audit", None).await;
+    assert_eq!(other["items"][0]["outcome"], "refused", "{other:#}");
+    assert_eq!(other["items"][0]["error_code"], "not_found");
+}

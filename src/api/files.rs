@@ -22,8 +22,11 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
+use super::audit;
 use super::problem::{ApiError, Json, Path, Problem, Query};
+use super::request::RequestMeta;
 use super::{ApiState, X_REQUEST_ID};
+use crate::audit::{AuditEvent, AuditRecord};
 use crate::auth::{Caller, Permission};
 use crate::files::{FileError, FileStore, StoredWriter, archive, check_upload_name, safe_name};
 use crate::store::{FileMeta, FileOrigin, FileSource};
@@ -78,9 +81,34 @@ pub(crate) struct UploadForm {
 pub(crate) async fn upload_file(
     State(state): State<ApiState>,
     caller: Caller,
+    meta: RequestMeta,
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let stored = upload(&state, &caller, query, request).await;
+    let entry = match &stored {
+        Ok(file) => {
+            let mut entry = AuditRecord::new(AuditEvent::FileUpload, "ok", 201);
+            entry.file_id = Some(file.id.clone());
+            entry.detail = Some(serde_json::json!({
+                "name": file.name, "size": file.size, "sha256": file.sha256,
+            }));
+            entry
+        }
+        Err(error) => audit::refused(AuditEvent::FileUpload, error),
+    };
+    audit::record(&state, &caller, &meta, entry).await;
+    let file = stored?;
+    let location = header(&meta.link(&format!("/v1/files/{}", file.id)))?;
+    Ok((StatusCode::CREATED, [(LOCATION, location)], Json(file)).into_response())
+}
+
+async fn upload(
+    state: &ApiState,
+    caller: &Caller,
+    query: UploadQuery,
+    request: Request,
+) -> Result<FileMeta, ApiError> {
     // Stored files are their own permission (`files`), whatever produced them.
     caller.require(Permission::Files)?;
     let files = state.engine.files();
@@ -128,8 +156,7 @@ pub(crate) async fn upload_file(
         });
         store(writer, body).await?
     };
-    let location = header(&format!("/v1/files/{}", meta.id))?;
-    Ok((StatusCode::CREATED, [(LOCATION, location)], Json(meta)).into_response())
+    Ok(meta)
 }
 
 fn upload_name(name: Option<String>) -> Result<String, ApiError> {
@@ -305,9 +332,36 @@ pub(crate) enum ArchiveKind {
 pub(crate) async fn file_content(
     State(state): State<ApiState>,
     caller: Caller,
+    meta: RequestMeta,
     Path(id): Path<String>,
     Query(query): Query<ContentQuery>,
     request_headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let detail = serde_json::json!({
+        "range": request_headers.get(RANGE).and_then(|v| v.to_str().ok()),
+        "archive": query.archive.as_ref().map(|_| "zip"),
+    });
+    let answered = content(&state, &caller, &id, query, &request_headers).await;
+    // The body streams after this: a transfer cut short (or a digest found wrong on the way)
+    // shows in the logs, not here.
+    let mut entry = match &answered {
+        Ok(response) => {
+            AuditRecord::new(AuditEvent::FileDownload, "ok", response.status().as_u16())
+        }
+        Err(error) => audit::refused(AuditEvent::FileDownload, error),
+    };
+    entry.file_id = Some(id);
+    entry.detail = Some(detail);
+    audit::record(&state, &caller, &meta, entry).await;
+    answered
+}
+
+async fn content(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+    query: ContentQuery,
+    request_headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Files)?;
     let files = state.engine.files();
