@@ -12,9 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use edrgate_adapter::adapter::StopReason;
 use edrgate_adapter::{
-    Adapter, AdapterError, Capabilities, Command, CommandKind, CommandResult, CommandSupport,
-    CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, Next, OnError, RunContext,
-    Status, Step, Via,
+    Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandResult,
+    CommandSupport, CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, Next, OnError,
+    RunContext, SharedBudget, Status, Step, Via,
 };
 use futures::StreamExt as _;
 use secrecy::ExposeSecret as _;
@@ -165,6 +165,20 @@ impl Adapter for CybereasonAdapter {
             .map(|s| mapping::device(&self.capabilities.backend, s))
             .filter(|d| hostname.is_none_or(|h| edrgate_adapter::hostname_matches(&d.hostname, h)))
             .collect())
+    }
+
+    /// The busy slots of `max_concurrent_requests`, for `/metrics`.
+    fn budgets(&self) -> Vec<BudgetUse> {
+        vec![BudgetUse {
+            name: "requests",
+            in_use: self.slots.in_use(),
+            capacity: self.slots.capacity(),
+            waiting: self.slots.waiting(),
+        }]
+    }
+
+    fn use_shared_budget(&self, budget: Arc<dyn SharedBudget>) {
+        self.client.use_shared_budget(budget);
     }
 
     async fn step(

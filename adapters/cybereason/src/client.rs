@@ -19,10 +19,11 @@
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use edrgate_adapter::http::{self, Backoff, TlsOptions};
-use edrgate_adapter::{AdapterError, ErrorCode};
+use edrgate_adapter::{AdapterError, ErrorCode, SharedBudget};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use reqwest::header::{
     CONTENT_DISPOSITION, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE,
@@ -80,6 +81,9 @@ pub(crate) struct CrClient {
     session_use: Duration,
     generations: AtomicU64,
     gate: DefaultDirectRateLimiter,
+    calls_per_minute: u32,
+    /// The call quota kept with the other gateway replicas, once the engine gave it.
+    shared: OnceLock<Arc<dyn SharedBudget>>,
 }
 
 impl CrClient {
@@ -103,7 +107,30 @@ impl CrClient {
             session_use: cfg.session_use(),
             generations: AtomicU64::new(0),
             gate: RateLimiter::direct(Quota::per_minute(per_minute)),
+            calls_per_minute: per_minute.get(),
+            shared: OnceLock::new(),
         })
+    }
+
+    /// Keeps the first shared budget the engine hands over (see `Adapter::use_shared_budget`).
+    pub(crate) fn use_shared_budget(&self, budget: Arc<dyn SharedBudget>) {
+        let _ = self.shared.set(budget);
+    }
+
+    /// Waits for the call budget: this process's rate gate, then, with several replicas, the
+    /// quota they share (per console URL), so together they stay within `calls_per_minute`.
+    async fn pace(&self) -> Result<(), CrError> {
+        self.gate.until_ready().await;
+        let Some(shared) = self.shared.get().filter(|s| s.is_shared()) else {
+            return Ok(());
+        };
+        let scope = format!("cybereason:{}:calls", self.base);
+        while let Some(wait) =
+            shared.take_call(&scope, self.calls_per_minute, Duration::from_secs(60)).await?
+        {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     // ---- sensors (§6.1) ----
@@ -258,7 +285,7 @@ impl CrClient {
         reader: edrgate_adapter::adapter::FileReader,
         size: u64,
     ) -> Result<Value, CrError> {
-        self.gate.until_ready().await;
+        self.pace().await?;
         let (cookie, generation) = self.cookie().await?;
         let body = reqwest::Body::wrap_stream(ReaderStream::new(reader));
         let part = reqwest::multipart::Part::stream_with_length(body, size)
@@ -347,7 +374,7 @@ impl CrClient {
 
     /// The form login (§3.1) and, when asked for, the TOTP step (§3.2).
     async fn login(&self) -> Result<HeaderValue, CrError> {
-        self.gate.until_ready().await;
+        self.pace().await?;
         let form =
             [("username", self.username.as_str()), ("password", self.password.expose_secret())];
         let resp = self
@@ -460,7 +487,7 @@ impl CrClient {
     ) -> Result<Response, CrError> {
         let mut relogged = false;
         loop {
-            self.gate.until_ready().await;
+            self.pace().await?;
             let (cookie, generation) = self.cookie().await?;
             let mut req = self
                 .request(method.clone(), path)

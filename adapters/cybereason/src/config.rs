@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 ///
 /// `Debug` prints secrets as `[REDACTED]` (secrecy); the type is deliberately not
 /// `Serialize`, so a password cannot end up in an API response or a dumped config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CybereasonConfig {
     /// Base URL of the console, e.g. `https://acme.cybereason.net:8443` (§2). Plain `http://`
@@ -24,14 +24,17 @@ pub struct CybereasonConfig {
     /// Console user of the form login (§3.1). Remediation needs an L3 analyst, IR tools a
     /// Responder L2 user (§3.5).
     pub username: String,
+    #[schemars(with = "String")]
     pub password: SecretString,
     /// Base32 TOTP secret of the user, for the two-factor step (§3.2). Responder L2 users must
     /// have two-factor authentication, so running IR tools needs it (§3.2, D5).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub totp_secret: Option<SecretString>,
     /// Password of the AES-encrypted zip the direct file fetch returns (§6.4, a fixed value
     /// of the platform). Without it only unencrypted archives can be opened.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub fetch_zip_password: Option<SecretString>,
     /// How `get_file` fetches: `direct` (default: `POST /rest/file-search/fetch-direct` by
     /// path and pylum id, one request) or `batch` (the documented fetch-file batch flow on the
@@ -87,7 +90,7 @@ pub struct CybereasonConfig {
 }
 
 /// See [`CybereasonConfig::fetch_mode`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FetchMode {
     #[default]

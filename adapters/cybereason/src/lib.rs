@@ -25,8 +25,9 @@
 //!   and keeps its `sensorId` (batch actions) and machine `guid` (remediation).
 //! - **Limits**: no published rate limit; 429 is honoured with `Retry-After` (C1 waits 60 s).
 //!   edrgate caps itself with `calls_per_minute` (a rate gate) and `max_concurrent_requests`
-//!   (a [`edrgate_adapter::FairSlots`] budget per backend, one holder per device). IR tool
-//!   packages are at most 100 MB (§6.6.3).
+//!   (a [`edrgate_adapter::FairSlots`] budget per backend, one holder per device, reported by
+//!   `budgets()`); with several gateway replicas the call quota is also taken from the
+//!   engine's shared budget, per console URL. IR tool packages are at most 100 MB (§6.6.3).
 //!
 //! # Commands (everything else is absent from the capabilities, so refused at submission)
 //! - `get_file{path}` (`fetch_mode = "direct"`, default): `POST /rest/file-search/fetch-direct`

@@ -434,3 +434,55 @@ async fn concurrent_calls_share_one_login() {
     let c = sim.counters();
     assert_eq!((c.logins, c.totp_logins), (1, 1), "logins are serialised and the session reused");
 }
+
+/// A replica-shared quota that lets two calls through, then asks to wait once per call.
+struct SharedQuota {
+    calls: std::sync::atomic::AtomicU32,
+    waits: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl edrgate_adapter::SharedBudget for SharedQuota {
+    fn is_shared(&self) -> bool {
+        true
+    }
+    async fn try_take_slot(
+        &self,
+        _: &str,
+        _: usize,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<String>, edrgate_adapter::AdapterError> {
+        Ok(Some("t".into()))
+    }
+    fn release_slot(&self, _: &str, _: &str, _: &str) {}
+    async fn take_call(
+        &self,
+        scope: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Option<Duration>, edrgate_adapter::AdapterError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        assert!(scope.starts_with("cybereason:http://") && limit == 600 && window.as_secs() == 60);
+        if self.calls.fetch_add(1, SeqCst) >= 2 && self.waits.fetch_add(1, SeqCst) % 2 == 0 {
+            return Ok(Some(Duration::from_millis(10)));
+        }
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn calls_wait_for_the_quota_shared_with_other_replicas() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let quota = std::sync::Arc::new(SharedQuota { calls: 0.into(), waits: 0.into() });
+    adapter.use_shared_budget(quota.clone());
+    assert_eq!(adapter.find_devices(None).await.unwrap().len(), 5);
+    let mut r = run(&sim, HOST, vec![Command::Isolate]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let asked = quota.calls.load(std::sync::atomic::Ordering::SeqCst);
+    // Every vendor request (login, form follow-ups aside, and each /rest/ call) asked the quota.
+    assert!(asked >= 4, "{asked}");
+    assert!(quota.waits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(adapter.budgets()[0].capacity, 10);
+}
