@@ -14,15 +14,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write as _;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use edrgate_adapter::adapter::{FileWriter, StopReason};
 use edrgate_adapter::{
-    Adapter, AdapterError, Capabilities, Command, CommandKind, CommandResult, CommandSupport,
-    CommandUpdate, Device, ErrorCode, ErrorInfo, Limits, Next, OnError, RunContext, SlotGuard,
-    Status, Step, Via,
+    Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandResult,
+    CommandSupport, CommandUpdate, Device, ErrorCode, ErrorInfo, Limits, Next, OnError, RunContext,
+    SharedBudget, SharedSlot, SlotGuard, Status, Step, Via,
 };
 use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
@@ -51,10 +51,22 @@ pub struct DefenderAdapter {
     client: Arc<DfClient>,
     poller: Arc<Poller>,
     capabilities: Capabilities,
-    runs: Mutex<HashMap<Uuid, (SlotGuard, Instant)>>,
+    runs: Mutex<HashMap<Uuid, Held>>,
+    /// The budget shared with other gateway replicas (given by the engine): Defender's limits
+    /// are per app and tenant, not per process.
+    shared: OnceLock<Arc<dyn SharedBudget>>,
+    /// The shared budget's scope: the credential (no secret in it).
+    scope: String,
     /// Library names known to exist (uploads are content-addressed, so a name never goes stale
     /// unless deleted by someone else, which the vendor then reports on the command).
     library: Mutex<HashSet<String>>,
+}
+
+/// A run's session slot, held from before its submission until its action ends.
+struct Held {
+    _guard: SlotGuard,
+    _shared: Option<SharedSlot>,
+    touched: Instant,
 }
 
 /// The run's state between steps, stored as JSON by the engine.
@@ -141,7 +153,9 @@ impl DefenderAdapter {
                 "defender api_url uses plain http: tokens travel unencrypted"
             );
         }
-        let client = Arc::new(DfClient::new(&cfg)?);
+        let client = Arc::new(DfClient::new(backend_name, &cfg)?);
+        let scope =
+            format!("defender:{}|{}|{}", cfg.token_endpoint(), cfg.tenant_id, cfg.client_id);
         let sessions = u32::try_from(client.budget.sessions.capacity()).unwrap_or(u32::MAX);
         Ok(DefenderAdapter {
             capabilities: capabilities(backend_name, sessions, &cfg),
@@ -153,6 +167,8 @@ impl DefenderAdapter {
             client,
             cfg,
             runs: Mutex::new(HashMap::new()),
+            shared: OnceLock::new(),
+            scope,
             library: Mutex::new(HashSet::new()),
         })
     }
@@ -190,6 +206,28 @@ impl Adapter for DefenderAdapter {
 
     fn run_closed(&self, run_id: Uuid) {
         self.release_slot(run_id);
+    }
+
+    fn use_shared_budget(&self, budget: Arc<dyn SharedBudget>) {
+        let _ = self.shared.set(budget);
+    }
+
+    fn budgets(&self) -> Vec<BudgetUse> {
+        let b = &self.client.budget;
+        vec![
+            BudgetUse {
+                name: "sessions",
+                in_use: b.sessions.in_use(),
+                capacity: b.sessions.capacity(),
+                waiting: b.sessions.waiting(),
+            },
+            BudgetUse {
+                name: "runliveresponse_per_window",
+                in_use: b.live_response.recent(),
+                capacity: self.cfg.live_response_calls as usize,
+                waiting: b.live_response.waiting(),
+            },
+        ]
     }
 
     async fn step(
@@ -388,13 +426,23 @@ impl DefenderAdapter {
         // Budgets: one live action per machine and at most `concurrent_sessions` per
         // credential (FairSlots), then a place in the runliveresponse window. Runs waiting
         // here are `queued`.
-        if let Some(reason) = self.ensure_slot(ctx, &cp.machine_id).await {
-            return Ok(Drive::Stopped(reason));
+        if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
+            return Ok(drive);
         }
         let permit = tokio::select! {
             p = self.client.budget.live_response.acquire() => p,
             _ = ctx.stop.stopped() => return Ok(Drive::Stopped(ctx.stop.reason().unwrap_or(StopReason::Cancelled))),
         };
+        // With other replicas, the credential's call quota must also allow it among them all.
+        if let Some(budget) = self.shared.get().filter(|b| b.is_shared()) {
+            let scope = format!("{}:runliveresponse", self.scope);
+            if let Some(wait) =
+                budget.take_call(&scope, self.cfg.live_response_calls, self.cfg.lr_window()).await?
+            {
+                permit.unused();
+                return Ok(Drive::Wait(wait));
+            }
+        }
         let tag = format!("{TAG_PREFIX}{}:{}", ctx.run_id, cp.index);
         cp.phase = Phase::Intent { end, tag: tag.clone(), at: now() };
         self.record(ctx, cp, updates).await?;
@@ -484,8 +532,8 @@ impl DefenderAdapter {
         tag: &str,
         at: f64,
     ) -> Result<Drive, AdapterError> {
-        if let Some(reason) = self.ensure_slot(ctx, &cp.machine_id).await {
-            return Ok(Drive::Stopped(reason));
+        if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
+            return Ok(drive);
         }
         let actions = self.client.actions_of_machine(&cp.machine_id, "LiveResponse").await?;
         if let Some(a) =
@@ -517,8 +565,8 @@ impl DefenderAdapter {
         seen: bool,
         mut reported: Vec<String>,
     ) -> Result<Drive, AdapterError> {
-        if let Some(reason) = self.ensure_slot(ctx, &cp.machine_id).await {
-            return Ok(Drive::Stopped(reason));
+        if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
+            return Ok(drive);
         }
         let poll = tokio::select! {
             got = self.poller.get(id) => got?,
@@ -1104,22 +1152,52 @@ impl DefenderAdapter {
         (waited / 4).clamp(self.cfg.poll_min(), self.cfg.poll_max())
     }
 
-    /// Takes the machine's session slot unless the run holds it. `Some` when stopped first.
-    async fn ensure_slot(&self, ctx: &RunContext<'_>, machine: &str) -> Option<StopReason> {
+    /// Takes the machine's session slot unless the run holds it: this process's fair share
+    /// (FairSlots), then, with other gateway replicas, the credential's slot among them all.
+    /// `Some` when the run must wait or was stopped first.
+    async fn ensure_slot(
+        &self,
+        ctx: &RunContext<'_>,
+        machine: &str,
+    ) -> Result<Option<Drive>, AdapterError> {
         if self.memory().contains_key(&ctx.run_id) {
-            return None;
+            return Ok(None);
         }
         let tenant = ctx.tenant.to_owned();
         let action = ctx.action_id.to_string();
         let guard = tokio::select! {
             g = self.client.budget.sessions.acquire(machine, &tenant, &action) => g,
-            _ = ctx.stop.stopped() => return Some(ctx.stop.reason().unwrap_or(StopReason::Cancelled)),
+            _ = ctx.stop.stopped() => {
+                return Ok(Some(Drive::Stopped(ctx.stop.reason().unwrap_or(StopReason::Cancelled))));
+            }
         };
-        self.memory().insert(ctx.run_id, (guard, Instant::now()));
-        None
+        let shared = match self.shared.get().filter(|b| b.is_shared()) {
+            None => None,
+            Some(budget) => {
+                let holder = ctx.run_id.to_string();
+                let scope = format!("{}:sessions", self.scope);
+                let capacity = self.client.budget.sessions.capacity();
+                match edrgate_adapter::shared::acquire_slot(
+                    budget, &scope, capacity, machine, &holder,
+                )
+                .await?
+                {
+                    Some(slot) => Some(slot),
+                    // Other replicas hold every slot (or this machine's): let local waiters
+                    // have this one and ask again shortly.
+                    None => {
+                        drop(guard);
+                        return Ok(Some(Drive::Wait(self.cfg.poll_max())));
+                    }
+                }
+            }
+        };
+        self.memory()
+            .insert(ctx.run_id, Held { _guard: guard, _shared: shared, touched: Instant::now() });
+        Ok(None)
     }
 
-    fn memory(&self) -> MutexGuard<'_, HashMap<Uuid, (SlotGuard, Instant)>> {
+    fn memory(&self) -> MutexGuard<'_, HashMap<Uuid, Held>> {
         self.runs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -1127,12 +1205,12 @@ impl DefenderAdapter {
         let mut runs = self.memory();
         let stale: Vec<Uuid> = runs
             .iter()
-            .filter(|(id, (_, t))| **id != run && t.elapsed() > STALE_RUN)
+            .filter(|(id, held)| **id != run && held.touched.elapsed() > STALE_RUN)
             .map(|(id, _)| *id)
             .collect();
         let dropped: Vec<_> = stale.iter().filter_map(|id| runs.remove(id)).collect();
-        if let Some((_, t)) = runs.get_mut(&run) {
-            *t = Instant::now();
+        if let Some(held) = runs.get_mut(&run) {
+            held.touched = Instant::now();
         }
         drop(runs);
         drop(dropped);

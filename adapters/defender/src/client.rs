@@ -40,26 +40,51 @@ const POLL_CHUNK: usize = 40;
 pub(crate) struct RateGate {
     windows: Vec<(usize, Duration)>,
     log: Arc<tokio::sync::Mutex<VecDeque<Instant>>>,
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 pub(crate) struct RatePermit {
     log: tokio::sync::OwnedMutexGuard<VecDeque<Instant>>,
+    used: bool,
+}
+
+impl RatePermit {
+    /// Gives the turn back without a call: nothing is logged.
+    pub(crate) fn unused(mut self) {
+        self.used = false;
+    }
 }
 
 impl Drop for RatePermit {
     fn drop(&mut self) {
-        self.log.push_back(Instant::now());
+        if self.used {
+            self.log.push_back(Instant::now());
+        }
     }
 }
 
 impl RateGate {
     pub(crate) fn new(windows: Vec<(usize, Duration)>) -> Self {
-        RateGate { windows, log: Arc::new(tokio::sync::Mutex::new(VecDeque::new())) }
+        RateGate {
+            windows,
+            log: Arc::new(tokio::sync::Mutex::new(VecDeque::new())),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+        }
     }
 
     /// Waits for the caller's turn and a free place in every window. Cancel-safe: dropping
     /// the future gives up the place in line without using the budget.
     pub(crate) async fn acquire(&self) -> RatePermit {
+        use std::sync::atomic::Ordering;
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        // Counted down however the wait ends (granted or abandoned).
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _waiting = Waiting(&self.waiting);
         let mut log = Arc::clone(&self.log).lock_owned().await;
         let longest = self.windows.iter().map(|(_, w)| *w).max().unwrap_or_default();
         loop {
@@ -77,10 +102,15 @@ impl RateGate {
                 })
                 .max();
             match ready_at {
-                None => return RatePermit { log },
+                None => return RatePermit { log, used: true },
                 Some(at) => tokio::time::sleep_until(at.into()).await,
             }
         }
+    }
+
+    /// Callers waiting for their turn.
+    pub(crate) fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Calls logged within the first window, for metrics and tests.
@@ -154,6 +184,8 @@ impl moka::Expiry<(), Arc<Token>> for TokenExpiry {
 
 pub(crate) struct DfClient {
     http: reqwest::Client,
+    /// Backend name, for the vendor-call metrics.
+    backend: String,
     base: String,
     token_url: String,
     v1: bool,
@@ -167,7 +199,7 @@ pub(crate) struct DfClient {
 }
 
 impl DfClient {
-    pub(crate) fn new(cfg: &DefenderConfig) -> Result<Self, AdapterError> {
+    pub(crate) fn new(backend: &str, cfg: &DefenderConfig) -> Result<Self, AdapterError> {
         let ca_pem = match &cfg.ca_file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
                 AdapterError::internal(format!("cannot read ca_file {}: {e}", path.display()))
@@ -179,6 +211,7 @@ impl DfClient {
         let token_url = cfg.token_endpoint();
         Ok(DfClient {
             http,
+            backend: backend.to_owned(),
             base: cfg.api_url.trim_end_matches('/').to_owned(),
             v1: token_url.trim_end_matches('/').ends_with("/oauth2/token"),
             token_url,
@@ -222,14 +255,12 @@ impl DfClient {
             .map_err(|e| AdapterError::internal(format!("form encoder: {e}")))?;
         encoder.query_pairs_mut().extend_pairs(&form);
         let body = encoder.query().unwrap_or_default().to_owned();
-        let resp = self
+        let request = self
             .http
             .post(&self.token_url)
             .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(body)
-            .send()
-            .await
-            .map_err(http::transport_error)?;
+            .body(body);
+        let resp = self.metered(request).await.map_err(http::transport_error)?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(http::transport_error)?;
         if !status.is_success() {
@@ -384,7 +415,7 @@ impl DfClient {
         &self,
         url: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, AdapterError>> + Send + use<>, AdapterError> {
-        let resp = self.http.get(url).send().await.map_err(http::transport_error)?;
+        let resp = self.metered(self.http.get(url)).await.map_err(http::transport_error)?;
         let resp = check(resp).await?;
         Ok(resp.bytes_stream().map(|r| r.map_err(http::transport_error)))
     }
@@ -419,13 +450,11 @@ impl DfClient {
             .text("HasParameters", "true")
             .text("OverrideIfExists", "true");
         let token = self.token().await?;
-        let resp = self
+        let request = self
             .request(Method::POST, "/api/libraryfiles")
             .multipart(form)
-            .header(AUTHORIZATION, token)
-            .send()
-            .await
-            .map_err(http::transport_error)?;
+            .header(AUTHORIZATION, token);
+        let resp = self.metered(request).await.map_err(http::transport_error)?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             // The stream is consumed: drop the token and let the caller upload again.
             self.tokens.invalidate(&()).await;
@@ -443,19 +472,28 @@ impl DfClient {
         self.http.request(method, format!("{}{path}", self.base))
     }
 
+    /// Every vendor call goes through the shared helper that records it in the metrics.
+    async fn metered(&self, request: RequestBuilder) -> reqwest::Result<Response> {
+        http::send("defender", &self.backend, request).await
+    }
+
     /// Sends with the bearer token; on 401 renews the token once and sends again.
     async fn send(&self, build: impl Fn() -> RequestBuilder) -> Result<Response, AdapterError> {
         let token = self.token().await?;
-        let resp =
-            build().header(AUTHORIZATION, token).send().await.map_err(http::transport_error)?;
+        let resp = self
+            .metered(build().header(AUTHORIZATION, token))
+            .await
+            .map_err(http::transport_error)?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return check(resp).await;
         }
         tracing::debug!("defender answered 401; renewing the access token once");
         self.tokens.invalidate(&()).await;
         let token = self.token().await?;
-        let resp =
-            build().header(AUTHORIZATION, token).send().await.map_err(http::transport_error)?;
+        let resp = self
+            .metered(build().header(AUTHORIZATION, token))
+            .await
+            .map_err(http::transport_error)?;
         check(resp).await
     }
 

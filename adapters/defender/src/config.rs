@@ -16,7 +16,7 @@ pub const LIBRARY_MAX_BYTES: u64 = 20 * 1024 * 1024;
 /// One Defender tenant and the app credential edrgate uses on it.
 ///
 /// `Debug` prints the secret as `[REDACTED]`; the type is not `Serialize`.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DefenderConfig {
     /// API base URL (§0): `https://api.securitycenter.microsoft.com` by default, or a geo /
@@ -28,6 +28,7 @@ pub struct DefenderConfig {
     /// The app registration's client id.
     pub client_id: String,
     /// The app's client secret; give it as `${ENV}` in the config file.
+    #[schemars(with = "String")]
     pub client_secret: SecretString,
     /// Token endpoint. Default: the v2 endpoint
     /// `https://login.microsoftonline.com/{tenant_id}/oauth2/v2.0/token` (§1.1). A URL ending

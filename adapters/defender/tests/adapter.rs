@@ -452,3 +452,81 @@ async fn wrong_secret_fails_with_the_entra_code() {
     assert_eq!(e.info.vendor_code.as_deref(), Some("invalid_client"));
     assert!(!format!("{e:?}").contains("wrong"));
 }
+
+/// A [`LocalBudget`] that says it is shared: two adapters with their own local budgets
+/// stand for two gateway replicas.
+struct Replicas(std::sync::Arc<edrgate_adapter::shared::LocalBudget>);
+
+#[async_trait::async_trait]
+impl edrgate_adapter::SharedBudget for Replicas {
+    fn is_shared(&self) -> bool {
+        true
+    }
+    async fn try_take_slot(
+        &self,
+        scope: &str,
+        capacity: usize,
+        key: &str,
+        holder: &str,
+    ) -> Result<Option<String>, edrgate_adapter::AdapterError> {
+        self.0.try_take_slot(scope, capacity, key, holder).await
+    }
+    fn release_slot(&self, scope: &str, key: &str, token: &str) {
+        self.0.release_slot(scope, key, token)
+    }
+    async fn take_call(
+        &self,
+        scope: &str,
+        limit: u32,
+        window: Duration,
+    ) -> Result<Option<Duration>, edrgate_adapter::AdapterError> {
+        self.0.take_call(scope, limit, window).await
+    }
+}
+
+#[tokio::test]
+async fn replicas_share_the_credentials_budgets() {
+    use edrgate_adapter::SharedBudget as _;
+    let sim = Simulator::new(SimConfig {
+        machines: 8,
+        session_cap: 2,
+        live_response_calls: 3,
+        live_response_window: Duration::from_millis(600),
+        pickup_delay: Duration::from_millis(300),
+        ..SimConfig::default()
+    });
+    let addr = sim.spawn().await.unwrap();
+    let shared: std::sync::Arc<dyn edrgate_adapter::SharedBudget> =
+        std::sync::Arc::new(Replicas(edrgate_adapter::shared::LocalBudget::new()));
+    assert!(shared.is_shared());
+    let mut replicas = Vec::new();
+    for base in [format!("http://{addr}"), format!("http://localhost:{}", addr.port())] {
+        let mut cfg = config(&base);
+        // The shared scope is the credential: both replicas use the same token endpoint.
+        cfg.token_url = Some(format!("http://{addr}/{DEFAULT_TENANT}/oauth2/v2.0/token"));
+        cfg.concurrent_sessions = 2;
+        cfg.live_response_calls = 3;
+        cfg.live_response_window_ms = 600;
+        let adapter = std::sync::Arc::new(DefenderAdapter::new("mde", cfg).unwrap());
+        adapter.use_shared_budget(std::sync::Arc::clone(&shared));
+        replicas.push(adapter);
+    }
+    let mut tasks = Vec::new();
+    for n in 1..=8 {
+        let adapter = std::sync::Arc::clone(&replicas[n % 2]);
+        tasks.push(tokio::spawn(async move {
+            let mut run = RunHarness::new(&machine_id(n), vec![Command::ProcessList]);
+            run.drive(&*adapter).await;
+            run.assert_all_succeeded();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = sim.counters();
+    assert_eq!(c.responses_429, 0, "{c:?}");
+    assert!(c.max_concurrent_sessions <= 2, "{c:?}");
+    assert_eq!(c.live_response_actions, 8);
+    let b = replicas[0].budgets();
+    assert_eq!((b[0].name, b[0].capacity), ("sessions", 2));
+}
