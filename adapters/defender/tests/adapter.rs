@@ -486,7 +486,6 @@ impl edrgate_adapter::SharedBudget for Replicas {
 
 #[tokio::test]
 async fn replicas_share_the_credentials_budgets() {
-    use edrgate_adapter::SharedBudget as _;
     let sim = Simulator::new(SimConfig {
         machines: 8,
         session_cap: 2,
