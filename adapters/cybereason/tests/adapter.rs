@@ -464,7 +464,8 @@ impl edrgate_adapter::SharedBudget for SharedQuota {
     ) -> Result<Option<Duration>, edrgate_adapter::AdapterError> {
         use std::sync::atomic::Ordering::SeqCst;
         assert!(scope.starts_with("cybereason:http://") && limit == 600 && window.as_secs() == 60);
-        if self.calls.fetch_add(1, SeqCst) >= 2 && self.waits.fetch_add(1, SeqCst) % 2 == 0 {
+        if self.calls.fetch_add(1, SeqCst) >= 2 && self.waits.fetch_add(1, SeqCst).is_multiple_of(2)
+        {
             return Ok(Some(Duration::from_millis(10)));
         }
         Ok(None)
