@@ -221,6 +221,7 @@ async fn an_ir_tool_on_several_sensors_with_one_failing() {
         }
     }
     assert_eq!(gw.sim.counters().ir_runs, 3);
+    assert_eq!(gw.sim.counters().logins, 1, "three runs share one session");
     assert!(gw.sim.packages().contains(&"triage.ps1".to_owned()));
 }
 
