@@ -1,0 +1,523 @@
+//! The Defender simulator over HTTP, as a vendor client sees it (defender.md §14).
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use edrgate_defender::simulator::{
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, Faults, NOTE_TXT, SimConfig,
+    Simulator, machine_id,
+};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+struct Api {
+    sim: Simulator,
+    base: String,
+    http: reqwest::Client,
+    token: String,
+}
+
+impl Api {
+    async fn start(cfg: SimConfig) -> Api {
+        let sim = Simulator::new(cfg);
+        let addr = sim.spawn().await.unwrap();
+        let base = format!("http://{addr}");
+        let http = reqwest::Client::new();
+        let mut api = Api { sim, base, http, token: String::new() };
+        let (status, body) = api.token_v2(DEFAULT_CLIENT_SECRET).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        api.token = body["access_token"].as_str().unwrap().to_owned();
+        api
+    }
+
+    async fn token_v2(&self, secret: &str) -> (StatusCode, Value) {
+        let body = format!(
+            "grant_type=client_credentials&client_id={DEFAULT_CLIENT_ID}&client_secret={secret}&scope=https%3A%2F%2Fapi.securitycenter.microsoft.com%2F.default"
+        );
+        let r = self
+            .http
+            .post(format!("{}/{DEFAULT_TENANT}/oauth2/v2.0/token", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value, Option<String>) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+        (r.status(), r.json().await.unwrap_or(Value::Null), retry)
+    }
+
+    async fn live_response(
+        &self,
+        machine: usize,
+        commands: Value,
+    ) -> (StatusCode, Value, Option<String>) {
+        self.post(
+            &format!("/api/machines/{}/runliveresponse", machine_id(machine)),
+            &json!({"Commands": commands, "Comment": "sim test"}),
+        )
+        .await
+    }
+
+    /// Polls until the action is final.
+    async fn settle(&self, id: &str) -> Value {
+        for _ in 0..200 {
+            let (status, a) = self.get(&format!("/api/machineactions/{id}")).await;
+            assert_eq!(status, StatusCode::OK, "{a}");
+            if ["Succeeded", "Failed", "TimeOut", "Cancelled"]
+                .contains(&a["status"].as_str().unwrap())
+            {
+                return a;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("action {id} did not end");
+    }
+
+    async fn link(&self, id: &str, index: usize) -> (StatusCode, Value) {
+        self.get(&format!(
+            "/api/machineactions/{id}/GetLiveResponseResultDownloadLink(index={index})"
+        ))
+        .await
+    }
+}
+
+fn get_file(path: &str) -> Value {
+    json!({"type": "GetFile", "params": [{"key": "Path", "value": path}]})
+}
+
+fn run_script(name: &str) -> Value {
+    json!({"type": "RunScript", "params": [{"key": "ScriptName", "value": name}, {"key": "Args", "value": "a b"}]})
+}
+
+#[tokio::test]
+async fn token_endpoints_speak_entra() {
+    let api =
+        Api::start(SimConfig { token_lifetime: Duration::from_secs(600), ..SimConfig::default() })
+            .await;
+    let (status, ok) = api.token_v2(DEFAULT_CLIENT_SECRET).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((ok["token_type"].as_str(), ok["expires_in"].as_u64()), (Some("Bearer"), Some(600)));
+    let (status, bad) = api.token_v2("wrong").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["error"], "invalid_client");
+    assert!(bad["error_description"].as_str().unwrap().starts_with("AADSTS7000215"));
+    assert_eq!(bad["error_codes"], json!([7000215]));
+    assert!(bad["trace_id"].is_string() && bad["correlation_id"].is_string());
+    // v1: `resource` instead of `scope`.
+    let v1 = api
+        .http
+        .post(format!("{}/{DEFAULT_TENANT}/oauth2/token", api.base))
+        .body(format!(
+            "grant_type=client_credentials&client_id={DEFAULT_CLIENT_ID}&client_secret={DEFAULT_CLIENT_SECRET}&resource=https%3A%2F%2Fapi.securitycenter.microsoft.com"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v1.status(), StatusCode::OK);
+    // A bearer the simulator never issued, and one that expired.
+    let r = api
+        .http
+        .get(format!("{}/api/machines", api.base))
+        .bearer_auth("forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "Unauthorized");
+    api.sim.expire_tokens();
+    assert_eq!(api.get("/api/machines").await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(api.sim.counters().tokens_refused, 1);
+}
+
+#[tokio::test]
+async fn machines_answer_odata_filters() {
+    let api = Api::start(SimConfig { offline_machines: vec![2], ..SimConfig::default() }).await;
+    let (_, all) = api.get("/api/machines").await;
+    assert_eq!(all["value"].as_array().unwrap().len(), 5);
+    let (_, one) = api.get("/api/machines?$filter=computerDnsName%20eq%20'MDE-0002'").await;
+    let one = one["value"].as_array().unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!(
+        (one[0]["id"].as_str().unwrap(), one[0]["healthStatus"].as_str()),
+        (machine_id(2).as_str(), Some("Inactive"))
+    );
+    let filter = format!("id in ('{}','{}')", machine_id(1), machine_id(3));
+    let (_, two) = api.get(&format!("/api/machines?$filter={}", urlencode(&filter))).await;
+    assert_eq!(two["value"].as_array().unwrap().len(), 2);
+    let (status, bad) = api.get("/api/machines?$filter=startswith(computerDnsName,'m')").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["error"]["code"], "");
+    let (status, by_name) = api.get("/api/machines/mde-0004").await;
+    assert_eq!((status, by_name["id"].as_str().unwrap()), (StatusCode::OK, machine_id(4).as_str()));
+    let (status, missing) = api.get("/api/machines/123").await;
+    assert_eq!(
+        (status, missing["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ResourceNotFound"))
+    );
+}
+
+fn urlencode(s: &str) -> String {
+    s.replace(' ', "%20").replace('\'', "%27").replace(',', "%2C")
+}
+
+#[tokio::test]
+async fn runliveresponse_validates_like_the_service() {
+    // Refused calls count against the rate limit too; this test makes more than 10.
+    let api = Api::start(SimConfig { live_response_calls: 100, ..SimConfig::default() }).await;
+    let cases = [
+        (json!({"commands": [get_file("C:\\x")], "Comment": "c"}), "MissingRequiredParameter"),
+        (json!({"Commands": [], "Comment": "c"}), "InvalidInput"),
+        (json!({"Commands": [{"type": "Format", "params": []}], "Comment": "c"}), "InvalidInput"),
+        (
+            json!({"Commands": [{"type": "GetFile", "params": [{"key": "File", "value": "x"}]}], "Comment": "c"}),
+            "InvalidInput",
+        ),
+        (
+            json!({"Commands": [{"type": "GetFile", "params": []}], "Comment": "c"}),
+            "MissingRequiredParameter",
+        ),
+        (
+            json!({"Commands": [get_file("C:\\x"), run_script("collect.ps1")], "Comment": "c"}),
+            "InvalidInput",
+        ),
+        (json!({"Commands": [run_script("absent.ps1")], "Comment": "c"}), "InvalidInput"),
+        (json!("not an object"), "InvalidRequestBody"),
+    ];
+    for (body, code) in cases {
+        let (status, err, _) =
+            api.post(&format!("/api/machines/{}/runliveresponse", machine_id(1)), &body).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{body}"
+        );
+        assert!(err["error"]["target"].is_string());
+    }
+    let (status, err, _) = api
+        .post(
+            "/api/machines/ffff/runliveresponse",
+            &json!({"Commands": [get_file("C:\\x")], "Comment": "c"}),
+        )
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ResourceNotFound"))
+    );
+    let (status, created, _) =
+        api.live_response(1, json!([run_script("collect.ps1"), get_file("C:\\x")])).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(
+        (created["type"].as_str(), created["status"].as_str()),
+        (Some("LiveResponse"), Some("Pending"))
+    );
+    assert_eq!(created["commands"][1]["commandStatus"], "Created");
+    assert_eq!(created["requestorComment"], "sim test");
+    let (status, busy, _) = api.live_response(1, json!([get_file("C:\\x")])).await;
+    assert_eq!(
+        (status, busy["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("ActiveRequestAlreadyExists"))
+    );
+}
+
+#[tokio::test]
+async fn rate_and_session_limits_answer_429_with_retry_after() {
+    let api = Api::start(SimConfig {
+        live_response_calls: 3,
+        live_response_window: Duration::from_secs(60),
+        session_cap: 2,
+        pickup_delay: Duration::from_secs(60),
+        ..SimConfig::default()
+    })
+    .await;
+    assert_eq!(api.live_response(1, json!([get_file("C:\\x")])).await.0, StatusCode::CREATED);
+    assert_eq!(api.live_response(2, json!([get_file("C:\\x")])).await.0, StatusCode::CREATED);
+    let (status, err, retry) = api.live_response(3, json!([get_file("C:\\x")])).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("TooManyRequests"))
+    );
+    assert!(retry.is_some());
+    let (status, _, retry) = api.live_response(4, json!([get_file("C:\\x")])).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let secs: u64 = retry.unwrap().parse().unwrap();
+    assert!((1..=60).contains(&secs), "{secs}");
+    let c = api.sim.counters();
+    assert_eq!(
+        (c.session_cap_rejections, c.live_response_rate_limited, c.responses_429),
+        (1, 1, 2)
+    );
+    assert_eq!(c.max_concurrent_sessions, 2);
+}
+
+#[tokio::test]
+async fn a_failed_command_stops_the_chain_and_results_come_from_links() {
+    let api = Api::start(SimConfig::default()).await;
+    let (_, a, _) = api
+        .live_response(
+            1,
+            json!([
+                run_script("collect.ps1"),
+                get_file("C:\\nope.txt"),
+                get_file("C:\\evidence\\note.txt")
+            ]),
+        )
+        .await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    // No link before the command completed.
+    assert_eq!(api.link(&id, 0).await.0, StatusCode::NOT_FOUND);
+    let done = api.settle(&id).await;
+    assert_eq!(done["status"], "Failed");
+    assert_eq!(done["errorHResult"], json!(0x8007_0002_u32 as i32));
+    let statuses: Vec<&str> = done["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["commandStatus"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Completed", "Failed", "Created"]);
+    assert_eq!(done["commands"][1]["errors"][0], "File C:\\nope.txt was not found on the device");
+    assert_eq!(api.link(&id, 1).await.0, StatusCode::NOT_FOUND);
+    // The RunScript result: JSON with the transcript banner, fetched without a bearer.
+    let (_, link) = api.link(&id, 0).await;
+    let url = link["value"].as_str().unwrap();
+    assert!(url.contains("/CustomPlaybookCommandOutput/0?se=") && url.contains("&sig="));
+    let blob: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (blob["script_name"].as_str(), blob["exit_code"].as_i64()),
+        (Some("collect.ps1"), Some(0))
+    );
+    let out = blob["script_output"].as_str().unwrap();
+    assert!(
+        out.starts_with("Transcript started")
+            && out.contains("collected on mde-0001 with a b")
+            && out.ends_with('\0')
+    );
+    // A tampered link is refused.
+    let r = reqwest::get(url.replace("sig=", "sig=0")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn get_file_blobs_are_gzip_and_links_expire() {
+    let api =
+        Api::start(SimConfig { link_lifetime: Duration::from_millis(300), ..SimConfig::default() })
+            .await;
+    let (_, a, _) = api.live_response(2, json!([get_file("C:\\evidence\\note.txt")])).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.settle(&id).await["status"], "Succeeded");
+    let (_, link) = api.link(&id, 0).await;
+    let url = link["value"].as_str().unwrap().to_owned();
+    let gz = reqwest::get(&url).await.unwrap().bytes().await.unwrap();
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_end(&mut plain).unwrap();
+    assert_eq!(plain, NOTE_TXT);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let expired = reqwest::get(&url).await.unwrap();
+    assert_eq!(expired.status(), StatusCode::FORBIDDEN);
+    assert!(expired.text().await.unwrap().contains("AuthenticationFailed"));
+    // A fresh link works again.
+    let (_, again) = api.link(&id, 0).await;
+    assert_eq!(
+        reqwest::get(again["value"].as_str().unwrap()).await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert_eq!(api.sim.counters().expired_downloads, 1);
+}
+
+#[tokio::test]
+async fn cancel_races_completion_and_offline_machines_queue() {
+    let api = Api::start(SimConfig {
+        offline_machines: vec![5],
+        queue_timeout: Duration::from_millis(600),
+        ..SimConfig::default()
+    })
+    .await;
+    let (_, queued, _) = api.live_response(5, json!([get_file("C:\\x")])).await;
+    let queued = queued["id"].as_str().unwrap().to_owned();
+    let (_, timed, _) = {
+        api.sim.set_machine_online(4, false);
+        api.live_response(4, json!([get_file("C:\\x")])).await
+    };
+    let (status, cancelled, _) = api
+        .post(&format!("/api/machineactions/{queued}/cancel"), &json!({"Comment": "stop"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (cancelled["status"].as_str(), cancelled["cancellationComment"].as_str()),
+        (Some("Cancelled"), Some("stop"))
+    );
+    // An offline machine's action times out after the queue limit.
+    assert_eq!(api.settle(timed["id"].as_str().unwrap()).await["status"], "TimeOut");
+    // Cancelling a finished action returns it unchanged.
+    let (_, a, _) = api.live_response(1, json!([get_file("C:\\evidence\\note.txt")])).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    api.settle(&id).await;
+    let (status, after, _) =
+        api.post(&format!("/api/machineactions/{id}/cancel"), &json!({"Comment": "late"})).await;
+    assert_eq!((status, after["status"].as_str()), (StatusCode::OK, Some("Succeeded")));
+    assert_eq!(api.sim.counters().cancels, 1);
+    // Listing by id in (…), as batched polls do.
+    let filter = urlencode(&format!("id in ('{queued}','{id}')"));
+    let (_, list) = api.get(&format!("/api/machineactions?$filter={filter}&$count=true")).await;
+    assert_eq!(list["@odata.count"], 2);
+}
+
+#[tokio::test]
+async fn run_script_over_the_limit_times_out() {
+    let api = Api::start(SimConfig {
+        script_timeout: Duration::from_millis(300),
+        library_scripts: vec![(
+            "slow.ps1".into(),
+            "Start-Sleep -Seconds 5\nWrite-Output done\n".into(),
+        )],
+        ..SimConfig::default()
+    })
+    .await;
+    let (_, a, _) = api
+        .live_response(1, json!([run_script("slow.ps1"), get_file("C:\\evidence\\note.txt")]))
+        .await;
+    let done = api.settle(a["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "TimeOut");
+    assert_eq!(done["commands"][0]["commandStatus"], "Failed");
+    assert_eq!(done["commands"][1]["commandStatus"], "Created");
+}
+
+#[tokio::test]
+async fn library_upload_list_delete_with_its_rules() {
+    let api = Api::start(SimConfig { library_max_bytes: 1024, ..SimConfig::default() }).await;
+    let upload = |name: &'static str, bytes: Vec<u8>, override_existing: bool| {
+        let api = &api;
+        async move {
+            let form = reqwest::multipart::Form::new()
+                .part("file", reqwest::multipart::Part::bytes(bytes).file_name(name))
+                .text("Description", "test")
+                .text("HasParameters", "false")
+                .text("OverrideIfExists", if override_existing { "true" } else { "false" });
+            let r = api
+                .http
+                .post(format!("{}/api/libraryfiles", api.base))
+                .bearer_auth(&api.token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            (r.status(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (status, entity) = upload("tool.ps1", b"Write-Output hi".to_vec(), false).await;
+    assert_eq!(status, StatusCode::OK, "{entity}");
+    assert_eq!(entity["fileName"], "tool.ps1");
+    assert_eq!(entity["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(upload("tool.ps1", b"x".to_vec(), false).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(upload("tool.ps1", b"x".to_vec(), true).await.0, StatusCode::OK);
+    assert_eq!(upload("bad name.ps1", b"x".to_vec(), false).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(upload("big.bin", vec![0; 1025], false).await.0, StatusCode::BAD_REQUEST);
+    let (_, list) = api.get("/api/libraryfiles").await;
+    let names: Vec<&str> =
+        list["value"].as_array().unwrap().iter().map(|f| f["fileName"].as_str().unwrap()).collect();
+    assert_eq!(names, ["collect.ps1", "tool.ps1"]);
+    let delete = || {
+        api.http
+            .delete(format!("{}/api/libraryfiles/tool.ps1", api.base))
+            .bearer_auth(&api.token)
+            .send()
+    };
+    assert_eq!(delete().await.unwrap().status(), StatusCode::NO_CONTENT);
+    assert_eq!(delete().await.unwrap().status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn isolate_and_unisolate_are_machine_actions() {
+    let api = Api::start(SimConfig::default()).await;
+    let m = machine_id(3);
+    let (status, err, _) =
+        api.post(&format!("/api/machines/{m}/isolate"), &json!({"IsolationType": "Full"})).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("MissingRequiredParameter"))
+    );
+    let (status, a, _) = api
+        .post(
+            &format!("/api/machines/{m}/isolate"),
+            &json!({"Comment": "c", "IsolationType": "Selective"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!((a["type"].as_str(), a["scope"].as_str()), (Some("Isolate"), Some("Selective")));
+    assert_eq!(api.settle(a["id"].as_str().unwrap()).await["status"], "Succeeded");
+    assert!(api.sim.is_isolated(&m));
+    let (_, u, _) =
+        api.post(&format!("/api/machines/{m}/unisolate"), &json!({"Comment": "c"})).await;
+    api.settle(u["id"].as_str().unwrap()).await;
+    assert!(!api.sim.is_isolated(&m));
+}
+
+#[tokio::test]
+async fn faults_api_budget_and_read_after_write_lag() {
+    let api = Api::start(SimConfig {
+        visibility_delay: Duration::from_millis(300),
+        api_calls_per_minute: 4,
+        ..SimConfig::default()
+    })
+    .await;
+    let (_, a, _) = api.live_response(1, json!([get_file("C:\\x")])).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    let (status, hidden) = api.get(&format!("/api/machineactions/{id}")).await;
+    assert_eq!(
+        (status, hidden["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("ResourceNotFound"))
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(api.get(&format!("/api/machineactions/{id}")).await.0, StatusCode::OK);
+    for _ in 0..2 {
+        assert_eq!(api.get("/api/machineactions").await.0, StatusCode::OK);
+    }
+    assert_eq!(api.get("/api/machineactions").await.0, StatusCode::TOO_MANY_REQUESTS);
+    // Another endpoint has its own budget.
+    assert_eq!(api.get("/api/machines").await.0, StatusCode::OK);
+    api.sim.set_faults(Faults { error_5xx_every: Some(1), ..Faults::default() });
+    let (status, err) = api.get("/api/machines").await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::INTERNAL_SERVER_ERROR, Some("InternalServerError"))
+    );
+    assert!(api.sim.counters().faults_5xx >= 1);
+}
+
+#[tokio::test]
+async fn https_with_a_self_signed_certificate() {
+    let sim = Simulator::new(SimConfig::default());
+    let addr = sim.spawn_tls().await.unwrap();
+    let cert = reqwest::Certificate::from_pem(sim.cert_pem().unwrap().as_bytes()).unwrap();
+    let http = reqwest::Client::builder().tls_certs_merge([cert]).build().unwrap();
+    let r = http
+        .post(format!("https://localhost:{}/{DEFAULT_TENANT}/oauth2/v2.0/token", addr.port()))
+        .body(format!("grant_type=client_credentials&client_id={DEFAULT_CLIENT_ID}&client_secret={DEFAULT_CLIENT_SECRET}&scope=x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
