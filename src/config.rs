@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -29,7 +29,7 @@ pub struct Config {
     pub backend_fingerprints: BTreeMap<(String, String), [u8; 32]>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
@@ -55,7 +55,7 @@ pub struct ServerConfig {
     pub shutdown_grace_seconds: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
     /// SQLite database file (created if missing; WAL mode). One replica only; ignored when
@@ -66,13 +66,14 @@ pub struct StoreConfig {
     /// instead of the SQLite file: needed to run several replicas. Secret (it may carry the
     /// password): give it as `${ENV}`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub url: Option<SecretString>,
     /// Connections each replica keeps to PostgreSQL.
     #[serde(default = "default_db_connections")]
     pub max_connections: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilesConfig {
     /// Directory of stored files (results fetched from endpoints, uploads), unless `s3` is set.
@@ -95,7 +96,7 @@ pub struct FilesConfig {
     pub tenants: BTreeMap<String, TenantFilesConfig>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantFilesConfig {
     #[serde(default)]
@@ -106,7 +107,7 @@ pub struct TenantFilesConfig {
 
 /// An S3-compatible bucket. Without credentials, the usual AWS environment (variables,
 /// instance metadata) is used.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct S3Config {
     pub bucket: String,
@@ -118,6 +119,7 @@ pub struct S3Config {
     #[serde(default)]
     pub access_key_id: Option<String>,
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub secret_access_key: Option<SecretString>,
     /// Prepended to every object key (e.g. `edrgate/`).
     #[serde(default)]
@@ -178,7 +180,7 @@ impl FilesConfig {
 /// Bearer-token settings (see `crate::auth`). Production: public keys from PEM files and/or
 /// JWKS endpoints, with `issuer` and `audience`. Development: HS256 with a shared secret, only
 /// when `allow_hs256` says so.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// Public keys read from PEM files.
@@ -193,6 +195,7 @@ pub struct AuthConfig {
     pub allow_hs256: bool,
     /// Shared secret of HS256 bearer tokens (at least 32 bytes); needs `allow_hs256`.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub hs256_secret: Option<SecretString>,
     /// Expected `iss`; required with `keys` or `jwks`.
     #[serde(default)]
@@ -216,7 +219,7 @@ pub struct AuthConfig {
 }
 
 /// A public key in a PEM file (`PUBLIC KEY`, `RSA PUBLIC KEY`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthKeyConfig {
     pub pem_file: PathBuf,
@@ -230,7 +233,7 @@ pub struct AuthKeyConfig {
 }
 
 /// A JWKS endpoint (`https://…/.well-known/jwks.json`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JwksConfig {
     /// `https://` (plain `http://` only to a loopback address).
@@ -247,7 +250,7 @@ pub struct JwksConfig {
 }
 
 /// The scope names that grant each permission (`crate::auth::Permission`).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ScopeNames {
     pub read: String,
@@ -358,7 +361,7 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EngineConfig {
     /// How long a claimed run stays owned without renewal; a crashed process's runs are
@@ -376,7 +379,7 @@ pub struct EngineConfig {
     pub max_runs_in_flight: u32,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// Backend name → backend.
@@ -391,7 +394,7 @@ pub struct TenantConfig {
 }
 
 /// Per-tenant inbound limits, answered with `429 rate_limited` and `Retry-After`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimitsConfig {
     /// Authenticated `/v1` requests per minute, all callers of the tenant together.
@@ -414,7 +417,7 @@ pub struct TenantLimitsConfig {
 ///    the target is refused as ambiguous, naming every backend: edrgate never guesses.
 ///
 /// Explicit targets (`{"backend": …, "device_id": …}`) bypass routing.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     #[serde(default)]
@@ -434,7 +437,7 @@ pub struct RoutingConfig {
 }
 
 /// One routing rule: exactly one matcher, and the backend it routes to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteRule {
     /// Case-insensitive glob on the hostname (`*` any run, `?` one character).
@@ -450,7 +453,7 @@ pub struct RouteRule {
 }
 
 /// A vendor backend, tagged by `kind`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum BackendConfig {
     Carbonblack(edrgate_carbonblack::CarbonBlackConfig),
@@ -735,6 +738,59 @@ impl RoutingConfig {
         if !self.order.is_empty() && self.default.is_some() {
             errors.push(format!("{path}: order and default exclude each other"));
         }
+    }
+}
+
+/// Where the configuration's JSON Schema is committed (regenerated with the OpenAPI document).
+pub const CONFIG_SCHEMA_FILE: &str = "schemas/config.schema.json";
+
+/// The JSON Schema of the configuration file (for editors and CI checks of config repos). It
+/// describes the file as written: every secret may be given as `<name>_file` instead.
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Config);
+    let mut value = serde_json::to_value(&schema).unwrap_or_default();
+    add_secret_files(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+fn add_secret_files(value: &mut serde_json::Value) {
+    use serde_json::{Value, json};
+    let Value::Object(object) = value else {
+        if let Value::Array(items) = value {
+            items.iter_mut().for_each(add_secret_files);
+        }
+        return;
+    };
+    if let Some(Value::Object(properties)) = object.get_mut("properties") {
+        let mut either = Vec::new();
+        for secret in SECRET_SETTINGS {
+            if properties.contains_key(*secret) {
+                let file = format!("{secret}_file");
+                properties.insert(
+                    file.clone(),
+                    json!({"type": "string", "description": format!("A file holding `{secret}` (one trailing newline ignored).")}),
+                );
+                either.push(((*secret).to_owned(), file));
+            }
+        }
+        let mut alternatives = Vec::new();
+        if let Some(Value::Array(required)) = object.get_mut("required") {
+            for (secret, file) in &either {
+                if let Some(at) = required.iter().position(|r| r == secret.as_str()) {
+                    required.remove(at);
+                    alternatives
+                        .push(json!({"oneOf": [{"required": [secret]}, {"required": [file]}]}));
+                }
+            }
+        }
+        if !alternatives.is_empty() {
+            object.insert("allOf".to_owned(), Value::Array(alternatives));
+        }
+    }
+    for (_, v) in object.iter_mut() {
+        add_secret_files(v);
     }
 }
 

@@ -38,6 +38,7 @@ pub const REGENERATE: &str = "cargo run -- openapi --write";
         edrgate_adapter::ErrorCode,
         edrgate_adapter::ErrorInfo,
         edrgate_adapter::FileRef,
+        files::ArchiveKind,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -132,7 +133,10 @@ pub fn model_schema_json() -> String {
 /// Writes both documents under `root` (the repository root). Returns the paths written.
 pub fn write_all(root: &Path) -> std::io::Result<Vec<std::path::PathBuf>> {
     let mut written = Vec::new();
-    for (file, text) in [(OPENAPI_FILE, openapi_json()), (MODEL_SCHEMA_FILE, model_schema_json())] {
+    let config = (crate::config::CONFIG_SCHEMA_FILE, crate::config::json_schema());
+    for (file, text) in
+        [(OPENAPI_FILE, openapi_json()), (MODEL_SCHEMA_FILE, model_schema_json()), config]
+    {
         let path = root.join(file);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
@@ -216,6 +220,15 @@ mod tests {
         assert!(
             committed(MODEL_SCHEMA_FILE) == model_schema_json(),
             "{MODEL_SCHEMA_FILE} differs from what the code generates; regenerate with `{REGENERATE}`"
+        );
+    }
+
+    #[test]
+    fn committed_config_schema_is_up_to_date() {
+        let file = crate::config::CONFIG_SCHEMA_FILE;
+        assert!(
+            committed(file) == crate::config::json_schema(),
+            "{file} differs from what the code generates; regenerate with `{REGENERATE}`"
         );
     }
 

@@ -15,13 +15,14 @@ use serde::Deserialize;
 ///
 /// `Debug` prints the token as `[REDACTED]` (secrecy); the type is deliberately not
 /// `Serialize`, so the token cannot end up in an API response or a dumped config.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CarbonBlackConfig {
     /// Base URL of the server, e.g. `https://cb.example.com` (cbapi refuses anything but
     /// `https://`; plain `http://` is accepted for local simulators and logged as a warning).
     pub url: String,
     /// API token sent as `X-Auth-Token` (carbonblack.md §1).
+    #[schemars(with = "String")]
     pub token: SecretString,
     /// PEM file of the CA that signed the server's certificate (on-prem servers usually have
     /// their own; cbapi `ssl_cert_file`, §7.3).
