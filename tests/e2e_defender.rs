@@ -39,7 +39,7 @@ mod support {
             let (app, base, server) = serve(&dir, &sim_url, extra).await;
             Gateway {
                 base,
-                http: reqwest::Client::new(),
+                http: reqwest::Client::builder().build().unwrap(),
                 sim,
                 app,
                 dir,

@@ -22,7 +22,7 @@ impl Api {
         let sim = Simulator::new(cfg);
         let addr = sim.spawn().await.unwrap();
         let base = format!("http://{addr}");
-        let http = reqwest::Client::new();
+        let http = reqwest::Client::builder().build().unwrap();
         let mut api = Api { sim, base, http, token: String::new() };
         let (status, body) = api.token_v2(DEFAULT_CLIENT_SECRET).await;
         assert_eq!(status, StatusCode::OK, "{body}");
