@@ -459,11 +459,10 @@ impl DefenderAdapter {
             }
             Ok(other) => {
                 // Defender may answer with an action already pending on the machine instead
-                // of creating one (§3.3, Kibana): ours was not created.
-                tracing::info!(run = %ctx.run_id, action = %other.id, "defender returned another pending action; waiting");
-                cp.phase = Phase::Ready;
-                self.release_slot(ctx.run_id);
-                Ok(Drive::Wait(self.cfg.poll_max()))
+                // of creating one (§3.3, Kibana). Whether ours exists too, the tag tells: the
+                // intent is reconciled like an unanswered submission.
+                tracing::info!(run = %ctx.run_id, action = %other.id, "defender returned an action without the run's tag; reconciling");
+                Ok(Drive::Wait(self.cfg.poll_min()))
             }
             Err(e) if refused(&e) => {
                 // Nothing happened at the vendor: back to queued and try again later.
@@ -565,9 +564,6 @@ impl DefenderAdapter {
         seen: bool,
         mut reported: Vec<String>,
     ) -> Result<Drive, AdapterError> {
-        if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
-            return Ok(drive);
-        }
         let poll = tokio::select! {
             got = self.poller.get(id) => got?,
             _ = ctx.stop.stopped() => return Ok(Drive::Continue),
@@ -583,6 +579,10 @@ impl DefenderAdapter {
         };
         let status = mapping::action_status(&action.status);
         if !status.is_terminal() {
+            // A live action holds its machine's slot, also after a restart.
+            if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
+                return Ok(drive);
+            }
             let results = action.commands.clone().unwrap_or_default();
             let slots = self.slots_of(ctx, cp.index, end).await?;
             reported.resize(end - cp.index, String::new());
