@@ -49,6 +49,10 @@ pub trait SharedBudget: Send + Sync + 'static {
     /// background: it is called from `Drop`.
     fn release_slot(&self, scope: &str, key: &str, token: &str);
 
+    /// Frees every slot this process holds: the engine calls it at the end of a graceful
+    /// shutdown, once its runs are handed back (a crash leaves them to expire instead).
+    async fn release_all(&self) {}
+
     /// Counts one call against `scope`'s quota of `limit` calls per `window` (a sliding
     /// window). `Ok(None)`: make the call; `Ok(Some(wait))`: the quota is spent, nothing was
     /// counted, ask again after `wait`.
