@@ -23,8 +23,9 @@
 //!
 //! Validated tokens are cached (moka) by their full text until they expire, at most 5 minutes:
 //! the checks that could change with time are only `exp` (the entry dies with it) and `nbf`
-//! (never cached before it passes). A key removed from a JWKS stops being accepted for new
-//! tokens at once and for already-seen ones within those 5 minutes.
+//! (never cached before it passes). A key withdrawn from a JWKS is refused once the set is
+//! fetched again (after `cache_seconds`, or on the next unknown `kid`), and for tokens already
+//! validated within those 5 minutes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -1450,6 +1451,58 @@ mod tests {
         assert!(waiting.await.is_err(), "two admissions at once");
         drop(held);
         assert!(auth.admit_action("acme", count(0)).await.is_ok());
+    }
+
+    #[test]
+    fn auth_settings_are_checked_with_their_paths() {
+        let problems = |text: &str| {
+            let config: AuthConfig = toml::from_str(text).unwrap();
+            let mut errors = Vec::new();
+            config.validate(&mut errors);
+            errors
+        };
+        assert_eq!(
+            problems("[[jwks]]\nurl = \"https://idp/jwks\""),
+            [
+                "auth.issuer: required with auth.keys or auth.jwks",
+                "auth.audience: required with auth.keys or auth.jwks"
+            ]
+        );
+        let errors = problems(
+            r#"
+            issuer = "i"
+            audience = "a"
+            tenant_claim = ""
+            leeway_seconds = 301
+            [[keys]]
+            pem_file = "k.pem"
+            algorithm = "HS256"
+            kid = ""
+            [[jwks]]
+            url = "http://idp.example.com/jwks"
+            cache_seconds = 0
+            [scopes]
+            write = "edrgate:read"
+            admin = "two words"
+            "#,
+        );
+        let fields: Vec<&str> = errors.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(
+            fields,
+            [
+                "auth.keys[0].algorithm",
+                "auth.keys[0].kid",
+                "auth.jwks[0].url",
+                "auth.jwks[0].cache_seconds",
+                "auth.tenant_claim",
+                "auth.leeway_seconds",
+                "auth.scopes.write",
+                "auth.scopes.admin"
+            ],
+            "{errors:?}"
+        );
+        assert!(problems("").iter().any(|e| e.starts_with("auth: no token key")));
+        assert!(problems("allow_hs256 = true").iter().any(|e| e.contains("missing")));
     }
 
     #[test]

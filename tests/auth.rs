@@ -374,6 +374,16 @@ async fn jwks_rotation_is_picked_up_on_an_unknown_kid_at_most_once_per_interval(
         assert_eq!(call.await.unwrap(), StatusCode::OK);
     }
     assert_eq!(jwks.fetches(), 3, "one fetch for all concurrent unknown-kid requests");
+
+    // A key the provider withdraws is refused for new tokens once the set is fetched again
+    // (after `cache_seconds`, or here on the next unknown kid).
+    jwks.keys.lock().unwrap().retain(|k| k["kid"] != "k1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let unknown = stranger.sign(Some("nobody"), &with(&all, json!({"sub": "trigger"})));
+    gw.get("/v1/capabilities", &unknown).await.problem(StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_eq!(jwks.fetches(), 4);
+    let k1 = first.sign(Some("k1"), &with(&all, json!({"sub": "after-withdrawal"})));
+    gw.get("/v1/capabilities", &k1).await.problem(StatusCode::UNAUTHORIZED, "unauthenticated");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
