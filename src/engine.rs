@@ -102,6 +102,7 @@ pub struct Engine {
 
 #[derive(Clone)]
 struct LocalRun {
+    action_id: Uuid,
     stop: StopSignal,
     wake: Arc<Notify>,
 }
@@ -189,6 +190,8 @@ impl Engine {
         if let Err(error) = self.store.release_leases(&self.owner).await {
             tracing::warn!(%error, "could not release leases at shutdown");
         }
+        // The runs are handed back: their vendor budget goes with them, at once.
+        self.budget.release_all().await;
     }
 
     /// Stops every task at once without releasing anything, as a crash would. For tests of
@@ -462,19 +465,8 @@ impl Engine {
                 format!("the action already finished ({})", status.as_str()),
             ));
         }
-        let runs = self
-            .store
-            .request_cancel(tenant, id)
-            .await
-            .map_err(store_error)?
-            .ok_or_else(not_found)?;
-        {
-            let local = lock(&self.local);
-            for run in runs.iter().filter_map(|r| local.get(r)) {
-                run.stop.stop(StopReason::Cancelled);
-                run.wake.notify_one();
-            }
-        }
+        self.store.request_cancel(tenant, id).await.map_err(store_error)?.ok_or_else(not_found)?;
+        self.stop_local_runs(id, StopReason::Cancelled);
         let _ = self.changes.send(id);
         self.work.notify_one();
         self.action(tenant, id).await
@@ -521,8 +513,12 @@ impl Engine {
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 next = listener.next() => match next {
-                    Ok(Some(id)) => {
-                        let _ = self.changes.send(id);
+                    Ok(Some(change)) => {
+                        let _ = self.changes.send(change.action_id);
+                        if change.cancel {
+                            // Cancelled through another replica: stop the runs driven here.
+                            self.stop_local_runs(change.action_id, StopReason::Cancelled);
+                        }
                     }
                     // Reconnecting: notices sent meanwhile are lost, long-polls end on time.
                     Ok(None) => {}
@@ -532,6 +528,14 @@ impl Engine {
                     }
                 },
             }
+        }
+    }
+
+    /// Raises the stop signal of the runs of `action_id` this process drives.
+    fn stop_local_runs(&self, action_id: Uuid, reason: StopReason) {
+        for run in lock(&self.local).values().filter(|r| r.action_id == action_id) {
+            run.stop.stop(reason);
+            run.wake.notify_one();
         }
     }
 
@@ -585,7 +589,10 @@ impl Engine {
         }
         let stop = StopSignal::new();
         let wake = Arc::new(Notify::new());
-        lock(&self.local).insert(run.id, LocalRun { stop: stop.clone(), wake: Arc::clone(&wake) });
+        lock(&self.local).insert(
+            run.id,
+            LocalRun { action_id: run.action_id, stop: stop.clone(), wake: Arc::clone(&wake) },
+        );
         // The cancel may have been requested before this process held the run.
         if self.store.cancel_requested(run.action_id).await? {
             stop.stop(StopReason::Cancelled);

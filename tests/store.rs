@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edrgate::audit::{Actor, AuditEvent, AuditQuery, AuditRecord};
+use edrgate::store::postgres::Change;
 use edrgate::store::{
     Cursor, Dialect, FileMeta, FileOrigin, Inserted, Lease, ListQuery, NewAction, NewRun, RunWrite,
     Store,
@@ -18,9 +19,10 @@ use edrgate_adapter::shared::acquire_slot;
 use edrgate_adapter::{
     ActionRequest, Command, CommandKind, CommandState, SharedBudget, Status, Target,
 };
-use sqlx::Connection as _;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+mod common;
 
 /// A store on a fresh database, with what keeps that database alive.
 struct TestStore {
@@ -36,25 +38,9 @@ async fn sqlite_store() -> TestStore {
     TestStore { store, _dir: Some(dir), url: None }
 }
 
-/// A fresh database on the test server, or `None` (and a note) when there is none.
-async fn postgres_url(test: &str) -> Option<String> {
-    let Ok(base) = std::env::var("EDRGATE_TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED {test} on PostgreSQL: EDRGATE_TEST_POSTGRES_URL is not set");
-        return None;
-    };
-    let name = format!("edrgate_{}", Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect to the test server");
-    sqlx::query::<sqlx::Postgres>(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let (prefix, _) = base.rsplit_once('/').expect("URL with a database name");
-    Some(format!("{prefix}/{name}"))
-}
-
-/// A PostgreSQL store on a fresh database (see [`postgres_url`]).
+/// A PostgreSQL store on a fresh database.
 async fn postgres_store(test: &str) -> Option<TestStore> {
-    let url = postgres_url(test).await?;
+    let url = common::fresh_postgres_database(test).await?;
     let store = Store::connect(&url, 8).await.unwrap();
     Some(TestStore { store, _dir: None, url: Some(url) })
 }
@@ -579,13 +565,13 @@ async fn changes_are_announced_where_replicas_need_them(t: TestStore) {
     insert(&other, &a).await;
     other.request_cancel("acme", a.id).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), listener.next()).await.unwrap();
-    assert_eq!(next.unwrap(), Some(a.id));
+    assert_eq!(next.unwrap(), Some(Change { action_id: a.id, cancel: true }));
     let lease = other.claim("r2", LEASE, 1).await.unwrap().remove(0);
     let st = states(Status::Running);
     // Checkpoint-only writes are not announced; visible ones are.
     other.save_run(&lease, &write(&st, Status::Running, false)).await.unwrap();
     other.save_run(&lease, &write(&st, Status::Running, true)).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), listener.next()).await.unwrap();
-    assert_eq!(next.unwrap(), Some(a.id));
+    assert_eq!(next.unwrap(), Some(Change { action_id: a.id, cancel: false }));
     assert!(tokio::time::timeout(Duration::from_millis(200), listener.next()).await.is_err());
 }

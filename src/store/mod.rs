@@ -315,10 +315,12 @@ impl Store {
         }
     }
 
-    /// Within `tx`: tells the other replicas that `action_id` changed, on commit.
-    async fn announce(&self, tx: &mut Tx, action_id: &str) -> Result<()> {
+    /// Within `tx`: tells the other replicas that `action_id` changed (and whether a cancel
+    /// was requested: the replica driving its runs must stop them), on commit.
+    async fn announce(&self, tx: &mut Tx, action_id: &str, cancel: bool) -> Result<()> {
         if self.db.dialect() == Dialect::Postgres {
-            tx.execute("SELECT pg_notify($1, $2)", args![CHANGES_CHANNEL, action_id]).await?;
+            let payload = if cancel { format!("{action_id} cancel") } else { action_id.to_owned() };
+            tx.execute("SELECT pg_notify($1, $2)", args![CHANGES_CHANNEL, payload]).await?;
         }
         Ok(())
     }
@@ -511,7 +513,7 @@ impl Store {
                 args![id.to_string(), now_ms()],
             )
             .await?;
-        self.announce(&mut tx, &id.to_string()).await?;
+        self.announce(&mut tx, &id.to_string(), true).await?;
         tx.commit().await?;
         rows.iter().map(|(r,)| parse_uuid(r)).collect::<Result<_>>().map(Some)
     }
@@ -686,7 +688,7 @@ impl Store {
             args![&action_id, Status::of_action(statuses).as_str(), now],
         )
         .await?;
-        self.announce(&mut tx, &action_id).await?;
+        self.announce(&mut tx, &action_id, false).await?;
         tx.commit().await?;
         Ok(true)
     }

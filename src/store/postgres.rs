@@ -43,7 +43,15 @@ pub fn check_url(url: &str) -> std::result::Result<(), String> {
     PgConnectOptions::from_str(url).map(|_| ()).map_err(|_| "is not a valid PostgreSQL URL".into())
 }
 
-/// Ids of actions changed by any replica (this one included), from NOTIFY.
+/// A change to an action made by some replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub action_id: Uuid,
+    /// A cancel was requested: whoever drives the action's runs stops them.
+    pub cancel: bool,
+}
+
+/// Changes to actions made by any replica (this one included), from NOTIFY.
 pub struct ChangeListener {
     listener: PgListener,
 }
@@ -57,14 +65,16 @@ impl ChangeListener {
 
     /// The next changed action. `Ok(None)`: the connection was lost and is being re-established
     /// (notifications sent meanwhile are lost; long-polls still end at their deadline).
-    pub async fn next(&mut self) -> Result<Option<Uuid>> {
+    pub async fn next(&mut self) -> Result<Option<Change>> {
         loop {
-            match self.listener.try_recv().await? {
-                None => return Ok(None),
-                Some(n) => match Uuid::try_parse(n.payload()) {
-                    Ok(id) => return Ok(Some(id)),
-                    Err(_) => tracing::warn!(payload = n.payload(), "unexpected change notice"),
-                },
+            let Some(n) = self.listener.try_recv().await? else { return Ok(None) };
+            let (id, cancel) = match n.payload().split_once(' ') {
+                Some((id, "cancel")) => (id, true),
+                _ => (n.payload(), false),
+            };
+            match Uuid::try_parse(id) {
+                Ok(action_id) => return Ok(Some(Change { action_id, cancel })),
+                Err(_) => tracing::warn!(payload = n.payload(), "unexpected change notice"),
             }
         }
     }
@@ -79,7 +89,8 @@ const SLOT_TTL: Duration = Duration::from_secs(60);
 /// asking at once are served one at a time and never both take the last slot or call.
 pub struct PgBudget {
     pool: PgPool,
-    /// (scope, key, token) of the slots this process holds, renewed every third of the TTL.
+    /// (scope, key, token) of the slots this process holds, renewed every third of the TTL,
+    /// until their row is deleted (a release is queued, then done by the budget's task).
     held: Mutex<HashSet<(String, String, String)>>,
     releases: mpsc::UnboundedSender<(String, String, String)>,
 }
@@ -103,14 +114,7 @@ impl PgBudget {
                     release = queue.recv() => {
                         let Some((scope, key, token)) = release else { return };
                         let Some(budget) = weak.upgrade() else { return };
-                        let db = Db::Postgres(budget.pool.clone());
-                        if let Err(error) = db.execute(
-                            "DELETE FROM budget_slots WHERE scope = $1 AND key = $2 AND token = $3",
-                            args![scope, key, token],
-                        ).await {
-                            // The row expires on its own once nobody renews it.
-                            tracing::warn!(%error, "freeing a shared budget slot failed");
-                        }
+                        budget.delete(scope, key, token).await;
                     }
                 }
             }
@@ -120,6 +124,24 @@ impl PgBudget {
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String, String)>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn delete(&self, scope: String, key: String, token: String) {
+        let db = Db::Postgres(self.pool.clone());
+        let deleted = db
+            .execute(
+                "DELETE FROM budget_slots WHERE scope = $1 AND key = $2 AND token = $3",
+                args![&scope, &key, &token],
+            )
+            .await;
+        match deleted {
+            Ok(_) => {
+                self.held().remove(&(scope, key, token));
+            }
+            // Still renewed, so freed by `release_all` at shutdown at the latest; after a crash
+            // the row expires on its own.
+            Err(error) => tracing::warn!(%error, "freeing a shared budget slot failed"),
+        }
     }
 
     async fn renew(&self) -> Result<()> {
@@ -225,10 +247,15 @@ impl SharedBudget for PgBudget {
     }
 
     fn release_slot(&self, scope: &str, key: &str, token: &str) {
-        let id = (scope.to_owned(), key.to_owned(), token.to_owned());
-        self.held().remove(&id);
         // Called from `Drop`: the delete happens on the budget's task.
-        let _ = self.releases.send(id);
+        let _ = self.releases.send((scope.to_owned(), key.to_owned(), token.to_owned()));
+    }
+
+    async fn release_all(&self) {
+        let held: Vec<_> = self.held().iter().cloned().collect();
+        for (scope, key, token) in held {
+            self.delete(scope, key, token).await;
+        }
     }
 
     async fn take_call(

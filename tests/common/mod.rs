@@ -1,0 +1,22 @@
+//! Helpers shared by the test crates that use PostgreSQL.
+
+#![allow(dead_code)] // each test crate uses part of it
+
+use sqlx::Connection as _;
+
+/// The URL of a new, empty database on the test server (`EDRGATE_TEST_POSTGRES_URL`, which
+/// `.ci/postgres` starts), or `None` after printing that `test` is skipped.
+pub(crate) async fn fresh_postgres_database(test: &str) -> Option<String> {
+    let Ok(base) = std::env::var("EDRGATE_TEST_POSTGRES_URL") else {
+        eprintln!("SKIPPED {test} on PostgreSQL: EDRGATE_TEST_POSTGRES_URL is not set");
+        return None;
+    };
+    let name = format!("edrgate_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(&base).await.expect("connect to the test server");
+    sqlx::query::<sqlx::Postgres>(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create a test database");
+    let (prefix, _) = base.rsplit_once('/').expect("a URL ending in a database name");
+    Some(format!("{prefix}/{name}"))
+}

@@ -1,0 +1,359 @@
+//! Several gateway replicas on one PostgreSQL database, as separate `edrgate serve` processes in
+//! front of one Carbon Black simulator: they share the work, the vendor's session budget and
+//! the long-polls' wake-ups, survive a SIGKILL of one of them without running a side effect
+//! twice, and a SIGTERM'd one exits within its grace period.
+//!
+//! Needs `EDRGATE_TEST_POSTGRES_URL` (`.ci/postgres` starts a server); without it every test
+//! prints that it was skipped and passes.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+mod common;
+
+const SECRET: &str = "replicas-secret-0123456789abcdef0123456789abcdef";
+/// The backend's configured session limit: what all replicas together may hold. The simulated
+/// server allows more, so exceeding it shows in its high-water mark.
+const SLOT_LIMIT: usize = 3;
+const GRACE_SECONDS: u64 = 5;
+
+/// One `edrgate serve` process.
+struct Replica {
+    name: &'static str,
+    child: std::process::Child,
+    base: String,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Replica {
+    async fn start(name: &'static str, dir: &Path, db_url: &str, sim_url: &str) -> Replica {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let d = dir.display();
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                r#"
+                [server]
+                listen = "127.0.0.1:{port}"
+                shutdown_grace_seconds = {GRACE_SECONDS}
+                [store]
+                url = "{db_url}"
+                max_connections = 8
+                [files]
+                dir = "{d}/files"
+                [auth]
+                allow_hs256 = true
+                hs256_secret = "{SECRET}"
+                [engine]
+                lease_seconds = 2
+                [tenants.acme.backends.cb]
+                kind = "carbonblack"
+                url = "{sim_url}"
+                token = "{DEFAULT_TOKEN}"
+                slot_limit = {SLOT_LIMIT}
+                "#
+            ),
+        )
+        .unwrap();
+        let log = dir.join(format!("{name}.log"));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_edrgate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn,edrgate=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let replica = Replica {
+            name,
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+            http: reqwest::Client::builder().build().unwrap(),
+        };
+        for _ in 0..300 {
+            if let Ok(r) = replica.http.get(format!("{}/readyz", replica.base)).send().await
+                && r.status() == StatusCode::OK
+            {
+                return replica;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("replica {name} did not become ready:\n{}", replica.logs());
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn token() -> String {
+        edrgate::auth::mint(SECRET.as_bytes(), "acme", "replicas-test", Duration::from_secs(600))
+            .unwrap()
+    }
+
+    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(Self::token())
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(Self::token())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn submit(&self, body: Value) -> String {
+        let (status, action) = self.post("/v1/actions", &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{}: {action}", self.name);
+        action["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Long-polls until the action is terminal.
+    async fn finished(&self, id: &str) -> Value {
+        for _ in 0..60 {
+            let (status, a) = self.get(&format!("/v1/actions/{id}?wait=5")).await;
+            assert_eq!(status, StatusCode::OK, "{a}");
+            if !is_open(&a) {
+                return a;
+            }
+        }
+        panic!("action {id} did not finish:\n{}", self.logs());
+    }
+
+    /// SIGKILL: a crash, nothing released.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the time it took to exit and how.
+    async fn terminate(&mut self) -> (Duration, std::process::ExitStatus) {
+        let started = Instant::now();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (started.elapsed(), status);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(GRACE_SECONDS * 3),
+                "the replica did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // A test that failed must not leave its gateway running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_open(action: &Value) -> bool {
+    ["queued", "dispatched", "running"].contains(&action["status"].as_str().unwrap_or_default())
+}
+
+/// Two replicas on a fresh database in front of `sim`, or `None` when there is no PostgreSQL.
+async fn two_replicas(
+    test: &str,
+    sim: &Simulator,
+) -> Option<(Replica, Replica, tempfile::TempDir)> {
+    let db_url = common::fresh_postgres_database(test).await?;
+    let sim_url = format!("http://{}", sim.spawn().await.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let a = Replica::start("a", dir.path(), &db_url, &sim_url).await;
+    let b = Replica::start("b", dir.path(), &db_url, &sim_url).await;
+    Some((a, b, dir))
+}
+
+/// Per side-effect command, (reported succeeded, reported outcome_unknown), and a check that
+/// the simulator's record agrees: nothing ran twice, every reported success happened, only an
+/// outcome reported unknown may have happened unreported.
+fn assert_at_most_once(sim: &Simulator, actions: &[Value], side_effects: &[(usize, &str)]) {
+    let counters = sim.counters();
+    for (index, name) in side_effects {
+        let (mut succeeded, mut unknown) = (0, 0);
+        for action in actions {
+            let command = &action["runs"][0]["commands"][*index];
+            match command["status"].as_str().unwrap() {
+                "succeeded" => succeeded += 1,
+                "failed" => {
+                    assert_eq!(command["error"]["code"], "outcome_unknown", "{action:#}");
+                    unknown += 1;
+                }
+                other => panic!("unexpected {other}: {action:#}"),
+            }
+        }
+        let executed = counters.executed(name);
+        assert!(executed <= actions.len() as u64, "{name} ran {executed} times");
+        assert!(
+            succeeded <= executed && executed <= succeeded + unknown,
+            "{name}: executed {executed}, reported {succeeded} succeeded and {unknown} unknown"
+        );
+        assert!(unknown <= 3, "{name}: {unknown} outcomes unknown");
+    }
+}
+
+fn side_effect_request(sensor: usize) -> Value {
+    json!({
+        "targets": [{"backend": "cb", "device_id": sensor.to_string()}],
+        "commands": [
+            {"type": "kill_process", "pid": 3012},
+            {"type": "delete_file", "path": "C:\\evidence\\note.txt"},
+            {"type": "process_list"}
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_share_the_work_and_the_session_budget_and_survive_a_sigkill() {
+    let sim = Simulator::new(SimConfig {
+        sensors: 40,
+        // More than the backend's limit: only the gateway's shared budget keeps to SLOT_LIMIT.
+        slot_limit: 20,
+        checkin_delay: Duration::from_millis(50),
+        command_latency: Duration::from_millis(120),
+        ..SimConfig::default()
+    });
+    let Some((mut a, b, _dir)) = two_replicas("replicas::sigkill", &sim).await else { return };
+    let mut ids = Vec::new();
+    for sensor in 1..=40 {
+        let replica = if sensor % 2 == 0 { &a } else { &b };
+        ids.push(replica.submit(side_effect_request(sensor)).await);
+    }
+    // Let both replicas get going, then crash one mid-flight.
+    let started = Instant::now();
+    while sim.counters().executed("kill") < 6 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = sim.counters().executed("kill");
+    assert!(before < 40, "everything ran before the crash; the test proves nothing");
+    a.kill();
+
+    let mut done = Vec::new();
+    for id in &ids {
+        done.push(b.finished(id).await);
+    }
+    assert_at_most_once(&sim, &done, &[(0, "kill"), (1, "delete file")]);
+    let max = sim.max_concurrent_sessions();
+    assert!(
+        max <= SLOT_LIMIT,
+        "the simulator saw {max} sessions at once; the replicas' budget is {SLOT_LIMIT}"
+    );
+    assert!(max >= 2, "only {max} session(s) at once: the budget was not used");
+    assert!(
+        done.iter().filter(|a| a["status"] == "succeeded").count() >= 37,
+        "{:#}",
+        Value::Array(done)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_poll_wakes_for_a_cancel_made_through_the_other_replica() {
+    let sim = Simulator::new(SimConfig {
+        sensors: 3,
+        checkin_delay: Duration::from_millis(50),
+        ..SimConfig::default()
+    });
+    // An offline sensor: its session stays pending, so the run waits until it is cancelled.
+    sim.set_sensor_online(1, false);
+    let Some((a, b, _dir)) = two_replicas("replicas::long_poll", &sim).await else { return };
+    let id = a
+        .submit(json!({"targets": [{"backend": "cb", "device_id": "1"}],
+                       "commands": [{"type": "process_list"}]}))
+        .await;
+    let started = Instant::now();
+    loop {
+        let (_, action) = a.get(&format!("/v1/actions/{id}")).await;
+        if action["status"] != "queued" {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "never dispatched: {action:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A long-poll on one replica, a cancel through the other.
+    let path = format!("/v1/actions/{id}?wait=30");
+    let poll = {
+        let (http, base) = (a.http.clone(), a.base.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = http
+                .get(format!("{base}{path}"))
+                .bearer_auth(Replica::token())
+                .send()
+                .await
+                .unwrap();
+            (started.elapsed(), r.json::<Value>().await.unwrap())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, _) = b.post(&format!("/v1/actions/{id}/cancel"), &json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (waited, seen) = poll.await.unwrap();
+    assert!(waited < Duration::from_secs(5), "the long-poll slept through the change ({waited:?})");
+    assert_eq!(seen["cancel_requested"], true, "{seen:#}");
+    // Whichever replica drives the run stops it at once.
+    let started = Instant::now();
+    let done = a.finished(&id).await;
+    assert_eq!(done["status"], "cancelled", "{done:#}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sigterm_replica_exits_within_its_grace_and_the_other_finishes_its_runs() {
+    let sim = Simulator::new(SimConfig {
+        sensors: 16,
+        slot_limit: 20,
+        checkin_delay: Duration::from_millis(50),
+        command_latency: Duration::from_millis(200),
+        ..SimConfig::default()
+    });
+    let Some((mut a, b, _dir)) = two_replicas("replicas::sigterm", &sim).await else { return };
+    let mut ids = Vec::new();
+    for sensor in 1..=16 {
+        ids.push(a.submit(side_effect_request(sensor)).await);
+    }
+    let started = Instant::now();
+    while sim.counters().executed("kill") < 2 && started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (took, status) = a.terminate().await;
+    assert!(status.success(), "exit status {status}:\n{}", a.logs());
+    assert!(
+        took <= Duration::from_secs(GRACE_SECONDS + 1),
+        "took {took:?} to exit; the grace is {GRACE_SECONDS} s"
+    );
+    let mut done = Vec::new();
+    for id in &ids {
+        done.push(b.finished(id).await);
+    }
+    assert_at_most_once(&sim, &done, &[(0, "kill"), (1, "delete file")]);
+    assert!(sim.max_concurrent_sessions() <= SLOT_LIMIT);
+}
