@@ -352,12 +352,23 @@ async fn uploads_stream_in_with_digest_custody_and_a_cap() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let meta: Value = response.json().await.unwrap();
-    assert_eq!(location, format!("/v1/files/{}", meta["id"].as_str().unwrap()));
+    // Absolute, through the gateway's public origin.
+    assert!(
+        location.ends_with(&format!("/v1/files/{}", meta["id"].as_str().unwrap())),
+        "{location}"
+    );
     assert_eq!(
         (meta["size"].as_u64(), meta["sha256"].as_str()),
         (Some(1_500_000), Some(sha256(&data).as_str()))
     );
-    let custody: Value = gw.get("acme", &location).send().await.unwrap().json().await.unwrap();
+    let custody: Value = gw
+        .get("acme", &location[location.find("/v1/").unwrap()..])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(custody["tenant"], "acme");
     assert_eq!(custody["name"], "tool.exe");
     assert_eq!(custody["origin"]["source"], "upload");

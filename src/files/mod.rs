@@ -231,7 +231,7 @@ impl FileStore {
         let stream = match range {
             None => {
                 let raw = self.storage.read(&key, None).await.map_err(missing)?;
-                Verified::new(raw, meta.size, &meta.sha256).boxed()
+                read_ahead(Verified::new(raw, meta.size, &meta.sha256).boxed())
             }
             Some(range) => {
                 let stored = self.storage.size(&key).await?;
@@ -243,7 +243,7 @@ impl FileStore {
                 }
                 let len = range.end - range.start;
                 let raw = self.storage.read(&key, Some(range)).await.map_err(missing)?;
-                Exact::new(raw, len).boxed()
+                read_ahead(Exact::new(raw, len).boxed())
             }
         };
         Ok((meta, stream))
@@ -310,6 +310,25 @@ impl FileStore {
             }
         })
     }
+}
+
+/// Chunks a reader may be ahead of its consumer (with 256 KiB reads: 1 MiB per transfer).
+const READ_AHEAD: usize = 4;
+
+/// Drives `stream` in a task of its own, a few chunks ahead of the consumer, so reading and
+/// hashing overlap with the consumer's work (an HTTP body's socket writes) instead of taking
+/// turns with it. Dropping the returned stream stops the task at its next chunk.
+fn read_ahead(mut stream: ByteStream) -> ByteStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        while let Some(item) = stream.next().await {
+            if tx.send(item).await.is_err() {
+                break;
+            }
+        }
+    });
+    futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        .boxed()
 }
 
 fn key(tenant: &str, id: &str) -> String {
