@@ -575,3 +575,31 @@ async fn changes_are_announced_where_replicas_need_them(t: TestStore) {
     assert_eq!(next.unwrap(), Some(Change { action_id: a.id, cancel: false }));
     assert!(tokio::time::timeout(Duration::from_millis(200), listener.next()).await.is_err());
 }
+
+#[test]
+fn the_store_url_is_checked_with_the_configuration() {
+    let config = |store: &str| {
+        let text = format!(
+            "[store]\n{store}\n[auth]\nallow_hs256 = true\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n"
+        );
+        edrgate::config::Config::parse(&text, |_| None)
+    };
+    let ok =
+        config(r#"url = "postgres://edrgate:pw@db.internal:5432/edrgate?sslmode=verify-full""#)
+            .unwrap();
+    assert!(ok.store.url.is_some());
+    // The SQLite path still works on its own.
+    assert!(config(r#"path = "data/x.db""#).unwrap().store.url.is_none());
+    for (bad, problem) in [
+        (r#"url = "mysql://db/edrgate""#, "must start with postgres://"),
+        (r#"url = "postgres://u:secret-pw@db:notaport/x""#, "is not a valid PostgreSQL URL"),
+        ("max_connections = 0", "store.max_connections"),
+    ] {
+        let errors = config(bad).unwrap_err();
+        assert!(errors.iter().any(|e| e.contains(problem)), "{bad}: {errors:?}");
+        // The password never shows in a message.
+        assert!(errors.iter().all(|e| !e.contains("secret-pw")), "{errors:?}");
+    }
+    // Nor in the configuration's debug output.
+    assert!(!format!("{ok:?}").contains(":pw@"));
+}
