@@ -32,7 +32,8 @@ struct Replica {
 }
 
 impl Replica {
-    async fn start(name: &'static str, dir: &Path, db_url: &str, sim_url: &str) -> Replica {
+    /// A replica with tenant `acme`'s `backends` (TOML tables).
+    async fn start(name: &'static str, dir: &Path, db_url: &str, backends: &str) -> Replica {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let d = dir.display();
         let config = dir.join(format!("{name}.toml"));
@@ -53,11 +54,7 @@ impl Replica {
                 hs256_secret = "{SECRET}"
                 [engine]
                 lease_seconds = 2
-                [tenants.acme.backends.cb]
-                kind = "carbonblack"
-                url = "{sim_url}"
-                token = "{DEFAULT_TOKEN}"
-                slot_limit = {SLOT_LIMIT}
+                {backends}
                 "#
             ),
         )
@@ -185,11 +182,28 @@ async fn two_replicas(
     test: &str,
     sim: &Simulator,
 ) -> Option<(Replica, Replica, tempfile::TempDir)> {
-    let db_url = common::fresh_postgres_database(test).await?;
     let sim_url = format!("http://{}", sim.spawn().await.unwrap());
+    let backends = format!(
+        r#"
+        [tenants.acme.backends.cb]
+        kind = "carbonblack"
+        url = "{sim_url}"
+        token = "{DEFAULT_TOKEN}"
+        slot_limit = {SLOT_LIMIT}
+        "#
+    );
+    two_replicas_with(test, &backends).await
+}
+
+/// Two replicas on a fresh database with tenant `acme`'s `backends`.
+async fn two_replicas_with(
+    test: &str,
+    backends: &str,
+) -> Option<(Replica, Replica, tempfile::TempDir)> {
+    let db_url = common::fresh_postgres_database(test).await?;
     let dir = tempfile::tempdir().unwrap();
-    let a = Replica::start("a", dir.path(), &db_url, &sim_url).await;
-    let b = Replica::start("b", dir.path(), &db_url, &sim_url).await;
+    let a = Replica::start("a", dir.path(), &db_url, backends).await;
+    let b = Replica::start("b", dir.path(), &db_url, backends).await;
     Some((a, b, dir))
 }
 
@@ -356,4 +370,60 @@ async fn a_sigterm_replica_exits_within_its_grace_and_the_other_finishes_its_run
     }
     assert_at_most_once(&sim, &done, &[(0, "kill"), (1, "delete file")]);
     assert!(sim.max_concurrent_sessions() <= SLOT_LIMIT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_keep_defenders_call_rate_and_session_cap_together() {
+    use edrgate_defender::simulator as mde;
+    // Defender's 10 runliveresponse calls per minute scaled to 10 per 2 s; the backend allows 4
+    // live sessions (the simulated service would take 25), so both limits are the gateway's.
+    let sim = mde::Simulator::new(mde::SimConfig {
+        machines: 30,
+        live_response_calls: 10,
+        live_response_window: Duration::from_secs(2),
+        pickup_delay: Duration::from_millis(200),
+        ..mde::SimConfig::default()
+    });
+    let sim_url = format!("http://{}", sim.spawn().await.unwrap());
+    let backends = format!(
+        r#"
+        [tenants.acme.backends.mde]
+        kind = "defender"
+        api_url = "{sim_url}"
+        token_url = "{sim_url}/{tenant}/oauth2/v2.0/token"
+        tenant_id = "{tenant}"
+        client_id = "{client}"
+        client_secret = "{secret}"
+        poll_interval_ms = 100
+        max_poll_interval_ms = 500
+        live_response_calls = 10
+        live_response_window_ms = 2000
+        concurrent_sessions = 4
+        "#,
+        tenant = mde::DEFAULT_TENANT,
+        client = mde::DEFAULT_CLIENT_ID,
+        secret = mde::DEFAULT_CLIENT_SECRET,
+    );
+    let Some((a, b, _dir)) = two_replicas_with("replicas::defender", &backends).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for n in 1..=30 {
+        let replica = if n % 2 == 0 { &a } else { &b };
+        let target = json!({"backend": "mde", "device_id": mde::machine_id(n)});
+        ids.push(
+            replica
+                .submit(json!({"targets": [target], "commands": [{"type": "process_list"}]}))
+                .await,
+        );
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        let done = replica.finished(id).await;
+        assert_eq!(done["status"], "succeeded", "{done:#}");
+    }
+    let c = sim.counters();
+    assert_eq!(c.responses_429, 0, "{c:?}");
+    assert!(c.max_concurrent_sessions <= 4, "{c:?}");
+    assert_eq!(c.live_response_actions, 30, "{c:?}");
 }

@@ -535,7 +535,8 @@ async fn shared_budget_caps_slots_and_calls(t: TestStore) {
         assert_eq!(budget.take_call("mde:t", 3, window).await.unwrap(), None);
     }
     let wait = budget.take_call("mde:t", 3, window).await.unwrap().expect("quota spent");
-    assert!(wait <= window);
+    // PostgreSQL widens the window a little (calls reach the vendor after they are counted).
+    assert!(wait <= window + window / 10, "{wait:?}");
     tokio::time::sleep(wait + Duration::from_millis(20)).await;
     assert_eq!(budget.take_call("mde:t", 3, window).await.unwrap(), None);
     if let Some(url) = &t.url {

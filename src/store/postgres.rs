@@ -211,16 +211,25 @@ impl PgBudget {
     }
 
     async fn call(&self, scope: &str, limit: u32, window: Duration) -> Result<Option<Duration>> {
-        let now = now_ms();
-        let since = now - ms(window);
+        // Calls are counted from when they were taken, a little before the vendor sees them (the
+        // adapter journals its intent in between), so the window is widened by a margin: the
+        // vendor must never count more than `limit` in any window of its own.
+        let window = ms(window) + (ms(window) / 10).min(2_000);
         let mut tx = self.lock_scope(scope).await?;
-        tx.execute("DELETE FROM budget_calls WHERE scope = $1 AND at <= $2", args![scope, since])
+        // The database's clock, not the replicas': theirs may drift apart.
+        let (now,): (i64,) = tx
+            .fetch_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint", args![])
             .await?;
+        tx.execute(
+            "DELETE FROM budget_calls WHERE scope = $1 AND at <= $2",
+            args![scope, now - window],
+        )
+        .await?;
         let (used, oldest): (i64, Option<i64>) = tx
             .fetch_one("SELECT COUNT(*), MIN(at) FROM budget_calls WHERE scope = $1", args![scope])
             .await?;
         if used >= i64::from(limit) {
-            let wait = oldest.map_or(0, |o| o + ms(window) - now).max(1);
+            let wait = oldest.map_or(0, |o| o + window - now).max(1);
             return Ok(Some(Duration::from_millis(u64::try_from(wait).unwrap_or(1))));
         }
         tx.execute("INSERT INTO budget_calls (scope, at) VALUES ($1, $2)", args![scope, now])
