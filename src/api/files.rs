@@ -365,7 +365,7 @@ async fn content(
 ) -> Result<Response, ApiError> {
     caller.require(Permission::Files)?;
     let files = state.engine.files();
-    let meta = files.meta(&caller.tenant, &id).await.map_err(|error| {
+    let meta = files.meta(&caller.tenant, id).await.map_err(|error| {
         tracing::error!(%error, "file metadata lookup failed");
         ApiError::internal()
     })?;
@@ -380,7 +380,7 @@ async fn content(
     let etag = format!("\"{}\"", meta.sha256);
     let mut headers = HeaderMap::new();
     if let Some(password) = password {
-        let (_, content) = files.open(&caller.tenant, &id, None).await.map_err(file_error)?;
+        let (_, content) = files.open(&caller.tenant, id, None).await.map_err(file_error)?;
         let name = safe_name(&meta.name);
         let zip = archive::zip_stream(content, name.clone(), meta.size, password);
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/zip"));
@@ -395,7 +395,7 @@ async fn content(
             format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(digest));
         headers.insert(REPR_DIGEST, header(&value)?);
     }
-    if if_none_match(&request_headers, &etag) {
+    if if_none_match(request_headers, &etag) {
         return Ok((StatusCode::NOT_MODIFIED, headers).into_response());
     }
     headers.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -422,7 +422,7 @@ async fn content(
         },
         _ => None,
     };
-    let (_, content) = files.open(&caller.tenant, &id, range.clone()).await.map_err(file_error)?;
+    let (_, content) = files.open(&caller.tenant, id, range.clone()).await.map_err(file_error)?;
     let status = match &range {
         Some(r) => {
             let value = format!("bytes {}-{}/{}", r.start, r.end - 1, meta.size);
