@@ -593,9 +593,16 @@ fn zip_of(name: &str, content: &[u8], password: &str) -> Result<Vec<u8>, String>
     Ok(w.finish().map_err(|e| e.to_string())?.into_inner())
 }
 
-fn zip_response(name: &str, content: &[u8], password: &str) -> Response {
-    match zip_of(name, content, password) {
-        Ok(bytes) => (
+/// The zip answer, built on a blocking thread outside the state lock (AES key derivation and
+/// deflate are slow enough to serialise every other request behind them).
+async fn zip_response(name: String, content: Vec<u8>, password: String) -> Response {
+    let built =
+        tokio::task::spawn_blocking(move || zip_of(&name, &content, &password).map(|b| (name, b)))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+    match built {
+        Ok((name, bytes)) => (
             StatusCode::OK,
             [
                 (CONTENT_TYPE, "application/octet-stream".to_owned()),
@@ -608,28 +615,48 @@ fn zip_response(name: &str, content: &[u8], password: &str) -> Response {
     }
 }
 
+/// What a fetch route found under the lock: a response, or a file to zip outside it.
+enum Found {
+    Answer(Response),
+    File { name: String, content: Vec<u8>, password: String },
+}
+
+impl Found {
+    async fn respond(self) -> Response {
+        match self {
+            Found::Answer(r) => r,
+            Found::File { name, content, password } => zip_response(name, content, password).await,
+        }
+    }
+}
+
 async fn fetch_direct(
     State(sim): State<Simulator>,
     Extension(user): Extension<User>,
     Json(body): Json<wire::FetchDirect>,
 ) -> Response {
-    sim.with(|rt, _| {
-        guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
+    let found = sim.with(|rt, _| {
+        if let Err(denied) = require(rt, &user, &["responder_l1", "responder_l2"], false) {
+            return Found::Answer(denied.into_response());
+        }
         let Some(i) = rt.machine_by_pylum(&body.pylum_id) else {
-            return (StatusCode::BAD_REQUEST, "Unknown sensor").into_response();
+            return Found::Answer((StatusCode::BAD_REQUEST, "Unknown sensor").into_response());
         };
         let m = &rt.machines[i];
         let file = if m.online { m.endpoint.files.get(&body.path.to_lowercase()) } else { None };
         let Some(file) = file else {
             // No Content-Disposition: "file not found" to clients (C1).
-            return (StatusCode::OK, [(CONTENT_TYPE, "application/octet-stream")], Vec::new())
-                .into_response();
+            return Found::Answer(
+                (StatusCode::OK, [(CONTENT_TYPE, "application/octet-stream")], Vec::new())
+                    .into_response(),
+            );
         };
         let name = file.path.rsplit('\\').next().unwrap_or("file").to_owned();
         let content = file.content.clone();
         rt.counters.direct_fetches += 1;
-        zip_response(&name, &content, &rt.cfg.fetch_zip_password)
-    })
+        Found::File { name, content, password: rt.cfg.fetch_zip_password.clone() }
+    });
+    found.respond().await
 }
 
 async fn fetch_start(
@@ -685,22 +712,33 @@ async fn fetch_files(
     Extension(user): Extension<User>,
     Path(batch): Path<i64>,
 ) -> Response {
-    sim.with(|rt, now| {
-        guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
+    let found = sim.with(|rt, now| {
+        if let Err(denied) = require(rt, &user, &["responder_l1", "responder_l2"], false) {
+            return Found::Answer(denied.into_response());
+        }
+        let error = || {
+            Found::Answer(
+                (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response(),
+            )
+        };
         // Unknown or expired batch: 500 (XSOAR, §6.4).
         let Some(f) = rt.fetches.iter().find(|f| f.id == batch) else {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+            return error();
         };
         if rt.is_expired(f, now) || !rt.fetch_ready(f, now) {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+            return error();
         }
-        let m = &rt.machines[f.machine];
-        let Some(file) = m.endpoint.files.get(&f.file_path) else {
-            return (StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error").into_response();
+        let Some(file) = rt.machines[f.machine].endpoint.files.get(&f.file_path) else {
+            return error();
         };
         let name = file.path.rsplit('\\').next().unwrap_or("file").to_owned();
-        zip_response(&name, &file.content, &rt.cfg.fetch_zip_password)
-    })
+        Found::File {
+            name,
+            content: file.content.clone(),
+            password: rt.cfg.fetch_zip_password.clone(),
+        }
+    });
+    found.respond().await
 }
 
 async fn fetch_close(
