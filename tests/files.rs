@@ -635,3 +635,116 @@ async fn commands_reference_uploads_of_their_own_tenant() {
     assert_eq!((origin["backend"].as_str(), origin["device_id"].as_str()), (Some("cb"), Some("1")));
     assert_eq!(origin["remote_path"], "C:\\ir\\tool.exe");
 }
+
+#[test]
+fn files_settings_are_validated_with_their_paths() {
+    let base = format!(
+        "[auth]\nallow_hs256 = true\nhs256_secret = \"{SECRET}\"\n\
+         [tenants.acme.backends.cb]\nkind = \"carbonblack\"\nurl = \"http://127.0.0.1:1\"\ntoken = \"t\"\n"
+    );
+    let ok = format!(
+        "{base}[files]\nmax_upload_bytes = 10\nretention_days = 30\n[files.tenants.acme]\nretention_days = 7\n\
+         [files.s3]\nbucket = \"edrgate-files\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+         access_key_id = \"k\"\nsecret_access_key = \"s\"\nprefix = \"edrgate/\"\n"
+    );
+    let config = Config::parse(&ok, |_| None).unwrap();
+    let policy = FilePolicy::from_config(&config.files);
+    assert_eq!(policy.of("acme").retention, Some(Duration::from_secs(7 * 86_400)));
+    assert_eq!(policy.of("other").max_upload_bytes, 10);
+    let bad = format!(
+        "{base}[files]\nmax_upload_bytes = 0\nretention_days = 0\n[files.tenants.nobody]\n\
+         [files.s3]\nbucket = \"Bad_Bucket\"\nendpoint = \"ftp://x\"\naccess_key_id = \"k\"\nprefix = \"/abs\"\n"
+    );
+    let errors = Config::parse(&bad, |_| None).unwrap_err();
+    for path in [
+        "files.max_upload_bytes",
+        "files.retention_days",
+        "files.tenants.nobody",
+        "files.s3.bucket",
+        "files.s3.endpoint",
+        "files.s3: access_key_id",
+        "files.s3.prefix",
+    ] {
+        assert!(errors.iter().any(|e| e.starts_with(path)), "{path}: {errors:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_files_from_s3() {
+    let Ok(url) = std::env::var(S3_ENV) else {
+        eprintln!("SKIPPED: {S3_ENV} is not set, so the gateway did not run on S3 (see .ci/run)");
+        return;
+    };
+    // The bucket exists once the storage helper made it.
+    drop(s3_storage().await);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let prefix = format!("gw-{}/", uuid::Uuid::now_v7().simple());
+    let text = format!(
+        r#"
+        [store]
+        path = "{d}/edrgate.db"
+        [files]
+        max_upload_bytes = 1000000
+        [files.s3]
+        bucket = "edrgate-test"
+        endpoint = "{url}"
+        access_key_id = "test"
+        secret_access_key = "test"
+        prefix = "{prefix}"
+        [auth]
+        allow_hs256 = true
+        hs256_secret = "{SECRET}"
+        [tenants.acme.backends.cb]
+        kind = "carbonblack"
+        url = "http://127.0.0.1:1"
+        token = "t"
+        "#
+    );
+    let app = App::build(Config::parse(&text, |_| None).unwrap()).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app.router).await });
+    let http = reqwest::Client::builder().build().unwrap();
+    let token =
+        edrgate::auth::mint(SECRET.as_bytes(), "acme", "analyst-7", Duration::from_secs(600))
+            .unwrap();
+    let data = content(700_000, 41);
+    let r = http
+        .post(format!("{base}/v1/files?name=tool.exe"))
+        .bearer_auth(&token)
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let meta: Value = r.json().await.unwrap();
+    let id = meta["id"].as_str().unwrap();
+    let path = format!("{base}/v1/files/{id}/content");
+    let whole = http.get(&path).bearer_auth(&token).send().await.unwrap().bytes().await.unwrap();
+    assert!(whole.as_ref() == data.as_slice());
+    let r =
+        http.get(&path).bearer_auth(&token).header("range", "bytes=100-199").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[100..200]);
+    let r = http
+        .post(format!("{base}/v1/files?name=big.bin"))
+        .bearer_auth(&token)
+        .body(content(1_000_001, 42))
+        .send()
+        .await
+        .unwrap();
+    problem(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
+    let r = http.delete(format!("{base}/v1/files/{id}")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let storage = S3Storage::new(&S3Config {
+        bucket: "edrgate-test".into(),
+        endpoint: Some(url),
+        region: "us-east-1".into(),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".to_owned().into()),
+        prefix,
+    })
+    .unwrap();
+    assert!(storage.keys("").await.unwrap().is_empty(), "nothing left in the bucket's prefix");
+}

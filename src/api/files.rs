@@ -9,8 +9,8 @@ use std::ops::Range;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::header::{
-    ACCEPT_RANGES, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
-    ETAG, IF_NONE_MATCH, IF_RANGE, LOCATION, RANGE,
+    ACCEPT_RANGES, CACHE_CONTROL, CONNECTION, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE,
+    CONTENT_TYPE, ETAG, IF_NONE_MATCH, IF_RANGE, LOCATION, RANGE,
 };
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -98,7 +98,16 @@ pub(crate) async fn upload_file(
         Err(error) => audit::refused(AuditEvent::FileUpload, error),
     };
     audit::record(&state, &caller, &meta, entry).await;
-    let file = stored?;
+    let file = match stored {
+        Ok(file) => file,
+        Err(error) => {
+            // The body may be partly unread: the client must not send its next request on
+            // this connection (hyper closes it after the answer).
+            let mut response = error.into_response();
+            response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            return Ok(response);
+        }
+    };
     let location = header(&meta.link(&format!("/v1/files/{}", file.id)))?;
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(file)).into_response())
 }
