@@ -697,10 +697,18 @@ impl Driver<'_> {
                 Ok(step) => {
                     attempt = 0;
                     let done = step.next == Next::Done;
-                    {
+                    let custody = {
                         let mut run = lock(&self.run);
                         apply(&mut run.states, &step.updates);
                         run.checkpoint = Some(step.checkpoint);
+                        vendor_refs_of_files(&run.states, &step.updates)
+                    };
+                    for (file_id, vendor_ref) in custody {
+                        if let Err(error) =
+                            self.engine.files.note_vendor_ref(&tenant, &file_id, &vendor_ref).await
+                        {
+                            tracing::warn!(%error, file_id, "cannot record a file's vendor reference");
+                        }
                     }
                     match step.next {
                         Next::Done => {
@@ -995,6 +1003,32 @@ fn remote_path(command: &edrgate_adapter::Command) -> Option<String> {
 /// What a caller sees of a run: a write that leaves it unchanged is checkpoint-only.
 fn visible_view(run: &RunRecord) -> serde_json::Value {
     serde_json::json!([run.status, run.states, run.error, run.backend, run.device_id, run.hostname])
+}
+
+/// `(file id, vendor reference)` of the files that `updates` report as results: a file is
+/// written before the vendor names the command that produced it, so its custody learns the
+/// reference from the command's state once the result is in.
+fn vendor_refs_of_files(
+    states: &[CommandState],
+    updates: &[CommandUpdate],
+) -> Vec<(String, String)> {
+    use edrgate_adapter::CommandResult;
+    let mut out = Vec::new();
+    for u in updates {
+        let Some(vendor_ref) = states.get(u.index).and_then(|s| s.vendor_ref.as_ref()) else {
+            continue;
+        };
+        let file = match &u.result {
+            Some(CommandResult::File { file }) => Some(file),
+            Some(CommandResult::Execution { output_file, .. }) => output_file.as_ref(),
+            Some(CommandResult::MemoryDump { file, .. }) => file.as_ref(),
+            _ => None,
+        };
+        if let Some(file) = file {
+            out.push((file.file_id.clone(), vendor_ref.clone()));
+        }
+    }
+    out
 }
 
 fn apply(states: &mut [CommandState], updates: &[CommandUpdate]) {

@@ -634,6 +634,8 @@ async fn commands_reference_uploads_of_their_own_tenant() {
     assert_eq!(origin["command_index"], 0);
     assert_eq!((origin["backend"].as_str(), origin["device_id"].as_str()), (Some("cb"), Some("1")));
     assert_eq!(origin["remote_path"], "C:\\ir\\tool.exe");
+    let vendor_ref = origin["vendor_ref"].as_str().unwrap();
+    assert_eq!(vendor_ref, last["runs"][0]["commands"][0]["vendor_ref"].as_str().unwrap());
 }
 
 #[test]

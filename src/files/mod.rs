@@ -249,6 +249,16 @@ impl FileStore {
         Ok((meta, stream))
     }
 
+    /// Completes the custody of an endpoint result with the vendor's command reference.
+    pub async fn note_vendor_ref(
+        &self,
+        tenant: &str,
+        id: &str,
+        vendor_ref: &str,
+    ) -> Result<(), StoreError> {
+        self.store.set_file_vendor_ref(tenant, id, vendor_ref).await
+    }
+
     /// Deletes a file now: its record disappears at once, its content right after (or on the
     /// next sweep if the storage fails). `false` when the tenant has no such file.
     pub async fn delete(&self, tenant: &str, id: &str) -> Result<bool, FileError> {

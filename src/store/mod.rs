@@ -738,6 +738,33 @@ impl Store {
         .transpose()
     }
 
+    /// Records the vendor's reference of the command a file is the result of, once known (a
+    /// compare-and-set of the custody JSON, the same SQL on both databases).
+    pub async fn set_file_vendor_ref(
+        &self,
+        tenant: &str,
+        id: &str,
+        vendor_ref: &str,
+    ) -> Result<()> {
+        let row: Option<FileRow> = self
+            .db
+            .fetch_optional("SELECT * FROM files WHERE id = $1 AND tenant = $2", args![id, tenant])
+            .await?;
+        let Some(row) = row else { return Ok(()) };
+        let mut origin: FileOrigin = from_json(&row.origin_json)?;
+        if origin.vendor_ref.is_some() {
+            return Ok(());
+        }
+        origin.vendor_ref = Some(vendor_ref.to_owned());
+        self.db
+            .execute(
+                "UPDATE files SET origin_json = $3 WHERE id = $1 AND tenant = $2 AND origin_json = $4",
+                args![id, tenant, to_json(&origin)?, &row.origin_json],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Hides a file at once (its content is deleted next). `false` if there is no such live
     /// file.
     pub async fn mark_file_deleted(&self, tenant: &str, id: &str) -> Result<bool> {
