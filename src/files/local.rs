@@ -18,19 +18,27 @@ use super::{ByteStream, FileStorage, StorageWriter};
 const TMP: &str = ".tmp";
 /// Read and write buffer: large enough for few syscalls, small enough for constant memory.
 const BUFFER: usize = 256 * 1024;
+/// A temporary file untouched this long belongs to no live transfer (a transfer writes as
+/// bytes arrive).
+const STALE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 pub struct LocalStorage {
     dir: PathBuf,
 }
 
 impl LocalStorage {
-    /// Opens `dir` (created if missing). Leftovers of transfers a crash interrupted are removed.
+    /// Opens `dir` (created if missing). Leftovers of transfers a crash interrupted are removed
+    /// once untouched for [`STALE`]: another process may share the directory and be writing.
     pub async fn open(dir: &Path) -> io::Result<LocalStorage> {
         let tmp = dir.join(TMP);
-        if tokio::fs::try_exists(&tmp).await? {
-            tokio::fs::remove_dir_all(&tmp).await?;
-        }
         tokio::fs::create_dir_all(&tmp).await?;
+        let mut entries = tokio::fs::read_dir(&tmp).await?;
+        while let Some(entry) = entries.next_entry().await? {
+            let modified = entry.metadata().await?.modified()?;
+            if modified.elapsed().is_ok_and(|age| age > STALE) {
+                tokio::fs::remove_file(entry.path()).await?;
+            }
+        }
         Ok(LocalStorage { dir: dir.to_path_buf() })
     }
 
@@ -142,7 +150,7 @@ impl Drop for LocalWriter {
     fn drop(&mut self) {
         if let Some(tmp) = self.tmp.take() {
             // Abandoned transfer: leave nothing behind. Best effort; `.tmp/` holds only
-            // unfinished files and is emptied on start.
+            // unfinished files, and stale ones are removed when the storage opens.
             let _ = std::fs::remove_file(tmp);
         }
     }
