@@ -905,6 +905,7 @@ pub const SECRET_SETTINGS: &[&str] = &[
     "client_secret",
     "password",
     "totp_secret",
+    "fetch_zip_password",
     "hs256_secret",
     "secret_access_key",
     "url",
