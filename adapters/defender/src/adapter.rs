@@ -209,6 +209,7 @@ impl Adapter for DefenderAdapter {
     }
 
     fn use_shared_budget(&self, budget: Arc<dyn SharedBudget>) {
+        self.client.budget.use_shared(Arc::clone(&budget), &self.scope);
         let _ = self.shared.set(budget);
     }
 

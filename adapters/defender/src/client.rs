@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edrgate_adapter::http::{self, Backoff, TlsOptions};
-use edrgate_adapter::{AdapterError, ErrorCode, FairSlots};
+use edrgate_adapter::{AdapterError, ErrorCode, FairSlots, SharedBudget};
 use futures::{Stream, StreamExt as _};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
@@ -129,6 +129,9 @@ pub(crate) struct Budget {
     endpoints: Mutex<HashMap<&'static str, Arc<RateGate>>>,
     per_minute: usize,
     per_hour: usize,
+    /// The replicas' shared budget and this credential's scope in it (from the engine, through
+    /// the adapter): the per-minute API quota is the credential's, whichever replica calls.
+    shared: OnceLock<(Arc<dyn SharedBudget>, String)>,
 }
 
 impl Budget {
@@ -153,9 +156,28 @@ impl Budget {
             endpoints: Mutex::new(HashMap::new()),
             per_minute: cfg.api_calls_per_minute as usize,
             per_hour: cfg.api_calls_per_hour as usize,
+            shared: OnceLock::new(),
         });
         all.insert(key, Arc::downgrade(&budget));
         budget
+    }
+
+    pub(crate) fn use_shared(&self, budget: Arc<dyn SharedBudget>, scope: &str) {
+        let _ = self.shared.set((budget, scope.to_owned()));
+    }
+
+    /// With other replicas, waits for a place in `endpoint`'s per-minute quota among them all
+    /// (the local gate counts this process only; §9: 100 calls per minute per API).
+    async fn pace_shared(&self, endpoint: &'static str) -> Result<(), AdapterError> {
+        let Some((budget, scope)) = self.shared.get().filter(|(b, _)| b.is_shared()) else {
+            return Ok(());
+        };
+        let scope = format!("{scope}:api:{endpoint}");
+        let limit = u32::try_from(self.per_minute).unwrap_or(u32::MAX);
+        while let Some(wait) = budget.take_call(&scope, limit, Duration::from_secs(60)).await? {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     fn endpoint(&self, name: &'static str) -> Arc<RateGate> {
@@ -200,13 +222,11 @@ pub(crate) struct DfClient {
 
 impl DfClient {
     pub(crate) fn new(backend: &str, cfg: &DefenderConfig) -> Result<Self, AdapterError> {
-        let ca_pem = match &cfg.ca_file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                AdapterError::internal(format!("cannot read ca_file {}: {e}", path.display()))
-            })?),
-            None => None,
-        };
-        let tls = TlsOptions { ca_pem, insecure_skip_verify: cfg.insecure_skip_verify };
+        let tls = TlsOptions::from_settings(
+            cfg.ca_file.as_deref(),
+            cfg.insecure_skip_verify,
+            cfg.pinned_cert_sha256.as_deref(),
+        )?;
         let http = http::client(&tls, Duration::from_secs(cfg.read_timeout_secs))?;
         let token_url = cfg.token_endpoint();
         Ok(DfClient {
@@ -343,6 +363,7 @@ impl DfClient {
     ) -> Result<wire::MachineAction, AdapterError> {
         let gate = self.budget.endpoint("isolate");
         let _permit = gate.acquire().await;
+        self.budget.pace_shared("isolate").await?;
         let (verb, kind) =
             if isolate { ("isolate", Some("Full".to_owned())) } else { ("unisolate", None) };
         let path = format!("/api/machines/{machine_id}/{verb}");
@@ -392,6 +413,7 @@ impl DfClient {
         let body = wire::CommentBody { comment: comment.to_owned(), isolation_type: None };
         retry(|| async {
             let _permit = gate.acquire().await;
+            self.budget.pace_shared("cancel").await?;
             json(self.send(|| self.request(Method::POST, &path).json(&body)).await?).await
         })
         .await
@@ -439,6 +461,7 @@ impl DfClient {
     ) -> Result<wire::LibraryFile, AdapterError> {
         let gate = self.budget.endpoint("library");
         let _permit = gate.acquire().await;
+        self.budget.pace_shared("library").await?;
         let body = reqwest::Body::wrap_stream(ReaderStream::new(reader));
         let part = reqwest::multipart::Part::stream_with_length(body, size)
             .file_name(name.to_owned())
@@ -506,6 +529,7 @@ impl DfClient {
         let gate = self.budget.endpoint(endpoint);
         retry(|| async {
             let _permit = gate.acquire().await;
+            self.budget.pace_shared(endpoint).await?;
             let resp = self
                 .send(|| {
                     let req = self.request(Method::GET, path);
