@@ -768,7 +768,7 @@ impl JwksSource {
             ),
             None => None,
         };
-        let tls = edrgate_adapter::http::TlsOptions { ca_pem, insecure_skip_verify: false };
+        let tls = edrgate_adapter::http::TlsOptions { ca_pem, ..Default::default() };
         let client = edrgate_adapter::http::client(&tls, JWKS_TIMEOUT)
             .map_err(|e| key_error(e.info.message))?;
         Ok(JwksSource {

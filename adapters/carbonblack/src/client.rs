@@ -43,13 +43,11 @@ pub(crate) struct CbClient {
 
 impl CbClient {
     pub(crate) fn new(backend: &str, cfg: &CarbonBlackConfig) -> Result<Self, AdapterError> {
-        let ca_pem = match &cfg.ca_file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                AdapterError::internal(format!("cannot read ca_file {}: {e}", path.display()))
-            })?),
-            None => None,
-        };
-        let tls = TlsOptions { ca_pem, insecure_skip_verify: cfg.insecure_skip_verify };
+        let tls = TlsOptions::from_settings(
+            cfg.ca_file.as_deref(),
+            cfg.insecure_skip_verify,
+            cfg.pinned_cert_sha256.as_deref(),
+        )?;
         let http = http::client(&tls, Duration::from_secs(cfg.read_timeout_secs))?;
         let mut token = HeaderValue::from_str(cfg.token.expose_secret()).map_err(|_| {
             AdapterError::internal("the Carbon Black token is not a valid header value")

@@ -31,6 +31,11 @@ pub struct CarbonBlackConfig {
     /// Accept any server certificate. For labs only (cbapi `ssl_verify=False`).
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// SHA-256 fingerprint of the server's own certificate (hex; colons allowed, as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it): only that certificate is accepted,
+    /// whoever signed it. Overrides `ca_file`.
+    #[serde(default)]
+    pub pinned_cert_sha256: Option<String>,
     /// Concurrent live-response sessions edrgate opens on this server. CB allows 10 by default
     /// and every `pending`/`active` session holds one (§3.3); lower it when other tools share
     /// the server.
@@ -82,6 +87,7 @@ impl CarbonBlackConfig {
             token,
             ca_file: None,
             insecure_skip_verify: false,
+            pinned_cert_sha256: None,
             slot_limit: default_slot_limit(),
             poll_interval_ms: default_poll_interval_ms(),
             max_poll_interval_ms: default_max_poll_interval_ms(),
@@ -99,6 +105,11 @@ impl CarbonBlackConfig {
     /// Every problem with the values, at once (no I/O).
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
+        if let Some(pin) = &self.pinned_cert_sha256
+            && let Err(e) = edrgate_adapter::http::parse_pin(pin)
+        {
+            errors.push(format!("pinned_cert_sha256: {e}"));
+        }
         match reqwest::Url::parse(&self.url) {
             Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {}
             Ok(_) => errors.push(format!("url {:?} must be an http(s) URL with a host", self.url)),

@@ -247,6 +247,7 @@ impl Counters {
 
 struct TlsMaterial {
     cert_pem: String,
+    cert_der: Vec<u8>,
     key_pem: String,
 }
 
@@ -354,12 +355,19 @@ impl Simulator {
         Ok(self.tls_material()?.cert_pem.clone())
     }
 
+    /// SHA-256 of the certificate (DER, hex): what a backend's `pinned_cert_sha256` takes.
+    pub fn cert_sha256(&self) -> io::Result<String> {
+        use sha2::Digest as _;
+        Ok(hex::encode(sha2::Sha256::digest(&self.tls_material()?.cert_der)))
+    }
+
     fn tls_material(&self) -> io::Result<&TlsMaterial> {
         let made = self.inner.tls.get_or_init(|| {
             let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
             rcgen::generate_simple_self_signed(names)
                 .map(|ck| TlsMaterial {
                     cert_pem: ck.cert.pem(),
+                    cert_der: ck.cert.der().to_vec(),
                     key_pem: ck.signing_key.serialize_pem(),
                 })
                 .map_err(|e| e.to_string())

@@ -797,3 +797,33 @@ async fn downloads_cut_short_resume_and_never_complete_truncated() {
     assert_eq!(run.error(0).code, ErrorCode::VendorUnavailable, "{:?}", run.error(0));
     assert!(run.views[0].result.is_none());
 }
+
+#[tokio::test]
+async fn a_pinned_certificate_is_the_only_one_accepted() {
+    let sim = Simulator::new(SimConfig::default());
+    let addr = sim.spawn_tls().await.unwrap();
+    let url = format!("https://127.0.0.1:{}", addr.port());
+    let pin = sim.cert_sha256().unwrap();
+    // No CA configured: the pin alone makes the self-signed certificate acceptable. Colons,
+    // as `openssl x509 -fingerprint` prints them, are accepted.
+    let colons: Vec<String> =
+        pin.as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).to_uppercase()).collect();
+    let mut cfg = config(&url);
+    cfg.pinned_cert_sha256 = Some(colons.join(":"));
+    let devices = adapter(cfg).find_devices(Some("WIN-0001")).await.unwrap();
+    assert_eq!(devices.len(), 1);
+
+    // Another certificate's pin: refused, as any transport failure is.
+    let mut wrong = pin.into_bytes();
+    wrong[0] = if wrong[0] == b'0' { b'1' } else { b'0' };
+    let mut cfg = config(&url);
+    cfg.pinned_cert_sha256 = Some(String::from_utf8(wrong).unwrap());
+    let error = adapter(cfg).find_devices(Some("WIN-0001")).await.unwrap_err();
+    assert_eq!(error.code(), ErrorCode::VendorUnavailable, "{error}");
+    // Without a pin or a CA, the self-signed certificate is refused too.
+    assert!(adapter(config(&url)).find_devices(Some("WIN-0001")).await.is_err());
+    // A malformed pin is a configuration error.
+    let mut cfg = config(&url);
+    cfg.pinned_cert_sha256 = Some("abc".into());
+    assert!(cfg.validate().unwrap_err()[0].starts_with("pinned_cert_sha256"));
+}

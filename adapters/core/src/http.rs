@@ -18,6 +18,47 @@ pub struct TlsOptions {
     pub ca_pem: Option<String>,
     /// Accept any certificate. For labs only; logged at start-up by the gateway.
     pub insecure_skip_verify: bool,
+    /// SHA-256 of the server's own certificate (DER): that certificate, and only it, is
+    /// accepted, whoever signed it (on-prem servers with self-signed certificates, or a
+    /// defence against a rogue CA). Takes precedence over `ca_pem`.
+    pub pinned_sha256: Option<[u8; 32]>,
+}
+
+impl TlsOptions {
+    /// From a backend's TLS settings, as every adapter config spells them: `ca_file`,
+    /// `insecure_skip_verify` and `pinned_cert_sha256` (hex, colons allowed, as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it).
+    pub fn from_settings(
+        ca_file: Option<&std::path::Path>,
+        insecure_skip_verify: bool,
+        pinned_cert_sha256: Option<&str>,
+    ) -> Result<TlsOptions, AdapterError> {
+        let ca_pem = match ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                AdapterError::internal(format!("cannot read ca_file {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        let pinned_sha256 = pinned_cert_sha256
+            .map(parse_pin)
+            .transpose()
+            .map_err(|e| AdapterError::internal(format!("pinned_cert_sha256: {e}")))?;
+        Ok(TlsOptions { ca_pem, insecure_skip_verify, pinned_sha256 })
+    }
+}
+
+/// A certificate fingerprint: 64 hex digits, optionally in colon-separated pairs.
+pub fn parse_pin(text: &str) -> Result<[u8; 32], String> {
+    let digits: String = text.trim().chars().filter(|c| *c != ':').collect();
+    let mut pin = [0u8; 32];
+    if digits.len() != 64 {
+        return Err("64 hex digits (a SHA-256) are expected".into());
+    }
+    for (i, byte) in pin.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&digits[2 * i..2 * i + 2], 16)
+            .map_err(|_| "64 hex digits (a SHA-256) are expected".to_owned())?;
+    }
+    Ok(pin)
 }
 
 /// A client for one backend: no redirects (a vendor redirect is an error to report, not to
@@ -32,6 +73,12 @@ pub fn client(tls: &TlsOptions, read_timeout: Duration) -> Result<reqwest::Clien
         .read_timeout(read_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         .user_agent(concat!("edrgate/", env!("CARGO_PKG_VERSION")));
+    if let Some(pin) = tls.pinned_sha256 {
+        return builder
+            .tls_backend_preconfigured(pinned::client_config(pin))
+            .build()
+            .map_err(|e| AdapterError::internal(format!("cannot build HTTP client: {e}")));
+    }
     if let Some(pem) = &tls.ca_pem {
         let cert = reqwest::Certificate::from_pem(pem.as_bytes())
             .map_err(|e| AdapterError::internal(format!("invalid CA certificate: {e}")))?;
@@ -77,6 +124,78 @@ pub async fn send(
         metrics::counter!("edrgate_vendor_rate_limited_total", &labels[..2]).increment(1);
     }
     result
+}
+
+/// Certificate pinning: a rustls verifier that accepts exactly one server certificate.
+mod pinned {
+    use std::sync::Arc;
+
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::crypto::WebPkiSupportedAlgorithms;
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+    use sha2::Digest as _;
+
+    pub(super) fn client_config(pin: [u8; 32]) -> rustls::ClientConfig {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let algorithms = provider.signature_verification_algorithms;
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|_| unreachable!("aws-lc-rs supports the default versions"))
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { pin, algorithms }))
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config
+    }
+
+    #[derive(Debug)]
+    struct Pinned {
+        pin: [u8; 32],
+        algorithms: WebPkiSupportedAlgorithms,
+    }
+
+    impl ServerCertVerifier for Pinned {
+        /// The certificate must be the pinned one; names and chains do not matter (the pin
+        /// is stronger than both), the handshake signatures below still prove key possession.
+        fn verify_server_cert(
+            &self,
+            end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            let digest: [u8; 32] = sha2::Sha256::digest(end_entity.as_ref()).into();
+            if digest == self.pin {
+                Ok(ServerCertVerified::assertion())
+            } else {
+                Err(rustls::Error::General("the server's certificate is not the pinned one".into()))
+            }
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.algorithms.supported_schemes()
+        }
+    }
 }
 
 /// The delay a `Retry-After` header asks for (delta-seconds; HTTP dates are rare from these

@@ -88,13 +88,11 @@ pub(crate) struct CrClient {
 
 impl CrClient {
     pub(crate) fn new(cfg: &CybereasonConfig) -> Result<Self, AdapterError> {
-        let ca_pem = match &cfg.ca_file {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                AdapterError::internal(format!("cannot read ca_file {}: {e}", path.display()))
-            })?),
-            None => None,
-        };
-        let tls = TlsOptions { ca_pem, insecure_skip_verify: cfg.insecure_skip_verify };
+        let tls = TlsOptions::from_settings(
+            cfg.ca_file.as_deref(),
+            cfg.insecure_skip_verify,
+            cfg.pinned_cert_sha256.as_deref(),
+        )?;
         let http = http::client(&tls, Duration::from_secs(cfg.read_timeout_secs))?;
         let per_minute = NonZeroU32::new(cfg.calls_per_minute.max(1)).unwrap_or(NonZeroU32::MIN);
         Ok(CrClient {
@@ -172,8 +170,8 @@ impl CrClient {
         let verb = if isolate { "isolate" } else { "un-isolate" };
         let body = wire::IsolateRequest { pylum_ids: vec![pylum_id.to_owned()], malop_id: None };
         let path = format!("/rest/monitor/global/commands/{verb}");
-        // Isolation is a state, so repeating it is harmless: it is replayed like a read.
-        self.json(Method::POST, &path, Some(&body), Replay::Read).await
+        // Not replayed: the adapter first checks the sensor's `isolated` flag.
+        self.json(Method::POST, &path, Some(&body), Replay::Never).await
     }
 
     // ---- remediation (§6.3) ----

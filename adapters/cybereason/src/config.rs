@@ -47,6 +47,11 @@ pub struct CybereasonConfig {
     /// Accept any server certificate. For labs only.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// SHA-256 fingerprint of the server's own certificate (hex; colons allowed, as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it): only that certificate is accepted,
+    /// whoever signed it. Overrides `ca_file`.
+    #[serde(default)]
+    pub pinned_cert_sha256: Option<String>,
     /// Lifetime of a `JSESSIONID` (8 h per the docs, §3.4).
     #[serde(default = "default_session_lifetime")]
     pub session_lifetime_secs: u64,
@@ -114,6 +119,7 @@ impl CybereasonConfig {
             fetch_mode: FetchMode::Direct,
             ca_file: None,
             insecure_skip_verify: false,
+            pinned_cert_sha256: None,
             session_lifetime_secs: default_session_lifetime(),
             relogin_margin_secs: default_relogin_margin(),
             ir_run_path: default_ir_run_path(),
@@ -130,6 +136,11 @@ impl CybereasonConfig {
     /// Every problem with the values, at once (no I/O).
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
+        if let Some(pin) = &self.pinned_cert_sha256
+            && let Err(e) = edrgate_adapter::http::parse_pin(pin)
+        {
+            errors.push(format!("pinned_cert_sha256: {e}"));
+        }
         match reqwest::Url::parse(&self.url) {
             Ok(url) if matches!(url.scheme(), "https" | "http") && url.has_host() => {}
             Ok(_) => errors.push(format!("url {:?} must be an http(s) URL with a host", self.url)),

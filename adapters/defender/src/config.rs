@@ -51,6 +51,11 @@ pub struct DefenderConfig {
     /// Accept any server certificate. For labs only.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// SHA-256 fingerprint of the server's own certificate (hex; colons allowed, as
+    /// `openssl x509 -noout -fingerprint -sha256` prints it): only that certificate is accepted,
+    /// whoever signed it. Overrides `ca_file`.
+    #[serde(default)]
+    pub pinned_cert_sha256: Option<String>,
     /// `runliveresponse` calls allowed per `live_response_window_ms` (10 per minute, §3, §9).
     #[serde(default = "default_lr_calls")]
     pub live_response_calls: u32,
@@ -108,6 +113,7 @@ impl DefenderConfig {
             token_refresh_margin_secs: default_token_margin(),
             ca_file: None,
             insecure_skip_verify: false,
+            pinned_cert_sha256: None,
             live_response_calls: default_lr_calls(),
             live_response_window_ms: default_lr_window_ms(),
             concurrent_sessions: default_sessions(),
@@ -132,6 +138,11 @@ impl DefenderConfig {
     /// Every problem with the values, at once (no I/O).
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
+        if let Some(pin) = &self.pinned_cert_sha256
+            && let Err(e) = edrgate_adapter::http::parse_pin(pin)
+        {
+            errors.push(format!("pinned_cert_sha256: {e}"));
+        }
         for (name, value) in
             [("api_url", self.api_url.clone()), ("token_url", self.token_endpoint())]
         {
