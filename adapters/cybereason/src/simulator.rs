@@ -42,7 +42,9 @@
 //!   `globalStats.stats` in the configured key casing ([`StatsCasing`]), abort by GET (only
 //!   sensors not yet started), 400 `UNKNOWN BATCH`, and 204 when no selected sensor can take
 //!   the run (archived).
-//! * **Faults** ([`Faults`]): 429 with `Retry-After` and 503 every Nth request, added latency.
+//! * **Faults** ([`Faults`]): 429 with `Retry-After` and 503 every Nth request, added latency,
+//!   responses lost after the request ran (every Nth, or once for a path with
+//!   [`Simulator::drop_response_of`]).
 //!
 //! Counters ([`Simulator::counters`]) let tests assert side effects happened exactly once.
 //! HTTPS uses a self-signed certificate (rcgen) for `localhost` and `127.0.0.1`
@@ -120,6 +122,8 @@ pub struct Faults {
     pub unavailable_every: u64,
     /// Added to every request.
     pub latency: Duration,
+    /// Every Nth request runs but its response is lost (connection cut mid-body); 0 = never.
+    pub drop_response_every: u64,
 }
 
 /// Simulator configuration. Build with struct update syntax from `SimConfig::default()`.
@@ -201,6 +205,7 @@ pub struct Counters {
     pub direct_fetches: u64,
     pub fetch_batches: u64,
     pub rate_limited: u64,
+    pub dropped_responses: u64,
 }
 
 /// The simulator; cheap to clone (shared state).
@@ -317,6 +322,11 @@ impl Simulator {
     /// The next request to `path` (exact, e.g. `/rest/remediate`) finds its session expired.
     pub fn expire_session_before(&self, path: &str) {
         self.with(|rt, _| rt.expire_before = Some(path.to_owned()));
+    }
+
+    /// The next request to `path` runs, but its response is lost (the connection is cut).
+    pub fn drop_response_of(&self, path: &str) {
+        self.with(|rt, _| rt.drop_response_of = Some(path.to_owned()));
     }
 
     pub fn set_users(&self, users: Vec<SimUser>) {

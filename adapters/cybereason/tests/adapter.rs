@@ -487,3 +487,50 @@ async fn calls_wait_for_the_quota_shared_with_other_replicas() {
     assert!(quota.waits.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     assert_eq!(adapter.budgets()[0].capacity, 10);
 }
+
+#[tokio::test]
+async fn lost_answers_to_action_requests_are_reconciled_not_repeated() {
+    let (sim, adapter) =
+        setup(SimConfig { remediation_delay: Duration::from_millis(200), ..SimConfig::default() })
+            .await;
+    // The remediation runs on the console, but edrgate never sees the answer.
+    sim.drop_response_of("/rest/remediate");
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242 }]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let c = sim.counters();
+    assert_eq!((c.dropped_responses, c.remediations_received, c.remediations_executed), (1, 1, 1));
+
+    sim.drop_response_of("/rest/sensors/action/runIRTool");
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::RunScript { script: "collector.exe".into(), args: vec![], file_id: None }],
+    );
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert_eq!(sim.counters().ir_runs, 1);
+
+    sim.drop_response_of("/rest/monitor/global/commands/isolate");
+    let mut r = run(&sim, HOST, vec![Command::Isolate]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert_eq!(sim.counters().isolations, 1, "the sensor already isolated: not sent again");
+}
+
+#[tokio::test]
+async fn sessions_are_renewed_before_they_expire() {
+    let sim = Simulator::new(SimConfig::default());
+    let url = adapter_url(&sim).await;
+    let mut cfg = config(&url, DEFAULT_TFA_USERNAME);
+    cfg.session_lifetime_secs = 2;
+    cfg.relogin_margin_secs = 1;
+    let adapter = CybereasonAdapter::new("cr", cfg).unwrap();
+    adapter.find_devices(None).await.unwrap();
+    adapter.find_devices(None).await.unwrap();
+    assert_eq!(sim.counters().logins, 1);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    adapter.find_devices(None).await.unwrap();
+    let c = sim.counters();
+    assert_eq!((c.logins, c.session_redirects), (2, 0), "renewed proactively, never redirected");
+}

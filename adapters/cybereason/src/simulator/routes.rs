@@ -197,10 +197,18 @@ async fn rest_guard(State(sim): State<Simulator>, mut req: Request, next: Next) 
         .extensions()
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| format!("/rest{}", req.uri().path()), |u| u.0.path().to_owned());
-    let (user, fault, latency) = sim.with(|rt, now| {
+    let (user, fault, latency, drop_response) = sim.with(|rt, now| {
         rt.counters.requests += 1;
         let n = rt.counters.requests;
         let faults = rt.cfg.faults.clone();
+        let drop_response = (faults.drop_response_every > 0 && n % faults.drop_response_every == 0)
+            || rt.drop_response_of.as_deref() == Some(path.as_str());
+        if rt.drop_response_of.as_deref() == Some(path.as_str()) {
+            rt.drop_response_of = None;
+        }
+        if drop_response {
+            rt.counters.dropped_responses += 1;
+        }
         if rt.expire_before.as_deref() == Some(path.as_str()) {
             rt.expire_before = None;
             if let Some(s) = cookie.as_deref().and_then(|c| rt.sessions.get_mut(c)) {
@@ -219,7 +227,7 @@ async fn rest_guard(State(sim): State<Simulator>, mut req: Request, next: Next) 
         } else {
             None
         };
-        (user, fault, faults.latency)
+        (user, fault, faults.latency, drop_response)
     });
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -236,7 +244,19 @@ async fn rest_guard(State(sim): State<Simulator>, mut req: Request, next: Next) 
         None => {}
     }
     req.extensions_mut().insert(User(user));
-    next.run(req).await
+    let resp = next.run(req).await;
+    if drop_response {
+        // The request ran; its answer is lost: the headers go out, then the body fails and the
+        // connection is cut, as when a proxy or the network drops it mid-response.
+        let (parts, _) = resp.into_parts();
+        let broken = futures::stream::once(async {
+            Err::<bytes::Bytes, std::io::Error>(std::io::Error::other(
+                "response dropped by fault injection",
+            ))
+        });
+        return Response::from_parts(parts, axum::body::Body::from_stream(broken));
+    }
+    resp
 }
 
 /// A refusal of the role or version checks.

@@ -90,6 +90,8 @@ pub(crate) struct Runtime {
     pub(crate) counters: Counters,
     /// A one-shot fault: the next request to this path finds its session expired.
     pub(crate) expire_before: Option<String>,
+    /// A one-shot fault: the next request to this path runs, but its response is lost.
+    pub(crate) drop_response_of: Option<String>,
 }
 
 pub(crate) fn epoch_ms() -> i64 {
@@ -130,6 +132,7 @@ impl Runtime {
             fetches: Vec::new(),
             counters: Counters::default(),
             expire_before: None,
+            drop_response_of: None,
         }
     }
 
