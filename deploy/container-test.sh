@@ -32,8 +32,9 @@ fi
 
 if ! podman image exists "$BASE"; then
   echo "== making $BASE with debootstrap"
-  mirror=$(grep -rhoE '^(deb|URIs:) +\[?[^]]*\]? *https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-    | grep -oE 'https?://[^ ]+' | head -n 1)
+  # The Debian mirror apt uses here (registries are reachable, the internet may not be).
+  mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+    | grep -oE 'https?://[^ ]+/debian/?( |$)' | grep -v security | head -n 1 | tr -d ' ' || true)
   rootfs=$(mktemp -d)
   debootstrap --variant=minbase bookworm "$rootfs" "${mirror:-http://deb.debian.org/debian}" >/dev/null
   tar -C "$rootfs" -c . | podman import - "$BASE" >/dev/null
