@@ -981,6 +981,10 @@ impl RunFiles for EngineRunFiles<'_> {
     }
 
     async fn open(&self, file_id: &str) -> Result<(FileRef, FileReader), AdapterError> {
+        // Checked whole before a byte goes to the vendor: a corrupted tool fails the command
+        // at once (not retryable) instead of failing every upload attempt on its last chunk.
+        // The stream handed over is verified again as it is read.
+        self.engine.files.verify(&self.run.tenant, file_id).await?;
         let (meta, content) = self.engine.files.open(&self.run.tenant, file_id, None).await?;
         Ok((
             FileRef { file_id: meta.id, name: meta.name, size: meta.size, sha256: meta.sha256 },

@@ -594,6 +594,40 @@ async fn commands_reference_uploads_of_their_own_tenant() {
     assert_eq!(last["status"], "succeeded", "{last:#}");
     assert!(gw.sim.file_content(1, "C:\\ir\\tool.exe").unwrap() == tool);
 
+    // A tool corrupted in storage is never sent: the command fails at once.
+    let mut evil = tool.clone();
+    evil[100] ^= 1;
+    std::fs::write(gw.files_dir.join("acme").join(&id), &evil).unwrap();
+    let r = submit(
+        "acme",
+        json!({"targets": target, "commands": [
+            {"type": "put_file", "file_id": id, "path": "C:\\ir\\tool2.exe"},
+        ]}),
+    )
+    .await
+    .unwrap();
+    let action: Value = r.json().await.unwrap();
+    let action_id = action["id"].as_str().unwrap();
+    for _ in 0..40 {
+        last = gw
+            .get("acme", &format!("/v1/actions/{action_id}?wait=5"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if last["status"] == "succeeded" || last["status"] == "failed" {
+            break;
+        }
+    }
+    let error = &last["runs"][0]["commands"][0]["error"];
+    assert_eq!(last["status"], "failed", "{last:#}");
+    assert_eq!(error["code"], "internal", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("integrity"), "{error}");
+    assert!(gw.sim.file_content(1, "C:\\ir\\tool2.exe").is_none());
+    std::fs::write(gw.files_dir.join("acme").join(&id), &tool).unwrap();
+
     // A fetched file's custody names its action, run, command, device and remote path.
     let r = submit(
         "acme",

@@ -89,6 +89,10 @@ impl From<FileError> for AdapterError {
     fn from(e: FileError) -> AdapterError {
         match e {
             FileError::NotFound => AdapterError::new(ErrorCode::NotFound, "no such stored file"),
+            FileError::Integrity(_) => AdapterError::new(
+                ErrorCode::Internal,
+                format!("the stored file failed its integrity check ({e})"),
+            ),
             FileError::TooLarge { .. } => {
                 AdapterError::new(ErrorCode::PayloadTooLarge, e.to_string())
             }
@@ -247,6 +251,20 @@ impl FileStore {
             }
         };
         Ok((meta, stream))
+    }
+
+    /// Reads the whole file and checks it against its record (size and SHA-256).
+    pub async fn verify(&self, tenant: &str, id: &str) -> Result<(), FileError> {
+        let (_, mut content) = self.open(tenant, id, None).await?;
+        while let Some(chunk) = content.next().await {
+            if let Err(e) = chunk {
+                return Err(match e.kind() {
+                    io::ErrorKind::InvalidData => FileError::Integrity(format!("file {id}: {e}")),
+                    _ => FileError::Io(e),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Completes the custody of an endpoint result with the vendor's command reference.
