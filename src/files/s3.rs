@@ -5,7 +5,8 @@
 //! upload of [`PART`]-byte parts with at most [`IN_FLIGHT`] parts in flight, so a transfer holds
 //! about `PART × (IN_FLIGHT + 1)` bytes whatever the file's size. An object appears only when
 //! the upload completes; an abandoned multipart upload is aborted (its parts were never
-//! visible).
+//! visible). A process that crashes mid-upload cannot abort: the bucket's lifecycle rule
+//! `AbortIncompleteMultipartUpload` frees those parts (see `deploy/edrgate.example.toml`).
 
 use std::io;
 use std::ops::Range;
