@@ -427,3 +427,146 @@ async fn two_replicas_keep_defenders_call_rate_and_session_cap_together() {
     assert!(c.max_concurrent_sessions <= 4, "{c:?}");
     assert_eq!(c.live_response_actions, 30, "{c:?}");
 }
+
+/// The issue's acceptance run: 300 actions across the three vendors submitted to both replicas,
+/// one replica SIGKILLed in the middle; the other finishes everything, every vendor limit held
+/// by both together, and no side effect ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
+    use edrgate_cybereason::simulator as cr;
+    use edrgate_defender::simulator as mde;
+    const PER_VENDOR: usize = 100;
+    const CB_SLOTS: usize = 5;
+    const MDE_SESSIONS: usize = 8;
+    let cb_sim = Simulator::new(SimConfig {
+        sensors: PER_VENDOR,
+        slot_limit: 20,
+        checkin_delay: Duration::from_millis(50),
+        command_latency: Duration::from_millis(150),
+        ..SimConfig::default()
+    });
+    let mde_sim = mde::Simulator::new(mde::SimConfig {
+        machines: PER_VENDOR,
+        live_response_calls: 20,
+        live_response_window: Duration::from_secs(1),
+        // 300 API calls per minute (per API) instead of 100, to keep the test short; two
+        // replicas at their local pace would still send twice that.
+        api_calls_per_minute: 300,
+        pickup_delay: Duration::from_millis(100),
+        ..mde::SimConfig::default()
+    });
+    let cr_sim = cr::Simulator::new(cr::SimConfig {
+        machines: PER_VENDOR,
+        remediation_delay: Duration::from_millis(100),
+        ..cr::SimConfig::default()
+    });
+    let cb_url = format!("http://{}", cb_sim.spawn().await.unwrap());
+    let mde_url = format!("http://{}", mde_sim.spawn().await.unwrap());
+    let cr_url = format!("http://{}", cr_sim.spawn().await.unwrap());
+    let backends = format!(
+        r#"
+        [tenants.acme.backends.cb]
+        kind = "carbonblack"
+        url = "{cb_url}"
+        token = "{DEFAULT_TOKEN}"
+        slot_limit = {CB_SLOTS}
+        [tenants.acme.backends.mde]
+        kind = "defender"
+        api_url = "{mde_url}"
+        token_url = "{mde_url}/{mde_tenant}/oauth2/v2.0/token"
+        tenant_id = "{mde_tenant}"
+        client_id = "{mde_client}"
+        client_secret = "{mde_secret}"
+        poll_interval_ms = 100
+        max_poll_interval_ms = 500
+        live_response_calls = 20
+        live_response_window_ms = 1000
+        api_calls_per_minute = 300
+        concurrent_sessions = {MDE_SESSIONS}
+        [tenants.acme.backends.cr]
+        kind = "cybereason"
+        url = "{cr_url}"
+        username = "{cr_user}"
+        password = "{cr_password}"
+        totp_secret = "{cr_totp}"
+        fetch_zip_password = "{cr_zip}"
+        poll_interval_ms = 50
+        max_poll_interval_ms = 300
+        # The simulated console has no call quota; the default (600 per minute) would make the
+        # hundred Cybereason actions the slowest part of the test.
+        calls_per_minute = 6000
+        "#,
+        mde_tenant = mde::DEFAULT_TENANT,
+        mde_client = mde::DEFAULT_CLIENT_ID,
+        mde_secret = mde::DEFAULT_CLIENT_SECRET,
+        cr_user = cr::DEFAULT_TFA_USERNAME,
+        cr_password = cr::DEFAULT_PASSWORD,
+        cr_totp = cr::DEFAULT_TOTP_SECRET,
+        cr_zip = cr::DEFAULT_ZIP_PASSWORD,
+    );
+    let Some((mut a, b, _dir)) = two_replicas_with("replicas::three_vendors", &backends).await
+    else {
+        return;
+    };
+    // (vendor, request), spread round-robin over the replicas and submitted all at once.
+    let mut requests = Vec::new();
+    for n in 1..=PER_VENDOR {
+        requests.push(("cb", side_effect_request(n)));
+        requests.push((
+            "mde",
+            json!({"targets": [{"backend": "mde", "device_id": mde::machine_id(n)}],
+                   "commands": [{"type": "process_list"}]}),
+        ));
+        requests.push((
+            "cr",
+            json!({"targets": [{"hostname": format!("CR-WS-{n:04}")}],
+                   "commands": [{"type": "kill_process", "pid": 3012}]}),
+        ));
+    }
+    let ids: Vec<(&str, String)> =
+        futures::future::join_all(requests.into_iter().enumerate().map(|(i, (vendor, body))| {
+            let replica = if i % 2 == 0 { &a } else { &b };
+            async move { (vendor, replica.submit(body).await) }
+        }))
+        .await;
+    let started = Instant::now();
+    while cb_sim.counters().executed("kill") < 10 && started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (cb_before, mde_before) =
+        (cb_sim.counters().executed("kill"), mde_sim.counters().live_response_actions);
+    eprintln!("killing replica a: {cb_before} CB kills and {mde_before} Defender actions sent");
+    assert!(
+        cb_before < PER_VENDOR as u64 / 2,
+        "most of the work was done before the crash: the test proves little"
+    );
+    a.kill();
+
+    let mut done: Vec<(&str, Value)> = Vec::new();
+    for (vendor, id) in &ids {
+        done.push((vendor, b.finished(id).await));
+    }
+    for (vendor, action) in &done {
+        for command in action["runs"][0]["commands"].as_array().unwrap() {
+            let ok =
+                command["status"] == "succeeded" || command["error"]["code"] == "outcome_unknown";
+            assert!(ok, "{vendor}: {action:#}");
+        }
+    }
+    let of = |v: &str| -> Vec<Value> {
+        done.iter().filter(|(vendor, _)| *vendor == v).map(|(_, a)| a.clone()).collect()
+    };
+    assert_at_most_once(&cb_sim, &of("cb"), &[(0, "kill"), (1, "delete file")]);
+    assert!(cb_sim.max_concurrent_sessions() <= CB_SLOTS, "{:?}", cb_sim.counters());
+    let m = mde_sim.counters();
+    assert_eq!(m.responses_429, 0, "{m:?}");
+    assert!(m.max_concurrent_sessions <= MDE_SESSIONS, "{m:?}");
+    let c = cr_sim.counters();
+    let cr_succeeded =
+        of("cr").iter().filter(|a| a["runs"][0]["commands"][0]["status"] == "succeeded").count()
+            as u64;
+    assert!(
+        cr_succeeded <= c.remediations_executed && c.remediations_executed <= PER_VENDOR as u64,
+        "{cr_succeeded} kills reported, {c:?}"
+    );
+}
