@@ -42,7 +42,8 @@ if ! podman image exists "$BASE"; then
 fi
 
 echo "== building $IMAGE"
-podman build --pull=never --network host -f deploy/Dockerfile --target prebuilt \
+# Docker format: the OCI one has no HEALTHCHECK.
+podman build --format docker --pull=never --network host -f deploy/Dockerfile --target prebuilt \
   --build-arg "BINARY=$BINARY" -t "$IMAGE" . >/dev/null
 
 work=$(mktemp -d)
@@ -89,6 +90,9 @@ for _ in $(seq 1 100); do
 done
 curl -fsS -o /dev/null "$base/readyz" || { podman logs "$name"; exit 1; }
 podman exec "$name" /usr/local/bin/edrgate healthcheck --url "$base/healthz"
+# The image's own HEALTHCHECK probes port 8080 (this test listens elsewhere): check it is set.
+podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE" | grep -q 'edrgate healthcheck\|"healthcheck"' \
+  || { echo "the image has no HEALTHCHECK" >&2; exit 1; }
 [ "$(podman exec "$name" id -u)" = 10001 ] || { echo "the container does not run as 10001" >&2; exit 1; }
 
 token=$(EDRGATE_JWT_SECRET=$secret "$BINARY" token --tenant demo --sub container-test)
@@ -107,5 +111,6 @@ if [ "$status" != succeeded ]; then
   exit 1
 fi
 # JSON logs, with the request ids.
-podman logs "$name" 2>&1 | grep -q '"request_id"' || { echo "no JSON request logs" >&2; exit 1; }
+podman logs "$name" >"$work/gateway.log" 2>&1
+grep -q '"request_id"' "$work/gateway.log" || { echo "no JSON request logs" >&2; tail -n 20 "$work/gateway.log" >&2; exit 1; }
 echo "ok: action $id succeeded through the container"
