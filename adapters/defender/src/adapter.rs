@@ -517,7 +517,8 @@ impl DefenderAdapter {
             id: action.id.clone(),
             end,
             at: now(),
-            seen: true,
+            // Seen in a read only once a poll finds it (§4.5: reads may lag the create).
+            seen: false,
             reported: vec![action.status.clone(); end - cp.index],
         };
     }
@@ -960,7 +961,7 @@ impl DefenderAdapter {
                     CommandUpdate::status(cp.index, Status::Dispatched)
                         .with_vendor(Some(action.id.clone()), Some(action.status.clone())),
                 );
-                cp.phase = Phase::Contain { id: action.id, at: now(), seen: true };
+                cp.phase = Phase::Contain { id: action.id, at: now(), seen: false };
                 Ok(Drive::Wait(self.cfg.poll_min()))
             }
             Err(e) if refused(&e) => {

@@ -529,3 +529,18 @@ async fn replicas_share_the_credentials_budgets() {
     let b = replicas[0].budgets();
     assert_eq!((b[0].name, b[0].capacity), ("sessions", 2));
 }
+
+#[tokio::test]
+async fn a_fresh_action_invisible_to_reads_is_waited_for() {
+    // §4.5: right after the create, reads answer 404 / an empty list for a while.
+    let (sim, adapter) =
+        setup(SimConfig { visibility_delay: Duration::from_millis(800), ..SimConfig::default() })
+            .await;
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::ProcessList]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let mut iso = RunHarness::new(&machine_id(1), vec![Command::Isolate]);
+    iso.drive(&adapter).await;
+    iso.assert_all_succeeded();
+    assert_eq!(sim.counters().live_response_actions, 1);
+}
