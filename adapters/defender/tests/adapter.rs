@@ -544,3 +544,25 @@ async fn a_fresh_action_invisible_to_reads_is_waited_for() {
     iso.assert_all_succeeded();
     assert_eq!(sim.counters().live_response_actions, 1);
 }
+
+#[tokio::test]
+async fn a_cancel_that_loses_the_race_keeps_the_real_results() {
+    let sim = Simulator::new(SimConfig::default());
+    let addr = sim.spawn().await.unwrap();
+    let mut cfg = config(&format!("http://{addr}"));
+    // Long polls: the action ends well before the adapter looks again.
+    cfg.poll_interval_ms = 3000;
+    cfg.max_poll_interval_ms = 3000;
+    let adapter = DefenderAdapter::new("mde", cfg).unwrap();
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::KillProcess { pid: 4242 }]);
+    let stop = run.stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        stop.stop(edrgate_adapter::adapter::StopReason::Cancelled);
+    });
+    run.drive(&adapter).await;
+    // The kill happened: it is reported as done, not as cancelled.
+    assert_eq!(run.status(0), Status::Succeeded);
+    assert!(!sim.process_exists(&machine_id(1), 4242));
+    assert_eq!(sim.actions()[0].1, "Succeeded");
+}
