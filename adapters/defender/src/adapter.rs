@@ -435,10 +435,15 @@ impl DefenderAdapter {
             _ = ctx.stop.stopped() => return Ok(Drive::Stopped(ctx.stop.reason().unwrap_or(StopReason::Cancelled))),
         };
         // With other replicas, the credential's call quota must also allow it among them all.
+        // The shared quota counts a call when it is taken, not when Defender receives it, so
+        // two replicas' calls could arrive closer than they were taken: its window is widened
+        // by a margin (5%, at least 250 ms) that absorbs such delays.
         if let Some(budget) = self.shared.get().filter(|b| b.is_shared()) {
             let scope = format!("{}:runliveresponse", self.scope);
+            let window = self.cfg.lr_window();
+            let window = window + (window / 20).max(Duration::from_millis(250));
             if let Some(wait) =
-                budget.take_call(&scope, self.cfg.live_response_calls, self.cfg.lr_window()).await?
+                budget.take_call(&scope, self.cfg.live_response_calls, window).await?
             {
                 permit.unused();
                 return Ok(Drive::Wait(wait));
