@@ -92,6 +92,15 @@ impl Endpoint {
             ),
             (3120, 3100, "explorer.exe", "C:\\Windows\\explorer.exe", "CONTOSO\\alice"),
             (4242, 3120, "notepad.exe", "C:\\Windows\\System32\\notepad.exe", "CONTOSO\\alice"),
+            // The demo's suspicious process, the same on every simulator (pid, path), so one
+            // request body acts alike on a Carbon Black, a Defender and a Cybereason device.
+            (
+                3012,
+                3120,
+                "updater.exe",
+                "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe",
+                "CONTOSO\\jdoe",
+            ),
         ] {
             e.processes.insert(
                 pid,
@@ -107,6 +116,10 @@ impl Endpoint {
             "C:\\Users",
             "C:\\Users\\Public",
             "C:\\evidence",
+            "C:\\Users\\jdoe",
+            "C:\\Users\\jdoe\\AppData",
+            "C:\\Users\\jdoe\\AppData\\Local",
+            "C:\\Users\\jdoe\\AppData\\Local\\Temp",
             "C:\\ProgramData",
             "C:\\ProgramData\\Microsoft",
             "C:\\ProgramData\\Microsoft\\Windows Defender Advanced Threat Protection",
@@ -126,6 +139,7 @@ impl Endpoint {
             ("C:\\evidence\\note.txt", NOTE_TXT.to_vec()),
             ("C:\\evidence\\big.bin", big),
             ("C:\\Windows\\System32\\notepad.exe", b"MZ\x90\x00notepad".to_vec()),
+            ("C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe", b"MZ\x90\x00updater".to_vec()),
             ("C:\\Windows\\System32\\config\\SAM", b"regf".to_vec()),
         ] {
             e.files.insert(key(path), Node { path: path.into(), dir: false, content });
@@ -139,6 +153,14 @@ impl Endpoint {
                     "SecurityHealth",
                     "REG_EXPAND_SZ",
                     json!("%windir%\\system32\\SecurityHealthSystray.exe"),
+                )],
+            ),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\RunOnce",
+                vec![(
+                    "Updater",
+                    "REG_SZ",
+                    json!("C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"),
                 )],
             ),
             (
