@@ -79,7 +79,14 @@ impl Gateway {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
-        Gateway { base, http: reqwest::Client::new(), sim, _app: app, _dir: dir, _server: server }
+        Gateway {
+            base,
+            http: reqwest::Client::builder().build().unwrap(),
+            sim,
+            _app: app,
+            _dir: dir,
+            _server: server,
+        }
     }
 
     fn token(&self) -> String {

@@ -84,7 +84,7 @@ async fn the_same_bodies_work_on_all_three_vendors() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     let router = app.router.clone();
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().build().unwrap();
     let token =
         edrgate::auth::mint(SECRET.as_bytes(), "acme", "soar", Duration::from_secs(600)).unwrap();
 

@@ -104,7 +104,7 @@ impl Adapter for Scripted {
                     )
                     .await?;
                 // The side effect happens only once the intent is durable.
-                if let Command::KillProcess { pid } = &ctx.commands[i]
+                if let Command::KillProcess { pid, .. } = &ctx.commands[i]
                     && *pid != 666
                 {
                     self.kill(ctx.run_id, i);
@@ -113,7 +113,7 @@ impl Adapter for Scripted {
             1 => {
                 // Resumed after a crash between intent and effect: ask the "vendor" whether it
                 // happened instead of repeating it.
-                if let Command::KillProcess { pid } = &ctx.commands[i]
+                if let Command::KillProcess { pid, .. } = &ctx.commands[i]
                     && *pid != 666
                     && !self.executed.lock().unwrap().contains_key(&(ctx.run_id, i))
                 {
@@ -123,7 +123,8 @@ impl Adapter for Scripted {
                 updates.push(CommandUpdate::status(i, Status::Running));
             }
             _ => {
-                let failed = matches!(ctx.commands[i], Command::KillProcess { pid: 666 });
+                let failed =
+                    matches!(ctx.commands[i], Command::KillProcess { pid: 666, vendor_id: None });
                 updates.push(if failed {
                     CommandUpdate::failed(
                         i,

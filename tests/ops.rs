@@ -107,7 +107,7 @@ async fn metrics_prefix_and_health_endpoints() {
     let (_sim, url) = sim(fast()).await;
     let gw = Gateway::start("path_prefix = \"/edrgate\"", "opsmetrics", &url).await;
     let base = format!("http://{}", gw.addr);
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().build().unwrap();
     let bearer = token("opsmetrics");
 
     // Under the prefix only; the probes at the root too.
@@ -182,7 +182,7 @@ async fn shutdown_answers_long_polls_and_exits_within_its_grace() {
     let (_sim, url) = sim(SimConfig { command_latency: Duration::from_secs(30), ..fast() }).await;
     let gw = Gateway::start("shutdown_grace_seconds = 2", "opsgrace", &url).await;
     let base = format!("http://{}", gw.addr);
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().build().unwrap();
     let bearer = token("opsgrace");
     let body =
         json!({"targets": [{"hostname": "WIN-0001"}], "commands": [{"type": "process_list"}]});
@@ -251,7 +251,7 @@ impl Nginx {
             root = env!("CARGO_MANIFEST_DIR"),
         );
         std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
-        let child = std::process::Command::new(binary)
+        let mut child = std::process::Command::new(binary)
             .args(["-p", &d.to_string(), "-c", "nginx.conf"])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -263,6 +263,8 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("nginx did not start; see its error log above");
     }
 }

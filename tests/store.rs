@@ -90,7 +90,7 @@ fn request(targets: usize) -> ActionRequest {
         targets: (0..targets)
             .map(|i| Target::Device { backend: "cb".into(), device_id: format!("dev-{i}") })
             .collect(),
-        commands: vec![Command::ProcessList, Command::KillProcess { pid: 4 }],
+        commands: vec![Command::ProcessList, Command::KillProcess { pid: 4, vendor_id: None }],
         comment: Some("suite".into()),
         on_error: Default::default(),
         timeout_seconds: None,

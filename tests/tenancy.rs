@@ -42,7 +42,13 @@ impl Gateway {
         tokio::spawn(async move {
             app::serve(listener, app, async move { signal.cancelled().await }).await.unwrap();
         });
-        Gateway { base, http: reqwest::Client::new(), config_file, _dir: dir, stop }
+        Gateway {
+            base,
+            http: reqwest::Client::builder().build().unwrap(),
+            config_file,
+            _dir: dir,
+            stop,
+        }
     }
 
     fn rewrite(&self, server: &str, tenants: &str) {

@@ -281,7 +281,7 @@ pub(crate) fn simple_request(cmd: &Command, session_id: u64) -> Option<CommandRe
     Some(match cmd {
         Command::ProcessList => req(names::PROCESS_LIST, Value::Null),
         // cbapi sends the pid as a number (§4.3).
-        Command::KillProcess { pid } => req(names::KILL, Value::from(*pid)),
+        Command::KillProcess { pid, .. } => req(names::KILL, Value::from(*pid)),
         Command::DeleteFile { path } => req(names::DELETE_FILE, path.as_str().into()),
         Command::ListDirectory { path } => {
             req(names::DIRECTORY_LIST, directory_filter(path).into())
@@ -730,7 +730,7 @@ mod tests {
         let table: Vec<(Command, Value)> = vec![
             (Command::ProcessList, json!({"name": "process list", "session_id": 5})),
             (
-                Command::KillProcess { pid: 1660 },
+                Command::KillProcess { pid: 1660, vendor_id: None },
                 json!({"name": "kill", "object": 1660, "session_id": 5}),
             ),
             (

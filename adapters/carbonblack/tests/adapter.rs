@@ -86,7 +86,7 @@ async fn every_command_kind_succeeds_with_its_typed_result() {
             working_directory: None,
             output_file: None,
         },
-        Command::KillProcess { pid: 3012 },
+        Command::KillProcess { pid: 3012, vendor_id: None },
         Command::MemoryDump { path: None, fetch: true },
         Command::Isolate,
         Command::Release,
@@ -171,7 +171,7 @@ async fn hresult_failures_map_to_stable_codes_with_the_raw_code() {
                 offset: None,
                 length: None,
             },
-            Command::KillProcess { pid: 99_999 },
+            Command::KillProcess { pid: 99_999, vendor_id: None },
             Command::ProcessList,
         ],
     )
@@ -322,7 +322,7 @@ async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
     })
     .await;
     let first = adapter(config(&url));
-    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }]);
+    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012, vendor_id: None }]);
     // Crash once the simulator has accepted the kill, before it ran.
     run.crash_after_intent(&first, || {
         let sim = sim.clone();
@@ -349,7 +349,10 @@ async fn a_crash_after_the_kill_was_sent_adopts_it_without_killing_twice() {
 async fn a_crash_before_the_kill_was_sent_sends_it_once_into_its_live_session() {
     let (sim, url) = simulator(SimConfig::default()).await;
     let first = adapter(config(&url));
-    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }, Command::ProcessList]);
+    let mut run = Run::new(
+        "1",
+        vec![Command::KillProcess { pid: 3012, vendor_id: None }, Command::ProcessList],
+    );
     run.journal.set_mode(JournalMode::StoreThenHang);
     run.crash_after_intent(&first, || tokio::time::sleep(Duration::from_millis(100))).await;
     drop(first);
@@ -372,7 +375,10 @@ async fn a_crash_before_the_kill_was_sent_is_unknown_once_its_session_is_gone() 
     })
     .await;
     let first = adapter(config(&url));
-    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }, Command::ProcessList]);
+    let mut run = Run::new(
+        "1",
+        vec![Command::KillProcess { pid: 3012, vendor_id: None }, Command::ProcessList],
+    );
     run.journal.set_mode(JournalMode::StoreThenHang);
     run.crash_after_intent(&first, || tokio::time::sleep(Duration::from_millis(100))).await;
     drop(first);
@@ -647,7 +653,7 @@ async fn a_kill_whose_answer_was_lost_is_adopted_not_resent() {
     })
     .await;
     let adapter = adapter(config(&url));
-    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012 }]);
+    let mut run = Run::new("1", vec![Command::KillProcess { pid: 3012, vendor_id: None }]);
     run.drive(&adapter).await;
     assert_eq!(run.status(0), Status::Succeeded, "{:?}", run.views[0]);
     let counters = sim.counters();

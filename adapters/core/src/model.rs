@@ -53,6 +53,11 @@ pub enum Command {
     ProcessList,
     KillProcess {
         pid: u64,
+        /// The vendor's own id of the process, as `process_list` reports it (`vendor_id`):
+        /// where the vendor kills by its id (Cybereason's process element), it is used as is
+        /// instead of being looked up from the pid; other vendors ignore it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vendor_id: Option<String>,
     },
     GetFile {
         path: String,
@@ -298,8 +303,10 @@ impl Command {
         }
         match self {
             Command::ProcessList | Command::Isolate | Command::Release => Ok(()),
-            Command::KillProcess { pid } => {
-                if *pid == 0 || *pid > u64::from(u32::MAX) {
+            Command::KillProcess { pid, vendor_id } => {
+                if vendor_id.as_ref().is_some_and(|v| v.is_empty() || v.len() > 255) {
+                    Err("vendor_id must be 1 to 255 characters".into())
+                } else if *pid == 0 || *pid > u64::from(u32::MAX) {
                     Err("pid must be between 1 and 4294967295".into())
                 } else {
                     Ok(())
@@ -863,7 +870,10 @@ mod tests {
     fn commands_round_trip_by_type_tag() {
         let cases = [
             (json!({"type": "process_list"}), Command::ProcessList),
-            (json!({"type": "kill_process", "pid": 42}), Command::KillProcess { pid: 42 }),
+            (
+                json!({"type": "kill_process", "pid": 42}),
+                Command::KillProcess { pid: 42, vendor_id: None },
+            ),
             (
                 json!({"type": "get_file", "path": "C:\\x.txt"}),
                 Command::GetFile { path: "C:\\x.txt".into(), offset: None, length: None },
@@ -892,7 +902,7 @@ mod tests {
         let bad = [
             Command::DeleteFile { path: "C:\\temp\\..\\Windows\\x".into() },
             Command::GetFile { path: " ".into(), offset: None, length: None },
-            Command::KillProcess { pid: 0 },
+            Command::KillProcess { pid: 0, vendor_id: None },
             Command::RegistrySet {
                 key: "HKLM\\SOFTWARE\\x".into(),
                 value: "v".into(),

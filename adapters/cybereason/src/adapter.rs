@@ -306,10 +306,19 @@ impl CybereasonAdapter {
             Command::GetFile { path, .. } => {
                 self.get_file(ctx, index, &sensor, path).await.map(Drive::Finished)
             }
-            Command::KillProcess { pid } => {
-                let query =
-                    element_query(&sensor.machine, "processes", "Process", "pid", &pid.to_string());
-                match self.element(&query).await? {
+            Command::KillProcess { pid, vendor_id } => {
+                // The caller's element id (from a process list) is the process itself; a pid is
+                // looked up, since the console remediates elements, not pids.
+                let guid = match vendor_id {
+                    Some(id) => Some(id.clone()),
+                    None => {
+                        let pid = pid.to_string();
+                        let query =
+                            element_query(&sensor.machine, "processes", "Process", "pid", &pid);
+                        self.element(&query).await?
+                    }
+                };
+                match guid {
                     Some(guid) => {
                         self.start_remediation(
                             ctx,

@@ -366,6 +366,14 @@ impl Simulator {
         })
     }
 
+    /// The element id (guid) of a machine's process, as the console's queries report it.
+    pub fn process_element_id(&self, hostname: &str, pid: u64) -> Option<String> {
+        self.with(|rt, _| {
+            let i = rt.machine_by_name(hostname)?;
+            rt.machines[i].endpoint.processes.iter().find(|p| p.pid == pid).map(|p| p.guid.clone())
+        })
+    }
+
     /// Content of a file on a machine (case-insensitive path).
     pub fn file_content(&self, hostname: &str, path: &str) -> Option<Vec<u8>> {
         self.with(|rt, _| {

@@ -124,7 +124,7 @@ async fn remediations_kill_quarantine_and_delete_keys_once() {
         &sim,
         HOST,
         vec![
-            Command::KillProcess { pid: 3012 },
+            Command::KillProcess { pid: 3012, vendor_id: None },
             Command::DeleteFile {
                 path: "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe".into(),
             },
@@ -148,13 +148,13 @@ async fn remediations_kill_quarantine_and_delete_keys_once() {
 #[tokio::test]
 async fn unknown_pid_and_offline_kill_fail_with_their_codes() {
     let (sim, adapter) = setup(SimConfig::default()).await;
-    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 31337 }]);
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 31337, vendor_id: None }]);
     r.drive(&adapter).await;
     assert_eq!(r.error(0).code, ErrorCode::NotFound);
     assert_eq!(sim.counters().remediations_received, 0, "nothing to remediate");
 
     sim.set_online("CR-WS-0002", false);
-    let mut r = run(&sim, "CR-WS-0002", vec![Command::KillProcess { pid: 4242 }]);
+    let mut r = run(&sim, "CR-WS-0002", vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
     r.drive(&adapter).await;
     let e = r.error(0);
     assert_eq!(
@@ -241,7 +241,7 @@ async fn a_session_lost_mid_run_logs_in_again_and_remediates_once() {
     let (sim, adapter) =
         setup(SimConfig { remediation_delay: Duration::from_millis(600), ..SimConfig::default() })
             .await;
-    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242 }]);
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
     while sim.counters().remediations_received == 0 {
         r.step(&adapter).await.unwrap();
     }
@@ -258,7 +258,7 @@ async fn a_session_lost_mid_run_logs_in_again_and_remediates_once() {
 async fn a_session_lost_on_the_action_request_is_reconciled_not_replayed() {
     let (sim, adapter) = setup(SimConfig::default()).await;
     sim.expire_session_before("/rest/remediate");
-    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242 }]);
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
     r.drive(&adapter).await;
     r.assert_all_succeeded();
     let c = sim.counters();
@@ -268,7 +268,7 @@ async fn a_session_lost_on_the_action_request_is_reconciled_not_replayed() {
 #[tokio::test]
 async fn crash_after_the_remediation_arrived_adopts_it() {
     let (sim, adapter) = setup(SimConfig::default()).await;
-    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242 }]);
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
     // Slow calls keep the step in flight after the POST arrived, where the crash hits.
     sim.set_faults(Faults { latency: Duration::from_millis(150), ..Faults::default() });
     let s = sim.clone();
@@ -329,7 +329,7 @@ async fn crash_after_an_ir_run_started_adopts_the_batch() {
 async fn login_failures_are_vendor_auth_failed_not_hangs() {
     let sim = Simulator::new(SimConfig::default());
     let url = format!("http://{}", sim.spawn().await.unwrap());
-    let kill = || vec![Command::KillProcess { pid: 4242 }];
+    let kill = || vec![Command::KillProcess { pid: 4242, vendor_id: None }];
     let pylum = sim.pylum_id(HOST).unwrap();
 
     // Wrong password: the login page comes back.
@@ -495,7 +495,7 @@ async fn lost_answers_to_action_requests_are_reconciled_not_repeated() {
             .await;
     // The remediation runs on the console, but edrgate never sees the answer.
     sim.drop_response_of("/rest/remediate");
-    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242 }]);
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
     r.drive(&adapter).await;
     r.assert_all_succeeded();
     let c = sim.counters();
@@ -533,4 +533,17 @@ async fn sessions_are_renewed_before_they_expire() {
     adapter.find_devices(None).await.unwrap();
     let c = sim.counters();
     assert_eq!((c.logins, c.session_redirects), (2, 0), "renewed proactively, never redirected");
+}
+
+#[tokio::test]
+async fn kill_by_the_callers_element_id_skips_the_pid_lookup() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let element = sim.process_element_id(HOST, 4242).unwrap();
+    // The pid names no process: only the element id can have found it.
+    let kill = Command::KillProcess { pid: 31337, vendor_id: Some(element) };
+    let mut r = run(&sim, HOST, vec![kill]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert!(!sim.process_exists(HOST, 4242));
+    assert_eq!(sim.counters().remediations_executed, 1);
 }

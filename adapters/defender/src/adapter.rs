@@ -1531,7 +1531,7 @@ mod tests {
     fn batches_keep_vendor_order_and_on_error() {
         let get = || Command::GetFile { path: "C:\\a".into(), offset: None, length: None };
         let script = || Command::RunScript { script: "s.ps1".into(), args: vec![], file_id: None };
-        let kill = Command::KillProcess { pid: 4 };
+        let kill = Command::KillProcess { pid: 4, vendor_id: None };
         let set = Command::RegistrySet {
             key: "HKLM\\x".into(),
             value: "v".into(),

@@ -292,7 +292,7 @@ pub(crate) fn lr_commands(command: &Command) -> Option<Vec<(LrCommand, Option<He
         Command::ListDirectory { path } => {
             vec![script(Helper::ListDirectory, json!({"path": path}))]
         }
-        Command::KillProcess { pid } => vec![script(Helper::KillProcess, json!({"pid": pid}))],
+        Command::KillProcess { pid, .. } => vec![script(Helper::KillProcess, json!({"pid": pid}))],
         Command::Execute { command_line, wait, working_directory, .. } => vec![script(
             Helper::Execute,
             json!({"command_line": command_line, "wait": wait, "working_directory": working_directory}),

@@ -110,7 +110,7 @@ async fn writes_change_the_endpoint_once() {
     let payload = run.files.add("tool.exe", b"MZ edrgate payload");
     run.commands = vec![
         Command::PutFile { file_id: payload.clone(), path: "C:\\Users\\Public\\tool.exe".into() },
-        Command::KillProcess { pid: 4242 },
+        Command::KillProcess { pid: 4242, vendor_id: None },
         Command::RegistrySet {
             key: "HKLM\\SOFTWARE\\Microsoft".into(),
             value: "edrgate".into(),
@@ -190,7 +190,7 @@ async fn helper_failures_map_to_error_codes() {
         &machine_id(1),
         vec![
             Command::ListDirectory { path: "C:\\missing".into() },
-            Command::KillProcess { pid: 99999 },
+            Command::KillProcess { pid: 99999, vendor_id: None },
             get("C:\\Windows\\System32\\config\\SAM"),
         ],
     )
@@ -271,7 +271,8 @@ async fn oversized_put_file_fails_before_any_vendor_call() {
 #[tokio::test]
 async fn restart_after_intent_adopts_the_action_by_its_comment() {
     let (sim, adapter) = setup(SimConfig::default()).await;
-    let mut run = RunHarness::new(&machine_id(4), vec![Command::KillProcess { pid: 4242 }]);
+    let mut run =
+        RunHarness::new(&machine_id(4), vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
     // Answers arrive late: the crash lands after Defender created the action, before the
     // adapter heard of it.
     sim.set_faults(Faults { slow_response: Some(Duration::from_millis(300)), ..Faults::default() });
@@ -554,7 +555,8 @@ async fn a_cancel_that_loses_the_race_keeps_the_real_results() {
     cfg.poll_interval_ms = 3000;
     cfg.max_poll_interval_ms = 3000;
     let adapter = DefenderAdapter::new("mde", cfg).unwrap();
-    let mut run = RunHarness::new(&machine_id(1), vec![Command::KillProcess { pid: 4242 }]);
+    let mut run =
+        RunHarness::new(&machine_id(1), vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
     let stop = run.stop.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(800)).await;
