@@ -440,7 +440,10 @@ async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
     const MDE_SESSIONS: usize = 8;
     let cb_sim = Simulator::new(SimConfig {
         sensors: PER_VENDOR,
-        slot_limit: 20,
+        // The server's limit is the backend's, as in production. (The first test here gives the
+        // server more room to show the replicas' own budget; after a SIGKILL under this load,
+        // sessions the killed replica left open can briefly exceed it, see BENCHMARKS.md.)
+        slot_limit: CB_SLOTS,
         checkin_delay: Duration::from_millis(50),
         command_latency: Duration::from_millis(150),
         ..SimConfig::default()
@@ -448,7 +451,7 @@ async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
     let mde_sim = mde::Simulator::new(mde::SimConfig {
         machines: PER_VENDOR,
         live_response_calls: 20,
-        live_response_window: Duration::from_secs(1),
+        live_response_window: Duration::from_secs(2),
         // 300 API calls per minute (per API) instead of 100, to keep the test short; two
         // replicas at their local pace would still send twice that.
         api_calls_per_minute: 300,
@@ -480,7 +483,7 @@ async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
         poll_interval_ms = 100
         max_poll_interval_ms = 500
         live_response_calls = 20
-        live_response_window_ms = 1000
+        live_response_window_ms = 2000
         api_calls_per_minute = 300
         concurrent_sessions = {MDE_SESSIONS}
         [tenants.acme.backends.cr]
@@ -547,10 +550,15 @@ async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
         done.push((vendor, b.finished(id).await));
     }
     for (vendor, action) in &done {
+        // Every command succeeded, or its outcome is unknown (a crash between intent and
+        // answer), after which the run's remaining commands are skipped.
+        let mut unknown_before = false;
         for command in action["runs"][0]["commands"].as_array().unwrap() {
-            let ok =
-                command["status"] == "succeeded" || command["error"]["code"] == "outcome_unknown";
+            let ok = command["status"] == "succeeded"
+                || command["error"]["code"] == "outcome_unknown"
+                || (unknown_before && command["status"] == "skipped");
             assert!(ok, "{vendor}: {action:#}");
+            unknown_before |= command["error"]["code"] == "outcome_unknown";
         }
     }
     let of = |v: &str| -> Vec<Value> {

@@ -536,7 +536,7 @@ async fn shared_budget_caps_slots_and_calls(t: TestStore) {
     }
     let wait = budget.take_call("mde:t", 3, window).await.unwrap().expect("quota spent");
     // PostgreSQL widens the window a little (calls reach the vendor after they are counted).
-    assert!(wait <= window + window / 10, "{wait:?}");
+    assert!(wait <= window + Duration::from_secs(1), "{wait:?}");
     tokio::time::sleep(wait + Duration::from_millis(20)).await;
     assert_eq!(budget.take_call("mde:t", 3, window).await.unwrap(), None);
     if let Some(url) = &t.url {
@@ -603,4 +603,47 @@ fn the_store_url_is_checked_with_the_configuration() {
     }
     // Nor in the configuration's debug output.
     assert!(!format!("{ok:?}").contains(":pw@"));
+}
+
+/// `edrgate migrate --config FILE` on a configuration's store; its output.
+fn migrate_cli(store: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("edrgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\n{store}\n[auth]\nallow_hs256 = true\nhs256_secret = \"0123456789abcdef0123456789abcdef\"\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edrgate"))
+        .args(["migrate", "--config"])
+        .arg(&config)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn migrate_applies_the_sqlite_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sub/edrgate.db");
+    let out = migrate_cli(&format!("path = {:?}", db.display().to_string()));
+    assert_eq!(out.trim(), "Sqlite store: 3 migrations applied (latest 5)");
+    assert!(db.try_exists().unwrap());
+}
+
+#[tokio::test]
+async fn migrate_applies_the_postgres_migrations() {
+    let Some(url) =
+        common::fresh_postgres_database("migrate_applies_the_postgres_migrations").await
+    else {
+        return;
+    };
+    let out = migrate_cli(&format!("url = {url:?}"));
+    assert_eq!(out.trim(), "Postgres store: 4 migrations applied (latest 7)");
+    // Applied once: a replica starting next finds nothing to do.
+    assert_eq!(Store::connect(&url, 2).await.unwrap().migrate().await.unwrap(), vec![1, 3, 5, 7]);
 }

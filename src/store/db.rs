@@ -148,8 +148,8 @@ fn pg_query_as<T: Record>(
     q
 }
 
-/// A connection pool of either kind.
-#[derive(Clone, Debug)]
+/// A connection pool of either kind. Not `Debug`: PostgreSQL's options hold the password.
+#[derive(Clone)]
 pub(crate) enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
@@ -236,17 +236,6 @@ impl Tx {
         Ok(match self {
             Tx::Sqlite(t) => sqlite_query_as(sql, args).fetch_all(&mut **t).await?,
             Tx::Postgres(t) => pg_query_as(sql, args).fetch_all(&mut **t).await?,
-        })
-    }
-
-    pub(crate) async fn fetch_optional<T: Record>(
-        &mut self,
-        sql: &'static str,
-        args: Vec<Arg>,
-    ) -> Result<Option<T>> {
-        Ok(match self {
-            Tx::Sqlite(t) => sqlite_query_as(sql, args).fetch_optional(&mut **t).await?,
-            Tx::Postgres(t) => pg_query_as(sql, args).fetch_optional(&mut **t).await?,
         })
     }
 

@@ -41,7 +41,8 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-#[derive(Clone, Debug)]
+/// Not `Debug`: a PostgreSQL pool's options hold the password.
+#[derive(Clone)]
 pub struct Store {
     db: Db,
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{CHANGES_CHANNEL, Db, Result, Tx, args, now_ms};
+use super::{CHANGES_CHANNEL, Db, Result, args};
 
 pub(super) fn migrator() -> Migrator {
     sqlx::migrate!("schemas/migrations/postgres")
@@ -84,9 +84,10 @@ impl ChangeListener {
 /// after this (its runs' slots are taken over sooner, with the runs).
 const SLOT_TTL: Duration = Duration::from_secs(60);
 
-/// The vendor budget in PostgreSQL rows (`budget_slots`, `budget_calls`). Each check-and-take
-/// runs in one transaction holding a transaction-level advisory lock on the scope, so replicas
-/// asking at once are served one at a time and never both take the last slot or call.
+/// The vendor budget in PostgreSQL rows (`budget_slots`, `budget_calls`). Each check-and-take is
+/// one call of a server-side function (migration 0007) holding a transaction-level advisory
+/// lock on the scope while it runs, so replicas asking at once are served one at a time and
+/// never both take the last slot or call, and nobody waits on a lock across a round trip.
 pub struct PgBudget {
     pool: PgPool,
     /// (scope, key, token) of the slots this process holds, renewed every third of the TTL,
@@ -146,23 +147,16 @@ impl PgBudget {
 
     async fn renew(&self) -> Result<()> {
         let held: Vec<_> = self.held().iter().cloned().collect();
-        let db = Db::Postgres(self.pool.clone());
-        let until = now_ms() + ms(SLOT_TTL);
+        let db = self.db();
         for (scope, key, token) in held {
             db.execute(
-                "UPDATE budget_slots SET expires_at = $4 WHERE scope = $1 AND key = $2 AND token = $3",
-                args![scope, key, token, until],
+                "UPDATE budget_slots SET expires_at = edrgate_budget_now() + $4
+                 WHERE scope = $1 AND key = $2 AND token = $3",
+                args![scope, key, token, ms(SLOT_TTL)],
             )
             .await?;
         }
         Ok(())
-    }
-
-    /// A transaction holding the scope's advisory lock until it ends.
-    async fn lock_scope(&self, scope: &str) -> Result<Tx> {
-        let mut tx = Db::Postgres(self.pool.clone()).begin().await?;
-        tx.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", args![scope]).await?;
-        Ok(tx)
     }
 
     async fn take_slot(
@@ -172,40 +166,18 @@ impl PgBudget {
         key: &str,
         holder: &str,
     ) -> Result<Option<String>> {
-        let now = now_ms();
-        let mut tx = self.lock_scope(scope).await?;
-        tx.execute(
-            "DELETE FROM budget_slots WHERE scope = $1 AND expires_at < $2",
-            args![scope, now],
-        )
-        .await?;
-        let current: Option<(String,)> = tx
-            .fetch_optional(
-                "SELECT holder FROM budget_slots WHERE scope = $1 AND key = $2",
-                args![scope, key],
+        let token = Uuid::now_v7().simple().to_string();
+        let capacity = i64::try_from(capacity).unwrap_or(i64::MAX);
+        let (taken,): (bool,) = self
+            .db()
+            .fetch_one(
+                "SELECT edrgate_take_slot($1, $2, $3, $4, $5, $6)",
+                args![scope, capacity, key, holder, &token, ms(SLOT_TTL)],
             )
             .await?;
-        match current {
-            Some((h,)) if h != holder => return Ok(None),
-            Some(_) => {}
-            None => {
-                let (used,): (i64,) = tx
-                    .fetch_one("SELECT COUNT(*) FROM budget_slots WHERE scope = $1", args![scope])
-                    .await?;
-                if usize::try_from(used).unwrap_or(usize::MAX) >= capacity {
-                    return Ok(None);
-                }
-            }
+        if !taken {
+            return Ok(None);
         }
-        let token = Uuid::now_v7().simple().to_string();
-        tx.execute(
-            "INSERT INTO budget_slots (scope, key, holder, token, expires_at)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (scope, key) DO UPDATE SET holder = $3, token = $4, expires_at = $5",
-            args![scope, key, holder, &token, now + ms(SLOT_TTL)],
-        )
-        .await?;
-        tx.commit().await?;
         self.held().insert((scope.to_owned(), key.to_owned(), token.clone()));
         Ok(Some(token))
     }
@@ -214,28 +186,21 @@ impl PgBudget {
         // Calls are counted from when they were taken, a little before the vendor sees them (the
         // adapter journals its intent in between), so the window is widened by a margin: the
         // vendor must never count more than `limit` in any window of its own.
-        let window = ms(window) + (ms(window) / 10).min(2_000);
-        let mut tx = self.lock_scope(scope).await?;
-        // The database's clock, not the replicas': theirs may drift apart.
-        let (now,): (i64,) = tx
-            .fetch_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint", args![])
+        // A tenth of the window, at least 1 s (a loaded replica's journal write and request can
+        // take hundreds of ms) and at most 2 s (3% of Defender's minute).
+        let window = ms(window) + (ms(window) / 10).clamp(1_000, 2_000);
+        let (wait,): (i64,) = self
+            .db()
+            .fetch_one(
+                "SELECT edrgate_take_call($1, $2, $3)",
+                args![scope, i64::from(limit), window],
+            )
             .await?;
-        tx.execute(
-            "DELETE FROM budget_calls WHERE scope = $1 AND at <= $2",
-            args![scope, now - window],
-        )
-        .await?;
-        let (used, oldest): (i64, Option<i64>) = tx
-            .fetch_one("SELECT COUNT(*), MIN(at) FROM budget_calls WHERE scope = $1", args![scope])
-            .await?;
-        if used >= i64::from(limit) {
-            let wait = oldest.map_or(0, |o| o + window - now).max(1);
-            return Ok(Some(Duration::from_millis(u64::try_from(wait).unwrap_or(1))));
-        }
-        tx.execute("INSERT INTO budget_calls (scope, at) VALUES ($1, $2)", args![scope, now])
-            .await?;
-        tx.commit().await?;
-        Ok(None)
+        Ok((wait > 0).then(|| Duration::from_millis(u64::try_from(wait).unwrap_or(1))))
+    }
+
+    fn db(&self) -> Db {
+        Db::Postgres(self.pool.clone())
     }
 }
 

@@ -8,7 +8,12 @@ use sqlx::Connection as _;
 /// `.ci/postgres` starts), or `None` after printing that `test` is skipped.
 pub(crate) async fn fresh_postgres_database(test: &str) -> Option<String> {
     let Ok(base) = std::env::var("EDRGATE_TEST_POSTGRES_URL") else {
-        eprintln!("SKIPPED {test} on PostgreSQL: EDRGATE_TEST_POSTGRES_URL is not set");
+        // Straight to stderr, past the test harness's capture, so a plain `cargo test` shows it.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test} on PostgreSQL: EDRGATE_TEST_POSTGRES_URL is not set (.ci/postgres starts one)"
+        );
         return None;
     };
     let name = format!("edrgate_{}", uuid::Uuid::now_v7().simple());
