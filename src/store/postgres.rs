@@ -92,14 +92,15 @@ pub struct PgBudget {
     pool: PgPool,
     /// (scope, key, token) of the slots this process holds, renewed every third of the TTL,
     /// until their row is deleted (a release is queued, then done by the budget's task).
-    held: Mutex<HashSet<(String, String, String)>>,
+    held: Arc<Mutex<HashSet<(String, String, String)>>>,
     releases: mpsc::UnboundedSender<(String, String, String)>,
 }
 
 impl PgBudget {
     pub(super) fn start(pool: PgPool, shutdown: CancellationToken) -> Arc<PgBudget> {
         let (releases, mut queue) = mpsc::unbounded_channel::<(String, String, String)>();
-        let budget = Arc::new(PgBudget { pool, held: Mutex::new(HashSet::new()), releases });
+        let budget =
+            Arc::new(PgBudget { pool, held: Arc::new(Mutex::new(HashSet::new())), releases });
         let weak = Arc::downgrade(&budget);
         tokio::spawn(async move {
             let mut renew = tokio::time::interval(SLOT_TTL / 3);
@@ -115,7 +116,7 @@ impl PgBudget {
                     release = queue.recv() => {
                         let Some((scope, key, token)) = release else { return };
                         let Some(budget) = weak.upgrade() else { return };
-                        budget.delete(scope, key, token).await;
+                        delete(&budget.pool, &budget.held, (scope, key, token)).await;
                     }
                 }
             }
@@ -124,25 +125,7 @@ impl PgBudget {
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String, String)>> {
-        self.held.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    async fn delete(&self, scope: String, key: String, token: String) {
-        let db = Db::Postgres(self.pool.clone());
-        let deleted = db
-            .execute(
-                "DELETE FROM budget_slots WHERE scope = $1 AND key = $2 AND token = $3",
-                args![&scope, &key, &token],
-            )
-            .await;
-        match deleted {
-            Ok(_) => {
-                self.held().remove(&(scope, key, token));
-            }
-            // Still renewed, so freed by `release_all` at shutdown at the latest; after a crash
-            // the row expires on its own.
-            Err(error) => tracing::warn!(%error, "freeing a shared budget slot failed"),
-        }
+        lock_held(&self.held)
     }
 
     async fn renew(&self) -> Result<()> {
@@ -221,14 +204,25 @@ impl SharedBudget for PgBudget {
     }
 
     fn release_slot(&self, scope: &str, key: &str, token: &str) {
-        // Called from `Drop`: the delete happens on the budget's task.
-        let _ = self.releases.send((scope.to_owned(), key.to_owned(), token.to_owned()));
+        // Called from `Drop`: the delete runs on a task of its own at once (a slot freed late
+        // keeps the replicas' budget full for nothing), or on the budget's task without a
+        // runtime at hand.
+        let id = (scope.to_owned(), key.to_owned(), token.to_owned());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let (pool, held) = (self.pool.clone(), Arc::clone(&self.held));
+                runtime.spawn(async move { delete(&pool, &held, id).await });
+            }
+            Err(_) => {
+                let _ = self.releases.send(id);
+            }
+        }
     }
 
     async fn release_all(&self) {
         let held: Vec<_> = self.held().iter().cloned().collect();
-        for (scope, key, token) in held {
-            self.delete(scope, key, token).await;
+        for id in held {
+            delete(&self.pool, &self.held, id).await;
         }
     }
 
@@ -239,6 +233,32 @@ impl SharedBudget for PgBudget {
         window: Duration,
     ) -> std::result::Result<Option<Duration>, AdapterError> {
         self.call(scope, limit, window).await.map_err(budget_error)
+    }
+}
+
+type Held = Mutex<HashSet<(String, String, String)>>;
+
+fn lock_held(held: &Held) -> std::sync::MutexGuard<'_, HashSet<(String, String, String)>> {
+    // A set of ids: a poisoned lock still holds a consistent set.
+    held.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Frees slot `(scope, key, token)` and stops renewing it.
+async fn delete(pool: &PgPool, held: &Held, id: (String, String, String)) {
+    let (scope, key, token) = &id;
+    let deleted = Db::Postgres(pool.clone())
+        .execute(
+            "DELETE FROM budget_slots WHERE scope = $1 AND key = $2 AND token = $3",
+            args![scope, key, token],
+        )
+        .await;
+    match deleted {
+        Ok(_) => {
+            lock_held(held).remove(&id);
+        }
+        // Still renewed, so freed by `release_all` at shutdown at the latest; after a crash the
+        // row expires on its own.
+        Err(error) => tracing::warn!(%error, "freeing a shared budget slot failed"),
     }
 }
 

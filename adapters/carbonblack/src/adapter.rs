@@ -1090,35 +1090,33 @@ impl CarbonBlackAdapter {
                     return Ok(SessionReady::Stopped(ctx.stop.reason().unwrap_or(StopReason::Cancelled)));
                 }
             };
-            // This process's fair share is granted; with other replicas, the server's slots must
-            // also be free among them all (§10: the limit is the server's). A held key stays with
-            // its run, so a run taken over from a dead replica gets its slot back at once.
-            let shared = match self.shared.get().filter(|b| b.is_shared()) {
-                None => None,
-                Some(budget) => {
-                    let holder = ctx.run_id.to_string();
-                    let slot_limit = self.cfg.slot_limit;
-                    let taken = edrgate_adapter::shared::acquire_slot(
-                        budget,
-                        &self.scope,
-                        slot_limit,
-                        &key,
-                        &holder,
-                    )
-                    .await?;
-                    match taken {
-                        Some(slot) => Some(slot),
-                        // The other replicas hold every slot: give this one back to the local
-                        // waiters and ask again shortly.
-                        None => {
-                            drop(guard);
-                            let wait = self.cfg.poll_min().max(Duration::from_millis(500));
-                            return Ok(SessionReady::Wait(wait));
-                        }
-                    }
+            self.keep_slot(ctx.run_id, guard, None);
+        }
+        // This process's fair share is granted; with other replicas, the server's slots must
+        // also be free among them all (§10: the limit is the server's). A held key stays with
+        // its run, so a run taken over from a dead replica gets its slot back at once. While the
+        // replicas' budget is full the run keeps its local slot and asks again: the runs waiting
+        // behind it here could not use the slot either, and they wait without stepping.
+        if let Some(budget) = self.shared.get().filter(|b| b.is_shared())
+            && !self.holds_shared_slot(ctx.run_id)
+        {
+            let holder = ctx.run_id.to_string();
+            let key = cp.sensor_id.to_string();
+            let taken = edrgate_adapter::shared::acquire_slot(
+                budget,
+                &self.scope,
+                self.cfg.slot_limit,
+                &key,
+                &holder,
+            )
+            .await?;
+            match taken {
+                Some(slot) => self.keep_shared_slot(ctx.run_id, slot),
+                None => {
+                    let wait = self.cfg.poll_min().max(Duration::from_millis(500));
+                    return Ok(SessionReady::Wait(wait));
                 }
-            };
-            self.keep_slot(ctx.run_id, guard, shared);
+            }
         }
         if cp.session.is_none() {
             let sensor = cp.sensor_id;
@@ -1502,6 +1500,14 @@ impl CarbonBlackAdapter {
     fn release_slot(&self, run: Uuid) {
         let slots = self.memory().get_mut(&run).map(|m| (m.slot.take(), m.shared_slot.take()));
         drop(slots);
+    }
+
+    fn holds_shared_slot(&self, run: Uuid) -> bool {
+        self.memory().get(&run).is_some_and(|m| m.shared_slot.is_some())
+    }
+
+    fn keep_shared_slot(&self, run: Uuid, slot: SharedSlot) {
+        self.memory().entry(run).or_insert_with(RunMemory::new).shared_slot = Some(slot);
     }
 
     fn keep_slot(&self, run: Uuid, guard: SlotGuard, shared: Option<SharedSlot>) {
