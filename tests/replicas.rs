@@ -441,8 +441,8 @@ async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
     let cb_sim = Simulator::new(SimConfig {
         sensors: PER_VENDOR,
         // The server's limit is the backend's, as in production. (The first test here gives the
-        // server more room to show the replicas' own budget; after a SIGKILL under this load,
-        // sessions the killed replica left open can briefly exceed it, see BENCHMARKS.md.)
+        // server more room to show the replicas' own budget; under this heavier load, sessions
+        // a SIGKILLed replica left open on the server were seen to exceed the budget briefly.)
         slot_limit: CB_SLOTS,
         checkin_delay: Duration::from_millis(50),
         command_latency: Duration::from_millis(150),
