@@ -36,8 +36,9 @@ pub enum Command {
         #[arg(long, short, env = "EDRGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Run the gateway and a Carbon Black simulator in one process, with a demo tenant, and
-    /// print a token and curl commands to try it.
+    /// Run the gateway and the Carbon Black, Defender and Cybereason simulators in one
+    /// process, with a demo tenant that has a backend on each, and print a token and curl
+    /// commands to try it.
     Demo(DemoArgs),
     /// Run a vendor simulator.
     #[command(subcommand)]
