@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use edrgate_adapter::adapter::{FileWriter, StopReason};
+use edrgate_adapter::adapter::{FileWriter, StopReason, decode_checkpoint, encode_checkpoint};
 use edrgate_adapter::{
     Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandResult,
     CommandSupport, CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, Next, OnError,
@@ -287,9 +287,7 @@ impl Adapter for CarbonBlackAdapter {
     ) -> Result<Step, AdapterError> {
         let mut cp = match checkpoint {
             None => Checkpoint::new(ctx.device_id)?,
-            Some(value) => serde_json::from_value(value).map_err(|e| {
-                AdapterError::internal(format!("unreadable carbonblack checkpoint: {e}"))
-            })?,
+            Some(value) => decode_checkpoint("carbonblack", value)?,
         };
         self.touch(ctx.run_id);
         let mut updates = Vec::new();
@@ -304,7 +302,7 @@ impl Adapter for CarbonBlackAdapter {
         if next == Next::Done {
             self.forget(ctx.run_id);
         }
-        Ok(Step { checkpoint: to_json(&cp)?, updates, next })
+        Ok(Step { checkpoint: encode_checkpoint(&cp)?, updates, next })
     }
 }
 
@@ -1275,10 +1273,7 @@ impl CarbonBlackAdapter {
         if failed {
             cp.failed = true;
             if ctx.on_error == OnError::Stop {
-                for i in cp.index..ctx.commands.len() {
-                    updates.push(CommandUpdate::status(i, Status::Skipped));
-                }
-                cp.index = ctx.commands.len();
+                cp.index = ctx.close_rest(cp.index, None, updates);
             }
         }
     }
@@ -1323,10 +1318,7 @@ impl CarbonBlackAdapter {
         {
             tracing::debug!(run = %ctx.run_id, error = %e, "cancelling the running command failed");
         }
-        for i in cp.index..ctx.commands.len() {
-            updates.push(CommandUpdate::status(i, reason.status()).with_error(reason.error()));
-        }
-        cp.index = ctx.commands.len();
+        cp.index = ctx.close_rest(cp.index, Some(reason), updates);
         cp.phase = Phase::Ready;
         self.finish(ctx, cp).await;
     }
@@ -1450,7 +1442,7 @@ impl CarbonBlackAdapter {
         cp: &Checkpoint,
         updates: &mut Vec<CommandUpdate>,
     ) -> Result<(), AdapterError> {
-        let value = to_json(cp)?;
+        let value = encode_checkpoint(cp)?;
         updates.push(CommandUpdate::status(cp.index, Status::Dispatched));
         match ctx.journal.record(&value, updates).await {
             Ok(()) => {
@@ -1587,17 +1579,6 @@ impl StatusExt for Status {
     }
 }
 
-trait UpdateExt {
-    fn with_error(self, error: ErrorInfo) -> Self;
-}
-
-impl UpdateExt for CommandUpdate {
-    fn with_error(mut self, error: ErrorInfo) -> Self {
-        self.error = Some(error);
-        self
-    }
-}
-
 trait InfoExt {
     fn with_message(self, message: String) -> Self;
 }
@@ -1710,10 +1691,6 @@ fn progress(cb: &CbCommand) -> String {
         }
     }
     cb.status.clone()
-}
-
-fn to_json(cp: &Checkpoint) -> Result<serde_json::Value, AdapterError> {
-    serde_json::to_value(cp).map_err(|e| AdapterError::internal(format!("checkpoint: {e}")))
 }
 
 fn now() -> f64 {

@@ -135,6 +135,44 @@ pub struct RunContext<'a> {
     pub files: &'a dyn RunFiles,
 }
 
+impl RunContext<'_> {
+    /// Ends the commands from `from` on: with `stop`'s status and error, or, without one,
+    /// `skipped` (an earlier failure under `on_error: stop`). Returns the index past the last
+    /// command, where the checkpoint's position goes.
+    pub fn close_rest(
+        &self,
+        from: usize,
+        stop: Option<StopReason>,
+        updates: &mut Vec<CommandUpdate>,
+    ) -> usize {
+        for i in from..self.commands.len() {
+            updates.push(match stop {
+                Some(reason) => {
+                    CommandUpdate::status(i, reason.status()).with_error(reason.error())
+                }
+                None => CommandUpdate::status(i, Status::Skipped),
+            });
+        }
+        self.commands.len()
+    }
+}
+
+/// A checkpoint as the engine stores it (every adapter's checkpoint is a serde type).
+pub fn encode_checkpoint<T: serde::Serialize>(
+    checkpoint: &T,
+) -> Result<serde_json::Value, AdapterError> {
+    serde_json::to_value(checkpoint).map_err(|e| AdapterError::internal(format!("checkpoint: {e}")))
+}
+
+/// A stored checkpoint read back; `vendor` names the adapter in the error.
+pub fn decode_checkpoint<T: serde::de::DeserializeOwned>(
+    vendor: &str,
+    value: serde_json::Value,
+) -> Result<T, AdapterError> {
+    serde_json::from_value(value)
+        .map_err(|e| AdapterError::internal(format!("unreadable {vendor} checkpoint: {e}")))
+}
+
 /// What one step produced.
 #[derive(Debug)]
 pub struct Step {
@@ -190,6 +228,11 @@ impl CommandUpdate {
     ) -> Self {
         self.vendor_ref = vendor_ref;
         self.vendor_status = vendor_status;
+        self
+    }
+
+    pub fn with_error(mut self, error: ErrorInfo) -> Self {
+        self.error = Some(error);
         self
     }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use edrgate_adapter::adapter::StopReason;
+use edrgate_adapter::adapter::{decode_checkpoint, encode_checkpoint};
 use edrgate_adapter::{
     Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandResult,
     CommandSupport, CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, Next, OnError,
@@ -195,9 +196,7 @@ impl Adapter for CybereasonAdapter {
                 failed: false,
                 transient: 0,
             },
-            Some(value) => serde_json::from_value(value).map_err(|e| {
-                AdapterError::internal(format!("unreadable cybereason checkpoint: {e}"))
-            })?,
+            Some(value) => decode_checkpoint("cybereason", value)?,
         };
         let mut updates = Vec::new();
         // The budget: one slot per step's vendor calls, fairly shared; the wait races the stop.
@@ -209,7 +208,7 @@ impl Adapter for CybereasonAdapter {
         let next = self.advance(ctx, &mut cp, &mut updates).await;
         drop(slot);
         let next = next?;
-        Ok(Step { checkpoint: to_json(&cp)?, updates, next })
+        Ok(Step { checkpoint: encode_checkpoint(&cp)?, updates, next })
     }
 }
 
@@ -1044,12 +1043,7 @@ impl CybereasonAdapter {
         {
             tracing::debug!(run = %ctx.run_id, error = %e, "aborting the IR run failed");
         }
-        for i in cp.index..ctx.commands.len() {
-            let mut u = CommandUpdate::status(i, reason.status());
-            u.error = Some(reason.error());
-            updates.push(u);
-        }
-        cp.index = ctx.commands.len();
+        cp.index = ctx.close_rest(cp.index, Some(reason), updates);
         cp.phase = Phase::Ready;
     }
 
@@ -1213,10 +1207,7 @@ fn command_done(
     if failed {
         cp.failed = true;
         if ctx.on_error == OnError::Stop {
-            for i in cp.index..ctx.commands.len() {
-                updates.push(CommandUpdate::status(i, Status::Skipped));
-            }
-            cp.index = ctx.commands.len();
+            cp.index = ctx.close_rest(cp.index, None, updates);
         }
     }
 }
@@ -1228,7 +1219,7 @@ async fn record(
     cp: &Checkpoint,
     updates: &mut Vec<CommandUpdate>,
 ) -> Result<(), AdapterError> {
-    let value = to_json(cp)?;
+    let value = encode_checkpoint(cp)?;
     updates.push(CommandUpdate::status(cp.index, Status::Dispatched));
     match ctx.journal.record(&value, updates).await {
         Ok(()) => {
@@ -1313,10 +1304,6 @@ fn capabilities(backend: &str, concurrent: u32, per_minute: u32) -> Capabilities
             calls_per_minute: Some(per_minute),
         },
     }
-}
-
-fn to_json(cp: &Checkpoint) -> Result<Value, AdapterError> {
-    serde_json::to_value(cp).map_err(|e| AdapterError::internal(format!("checkpoint: {e}")))
 }
 
 fn now_ms() -> i64 {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use edrgate_adapter::adapter::{FileWriter, StopReason};
+use edrgate_adapter::adapter::{FileWriter, StopReason, decode_checkpoint, encode_checkpoint};
 use edrgate_adapter::{
     Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandResult,
     CommandSupport, CommandUpdate, Device, ErrorCode, ErrorInfo, Limits, Next, OnError, RunContext,
@@ -243,9 +243,7 @@ impl Adapter for DefenderAdapter {
                 phase: Phase::Ready,
                 transient: 0,
             },
-            Some(value) => serde_json::from_value(value).map_err(|e| {
-                AdapterError::internal(format!("unreadable defender checkpoint: {e}"))
-            })?,
+            Some(value) => decode_checkpoint("defender", value)?,
         };
         self.touch(ctx.run_id);
         let mut updates = Vec::new();
@@ -259,7 +257,7 @@ impl Adapter for DefenderAdapter {
         if next == Next::Done {
             self.release_slot(ctx.run_id);
         }
-        Ok(Step { checkpoint: to_json(&cp)?, updates, next })
+        Ok(Step { checkpoint: encode_checkpoint(&cp)?, updates, next })
     }
 }
 
@@ -1115,10 +1113,7 @@ impl DefenderAdapter {
                 }
             }
         }
-        for i in cp.index..ctx.commands.len() {
-            updates.push(CommandUpdate::status(i, reason.status()).with_error(reason.error()));
-        }
-        cp.index = ctx.commands.len();
+        cp.index = ctx.close_rest(cp.index, Some(reason), updates);
         cp.phase = Phase::Ready;
         self.release_slot(ctx.run_id);
     }
@@ -1134,10 +1129,7 @@ impl DefenderAdapter {
         updates.push(update);
         cp.index += 1;
         if failed && ctx.on_error == OnError::Stop {
-            for i in cp.index..ctx.commands.len() {
-                updates.push(CommandUpdate::status(i, Status::Skipped));
-            }
-            cp.index = ctx.commands.len();
+            cp.index = ctx.close_rest(cp.index, None, updates);
             cp.phase = Phase::Ready;
         }
     }
@@ -1149,7 +1141,7 @@ impl DefenderAdapter {
         cp: &Checkpoint,
         updates: &mut Vec<CommandUpdate>,
     ) -> Result<(), AdapterError> {
-        ctx.journal.record(&to_json(cp)?, updates).await?;
+        ctx.journal.record(&encode_checkpoint(cp)?, updates).await?;
         updates.clear();
         Ok(())
     }
@@ -1467,17 +1459,6 @@ fn inline(text: &str) -> String {
     text[..cut].to_owned()
 }
 
-trait UpdateExt {
-    fn with_error(self, error: ErrorInfo) -> Self;
-}
-
-impl UpdateExt for CommandUpdate {
-    fn with_error(mut self, error: ErrorInfo) -> Self {
-        self.error = Some(error);
-        self
-    }
-}
-
 /// Native: get_file, put_file (library + PutFile), run_script, isolate, release. Script-backed
 /// (edrgate's helper scripts through RunScript): the rest but memory_dump.
 fn capabilities(backend: &str, sessions: u32, cfg: &DefenderConfig) -> Capabilities {
@@ -1512,10 +1493,6 @@ fn capabilities(backend: &str, sessions: u32, cfg: &DefenderConfig) -> Capabilit
             ),
         },
     }
-}
-
-fn to_json(cp: &Checkpoint) -> Result<serde_json::Value, AdapterError> {
-    serde_json::to_value(cp).map_err(|e| AdapterError::internal(format!("checkpoint: {e}")))
 }
 
 fn now() -> f64 {
