@@ -305,95 +305,15 @@ impl CybereasonAdapter {
             Command::GetFile { path, .. } => {
                 self.get_file(ctx, index, &sensor, path).await.map(Drive::Finished)
             }
-            Command::KillProcess { pid, vendor_id } => {
-                // The caller's element id (from a process list) is the process itself; a pid is
-                // looked up, since the console remediates elements, not pids.
-                let guid = match vendor_id {
-                    Some(id) => Some(id.clone()),
-                    None => {
-                        let pid = pid.to_string();
-                        let query =
-                            element_query(&sensor.machine, "processes", "Process", "pid", &pid);
-                        self.element(&query).await?
-                    }
-                };
-                match guid {
+            command @ (Command::KillProcess { .. }
+            | Command::DeleteFile { .. }
+            | Command::RegistryDeleteKey { .. }) => {
+                let (action, element, missing) = self.remediation_target(&sensor, command).await?;
+                match element {
                     Some(guid) => {
-                        self.start_remediation(
-                            ctx,
-                            cp,
-                            updates,
-                            &sensor,
-                            actions::KILL_PROCESS,
-                            guid,
-                        )
-                        .await
+                        self.start_remediation(ctx, cp, updates, &sensor, action, guid).await
                     }
-                    None => Ok(Drive::Finished(CommandUpdate::failed(
-                        index,
-                        ErrorInfo::new(
-                            ErrorCode::NotFound,
-                            format!("no process with pid {pid} on the machine"),
-                        ),
-                    ))),
-                }
-            }
-            Command::DeleteFile { path } => {
-                let query = element_query(
-                    &sensor.machine,
-                    "files",
-                    "File",
-                    "correctedPath",
-                    &path.to_lowercase(),
-                );
-                match self.element(&query).await? {
-                    Some(guid) => {
-                        self.start_remediation(
-                            ctx,
-                            cp,
-                            updates,
-                            &sensor,
-                            actions::QUARANTINE_FILE,
-                            guid,
-                        )
-                        .await
-                    }
-                    None => Ok(Drive::Finished(CommandUpdate::failed(
-                        index,
-                        ErrorInfo::new(
-                            ErrorCode::FileNotFound,
-                            format!("Cybereason knows no file {path:?} on the machine"),
-                        ),
-                    ))),
-                }
-            }
-            Command::RegistryDeleteKey { key } => {
-                let query = element_query(
-                    &sensor.machine,
-                    "registryEvents",
-                    "RegistryEvent",
-                    "elementDisplayName",
-                    &key.to_lowercase(),
-                );
-                match self.element(&query).await? {
-                    Some(guid) => {
-                        self.start_remediation(
-                            ctx,
-                            cp,
-                            updates,
-                            &sensor,
-                            actions::DELETE_REGISTRY_KEY,
-                            guid,
-                        )
-                        .await
-                    }
-                    None => Ok(Drive::Finished(CommandUpdate::failed(
-                        index,
-                        ErrorInfo::new(
-                            ErrorCode::NotFound,
-                            format!("Cybereason knows no registry key {key:?} on the machine"),
-                        ),
-                    ))),
+                    None => Ok(Drive::Finished(CommandUpdate::failed(index, missing))),
                 }
             }
             Command::Isolate => self.contain(ctx, cp, updates, &sensor, true).await,
@@ -409,6 +329,60 @@ impl CybereasonAdapter {
                 ),
             ))),
         }
+    }
+
+    /// What a remediation command acts on: its remediation type, the element (looked up with
+    /// the query API, since the console remediates elements, not pids or paths; a kill's
+    /// caller-given element id is used as is), and the error when there is no such element.
+    async fn remediation_target(
+        &self,
+        sensor: &SensorIds,
+        command: &Command,
+    ) -> Result<(&'static str, Option<String>, ErrorInfo), CrError> {
+        let machine = &sensor.machine;
+        let (action, query, missing) = match command {
+            Command::KillProcess { vendor_id: Some(id), .. } => {
+                let missing = ErrorInfo::new(ErrorCode::NotFound, "no such process element");
+                return Ok((actions::KILL_PROCESS, Some(id.clone()), missing));
+            }
+            Command::KillProcess { pid, .. } => (
+                actions::KILL_PROCESS,
+                element_query(machine, "processes", "Process", "pid", &pid.to_string()),
+                ErrorInfo::new(
+                    ErrorCode::NotFound,
+                    format!("no process with pid {pid} on the machine"),
+                ),
+            ),
+            Command::DeleteFile { path } => (
+                actions::QUARANTINE_FILE,
+                element_query(machine, "files", "File", "correctedPath", &path.to_lowercase()),
+                ErrorInfo::new(
+                    ErrorCode::FileNotFound,
+                    format!("Cybereason knows no file {path:?} on the machine"),
+                ),
+            ),
+            Command::RegistryDeleteKey { key } => (
+                actions::DELETE_REGISTRY_KEY,
+                element_query(
+                    machine,
+                    "registryEvents",
+                    "RegistryEvent",
+                    "elementDisplayName",
+                    &key.to_lowercase(),
+                ),
+                ErrorInfo::new(
+                    ErrorCode::NotFound,
+                    format!("Cybereason knows no registry key {key:?} on the machine"),
+                ),
+            ),
+            other => {
+                return Err(CrError::Api(AdapterError::internal(format!(
+                    "{} is not a remediation",
+                    other.kind().as_str()
+                ))));
+            }
+        };
+        Ok((action, self.element(&query).await?, missing))
     }
 
     /// The sensor's identifiers, looked up once by pylum id (§6.1).
