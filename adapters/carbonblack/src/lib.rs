@@ -1,4 +1,4 @@
-//! Carbon Black EDR (CB Response) live-response adapter for edrgate, and its simulator.
+//! Carbon Black EDR (CB Response) live-response adapter for edrgate (its simulator is the `edrgate-carbonblack-sim` crate).
 //!
 //! Section numbers (§) refer to `shared/vendor-apis/carbonblack.md`; vendor pages:
 //! <https://developer.carbonblack.com/reference/enterprise-response/deprecated/5.1/live-response-api/>
@@ -62,7 +62,6 @@ mod adapter;
 mod client;
 mod config;
 mod mapping;
-pub mod simulator;
 mod wire;
 
 pub use adapter::CarbonBlackAdapter;

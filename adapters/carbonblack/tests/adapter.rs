@@ -1,6 +1,7 @@
 //! The Carbon Black adapter driven end to end against the in-process simulator, stepped by
 //! `edrgate_adapter::testsuite`'s stand-in for the engine.
 
+use edrgate_simkit::Sim as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use edrgate_adapter::{
     Adapter, Command, CommandKind, CommandResult, ErrorCode, FileRef, Next, RegistryValueType,
     Status,
 };
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, Faults, NOTE_TXT, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, Faults, NOTE_TXT, SimConfig, Simulator};
 use edrgate_carbonblack::{CarbonBlackAdapter, CarbonBlackConfig};
 use serde_json::json;
 

@@ -15,7 +15,8 @@ use futures::StreamExt;
 use serde_json::{Map, Value, json};
 
 use super::state::ApiError;
-use super::{DropConnection, Simulator, archive};
+use super::{Simulator, archive};
+use edrgate_simkit::dropped as dropped_response;
 
 type Params = Query<HashMap<String, String>>;
 
@@ -135,17 +136,6 @@ async fn gate(State(sim): State<Simulator>, req: Request, next: Next) -> Respons
         next.run(req).await
     };
     add_server_headers(resp.headers_mut());
-    resp
-}
-
-/// Response the connection wrapper turns into a dropped connection; served through a bare
-/// router the body errors, which aborts the response mid-flight.
-fn dropped_response() -> Response {
-    let body = Body::from_stream(futures::stream::once(async {
-        Err::<Bytes, std::io::Error>(std::io::Error::other("fault injection: connection dropped"))
-    }));
-    let mut resp = Response::new(body);
-    resp.extensions_mut().insert(DropConnection);
     resp
 }
 

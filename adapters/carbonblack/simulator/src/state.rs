@@ -165,6 +165,8 @@ pub(crate) struct Runtime {
     sessions: BTreeMap<u64, Session>,
     next_session_id: u64,
     counters: Counters,
+    /// What executed on the endpoints and the server (served on `/_sim/log`).
+    log: edrgate_simkit::SimLog,
     origin: Instant,
     origin_epoch: f64,
 }
@@ -181,7 +183,7 @@ fn duration_field(body: &Map<String, Value>, keys: &[&str]) -> Option<Duration> 
 }
 
 impl Runtime {
-    pub(crate) fn new(cfg: SimConfig, now: Instant) -> Self {
+    pub(crate) fn new(cfg: SimConfig, now: Instant, log: edrgate_simkit::SimLog) -> Self {
         let origin_epoch =
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let mut sensors = BTreeMap::new();
@@ -218,6 +220,7 @@ impl Runtime {
             sessions: BTreeMap::new(),
             next_session_id: 1,
             counters: Counters::default(),
+            log,
             origin: now,
             origin_epoch,
         }
@@ -365,6 +368,16 @@ impl Runtime {
             None => Err(Hresult::INVALID_PARAMETER),
         };
         let name = cmd.input.name.clone();
+        self.log.record(
+            &name,
+            &s.sensor_id.to_string(),
+            serde_json::json!({
+                "session": sid,
+                "command": idx + 1,
+                "object": cmd.input.object,
+                "status": if result.is_ok() { "complete" } else { "error" },
+            }),
+        );
         *self.counters.commands_by_name.entry(name.clone()).or_default() += 1;
         if result.is_err() {
             *self.counters.command_errors_by_name.entry(name).or_default() += 1;
@@ -972,6 +985,8 @@ impl Runtime {
         s.isolated = wanted;
         s.isolation_changed = Some(now);
         self.counters.isolation_changes += 1;
+        let op = if wanted { "isolate" } else { "unisolate" };
+        self.log.record(op, &id.to_string(), serde_json::json!({}));
         Ok(true)
     }
 

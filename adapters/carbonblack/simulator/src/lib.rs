@@ -45,20 +45,27 @@
 //! # Usage
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use edrgate_carbonblack::simulator::{SimConfig, Simulator};
+//! use edrgate_carbonblack_sim::{Sim as _, SimConfig, Simulator};
 //! let sim = Simulator::new(SimConfig { sensors: 3, ..SimConfig::default() });
 //! let addr = sim.spawn().await?; // plain HTTP on 127.0.0.1:<random>
 //! // ... drive http://{addr}/api/v1/cblr/... with header X-Auth-Token: sim.config().token
 //! assert_eq!(sim.counters().sessions_created, 0);
 //! # Ok(()) }
 //! ```
-//! `router()` gives the bare [`axum::Router`] for embedding; `serve`/`serve_tls`/`serve_tls_on`
-//! run it on a listener, `spawn`/`spawn_tls` do so in a background task on `127.0.0.1:0`.
+//! Serving comes from [`edrgate_simkit::Sim`] (re-exported as [`Sim`]): `router()` gives the
+//! [`axum::Router`] with the admin routes `GET /_sim/log` (every command the endpoints
+//! executed, by its CB name, and every isolation change) and `GET /_sim/counters`;
+//! `serve`/`serve_tls_on` run it on a listener, `spawn`/`spawn_tls` in a background task.
 //! Test helpers (`process_exists`, `file_exists`, `read_file`, `registry_value`,
 //! `is_isolated`, `counters`, …) look at endpoint and server state directly.
-//! HTTPS uses a self-signed certificate (rcgen) for `localhost` and `127.0.0.1`, available
-//! as PEM from [`Simulator::cert_pem`] so clients can trust it.
+//! HTTPS uses a self-signed certificate for `localhost` and `127.0.0.1`, available as PEM
+//! from `cert_pem` so clients can trust it.
+//!
+//! This crate is an independent witness of the Carbon Black API: it never uses the adapter
+//! crate (`edrgate-carbonblack`); its shapes come from the vendor reference and the recorded
+//! fixtures.
 
+pub mod cli;
 mod archive;
 mod content;
 mod endpoint;
@@ -66,21 +73,13 @@ mod routes;
 mod state;
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
-use std::future::Future;
-use std::io;
-use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::Request;
-use axum::response::Response;
+pub use edrgate_simkit::{SelfSigned, Sim, SimLog};
 use serde_json::Value;
-use tower::ServiceExt as _;
 
 pub use endpoint::NOTE_TXT;
 
@@ -206,7 +205,7 @@ pub struct Faults {
 }
 
 /// Snapshot of what happened, for exactly-once assertions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     pub sessions_created: u64,
     /// Sessions closed by a client (`PUT` with `status: close`).
@@ -245,16 +244,11 @@ impl Counters {
     }
 }
 
-struct TlsMaterial {
-    cert_pem: String,
-    cert_der: Vec<u8>,
-    key_pem: String,
-}
-
 pub(crate) struct Shared {
     rt: Mutex<Runtime>,
     requests: AtomicU64,
-    tls: OnceLock<Result<TlsMaterial, String>>,
+    tls: SelfSigned,
+    log: SimLog,
 }
 
 /// The simulator; cheap to clone (shared state).
@@ -269,13 +263,37 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
+impl Sim for Simulator {
+    fn name(&self) -> &'static str {
+        "carbonblack"
+    }
+
+    fn vendor_router(&self) -> Router {
+        routes::router(self.clone())
+    }
+
+    fn tls(&self) -> &SelfSigned {
+        &self.inner.tls
+    }
+
+    fn log(&self) -> &SimLog {
+        &self.inner.log
+    }
+
+    fn counters_json(&self) -> Value {
+        serde_json::to_value(self.counters()).unwrap_or(Value::Null)
+    }
+}
+
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
+        let log = SimLog::new();
         Self {
             inner: Arc::new(Shared {
-                rt: Mutex::new(Runtime::new(cfg, Instant::now())),
+                rt: Mutex::new(Runtime::new(cfg, Instant::now(), log.clone())),
                 requests: AtomicU64::new(0),
-                tls: OnceLock::new(),
+                tls: SelfSigned::new(),
+                log,
             }),
         }
     }
@@ -291,92 +309,6 @@ impl Simulator {
 
     pub(crate) fn next_request_number(&self) -> u64 {
         self.inner.requests.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
-    /// The axum router with every route, auth, LR gate, fault injection and CB-like headers.
-    pub fn router(&self) -> Router {
-        routes::router(self.clone())
-    }
-
-    /// Serve plain HTTP on `listener` until the task is dropped.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> io::Result<()> {
-        let std_listener = listener.into_std()?;
-        axum_server::from_tcp(std_listener).serve(self.make_service()).await
-    }
-
-    /// Serve HTTPS on `addr` with the generated self-signed certificate ([`Self::cert_pem`]).
-    pub async fn serve_tls(self, addr: SocketAddr) -> io::Result<()> {
-        let listener = std::net::TcpListener::bind(addr)?;
-        self.serve_tls_on(listener).await
-    }
-
-    /// Serve HTTPS on an already bound listener (bind `127.0.0.1:0` to learn the port first).
-    pub async fn serve_tls_on(self, listener: std::net::TcpListener) -> io::Result<()> {
-        let tls = self.tls_material()?;
-        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
-            tls.cert_pem.clone().into_bytes(),
-            tls.key_pem.clone().into_bytes(),
-        )
-        .await?;
-        axum_server::tls_rustls::from_tcp_rustls(listener, config).serve(self.make_service()).await
-    }
-
-    /// Bind `127.0.0.1:0`, serve plain HTTP in a background task, return the address.
-    pub async fn spawn(&self) -> io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let sim = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sim.serve(listener).await {
-                tracing::error!(error = %e, "carbonblack simulator stopped");
-            }
-        });
-        Ok(addr)
-    }
-
-    /// Bind `127.0.0.1:0`, serve HTTPS in a background task, return the address.
-    pub async fn spawn_tls(&self) -> io::Result<SocketAddr> {
-        // Fail early (not inside the task) if the certificate cannot be made.
-        self.tls_material()?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        let addr = listener.local_addr()?;
-        let sim = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sim.serve_tls_on(listener).await {
-                tracing::error!(error = %e, "carbonblack simulator (tls) stopped");
-            }
-        });
-        Ok(addr)
-    }
-
-    /// PEM of the self-signed server certificate (SANs `localhost`, `127.0.0.1`); add it as
-    /// the only trusted root in clients.
-    pub fn cert_pem(&self) -> io::Result<String> {
-        Ok(self.tls_material()?.cert_pem.clone())
-    }
-
-    /// SHA-256 of the certificate (DER, hex): what a backend's `pinned_cert_sha256` takes.
-    pub fn cert_sha256(&self) -> io::Result<String> {
-        use sha2::Digest as _;
-        Ok(hex::encode(sha2::Sha256::digest(&self.tls_material()?.cert_der)))
-    }
-
-    fn tls_material(&self) -> io::Result<&TlsMaterial> {
-        let made = self.inner.tls.get_or_init(|| {
-            let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-            rcgen::generate_simple_self_signed(names)
-                .map(|ck| TlsMaterial {
-                    cert_pem: ck.cert.pem(),
-                    cert_der: ck.cert.der().to_vec(),
-                    key_pem: ck.signing_key.serialize_pem(),
-                })
-                .map_err(|e| e.to_string())
-        });
-        made.as_ref().map_err(|e| io::Error::other(e.clone()))
-    }
-
-    fn make_service(&self) -> MakeDropAware {
-        MakeDropAware(DropAware(self.router()))
     }
 
     /// The configuration currently in effect (including runtime changes).
@@ -454,75 +386,5 @@ impl Simulator {
     /// object's `is_isolating` follows it one `checkin_delay` later (next check-in).
     pub fn is_isolated(&self, sensor_id: u64) -> bool {
         self.with(|rt, _| rt.sensors.get(&sensor_id).is_some_and(|s| s.isolated))
-    }
-}
-
-/// Marker a faulted response carries so the connection-level wrapper can drop it.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct DropConnection;
-
-/// Error that makes hyper close the connection without writing a response.
-#[derive(Debug)]
-struct DroppedByFault;
-
-impl std::fmt::Display for DroppedByFault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("connection dropped by fault injection")
-    }
-}
-
-impl std::error::Error for DroppedByFault {}
-
-/// Router wrapper that turns a [`DropConnection`] response into a service error, which hyper
-/// answers by closing the connection (the closest thing to a real network drop).
-#[derive(Clone)]
-struct DropAware(Router);
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-impl<B> tower::Service<axum::http::Request<B>> for DropAware
-where
-    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<axum::BoxError>,
-{
-    type Response = Response;
-    type Error = DroppedByFault;
-    type Future = BoxFuture<Result<Response, DroppedByFault>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: axum::http::Request<B>) -> Self::Future {
-        let router = self.0.clone();
-        Box::pin(async move {
-            let req: Request = req.map(axum::body::Body::new);
-            let resp = match router.oneshot(req).await {
-                Ok(resp) => resp,
-                Err(never) => match never {},
-            };
-            if resp.extensions().get::<DropConnection>().is_some() {
-                Err(DroppedByFault)
-            } else {
-                Ok(resp)
-            }
-        })
-    }
-}
-
-#[derive(Clone)]
-struct MakeDropAware(DropAware);
-
-impl<T> tower::Service<T> for MakeDropAware {
-    type Response = DropAware;
-    type Error = Infallible;
-    type Future = std::future::Ready<Result<DropAware, Infallible>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _target: T) -> Self::Future {
-        std::future::ready(Ok(self.0.clone()))
     }
 }
