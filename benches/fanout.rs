@@ -32,6 +32,7 @@
 //! context switches. `--breakdown` adds wrk on `/healthz` and on an unknown action (auth + one
 //! query), then times the parts of a status read in this process on the gateway's database.
 
+use edrgate_simkit::Sim as _;
 use std::fmt::Write as _;
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -41,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use serde_json::{Value, json};
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";

@@ -18,6 +18,7 @@
 //!
 //! Reported per phase: requests per second, latency p50 / p90 / p99 / max, and errors.
 
+use edrgate_simkit::Sim as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use serde_json::{Value, json};
 use sqlx::Connection as _;
 

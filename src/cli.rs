@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use rand::Rng as _;
 
 use crate::api::openapi;

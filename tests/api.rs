@@ -2,13 +2,14 @@
 //! tenant isolation. Requests go through the complete router (`tower::ServiceExt::oneshot`, no
 //! socket); the backends are an in-process Carbon Black simulator.
 
+use edrgate_simkit::Sim as _;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use edrgate::app::App;
 use edrgate::config::Config;
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
@@ -592,7 +593,7 @@ async fn devices_and_capabilities_of_the_tenant() {
 async fn vendor_failures_on_device_lookup_are_mapped() {
     let api = Api::start().await;
     api.sim.set_live_response_enabled(false);
-    api.sim.set_faults(edrgate_carbonblack::simulator::Faults {
+    api.sim.set_faults(edrgate_carbonblack_sim::Faults {
         error_5xx_every: Some(1),
         ..Default::default()
     });

@@ -3,6 +3,7 @@
 //! (with key rotation); hostile tokens; tenant isolation on every id route; the permission of
 //! every command class; the per-tenant inbound limits.
 
+use edrgate_simkit::Sim as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,7 +18,7 @@ use edrgate::app::App;
 use edrgate::auth::{Permission, Permissions};
 use edrgate::config::{Config, ScopeNames};
 use edrgate_adapter::{Command, CommandKind};
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};

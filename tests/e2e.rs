@@ -1,9 +1,10 @@
 //! End to end: the gateway and the Carbon Black simulator in one process, over real HTTP on
 //! loopback, driven only through `/v1`.
 
+use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

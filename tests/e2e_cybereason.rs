@@ -1,6 +1,7 @@
 //! End to end: the gateway and the Cybereason simulator in one process, over real HTTP on
 //! loopback, driven only through `/v1`.
 
+use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
 use edrgate_cybereason::simulator::{
@@ -42,7 +43,7 @@ impl Gateway {
         let cb = cb.map_or_else(String::new, |addr| {
             format!(
                 "[tenants.acme.backends.cb]\nkind = \"carbonblack\"\nurl = \"http://{addr}\"\ntoken = \"{}\"\n",
-                edrgate_carbonblack::simulator::DEFAULT_TOKEN
+                edrgate_carbonblack_sim::DEFAULT_TOKEN
             )
         });
         let sim = Simulator::new(sim);
@@ -303,7 +304,7 @@ async fn unsupported_commands_are_refused_before_any_vendor_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_bodies_work_on_carbon_black_and_cybereason_devices() {
-    use edrgate_carbonblack::simulator as cb;
+    use edrgate_carbonblack_sim as cb;
     let cb_sim = cb::Simulator::new(cb::SimConfig {
         sensors: 1,
         checkin_delay: Duration::from_millis(20),

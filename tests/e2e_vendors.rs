@@ -2,11 +2,12 @@
 //! sensor behind one tenant, every command the three support in common sent unchanged to all
 //! three, with the same statuses and result shapes back.
 
+use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
 use edrgate::app::App;
 use edrgate::config::Config;
-use edrgate_carbonblack::simulator as cb;
+use edrgate_carbonblack_sim as cb;
 use edrgate_cybereason::simulator as cr;
 use edrgate_defender::simulator as mde;
 use reqwest::StatusCode;

@@ -5,6 +5,7 @@
 //! The S3 half needs a server: set `EDRGATE_TEST_S3_URL` (e.g. `http://127.0.0.1:9000`; `.ci/run`
 //! starts moto's server and sets it). Without it those tests print that they were skipped.
 
+use edrgate_simkit::Sim as _;
 use std::io::{self, Read as _};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use edrgate::files::local::LocalStorage;
 use edrgate::files::s3::S3Storage;
 use edrgate::files::{FileError, FilePolicy, FileStorage, FileStore, TenantPolicy};
 use edrgate::store::{FileOrigin, Store};
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};

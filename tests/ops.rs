@@ -2,6 +2,7 @@
 //! behind a real nginx (Debian's package; the test is skipped, saying so, where nginx is not
 //! installed — `.ci/run` installs it).
 
+use edrgate_simkit::Sim as _;
 use std::net::IpAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use edrgate::app::{self, App};
 use edrgate::config::Config;
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::Digest as _;

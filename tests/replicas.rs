@@ -6,11 +6,12 @@
 //! Needs `EDRGATE_TEST_POSTGRES_URL` (`.ci/postgres` starts a server); without it every test
 //! prints that it was skipped and passes.
 
+use edrgate_simkit::Sim as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

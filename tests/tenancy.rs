@@ -2,6 +2,7 @@
 //! configuration files, served on loopback like `edrgate serve`, in front of Carbon Black
 //! simulators, driven only through `/v1`.
 
+use edrgate_simkit::Sim as _;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use edrgate::app::{self, App};
 use edrgate::auth::TokenSpec;
 use edrgate::config::Config;
 use edrgate::config::ScopeNames;
-use edrgate_carbonblack::simulator::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
