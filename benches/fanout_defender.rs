@@ -20,10 +20,11 @@
 //! its ratio to the optimum, the steady call rate while runs were queued against the budget,
 //! the 429s the simulator sent and its peak of live sessions.
 
+use edrgate_simkit::Sim as _;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use edrgate_defender::simulator::{
+use edrgate_defender_sim::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, SimConfig, Simulator, machine_id,
 };
 use serde_json::{Value, json};

@@ -7,12 +7,17 @@
 #   deploy/container-test.sh                  # builds target/release/edrgate first
 #   BINARY=target/debug/edrgate deploy/container-test.sh
 #
+# By default the image gets the production binary (`--no-default-features`: no simulators, as
+# the Dockerfile builds it) and the simulator runs from a build with them; a given BINARY is
+# used for both, unless SIM_BINARY names another one for the simulator.
+#
 # Needs root (or rootless podman set up) and Debian's podman, runc and debootstrap (installed
 # when missing and running as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BINARY=${BINARY:-target/release/edrgate}
+SIM_BINARY=${SIM_BINARY:-}
 BASE=docker.io/library/debian:bookworm-slim
 IMAGE=localhost/edrgate:test
 podman() { command podman --runtime /usr/sbin/runc "$@"; }
@@ -26,9 +31,20 @@ if ! grep -qs default_ulimits /etc/containers/containers.conf; then
   printf '[containers]\ndefault_ulimits = []\n' >>/etc/containers/containers.conf
 fi
 
+production=0
+sim_tmp=
 if [ "$BINARY" = target/release/edrgate ]; then
-  cargo build --release --locked --bin edrgate
+  if [ -z "$SIM_BINARY" ]; then
+    cargo build --release --locked --bin edrgate
+    sim_tmp=$(mktemp)
+    trap 'rm -f "$sim_tmp"' EXIT
+    cp target/release/edrgate "$sim_tmp"
+    SIM_BINARY=$sim_tmp
+  fi
+  cargo build --release --locked --no-default-features --bin edrgate
+  production=1
 fi
+SIM_BINARY=${SIM_BINARY:-$BINARY}
 
 if ! podman image exists "$BASE"; then
   echo "== making $BASE with debootstrap"
@@ -57,10 +73,11 @@ cleanup() {
   podman rm -f "$name" >/dev/null 2>&1 || true
   kill "${sim_pid:-}" 2>/dev/null || true
   rm -rf "$work"
+  [ -z "$sim_tmp" ] || rm -f "$sim_tmp"
 }
 trap cleanup EXIT
 
-"$BINARY" sim carbonblack --listen "127.0.0.1:$sim_port" --sensors 3 >"$work/sim.log" 2>&1 &
+"$SIM_BINARY" sim carbonblack --listen "127.0.0.1:$sim_port" --sensors 3 >"$work/sim.log" 2>&1 &
 sim_pid=$!
 
 cat >"$work/edrgate.toml" <<TOML
@@ -94,6 +111,9 @@ podman exec "$name" /usr/local/bin/edrgate healthcheck --url "$base/healthz"
 podman image inspect --format '{{json .Config.Healthcheck}}' "$IMAGE" | grep -q 'edrgate healthcheck\|"healthcheck"' \
   || { echo "the image has no HEALTHCHECK" >&2; exit 1; }
 [ "$(podman exec "$name" id -u)" = 10001 ] || { echo "the container does not run as 10001" >&2; exit 1; }
+if [ "$production" = 1 ] && podman exec "$name" /usr/local/bin/edrgate sim --help >/dev/null 2>&1; then
+  echo "the production image has the simulators" >&2; exit 1
+fi
 
 token=$(EDRGATE_JWT_SECRET=$secret "$BINARY" token --tenant demo --sub container-test)
 action=$(curl -fsS -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \

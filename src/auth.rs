@@ -46,7 +46,10 @@ use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
 use crate::api::problem::ApiError;
-use crate::config::{AuthConfig, JwksConfig, ScopeNames, TenantLimitsConfig, is_identifier};
+use crate::config::{
+    AuthConfig, JwksConfig, ScopeNames, TenantLimitsConfig, asymmetric_algorithm, check_jwks_url,
+    is_identifier,
+};
 
 /// The algorithm of development tokens (`edrgate token`, `edrgate demo`).
 pub const DEV_ALGORITHM: Algorithm = Algorithm::HS256;
@@ -647,30 +650,6 @@ impl VerifyKey {
                 _ => ("malformed token", false),
             }),
         }
-    }
-}
-
-/// The asymmetric algorithm named `name` (the names of RFC 7518), if it is one edrgate
-/// accepts from a configured key.
-pub fn asymmetric_algorithm(name: &str) -> Option<Algorithm> {
-    let alg: Algorithm = name.parse().ok()?;
-    (alg.family() != AlgorithmFamily::Hmac).then_some(alg)
-}
-
-/// `https://`, or `http://` to a loopback address (tests, a sidecar).
-pub fn check_jwks_url(url: &str) -> Result<reqwest::Url, String> {
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
-    let host = parsed.host_str().unwrap_or("");
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback());
-    match parsed.scheme() {
-        "https" => Ok(parsed),
-        "http" if loopback => Ok(parsed),
-        _ => Err("must be https:// (http:// only to a loopback address)".to_owned()),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The tenant → backend registry and the routing of targets to devices.
 //!
-//! This is the only module of the gateway that names vendor crates: it builds each configured
-//! backend's adapter, then everything else sees `Arc<dyn Adapter>`.
+//! Each configured backend's adapter is built by its kind's factory (`crate::registry`);
+//! everything else sees `Arc<dyn Adapter>`.
 //!
 //! A [`Backends`] is immutable; a configuration reload builds a new one (reusing the adapters
 //! whose settings did not change, so their sessions, tokens and budgets carry over) and the
@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use edrgate_adapter::{Adapter, AdapterError, Capabilities, Device, ErrorCode, Target};
 
-use crate::config::{BackendConfig, Config, RouteRule, RoutingConfig};
+use crate::config::{Config, RouteRule, RoutingConfig};
 
 /// Every tenant's backends and routing, built from one configuration.
 pub struct Backends {
@@ -50,8 +50,14 @@ struct Rule {
 }
 
 enum Matcher {
-    /// Lower-case glob.
-    Hostname(String),
+    /// Case-insensitive glob: `*` any run of characters, `?` one, nothing else special.
+    ///
+    /// `wildmatch` rather than `globset` or `glob`: those are path globs (`[…]` classes,
+    /// `{a,b}`, `\` escapes, separators), while a hostname rule (and a Windows file name in
+    /// the Carbon Black simulator, the other user) means exactly `*` and `?`. It matches
+    /// iteratively with one backtrack point, so a hostile pattern cannot make it exponential,
+    /// and it has no dependencies.
+    Hostname(wildmatch::WildMatch),
     Tag(String),
     Group(String),
 }
@@ -85,7 +91,7 @@ impl Backends {
                     );
                     continue;
                 }
-                match build(&name, backend) {
+                match backend.build(&name) {
                     Ok(adapter) => {
                         adapters.insert(
                             name,
@@ -205,20 +211,6 @@ impl Backends {
     }
 }
 
-fn build(name: &str, backend: BackendConfig) -> Result<Arc<dyn Adapter>, AdapterError> {
-    match backend {
-        BackendConfig::Carbonblack(cb) => {
-            edrgate_carbonblack::CarbonBlackAdapter::new(name, cb).map(|a| Arc::new(a) as _)
-        }
-        BackendConfig::Cybereason(cr) => {
-            edrgate_cybereason::CybereasonAdapter::new(name, cr).map(|a| Arc::new(a) as _)
-        }
-        BackendConfig::Defender(mde) => {
-            edrgate_defender::DefenderAdapter::new(name, mde).map(|a| Arc::new(a) as _)
-        }
-    }
-}
-
 impl Tenant {
     fn new(adapters: BTreeMap<String, Built>, config: &RoutingConfig) -> Tenant {
         fn cache<V: Clone + Send + Sync + 'static>(
@@ -251,7 +243,7 @@ impl Tenant {
         {
             return Err(not_found(hostname));
         }
-        let result = self.route(hostname, &key).await;
+        let result = self.route(hostname).await;
         match &result {
             Ok(hit) => {
                 if let Some(cache) = &self.resolved {
@@ -269,9 +261,9 @@ impl Tenant {
     }
 
     /// The routing procedure documented on [`RoutingConfig`].
-    async fn route(&self, hostname: &str, lower: &str) -> Result<(String, Device), AdapterError> {
+    async fn route(&self, hostname: &str) -> Result<(String, Device), AdapterError> {
         if let Some(rule) = self.routing.rules.iter().find(|r| match &r.matcher {
-            Matcher::Hostname(pattern) => glob(pattern.as_bytes(), lower.as_bytes()),
+            Matcher::Hostname(pattern) => pattern.matches(hostname),
             _ => false,
         }) {
             let device = self.ask(&rule.backend, hostname).await?;
@@ -362,7 +354,9 @@ impl Routing {
 impl Rule {
     fn new(rule: &RouteRule) -> Option<Rule> {
         let matcher = match (&rule.hostname, &rule.tag, &rule.group) {
-            (Some(h), None, None) => Matcher::Hostname(h.to_ascii_lowercase()),
+            (Some(h), None, None) => {
+                Matcher::Hostname(wildmatch::WildMatch::new_case_insensitive(h))
+            }
             (None, Some(t), None) => Matcher::Tag(t.clone()),
             (None, None, Some(g)) => Matcher::Group(g.clone()),
             // Refused by validation.
@@ -379,42 +373,17 @@ fn not_found(hostname: &str) -> AdapterError {
     )
 }
 
-/// `*` matches any run of bytes, `?` one byte; everything else itself. Iterative with one
-/// backtrack point, so a hostile pattern cannot make it exponential.
-fn glob(pattern: &[u8], name: &[u8]) -> bool {
-    let (mut p, mut n) = (0, 0);
-    let mut star: Option<(usize, usize)> = None;
-    while n < name.len() {
-        match pattern.get(p) {
-            Some(b'*') => {
-                star = Some((p, n));
-                p += 1;
-            }
-            Some(&c) if c == b'?' || c == name[n] => {
-                p += 1;
-                n += 1;
-            }
-            _ => match star {
-                Some((sp, sn)) => {
-                    p = sp + 1;
-                    n = sn + 1;
-                    star = Some((sp, sn + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|&c| c == b'*')
-}
-
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::{Matcher, Rule};
+    use crate::config::RouteRule;
 
     #[test]
-    fn glob_matches_like_a_shell() {
+    fn hostname_rules_match_like_a_shell_ignoring_case() {
         for (pattern, name, expected) in [
             ("win-*", "win-0001", true),
+            ("WIN-*", "win-0001", true),
+            ("win-*", "WIN-0001", true),
             ("win-*", "srv-0001", false),
             ("*.corp.example", "db1.corp.example", true),
             ("*.corp.example", "db1.corp.example.evil", false),
@@ -424,8 +393,19 @@ mod tests {
             ("a*b*c", "axxbyyc", true),
             ("a*b*c", "axxbyy", false),
             ("exact", "exact", true),
+            ("[ab]", "a", false),
+            ("[ab]", "[AB]", true),
         ] {
-            assert_eq!(glob(pattern.as_bytes(), name.as_bytes()), expected, "{pattern} {name}");
+            let rule = RouteRule {
+                hostname: Some(pattern.into()),
+                tag: None,
+                group: None,
+                backend: "b".into(),
+            };
+            let Some(Rule { matcher: Matcher::Hostname(glob), .. }) = Rule::new(&rule) else {
+                panic!("not a hostname rule");
+            };
+            assert_eq!(glob.matches(name), expected, "{pattern} {name}");
         }
     }
 }

@@ -1,24 +1,25 @@
 //! The `edrgate` command line: `serve`, `migrate`, `demo`, `sim`, `token`, `check-config`,
 //! `openapi`.
 //!
-//! Besides `backends.rs`, this is the only gateway module that names a vendor crate: `demo`
-//! and `sim` run the vendors' simulators.
+//! `demo` and `sim` run the simulators of `registry::simulators` (cargo feature
+//! `simulators`, on by default; production builds have neither): `sim` has one subcommand per
+//! simulator, with the arguments that simulator declares, and `demo` gives every simulator a
+//! backend of the demo tenant. No vendor is named here.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
-use rand::Rng as _;
 
 use crate::api::openapi;
 use crate::app::{self, App};
 use crate::auth::{self, Auth, Permission, Permissions};
 use crate::backends::Backends;
 use crate::config::Config;
+#[cfg(feature = "simulators")]
+use crate::registry;
 
 /// One normalized response-action API in front of EDR live-response backends.
 #[derive(Debug, Parser)]
@@ -36,11 +37,12 @@ pub enum Command {
         #[arg(long, short, env = "EDRGATE_CONFIG")]
         config: PathBuf,
     },
-    /// Run the gateway and the Carbon Black, Defender and Cybereason simulators in one
-    /// process, with a demo tenant that has a backend on each, and print a token and curl
-    /// commands to try it.
+    /// Run the gateway and every vendor simulator in one process, with a demo tenant that has
+    /// a backend on each, and print a token and curl commands to try it.
+    #[cfg(feature = "simulators")]
     Demo(DemoArgs),
     /// Run a vendor simulator.
+    #[cfg(feature = "simulators")]
     #[command(subcommand)]
     Sim(SimCommand),
     /// Mint a development bearer token (HS256).
@@ -78,125 +80,64 @@ pub enum Command {
     },
 }
 
+#[cfg(feature = "simulators")]
 #[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Address of the gateway.
     #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: SocketAddr,
+    pub listen: std::net::SocketAddr,
     /// Where the demo keeps its database and files (default: a temporary directory removed
     /// at exit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Endpoints of the simulated Carbon Black server (`WIN-0001`, `WIN-0002`, …).
+    /// Endpoints of each simulator (Carbon Black's `WIN-0001`, `WIN-0002`, …).
     #[arg(long, default_value_t = 5)]
     pub sensors: usize,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum SimCommand {
-    /// Carbon Black EDR (Live Response API).
-    Carbonblack(CarbonBlackSimArgs),
-    /// Cybereason (console REST API: login, remediation, isolation, file fetch, IR tools).
-    Cybereason(CybereasonSimArgs),
-    /// Microsoft Defender for Endpoint (token endpoint, machines, live response, library,
-    /// result links, isolation).
-    Defender(DefenderSimArgs),
+/// `edrgate sim <kind> [ARGS]`: one subcommand per simulator of [`registry::simulators`], with
+/// the arguments that simulator declares (`edrgate sim <kind> --help`).
+#[cfg(feature = "simulators")]
+#[derive(Clone, Debug)]
+pub struct SimCommand {
+    /// The simulated backend kind (the subcommand's name).
+    pub kind: String,
+    /// The simulator's arguments, parsed by the command it declared.
+    pub matches: clap::ArgMatches,
 }
 
-#[derive(Debug, Args)]
-pub struct DefenderSimArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8445")]
-    pub listen: SocketAddr,
-    /// Serve HTTPS with a self-signed certificate for `localhost` and `127.0.0.1`.
-    #[arg(long)]
-    pub tls: bool,
-    /// Write the certificate (PEM) here, for clients to trust; printed when omitted.
-    #[arg(long, requires = "tls")]
-    pub cert_out: Option<PathBuf>,
-    /// Number of machines, hostnames `mde-0001`, `mde-0002`, ….
-    #[arg(long, default_value_t = 5)]
-    pub machines: usize,
-    /// Machine numbers that are offline (repeatable): their actions stay `Pending`.
-    #[arg(long)]
-    pub offline: Vec<usize>,
-    /// Time from a machine action's creation to `InProgress`, in milliseconds.
-    #[arg(long, default_value_t = 200)]
-    pub pickup_delay_ms: u64,
-    /// Time each live-response command takes, in milliseconds.
-    #[arg(long, default_value_t = 50)]
-    pub command_latency_ms: u64,
-    /// `runliveresponse` calls allowed per window (Defender: 10 per minute).
-    #[arg(long, default_value_t = 10)]
-    pub live_response_calls: usize,
-    /// The window of `--live-response-calls`, in seconds.
-    #[arg(long, default_value_t = 60)]
-    pub live_response_window_secs: u64,
-    /// Pending + running live-response actions allowed (Defender: 25).
-    #[arg(long, default_value_t = 25)]
-    pub session_cap: usize,
-    /// `expires_in` of issued access tokens, in seconds.
-    #[arg(long, default_value_t = 3599)]
-    pub token_lifetime_secs: u64,
-    /// Lifetime of result download links, in seconds (Defender: 30 minutes).
-    #[arg(long, default_value_t = 1800)]
-    pub link_lifetime_secs: u64,
+#[cfg(feature = "simulators")]
+impl clap::FromArgMatches for SimCommand {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        match matches.subcommand() {
+            Some((kind, matches)) => {
+                Ok(SimCommand { kind: kind.to_owned(), matches: matches.clone() })
+            }
+            None => Err(clap::Error::new(clap::error::ErrorKind::MissingSubcommand)),
+        }
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
 }
 
-#[derive(Debug, Args)]
-pub struct CybereasonSimArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8444")]
-    pub listen: SocketAddr,
-    /// Serve HTTPS with a self-signed certificate for `localhost` and `127.0.0.1`.
-    #[arg(long)]
-    pub tls: bool,
-    /// Write the certificate (PEM) here, for clients to trust; printed when omitted.
-    #[arg(long, requires = "tls")]
-    pub cert_out: Option<PathBuf>,
-    /// Number of machines, hostnames `CR-WS-0001`, `CR-WS-0002`, ….
-    #[arg(long, default_value_t = 5)]
-    pub machines: usize,
-    /// Time a remediation takes to end, in milliseconds.
-    #[arg(long, default_value_t = 300)]
-    pub remediation_delay_ms: u64,
-    /// Time between IR tool status changes on a sensor, in milliseconds.
-    #[arg(long, default_value_t = 200)]
-    pub ir_step_ms: u64,
-    /// Hostname where IR tools fail (repeatable).
-    #[arg(long)]
-    pub ir_fail_host: Vec<String>,
-}
+#[cfg(feature = "simulators")]
+impl Subcommand for SimCommand {
+    fn augment_subcommands(command: clap::Command) -> clap::Command {
+        command
+            .subcommands(registry::simulators().iter().map(|sim| sim.command()))
+            .subcommand_required(true)
+    }
 
-#[derive(Debug, Args)]
-pub struct CarbonBlackSimArgs {
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1:8443")]
-    pub listen: SocketAddr,
-    /// Serve HTTPS with a self-signed certificate for `localhost` and `127.0.0.1`.
-    #[arg(long)]
-    pub tls: bool,
-    /// Write the certificate (PEM) here, for clients to trust; printed when omitted.
-    #[arg(long, requires = "tls")]
-    pub cert_out: Option<PathBuf>,
-    /// API token clients send in `X-Auth-Token`.
-    #[arg(long, default_value = DEFAULT_TOKEN)]
-    pub token: String,
-    /// Number of sensors, ids 1..=N, hostnames `WIN-0001`, `WIN-0002`, ….
-    #[arg(long, default_value_t = 5)]
-    pub sensors: usize,
-    /// Concurrent live-response sessions the server allows.
-    #[arg(long, default_value_t = 10)]
-    pub slots: usize,
-    /// Time from a session holding a slot to `active`, in milliseconds.
-    #[arg(long, default_value_t = 200)]
-    pub checkin_delay_ms: u64,
-    /// Time a command takes, in milliseconds.
-    #[arg(long, default_value_t = 50)]
-    pub command_latency_ms: u64,
-    /// Size of each endpoint's `C:\evidence\big.bin`, in bytes (generated, not stored).
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub file_size_bytes: u64,
+    fn augment_subcommands_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_subcommands(command)
+    }
+
+    fn has_subcommand(name: &str) -> bool {
+        registry::simulators().iter().any(|sim| sim.kind() == name)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -247,10 +188,10 @@ pub fn init_tracing() {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { config } => serve(&config).await,
+        #[cfg(feature = "simulators")]
         Command::Demo(args) => demo(args).await,
-        Command::Sim(SimCommand::Carbonblack(args)) => sim_carbonblack(args).await,
-        Command::Sim(SimCommand::Cybereason(args)) => sim_cybereason(args).await,
-        Command::Sim(SimCommand::Defender(args)) => sim_defender(args).await,
+        #[cfg(feature = "simulators")]
+        Command::Sim(sim) => simulate(sim).await,
         Command::Token(args) => token(args),
         Command::Migrate { config } => migrate(&config).await,
         Command::CheckConfig { file, connect } => Ok(check_config(&file, connect).await),
@@ -277,7 +218,20 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `edrgate sim <kind>`: the simulator in the foreground until ctrl-c or SIGTERM.
+#[cfg(feature = "simulators")]
+async fn simulate(sim: SimCommand) -> anyhow::Result<ExitCode> {
+    let plugin = registry::simulators()
+        .iter()
+        .find(|p| p.kind() == sim.kind)
+        .with_context(|| format!("no simulator of kind {:?}", sim.kind))?;
+    plugin.serve(&sim.matches, Box::pin(app::shutdown_signal())).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "simulators")]
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    use rand::Rng as _;
     // A fresh temporary directory unless one was given; only a directory made here is removed.
     let (dir, remove_after) = match args.data_dir {
         Some(dir) => (dir, false),
@@ -289,31 +243,27 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
 
-    // The simulator over HTTPS, as a real server would be; the gateway trusts its certificate.
-    let sim = Simulator::new(SimConfig { sensors: args.sensors, ..SimConfig::default() });
-    let sim_addr = sim.spawn_tls().await.context("starting the Carbon Black simulator")?;
-    let ca_file = dir.join("cb-sim-ca.pem");
-    std::fs::write(&ca_file, sim.cert_pem()?)
-        .with_context(|| format!("writing {}", ca_file.display()))?;
+    // Every simulator over HTTPS, as a real server would be; the gateway trusts its certificate.
+    let mut backends = Vec::new();
+    for sim in registry::simulators() {
+        backends.push(sim.demo(&dir, args.sensors).await?);
+    }
 
     let secret = hex::encode(rand::rng().random::<[u8; 32]>());
-    let text = format!(
+    let mut text = format!(
         "[server]\nlisten = {listen}\n\
          [store]\npath = {db}\n\
          [files]\ndir = {files}\n\
-         [auth]\nallow_hs256 = true\nhs256_secret = {secret}\n\
-         [tenants.demo.backends.cb-lab]\nkind = \"carbonblack\"\nurl = {url}\ntoken = {token}\nca_file = {ca}\n",
+         [auth]\nallow_hs256 = true\nhs256_secret = {secret}\n",
         listen = toml_string(&args.listen.to_string()),
         db = toml_string(&dir.join("edrgate.db").display().to_string()),
         files = toml_string(&dir.join("files").display().to_string()),
         secret = toml_string(&secret),
-        url = toml_string(&format!("https://127.0.0.1:{}", sim_addr.port())),
-        token = toml_string(DEFAULT_TOKEN),
-        ca = toml_string(&ca_file.display().to_string()),
     );
-    let (cr_toml, cr_banner) = demo_cybereason(&dir).await?;
-    let (mde_toml, mde_banner) = demo_defender(&dir).await?;
-    let text = text + &cr_toml + &mde_toml;
+    for backend in &backends {
+        text +=
+            &format!("[tenants.demo.backends.{}]\n{}", toml_string(&backend.name), backend.toml);
+    }
     let config = Config::parse(&text, |_| None)
         .map_err(|errors| anyhow::anyhow!("demo configuration: {}", errors.join("; ")))?;
     let token = auth::mint_for(&config.auth, "demo", "demo-user", Duration::from_secs(24 * 3600))?;
@@ -322,9 +272,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let base = format!("http://{}", listener.local_addr()?);
-    println!("{}", demo_banner(&base, &token, &dir, sim_addr, args.sensors));
-    println!("{cr_banner}");
-    println!("{mde_banner}");
+    println!("{}", demo_banner(&base, &token, &dir, &backends));
     app::serve(listener, app, app::shutdown_signal()).await?;
     if remove_after && let Err(error) = std::fs::remove_dir_all(&dir) {
         tracing::warn!(%error, dir = %dir.display(), "could not remove the demo directory");
@@ -332,237 +280,55 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo_banner(base: &str, token: &str, dir: &Path, sim: SocketAddr, sensors: usize) -> String {
-    let last = format!("WIN-{sensors:04}");
-    format!(
+/// What the demo prints: where everything runs, the token, and curl calls that submit the
+/// first backend's example and follow it (the other backends' examples go the same way).
+#[cfg(feature = "simulators")]
+fn demo_banner(
+    base: &str,
+    token: &str,
+    dir: &Path,
+    backends: &[edrgate_simkit::DemoBackend],
+) -> String {
+    // Inside single quotes in a shell, only `'` needs care.
+    let quoted = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
+    let mut out = format!("\nedrgate demo on {base}, tenant \"demo\"\n");
+    for b in backends {
+        out += &format!("  backend {:?}: {}\n", b.name, b.summary);
+    }
+    out += &format!("  data in {}\n  stop with ctrl-c\n", dir.display());
+    out += &format!(
         r#"
-edrgate demo on {base}
-  tenant "demo", backend "cb-lab": Carbon Black simulator at https://{sim} ({sensors} endpoints, WIN-0001 … {last})
-  data in {dir}
-  stop with ctrl-c
-
 Paste into a shell:
 
 export EDRGATE_TOKEN='{token}'
 
 # 1. the devices the demo tenant can act on
 curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" '{base}/v1/devices'
-
-# 2. list the processes of WIN-0001 (answers 202 with the stored action; its id goes to ACTION_ID)
+"#
+    );
+    if let Some((first, others)) = backends.split_first() {
+        out += &format!(
+            r#"
+# 2. an action on backend {name:?} (answers 202 with the stored action; its id goes to ACTION_ID)
 ACTION_ID=$(curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" -H 'Content-Type: application/json' \
-  -d '{{"targets": [{{"hostname": "WIN-0001"}}], "commands": [{{"type": "process_list"}}]}}' \
+  -d {example} \
   '{base}/v1/actions' | grep -o '"id":"[^"]*"' | head -n 1 | cut -d '"' -f 4); echo "$ACTION_ID"
 
 # 3. the action, waiting up to 30 s for its next change (repeat until "status":"succeeded")
 curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" "{base}/v1/actions/$ACTION_ID?wait=30"
-
-API description: {base}/openapi.json
 "#,
-        dir = dir.display(),
-    )
-}
-
-/// The demo's Cybereason simulator (HTTPS, `CR-WS-0001` … `CR-WS-0005`) as backend `cr-lab`
-/// of tenant `demo`: its config table and a banner line.
-async fn demo_cybereason(dir: &Path) -> anyhow::Result<(String, String)> {
-    use edrgate_cybereason::simulator as cr;
-    let sim = cr::Simulator::new(cr::SimConfig::default());
-    let addr = sim.spawn_tls().await.context("starting the Cybereason simulator")?;
-    let ca_file = dir.join("cr-sim-ca.pem");
-    std::fs::write(&ca_file, sim.cert_pem()?)
-        .with_context(|| format!("writing {}", ca_file.display()))?;
-    let table = format!(
-        "[tenants.demo.backends.cr-lab]\nkind = \"cybereason\"\nurl = {url}\nusername = {user}\n\
-         password = {password}\ntotp_secret = {totp}\nfetch_zip_password = {zip}\nca_file = {ca}\n",
-        url = toml_string(&format!("https://127.0.0.1:{}", addr.port())),
-        user = toml_string(cr::DEFAULT_TFA_USERNAME),
-        password = toml_string(cr::DEFAULT_PASSWORD),
-        totp = toml_string(cr::DEFAULT_TOTP_SECRET),
-        zip = toml_string(cr::DEFAULT_ZIP_PASSWORD),
-        ca = toml_string(&ca_file.display().to_string()),
-    );
-    let hosts = sim.hostnames();
-    let banner = format!(
-        "  backend \"cr-lab\": Cybereason simulator at https://{addr} ({} machines, {} … {}); try\n  \
-         {{\"targets\": [{{\"hostname\": \"CR-WS-0001\"}}], \"commands\": [{{\"type\": \"get_file\", \"path\": \"C:\\\\evidence\\\\note.txt\"}}]}}",
-        hosts.len(),
-        hosts.first().map_or("", String::as_str),
-        hosts.last().map_or("", String::as_str),
-    );
-    Ok((table, banner))
-}
-
-/// The demo's Defender simulator (HTTPS, `mde-0001` … `mde-0005`) as backend `mde-lab` of
-/// tenant `demo`: its config table and a banner line.
-async fn demo_defender(dir: &Path) -> anyhow::Result<(String, String)> {
-    use edrgate_defender::simulator as mde;
-    let config = mde::SimConfig::default();
-    let machines = config.machines;
-    let sim = mde::Simulator::new(config);
-    let addr = sim.spawn_tls().await.context("starting the Defender simulator")?;
-    let ca_file = dir.join("mde-sim-ca.pem");
-    std::fs::write(&ca_file, sim.cert_pem()?)
-        .with_context(|| format!("writing {}", ca_file.display()))?;
-    let base = format!("https://127.0.0.1:{}", addr.port());
-    let table = format!(
-        "[tenants.demo.backends.mde-lab]\nkind = \"defender\"\napi_url = {url}\n\
-         token_url = {token_url}\ntenant_id = {tenant}\nclient_id = {client}\n\
-         client_secret = {secret}\nca_file = {ca}\n",
-        url = toml_string(&base),
-        token_url = toml_string(&format!("{base}/{}/oauth2/v2.0/token", mde::DEFAULT_TENANT)),
-        tenant = toml_string(mde::DEFAULT_TENANT),
-        client = toml_string(mde::DEFAULT_CLIENT_ID),
-        secret = toml_string(mde::DEFAULT_CLIENT_SECRET),
-        ca = toml_string(&ca_file.display().to_string()),
-    );
-    let banner = format!(
-        "  backend \"mde-lab\": Defender simulator at https://{addr} ({machines} machines, mde-0001 … mde-{machines:04}); try\n  \
-         {{\"targets\": [{{\"hostname\": \"mde-0001\"}}], \"commands\": [{{\"type\": \"process_list\"}}, {{\"type\": \"get_file\", \"path\": \"C:\\\\evidence\\\\note.txt\"}}]}}"
-    );
-    Ok((table, banner))
-}
-
-async fn sim_defender(args: DefenderSimArgs) -> anyhow::Result<ExitCode> {
-    use edrgate_defender::simulator as mde;
-    let sim = mde::Simulator::new(mde::SimConfig {
-        machines: args.machines,
-        offline_machines: args.offline.clone(),
-        pickup_delay: Duration::from_millis(args.pickup_delay_ms),
-        command_latency: Duration::from_millis(args.command_latency_ms),
-        live_response_calls: args.live_response_calls,
-        live_response_window: Duration::from_secs(args.live_response_window_secs),
-        session_cap: args.session_cap,
-        token_lifetime: Duration::from_secs(args.token_lifetime_secs),
-        link_lifetime: Duration::from_secs(args.link_lifetime_secs),
-        ..mde::SimConfig::default()
-    });
-    let scheme = if args.tls { "https" } else { "http" };
-    println!(
-        "Defender simulator on {scheme}://{}\n  token endpoint {scheme}://{}/{}/oauth2/v2.0/token\n  client_id {} client_secret {}\n  {} machines (mde-0001 …), library script collect.ps1",
-        args.listen,
-        args.listen,
-        mde::DEFAULT_TENANT,
-        mde::DEFAULT_CLIENT_ID,
-        mde::DEFAULT_CLIENT_SECRET,
-        args.machines,
-    );
-    if args.tls {
-        let pem = sim.cert_pem()?;
-        match &args.cert_out {
-            Some(path) => {
-                std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?
-            }
-            None => println!("{pem}"),
-        }
-        let listener = std::net::TcpListener::bind(args.listen)
-            .with_context(|| format!("binding {}", args.listen))?;
-        sim.serve_tls_on(listener).await?;
-    } else {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
-        sim.serve(listener).await?;
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn sim_cybereason(args: CybereasonSimArgs) -> anyhow::Result<ExitCode> {
-    use edrgate_cybereason::simulator as cr;
-    let sim = cr::Simulator::new(cr::SimConfig {
-        machines: args.machines,
-        remediation_delay: Duration::from_millis(args.remediation_delay_ms),
-        ir_step: Duration::from_millis(args.ir_step_ms),
-        ir_fail_hosts: args.ir_fail_host.clone(),
-        ..cr::SimConfig::default()
-    });
-    let scheme = if args.tls { "https" } else { "http" };
-    let banner = |addr: SocketAddr| {
-        println!(
-            "Cybereason simulator on {scheme}://{addr}\n  users: {} (no 2FA) and {} (TOTP secret {}), password {}\n  fetch zip password: {}\n  {} machines (CR-WS-0001 …)",
-            cr::DEFAULT_USERNAME,
-            cr::DEFAULT_TFA_USERNAME,
-            cr::DEFAULT_TOTP_SECRET,
-            cr::DEFAULT_PASSWORD,
-            cr::DEFAULT_ZIP_PASSWORD,
-            args.machines,
+            name = first.name,
+            example = quoted(&first.example),
         );
-    };
-    let served = if args.tls {
-        let listener = std::net::TcpListener::bind(args.listen)
-            .with_context(|| format!("binding {}", args.listen))?;
-        let pem = sim.cert_pem()?;
-        match &args.cert_out {
-            Some(path) => {
-                std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?
+        if !others.is_empty() {
+            out += "\n# 4. the other backends, the same way: submit one of these bodies as in 2.\n";
+            for b in others {
+                out += &format!("#   {}: {}\n", b.name, b.example);
             }
-            None => println!("{pem}"),
         }
-        banner(listener.local_addr()?);
-        tokio::spawn(sim.serve_tls_on(listener))
-    } else {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
-        banner(listener.local_addr()?);
-        tokio::spawn(sim.serve(listener))
-    };
-    tokio::select! {
-        result = served => result.context("simulator task")?.context("simulator")?,
-        () = app::shutdown_signal() => {}
     }
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn sim_carbonblack(args: CarbonBlackSimArgs) -> anyhow::Result<ExitCode> {
-    let sim = Simulator::new(SimConfig {
-        token: args.token.clone(),
-        sensors: args.sensors,
-        slot_limit: args.slots,
-        checkin_delay: Duration::from_millis(args.checkin_delay_ms),
-        command_latency: Duration::from_millis(args.command_latency_ms),
-        file_size: args.file_size_bytes,
-        ..SimConfig::default()
-    });
-    let scheme = if args.tls { "https" } else { "http" };
-    let served = if args.tls {
-        let listener = std::net::TcpListener::bind(args.listen)
-            .with_context(|| format!("binding {}", args.listen))?;
-        let addr = listener.local_addr()?;
-        let pem = sim.cert_pem()?;
-        match &args.cert_out {
-            Some(path) => {
-                std::fs::write(path, &pem).with_context(|| format!("writing {}", path.display()))?
-            }
-            None => println!("{pem}"),
-        }
-        print_sim_banner(scheme, addr, &args);
-        tokio::spawn(sim.serve_tls_on(listener))
-    } else {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("binding {}", args.listen))?;
-        print_sim_banner(scheme, listener.local_addr()?, &args);
-        tokio::spawn(sim.serve(listener))
-    };
-    tokio::select! {
-        result = served => result.context("simulator task")?.context("simulator")?,
-        () = app::shutdown_signal() => {}
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn print_sim_banner(scheme: &str, addr: SocketAddr, args: &CarbonBlackSimArgs) {
-    println!(
-        "Carbon Black simulator on {scheme}://{addr}\n  X-Auth-Token: {}\n  {} sensors (ids 1..={}, WIN-0001 …), {} session slots{}",
-        args.token,
-        args.sensors,
-        args.sensors,
-        args.slots,
-        match &args.cert_out {
-            Some(path) => format!("\n  certificate: {}", path.display()),
-            None => String::new(),
-        }
-    );
+    out += &format!("\nAPI description: {base}/openapi.json\n");
+    out
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
@@ -599,8 +365,6 @@ fn token(args: TokenArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Parses, validates, builds the backends and the token validator; with `connect`, also
-/// reaches every backend with its credentials.
 async fn migrate(path: &Path) -> anyhow::Result<ExitCode> {
     let config = match Config::load(path) {
         Ok(config) => config,
@@ -616,6 +380,8 @@ async fn migrate(path: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Parses, validates, builds the backends and the token validator; with `connect`, also
+/// reaches every backend with its credentials.
 async fn check_config(path: &Path, connect: bool) -> ExitCode {
     let mut config = match Config::load(path) {
         Ok(config) => config,
@@ -700,6 +466,7 @@ fn print_problems(path: &Path, problems: &[String]) {
 }
 
 /// A TOML basic string (quoted and escaped).
+#[cfg(feature = "simulators")]
 fn toml_string(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
 }
@@ -735,30 +502,6 @@ mod tests {
             parse(&["openapi", "--write"]).unwrap().command,
             Command::Openapi { write: true, .. }
         ));
-        let Command::Sim(SimCommand::Carbonblack(sim)) =
-            parse(&["sim", "carbonblack", "--listen", "127.0.0.1:0", "--tls", "--sensors", "9"])
-                .unwrap()
-                .command
-        else {
-            panic!("not sim carbonblack");
-        };
-        assert!(sim.tls);
-        assert_eq!((sim.sensors, sim.slots, sim.token.as_str()), (9, 10, DEFAULT_TOKEN));
-        let Command::Sim(SimCommand::Cybereason(cr)) =
-            parse(&["sim", "cybereason", "--listen", "127.0.0.1:0"]).unwrap().command
-        else {
-            panic!("not sim cybereason");
-        };
-        assert_eq!((cr.tls, cr.machines, cr.remediation_delay_ms), (false, 5, 300));
-        let Command::Sim(SimCommand::Defender(mde)) =
-            parse(&["sim", "defender", "--listen", "127.0.0.1:0", "--offline", "3"])
-                .unwrap()
-                .command
-        else {
-            panic!("not sim defender");
-        };
-        assert_eq!((mde.machines, mde.live_response_calls, mde.session_cap), (5, 10, 25));
-        assert_eq!(mde.offline, [3]);
         let Command::Token(t) =
             parse(&["token", "--tenant", "acme", "--secret", "s"]).unwrap().command
         else {
@@ -775,10 +518,76 @@ mod tests {
         assert_eq!(t.permissions, [Permission::Read, Permission::Contain]);
         assert!(parse(&[&args[..6], &["root"]].concat()).is_err());
         assert!(parse(&["token", "--tenant", "acme", "--secret", "s", "--config", "c"]).is_err());
-        let Command::Demo(demo) = parse(&["demo"]).unwrap().command else { panic!("not demo") };
-        assert_eq!(demo.listen.to_string(), "127.0.0.1:8080");
     }
 
+    /// `sim` and `demo` exist only with the simulators, and `sim` has the arguments each
+    /// simulator declares.
+    #[cfg(feature = "simulators")]
+    #[test]
+    fn simulator_subcommands_parse() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("edrgate").chain(args.iter().copied()))
+        };
+        let sim = |args: &[&str]| match parse(args).unwrap().command {
+            Command::Sim(sim) => sim,
+            other => panic!("not sim: {other:?}"),
+        };
+        let cb = sim(&["sim", "carbonblack", "--listen", "127.0.0.1:0", "--tls", "--sensors", "9"]);
+        assert_eq!(cb.kind, "carbonblack");
+        let m = &cb.matches;
+        assert!(m.get_flag("tls"));
+        assert_eq!(
+            (m.get_one::<usize>("sensors"), m.get_one::<usize>("slots")),
+            (Some(&9), Some(&10))
+        );
+        assert!(m.get_one::<String>("token").is_some_and(|t| !t.is_empty()), "a default token");
+        let cr = sim(&["sim", "cybereason", "--listen", "127.0.0.1:0"]);
+        assert_eq!(cr.kind, "cybereason");
+        let m = &cr.matches;
+        assert!(!m.get_flag("tls"));
+        assert_eq!(
+            (m.get_one::<usize>("machines"), m.get_one::<u64>("remediation_delay_ms")),
+            (Some(&5), Some(&300))
+        );
+        let mde = sim(&["sim", "defender", "--listen", "127.0.0.1:0", "--offline", "3"]);
+        assert_eq!(mde.kind, "defender");
+        let m = &mde.matches;
+        assert_eq!(
+            [
+                m.get_one::<usize>("machines"),
+                m.get_one("live_response_calls"),
+                m.get_one("session_cap")
+            ],
+            [Some(&5), Some(&10), Some(&25)]
+        );
+        assert_eq!(m.get_many::<usize>("offline").unwrap().collect::<Vec<_>>(), [&3]);
+        // A simulator's own arguments are checked by its command.
+        assert!(parse(&["sim", "carbonblack", "--machines", "3"]).is_err());
+        assert!(parse(&["sim", "nonesuch"]).is_err());
+        assert!(parse(&["sim"]).is_err());
+        let Command::Demo(demo) = parse(&["demo"]).unwrap().command else { panic!("not demo") };
+        assert_eq!((demo.listen.to_string().as_str(), demo.sensors), ("127.0.0.1:8080", 5));
+    }
+
+    #[cfg(feature = "simulators")]
+    #[test]
+    fn the_demo_banner_shows_every_backend_and_a_pasteable_first_action() {
+        let backend = |name: &str, example: &str| edrgate_simkit::DemoBackend {
+            name: name.into(),
+            toml: String::new(),
+            summary: format!("{name} simulator"),
+            example: example.into(),
+        };
+        let backends = [backend("a-lab", r#"{"x": "it's"}"#), backend("b-lab", "{}")];
+        let banner = demo_banner("http://127.0.0.1:1", "TOKEN", Path::new("/d"), &backends);
+        assert!(banner.contains("backend \"a-lab\": a-lab simulator"), "{banner}");
+        assert!(banner.contains("backend \"b-lab\": b-lab simulator"), "{banner}");
+        assert!(banner.contains(r#"-d '{"x": "it'\''s"}'"#), "{banner}");
+        assert!(banner.contains("#   b-lab: {}"), "{banner}");
+        assert!(banner.contains("export EDRGATE_TOKEN='TOKEN'"), "{banner}");
+    }
+
+    #[cfg(feature = "simulators")]
     #[test]
     fn toml_strings_are_escaped() {
         let tricky = r#"C:\x "y" 'z'"#;

@@ -947,7 +947,7 @@ impl Journal for Driver<'_> {
         }
         match self.save(Duration::ZERO).await {
             Ok(Outcome::LeaseLost) => {
-                Err(AdapterError::new(ErrorCode::Conflict, "the run's lease was lost"))
+                Err(AdapterError::lease_lost())
             }
             Ok(_) => Ok(()),
             Err(e) => Err(AdapterError::internal(format!("cannot record intent: {e}"))),

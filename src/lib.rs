@@ -13,4 +13,6 @@ pub mod config;
 pub mod engine;
 pub mod files;
 pub mod metrics;
+pub mod net;
+pub mod registry;
 pub mod store;

@@ -1,9 +1,10 @@
 //! End to end: the gateway and the Defender simulator in one process, over real HTTP on
 //! loopback, driven only through `/v1`.
 
+use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
-use edrgate_defender::simulator::{
+use edrgate_defender_sim::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, Faults, SimConfig, Simulator,
     machine_id,
 };
@@ -282,7 +283,7 @@ async fn every_command_kind_returns_the_typed_result_shapes() {
     let file = &r[5]["result"]["file"];
     assert_eq!(
         gw.file(file["file_id"].as_str().unwrap()).await,
-        edrgate_defender::simulator::NOTE_TXT
+        edrgate_defender_sim::NOTE_TXT
     );
     let w = commands(&writes);
     assert_eq!(w[1]["result"]["output"], "nt authority\\system\r\n");

@@ -9,7 +9,7 @@ use edrgate::app::App;
 use edrgate::config::Config;
 use edrgate_carbonblack_sim as cb;
 use edrgate_cybereason::simulator as cr;
-use edrgate_defender::simulator as mde;
+use edrgate_defender_sim as mde;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 

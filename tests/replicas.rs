@@ -375,7 +375,7 @@ async fn a_sigterm_replica_exits_within_its_grace_and_the_other_finishes_its_run
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_keep_defenders_call_rate_and_session_cap_together() {
-    use edrgate_defender::simulator as mde;
+    use edrgate_defender_sim as mde;
     // Defender's 10 runliveresponse calls per minute scaled to 10 per 2 s; the backend allows 4
     // live sessions (the simulated service would take 25), so both limits are the gateway's.
     let sim = mde::Simulator::new(mde::SimConfig {
@@ -435,7 +435,7 @@ async fn two_replicas_keep_defenders_call_rate_and_session_cap_together() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
     use edrgate_cybereason::simulator as cr;
-    use edrgate_defender::simulator as mde;
+    use edrgate_defender_sim as mde;
     const PER_VENDOR: usize = 100;
     const CB_SLOTS: usize = 5;
     const MDE_SESSIONS: usize = 8;

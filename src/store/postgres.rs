@@ -34,15 +34,6 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<Db> {
     Ok(Db::Postgres(pool))
 }
 
-/// Whether `url` is a PostgreSQL connection URL sqlx accepts (for configuration checks).
-pub fn check_url(url: &str) -> std::result::Result<(), String> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err("must start with postgres:// or postgresql://".to_owned());
-    }
-    // The error text may quote the URL, password included: report the kind only.
-    PgConnectOptions::from_str(url).map(|_| ()).map_err(|_| "is not a valid PostgreSQL URL".into())
-}
-
 /// A change to an action made by some replica.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Change {

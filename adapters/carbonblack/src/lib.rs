@@ -69,3 +69,24 @@ pub use adapter::CarbonBlackAdapter;
 /// The backend kind, as configured (`kind = "carbonblack"`) and reported.
 pub const KIND: &str = "carbonblack";
 pub use config::CarbonBlackConfig;
+
+/// Carbon Black EDR as the gateway configures and builds it (`kind = "carbonblack"`).
+#[derive(Debug)]
+pub struct CarbonBlack;
+
+impl edrgate_adapter::factory::BackendFactory for CarbonBlack {
+    const KIND: &'static str = KIND;
+    type Config = CarbonBlackConfig;
+    const SECRETS: &'static [&'static str] = &["token"];
+
+    fn validate(config: &CarbonBlackConfig) -> Result<(), Vec<String>> {
+        config.validate()
+    }
+
+    fn build(
+        name: &str,
+        config: CarbonBlackConfig,
+    ) -> Result<std::sync::Arc<dyn edrgate_adapter::Adapter>, edrgate_adapter::AdapterError> {
+        Ok(std::sync::Arc::new(CarbonBlackAdapter::new(name, config)?))
+    }
+}

@@ -240,8 +240,10 @@ impl CommandUpdate {
 /// Persists a run's progress immediately, before a vendor call with a side effect.
 #[async_trait]
 pub trait Journal: Send + Sync {
-    /// Stores `checkpoint` and `updates` now. An error means the engine no longer owns the run
-    /// (its lease was taken over): the adapter must not make the vendor call.
+    /// Stores `checkpoint` and `updates` now. On an error the adapter must not make the vendor
+    /// call. [`AdapterError::lease_lost`] says the engine no longer owns the run (its lease was
+    /// taken over): the step ends there, without further vendor calls (the step driver,
+    /// [`crate::driver`], does that); any other error is an ordinary failure to store.
     async fn record(
         &self,
         checkpoint: &serde_json::Value,

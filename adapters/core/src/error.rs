@@ -16,11 +16,34 @@ pub struct AdapterError {
     pub retryable: bool,
     /// The vendor's `Retry-After`, which overrides the back-off.
     pub retry_after: Option<Duration>,
+    /// Set only by [`AdapterError::lease_lost`]: a flag rather than a code, so that no vendor
+    /// error (a vendor's own 409 maps to `conflict` too) can pass for it.
+    lease_lost: bool,
 }
 
 impl AdapterError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        AdapterError { info: ErrorInfo::new(code, message), retryable: false, retry_after: None }
+        AdapterError {
+            info: ErrorInfo::new(code, message),
+            retryable: false,
+            retry_after: None,
+            lease_lost: false,
+        }
+    }
+
+    /// The journal refused because the run's lease was taken over: another worker drives the
+    /// run now, so this one must make no further vendor call for it, and must not retry.
+    /// [`crate::Journal`] implementations return it; the step driver stops on it.
+    pub fn lease_lost() -> Self {
+        AdapterError {
+            lease_lost: true,
+            ..Self::new(ErrorCode::Conflict, "the run's lease was taken over by another worker")
+        }
+    }
+
+    /// Whether this is [`AdapterError::lease_lost`].
+    pub fn is_lease_lost(&self) -> bool {
+        self.lease_lost
     }
 
     /// A transient failure (connection refused, 5xx, 429).

@@ -7,6 +7,9 @@
 //! - [`adapter`]: the [`Adapter`] trait, a resumable state machine the engine drives step by
 //!   step, and the seams it gets from the engine ([`Journal`], [`RunFiles`]);
 //! - [`error`]: [`AdapterError`], the normalized error with its retry hints;
+//! - [`driver`]: the step loop every adapter's `step` delegates to ([`driver::drive`]): stop
+//!   checks, back-off, `on_error`, intent journaling; a vendor implements [`driver::VendorRun`];
+//! - [`factory`]: [`factory::BackendFactory`], a vendor's kind, config, secrets and build, said once;
 //! - [`budget`]: [`FairSlots`], the fair concurrency budget in front of a vendor;
 //! - [`shared`]: [`SharedBudget`], vendor budgets kept with the other gateway replicas;
 //! - [`http`]: vendor-HTTP helpers shared by adapters (`Retry-After`, back-off, classification
@@ -17,7 +20,9 @@
 
 pub mod adapter;
 pub mod budget;
+pub mod driver;
 pub mod error;
+pub mod factory;
 pub mod http;
 pub mod model;
 pub mod shared;

@@ -87,7 +87,7 @@ impl Journal for MemJournal {
     ) -> Result<(), AdapterError> {
         let mode = *lock(&self.mode);
         if mode == JournalMode::Refuse {
-            return Err(AdapterError::new(ErrorCode::Conflict, "the run's lease was taken over"));
+            return Err(AdapterError::lease_lost());
         }
         lock(&self.records).push(checkpoint.clone());
         lock(&self.pending).extend_from_slice(updates);

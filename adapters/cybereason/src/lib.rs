@@ -94,3 +94,24 @@ mod wire;
 
 pub use adapter::{CybereasonAdapter, MAX_PACKAGE_BYTES};
 pub use config::{CybereasonConfig, FetchMode};
+
+/// Cybereason as the gateway configures and builds it (`kind = "cybereason"`).
+#[derive(Debug)]
+pub struct Cybereason;
+
+impl edrgate_adapter::factory::BackendFactory for Cybereason {
+    const KIND: &'static str = "cybereason";
+    type Config = CybereasonConfig;
+    const SECRETS: &'static [&'static str] = &["password", "totp_secret", "fetch_zip_password"];
+
+    fn validate(config: &CybereasonConfig) -> Result<(), Vec<String>> {
+        config.validate()
+    }
+
+    fn build(
+        name: &str,
+        config: CybereasonConfig,
+    ) -> Result<std::sync::Arc<dyn edrgate_adapter::Adapter>, edrgate_adapter::AdapterError> {
+        Ok(std::sync::Arc::new(CybereasonAdapter::new(name, config)?))
+    }
+}

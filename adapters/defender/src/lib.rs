@@ -1,4 +1,7 @@
-//! Microsoft Defender for Endpoint (MDE) live-response adapter for edrgate, and its simulator.
+//! Microsoft Defender for Endpoint (MDE) live-response adapter for edrgate. Its simulator is
+//! the independent crate `edrgate-defender-sim` (`simulator/`); edrgate's helper-script
+//! protocol, shared on purpose by both, is the crate `edrgate-defender-helpers`
+//! (`helper-protocol/`).
 //!
 //! Section numbers (§) refer to `shared/vendor-apis/defender.md`; vendor pages:
 //! <https://learn.microsoft.com/en-us/defender-endpoint/api/run-live-response>,
@@ -85,9 +88,30 @@ mod adapter;
 mod client;
 mod config;
 mod mapping;
-pub mod simulator;
 mod wire;
 
 pub use adapter::DefenderAdapter;
 pub use config::{DefenderConfig, LIBRARY_MAX_BYTES};
-pub use mapping::PUTFILE_DIR;
+
+/// Microsoft Defender for Endpoint as the gateway configures and builds it
+/// (`kind = "defender"`).
+#[derive(Debug)]
+pub struct Defender;
+
+impl edrgate_adapter::factory::BackendFactory for Defender {
+    const KIND: &'static str = "defender";
+    type Config = DefenderConfig;
+    const SECRETS: &'static [&'static str] = &["client_secret"];
+
+    fn validate(config: &DefenderConfig) -> Result<(), Vec<String>> {
+        config.validate()
+    }
+
+    fn build(
+        name: &str,
+        config: DefenderConfig,
+    ) -> Result<std::sync::Arc<dyn edrgate_adapter::Adapter>, edrgate_adapter::AdapterError> {
+        Ok(std::sync::Arc::new(DefenderAdapter::new(name, config)?))
+    }
+}
+pub use edrgate_defender_helpers::PUTFILE_DIR;

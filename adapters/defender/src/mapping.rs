@@ -15,7 +15,6 @@ use edrgate_adapter::{
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::wire::{self, HELPER_MARKER, HelperOutput, LrCommand, keys, kinds};
 
@@ -171,67 +170,9 @@ pub(crate) fn device(backend: &str, m: wire::Machine) -> Device {
 
 // ---- helper scripts ----
 
-/// edrgate's helper scripts, shipped in the crate and uploaded to the tenant's library on
-/// first use under a content-versioned name (`edrgate-<name>-<sha256[..12]>.ps1`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Helper {
-    ProcessList,
-    ListDirectory,
-    KillProcess,
-    Execute,
-    Registry,
-    File,
-}
-
-impl Helper {
-    pub(crate) const ALL: [Helper; 6] = [
-        Helper::ProcessList,
-        Helper::ListDirectory,
-        Helper::KillProcess,
-        Helper::Execute,
-        Helper::Registry,
-        Helper::File,
-    ];
-
-    pub(crate) fn name(self) -> &'static str {
-        match self {
-            Helper::ProcessList => "process_list",
-            Helper::ListDirectory => "list_directory",
-            Helper::KillProcess => "kill_process",
-            Helper::Execute => "execute",
-            Helper::Registry => "registry",
-            Helper::File => "file",
-        }
-    }
-
-    pub(crate) fn source(self) -> &'static str {
-        match self {
-            Helper::ProcessList => include_str!("../scripts/process_list.ps1"),
-            Helper::ListDirectory => include_str!("../scripts/list_directory.ps1"),
-            Helper::KillProcess => include_str!("../scripts/kill_process.ps1"),
-            Helper::Execute => include_str!("../scripts/execute.ps1"),
-            Helper::Registry => include_str!("../scripts/registry.ps1"),
-            Helper::File => include_str!("../scripts/file.ps1"),
-        }
-    }
-
-    /// The library name: a new script version gets a new name, so an old upload is never
-    /// mistaken for it and nothing is overwritten.
-    pub(crate) fn library_name(self) -> String {
-        let hash = hex::encode(Sha256::digest(self.source().as_bytes()));
-        format!("edrgate-{}-{}.ps1", self.name(), &hash[..12])
-    }
-
-    /// Which helper a library name belongs to (the simulator recognises edrgate's scripts).
-    pub(crate) fn from_library_name(name: &str) -> Option<Helper> {
-        Helper::ALL.into_iter().find(|h| h.library_name().eq_ignore_ascii_case(name))
-    }
-}
-
-/// Where `PutFile` drops a library file on a Windows device (live-response.md: the
-/// "Downloads" working folder of the sensor).
-pub const PUTFILE_DIR: &str =
-    r"C:\ProgramData\Microsoft\Windows Defender Advanced Threat Protection\Downloads";
+/// edrgate's helper scripts and where `PutFile` drops a file: edrgate's own protocol, shared
+/// on purpose with the simulator through `edrgate-defender-helpers`.
+pub(crate) use edrgate_defender_helpers::{Helper, PUTFILE_DIR};
 
 /// The library name of a `put_file` payload: content-addressed, so one upload per content.
 pub(crate) fn payload_name(sha256: &str) -> String {
@@ -649,18 +590,5 @@ mod tests {
             helper_result(&Command::ListDirectory { path: "C:\\nope".into() }, failed).unwrap_err();
         assert_eq!(err.code, ErrorCode::FileNotFound);
         assert_eq!(err.vendor_code.as_deref(), Some("0x80070003"));
-    }
-
-    #[test]
-    fn helper_names_are_versioned_and_recognised() {
-        for h in Helper::ALL {
-            let name = h.library_name();
-            assert!(
-                name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
-                "{name}"
-            );
-            assert_eq!(Helper::from_library_name(&name), Some(h));
-        }
-        assert_eq!(Helper::from_library_name("edrgate-process_list-000000000000.ps1"), None);
     }
 }

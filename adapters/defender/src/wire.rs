@@ -1,5 +1,5 @@
-//! Serde types of Defender's JSON (defender.md §1.2, §3, §4, §5, §7, §8, §10), shared by the
-//! client and the simulator. No other file parses vendor JSON.
+//! Serde types of Defender's JSON (defender.md §1.2, §3, §4, §5, §7, §8, §10), for the
+//! client. No other file of the adapter parses vendor JSON (the simulator has its own types).
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -254,77 +254,6 @@ pub(crate) struct ScriptResult {
     pub(crate) script_errors: String,
 }
 
-/// What edrgate's helper scripts print after [`HELPER_MARKER`]: one line of JSON.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct HelperOutput {
-    pub(crate) ok: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) hresult: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) processes: Option<Vec<HelperProcess>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) entries: Option<Vec<HelperEntry>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) sub_keys: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) values: Option<Vec<HelperRegValue>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) value: Option<HelperRegValue>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) pid: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) exit_code: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) output: Option<String>,
-}
-
-/// The line prefix after which a helper script prints its JSON result, so transcript banners
-/// and other output around it do not matter.
-pub(crate) const HELPER_MARKER: &str = "EDRGATE-RESULT:";
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct HelperProcess {
-    pub(crate) pid: u64,
-    #[serde(default)]
-    pub(crate) ppid: Option<u64>,
-    pub(crate) name: String,
-    #[serde(default)]
-    pub(crate) path: Option<String>,
-    #[serde(default)]
-    pub(crate) command_line: Option<String>,
-    #[serde(default)]
-    pub(crate) user: Option<String>,
-    #[serde(default)]
-    pub(crate) sid: Option<String>,
-    /// Unix seconds.
-    #[serde(default)]
-    pub(crate) started: Option<i64>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub(crate) struct HelperEntry {
-    pub(crate) name: String,
-    pub(crate) dir: bool,
-    #[serde(default)]
-    pub(crate) size: u64,
-    #[serde(default)]
-    pub(crate) attrs: Vec<String>,
-    #[serde(default)]
-    pub(crate) created: Option<i64>,
-    #[serde(default)]
-    pub(crate) modified: Option<i64>,
-    #[serde(default)]
-    pub(crate) accessed: Option<i64>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub(crate) struct HelperRegValue {
-    pub(crate) name: String,
-    #[serde(rename = "type")]
-    pub(crate) kind: String,
-    pub(crate) data: Value,
-}
+/// edrgate's helper-script output (its own format, not Defender's JSON): defined once in
+/// `edrgate-defender-helpers`, shared on purpose with the simulator.
+pub(crate) use edrgate_defender_helpers::{HELPER_MARKER, HelperOutput, HelperRegValue};

@@ -1,11 +1,12 @@
 //! The Defender adapter against its simulator, driven by the engine stand-in of
 //! `edrgate_adapter::testsuite`.
 
+use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
 use edrgate_adapter::testsuite::RunHarness;
 use edrgate_adapter::{Adapter, Command, CommandResult, ErrorCode, RegistryValueType, Status};
-use edrgate_defender::simulator::{
+use edrgate_defender_sim::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, Faults, NOTE_TXT, SimConfig,
     Simulator, machine_id,
 };

@@ -1205,28 +1205,10 @@ fn short_name(name: &str) -> String {
     if e.is_empty() { format!("{b}~1") } else { format!("{b}~1.{e}") }
 }
 
-/// Case-insensitive `*`/`?` match.
+/// Case-insensitive `*`/`?` match (`FindFirstFile`'s wildcards), with the matcher the
+/// gateway's routing rules use (`wildmatch`: exactly `*` and `?`, linear backtracking).
 fn glob(pattern: &str, name: &str) -> bool {
-    let p: Vec<char> = pattern.to_lowercase().chars().collect();
-    let n: Vec<char> = name.to_lowercase().chars().collect();
-    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
-    while ni < n.len() {
-        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
-            pi += 1;
-            ni += 1;
-        } else if pi < p.len() && p[pi] == '*' {
-            star = Some(pi);
-            mark = ni;
-            pi += 1;
-        } else if let Some(s) = star {
-            pi = s + 1;
-            mark += 1;
-            ni = mark;
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|c| *c == '*')
+    wildmatch::WildMatch::new_case_insensitive(pattern).matches(name)
 }
 
 /// Canonical node key: lower-case, `\` separators, `.`/`..` resolved, no trailing `\`

@@ -4,18 +4,31 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
+use edrgate_defender_helpers::{
+    HELPER_MARKER, Helper, HelperEntry, HelperOutput, HelperProcess, HelperRegValue,
+};
 use serde_json::{Value, json};
 
-use crate::mapping::{Helper, PUTFILE_DIR};
-use crate::wire::{HELPER_MARKER, HelperEntry, HelperOutput, HelperProcess, HelperRegValue};
+use crate::api::ScriptResult;
 
 /// Content of `C:\evidence\note.txt` on every device.
 pub const NOTE_TXT: &[u8] = b"edrgate defender simulator evidence note\r\n";
 
-/// `errorHResult` values the simulator reports (Win32 HRESULTs as signed Int32, §4.2).
-pub(crate) const HR_FILE_NOT_FOUND: i64 = 0x8007_0002_u32 as i32 as i64;
-pub(crate) const HR_ACCESS_DENIED: i64 = 0x8007_0005_u32 as i32 as i64;
-pub(crate) const HR_TIMEOUT: i64 = 0x8007_05B4_u32 as i32 as i64;
+/// The sensor's working folder `PutFile` drops library files into. The reference says only
+/// "Files are saved in a working folder and are deleted when the device restarts by default"
+/// (defender.md §3.1, run-live-response.md); the path is the sensor's `Downloads` folder under
+/// its ProgramData directory, next to the `Temp\PSScriptOutputs` folder the RunScript
+/// transcript names (§5 \[D\]) \[U: the folder name itself is not documented\].
+pub const PUTFILE_WORKING_DIR: &str =
+    r"C:\ProgramData\Microsoft\Windows Defender Advanced Threat Protection\Downloads";
+
+/// `errorHResult` values the simulator reports (Win32 HRESULTs as signed Int32, §4.2 [E]).
+/// The reference has no real failing sample (§16); these are the Win32 codes of the failures.
+pub(crate) const HR_FILE_NOT_FOUND: i32 = 0x8007_0002_u32 as i32;
+pub(crate) const HR_ACCESS_DENIED: i32 = 0x8007_0005_u32 as i32;
+pub(crate) const HR_TIMEOUT: i32 = 0x8007_05B4_u32 as i32;
+/// A PowerShell terminating error (`throw`): the HResult of a .NET exception (`0x80131500`).
+const HR_SCRIPT_THREW: i32 = 0x8013_1500_u32 as i32;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Process {
@@ -57,8 +70,17 @@ pub(crate) enum Outcome {
     Completed(Option<Vec<u8>>),
     Failed {
         errors: Vec<String>,
-        hresult: i64,
+        hresult: i32,
     },
+}
+
+/// One run of an edrgate helper script, as the simulator's log records it.
+#[derive(Clone, Debug)]
+pub(crate) struct HelperRun {
+    pub(crate) helper: Helper,
+    /// The decoded `-p` parameters.
+    pub(crate) params: Value,
+    pub(crate) output: HelperOutput,
 }
 
 fn key(path: &str) -> String {
@@ -123,7 +145,7 @@ impl Endpoint {
             "C:\\ProgramData",
             "C:\\ProgramData\\Microsoft",
             "C:\\ProgramData\\Microsoft\\Windows Defender Advanced Threat Protection",
-            PUTFILE_DIR,
+            PUTFILE_WORKING_DIR,
         ] {
             e.files.insert(
                 key(dir),
@@ -215,43 +237,55 @@ impl Endpoint {
         }
     }
 
-    /// `PutFile`: drops the library file into the sensor's Downloads folder.
+    /// `PutFile`: drops the library file into the sensor's working folder (§3.1).
     pub(crate) fn put_file(&mut self, name: &str, content: Vec<u8>) -> Outcome {
-        let path = format!("{PUTFILE_DIR}\\{name}");
+        let path = format!("{PUTFILE_WORKING_DIR}\\{name}");
         self.files.insert(key(&path), Node { path, dir: false, content });
         Outcome::Completed(None)
     }
 
-    /// `RunScript`: edrgate's helpers act on the model; other scripts are interpreted.
-    pub(crate) fn run_script(&mut self, name: &str, args: &str, source: &[u8]) -> Outcome {
-        let (exit_code, output, errors) = match Helper::from_library_name(name) {
+    /// `RunScript`: a script whose content is one of edrgate's helpers (byte for byte, whatever
+    /// its library name) acts on the model and prints its result line; other scripts run
+    /// through [`interpret`]. The blob is the §5 JSON with the transcript banner and trailing
+    /// NULs of the doc sample.
+    pub(crate) fn run_script(
+        &mut self,
+        name: &str,
+        args: &str,
+        source: &[u8],
+    ) -> (Outcome, Option<HelperRun>) {
+        let mut run = None;
+        let (exit_code, output, errors) = match Helper::from_source(source) {
             Some(helper) => {
                 let params = decode_params(args);
                 let out = self.helper(helper, &params);
+                // The scripts `exit 1` after a failure; Defender reports the exit code in the
+                // result and the command still completes (only a terminating error fails it).
                 let code = if out.ok { 0 } else { 1 };
                 let line = serde_json::to_string(&out).unwrap_or_default();
+                run = Some(HelperRun { helper, params, output: out });
                 (code, format!("{HELPER_MARKER}{line}\n"), String::new())
             }
             None => match interpret(source, args, &self.hostname) {
                 Script::Done { exit_code, output, errors } => (exit_code, output, errors),
                 Script::Threw(message) => {
-                    return Outcome::Failed {
-                        errors: vec![message],
-                        hresult: 0x8013_1500_u32 as i32 as i64,
-                    };
+                    return (
+                        Outcome::Failed { errors: vec![message], hresult: HR_SCRIPT_THREW },
+                        None,
+                    );
                 }
             },
         };
-        let blob = json!({
-            "script_name": name,
-            "exit_code": exit_code,
-            "script_output": format!(
-                "Transcript started, output file is C:\\ProgramData\\Microsoft\\Windows Defender Advanced Threat Protection\\Temp\\PSScriptOutputs\\PSScript_Transcript_{}.txt\n{output}\u{0}\u{0}\u{0}",
+        let blob = ScriptResult {
+            script_name: name.to_owned(),
+            exit_code,
+            script_output: format!(
+                "Transcript started, output file is C:\\ProgramData\\Microsoft\\Windows Defender Advanced Threat Protection\\Temp\\PSScriptOutputs\\PSScript_Transcript_{{{}}}.txt\n{output}\u{0}\u{0}\u{0}",
                 uuid::Uuid::now_v7()
             ),
-            "script_errors": errors,
-        });
-        Outcome::Completed(Some(serde_json::to_vec(&blob).unwrap_or_default()))
+            script_errors: errors,
+        };
+        (Outcome::Completed(Some(serde_json::to_vec(&blob).unwrap_or_default())), run)
     }
 
     fn helper(&mut self, helper: Helper, p: &Value) -> HelperOutput {

@@ -3,7 +3,19 @@
 //! Product code, not a mock: tests, the demo and benchmarks drive the adapter against it over
 //! real HTTP(S). Section numbers (§) refer to `shared/vendor-apis/defender.md`, whose §14 lists
 //! what a simulator must model; this one models all of it except `roles` claims (any valid
-//! token may call every endpoint) and the hourly API budget.
+//! token may call every endpoint) and the hourly API budget. Tags after a choice say where it
+//! comes from, as the reference does: \[D\] Microsoft's docs, \[E\] the service's EDMX, \[C\] client
+//! code, \[I\] an issue, \[U\] the reference leaves it open and this is the simulator's choice.
+//!
+//! # An independent witness
+//! This crate never uses the adapter crate (`edrgate-defender`): its request and response
+//! types (`api.rs`), status words, ordering rule and limits are its own,
+//! written from the reference and the recorded examples in `adapters/defender/tests/fixtures/`,
+//! so a field-name mistake in the adapter fails a test instead of being mirrored. The one
+//! format it shares, on purpose, is edrgate's own helper-script protocol
+//! (`edrgate-defender-helpers`: the helpers' sources and names, the `EDRGATE-RESULT:` line and
+//! its JSON), which is edrgate's, not Microsoft's: the simulated endpoint has to run edrgate's
+//! helpers and print what they print.
 //!
 //! # What is simulated
 //! * **Tokens** (§1): `POST /{tenant}/oauth2/v2.0/token` (with `scope`) and
@@ -11,18 +23,23 @@
 //!   secret → Entra-shaped 400 (`invalid_client`, `AADSTS7000215`, `error_codes`, `trace_id`,
 //!   …). Tokens live [`SimConfig::token_lifetime`]; an expired or unknown bearer on `/api` is a
 //!   401 `Unauthorized`. [`Simulator::expire_tokens`] ends every token at once.
-//! * **Machines** (§10): `GET /api/machines` with OData `$filter` (`eq`, `in`, `and` on
-//!   `computerDnsName`, `id`, `healthStatus`) and `$top`; `GET /api/machines/{id or name}`.
-//!   Machines `1..=n` have 40-hex ids ([`machine_id`]) and hostnames
-//!   `{hostname_prefix}{n:04}` (default `mde-0001`); offline ones are `Inactive`.
-//! * **Live response** (§3): `POST /api/machines/{id}/runliveresponse` validates PascalCase
-//!   keys, command types, param keys, library membership and the PutFile → RunScript → GetFile
-//!   order (400 with the error envelope and documented codes), 404 `ResourceNotFound` for an
-//!   unknown machine, 400 `ActiveRequestAlreadyExists` while the machine has a pending or
-//!   running live-response action, 429 `TooManyRequests` + `Retry-After` above
-//!   [`SimConfig::live_response_calls`] per [`SimConfig::live_response_window`] or at
-//!   [`SimConfig::session_cap`] pending+running actions (pending ones count, §13); else 201
-//!   with a `Pending` action whose commands are `Created`.
+//! * **Machines** (§10): `GET /api/machines` with OData `$filter` (`eq`, `in`, `and`, `or`,
+//!   parentheses, on `computerDnsName`, `id`, `healthStatus`, `osPlatform`), `$top`, `$skip`,
+//!   `$count`; `GET /api/machines/{id or name}`. Machines `1..=n` have 40-hex ids
+//!   ([`machine_id`]) and hostnames `{hostname_prefix}{n:04}` (default `mde-0001`); offline ones
+//!   are `Inactive`. An unknown `$` option is the service's 400 with an empty `code` (§4.4).
+//! * **Live response** (§3): `POST /api/machines/{id}/runliveresponse` takes only the
+//!   documented body (PascalCase `Commands`, `Comment`, plus `ExternalId`, `RequestSource`,
+//!   `Title`; lowercase `type`/`params`/`key`/`value` inside): a missing `Commands` is
+//!   `MissingRequiredParameter`, any other key (a wrong case included) `InvalidRequestBody`, an
+//!   unknown command type or parameter key, a missing library file or a batch out of the
+//!   documented PutFile → RunScript → GetFile order `InvalidInput` (400, the error envelope);
+//!   404 `ResourceNotFound` for an unknown machine, 400 `ActiveRequestAlreadyExists` while the
+//!   machine has a pending or running live-response action, 429 `TooManyRequests` +
+//!   `Retry-After` above [`SimConfig::live_response_calls`] per
+//!   [`SimConfig::live_response_window`] or at [`SimConfig::session_cap`] pending+running
+//!   actions (pending ones count, §13); else 201 with a `Pending` action whose commands are
+//!   `Created`.
 //! * **Lifecycle** (§4.3): `Pending` until the machine is online and
 //!   [`SimConfig::pickup_delay`] passed (offline machines queue until
 //!   [`SimConfig::queue_timeout`], then `TimeOut`), `InProgress` while commands run one after
@@ -30,53 +47,77 @@
 //!   script's `Start-Sleep`s), `Succeeded`, or `Failed` at the first failed command (later
 //!   ones stay `Created`, §3 limitation 5); a RunScript longer than
 //!   [`SimConfig::script_timeout`] fails and the action ends `TimeOut`. Isolate / unisolate
-//!   (§11) complete after the pickup delay and flip the machine's isolation.
-//! * **Endpoint model** (`simulator/endpoint.rs`): per machine, processes, files
+//!   (§11, `Comment` required) complete after the pickup delay and flip the machine's
+//!   isolation.
+//! * **Endpoint model** (`endpoint.rs`): per machine, processes, files
 //!   (`C:\evidence\note.txt` = [`NOTE_TXT`], `C:\evidence\big.bin` of
 //!   [`SimConfig::file_size`] bytes, `C:\Windows\System32\config\*` access-denied) and
-//!   registry. GetFile of a missing file fails with "File … was not found on the device" and
-//!   `errorHResult` 0x80070002. edrgate's helper scripts (recognised by their
-//!   content-versioned library names) act on the model and print their JSON result; other
-//!   library scripts run through a small PowerShell subset (`Write-Output`, `Write-Error`,
-//!   `exit`, `throw`, `Start-Sleep`).
-//! * **Results** (§5): `GetLiveResponseResultDownloadLink(index=N)` returns a signed link to
-//!   the simulator's own blob route, valid [`SimConfig::link_lifetime`], usable without a
-//!   bearer (403 `AuthenticationFailed` once expired or tampered with); 404 for PutFile,
-//!   unfinished or unknown indices. GetFile blobs are gzip; RunScript blobs are
+//!   registry. PutFile drops the library file into [`PUTFILE_WORKING_DIR`]. GetFile of a
+//!   missing file fails with "File … was not found on the device" and `errorHResult`
+//!   0x80070002. A RunScript whose library content is one of edrgate's helpers (byte for byte)
+//!   acts on the model and prints the helper's result line, reading the helper's `-p`
+//!   parameters the way `scripts/*.ps1` do; other library scripts run through a small
+//!   PowerShell subset (`Write-Output`, `Write-Error`, `exit`, `throw`, `Start-Sleep`).
+//! * **Results** (§5): `GetLiveResponseResultDownloadLink(index=N)` returns a SAS-like link
+//!   (`se` expiry in ISO-8601, `sp=r`, `sv`, `sr=b`, `sig`; an opaque blob name) to the
+//!   simulator's own blob route, valid [`SimConfig::link_lifetime`], usable without a bearer
+//!   (403 `AuthenticationFailed` once expired or tampered with); 404 for PutFile, unfinished or
+//!   unknown indices. GetFile blobs are gzip; RunScript blobs are
 //!   `{script_name, exit_code, script_output, script_errors}` with the transcript banner and
 //!   trailing NULs.
 //! * **Machine actions** (§4.4, §6): `GET /api/machineactions` (`$filter` on `id` incl. `in`,
-//!   `machineId`, `type`, `status`; `$top`, `$skip`, `$count`), `GET …/{id}`, `POST …/cancel`
-//!   (a final action is returned unchanged: the race with completion).
+//!   `machineId`, `type`, `status`, `requestor`; `$top`, `$skip`, `$count`,
+//!   `$orderby=creationDateTimeUtc desc`), `GET …/{id}`, `POST …/cancel` (`Comment` required;
+//!   a final action is returned unchanged: the race with completion).
 //!   [`SimConfig::visibility_delay`] hides new actions for a while (read-after-write 404,
 //!   §4.5).
 //! * **Library** (§8): list, multipart upload (`File`/`file`, `Description`,
-//!   `HasParameters`, `OverrideIfExists`; 400 above [`SimConfig::library_max_bytes`], for a
-//!   name outside `[A-Za-z0-9._-]`, or an existing name without override), delete (204/404).
+//!   `ParametersDescription`, `HasParameters`, `OverrideIfExists`; 400 above
+//!   [`SimConfig::library_max_bytes`] (default [`LIBRARY_MAX_BYTES`]), for a name outside
+//!   `[A-Za-z0-9._-]`, or an existing name without override), delete (204/404).
 //! * **Budgets**: every endpoint other than runliveresponse allows
 //!   [`SimConfig::api_calls_per_minute`] calls per minute (429 + `Retry-After`).
-//! * **Faults** ([`Faults`]): every Nth request a 500 `InternalServerError`, added latency;
-//!   [`Simulator::refuse_next_downloads`] makes blob downloads answer as if expired.
+//! * **Faults** ([`Faults`]): every Nth request a 500 `InternalServerError` or a dropped
+//!   connection (before or after the simulator acted), added latency before and after
+//!   processing; [`Simulator::refuse_next_downloads`] makes blob downloads answer as if
+//!   expired.
 //!
-//! HTTPS uses a self-signed certificate (rcgen) for `localhost` and `127.0.0.1`
-//! ([`Simulator::cert_pem`]). [`Counters`] tell tests what happened, exactly once or not.
+//! # What it executed: `GET /_sim/log`, `GET /_sim/counters`
+//! Serving comes from [`edrgate_simkit::Sim`] (re-exported as [`Sim`]), which adds the admin
+//! routes outside Defender's URL space. `GET /_sim/log` lists every side effect in execution
+//! order (`{"seq", "at_ms", "op", "target", "detail"}`, paged with `since`/`limit`/`op`);
+//! `GET /_sim/counters` gives exact counts per `op` and [`Counters`]. The `op`s:
+//!
+//! | `op` | `target` | `detail` |
+//! |---|---|---|
+//! | `PutFile`, `RunScript`, `GetFile` (each live-response command executed) | machine id | `action`, `index`, `params`, `outcome` (`Completed`, `Failed`, `TimedOut`), `errors`, `errorHResult` |
+//! | `helper:<name>` (an edrgate helper run, e.g. `helper:kill_process`) | machine id | `action`, `index`, `script`, `params` (decoded), `ok`, `error`, `message` |
+//! | `Isolate`, `Unisolate` (when the device applied it) | machine id | `action`, `scope`, `changed` |
+//! | `Cancel` (a non-final action cancelled) | machine id | `action`, `type`, `comment` |
+//! | `LibraryUpload`, `LibraryDelete` | file name | `sha256`, `size`, `overwrote` |
+//!
+//! HTTPS uses the self-signed certificate of [`SelfSigned`] (`cert_pem`); result links are
+//! `https` once the simulator serves HTTPS.
 
+mod api;
+pub mod cli;
 mod endpoint;
 mod routes;
 mod state;
 
 use std::collections::BTreeMap;
-use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+pub use edrgate_simkit::{SelfSigned, Sim, SimLog};
+use serde_json::Value;
 
-pub use endpoint::NOTE_TXT;
+pub use endpoint::{NOTE_TXT, PUTFILE_WORKING_DIR};
 pub use state::machine_id;
 
+use edrgate_simkit::every;
 use state::Runtime;
 
 /// Default app registration the simulator accepts.
@@ -85,6 +126,11 @@ pub const DEFAULT_CLIENT_ID: &str = "00000000-0000-0000-0000-00000000edf0";
 pub const DEFAULT_CLIENT_SECRET: &str = "sim-mde-client-secret-0123456789";
 /// Tenant id used in the token path by the demo and tests (any tenant is accepted).
 pub const DEFAULT_TENANT: &str = "sim-tenant";
+
+/// The API's library upload cap: "max file size 20 MB" (upload-library.md, defender.md §8.1 and
+/// §9 \[D\]). The page does not say whether MB is 10^6 or 2^20 bytes; the simulator takes 2^20
+/// \[U\]. (The portal's own library limit, 250 MB, does not apply to the API.)
+pub const LIBRARY_MAX_BYTES: u64 = 20 * 1024 * 1024;
 
 /// Simulator configuration. Build with struct update syntax from `SimConfig::default()`.
 #[derive(Clone, Debug)]
@@ -105,7 +151,7 @@ pub struct SimConfig {
     pub pickup_delay: Duration,
     /// Time each live-response command takes. Default 50 ms.
     pub command_latency: Duration,
-    /// How long an action may wait for an offline machine before `TimeOut`. Default 3 days.
+    /// How long an action may wait for an offline machine before `TimeOut` (§9: 3 days).
     pub queue_timeout: Duration,
     /// RunScript limit (§3: 10 minutes).
     pub script_timeout: Duration,
@@ -120,7 +166,7 @@ pub struct SimConfig {
     pub link_lifetime: Duration,
     /// How long a new action answers 404 (read-after-write lag, §4.5). Default 0.
     pub visibility_delay: Duration,
-    /// Library upload cap (§8.1: 20 MB).
+    /// Library upload cap. Default [`LIBRARY_MAX_BYTES`].
     pub library_max_bytes: u64,
     /// Size of `C:\evidence\big.bin`. Default 1 MiB.
     pub file_size: u64,
@@ -149,7 +195,7 @@ impl Default for SimConfig {
             api_calls_per_minute: 100,
             link_lifetime: Duration::from_secs(30 * 60),
             visibility_delay: Duration::ZERO,
-            library_max_bytes: crate::config::LIBRARY_MAX_BYTES,
+            library_max_bytes: LIBRARY_MAX_BYTES,
             file_size: 1024 * 1024,
             library_scripts: vec![(
                 "collect.ps1".into(),
@@ -160,11 +206,17 @@ impl Default for SimConfig {
     }
 }
 
-/// Fault injection.
+/// Fault injection. Request counting is global and 1-based (the admin routes do not count); a
+/// request hit by both `drop_every` and `error_5xx_every` is dropped.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
-    /// Every Nth request (1-based, global) answers 500 before any processing.
+    /// Every Nth request answers 500 `InternalServerError` before any processing.
     pub error_5xx_every: Option<u32>,
+    /// Every Nth request gets no response: the connection closes without a byte written.
+    pub drop_every: Option<u32>,
+    /// With `drop_every`: process the request first, then drop the response (the "did my
+    /// POST happen?" case). Default false: dropped requests have no side effect.
+    pub drop_after_processing: bool,
     /// Latency added to every request.
     pub slow: Option<Duration>,
     /// Latency added after a request was processed, before its response: the window in which
@@ -172,9 +224,10 @@ pub struct Faults {
     pub slow_response: Option<Duration>,
 }
 
-/// Snapshot of what happened, for exactly-once assertions.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// Snapshot of what happened, for exactly-once assertions (also `GET /_sim/counters`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
+    /// Every request to a vendor route (faulted and unauthorized ones included).
     pub requests: u64,
     pub tokens_issued: u64,
     pub tokens_refused: u64,
@@ -205,19 +258,16 @@ pub struct Counters {
     pub active_request_conflicts: u64,
     pub isolation_changes: u64,
     pub faults_5xx: u64,
+    pub faults_dropped: u64,
     /// High-water mark of pending + running live-response actions.
     pub max_concurrent_sessions: usize,
-}
-
-struct TlsMaterial {
-    cert_pem: String,
-    key_pem: String,
 }
 
 struct Shared {
     rt: Mutex<Runtime>,
     requests: AtomicU64,
-    tls: OnceLock<Result<TlsMaterial, String>>,
+    tls: SelfSigned,
+    log: SimLog,
     serving_tls: AtomicBool,
 }
 
@@ -233,13 +283,50 @@ impl std::fmt::Debug for Simulator {
     }
 }
 
+impl Sim for Simulator {
+    fn name(&self) -> &'static str {
+        "defender"
+    }
+
+    fn vendor_router(&self) -> Router {
+        routes::router(self.clone())
+    }
+
+    /// Reached only on the HTTPS serving path (`serve_tls_on`, `spawn_tls`): `cert_pem` and
+    /// `cert_sha256` are overridden below to read the certificate directly. So it also marks
+    /// the simulator as serving HTTPS, the scheme of the result links it hands out (an
+    /// HTTP/1.1 request does not carry its scheme).
+    fn tls(&self) -> &SelfSigned {
+        self.inner.serving_tls.store(true, Ordering::Relaxed);
+        &self.inner.tls
+    }
+
+    fn log(&self) -> &SimLog {
+        &self.inner.log
+    }
+
+    fn counters_json(&self) -> Value {
+        serde_json::to_value(self.counters()).unwrap_or(Value::Null)
+    }
+
+    fn cert_pem(&self) -> std::io::Result<String> {
+        self.inner.tls.cert_pem()
+    }
+
+    fn cert_sha256(&self) -> std::io::Result<String> {
+        self.inner.tls.cert_sha256()
+    }
+}
+
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
+        let log = SimLog::new();
         Simulator {
             inner: Arc::new(Shared {
-                rt: Mutex::new(Runtime::new(cfg)),
+                rt: Mutex::new(Runtime::new(cfg, log.clone())),
                 requests: AtomicU64::new(0),
-                tls: OnceLock::new(),
+                tls: SelfSigned::new(),
+                log,
                 serving_tls: AtomicBool::new(false),
             }),
         }
@@ -259,75 +346,6 @@ impl Simulator {
 
     pub(crate) fn is_tls(&self) -> bool {
         self.inner.serving_tls.load(Ordering::Relaxed)
-    }
-
-    /// The axum router with every route.
-    pub fn router(&self) -> Router {
-        routes::router(self.clone())
-    }
-
-    /// Serves plain HTTP on `listener` until the task is dropped.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> io::Result<()> {
-        axum::serve(listener, self.router()).await
-    }
-
-    /// Serves HTTPS on an already bound listener with the self-signed certificate.
-    pub async fn serve_tls_on(self, listener: std::net::TcpListener) -> io::Result<()> {
-        let tls = self.tls_material()?;
-        let config = axum_server::tls_rustls::RustlsConfig::from_pem(
-            tls.cert_pem.clone().into_bytes(),
-            tls.key_pem.clone().into_bytes(),
-        )
-        .await?;
-        self.inner.serving_tls.store(true, Ordering::Relaxed);
-        axum_server::tls_rustls::from_tcp_rustls(listener, config)
-            .serve(self.router().into_make_service())
-            .await
-    }
-
-    /// Binds `127.0.0.1:0`, serves plain HTTP in a background task, returns the address.
-    pub async fn spawn(&self) -> io::Result<SocketAddr> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
-        let sim = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sim.serve(listener).await {
-                tracing::error!(error = %e, "defender simulator stopped");
-            }
-        });
-        Ok(addr)
-    }
-
-    /// Binds `127.0.0.1:0`, serves HTTPS in a background task, returns the address.
-    pub async fn spawn_tls(&self) -> io::Result<SocketAddr> {
-        self.tls_material()?;
-        let listener = std::net::TcpListener::bind(("127.0.0.1", 0))?;
-        let addr = listener.local_addr()?;
-        self.inner.serving_tls.store(true, Ordering::Relaxed);
-        let sim = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = sim.serve_tls_on(listener).await {
-                tracing::error!(error = %e, "defender simulator (tls) stopped");
-            }
-        });
-        Ok(addr)
-    }
-
-    /// PEM of the self-signed certificate (SANs `localhost`, `127.0.0.1`).
-    pub fn cert_pem(&self) -> io::Result<String> {
-        Ok(self.tls_material()?.cert_pem.clone())
-    }
-
-    fn tls_material(&self) -> io::Result<&TlsMaterial> {
-        let made = self.inner.tls.get_or_init(|| {
-            rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .map(|ck| TlsMaterial {
-                    cert_pem: ck.cert.pem(),
-                    key_pem: ck.signing_key.serialize_pem(),
-                })
-                .map_err(|e| e.to_string())
-        });
-        made.as_ref().map_err(|e| io::Error::other(e.clone()))
     }
 
     /// The configuration in effect (including runtime changes).
@@ -375,7 +393,13 @@ impl Simulator {
         self.with(|rt, _| {
             rt.actions
                 .iter()
-                .map(|a| (a.kind.to_owned(), a.status.to_owned(), a.comment.clone()))
+                .map(|a| {
+                    (
+                        a.kind.as_str().to_owned(),
+                        a.status.as_str().to_owned(),
+                        a.request.comment.clone().unwrap_or_default(),
+                    )
+                })
                 .collect()
         })
     }
@@ -408,12 +432,7 @@ impl Simulator {
     }
 
     /// Data of a registry value (`key` like `HKLM\SOFTWARE\…`, case-insensitive).
-    pub fn registry_value(
-        &self,
-        machine: &str,
-        key: &str,
-        value: &str,
-    ) -> Option<serde_json::Value> {
+    pub fn registry_value(&self, machine: &str, key: &str, value: &str) -> Option<Value> {
         self.with(|rt, _| {
             let k = rt
                 .machine(machine)?

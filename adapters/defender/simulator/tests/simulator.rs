@@ -3,9 +3,9 @@
 use std::io::Read as _;
 use std::time::Duration;
 
-use edrgate_defender::simulator::{
-    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, Faults, NOTE_TXT, SimConfig,
-    Simulator, machine_id,
+use edrgate_defender_sim::{
+    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, Faults, LIBRARY_MAX_BYTES, NOTE_TXT,
+    PUTFILE_WORKING_DIR, Sim as _, SimConfig, Simulator, machine_id,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -130,6 +130,7 @@ async fn token_endpoints_speak_entra() {
     let v1 = api
         .http
         .post(format!("{}/{DEFAULT_TENANT}/oauth2/token", api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
         .body(format!(
             "grant_type=client_credentials&client_id={DEFAULT_CLIENT_ID}&client_secret={DEFAULT_CLIENT_SECRET}&resource=https%3A%2F%2Fapi.securitycenter.microsoft.com"
         ))
@@ -170,6 +171,9 @@ async fn machines_answer_odata_filters() {
     let (status, bad) = api.get("/api/machines?$filter=startswith(computerDnsName,'m')").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(bad["error"]["code"], "");
+    // The docs write `/API/` in one place (§0): the same routes answer there.
+    let (status, upper) = api.get("/API/machines?$top=2").await;
+    assert_eq!((status, upper["value"].as_array().map(Vec::len)), (StatusCode::OK, Some(2)));
     let (status, by_name) = api.get("/api/machines/mde-0004").await;
     assert_eq!((status, by_name["id"].as_str().unwrap()), (StatusCode::OK, machine_id(4).as_str()));
     let (status, missing) = api.get("/api/machines/123").await;
@@ -303,7 +307,18 @@ async fn a_failed_command_stops_the_chain_and_results_come_from_links() {
     // The RunScript result: JSON with the transcript banner, fetched without a bearer.
     let (_, link) = api.link(&id, 0).await;
     let url = link["value"].as_str().unwrap();
-    assert!(url.contains("/CustomPlaybookCommandOutput/0?se=") && url.contains("&sig="));
+    // Shaped like the documented SAS link (§5): an opaque blob name, `se` in ISO-8601.
+    let path = url.split('?').next().unwrap();
+    let blob = path.rsplit('/').next().unwrap();
+    assert!(
+        path.contains(&format!("/investigation-actions-data/{id}/CustomPlaybookCommandOutput/"))
+    );
+    assert!(blob.len() == 32 && blob.bytes().all(|b| b.is_ascii_hexdigit()), "{url}");
+    assert!(
+        url.contains("?se=20")
+            && url.contains("%3A")
+            && url.contains("&sp=r&sv=2019-07-07&sr=b&sig=")
+    );
     let blob: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
     assert_eq!(
         (blob["script_name"].as_str(), blob["exit_code"].as_i64()),
@@ -515,9 +530,336 @@ async fn https_with_a_self_signed_certificate() {
     let http = reqwest::Client::builder().tls_certs_merge([cert]).build().unwrap();
     let r = http
         .post(format!("https://localhost:{}/{DEFAULT_TENANT}/oauth2/v2.0/token", addr.port()))
+        .header("content-type", "application/x-www-form-urlencoded")
         .body(format!("grant_type=client_credentials&client_id={DEFAULT_CLIENT_ID}&client_secret={DEFAULT_CLIENT_SECRET}&scope=x"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // Result links are https once the simulator serves HTTPS.
+    let token: Value = r.json().await.unwrap();
+    let api = Api {
+        sim: sim.clone(),
+        base: format!("https://localhost:{}", addr.port()),
+        http,
+        token: token["access_token"].as_str().unwrap().to_owned(),
+    };
+    let (_, a, _) = api.live_response(1, json!([get_file("C:\\evidence\\note.txt")])).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    api.settle(&id).await;
+    let (_, link) = api.link(&id, 0).await;
+    let url = link["value"].as_str().unwrap();
+    assert!(url.starts_with("https://localhost:"), "{url}");
+    assert_eq!(api.http.get(url).send().await.unwrap().status(), StatusCode::OK);
+}
+
+// ---- the simulator's own types against the recorded examples (tests/fixtures) ----
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn keys(v: &Value) -> std::collections::BTreeSet<String> {
+    v.as_object().unwrap_or_else(|| panic!("not an object: {v}")).keys().cloned().collect()
+}
+
+#[tokio::test]
+async fn documented_runliveresponse_is_accepted_and_answered_in_the_documented_shape() {
+    let api = Api::start(SimConfig {
+        library_scripts: vec![("minidump.ps1".into(), "Write-Output $args\n".into())],
+        ..SimConfig::default()
+    })
+    .await;
+    let doc = fixture("POST_api_machines_id_runliveresponse.json");
+    let (status, created, _) = api
+        .post(&format!("/api/machines/{}/runliveresponse", machine_id(1)), &doc["request"]["body"])
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let example = &doc["body"];
+    // Every documented field, spelled the same; nothing beyond the modern field set of a
+    // machine action (the offboard capture, which also shows `commands: []` elsewhere).
+    let modern = keys(&fixture("POST_api_machines_id_offboard.json")["body"]);
+    assert!(keys(example).is_subset(&keys(&created)), "{created}");
+    assert_eq!(keys(&created), modern, "{created}");
+    assert_eq!(created["requestorComment"], example["requestorComment"]);
+    assert_eq!(created["requestSource"], "PublicApi");
+    for (got, want) in
+        created["commands"].as_array().unwrap().iter().zip(example["commands"].as_array().unwrap())
+    {
+        assert_eq!(keys(got), keys(want));
+        assert_eq!(
+            (&got["index"], &got["commandStatus"], &got["command"]),
+            (&want["index"], &want["commandStatus"], &want["command"])
+        );
+    }
+    // The single-entity read carries the same shape and the entity context.
+    let id = created["id"].as_str().unwrap();
+    let (_, read) = api.get(&format!("/api/machineactions/{id}")).await;
+    assert_eq!(keys(&read), modern);
+    assert!(
+        read["@odata.context"].as_str().unwrap().ends_with("/api/$metadata#MachineActions/$entity")
+    );
+    // A non-live-response action: `commands` is `[]`, `scope` the isolation type.
+    let (_, iso, _) = api
+        .post(
+            &format!("/api/machines/{}/isolate", machine_id(2)),
+            &json!({"Comment": "c", "IsolationType": "Full"}),
+        )
+        .await;
+    assert_eq!(keys(&iso), modern);
+    assert_eq!((iso["commands"].clone(), iso["scope"].clone()), (json!([]), json!("Full")));
+    let documented_isolate = fixture("GET_api_machineactions_id.json");
+    assert!(keys(&documented_isolate["body"]).is_subset(&keys(&iso)));
+}
+
+#[tokio::test]
+async fn entities_errors_links_and_blobs_have_the_documented_fields() {
+    let api = Api::start(SimConfig::default()).await;
+    // Machine (§10): the capture's field set.
+    let (_, m) = api.get(&format!("/api/machines/{}", machine_id(1))).await;
+    assert_eq!(keys(&m), keys(&fixture("GET_api_machines_id.json")["body"]), "{m}");
+    assert!(m["@odata.context"].as_str().unwrap().ends_with("/api/$metadata#Machines/$entity"));
+    assert_eq!(
+        keys(&m["ipAddresses"][0]),
+        keys(&fixture("GET_api_machines_id.json")["body"]["ipAddresses"][0])
+    );
+    // Error envelope (§7).
+    let (_, err) = api.get("/api/machines/123123123").await;
+    let documented = fixture("error_404_ResourceNotFound.json");
+    assert_eq!(keys(&err), keys(&documented["body"]));
+    assert_eq!(keys(&err["error"]), keys(&documented["body"]["error"]));
+    assert_eq!(err["error"]["message"], documented["body"]["error"]["message"]);
+    let (_, bad, _) =
+        api.post(&format!("/api/machines/{}/runliveresponse", machine_id(1)), &json!([])).await;
+    assert_eq!(
+        bad["error"]["code"],
+        fixture("error_400_InvalidRequestBody.json")["body"]["error"]["code"]
+    );
+    // Library entity (§8.2): the documented entry with a parameters description.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "File",
+            reqwest::multipart::Part::bytes(b"Write-Output 1".to_vec()).file_name("script1.ps1"),
+        )
+        .text("ParametersDescription", "test")
+        .text("HasParameters", "true");
+    let r = api
+        .http
+        .post(format!("{}/api/libraryfiles", api.base))
+        .bearer_auth(&api.token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let entity: Value = r.json().await.unwrap();
+    let library = fixture("GET_api_libraryfiles.json");
+    assert_eq!(keys(&entity), keys(&library["body"]["value"][0]), "{entity}");
+    assert_eq!(
+        (entity["hasParameters"].clone(), entity["parametersDescription"].clone()),
+        (json!(true), json!("test"))
+    );
+    let (_, list) = api.get("/api/libraryfiles").await;
+    assert_eq!(keys(&list), keys(&library["body"]));
+    // Link (§5) and RunScript blob.
+    let (_, a, _) = api.live_response(1, json!([run_script("collect.ps1")])).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    api.settle(&id).await;
+    let (_, link) = api.link(&id, 0).await;
+    let documented = fixture("GET_api_machineactions_id_GetLiveResponseResultDownloadLink.json");
+    assert_eq!(keys(&link), keys(&documented["body"]));
+    assert!(link["@odata.context"].as_str().unwrap().ends_with("/api/$metadata#Edm.String"));
+    let blob: Value =
+        reqwest::get(link["value"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        keys(&blob),
+        keys(&fixture("GET_live-response-result-blob__runscript-transcript.json")["body"])
+    );
+}
+
+#[tokio::test]
+async fn the_documented_order_and_body_rules() {
+    let api = Api::start(SimConfig { live_response_calls: 100, ..SimConfig::default() }).await;
+    let put = json!({"type": "PutFile", "params": [{"key": "FileName", "value": "collect.ps1"}]});
+    let url = |n: usize| format!("/api/machines/{}/runliveresponse", machine_id(n));
+    // "PutFile → RunScript → GetFile, with any number of each" (§3.1).
+    let ordered = json!([
+        put,
+        put,
+        run_script("collect.ps1"),
+        run_script("collect.ps1"),
+        get_file("C:\\evidence\\note.txt"),
+        get_file("C:\\evidence\\note.txt")
+    ]);
+    let (status, a, _) = api.post(&url(1), &json!({"Commands": ordered, "Comment": "c"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    for bad in [json!([run_script("collect.ps1"), put]), json!([get_file("C:\\x"), put])] {
+        let (status, err, _) = api.post(&url(2), &json!({"Commands": bad, "Comment": "c"})).await;
+        assert_eq!(
+            (status, err["error"]["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("InvalidInput"))
+        );
+    }
+    // `Comment` is optional for live response (§3.1); a key in the wrong case is refused.
+    let (status, a, _) =
+        api.post(&url(3), &json!({"Commands": [get_file("C:\\evidence\\note.txt")]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    assert_eq!(a["requestorComment"], Value::Null);
+    let (status, err, _) =
+        api.post(&url(4), &json!({"Commands": [get_file("C:\\x")], "comment": "c"})).await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidRequestBody"))
+    );
+    let (status, err, _) = api
+        .post(&url(4), &json!({"Commands": [{"Type": "GetFile", "params": [{"key": "Path", "value": "C:\\x"}]}]}))
+        .await;
+    assert_eq!(
+        (status, err["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("InvalidRequestBody"))
+    );
+    // The EDMX optionals are echoed.
+    let (status, a, _) = api
+        .post(&url(5), &json!({"Commands": [get_file("C:\\x")], "Comment": "c", "ExternalId": "ext-1", "Title": "t"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!((a["externalId"].as_str(), a["title"].as_str()), (Some("ext-1"), Some("t")));
+    // Unknown `$` options are the service's OData error (§4.4).
+    let (status, err) = api.get("/api/machineactions?$stop=1").await;
+    assert_eq!((status, err["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("")));
+    assert!(err["error"]["details"].is_array());
+    // `or` and parentheses, as Akto's "anything running here?" query writes them.
+    let filter = urlencode(&format!(
+        "machineId eq '{}' and (status eq 'Pending' or status eq 'InProgress')",
+        machine_id(1)
+    ));
+    let (_, running) = api.get(&format!("/api/machineactions?$filter={filter}&$orderby=creationDateTimeUtc%20desc&$top=1&$count=true")).await;
+    assert_eq!(running["value"].as_array().unwrap().len(), 1, "{running}");
+    assert_eq!(running["@odata.count"], 1);
+}
+
+#[tokio::test]
+async fn helpers_run_by_content_and_put_file_uses_the_working_folder() {
+    use base64::Engine as _;
+    use edrgate_defender_helpers::{HELPER_MARKER, Helper, HelperOutput};
+    let api = Api::start(SimConfig::default()).await;
+    let upload = |name: &'static str, bytes: Vec<u8>| {
+        let api = &api;
+        async move {
+            let form = reqwest::multipart::Form::new()
+                .part("file", reqwest::multipart::Part::bytes(bytes).file_name(name));
+            let r = api
+                .http
+                .post(format!("{}/api/libraryfiles", api.base))
+                .bearer_auth(&api.token)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    };
+    // The file helper under a name of our own: Defender runs content, not names.
+    upload("mover.ps1", Helper::File.source().as_bytes().to_vec()).await;
+    upload("payload.bin", b"MZ payload".to_vec()).await;
+    let params = json!({"op": "place", "source": format!("{PUTFILE_WORKING_DIR}\\payload.bin"), "path": "C:\\Users\\Public\\payload.exe"});
+    let args =
+        format!("-p {}", base64::engine::general_purpose::STANDARD.encode(params.to_string()));
+    let (status, a, _) = api
+        .live_response(
+            1,
+            json!([
+                {"type": "PutFile", "params": [{"key": "FileName", "value": "payload.bin"}]},
+                {"type": "RunScript", "params": [{"key": "ScriptName", "value": "mover.ps1"}, {"key": "Args", "value": args}]}
+            ]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{a}");
+    let id = a["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.settle(&id).await["status"], "Succeeded");
+    assert_eq!(
+        api.sim.file_content(&machine_id(1), "C:\\Users\\Public\\payload.exe").as_deref(),
+        Some(&b"MZ payload"[..])
+    );
+    // PutFile has no result (§5); the helper printed its line.
+    assert_eq!(api.link(&id, 0).await.0, StatusCode::NOT_FOUND);
+    let (_, link) = api.link(&id, 1).await;
+    let blob: Value =
+        reqwest::get(link["value"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+    let out = blob["script_output"].as_str().unwrap();
+    let line = out.lines().find_map(|l| l.strip_prefix(HELPER_MARKER)).unwrap();
+    assert_eq!(
+        serde_json::from_str::<HelperOutput>(line).unwrap(),
+        HelperOutput { ok: true, ..HelperOutput::default() }
+    );
+    assert_eq!(api.sim.counters().helper_runs.get("file"), Some(&1));
+}
+
+#[tokio::test]
+async fn the_admin_routes_serve_what_was_executed() {
+    let api = Api::start(SimConfig::default()).await;
+    let (_, a, _) =
+        api.live_response(2, json!([run_script("collect.ps1"), get_file("C:\\nope.txt")])).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    api.settle(&id).await;
+    let (_, iso, _) = api
+        .post(&format!("/api/machines/{}/isolate", machine_id(2)), &json!({"Comment": "c"}))
+        .await;
+    api.settle(iso["id"].as_str().unwrap()).await;
+    let page: Value =
+        api.http.get(format!("{}/_sim/log", api.base)).send().await.unwrap().json().await.unwrap();
+    let entries = page["entries"].as_array().unwrap();
+    let ops: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|e| (e["op"].as_str().unwrap(), e["detail"]["outcome"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(ops, [("RunScript", "Completed"), ("GetFile", "Failed"), ("Isolate", "")]);
+    assert!(entries.iter().all(|e| e["target"] == machine_id(2)));
+    assert_eq!(entries[1]["detail"]["params"], json!([{"key": "Path", "value": "C:\\nope.txt"}]));
+    assert_eq!(entries[1]["detail"]["errorHResult"], "0x80070002");
+    assert_eq!(entries[2]["detail"]["changed"], true);
+    let counters: Value = api
+        .http
+        .get(format!("{}/_sim/counters", api.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(counters["executed"]["GetFile"], 1);
+    assert_eq!(counters["counters"]["live_response_actions"], 1);
+    assert_eq!(counters["counters"]["isolation_changes"], 1);
+    assert_eq!(api.sim.log().count("RunScript"), 1);
+}
+
+#[tokio::test]
+async fn dropped_answers_before_or_after_acting() {
+    let api = Api::start(SimConfig::default()).await;
+    let send = || {
+        api.http
+            .post(format!("{}/api/machines/{}/runliveresponse", api.base, machine_id(1)))
+            .bearer_auth(&api.token)
+            .json(&json!({"Commands": [get_file("C:\\evidence\\note.txt")], "Comment": "c"}))
+            .send()
+    };
+    api.sim.set_faults(Faults { drop_every: Some(1), ..Faults::default() });
+    assert!(send().await.is_err());
+    assert_eq!(api.sim.counters().live_response_actions, 0);
+    api.sim.set_faults(Faults {
+        drop_every: Some(1),
+        drop_after_processing: true,
+        ..Faults::default()
+    });
+    assert!(send().await.is_err());
+    api.sim.set_faults(Faults::default());
+    let c = api.sim.counters();
+    assert_eq!((c.live_response_actions, c.faults_dropped), (1, 2));
+}
+
+#[test]
+fn the_library_cap_is_the_documented_20_mb() {
+    assert_eq!(LIBRARY_MAX_BYTES, 20 * 1024 * 1024);
+    assert_eq!(SimConfig::default().library_max_bytes, LIBRARY_MAX_BYTES);
 }

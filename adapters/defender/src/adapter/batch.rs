@@ -1,0 +1,528 @@
+//! Live-response batches: planning (the vendor's command order), library uploads, budgets,
+//! the journaled submission, polling, and the batch's outcomes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::MutexGuard;
+use std::time::Duration;
+
+use edrgate_adapter::driver::{Drive, RunOps as _};
+use edrgate_adapter::{
+    AdapterError, Command, CommandUpdate, ErrorCode, ErrorInfo, OnError, RunContext, Status,
+};
+
+use super::{
+    Checkpoint, DefenderAdapter, Phase, TAG_PREFIX, comment, has_tag, now, refused, too_large,
+};
+use crate::mapping::{self, Helper};
+use crate::wire::{self, LrCommand, MachineAction, keys, kinds};
+
+/// One live-response command of a batch and the normalized command it serves.
+pub(super) struct Slot {
+    command: usize,
+    lr: LrCommand,
+    role: Role,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Role {
+    /// Carries the command's result.
+    Main,
+    /// `put_file`'s PutFile: no result of its own.
+    Upload,
+}
+
+impl DefenderAdapter {
+    /// Prepares, budgets, records and submits the batch starting at the cursor.
+    pub(super) async fn start_batch(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+    ) -> Result<Drive, AdapterError> {
+        let mut end = plan_end(ctx.commands, cp.cursor.index, ctx.on_error);
+        // put_file payloads: the size cap is checked before any vendor call (§8.1).
+        let mut payloads = HashMap::new();
+        for i in cp.cursor.index..end {
+            if let Some(file_id) = ctx.commands[i].file_id() {
+                let (file, _) = ctx.files.open(file_id).await?;
+                if file.size > self.cfg.max_upload_bytes {
+                    if i == cp.cursor.index {
+                        let update = CommandUpdate::failed(
+                            i,
+                            too_large(file.size, self.cfg.max_upload_bytes),
+                        );
+                        self.command_done(ctx, cp, updates, update);
+                        return Ok(Drive::Continue);
+                    }
+                    end = i;
+                    break;
+                }
+                payloads.insert(
+                    i,
+                    (file.file_id.clone(), file.size, staged_name(&ctx.commands[i], &file.sha256)),
+                );
+            }
+        }
+        let slots = build_batch(ctx.commands, cp.cursor.index, end, &payloads);
+        // The library first: uploads are idempotent and need no session.
+        for helper in
+            slots.iter().filter_map(|s| Helper::from_library_name(s.lr.param(keys::SCRIPT_NAME)?))
+        {
+            self.ensure_library(
+                &helper.library_name(),
+                || async {
+                    let src = helper.source().as_bytes();
+                    let reader: edrgate_adapter::adapter::FileReader =
+                        Box::new(std::io::Cursor::new(src));
+                    Ok((reader, src.len() as u64))
+                },
+                "edrgate helper script",
+            )
+            .await?;
+        }
+        for (file_id, size, name) in payloads.values() {
+            self.ensure_library(
+                name,
+                || async {
+                    let (_, reader) = ctx.files.open(file_id).await?;
+                    Ok((reader, *size))
+                },
+                "staged by edrgate",
+            )
+            .await?;
+        }
+        // Budgets: one live action per machine and at most `concurrent_sessions` per
+        // credential (FairSlots), then a place in the runliveresponse window. Runs waiting
+        // here are `queued`.
+        if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
+            return Ok(drive);
+        }
+        let permit = tokio::select! {
+            p = self.client.budget.live_response.acquire() => p,
+            // The stop check before the next move closes the run.
+            _ = ctx.stop.stopped() => return Ok(Drive::Continue),
+        };
+        // With other replicas, the credential's call quota must also allow it among them all.
+        // The shared quota counts a call when it is taken, not when Defender receives it, so
+        // two replicas' calls could arrive closer than they were taken: its window is widened
+        // by a margin (5%, at least 250 ms) that absorbs such delays.
+        if let Some(budget) = self.shared.get().filter(|b| b.is_shared()) {
+            let scope = format!("{}:runliveresponse", self.scope);
+            let window = self.cfg.lr_window();
+            let window = window + (window / 20).max(Duration::from_millis(250));
+            if let Some(wait) =
+                budget.take_call(&scope, self.cfg.live_response_calls, window).await?
+            {
+                permit.unused();
+                return Ok(Drive::Wait(wait));
+            }
+        }
+        let tag = format!("{TAG_PREFIX}{}:{}", ctx.run_id, cp.cursor.index);
+        cp.phase = Phase::Intent { end, tag: tag.clone(), at: now() };
+        if let Err(e) = self.record(ctx, cp, updates).await {
+            // Not journaled, so not sent.
+            cp.phase = Phase::Ready;
+            return Err(e);
+        }
+        let body = wire::LiveResponseRequest {
+            commands: slots.iter().map(|s| s.lr.clone()).collect(),
+            comment: comment(&tag, ctx.comment),
+        };
+        let sent = self.client.run_live_response(&cp.machine_id, &body).await;
+        drop(permit);
+        match sent {
+            Ok(action) if action.requestor_comment.as_deref().is_some_and(|c| has_tag(c, &tag)) => {
+                self.submitted(ctx, cp, updates, &action, end);
+                Ok(Drive::Wait(self.cfg.poll_min()))
+            }
+            Ok(other) => {
+                // Defender may answer with an action already pending on the machine instead
+                // of creating one (§3.3, Kibana). Whether ours exists too, the tag tells: the
+                // intent is reconciled like an unanswered submission.
+                tracing::info!(run = %ctx.run_id, action = %other.id, "defender returned an action without the run's tag; reconciling");
+                Ok(Drive::Wait(self.cfg.poll_min()))
+            }
+            Err(e) if refused(&e) => {
+                // Nothing happened at the vendor: back to queued and try again later.
+                cp.phase = Phase::Ready;
+                if e.info.vendor_code.as_deref() == Some(mapping::ACTIVE_REQUEST) {
+                    tracing::info!(run = %ctx.run_id, "another live-response action runs on the machine; waiting");
+                    self.release_slot(ctx.run_id);
+                    return Ok(Drive::Wait(self.cfg.poll_max()));
+                }
+                Ok(Drive::Wait(e.retry_after.unwrap_or(self.cfg.poll_max())))
+            }
+            Err(e) if !e.is_retryable() => {
+                // Refused on purpose (4xx): nothing ran.
+                cp.phase = Phase::Ready;
+                self.release_slot(ctx.run_id);
+                let info = if e.code() == ErrorCode::NotFound {
+                    ErrorInfo { code: ErrorCode::DeviceNotFound, ..e.info.clone() }
+                } else {
+                    e.info.clone()
+                };
+                let index = cp.cursor.index;
+                for i in index..end {
+                    if cp.cursor.index != i {
+                        break;
+                    }
+                    self.command_done(ctx, cp, updates, CommandUpdate::failed(i, info.clone()));
+                }
+                Ok(Drive::Continue)
+            }
+            // Ambiguous (transport, 5xx): the action may exist; the tag tells (reconcile).
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn submitted(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+        action: &MachineAction,
+        end: usize,
+    ) {
+        for i in cp.cursor.index..end {
+            updates.push(
+                CommandUpdate::status(i, Status::Dispatched)
+                    .with_vendor(Some(action.id.clone()), Some(action.status.clone())),
+            );
+        }
+        tracing::debug!(run = %ctx.run_id, action = %action.id, "live-response action submitted");
+        cp.phase = Phase::Running {
+            id: action.id.clone(),
+            end,
+            at: now(),
+            // Seen in a read only once a poll finds it (§4.5: reads may lag the create).
+            seen: false,
+            reported: vec![action.status.clone(); end - cp.cursor.index],
+        };
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn poll(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+        id: &str,
+        end: usize,
+        at: f64,
+        seen: bool,
+        mut reported: Vec<String>,
+    ) -> Result<Drive, AdapterError> {
+        let poll = tokio::select! {
+            got = self.poller.get(id) => got?,
+            _ = ctx.stop.stopped() => return Ok(Drive::Continue),
+        };
+        let Some(action) = poll else {
+            if !seen && now() - at < self.cfg.visibility_grace_secs as f64 {
+                return Ok(Drive::Wait(self.cfg.poll_min()));
+            }
+            return Err(AdapterError::new(
+                ErrorCode::VendorUnavailable,
+                format!("Defender no longer shows machine action {id}"),
+            ));
+        };
+        let status = mapping::action_status(&action.status);
+        if !status.is_terminal() {
+            // A live action holds its machine's slot, also after a restart.
+            if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
+                return Ok(drive);
+            }
+            let results = action.commands.clone().unwrap_or_default();
+            let slots = self.slots_of(ctx, cp.cursor.index, end).await?;
+            reported.resize(end - cp.cursor.index, String::new());
+            for i in cp.cursor.index..end {
+                let word =
+                    main_status(&slots, &results, i).unwrap_or_else(|| action.status.clone());
+                if reported[i - cp.cursor.index] != word {
+                    // A finished command's verdict waits for its result, collected once the
+                    // action ends (links exist only then).
+                    let s = match status {
+                        Status::Running => match mapping::command_status(&word) {
+                            s if s.is_terminal() => Status::Running,
+                            s => s,
+                        },
+                        s => s,
+                    };
+                    updates.push(
+                        CommandUpdate::status(i, s)
+                            .with_vendor(Some(action.id.clone()), Some(word.clone())),
+                    );
+                    reported[i - cp.cursor.index] = word;
+                }
+            }
+            cp.phase = Phase::Running { id: id.to_owned(), end, at, seen: true, reported };
+            return Ok(Drive::Wait(self.poll_delay(at)));
+        }
+        // The action ended: its session is free, and results are fetched now (links expire).
+        self.release_slot(ctx.run_id);
+        self.collect(ctx, cp, updates, &action, end).await
+    }
+
+    /// Turns a finished action into the batch's command outcomes, downloading results.
+    pub(super) async fn collect(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+        action: &MachineAction,
+        end: usize,
+    ) -> Result<Drive, AdapterError> {
+        let results = action.commands.clone().unwrap_or_default();
+        let slots = self.slots_of(ctx, cp.cursor.index, end).await?;
+        let action_status = mapping::action_status(&action.status);
+        let mut saw_failure = false;
+        while cp.cursor.index < end {
+            let i = cp.cursor.index;
+            let mine: Vec<(usize, &Slot)> =
+                slots.iter().enumerate().filter(|(_, s)| s.command == i).collect();
+            let rows: Vec<Option<&wire::CommandResult>> =
+                mine.iter().map(|(lr, _)| results.iter().find(|r| r.index == *lr)).collect();
+            let word = |r: &Option<&wire::CommandResult>| {
+                r.map_or("Created", |r| r.command_status.as_str()).to_owned()
+            };
+            let vendor_ref =
+                Some(format!("{}/{}", action.id, mine.last().map_or(0, |(lr, _)| *lr)));
+            if let Some(failed) = rows
+                .iter()
+                .flatten()
+                .find(|r| mapping::command_status(&r.command_status) == Status::Failed)
+            {
+                let mut info = mapping::command_error(&failed.errors, action.error_h_result);
+                if action_status == Status::TimedOut && info.code == ErrorCode::CommandFailed {
+                    info.code = ErrorCode::Timeout;
+                }
+                let update = CommandUpdate::failed(i, info)
+                    .with_vendor(vendor_ref, Some(failed.command_status.clone()));
+                saw_failure = true;
+                self.command_done(ctx, cp, updates, update);
+                continue;
+            }
+            if rows.iter().all(|r| {
+                r.is_some_and(|r| mapping::command_status(&r.command_status) == Status::Succeeded)
+            }) {
+                let (main_lr, _) =
+                    mine.iter().find(|(_, s)| s.role == Role::Main).copied().unwrap_or(mine[0]);
+                let update = match self.result_of(ctx, &action.id, main_lr, i).await? {
+                    Ok(result) => CommandUpdate::succeeded(i, result),
+                    Err(info) => CommandUpdate::failed(i, info),
+                }
+                .with_vendor(vendor_ref, Some("Completed".to_owned()));
+                self.command_done(ctx, cp, updates, update);
+                continue;
+            }
+            // Not (fully) executed.
+            let last_word = rows.last().map(word).unwrap_or_default();
+            match action_status {
+                Status::Cancelled => {
+                    let update = CommandUpdate::status(i, Status::Cancelled)
+                        .with_error(ErrorInfo::new(
+                            ErrorCode::Cancelled,
+                            "the machine action was cancelled",
+                        ))
+                        .with_vendor(vendor_ref, Some(action.status.clone()));
+                    self.command_done(ctx, cp, updates, update);
+                }
+                Status::TimedOut => {
+                    let update = CommandUpdate::status(i, Status::TimedOut)
+                        .with_error(
+                            ErrorInfo::new(
+                                ErrorCode::Timeout,
+                                "Defender timed the machine action out",
+                            )
+                            .with_vendor("TimeOut", last_word),
+                        )
+                        .with_vendor(vendor_ref, Some(action.status.clone()));
+                    self.command_done(ctx, cp, updates, update);
+                }
+                _ if !saw_failure => {
+                    // Failed without a failed command (e.g. the device could not run it).
+                    let update = CommandUpdate::failed(
+                        i,
+                        mapping::command_error(&[], action.error_h_result),
+                    )
+                    .with_vendor(vendor_ref, Some(action.status.clone()));
+                    saw_failure = true;
+                    self.command_done(ctx, cp, updates, update);
+                }
+                _ => {
+                    // Defender stopped the batch at an earlier failure (§3.1). With
+                    // `on_error: continue` the rest goes into a new batch; with `stop` the
+                    // earlier failure already skipped it.
+                    cp.phase = Phase::Ready;
+                    return Ok(Drive::Continue);
+                }
+            }
+        }
+        cp.phase = Phase::Ready;
+        Ok(Drive::Continue)
+    }
+
+    /// The batch `[start, end)` as submitted (rebuilt from the commands: deterministic).
+    pub(super) async fn slots_of(
+        &self,
+        ctx: &RunContext<'_>,
+        start: usize,
+        end: usize,
+    ) -> Result<Vec<Slot>, AdapterError> {
+        let mut payloads = HashMap::new();
+        for i in start..end {
+            if let Some(file_id) = ctx.commands[i].file_id() {
+                let (file, _) = ctx.files.open(file_id).await?;
+                payloads.insert(
+                    i,
+                    (file.file_id.clone(), file.size, staged_name(&ctx.commands[i], &file.sha256)),
+                );
+            }
+        }
+        Ok(build_batch(ctx.commands, start, end, &payloads))
+    }
+
+    pub(super) async fn ensure_library<F, Fut>(
+        &self,
+        name: &str,
+        open: F,
+        description: &str,
+    ) -> Result<(), AdapterError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<
+                Output = Result<(edrgate_adapter::adapter::FileReader, u64), AdapterError>,
+            >,
+    {
+        if self.known().contains(name) {
+            return Ok(());
+        }
+        let listed: HashSet<String> =
+            self.client.library().await?.into_iter().map(|f| f.file_name).collect();
+        let present = listed.contains(name);
+        self.known().extend(listed);
+        if present {
+            return Ok(());
+        }
+        let (reader, size) = open().await?;
+        let uploaded = self.client.upload(name, reader, size, description).await?;
+        self.known().insert(uploaded.file_name);
+        Ok(())
+    }
+
+    pub(super) fn known(&self) -> MutexGuard<'_, HashSet<String>> {
+        self.library.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Where the batch starting at `start` ends: consecutive live-response commands while the
+/// PutFile → RunScript → GetFile order holds. With `on_error: stop`, a command whose failure
+/// only shows in its script output ends the batch before the next command that changes the
+/// endpoint, since Defender would run it anyway.
+fn plan_end(commands: &[Command], start: usize, on_error: OnError) -> usize {
+    let mut end = start;
+    let mut rank = 0u8;
+    let mut silent = false;
+    for (i, command) in commands.iter().enumerate().skip(start) {
+        let Some(lrs) = mapping::lr_commands(command) else { break };
+        let first = mapping::rank(&lrs[0].0.kind);
+        if i > start
+            && (first < rank
+                || (silent && on_error == OnError::Stop && command.kind().has_side_effect()))
+        {
+            break;
+        }
+        rank = lrs.iter().map(|(c, _)| mapping::rank(&c.kind)).max().unwrap_or(rank);
+        silent |= mapping::fails_silently(command);
+        end = i + 1;
+    }
+    end.max(start + 1)
+}
+
+/// The live-response commands of `[start, end)`, in order.
+fn build_batch(
+    commands: &[Command],
+    start: usize,
+    end: usize,
+    payloads: &HashMap<usize, (String, u64, String)>,
+) -> Vec<Slot> {
+    let mut slots = Vec::new();
+    for (i, command) in commands.iter().enumerate().take(end).skip(start) {
+        if let Command::PutFile { path, .. } = command {
+            let name = payloads.get(&i).map(|p| p.2.clone()).unwrap_or_default();
+            slots.push(Slot {
+                command: i,
+                lr: LrCommand::new(kinds::PUT_FILE, &[(keys::FILE_NAME, &name)]),
+                role: Role::Upload,
+            });
+            slots.push(Slot {
+                command: i,
+                lr: mapping::place_command(&name, path),
+                role: Role::Main,
+            });
+            continue;
+        }
+        for (mut lr, _) in mapping::lr_commands(command).unwrap_or_default() {
+            // A run_script whose content edrgate staged runs under the staged name.
+            if let (Some(p), Some(name)) =
+                (payloads.get(&i), lr.params.iter_mut().find(|p| p.key == keys::SCRIPT_NAME))
+            {
+                name.value = p.2.clone();
+            }
+            slots.push(Slot { command: i, lr, role: Role::Main });
+        }
+    }
+    slots
+}
+
+/// The library name a command's stored file is staged under: content-addressed, so the same
+/// content is uploaded once and nothing of the same name in the library is overwritten.
+fn staged_name(command: &Command, sha256: &str) -> String {
+    match command {
+        Command::RunScript { script, .. } => mapping::script_name(script, sha256),
+        _ => mapping::payload_name(sha256),
+    }
+}
+
+/// The status word of command `i`'s main live-response command.
+fn main_status(slots: &[Slot], results: &[wire::CommandResult], i: usize) -> Option<String> {
+    let lr = slots.iter().position(|s| s.command == i && s.role == Role::Main)?;
+    results.iter().find(|r| r.index == lr).map(|r| r.command_status.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edrgate_adapter::RegistryValueType;
+
+    #[test]
+    fn batches_keep_vendor_order_and_on_error() {
+        let get = || Command::GetFile { path: "C:\\a".into(), offset: None, length: None };
+        let script = || Command::RunScript { script: "s.ps1".into(), args: vec![], file_id: None };
+        let kill = Command::KillProcess { pid: 4, vendor_id: None };
+        let set = Command::RegistrySet {
+            key: "HKLM\\x".into(),
+            value: "v".into(),
+            value_type: RegistryValueType::Sz,
+            data: serde_json::json!("d"),
+            overwrite: true,
+        };
+        let table: Vec<(Vec<Command>, OnError, Vec<usize>)> = vec![
+            (vec![script(), Command::ProcessList, get(), get()], OnError::Stop, vec![4]),
+            (vec![get(), script()], OnError::Stop, vec![1, 2]),
+            (vec![Command::ProcessList, kill.clone()], OnError::Stop, vec![1, 2]),
+            (vec![Command::ProcessList, kill.clone()], OnError::Continue, vec![2]),
+            (vec![kill, get(), set], OnError::Stop, vec![2, 3]),
+            (vec![Command::Isolate, get()], OnError::Stop, vec![1, 2]),
+        ];
+        for (commands, on_error, ends) in table {
+            let mut got = Vec::new();
+            let mut start = 0;
+            while start < commands.len() {
+                let end = plan_end(&commands, start, on_error);
+                got.push(end);
+                start = end;
+            }
+            assert_eq!(got, ends, "{commands:?} {on_error:?}");
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! The run state machine: batches, budgets, machine actions, results, reconciliation.
+//!
+//! A run's commands are cut into **batches**: consecutive commands whose live-response
+//! commands keep Defender's PutFile → RunScript → GetFile order (defender.md §3.1) go into one
+//! `runliveresponse` machine action. Isolate and release are machine actions of their own
+//! (§11). One step advances a run as far as it can without waiting: upload what the batch
+//! needs to the library, take a session slot and a place in the live-response rate window
+//! (runs waiting for either stay `queued`), record the intent, submit, then poll until the
+//! action ends, and collect every command's result at once (links expire after 30 minutes,
+//! §5; they are fetched right away and re-requested when a download is refused).
+//!
+//! The step loop itself (stop checks, back-off, `on_error`, journaling) is the shared
+//! [`driver`]; this module is the vendor's [`VendorRun::advance`], split along its seams:
+//! `batch` (planning, library uploads, submission, polling, outcomes), `fetch` (result
+//! downloads), `reconcile` (intents after a crash, found by the comment tag), `contain`
+//! (isolate/release), `slots` (session slots) and `poller` (one batched status call for the
+//! pending actions of all runs).
+//!
+//! Everything a later step needs is in the [`Checkpoint`]. Only the session slot lives in
+//! memory (re-acquired after a restart while an action is live).
+
+mod batch;
+mod contain;
+mod fetch;
+mod poller;
+mod reconcile;
+mod slots;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use edrgate_adapter::adapter::StopReason;
+use edrgate_adapter::driver::{self, Cursor, Drive, RunCheckpoint, RunOps as _, VendorRun};
+use edrgate_adapter::{
+    Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandSupport,
+    CommandUpdate, Device, ErrorCode, ErrorInfo, Limits, RunContext, SharedBudget, Status, Step,
+    Via,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::client::DfClient;
+use crate::config::DefenderConfig;
+use crate::mapping;
+use crate::wire;
+
+use self::poller::Poller;
+use self::slots::Held;
+
+/// Prefix of the comment tag that ties a machine action to its run and batch.
+const TAG_PREFIX: &str = "edrgate:";
+
+/// A Microsoft Defender for Endpoint backend.
+pub struct DefenderAdapter {
+    cfg: DefenderConfig,
+    client: Arc<DfClient>,
+    poller: Arc<Poller>,
+    capabilities: Capabilities,
+    runs: Mutex<HashMap<Uuid, Held>>,
+    /// The budget shared with other gateway replicas (given by the engine): Defender's limits
+    /// are per app and tenant, not per process.
+    shared: OnceLock<Arc<dyn SharedBudget>>,
+    /// The shared budget's scope: the credential (no secret in it).
+    scope: String,
+    /// Library names known to exist (uploads are content-addressed, so a name never goes stale
+    /// unless deleted by someone else, which the vendor then reports on the command).
+    library: Mutex<HashSet<String>>,
+}
+/// The run's state between steps, stored as JSON by the engine. (`pub` only because it is
+/// [`VendorRun::Checkpoint`]; this module is private, so nothing outside the crate names it.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Checkpoint {
+    machine_id: String,
+    /// The first command not finished and the transient-failure count (the driver's).
+    #[serde(flatten)]
+    cursor: Cursor,
+    #[serde(default)]
+    phase: Phase,
+}
+
+impl RunCheckpoint for Checkpoint {
+    fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+    fn cursor_mut(&mut self) -> &mut Cursor {
+        &mut self.cursor
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "snake_case")]
+enum Phase {
+    #[default]
+    Ready,
+    /// Intent recorded for the batch `[index, end)`: its `runliveresponse` may have reached
+    /// Defender; the comment tag finds it.
+    Intent { end: usize, tag: String, at: f64 },
+    /// The batch runs as machine action `id`.
+    Running {
+        id: String,
+        end: usize,
+        at: f64,
+        #[serde(default)]
+        seen: bool,
+        /// Last vendor status word reported per command of the batch.
+        #[serde(default)]
+        reported: Vec<String>,
+    },
+    /// Intent recorded for isolate/release.
+    ContainIntent { tag: String, at: f64 },
+    /// Isolate/release runs as machine action `id`.
+    Contain {
+        id: String,
+        at: f64,
+        #[serde(default)]
+        seen: bool,
+    },
+}
+impl DefenderAdapter {
+    /// Builds the adapter for backend `backend_name`. No network call is made.
+    pub fn new(backend_name: &str, cfg: DefenderConfig) -> Result<Self, AdapterError> {
+        cfg.validate().map_err(|errors| {
+            AdapterError::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "invalid defender config for backend {backend_name}: {}",
+                    errors.join("; ")
+                ),
+            )
+        })?;
+        if cfg.api_url.starts_with("http://") {
+            tracing::warn!(
+                backend = backend_name,
+                "defender api_url uses plain http: tokens travel unencrypted"
+            );
+        }
+        let client = Arc::new(DfClient::new(backend_name, &cfg)?);
+        let scope =
+            format!("defender:{}|{}|{}", cfg.token_endpoint(), cfg.tenant_id, cfg.client_id);
+        let sessions = u32::try_from(client.budget.sessions.capacity()).unwrap_or(u32::MAX);
+        Ok(DefenderAdapter {
+            capabilities: capabilities(backend_name, sessions, &cfg),
+            poller: Poller::new(Arc::clone(&client)),
+            client,
+            cfg,
+            runs: Mutex::new(HashMap::new()),
+            shared: OnceLock::new(),
+            scope,
+            library: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// Live-response calls made in the current rate window (for tests and metrics).
+    pub fn live_response_calls_in_window(&self) -> usize {
+        self.client.budget.live_response.recent()
+    }
+}
+
+#[async_trait]
+impl Adapter for DefenderAdapter {
+    fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// Machines whose `computerDnsName` contains `hostname`, case-insensitively. Defender's
+    /// filter is an exact `eq` (§10): it is asked first, the full list only when it finds none.
+    async fn find_devices(&self, hostname: Option<&str>) -> Result<Vec<Device>, AdapterError> {
+        let matching = |machines: Vec<wire::Machine>| -> Vec<Device> {
+            machines
+                .into_iter()
+                .map(|m| mapping::device(&self.capabilities.backend, m))
+                .filter(|d| {
+                    hostname.is_none_or(|h| edrgate_adapter::hostname_matches(&d.hostname, h))
+                })
+                .collect()
+        };
+        let mut found = matching(self.client.machines(hostname).await?);
+        if found.is_empty() && hostname.is_some() {
+            found = matching(self.client.machines(None).await?);
+        }
+        Ok(found)
+    }
+
+    fn run_closed(&self, run_id: Uuid) {
+        self.release_slot(run_id);
+    }
+
+    fn use_shared_budget(&self, budget: Arc<dyn SharedBudget>) {
+        self.client.budget.use_shared(Arc::clone(&budget), &self.scope);
+        let _ = self.shared.set(budget);
+    }
+
+    fn budgets(&self) -> Vec<BudgetUse> {
+        let b = &self.client.budget;
+        vec![
+            BudgetUse {
+                name: "sessions",
+                in_use: b.sessions.in_use(),
+                capacity: b.sessions.capacity(),
+                waiting: b.sessions.waiting(),
+            },
+            BudgetUse {
+                name: "runliveresponse_per_window",
+                in_use: b.live_response.recent(),
+                capacity: self.cfg.live_response_calls as usize,
+                waiting: b.live_response.waiting(),
+            },
+        ]
+    }
+
+    async fn step(
+        &self,
+        ctx: &RunContext<'_>,
+        checkpoint: Option<serde_json::Value>,
+    ) -> Result<Step, AdapterError> {
+        self.touch(ctx.run_id);
+        driver::drive(self, ctx, checkpoint).await
+    }
+}
+
+#[async_trait]
+impl VendorRun for DefenderAdapter {
+    type Checkpoint = Checkpoint;
+    const VENDOR: &'static str = "defender";
+
+    fn begin(&self, ctx: &RunContext<'_>) -> Result<Checkpoint, AdapterError> {
+        Ok(Checkpoint {
+            machine_id: machine_id(ctx.device_id)?,
+            cursor: Cursor::default(),
+            phase: Phase::Ready,
+        })
+    }
+
+    async fn advance(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+    ) -> Result<Drive, AdapterError> {
+        match cp.phase.clone() {
+            Phase::Ready => match &ctx.commands[cp.cursor.index] {
+                Command::Isolate => self.start_contain(ctx, cp, updates, true).await,
+                Command::Release => self.start_contain(ctx, cp, updates, false).await,
+                command if mapping::lr_commands(command).is_some() => {
+                    self.start_batch(ctx, cp, updates).await
+                }
+                command => Ok(Drive::Finished(CommandUpdate::failed(
+                    cp.cursor.index,
+                    ErrorInfo::new(
+                        ErrorCode::UnsupportedCommand,
+                        format!("Defender backends do not support {}", command.kind().as_str()),
+                    ),
+                ))),
+            },
+            Phase::Intent { end, tag, at } => self.reconcile(ctx, cp, end, &tag, at).await,
+            Phase::Running { id, end, at, seen, reported } => {
+                self.poll(ctx, cp, updates, &id, end, at, seen, reported).await
+            }
+            Phase::ContainIntent { tag, at } => self.reconcile_contain(ctx, cp, &tag, at).await,
+            Phase::Contain { id, at, seen } => {
+                self.poll_contain(ctx, cp, updates, &id, at, seen).await
+            }
+        }
+    }
+
+    fn command_ended(&self, _ctx: &RunContext<'_>, cp: &mut Checkpoint) {
+        cp.phase = Phase::Ready;
+    }
+
+    /// A permanent failure of the current unit of work: every command of the batch (or the
+    /// one command) ends with it; after an intent, a command changing the endpoint ends
+    /// `outcome_unknown` instead, since Defender may have received the action.
+    fn failed(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+        error: AdapterError,
+    ) {
+        let end = match &cp.phase {
+            Phase::Intent { end, .. } | Phase::Running { end, .. } => *end,
+            _ => cp.cursor.index + 1,
+        };
+        let unknown = matches!(cp.phase, Phase::Intent { .. } | Phase::ContainIntent { .. });
+        self.release_slot(ctx.run_id);
+        while cp.cursor.index < end {
+            let index = cp.cursor.index;
+            let update = if unknown && ctx.commands[index].kind().has_side_effect() {
+                outcome_unknown(index)
+            } else {
+                CommandUpdate::failed(index, error.info.clone())
+            };
+            self.command_done(ctx, cp, updates, update);
+        }
+        cp.phase = Phase::Ready;
+    }
+
+    /// Cancels vendor work in flight, racing its completion: an action that finished first
+    /// keeps its real results. The driver closes the rest with the stop's status.
+    async fn cancel(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+        reason: StopReason,
+    ) {
+        let live = match &cp.phase {
+            Phase::Running { id, end, .. } => Some((id.clone(), *end)),
+            Phase::Contain { id, .. } => Some((id.clone(), cp.cursor.index + 1)),
+            Phase::Intent { tag, end, .. } => self
+                .client
+                .actions_of_machine(&cp.machine_id, "LiveResponse")
+                .await
+                .ok()
+                .and_then(|list| {
+                    list.into_iter()
+                        .find(|a| a.requestor_comment.as_deref().is_some_and(|c| has_tag(c, tag)))
+                })
+                .map(|a| (a.id, *end)),
+            _ => None,
+        };
+        if let Some((id, end)) = live {
+            let note = match reason {
+                StopReason::Cancelled => "cancelled by the edrgate caller",
+                StopReason::DeadlineExceeded => "edrgate action deadline passed",
+            };
+            match self.client.cancel(&id, note).await {
+                Ok(action)
+                    if matches!(
+                        mapping::action_status(&action.status),
+                        Status::Succeeded | Status::Failed
+                    ) =>
+                {
+                    // Completion won the race: report what really happened.
+                    if matches!(cp.phase, Phase::Running { .. } | Phase::Intent { .. })
+                        && let Err(e) = self.collect(ctx, cp, updates, &action, end).await
+                    {
+                        tracing::debug!(run = %ctx.run_id, error = %e, "collecting a finished action after a stop failed");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(run = %ctx.run_id, error = %e, "cancelling the machine action failed")
+                }
+            }
+        }
+    }
+}
+
+impl DefenderAdapter {
+    fn poll_delay(&self, since: f64) -> Duration {
+        let waited = Duration::from_secs_f64((now() - since).max(0.0));
+        (waited / 4).clamp(self.cfg.poll_min(), self.cfg.poll_max())
+    }
+}
+
+/// The comment: the run's tag first (reconciliation searches for it), then the caller's.
+fn comment(tag: &str, caller: Option<&str>) -> String {
+    match caller {
+        Some(c) if !c.trim().is_empty() => format!("{tag} {c}"),
+        _ => tag.to_owned(),
+    }
+}
+
+fn has_tag(comment: &str, tag: &str) -> bool {
+    comment.split_whitespace().next() == Some(tag)
+}
+
+/// Refusals that leave nothing behind and are worth another try later: 429 and
+/// `ActiveRequestAlreadyExists`.
+fn refused(e: &AdapterError) -> bool {
+    e.code() == ErrorCode::VendorRateLimited
+        || e.info.vendor_code.as_deref() == Some(mapping::ACTIVE_REQUEST)
+}
+
+fn machine_id(device_id: &str) -> Result<String, AdapterError> {
+    let id = device_id.trim();
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(AdapterError::new(
+            ErrorCode::DeviceNotFound,
+            format!("{device_id:?} is not a Defender machine id"),
+        ));
+    }
+    Ok(id.to_ascii_lowercase())
+}
+
+fn too_large(size: u64, cap: u64) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorCode::PayloadTooLarge,
+        format!(
+            "the file is {size} bytes; Defender's live-response library takes at most {cap} bytes per file, so it was not uploaded"
+        ),
+    )
+}
+
+fn outcome_unknown(index: usize) -> CommandUpdate {
+    CommandUpdate::failed(
+        index,
+        ErrorInfo::new(
+            ErrorCode::OutcomeUnknown,
+            "edrgate cannot tell whether Defender received the machine action before an interruption; it was not sent again",
+        ),
+    )
+}
+/// Native: get_file, put_file (library + PutFile), run_script, isolate, release. Script-backed
+/// (edrgate's helper scripts through RunScript): the rest but memory_dump.
+fn capabilities(backend: &str, sessions: u32, cfg: &DefenderConfig) -> Capabilities {
+    let commands = CommandKind::ALL
+        .into_iter()
+        .filter(|k| *k != CommandKind::MemoryDump)
+        .map(|command| {
+            let (via, note) = match command {
+                CommandKind::GetFile => (Via::Native, "GetFile; the result is downloaded and un-gzipped"),
+                CommandKind::PutFile => (Via::Native, "library upload (content-addressed), PutFile, then a helper script moves it to path"),
+                CommandKind::RunScript => (Via::Native, "RunScript of a live-response library script; args joined by spaces"),
+                CommandKind::Isolate => (Via::Native, "isolate machine action (Full)"),
+                CommandKind::Release => (Via::Native, "unisolate machine action"),
+                _ => (Via::Script, "edrgate helper PowerShell script run with RunScript"),
+            };
+            CommandSupport { command, via, notes: Some(note.to_owned()) }
+        })
+        .collect();
+    Capabilities {
+        backend: backend.to_owned(),
+        kind: "defender".to_owned(),
+        commands,
+        limits: Limits {
+            concurrent_sessions: Some(sessions),
+            max_upload_bytes: Some(cfg.max_upload_bytes),
+            calls_per_minute: Some(
+                u32::try_from(
+                    u64::from(cfg.live_response_calls) * 60_000
+                        / cfg.live_response_window_ms.max(1),
+                )
+                .unwrap_or(u32::MAX),
+            ),
+        },
+    }
+}
+
+fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_identify_runs() {
+        let tag = "edrgate:0190:2";
+        assert!(has_tag(&comment(tag, Some("playbook 7")), tag));
+        assert!(!has_tag("edrgate:0190:21 x", tag));
+        assert!(machine_id("1e5bc9d7e413ddd7902c2932e418702b84d0cc07").is_ok());
+        assert!(machine_id("../x").is_err());
+    }
+}
