@@ -11,13 +11,16 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, Reload};
 use crate::auth::Auth;
 use crate::backends::Backends;
 use crate::config::Config;
 use crate::engine::{Engine, EngineOptions};
 use crate::files::FileStore;
 use crate::store::Store;
+
+/// The reload's outcome types, defined by the endpoint that answers with them.
+pub use crate::api::reload::{ReloadError, ReloadReport};
 
 /// A built, started gateway.
 pub struct App {
@@ -82,7 +85,7 @@ impl App {
         let state = ApiState {
             prefix: config.server.path_prefix.as_str().into(),
             trusted_proxies,
-            reloader: Arc::clone(&reloader),
+            reloader: Arc::clone(&reloader) as Arc<dyn Reload>,
             engine: Arc::clone(&engine),
             auth: Arc::clone(&auth),
             max_wait: Duration::from_secs(config.server.max_wait_seconds),
@@ -125,26 +128,6 @@ pub struct Reloader {
     lock: tokio::sync::Mutex<()>,
 }
 
-/// What a reload changed.
-#[derive(Clone, Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct ReloadReport {
-    pub tenants: usize,
-    pub backends: usize,
-    /// `tenant.backend` of the backends built anew (added or changed).
-    pub rebuilt: Vec<String>,
-    /// `tenant.backend` of the backends that are gone.
-    pub removed: Vec<String>,
-}
-
-/// Why a reload was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    #[error("the configuration was not loaded from a file, so it cannot be reloaded")]
-    NoFile,
-    #[error("the new configuration is invalid: {}", .0.join("; "))]
-    Invalid(Vec<String>),
-}
-
 impl Reloader {
     /// Makes `file` the configuration that reloads read.
     pub fn watch_file(&self, file: PathBuf) {
@@ -171,6 +154,14 @@ impl Reloader {
         self.auth.set_tenant_limits(limits.iter().map(|(t, l)| (t.as_str(), l)));
         tracing::info!(?report, "configuration reloaded");
         Ok(report)
+    }
+}
+
+/// What the admin endpoint calls (`api` sees the reloader through this trait only).
+#[async_trait::async_trait]
+impl Reload for Reloader {
+    async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        Reloader::reload(self).await
     }
 }
 

@@ -1,5 +1,9 @@
-//! Prometheus metrics: `/metrics`, through the `metrics` facade (adapters record their vendor
-//! calls with `edrgate_adapter::http::send`, and know nothing of the exporter).
+//! Prometheus metrics through the `metrics` facade (adapters record their vendor calls with
+//! `edrgate_adapter::http::send`, and know nothing of the exporter).
+//!
+//! A leaf: the recorder, the metric names and the functions that record them. The HTTP side
+//! (`GET /metrics`, the request counter middleware) is `api::metrics`, so the engine can record
+//! runs here without depending on the HTTP layer.
 //!
 //! | metric | labels | what |
 //! |---|---|---|
@@ -12,20 +16,18 @@
 //! | `edrgate_budget_in_use`, `edrgate_budget_capacity`, `edrgate_budget_waiting` | tenant, backend, budget | vendor budgets (sessions, call quotas) |
 
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::Duration;
 
-use crate::api::ApiState;
-use crate::store::{Store, StoreError, args};
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::header::CONTENT_TYPE;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use edrgate_adapter::Status;
+use edrgate_adapter::adapter::BudgetUse;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Latency buckets, in seconds: API answers are milliseconds, vendor calls up to long-polls.
 const BUCKETS: &[f64] =
     &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The media type of [`render`]'s text.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// The process-wide recorder (one per process: every app built in it shares it).
 pub fn handle() -> &'static PrometheusHandle {
@@ -45,70 +47,40 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Counts and times every request by route template, method and status.
-pub async fn track_requests(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let route =
-        req.extensions().get::<MatchedPath>().map_or("(unmatched)", MatchedPath::as_str).to_owned();
-    let method = req.method().as_str().to_owned();
-    let response = next.run(req).await;
-    let labels =
-        [("route", route), ("method", method), ("status", response.status().as_u16().to_string())];
+/// Everything recorded so far, in the Prometheus text format ([`CONTENT_TYPE`]).
+pub fn render() -> String {
+    let handle = handle();
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// One answered API request, by route template, method and status.
+pub fn http_request(route: String, method: String, status: u16, took: Duration) {
+    let labels = [("route", route), ("method", method), ("status", status.to_string())];
     metrics::counter!("edrgate_http_requests_total", &labels).increment(1);
     metrics::histogram!("edrgate_http_request_duration_seconds", &labels)
-        .record(started.elapsed().as_secs_f64());
-    response
+        .record(took.as_secs_f64());
 }
 
-/// `GET /metrics`: the Prometheus text format. Store-wide and budget gauges are read at scrape
-/// time, so they are current and cost nothing between scrapes.
-pub async fn render(State(state): State<ApiState>) -> Response {
-    let handle = handle();
-    let backends = state.engine.backends();
-    for (tenant, backend, adapter) in backends.all() {
-        for budget in adapter.budgets() {
-            let labels = [
-                ("tenant", tenant.clone()),
-                ("backend", backend.clone()),
-                ("budget", budget.name.to_owned()),
-            ];
-            metrics::gauge!("edrgate_budget_in_use", &labels).set(budget.in_use as f64);
-            metrics::gauge!("edrgate_budget_capacity", &labels).set(budget.capacity as f64);
-            metrics::gauge!("edrgate_budget_waiting", &labels).set(budget.waiting as f64);
-        }
-    }
-    match state.engine.store().unfinished_run_counts().await {
-        Ok(counts) => {
-            for status in [Status::Queued, Status::Dispatched, Status::Running] {
-                let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
-                metrics::gauge!("edrgate_runs", "status" => status.as_str()).set(n as f64);
-            }
-        }
-        Err(error) => tracing::warn!(%error, "metrics: cannot count runs"),
-    }
-    handle.run_upkeep();
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()).into_response()
+/// A vendor budget of one backend, as it is now (read at scrape time).
+pub fn budget(tenant: &str, backend: &str, budget: &BudgetUse) {
+    let labels = [
+        ("tenant", tenant.to_owned()),
+        ("backend", backend.to_owned()),
+        ("budget", budget.name.to_owned()),
+    ];
+    metrics::gauge!("edrgate_budget_in_use", &labels).set(budget.in_use as f64);
+    metrics::gauge!("edrgate_budget_capacity", &labels).set(budget.capacity as f64);
+    metrics::gauge!("edrgate_budget_waiting", &labels).set(budget.waiting as f64);
 }
 
-impl Store {
-    /// Unfinished runs by status, across every replica.
-    async fn unfinished_run_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows: Vec<StatusCount> = self
-            .db()
-            .fetch_all(
-                "SELECT status, COUNT(*) AS n FROM runs
-                 WHERE status IN ('queued', 'dispatched', 'running') GROUP BY status",
-                args![],
-            )
-            .await?;
-        Ok(rows.into_iter().map(|r| (r.status, r.n)).collect())
+/// The unfinished runs in the store by status (`(status, count)`, read at scrape time); a
+/// status missing from `counts` has none.
+pub fn unfinished_runs(counts: &[(String, i64)]) {
+    for status in [Status::Queued, Status::Dispatched, Status::Running] {
+        let n = counts.iter().find(|(s, _)| s == status.as_str()).map_or(0, |(_, n)| *n);
+        metrics::gauge!("edrgate_runs", "status" => status.as_str()).set(n as f64);
     }
-}
-
-#[derive(sqlx::FromRow)]
-struct StatusCount {
-    status: String,
-    n: i64,
 }
 
 pub fn run_finished(tenant: &str, backend: Option<&str>, status: Status) {

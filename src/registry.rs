@@ -33,7 +33,7 @@ pub fn simulators() -> &'static [&'static dyn edrgate_simkit::SimulatorPlugin] {
     use edrgate_simkit::{SimulatorPlugin, plugin};
     static SIMULATORS: &[&dyn SimulatorPlugin] = &[
         &plugin::<edrgate_carbonblack_sim::cli::CarbonBlackSim>(),
-        // TEMP &plugin::<edrgate_cybereason_sim::cli::CybereasonSim>(),
+        &plugin::<edrgate_cybereason_sim::cli::CybereasonSim>(),
         &plugin::<edrgate_defender_sim::cli::DefenderSim>(),
     ];
     SIMULATORS

@@ -4,158 +4,25 @@
 use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
-use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
-use reqwest::StatusCode;
+use edrgate_carbonblack_sim::{SimConfig, Simulator};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-mod support {
-    use super::*;
-    use edrgate::app::App;
-    use edrgate::config::Config;
+mod common;
+use common::{Backend, Gateway, token};
 
-    pub(crate) const SECRET: &str = "e2e-secret-0123456789abcdef0123456789abcdef";
-
-    /// A running gateway in front of one simulator, with tenants `acme` and `globex`.
-    pub(crate) struct Gateway {
-        pub(crate) base: String,
-        pub(crate) http: reqwest::Client,
-        pub(crate) sim: Simulator,
-        pub(crate) app: App,
-        pub(crate) dir: tempfile::TempDir,
-        sim_url: String,
-        server: tokio::task::JoinHandle<()>,
-    }
-
-    impl Gateway {
-        pub(crate) async fn start(sim: SimConfig) -> Gateway {
-            let sim = Simulator::new(sim);
-            let addr = sim.spawn().await.unwrap();
-            let sim_url = format!("http://{addr}");
-            let dir = tempfile::tempdir().unwrap();
-            let (app, base, server) = serve(&dir, &sim_url).await;
-            Gateway {
-                base,
-                http: reqwest::Client::builder().build().unwrap(),
-                sim,
-                app,
-                dir,
-                sim_url,
-                server,
-            }
-        }
-
-        /// Stops the gateway as a crash would (no lease released, no step finished) and starts
-        /// a new one on the same database and files.
-        pub(crate) async fn crash_and_restart(&mut self) {
-            self.app.engine.kill();
-            self.server.abort();
-            let (app, base, server) = serve(&self.dir, &self.sim_url).await;
-            self.app = app;
-            self.base = base;
-            self.server = server;
-        }
-
-        pub(crate) fn token(&self, tenant: &str) -> String {
-            edrgate::auth::mint(SECRET.as_bytes(), tenant, "e2e-test", Duration::from_secs(600))
-                .unwrap()
-        }
-
-        pub(crate) async fn post(
-            &self,
-            tenant: &str,
-            path: &str,
-            body: &Value,
-        ) -> (StatusCode, Value) {
-            let r = self
-                .http
-                .post(format!("{}{path}", self.base))
-                .bearer_auth(self.token(tenant))
-                .json(body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status();
-            (status, r.json().await.unwrap_or(Value::Null))
-        }
-
-        pub(crate) async fn get(&self, tenant: &str, path: &str) -> (StatusCode, Value) {
-            let r = self
-                .http
-                .get(format!("{}{path}", self.base))
-                .bearer_auth(self.token(tenant))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status();
-            (status, r.json().await.unwrap_or(Value::Null))
-        }
-
-        pub(crate) async fn submit(&self, body: Value) -> Value {
-            let (status, action) = self.post("acme", "/v1/actions", &body).await;
-            assert_eq!(status, StatusCode::ACCEPTED, "{action}");
-            action
-        }
-
-        /// Long-polls until the action is terminal.
-        pub(crate) async fn finished(&self, action: &Value) -> Value {
-            let id = action["id"].as_str().unwrap();
-            for _ in 0..120 {
-                let (status, a) = self.get("acme", &format!("/v1/actions/{id}?wait=5")).await;
-                assert_eq!(status, StatusCode::OK, "{a}");
-                if !["queued", "dispatched", "running"].contains(&a["status"].as_str().unwrap()) {
-                    return a;
-                }
-            }
-            panic!("action {id} did not finish");
-        }
-
-        pub(crate) async fn run(&self, body: Value) -> Value {
-            let action = self.submit(body).await;
-            self.finished(&action).await
-        }
-    }
-
-    async fn serve(
-        dir: &tempfile::TempDir,
-        sim_url: &str,
-    ) -> (App, String, tokio::task::JoinHandle<()>) {
-        let d = dir.path().display();
-        let text = format!(
-            r#"
-            [server]
-            max_body_bytes = 65536
-            [store]
-            path = "{d}/edrgate.db"
-            [files]
-            dir = "{d}/files"
-            [auth]
-            allow_hs256 = true
-            hs256_secret = "{SECRET}"
-            [engine]
-            lease_seconds = 1
-            [tenants.acme.backends.cb]
-            kind = "carbonblack"
-            url = "{sim_url}"
-            token = "{DEFAULT_TOKEN}"
-            [tenants.globex.backends.cb]
-            kind = "carbonblack"
-            url = "{sim_url}"
-            token = "{DEFAULT_TOKEN}"
-            "#
-        );
-        let config = Config::parse(&text, |_| None).unwrap();
-        let app = App::build(config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = app.router.clone();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        (app, base, server)
-    }
+/// A running gateway in front of a new simulator, with tenants `acme` and `globex`.
+async fn start(sim: SimConfig) -> (Gateway, Simulator) {
+    let sim = Simulator::new(sim);
+    let cb = Backend::carbonblack(sim.spawn().await.unwrap());
+    let gw = Gateway::builder()
+        .config("server.max_body_bytes = 65536\nengine.lease_seconds = 1")
+        .backend("acme", "cb", &cb)
+        .backend("globex", "cb", &cb)
+        .start()
+        .await;
+    (gw, sim)
 }
-
-use support::Gateway;
 
 fn statuses(action: &Value) -> Vec<String> {
     action["runs"][0]["commands"]
@@ -177,9 +44,10 @@ fn fast_sim() -> SimConfig {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_kind_succeeds_with_a_typed_result() {
-    let gw = Gateway::start(fast_sim()).await;
+    let (gw, sim) = start(fast_sim()).await;
+    let acme = token("acme");
     let fetched = gw
-        .run(json!({
+        .run(&acme, &json!({
             "targets": [{"hostname": "WIN-0001"}],
             "commands": [
                 {"type": "process_list"},
@@ -198,7 +66,7 @@ async fn every_command_kind_succeeds_with_a_typed_result() {
         "{processes:?}"
     );
     let file = &results[1]["file"];
-    let expected = gw.sim.file_content(1, "C:\\evidence\\note.txt").unwrap();
+    let expected = sim.file_content(1, "C:\\evidence\\note.txt").unwrap();
     assert_eq!(file["size"], expected.len());
     let entries = results[2]["entries"].as_array().unwrap();
     assert!(entries.iter().any(|e| e["name"] == "big.bin" && e["is_directory"] == false));
@@ -206,20 +74,10 @@ async fn every_command_kind_succeeds_with_a_typed_result() {
 
     // The fetched file is downloadable and is what the endpoint holds.
     let file_id = file["file_id"].as_str().unwrap();
-    let body = gw
-        .http
-        .get(format!("{}/v1/files/{file_id}/content", gw.base))
-        .bearer_auth(gw.token("acme"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert_eq!(body.as_ref(), expected.as_slice());
+    assert_eq!(gw.download(&acme, file_id).await, expected);
 
     let changed = gw
-        .run(json!({
+        .run(&acme, &json!({
             "targets": [{"backend": "cb", "device_id": "1"}],
             "commands": [
                 {"type": "create_directory", "path": "C:\\ir"},
@@ -251,27 +109,31 @@ async fn every_command_kind_succeeds_with_a_typed_result() {
     assert_eq!(*results[11], json!({"type": "containment", "isolated": true}));
     assert_eq!(*results[12], json!({"type": "containment", "isolated": false}));
 
-    assert!(!gw.sim.process_exists(1, 3012));
-    assert!(!gw.sim.file_exists(1, "C:\\evidence\\note.txt"));
-    assert_eq!(gw.sim.file_content(1, "C:\\ir\\note-copy.txt").unwrap(), expected);
-    assert!(!gw.sim.registry_key_exists(1, "HKLM\\SOFTWARE\\edrgate"));
-    assert!(!gw.sim.is_isolated(1));
+    assert!(!sim.process_exists(1, 3012));
+    assert!(!sim.file_exists(1, "C:\\evidence\\note.txt"));
+    assert_eq!(sim.file_content(1, "C:\\ir\\note-copy.txt").unwrap(), expected);
+    assert!(!sim.registry_key_exists(1, "HKLM\\SOFTWARE\\edrgate"));
+    assert!(!sim.is_isolated(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vendor_errors_come_back_mapped_with_the_raw_code() {
-    let gw = Gateway::start(fast_sim()).await;
+    let (gw, _sim) = start(fast_sim()).await;
+    let acme = token("acme");
     let action = gw
-        .run(json!({
-            "targets": [{"hostname": "WIN-0002"}],
-            "on_error": "continue",
-            "commands": [
-                {"type": "get_file", "path": "C:\\nope\\missing.txt"},
-                {"type": "get_file", "path": "C:\\Windows\\System32\\config\\SAM"},
-                {"type": "kill_process", "pid": 99999},
-                {"type": "process_list"},
-            ]
-        }))
+        .run(
+            &acme,
+            &json!({
+                "targets": [{"hostname": "WIN-0002"}],
+                "on_error": "continue",
+                "commands": [
+                    {"type": "get_file", "path": "C:\\nope\\missing.txt"},
+                    {"type": "get_file", "path": "C:\\Windows\\System32\\config\\SAM"},
+                    {"type": "kill_process", "pid": 99999},
+                    {"type": "process_list"},
+                ]
+            }),
+        )
         .await;
     assert_eq!(statuses(&action), ["failed", "failed", "failed", "succeeded"]);
     let errors: Vec<&Value> =
@@ -286,10 +148,11 @@ async fn vendor_errors_come_back_mapped_with_the_raw_code() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsupported_and_malformed_requests_are_refused_with_problem_json() {
-    let gw = Gateway::start(fast_sim()).await;
+    let (gw, _sim) = start(fast_sim()).await;
+    let acme = token("acme");
     let (status, problem) = gw
         .post(
-            "acme",
+            &acme,
             "/v1/actions",
             &json!({"targets": [{"hostname": "WIN-0001"}],
                     "commands": [{"type": "run_script", "script": "Get-Process"}]}),
@@ -298,36 +161,35 @@ async fn unsupported_and_malformed_requests_are_refused_with_problem_json() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
     assert_eq!(problem["code"], "unsupported_command");
 
-    let url = format!("{}/v1/actions", gw.base);
-    let token = gw.token("acme");
+    let url = gw.url("/v1/actions");
     let cases: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
         (
-            gw.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body("{\"targets\": ["),
+            gw.http.post(&url).bearer_auth(&acme).header("content-type", "application/json").body("{\"targets\": ["),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            gw.http.post(&url).bearer_auth(&token).json(&json!({"targets": [{"hostname": "x"}], "commands": [{"type": "format_c"}]})),
+            gw.http.post(&url).bearer_auth(&acme).json(&json!({"targets": [{"hostname": "x"}], "commands": [{"type": "format_c"}]})),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            gw.http.post(&url).bearer_auth(&token).json(&json!({"targets": [{"hostname": "x"}], "commands": [{"type": "process_list"}], "priority": 1})),
+            gw.http.post(&url).bearer_auth(&acme).json(&json!({"targets": [{"hostname": "x"}], "commands": [{"type": "process_list"}], "priority": 1})),
             StatusCode::BAD_REQUEST,
             "invalid_request",
         ),
         (
-            gw.http.post(&url).bearer_auth(&token).header("content-type", "application/json").body(vec![b' '; 100 * 1024]),
+            gw.http.post(&url).bearer_auth(&acme).header("content-type", "application/json").body(vec![b' '; 100 * 1024]),
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
         ),
-        (gw.http.get(format!("{url}/not-a-uuid")).bearer_auth(&token), StatusCode::NOT_FOUND, "not_found"),
+        (gw.http.get(format!("{url}/not-a-uuid")).bearer_auth(&acme), StatusCode::NOT_FOUND, "not_found"),
         (
-            gw.http.get(format!("{url}/0190b3a1-0000-7000-8000-000000000000")).bearer_auth(&token),
+            gw.http.get(format!("{url}/0190b3a1-0000-7000-8000-000000000000")).bearer_auth(&acme),
             StatusCode::NOT_FOUND,
             "not_found",
         ),
-        (gw.http.get(format!("{}/v1/files/..%2F..%2Fetc%2Fpasswd", gw.base)).bearer_auth(&token), StatusCode::NOT_FOUND, "not_found"),
+        (gw.http.get(gw.url("/v1/files/..%2F..%2Fetc%2Fpasswd")).bearer_auth(&acme), StatusCode::NOT_FOUND, "not_found"),
         (gw.http.get(&url), StatusCode::UNAUTHORIZED, "unauthenticated"),
         (gw.http.get(&url).bearer_auth("not.a.jwt"), StatusCode::UNAUTHORIZED, "unauthenticated"),
     ];
@@ -339,81 +201,86 @@ async fn unsupported_and_malformed_requests_are_refused_with_problem_json() {
         assert_eq!((status, body["code"].as_str().unwrap()), (expected, code), "{body}");
         assert_eq!(content_type, "application/problem+json");
     }
-    let (listed_status, listed) = gw.get("acme", "/v1/actions").await;
+    let (listed_status, listed) = gw.get(&acme, "/v1/actions").await;
     assert_eq!(listed_status, StatusCode::OK);
     assert_eq!(listed["items"], json!([]), "refused requests left actions behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_works_while_pending_and_while_running() {
-    let gw = Gateway::start(SimConfig { offline_sensors: vec![3], ..fast_sim() }).await;
+    let (gw, sim) = start(SimConfig { offline_sensors: vec![3], ..fast_sim() }).await;
+    let acme = token("acme");
     // Sensor 3 is offline: its session stays pending.
     let pending = gw
-        .submit(json!({"targets": [{"backend": "cb", "device_id": "3"}], "commands": [{"type": "kill_process", "pid": 3012}]}))
+        .submit(&acme, &json!({"targets": [{"backend": "cb", "device_id": "3"}], "commands": [{"type": "kill_process", "pid": 3012}]}))
         .await;
     // A long memory dump is running on sensor 4.
     let running = gw
-        .submit(json!({"targets": [{"backend": "cb", "device_id": "4"}],
+        .submit(&acme, &json!({"targets": [{"backend": "cb", "device_id": "4"}],
                        "commands": [{"type": "memory_dump", "path": "C:\\m.dmp"}, {"type": "process_list"}]}))
         .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    for action in [&pending, &running] {
-        let id = action["id"].as_str().unwrap();
-        let (status, body) = gw.post("acme", &format!("/v1/actions/{id}/cancel"), &json!({})).await;
+    for id in [&pending, &running] {
+        let (status, body) = gw.post(&acme, &format!("/v1/actions/{id}/cancel"), &json!({})).await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["cancel_requested"], true);
     }
-    let pending = gw.finished(&pending).await;
+    let pending = gw.wait_terminal(&acme, &pending).await;
     assert_eq!(pending["status"], "cancelled", "{pending:#}");
     assert_eq!(statuses(&pending), ["cancelled"]);
-    let running = gw.finished(&running).await;
+    let running = gw.wait_terminal(&acme, &running).await;
     assert_eq!(running["status"], "cancelled", "{running:#}");
     assert_eq!(statuses(&running), ["cancelled", "cancelled"]);
-    assert_eq!(gw.sim.counters().executed("kill"), 0);
-    assert!(gw.sim.process_exists(3, 3012));
+    assert_eq!(sim.counters().executed("kill"), 0);
+    assert!(sim.process_exists(3, 3012));
     // A finished action cannot be cancelled again.
     let id = running["id"].as_str().unwrap();
-    let (status, problem) = gw.post("acme", &format!("/v1/actions/{id}/cancel"), &json!({})).await;
+    let (status, problem) = gw.post(&acme, &format!("/v1/actions/{id}/cancel"), &json!({})).await;
     assert_eq!((status, problem["code"].as_str()), (StatusCode::CONFLICT, Some("conflict")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deadline_ends_an_action_as_timed_out() {
-    let gw = Gateway::start(SimConfig { offline_sensors: vec![5], ..fast_sim() }).await;
+    let (gw, sim) = start(SimConfig { offline_sensors: vec![5], ..fast_sim() }).await;
+    let acme = token("acme");
     let action = gw
-        .run(json!({"targets": [{"backend": "cb", "device_id": "5"}],
-                    "commands": [{"type": "process_list"}], "timeout_seconds": 2}))
+        .run(
+            &acme,
+            &json!({"targets": [{"backend": "cb", "device_id": "5"}],
+                    "commands": [{"type": "process_list"}], "timeout_seconds": 2}),
+        )
         .await;
     assert_eq!(action["status"], "timed_out", "{action:#}");
     assert_eq!(action["runs"][0]["commands"][0]["error"]["code"], "timeout");
     // The pending session was closed: it no longer holds one of the server's slots.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(gw.sim.counters().slots_in_use, 0);
+    assert_eq!(sim.counters().slots_in_use, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forty_sensors_share_ten_slots_and_all_finish() {
-    let gw = Gateway::start(SimConfig { slot_limit: 10, ..fast_sim() }).await;
+    let (gw, sim) = start(SimConfig { slot_limit: 10, ..fast_sim() }).await;
+    let acme = token("acme");
     let mut actions = Vec::new();
     for sensor in 1..=40 {
         actions.push(
-            gw.submit(json!({"targets": [{"backend": "cb", "device_id": sensor.to_string()}],
+            gw.submit(&acme, &json!({"targets": [{"backend": "cb", "device_id": sensor.to_string()}],
                              "commands": [{"type": "process_list"}, {"type": "get_file", "path": "C:\\evidence\\note.txt"}]}))
                 .await,
         );
     }
     for action in &actions {
-        let done = gw.finished(action).await;
+        let done = gw.wait_terminal(&acme, action).await;
         assert_eq!(done["status"], "succeeded", "{done:#}");
     }
-    let max = gw.sim.max_concurrent_sessions();
+    let max = sim.max_concurrent_sessions();
     assert!(max <= 10, "the simulator saw {max} live sessions");
     assert!(max >= 5, "only {max} sessions at once: the slots were not used");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
-    let mut gw = Gateway::start(SimConfig {
+    let (mut gw, sim) = start(SimConfig {
         command_latency: Duration::from_millis(150),
         checkin_delay: Duration::from_millis(100),
         // The backend's configured slot limit (default 10), as an operator would set it.
@@ -421,18 +288,22 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
         ..fast_sim()
     })
     .await;
+    let acme = token("acme");
     let mut actions = Vec::new();
     for sensor in 1..=20 {
         actions.push(
-            gw.submit(json!({"targets": [{"backend": "cb", "device_id": sensor.to_string()}],
+            gw.submit(
+                &acme,
+                &json!({"targets": [{"backend": "cb", "device_id": sensor.to_string()}],
                              "commands": [{"type": "kill_process", "pid": 3012},
                                           {"type": "delete_file", "path": "C:\\evidence\\note.txt"},
-                                          {"type": "process_list"}]}))
-                .await,
+                                          {"type": "process_list"}]}),
+            )
+            .await,
         );
     }
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let kills_before = gw.sim.counters().executed("kill");
+    let kills_before = sim.counters().executed("kill");
     assert!(kills_before < 20, "everything ran before the crash; the test proves nothing");
     gw.crash_and_restart().await;
 
@@ -440,7 +311,7 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
     let mut kills = (0, 0);
     let mut deletes = (0, 0);
     for action in &actions {
-        let done = gw.finished(action).await;
+        let done = gw.wait_terminal(&acme, action).await;
         let commands = done["runs"][0]["commands"].as_array().unwrap();
         for (command, tally) in commands.iter().zip([&mut kills, &mut deletes]) {
             match command["status"].as_str().unwrap() {
@@ -453,7 +324,7 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
             }
         }
     }
-    let counters = gw.sim.counters();
+    let counters = sim.counters();
     for (name, (succeeded, unknown)) in [("kill", kills), ("delete file", deletes)] {
         let executed = counters.executed(name);
         // Nothing ran twice (one per sensor at most), every reported success happened, and
@@ -469,15 +340,14 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_submission_creates_nothing_new() {
-    let gw = Gateway::start(fast_sim()).await;
+    let (gw, _sim) = start(fast_sim()).await;
+    let acme = token("acme");
     let body =
         json!({"targets": [{"hostname": "WIN-0001"}], "commands": [{"type": "process_list"}]});
     let mut ids = Vec::new();
     for attempt in 0..3 {
         let r = gw
-            .http
-            .post(format!("{}/v1/actions", gw.base))
-            .bearer_auth(gw.token("acme"))
+            .request(Method::POST, &acme, "/v1/actions")
             .header("Idempotency-Key", "playbook-42-step-3")
             .header("X-Request-ID", format!("req-{attempt}"))
             .json(&body)
@@ -490,16 +360,20 @@ async fn a_retried_submission_creates_nothing_new() {
         ids.push(action["id"].as_str().unwrap().to_owned());
     }
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
-    let (_, listed) = gw.get("acme", "/v1/actions").await;
+    let (_, listed) = gw.get(&acme, "/v1/actions").await;
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenant_sees_nothing() {
-    let gw = Gateway::start(fast_sim()).await;
+    let (gw, _sim) = start(fast_sim()).await;
+    let (acme, globex) = (token("acme"), token("globex"));
     let done = gw
-        .run(json!({"targets": [{"hostname": "WIN-0001"}],
-                    "commands": [{"type": "get_file", "path": "C:\\evidence\\note.txt"}]}))
+        .run(
+            &acme,
+            &json!({"targets": [{"hostname": "WIN-0001"}],
+                    "commands": [{"type": "get_file", "path": "C:\\evidence\\note.txt"}]}),
+        )
         .await;
     let id = done["id"].as_str().unwrap();
     let file_id = done["runs"][0]["commands"][0]["result"]["file"]["file_id"].as_str().unwrap();
@@ -508,55 +382,55 @@ async fn another_tenant_sees_nothing() {
         format!("/v1/files/{file_id}"),
         format!("/v1/files/{file_id}/content"),
     ] {
-        let (status, problem) = gw.get("globex", &path).await;
+        let (status, problem) = gw.get(&globex, &path).await;
         assert_eq!(
             (status, problem["code"].as_str()),
             (StatusCode::NOT_FOUND, Some("not_found")),
             "{path}"
         );
-        let (status, _) = gw.get("acme", &path).await;
+        let (status, _) = gw.get(&acme, &path).await;
         assert_eq!(status, StatusCode::OK, "{path}");
     }
-    let (status, problem) =
-        gw.post("globex", &format!("/v1/actions/{id}/cancel"), &json!({})).await;
+    let (status, problem) = gw.post(&globex, &format!("/v1/actions/{id}/cancel"), &json!({})).await;
     assert_eq!((status, problem["code"].as_str()), (StatusCode::NOT_FOUND, Some("not_found")));
-    let (_, listed) = gw.get("globex", "/v1/actions").await;
+    let (_, listed) = gw.get(&globex, "/v1/actions").await;
     assert_eq!(listed["items"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listing_filters_and_pages_and_devices_resolve() {
-    let gw = Gateway::start(SimConfig {
-        hostname_overrides: vec![(7, "WIN-0006".into())],
-        ..fast_sim()
-    })
-    .await;
+    let (gw, _sim) =
+        start(SimConfig { hostname_overrides: vec![(7, "WIN-0006".into())], ..fast_sim() }).await;
+    let acme = token("acme");
     for sensor in 1..=5 {
-        gw.run(json!({"targets": [{"backend": "cb", "device_id": sensor.to_string()}], "commands": [{"type": "process_list"}]}))
+        gw.run(&acme, &json!({"targets": [{"backend": "cb", "device_id": sensor.to_string()}], "commands": [{"type": "process_list"}]}))
             .await;
     }
-    let (_, page) = gw.get("acme", "/v1/actions?limit=2").await;
+    let (_, page) = gw.get(&acme, "/v1/actions?limit=2").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 2);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, next) = gw.get("acme", &format!("/v1/actions?limit=2&cursor={cursor}")).await;
+    let (_, next) = gw.get(&acme, &format!("/v1/actions?limit=2&cursor={cursor}")).await;
     assert_eq!(next["items"].as_array().unwrap().len(), 2);
     assert_ne!(page["items"][0]["id"], next["items"][0]["id"]);
-    let (_, by_device) = gw.get("acme", "/v1/actions?device=3&status=succeeded").await;
+    let (_, by_device) = gw.get(&acme, "/v1/actions?device=3&status=succeeded").await;
     assert_eq!(by_device["items"].as_array().unwrap().len(), 1);
 
-    let (status, devices) = gw.get("acme", "/v1/devices?hostname=WIN-0004").await;
+    let (status, devices) = gw.get(&acme, "/v1/devices?hostname=WIN-0004").await;
     assert_eq!(status, StatusCode::OK, "{devices}");
     let devices = devices.as_array().or(devices["items"].as_array()).unwrap().clone();
     assert!(devices.iter().any(|d| d["device_id"] == "4" && d["backend"] == "cb"), "{devices:?}");
     // One hostname rule for every vendor: substring, case-insensitive.
-    let (_, lower) = gw.get("acme", "/v1/devices?hostname=win-0004").await;
+    let (_, lower) = gw.get(&acme, "/v1/devices?hostname=win-0004").await;
     assert_eq!(lower["items"].as_array().unwrap().len(), 1, "{lower}");
 
     // Two sensors answer to WIN-0006: refused, naming both, never a guess.
     let ambiguous = gw
-        .run(json!({"targets": [{"hostname": "WIN-0006"}], "commands": [{"type": "process_list"}]}))
+        .run(
+            &acme,
+            &json!({"targets": [{"hostname": "WIN-0006"}], "commands": [{"type": "process_list"}]}),
+        )
         .await;
     assert_eq!(ambiguous["runs"][0]["error"]["code"], "device_ambiguous", "{ambiguous:#}");
-    let (_, caps) = gw.get("acme", "/v1/capabilities").await;
+    let (_, caps) = gw.get(&acme, "/v1/capabilities").await;
     assert!(caps.to_string().contains("memory_dump"), "{caps}");
 }

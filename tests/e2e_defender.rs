@@ -4,187 +4,35 @@
 use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
-use edrgate_defender_sim::{
-    DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, Faults, SimConfig, Simulator,
-    machine_id,
-};
+use edrgate_defender_sim::{Faults, SimConfig, Simulator, machine_id};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-mod support {
-    use super::*;
-    use edrgate::app::App;
-    use edrgate::config::Config;
+mod common;
+use common::{Backend, Gateway, token};
 
-    pub(crate) const SECRET: &str = "e2e-secret-0123456789abcdef0123456789abcdef";
-
-    /// A running gateway in front of one Defender simulator, tenant `acme`, backend `mde`.
-    pub(crate) struct Gateway {
-        pub(crate) base: String,
-        pub(crate) http: reqwest::Client,
-        pub(crate) sim: Simulator,
-        pub(crate) app: App,
-        dir: tempfile::TempDir,
-        sim_url: String,
-        extra: String,
-        server: tokio::task::JoinHandle<()>,
-    }
-
-    impl Gateway {
-        /// `extra` is appended to the backend's table (adapter settings of the test).
-        pub(crate) async fn start(sim: SimConfig, extra: &str) -> Gateway {
-            let sim = Simulator::new(sim);
-            let addr = sim.spawn().await.unwrap();
-            let sim_url = format!("http://{addr}");
-            let dir = tempfile::tempdir().unwrap();
-            let (app, base, server) = serve(&dir, &sim_url, extra).await;
-            Gateway {
-                base,
-                http: reqwest::Client::builder().build().unwrap(),
-                sim,
-                app,
-                dir,
-                sim_url,
-                extra: extra.to_owned(),
-                server,
-            }
-        }
-
-        /// Stops the gateway as a crash would and starts a new one on the same data.
-        pub(crate) async fn crash_and_restart(&mut self) {
-            self.app.engine.kill();
-            self.server.abort();
-            let (app, base, server) = serve(&self.dir, &self.sim_url, &self.extra).await;
-            self.app = app;
-            self.base = base;
-            self.server = server;
-        }
-
-        pub(crate) fn token(&self) -> String {
-            edrgate::auth::mint(SECRET.as_bytes(), "acme", "e2e-test", Duration::from_secs(600))
-                .unwrap()
-        }
-
-        pub(crate) async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-            let r = self
-                .http
-                .post(format!("{}{path}", self.base))
-                .bearer_auth(self.token())
-                .json(body)
-                .send()
-                .await
-                .unwrap();
-            let status = r.status();
-            (status, r.json().await.unwrap_or(Value::Null))
-        }
-
-        pub(crate) async fn get(&self, path: &str) -> (StatusCode, Value) {
-            let r = self
-                .http
-                .get(format!("{}{path}", self.base))
-                .bearer_auth(self.token())
-                .send()
-                .await
-                .unwrap();
-            let status = r.status();
-            (status, r.json().await.unwrap_or(Value::Null))
-        }
-
-        pub(crate) async fn upload(&self, name: &str, bytes: Vec<u8>) -> String {
-            let r = self
-                .http
-                .post(format!("{}/v1/files?name={name}", self.base))
-                .bearer_auth(self.token())
-                .body(bytes)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::CREATED);
-            let meta: Value = r.json().await.unwrap();
-            meta["id"].as_str().unwrap().to_owned()
-        }
-
-        pub(crate) async fn submit(&self, body: Value) -> Value {
-            let (status, action) = self.post("/v1/actions", &body).await;
-            assert_eq!(status, StatusCode::ACCEPTED, "{action}");
-            action
-        }
-
-        pub(crate) async fn finished(&self, action: &Value) -> Value {
-            let id = action["id"].as_str().unwrap();
-            for _ in 0..120 {
-                let (status, a) = self.get(&format!("/v1/actions/{id}?wait=5")).await;
-                assert_eq!(status, StatusCode::OK, "{a}");
-                if !["queued", "dispatched", "running"].contains(&a["status"].as_str().unwrap()) {
-                    return a;
-                }
-            }
-            panic!("action {id} did not finish");
-        }
-
-        pub(crate) async fn run(&self, body: Value) -> Value {
-            let action = self.submit(body).await;
-            self.finished(&action).await
-        }
-
-        pub(crate) async fn file(&self, file_id: &str) -> Vec<u8> {
-            let r = self
-                .http
-                .get(format!("{}/v1/files/{file_id}/content", self.base))
-                .bearer_auth(self.token())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), StatusCode::OK);
-            r.bytes().await.unwrap().to_vec()
-        }
-    }
-
-    async fn serve(
-        dir: &tempfile::TempDir,
-        sim_url: &str,
-        extra: &str,
-    ) -> (App, String, tokio::task::JoinHandle<()>) {
-        let d = dir.path().display();
-        let text = format!(
-            r#"
-            [server]
-            max_body_bytes = 65536
-            [store]
-            path = "{d}/edrgate.db"
-            [files]
-            dir = "{d}/files"
-            [auth]
-            allow_hs256 = true
-            hs256_secret = "{SECRET}"
-            [engine]
-            lease_seconds = 1
-            [tenants.acme.backends.mde]
-            kind = "defender"
-            api_url = "{sim_url}"
-            token_url = "{sim_url}/{DEFAULT_TENANT}/oauth2/v2.0/token"
-            tenant_id = "{DEFAULT_TENANT}"
-            client_id = "{DEFAULT_CLIENT_ID}"
-            client_secret = "{DEFAULT_CLIENT_SECRET}"
-            poll_interval_ms = 100
-            max_poll_interval_ms = 500
-            visibility_grace_secs = 3
-            {extra}
-            "#
-        );
-        let config = Config::parse(&text, |_| None).unwrap();
-        let app = App::build(config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let router = app.router.clone();
-        let server = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        (app, base, server)
-    }
+/// A running gateway in front of a new simulator: tenant `acme`, backend `mde` with the
+/// adapter `settings` of the test.
+async fn start(sim: SimConfig, settings: &str) -> (Gateway, Simulator) {
+    let sim = Simulator::new(sim);
+    let mde = Backend::defender(sim.spawn().await.unwrap())
+        .with("visibility_grace_secs = 3")
+        .with(settings);
+    let gw = Gateway::builder()
+        .config("server.max_body_bytes = 65536\nengine.lease_seconds = 1")
+        .backend("acme", "mde", &mde)
+        .start()
+        .await;
+    (gw, sim)
 }
 
-use support::Gateway;
+/// Uploads `bytes` as tenant `acme`; the file's id.
+async fn upload(gw: &Gateway, name: &str, bytes: Vec<u8>) -> String {
+    let r = gw.upload(&token("acme"), name, bytes).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let meta: Value = r.json().await.unwrap();
+    meta["id"].as_str().unwrap().to_owned()
+}
 
 fn commands(action: &Value) -> Vec<Value> {
     action["runs"][0]["commands"].as_array().unwrap().clone()
@@ -200,10 +48,11 @@ fn device(n: usize) -> Value {
 
 #[tokio::test]
 async fn every_command_kind_returns_the_typed_result_shapes() {
-    let gw = Gateway::start(SimConfig::default(), "").await;
-    let payload = gw.upload("tool.exe", b"MZ payload".to_vec()).await;
+    let (gw, sim) = start(SimConfig::default(), "").await;
+    let acme = token("acme");
+    let payload = upload(&gw, "tool.exe", b"MZ payload".to_vec()).await;
     let reads = gw
-        .run(json!({
+        .run(&acme, &json!({
             "targets": [{"hostname": "mde-0001"}],
             "commands": [
                 {"type": "run_script", "script": "collect.ps1", "args": ["--all"]},
@@ -217,7 +66,7 @@ async fn every_command_kind_returns_the_typed_result_shapes() {
         .await;
     assert_eq!(reads["status"], "succeeded", "{reads}");
     let writes = gw
-        .run(json!({
+        .run(&acme, &json!({
             "targets": [{"hostname": "mde-0001"}],
             "commands": [
                 {"type": "put_file", "file_id": payload, "path": "C:\\Users\\Public\\tool.exe"},
@@ -282,7 +131,7 @@ async fn every_command_kind_returns_the_typed_result_shapes() {
     );
     let file = &r[5]["result"]["file"];
     assert_eq!(
-        gw.file(file["file_id"].as_str().unwrap()).await,
+        gw.download(&acme, file["file_id"].as_str().unwrap()).await,
         edrgate_defender_sim::NOTE_TXT
     );
     let w = commands(&writes);
@@ -291,41 +140,46 @@ async fn every_command_kind_returns_the_typed_result_shapes() {
     assert_eq!(w[10]["result"]["isolated"], false);
     let m1 = machine_id(1);
     assert_eq!(
-        gw.sim.file_content(&m1, "C:\\Users\\Public\\tool.exe").as_deref(),
+        sim.file_content(&m1, "C:\\Users\\Public\\tool.exe").as_deref(),
         Some(&b"MZ payload"[..])
     );
-    assert!(!gw.sim.process_exists(&m1, 4242));
+    assert!(!sim.process_exists(&m1, 4242));
     // memory_dump is the one command Defender backends do not offer.
     let (status, problem) = gw
         .post(
+            &acme,
             "/v1/actions",
             &json!({"targets": [device(1)], "commands": [{"type": "memory_dump"}]}),
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
     assert_eq!(problem["code"], "unsupported_command");
-    let c = gw.sim.counters();
+    let c = sim.counters();
     assert_eq!((c.responses_429, c.downloads_with_bearer), (0, 0));
 }
 
 #[tokio::test]
 async fn a_four_command_run_is_one_machine_action() {
-    let gw = Gateway::start(SimConfig::default(), "").await;
+    let (gw, sim) = start(SimConfig::default(), "").await;
+    let acme = token("acme");
     let action = gw
-        .run(json!({
-            "targets": [device(2)],
-            "commands": [
-                {"type": "run_script", "script": "collect.ps1"},
-                {"type": "process_list"},
-                {"type": "list_directory", "path": "C:\\evidence"},
-                {"type": "get_file", "path": "C:\\evidence\\big.bin"},
-            ],
-            "comment": "ticket 42",
-        }))
+        .run(
+            &acme,
+            &json!({
+                "targets": [device(2)],
+                "commands": [
+                    {"type": "run_script", "script": "collect.ps1"},
+                    {"type": "process_list"},
+                    {"type": "list_directory", "path": "C:\\evidence"},
+                    {"type": "get_file", "path": "C:\\evidence\\big.bin"},
+                ],
+                "comment": "ticket 42",
+            }),
+        )
         .await;
     assert_eq!(statuses(&action), ["succeeded"; 4]);
-    assert_eq!(gw.sim.counters().live_response_actions, 1);
-    let (_, _, comment) = gw.sim.actions().remove(0);
+    assert_eq!(sim.counters().live_response_actions, 1);
+    let (_, _, comment) = sim.actions().remove(0);
     assert!(comment.starts_with("edrgate:") && comment.ends_with(" ticket 42"), "{comment}");
     let vendor_ref = commands(&action)[3]["vendor_ref"].as_str().unwrap().to_owned();
     assert!(vendor_ref.ends_with("/3"), "{vendor_ref}");
@@ -333,9 +187,10 @@ async fn a_four_command_run_is_one_machine_action() {
 
 #[tokio::test]
 async fn on_error_both_ways_and_file_not_found_keeps_the_vendor_text() {
-    let gw = Gateway::start(SimConfig::default(), "").await;
+    let (gw, sim) = start(SimConfig::default(), "").await;
+    let acme = token("acme");
     let stop = gw
-        .run(json!({
+        .run(&acme, &json!({
             "targets": [device(1)],
             "commands": [{"type": "get_file", "path": "C:\\nope.txt"}, {"type": "process_list"}],
         }))
@@ -346,7 +201,7 @@ async fn on_error_both_ways_and_file_not_found_keeps_the_vendor_text() {
     assert_eq!(error["vendor_code"], "0x80070002");
     assert_eq!(error["vendor_message"], "File C:\\nope.txt was not found on the device");
     let cont = gw
-        .run(json!({
+        .run(&acme, &json!({
             "targets": [device(1)],
             "commands": [{"type": "get_file", "path": "C:\\nope.txt"}, {"type": "process_list"}],
             "on_error": "continue",
@@ -354,7 +209,7 @@ async fn on_error_both_ways_and_file_not_found_keeps_the_vendor_text() {
         .await;
     assert_eq!(statuses(&cont), ["failed", "succeeded"]);
     // 1 (stop) + 2 (continue: the batch was split after Defender stopped it).
-    assert_eq!(gw.sim.counters().live_response_actions, 3);
+    assert_eq!(sim.counters().live_response_actions, 3);
 }
 
 #[tokio::test]
@@ -367,25 +222,29 @@ async fn sixty_actions_stay_within_the_vendor_budgets() {
         pickup_delay: Duration::from_millis(300),
         ..SimConfig::default()
     };
-    let gw = Gateway::start(sim, "live_response_calls = 10\nlive_response_window_ms = 2000").await;
+    let (gw, sim) = start(sim, "live_response_calls = 10\nlive_response_window_ms = 2000").await;
+    let acme = token("acme");
     let mut actions = Vec::new();
     for n in 1..=60 {
         actions.push(
-            gw.submit(json!({"targets": [device(n)], "commands": [{"type": "process_list"}]}))
-                .await,
+            gw.submit(
+                &acme,
+                &json!({"targets": [device(n)], "commands": [{"type": "process_list"}]}),
+            )
+            .await,
         );
     }
     for a in &actions {
-        let done = gw.finished(a).await;
+        let done = gw.wait_terminal(&acme, a).await;
         assert_eq!(done["status"], "succeeded", "{done}");
     }
-    let c = gw.sim.counters();
+    let c = sim.counters();
     assert_eq!(c.responses_429, 0, "{c:?}");
     assert!(c.max_concurrent_sessions <= 25, "{c:?}");
     assert_eq!(c.live_response_actions, 60);
     // Rate while work was queued: after the first full window, calls should come at the
     // budget's pace (10 per 2 s).
-    let t = gw.sim.live_response_arrivals();
+    let t = sim.live_response_arrivals();
     let span = (t[59] - t[0]).as_secs_f64();
     let rate = 50.0 / span;
     let budget = 10.0 / 2.0;
@@ -399,17 +258,18 @@ async fn sixty_actions_stay_within_the_vendor_budgets() {
 
 #[tokio::test]
 async fn expired_download_links_never_lose_a_result() {
-    let gw = Gateway::start(SimConfig::default(), "").await;
-    gw.sim.refuse_next_downloads(2);
+    let (gw, sim) = start(SimConfig::default(), "").await;
+    let acme = token("acme");
+    sim.refuse_next_downloads(2);
     let action = gw
-        .run(json!({"targets": [device(3)], "commands": [{"type": "get_file", "path": "C:\\evidence\\big.bin"}]}))
+        .run(&acme, &json!({"targets": [device(3)], "commands": [{"type": "get_file", "path": "C:\\evidence\\big.bin"}]}))
         .await;
     assert_eq!(statuses(&action), ["succeeded"]);
     let file = &commands(&action)[0]["result"]["file"];
     assert_eq!(file["size"], 1024 * 1024);
-    let bytes = gw.file(file["file_id"].as_str().unwrap()).await;
-    assert_eq!(bytes, gw.sim.file_content(&machine_id(3), "C:\\evidence\\big.bin").unwrap());
-    let c = gw.sim.counters();
+    let bytes = gw.download(&acme, file["file_id"].as_str().unwrap()).await;
+    assert_eq!(bytes, sim.file_content(&machine_id(3), "C:\\evidence\\big.bin").unwrap());
+    let c = sim.counters();
     assert_eq!((c.expired_downloads, c.downloads, c.links_issued), (2, 1, 3));
 }
 
@@ -421,53 +281,56 @@ async fn a_token_expiring_mid_run_is_refreshed() {
         pickup_delay: Duration::from_millis(2500),
         ..SimConfig::default()
     };
-    let gw = Gateway::start(sim, "").await;
-    let action =
-        gw.submit(json!({"targets": [device(1)], "commands": [{"type": "process_list"}]})).await;
+    let (gw, sim) = start(sim, "").await;
+    let acme = token("acme");
+    let action = gw
+        .submit(&acme, &json!({"targets": [device(1)], "commands": [{"type": "process_list"}]}))
+        .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    gw.sim.expire_tokens();
-    let done = gw.finished(&action).await;
+    sim.expire_tokens();
+    let done = gw.wait_terminal(&acme, &action).await;
     assert_eq!(statuses(&done), ["succeeded"]);
-    let c = gw.sim.counters();
+    let c = sim.counters();
     assert!(c.tokens_issued >= 2, "{c:?}");
 }
 
 #[tokio::test]
 async fn restart_mid_run_reconciles_through_the_comment_tag() {
-    let mut gw = Gateway::start(SimConfig::default(), "").await;
+    let (mut gw, sim) = start(SimConfig::default(), "").await;
+    let acme = token("acme");
     // Answers come late, so the gateway dies after Defender created the action but before it
     // learned the action's id.
-    gw.sim.set_faults(Faults {
-        slow_response: Some(Duration::from_millis(700)),
-        ..Faults::default()
-    });
+    sim.set_faults(Faults { slow_response: Some(Duration::from_millis(700)), ..Faults::default() });
     let action = gw
         .submit(
-            json!({"targets": [device(2)], "commands": [{"type": "kill_process", "pid": 4242}]}),
+            &acme,
+            &json!({"targets": [device(2)], "commands": [{"type": "kill_process", "pid": 4242}]}),
         )
         .await;
     for _ in 0..300 {
-        if gw.sim.counters().live_response_actions > 0 {
+        if sim.counters().live_response_actions > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(gw.sim.counters().live_response_actions, 1);
+    assert_eq!(sim.counters().live_response_actions, 1);
     gw.crash_and_restart().await;
-    gw.sim.set_faults(Faults::default());
-    let done = gw.finished(&action).await;
+    sim.set_faults(Faults::default());
+    let done = gw.wait_terminal(&acme, &action).await;
     assert_eq!(statuses(&done), ["succeeded"], "{done}");
-    let c = gw.sim.counters();
+    let c = sim.counters();
     assert_eq!(c.live_response_actions, 1, "{c:?}");
     assert_eq!(c.helper_runs.get("kill_process"), Some(&1));
 }
 
 #[tokio::test]
 async fn a_put_file_above_the_library_cap_is_refused_before_any_vendor_call() {
-    let gw = Gateway::start(SimConfig::default(), "").await;
-    let big = gw.upload("big.bin", vec![7u8; 20 * 1024 * 1024 + 1]).await;
+    let (gw, sim) = start(SimConfig::default(), "").await;
+    let acme = token("acme");
+    let big = upload(&gw, "big.bin", vec![7u8; 20 * 1024 * 1024 + 1]).await;
     let (status, problem) = gw
         .post(
+            &acme,
             "/v1/actions",
             &json!({"targets": [device(1)], "commands": [{"type": "put_file", "file_id": big, "path": "C:\\big.bin"}]}),
         )
@@ -475,5 +338,5 @@ async fn a_put_file_above_the_library_cap_is_refused_before_any_vendor_call() {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{problem}");
     assert_eq!(problem["code"], "payload_too_large");
     assert!(problem["detail"].as_str().unwrap_or_default().contains("20971520"), "{problem}");
-    assert_eq!(gw.sim.counters().requests, 0);
+    assert_eq!(sim.counters().requests, 0);
 }

@@ -11,20 +11,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edrgate::app::App;
 use edrgate::config::{Config, S3Config};
 use edrgate::files::local::LocalStorage;
 use edrgate::files::s3::S3Storage;
 use edrgate::files::{FileError, FilePolicy, FileStorage, FileStore, TenantPolicy};
 use edrgate::store::{FileOrigin, Store};
-use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{SimConfig, Simulator};
 use futures::StreamExt;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const SECRET: &str = "files-test-secret-0123456789abcdef0123456789";
 const S3_ENV: &str = "EDRGATE_TEST_S3_URL";
+
+mod common;
+use common::{Backend, Gateway, SECRET, token};
 
 /// Deterministic, incompressible-enough content.
 fn content(len: usize, seed: u64) -> Vec<u8> {
@@ -249,92 +250,39 @@ async fn s3_storage_passes_the_storage_suite() {
 
 // ----- the HTTP API ----------------------------------------------------------------------
 
-struct Gateway {
-    base: String,
-    http: reqwest::Client,
-    sim: Simulator,
-    files_dir: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+/// A gateway on a new Carbon Black simulator, with tenants `acme` and `globex` (whose uploads
+/// are capped at 1000 bytes).
+async fn start() -> (Gateway, Simulator) {
+    let sim = Simulator::new(SimConfig {
+        checkin_delay: Duration::from_millis(30),
+        command_latency: Duration::from_millis(10),
+        ..SimConfig::default()
+    });
+    let cb = Backend::carbonblack(sim.spawn().await.unwrap());
+    let gw = Gateway::builder()
+        .config("files.max_upload_bytes = 4000000\nfiles.tenants.globex.max_upload_bytes = 1000")
+        .backend("acme", "cb", &cb)
+        .backend("globex", "cb", &cb)
+        .start()
+        .await;
+    (gw, sim)
 }
 
-impl Gateway {
-    async fn start() -> Gateway {
-        let sim = Simulator::new(SimConfig {
-            checkin_delay: Duration::from_millis(30),
-            command_latency: Duration::from_millis(10),
-            ..SimConfig::default()
-        });
-        let addr = sim.spawn().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let text = format!(
-            r#"
-            [store]
-            path = "{d}/edrgate.db"
-            [files]
-            dir = "{d}/files"
-            max_upload_bytes = 4000000
-            [files.tenants.globex]
-            max_upload_bytes = 1000
-            [auth]
-            allow_hs256 = true
-            hs256_secret = "{SECRET}"
-            [tenants.acme.backends.cb]
-            kind = "carbonblack"
-            url = "http://{addr}"
-            token = "{DEFAULT_TOKEN}"
-            [tenants.globex.backends.cb]
-            kind = "carbonblack"
-            url = "http://{addr}"
-            token = "{DEFAULT_TOKEN}"
-            "#
-        );
-        let config = Config::parse(&text, |_| None).unwrap();
-        let app = App::build(config).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app.router).await });
-        Gateway {
-            base,
-            http: reqwest::Client::builder().build().unwrap(),
-            sim,
-            files_dir: dir.path().join("files"),
-            _dir: dir,
+fn files_dir(gw: &Gateway) -> std::path::PathBuf {
+    gw.dir().join("files")
+}
+
+/// Files committed under `files/` (everything but the temporary area).
+fn stored(gw: &Gateway) -> Vec<String> {
+    let mut out = Vec::new();
+    for tenant in std::fs::read_dir(files_dir(gw)).unwrap().flatten() {
+        let name = tenant.file_name().to_string_lossy().into_owned();
+        for f in std::fs::read_dir(tenant.path()).unwrap().flatten() {
+            out.push(format!("{name}/{}", f.file_name().to_string_lossy()));
         }
     }
-
-    fn token(&self, tenant: &str) -> String {
-        edrgate::auth::mint(SECRET.as_bytes(), tenant, "analyst-7", Duration::from_secs(600))
-            .unwrap()
-    }
-
-    fn get(&self, tenant: &str, path: &str) -> reqwest::RequestBuilder {
-        self.http.get(format!("{}{path}", self.base)).bearer_auth(self.token(tenant))
-    }
-
-    async fn upload(&self, tenant: &str, name: &str, data: Vec<u8>) -> reqwest::Response {
-        self.http
-            .post(format!("{}/v1/files?name={name}", self.base))
-            .bearer_auth(self.token(tenant))
-            .header("content-type", "application/octet-stream")
-            .body(data)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    /// Files committed under `files/` (everything but the temporary area).
-    fn stored(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for tenant in std::fs::read_dir(&self.files_dir).unwrap().flatten() {
-            let name = tenant.file_name().to_string_lossy().into_owned();
-            for f in std::fs::read_dir(tenant.path()).unwrap().flatten() {
-                out.push(format!("{name}/{}", f.file_name().to_string_lossy()));
-            }
-        }
-        out.sort();
-        out
-    }
+    out.sort();
+    out
 }
 
 async fn problem(response: reqwest::Response, status: StatusCode, code: &str) -> Value {
@@ -347,9 +295,10 @@ async fn problem(response: reqwest::Response, status: StatusCode, code: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_stream_in_with_digest_custody_and_a_cap() {
-    let gw = Gateway::start().await;
+    let (gw, _sim) = start().await;
+    let (acme, globex) = (token("acme"), token("globex"));
     let data = content(1_500_000, 11);
-    let response = gw.upload("acme", "tool.exe", data.clone()).await;
+    let response = gw.upload(&acme, "tool.exe", data.clone()).await;
     assert_eq!(response.status(), StatusCode::CREATED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
     let meta: Value = response.json().await.unwrap();
@@ -362,14 +311,7 @@ async fn uploads_stream_in_with_digest_custody_and_a_cap() {
         (meta["size"].as_u64(), meta["sha256"].as_str()),
         (Some(1_500_000), Some(sha256(&data).as_str()))
     );
-    let custody: Value = gw
-        .get("acme", &location[location.find("/v1/").unwrap()..])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, custody) = gw.get(&acme, &location[location.find("/v1/").unwrap()..]).await;
     assert_eq!(custody["tenant"], "acme");
     assert_eq!(custody["name"], "tool.exe");
     assert_eq!(custody["origin"]["source"], "upload");
@@ -382,14 +324,8 @@ async fn uploads_stream_in_with_digest_custody_and_a_cap() {
         "file",
         reqwest::multipart::Part::bytes(b"echo hi".to_vec()).file_name("r\u{e9}sum\u{e9} 1.ps1"),
     );
-    let response = gw
-        .http
-        .post(format!("{}/v1/files", gw.base))
-        .bearer_auth(gw.token("acme"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        gw.request(Method::POST, &acme, "/v1/files").multipart(form).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);
     let meta: Value = response.json().await.unwrap();
     assert_eq!((meta["name"].as_str(), meta["size"].as_u64()), (Some("r_sum__1.ps1"), Some(7)));
@@ -397,36 +333,32 @@ async fn uploads_stream_in_with_digest_custody_and_a_cap() {
 
     // Names that are paths are refused where they enter.
     for bad in ["..%2Fx", "a%2Fb", "C%3A%5Cx.exe", ".."] {
-        let r = gw.upload("acme", bad, b"x".to_vec()).await;
+        let r = gw.upload(&acme, bad, b"x".to_vec()).await;
         problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
     }
 
     // Over globex's 1000-byte cap: announced (Content-Length) or discovered while streaming
     // (chunked), 413 and nothing kept.
-    let before = gw.stored();
-    let r = gw.upload("globex", "big.bin", content(5000, 12)).await;
+    let before = stored(&gw);
+    let r = gw.upload(&globex, "big.bin", content(5000, 12)).await;
     problem(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
     let chunks: Vec<Result<Bytes, io::Error>> =
         (0..10).map(|i| Ok(Bytes::from(content(300, i)))).collect();
     let r = gw
-        .http
-        .post(format!("{}/v1/files?name=big.bin", gw.base))
-        .bearer_auth(gw.token("globex"))
+        .request(Method::POST, &globex, "/v1/files?name=big.bin")
         .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
         .send()
         .await
         .unwrap();
     problem(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    assert_eq!(gw.stored(), before);
-    assert_eq!(std::fs::read_dir(gw.files_dir.join(".tmp")).unwrap().count(), 0);
+    assert_eq!(stored(&gw), before);
+    assert_eq!(std::fs::read_dir(files_dir(&gw).join(".tmp")).unwrap().count(), 0);
     // The global default applies to tenants without their own (4 000 000 here).
-    let r = gw.upload("acme", "big.bin", content(4_000_001, 13)).await;
+    let r = gw.upload(&acme, "big.bin", content(4_000_001, 13)).await;
     problem(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
     // Other JSON routes keep the small body limit.
     let r = gw
-        .http
-        .post(format!("{}/v1/actions", gw.base))
-        .bearer_auth(gw.token("acme"))
+        .request(Method::POST, &acme, "/v1/actions")
         .header("content-type", "application/json")
         .body(vec![b' '; 2 * 1024 * 1024])
         .send()
@@ -437,13 +369,14 @@ async fn uploads_stream_in_with_digest_custody_and_a_cap() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloads_stream_whole_by_range_and_as_a_zip() {
-    let gw = Gateway::start().await;
+    let (gw, _sim) = start().await;
+    let (acme, globex) = (token("acme"), token("globex"));
     let data = content(1_000_000, 21);
-    let meta: Value = gw.upload("acme", "sample.exe", data.clone()).await.json().await.unwrap();
+    let meta: Value = gw.upload(&acme, "sample.exe", data.clone()).await.json().await.unwrap();
     let id = meta["id"].as_str().unwrap();
     let path = format!("/v1/files/{id}/content");
 
-    let r = gw.get("acme", &path).send().await.unwrap();
+    let r = gw.request(Method::GET, &acme, &path).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let etag = format!("\"{}\"", sha256(&data));
     assert_eq!(r.headers()["etag"], etag.as_str());
@@ -461,29 +394,39 @@ async fn downloads_stream_whole_by_range_and_as_a_zip() {
         ("bytes=999000-", 999_000, 1_000_000),
         ("bytes=-10", 999_990, 1_000_000),
     ] {
-        let r = gw.get("acme", &path).header("range", spec).send().await.unwrap();
+        let r = gw.request(Method::GET, &acme, &path).header("range", spec).send().await.unwrap();
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{spec}");
         assert_eq!(r.headers()["content-range"], format!("bytes {lo}-{}/1000000", hi - 1).as_str());
         assert_eq!(r.headers()["etag"], etag.as_str());
         assert_eq!(r.bytes().await.unwrap().as_ref(), &data[lo..hi], "{spec}");
     }
-    let r = gw.get("acme", &path).header("range", "bytes=1000000-").send().await.unwrap();
+    let r = gw
+        .request(Method::GET, &acme, &path)
+        .header("range", "bytes=1000000-")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["content-range"], "bytes */1000000");
     problem(r, StatusCode::RANGE_NOT_SATISFIABLE, "invalid_request").await;
     // A stale If-Range gets the whole file; If-None-Match gets 304.
     let r = gw
-        .get("acme", &path)
+        .request(Method::GET, &acme, &path)
         .header("range", "bytes=0-9")
         .header("if-range", "\"old\"")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let r = gw.get("acme", &path).header("if-none-match", &etag).send().await.unwrap();
+    let r =
+        gw.request(Method::GET, &acme, &path).header("if-none-match", &etag).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
 
     // The zip opens with the caller's password only, and holds the file.
-    let r = gw.get("acme", &format!("{path}?archive=zip&password=infected")).send().await.unwrap();
+    let r = gw
+        .request(Method::GET, &acme, &format!("{path}?archive=zip&password=infected"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.headers()["content-type"], "application/zip");
     assert_eq!(r.headers()["content-disposition"], "attachment; filename=\"sample.exe.zip\"");
@@ -496,60 +439,52 @@ async fn downloads_stream_whole_by_range_and_as_a_zip() {
     assert!(back == data);
     for bad in ["?archive=zip", "?archive=zip&password=", "?archive=rar&password=x", "?password=x"]
     {
-        let r = gw.get("acme", &format!("{path}{bad}")).send().await.unwrap();
+        let r = gw.request(Method::GET, &acme, &format!("{path}{bad}")).send().await.unwrap();
         problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
     }
 
     // Another tenant sees nothing.
-    let r = gw.get("globex", &path).send().await.unwrap();
+    let r = gw.request(Method::GET, &globex, &path).send().await.unwrap();
     problem(r, StatusCode::NOT_FOUND, "not_found").await;
 
     // Tampered on disk: the whole download is cut short (never complete), the zip too.
-    let stored = gw.files_dir.join("acme").join(id);
+    let stored = files_dir(&gw).join("acme").join(id);
     let mut evil = data.clone();
     evil[500_000] ^= 0xff;
     std::fs::write(&stored, &evil).unwrap();
-    let r = gw.get("acme", &path).send().await.unwrap();
+    let r = gw.request(Method::GET, &acme, &path).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert!(r.bytes().await.is_err(), "a corrupted file must not download completely");
-    let r = gw.get("acme", &format!("{path}?archive=zip&password=infected")).send().await.unwrap();
+    let r = gw
+        .request(Method::GET, &acme, &format!("{path}?archive=zip&password=infected"))
+        .send()
+        .await
+        .unwrap();
     assert!(r.bytes().await.is_err(), "a corrupted file must not zip completely");
 
     // Deletion: gone for metadata and content, and from disk.
-    let r = gw
-        .http
-        .delete(format!("{}/v1/files/{id}", gw.base))
-        .bearer_auth(gw.token("acme"))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.request(Method::DELETE, &acme, &format!("/v1/files/{id}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     assert!(!stored.try_exists().unwrap());
-    problem(gw.get("acme", &path).send().await.unwrap(), StatusCode::NOT_FOUND, "not_found").await;
-    let r = gw
-        .http
-        .delete(format!("{}/v1/files/{id}", gw.base))
-        .bearer_auth(gw.token("acme"))
-        .send()
-        .await
-        .unwrap();
+    problem(
+        gw.request(Method::GET, &acme, &path).send().await.unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let r = gw.request(Method::DELETE, &acme, &format!("/v1/files/{id}")).send().await.unwrap();
     problem(r, StatusCode::NOT_FOUND, "not_found").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_reference_uploads_of_their_own_tenant() {
-    let gw = Gateway::start().await;
+    let (gw, sim) = start().await;
+    let (acme, globex) = (token("acme"), token("globex"));
     let tool = content(200_000, 31);
-    let meta: Value = gw.upload("acme", "tool.exe", tool.clone()).await.json().await.unwrap();
+    let meta: Value = gw.upload(&acme, "tool.exe", tool.clone()).await.json().await.unwrap();
     let id = meta["id"].as_str().unwrap().to_owned();
-    let other: Value = gw.upload("globex", "x.bin", b"x".to_vec()).await.json().await.unwrap();
-    let submit = |tenant: &'static str, body: Value| {
-        gw.http
-            .post(format!("{}/v1/actions", gw.base))
-            .bearer_auth(gw.token(tenant))
-            .json(&body)
-            .send()
-    };
+    let other: Value = gw.upload(&globex, "x.bin", b"x".to_vec()).await.json().await.unwrap();
+    let submit = |body: Value| gw.request(Method::POST, &acme, "/v1/actions").json(&body).send();
     let target = json!([{"backend": "cb", "device_id": "1"}]);
     // Unknown, foreign and malformed file ids, and traversal in the remote path: 400.
     for command in [
@@ -559,109 +494,55 @@ async fn commands_reference_uploads_of_their_own_tenant() {
         json!({"type": "put_file", "file_id": id, "path": "C:\\ir\\..\\..\\Windows\\t.exe"}),
         json!({"type": "run_script", "script": "x.ps1", "file_id": other["id"]}),
     ] {
-        let r = submit("acme", json!({"targets": target, "commands": [command]})).await.unwrap();
+        let r = submit(json!({"targets": target, "commands": [command]})).await.unwrap();
         problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
     }
 
     // The upload goes to the endpoint through Carbon Black, byte for byte.
-    let r = submit(
-        "acme",
-        json!({"targets": target, "commands": [
-            {"type": "create_directory", "path": "C:\\ir"},
-            {"type": "put_file", "file_id": id, "path": "C:\\ir\\tool.exe"},
-        ]}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let action: Value = r.json().await.unwrap();
-    let action_id = action["id"].as_str().unwrap();
-    let mut last = Value::Null;
-    for _ in 0..40 {
-        last = gw
-            .get("acme", &format!("/v1/actions/{action_id}?wait=5"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["succeeded", "failed", "partially_succeeded"]
-            .contains(&last["status"].as_str().unwrap_or(""))
-        {
-            break;
-        }
-    }
+    let last = gw
+        .run(
+            &acme,
+            &json!({"targets": target, "commands": [
+                {"type": "create_directory", "path": "C:\\ir"},
+                {"type": "put_file", "file_id": id, "path": "C:\\ir\\tool.exe"},
+            ]}),
+        )
+        .await;
     assert_eq!(last["status"], "succeeded", "{last:#}");
-    assert!(gw.sim.file_content(1, "C:\\ir\\tool.exe").unwrap() == tool);
+    assert!(sim.file_content(1, "C:\\ir\\tool.exe").unwrap() == tool);
 
     // A tool corrupted in storage is never sent: the command fails at once.
     let mut evil = tool.clone();
     evil[100] ^= 1;
-    std::fs::write(gw.files_dir.join("acme").join(&id), &evil).unwrap();
-    let r = submit(
-        "acme",
-        json!({"targets": target, "commands": [
-            {"type": "put_file", "file_id": id, "path": "C:\\ir\\tool2.exe"},
-        ]}),
-    )
-    .await
-    .unwrap();
-    let action: Value = r.json().await.unwrap();
-    let action_id = action["id"].as_str().unwrap();
-    for _ in 0..40 {
-        last = gw
-            .get("acme", &format!("/v1/actions/{action_id}?wait=5"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if last["status"] == "succeeded" || last["status"] == "failed" {
-            break;
-        }
-    }
+    std::fs::write(files_dir(&gw).join("acme").join(&id), &evil).unwrap();
+    let last = gw
+        .run(
+            &acme,
+            &json!({"targets": target, "commands": [
+                {"type": "put_file", "file_id": id, "path": "C:\\ir\\tool2.exe"},
+            ]}),
+        )
+        .await;
     let error = &last["runs"][0]["commands"][0]["error"];
     assert_eq!(last["status"], "failed", "{last:#}");
     assert_eq!(error["code"], "internal", "{error}");
     assert!(error["message"].as_str().unwrap().contains("integrity"), "{error}");
-    assert!(gw.sim.file_content(1, "C:\\ir\\tool2.exe").is_none());
-    std::fs::write(gw.files_dir.join("acme").join(&id), &tool).unwrap();
+    assert!(sim.file_content(1, "C:\\ir\\tool2.exe").is_none());
+    std::fs::write(files_dir(&gw).join("acme").join(&id), &tool).unwrap();
 
     // A fetched file's custody names its action, run, command, device and remote path.
-    let r = submit(
-        "acme",
-        json!({"targets": target, "commands": [{"type": "get_file", "path": "C:\\ir\\tool.exe"}]}),
-    )
-    .await
-    .unwrap();
-    let action: Value = r.json().await.unwrap();
-    let action_id = action["id"].as_str().unwrap();
-    for _ in 0..40 {
-        last = gw
-            .get("acme", &format!("/v1/actions/{action_id}?wait=5"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if last["status"] == "succeeded" || last["status"] == "failed" {
-            break;
-        }
-    }
+    let action_id = gw
+        .submit(
+            &acme,
+            &json!({"targets": target, "commands": [{"type": "get_file", "path": "C:\\ir\\tool.exe"}]}),
+        )
+        .await;
+    let last = gw.wait_terminal(&acme, &action_id).await;
     assert_eq!(last["status"], "succeeded", "{last:#}");
     let file = &last["runs"][0]["commands"][0]["result"]["file"];
     assert_eq!(file["sha256"], sha256(&tool));
-    let custody: Value = gw
-        .get("acme", &format!("/v1/files/{}", file["file_id"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, custody) =
+        gw.get(&acme, &format!("/v1/files/{}", file["file_id"].as_str().unwrap())).await;
     let origin = &custody["origin"];
     assert_eq!(origin["source"], "endpoint");
     assert_eq!(origin["action_id"], action_id);
@@ -714,65 +595,42 @@ async fn the_gateway_serves_files_from_s3() {
     };
     // The bucket exists once the storage helper made it.
     drop(s3_storage().await);
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
     let prefix = format!("gw-{}/", uuid::Uuid::now_v7().simple());
-    let text = format!(
-        r#"
-        [store]
-        path = "{d}/edrgate.db"
-        [files]
-        max_upload_bytes = 1000000
-        [files.s3]
-        bucket = "edrgate-test"
-        endpoint = "{url}"
-        access_key_id = "test"
-        secret_access_key = "test"
-        prefix = "{prefix}"
-        [auth]
-        allow_hs256 = true
-        hs256_secret = "{SECRET}"
-        [tenants.acme.backends.cb]
-        kind = "carbonblack"
-        url = "http://127.0.0.1:1"
-        token = "t"
-        "#
-    );
-    let app = App::build(Config::parse(&text, |_| None).unwrap()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app.router).await });
-    let http = reqwest::Client::builder().build().unwrap();
-    let token =
-        edrgate::auth::mint(SECRET.as_bytes(), "acme", "analyst-7", Duration::from_secs(600))
-            .unwrap();
+    let gw = Gateway::builder()
+        .config(&format!(
+            r#"
+            [files]
+            max_upload_bytes = 1000000
+            [files.s3]
+            bucket = "edrgate-test"
+            endpoint = "{url}"
+            access_key_id = "test"
+            secret_access_key = "test"
+            prefix = "{prefix}"
+            "#
+        ))
+        .backend("acme", "cb", &Backend::unreachable())
+        .start()
+        .await;
+    let acme = token("acme");
     let data = content(700_000, 41);
-    let r = http
-        .post(format!("{base}/v1/files?name=tool.exe"))
-        .bearer_auth(&token)
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let r = gw.upload(&acme, "tool.exe", data.clone()).await;
     assert_eq!(r.status(), StatusCode::CREATED);
     let meta: Value = r.json().await.unwrap();
     let id = meta["id"].as_str().unwrap();
-    let path = format!("{base}/v1/files/{id}/content");
-    let whole = http.get(&path).bearer_auth(&token).send().await.unwrap().bytes().await.unwrap();
-    assert!(whole.as_ref() == data.as_slice());
-    let r =
-        http.get(&path).bearer_auth(&token).header("range", "bytes=100-199").send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[100..200]);
-    let r = http
-        .post(format!("{base}/v1/files?name=big.bin"))
-        .bearer_auth(&token)
-        .body(content(1_000_001, 42))
+    assert!(gw.download(&acme, id).await == data);
+    let path = format!("/v1/files/{id}/content");
+    let r = gw
+        .request(Method::GET, &acme, &path)
+        .header("range", "bytes=100-199")
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.bytes().await.unwrap().as_ref(), &data[100..200]);
+    let r = gw.upload(&acme, "big.bin", content(1_000_001, 42)).await;
     problem(r, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large").await;
-    let r = http.delete(format!("{base}/v1/files/{id}")).bearer_auth(&token).send().await.unwrap();
+    let r = gw.request(Method::DELETE, &acme, &format!("/v1/files/{id}")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let storage = S3Storage::new(&S3Config {
         bucket: "edrgate-test".into(),

@@ -128,3 +128,185 @@ fn no_simulator_depends_on_an_adapter() {
     }
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+/// The gateway's top-level modules (`src/<m>.rs`, `src/<m>/**`; not `lib.rs` and `main.rs`),
+/// each with its files.
+fn gateway_modules() -> BTreeMap<String, Vec<PathBuf>> {
+    let src = root().join("src");
+    let mut modules: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.is_dir() {
+            modules.entry(name).or_default().extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") && name != "lib" && name != "main" {
+            modules.entry(name).or_default().push(path);
+        }
+    }
+    modules
+}
+
+/// The first path segment of each item of a `use` group (`a::b, c::{d, e}, self` → a, c,
+/// self), from the text after its `{`; and the length of the group up to its `}`.
+fn group_heads(text: &str) -> (Vec<String>, usize) {
+    let (mut heads, mut depth, mut item) = (Vec::new(), 0usize, String::new());
+    let mut push = |item: &mut String| {
+        let head = item.trim().split("::").next().unwrap_or("").trim().to_owned();
+        if !head.is_empty() {
+            heads.push(head);
+        }
+        item.clear();
+    };
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                push(&mut item);
+                return (heads, i);
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => push(&mut item),
+            _ if depth == 0 => item.push(c),
+            _ => {}
+        }
+    }
+    (heads, text.len())
+}
+
+/// `(line, module)` of every `crate::<module>` path in `text` (`use crate::engine::Engine`,
+/// `crate::metrics::run_finished(…)`, `use crate::{api, store::Store}`, `$crate::store::…`).
+/// Comment lines are left out: a doc comment naming a module is no dependency.
+fn crate_references(text: &str) -> Vec<(usize, String)> {
+    let code: String = text
+        .lines()
+        .map(|line| if line.trim_start().starts_with("//") { "" } else { line })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let line_of = |at: usize| code[..at].matches('\n').count() + 1;
+    let ident = |s: &str| -> String {
+        s.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect()
+    };
+    let mut out = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let rest = &code[at + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let (heads, _) = group_heads(group);
+            out.extend(heads.into_iter().map(|h| (line_of(at), h)));
+        } else {
+            out.push((line_of(at), ident(rest)));
+        }
+    }
+    out
+}
+
+/// The dependencies between the gateway's top-level modules must form no cycle (the issue "A
+/// vendor is one folder", part 5; ARCHITECTURE.md): `config`, `net`, `store`, `auth` and
+/// `metrics` are leaves or near them, `engine` never reaches `api`, `api` is the HTTP layer on
+/// top, `app` wires them and `cli` drives `app`. A module's references are the
+/// `crate::<module>` paths in its files, unit tests included.
+#[test]
+fn the_gateway_modules_form_no_cycle() {
+    let modules = gateway_modules();
+    for expected in ["api", "app", "auth", "config", "engine", "metrics", "store"] {
+        assert!(modules.contains_key(expected), "no module {expected}: {:?}", modules.keys());
+    }
+    // Each edge with the first place that makes it, to show in a failure.
+    let mut edges: BTreeMap<(String, String), String> = BTreeMap::new();
+    for (module, files) in &modules {
+        for file in files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (line, target) in crate_references(&text) {
+                if &target != module && modules.contains_key(&target) {
+                    let place = format!("{}:{line}", file.strip_prefix(root()).unwrap().display());
+                    edges.entry((module.clone(), target)).or_insert(place);
+                }
+            }
+        }
+    }
+    let graph: BTreeMap<&str, Vec<&str>> = modules
+        .keys()
+        .map(|m| {
+            let out = edges.keys().filter(|(from, _)| from == m).map(|(_, to)| to.as_str());
+            (m.as_str(), out.collect())
+        })
+        .collect();
+    // The parser sees the wiring: an empty graph would pass for the wrong reason.
+    for (from, to) in [("app", "engine"), ("api", "engine"), ("engine", "store")] {
+        assert!(graph[from].contains(&to), "{from} → {to} not seen: {graph:#?}");
+    }
+
+    // Depth-first search; a grey module met again closes a cycle along the current path.
+    fn visit<'a>(
+        module: &'a str,
+        graph: &BTreeMap<&'a str, Vec<&'a str>>,
+        done: &mut BTreeSet<&'a str>,
+        path: &mut Vec<&'a str>,
+        cycles: &mut Vec<Vec<&'a str>>,
+    ) {
+        if let Some(start) = path.iter().position(|m| *m == module) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(module);
+            cycles.push(cycle);
+            return;
+        }
+        if done.contains(module) {
+            return;
+        }
+        path.push(module);
+        for next in &graph[module] {
+            visit(next, graph, done, path, cycles);
+        }
+        path.pop();
+        done.insert(module);
+    }
+    let (mut done, mut cycles) = (BTreeSet::new(), Vec::new());
+    for module in graph.keys() {
+        visit(module, &graph, &mut done, &mut Vec::new(), &mut cycles);
+    }
+    let shown: Vec<String> = cycles
+        .iter()
+        .map(|cycle| {
+            let steps: Vec<String> = cycle
+                .windows(2)
+                .map(|w| {
+                    let place = &edges[&(w[0].to_owned(), w[1].to_owned())];
+                    format!("{} → {} ({place})", w[0], w[1])
+                })
+                .collect();
+            format!("{}\n    {}", cycle.join(" → "), steps.join("\n    "))
+        })
+        .collect();
+    assert!(shown.is_empty(), "the gateway's modules form cycles:\n{}", shown.join("\n"));
+}
+
+/// Files over this many lines are split along their seams (a directory module with one file
+/// per concern, as `src/config/`).
+const MAX_LINES: usize = 1000;
+
+#[test]
+fn no_gateway_file_is_over_a_thousand_lines() {
+    // `(path under the repository, why)`: kept empty; add one only with the reason it cannot
+    // be split.
+    let exceptions: [(&str, &str); 0] = [];
+    let mut long = Vec::new();
+    for file in rust_files(&root().join("src")) {
+        let name = file.strip_prefix(root()).unwrap().display().to_string();
+        let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+        if lines > MAX_LINES && !exceptions.iter().any(|(path, _)| *path == name) {
+            long.push(format!("{name}: {lines} lines"));
+        }
+    }
+    assert!(long.is_empty(), "files over {MAX_LINES} lines: {long:#?}");
+}
+
+#[test]
+fn crate_references_are_parsed_from_paths_and_groups() {
+    let text = "//! see crate::api\nuse crate::engine::Engine;\nuse crate::{\n    app::{self, App},\n    store,\n};\nlet x = crate::metrics::handle();\nmacro_rules! m { () => { $crate::store::db::Arg } }\nlet y = edrgate_crate::nope;\n";
+    let found: Vec<(usize, String)> = crate_references(text);
+    let found: Vec<(usize, &str)> = found.iter().map(|(l, m)| (*l, m.as_str())).collect();
+    assert_eq!(found, [(2, "engine"), (3, "app"), (3, "store"), (7, "metrics"), (8, "store")]);
+}

@@ -434,7 +434,7 @@ async fn two_replicas_keep_defenders_call_rate_and_session_cap_together() {
 /// by both together, and no side effect ran twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
-    use edrgate_cybereason::simulator as cr;
+    use edrgate_cybereason_sim as cr;
     use edrgate_defender_sim as mde;
     const PER_VENDOR: usize = 100;
     const CB_SLOTS: usize = 5;

@@ -126,14 +126,14 @@ pub(crate) async fn submit_action(
     let targets = serde_json::to_value(&request.targets).ok();
     let commands = serde_json::to_value(&request.commands).ok();
     let submitted = match caller.require_commands(request.commands.iter().map(Command::kind)) {
-        Err(forbidden) => Err(forbidden),
+        Err(forbidden) => Err(ApiError::from(forbidden)),
         Ok(()) => {
             let store = state.engine.store();
             let admitted = state
                 .auth
                 .admit_action(&caller.tenant, || store.unfinished_actions(&caller.tenant));
             match admitted.await {
-                Err(limited) => Err(limited),
+                Err(limited) => Err(ApiError::from(limited)),
                 // Held until the action is stored, so the count it checked stays true.
                 Ok(_admission) => state
                     .engine

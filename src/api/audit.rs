@@ -12,8 +12,8 @@ use uuid::Uuid;
 
 use super::ApiState;
 use super::problem::{ApiError, Json, Problem, Query};
+use super::reload::{ReloadError, ReloadReport};
 use super::request::RequestMeta;
-use crate::app::{ReloadError, ReloadReport};
 use crate::audit::{Actor, AuditEntry, AuditEvent, AuditQuery, AuditRecord, MAX_PAGE};
 use crate::auth::{Caller, Permission};
 
@@ -80,7 +80,7 @@ pub(crate) async fn list_audit(
     if !caller.has(Permission::Admin) {
         match (&query.subject, &caller.subject) {
             (Some(asked), Some(own)) if asked != own => {
-                return Err(caller.require(Permission::Admin).unwrap_err());
+                return Err(caller.require(Permission::Admin).unwrap_err().into());
             }
             (_, own) => query.subject = Some(own.clone().unwrap_or_default()),
         }

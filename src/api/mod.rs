@@ -9,10 +9,13 @@
 
 pub mod actions;
 pub mod audit;
+pub mod caller;
 pub mod devices;
 pub mod files;
+pub mod metrics;
 pub mod openapi;
 pub mod problem;
+pub mod reload;
 pub mod request;
 
 use std::any::Any;
@@ -40,6 +43,7 @@ use uuid::Uuid;
 use crate::auth::Auth;
 use crate::engine::Engine;
 use problem::ApiError;
+pub use reload::{Reload, ReloadError, ReloadReport};
 
 /// The request id header, echoed on every answer and set on every request that lacks one.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -60,7 +64,7 @@ pub struct ApiState {
     /// Peers whose forwarded headers are believed (`server.trusted_proxies`).
     pub trusted_proxies: Arc<[request::Cidr]>,
     /// Re-reads the configuration (SIGHUP, `POST /v1/admin/reload`).
-    pub reloader: Arc<crate::app::Reloader>,
+    pub reloader: Arc<dyn Reload>,
     /// `server.path_prefix` (empty for none).
     pub prefix: Arc<str>,
 }
@@ -87,7 +91,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         )
         .with_state(state.clone());
     let metrics = Router::new()
-        .route("/metrics", axum::routing::get(crate::metrics::render))
+        .route("/metrics", axum::routing::get(metrics::render))
         .with_state(state.clone());
     let routes = if prefix.is_empty() {
         routes.merge(metrics)
@@ -120,7 +124,7 @@ fn with_layers(routes: Router, max_body_bytes: usize, upload_path: Arc<str>) -> 
                 .make_span_with(request_span)
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
-        .layer(axum::middleware::from_fn(crate::metrics::track_requests))
+        .layer(axum::middleware::from_fn(metrics::track_requests))
         // Outside everything that can make an error answer (including a panic), so each one
         // leaves as problem+json with the request id.
         .layer(axum::middleware::from_fn(problem::render_problems))

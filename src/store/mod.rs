@@ -438,6 +438,17 @@ impl Store {
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
+    /// Unfinished runs by status, across every replica (the `edrgate_runs` gauge).
+    pub async fn unfinished_run_counts(&self) -> Result<Vec<(String, i64)>> {
+        self.db
+            .fetch_all(
+                "SELECT status, COUNT(*) AS n FROM runs
+                 WHERE status IN ('queued', 'dispatched', 'running') GROUP BY status",
+                args![],
+            )
+            .await
+    }
+
     /// A page of the tenant's actions, newest first, and the cursor of the next page.
     pub async fn list(&self, tenant: &str, q: &ListQuery) -> Result<(Vec<Action>, Option<Cursor>)> {
         let limit = i64::from(q.limit.clamp(1, 500));

@@ -1,6 +1,17 @@
-//! Helpers shared by the test crates that use PostgreSQL.
+//! Helpers shared by the test crates: the in-process gateway ([`Gateway::builder`]), its
+//! backends by kind, tokens and API client, and fresh PostgreSQL databases.
 
-#![allow(dead_code)] // each test crate uses part of it
+#![allow(dead_code, unused_imports)] // each test crate uses part of it
+
+mod backend;
+mod client;
+mod gateway;
+mod token;
+
+pub(crate) use backend::Backend;
+pub(crate) use client::Client;
+pub(crate) use gateway::{Gateway, GatewayBuilder};
+pub(crate) use token::{SECRET, SUBJECT, scoped_token, token, token_as};
 
 use sqlx::Connection as _;
 

@@ -14,12 +14,17 @@
 //! - [`shared`]: [`SharedBudget`], vendor budgets kept with the other gateway replicas;
 //! - [`http`]: vendor-HTTP helpers shared by adapters (`Retry-After`, back-off, classification
 //!   of transport failures);
-//! - `testsuite` (feature `testsuite`): an in-memory engine stand-in for adapter tests.
+//! - `testsuite` (feature `testsuite`): an in-memory engine stand-in for adapter tests;
+//! - `conformance` (feature `testsuite`): the adapter conformance suite, every MUST of
+//!   `adapters/README.md` as a test each adapter runs against its simulator
+//!   (`conformance_tests!`).
 //!
 //! The rules every adapter follows are in `adapters/README.md`.
 
 pub mod adapter;
 pub mod budget;
+#[cfg(feature = "testsuite")]
+pub mod conformance;
 pub mod driver;
 pub mod error;
 pub mod factory;

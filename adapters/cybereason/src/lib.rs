@@ -1,5 +1,6 @@
 //! Cybereason adapter for edrgate (remediation, isolation, file fetch and IR tools behind the
-//! normalized `/v1/actions` model), and its simulator.
+//! normalized `/v1/actions` model). Its simulator is the separate crate `edrgate-cybereason-sim`
+//! (`simulator/`), which never depends on this one.
 //!
 //! Section numbers (§) refer to `shared/vendor-apis/cybereason.md`; vendor pages are under
 //! <https://api-doc.cybereason.com/en/latest/> (Log in with the API, Log in with TFA, Remediate
@@ -40,12 +41,15 @@
 //!   before are ignored) → `getfiles/{batchId}` (500 = expired) → `close`.
 //! - `kill_process{pid}` → remediation `KILL_PROCESS` of the process element the visual
 //!   search finds for the pid on the machine; `delete_file` → `QUARANTINE_FILE` (the file is
-//!   moved to the sensor's quarantine folder, §6.3); `registry_delete_key` →
-//!   `DELETE_REGISTRY_KEY` of the registry element of that key. `POST /rest/remediate` without a
-//!   malop (`NOMALOP`), then `GET /rest/remediate/progress/{username}/{malopId}/{remediationId}`:
+//!   moved to the sensor's quarantine folder, §6.3). `POST /rest/remediate` without a malop
+//!   (`NOMALOP`), then `GET /rest/remediate/progress/{username}/{malopId}/{remediationId}`:
 //!   an empty `statusLog` is "not reported yet", never success; the last entry's status and
 //!   `error.errorType` decide. Offline machines queue remediations except kills (§6.3). The
 //!   normalized `kill_process` has only a pid, so a caller cannot pass a process element id.
+//! - `registry_delete_key` is not offered: a remediation without a malop is documented for
+//!   processes and files only (§6.3, "`targetId` without malop is supported only for processes
+//!   (KILL_PROCESS) and files (QUARANTINE_FILE/UNQUARANTINE_FILE)"), and the normalized command
+//!   carries no malop.
 //! - `run_script{script, args, file_id}` → an IR tool run (§6.6): with `file_id` the stored file
 //!   is first uploaded as package `script` (`POST /rest/irtools/upload`, part `packageInfo`;
 //!   upload replaces a package of the same name), then run and polled on
@@ -89,7 +93,6 @@ mod adapter;
 mod client;
 mod config;
 mod mapping;
-pub mod simulator;
 mod wire;
 
 pub use adapter::{CybereasonAdapter, MAX_PACKAGE_BYTES};

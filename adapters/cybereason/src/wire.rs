@@ -1,6 +1,7 @@
 //! Cybereason's JSON, as serde types. No other file of the adapter parses vendor JSON; the
-//! simulator shares these types so both sides speak the same shapes. Section numbers (§) refer
-//! to `shared/vendor-apis/cybereason.md`.
+//! simulator (`edrgate-cybereason-sim`) has its own types, written from the same reference, so
+//! neither side mirrors the other's mistakes. Section numbers (§) refer to
+//! `shared/vendor-apis/cybereason.md`.
 //!
 //! Recorded responses carry booleans both as JSON booleans and as strings (`"false"`, §6.1),
 //! so every boolean is read leniently.
@@ -309,7 +310,6 @@ pub(crate) const SESSION_COOKIE: &str = "JSESSIONID";
 pub(crate) mod actions {
     pub(crate) const KILL_PROCESS: &str = "KILL_PROCESS";
     pub(crate) const QUARANTINE_FILE: &str = "QUARANTINE_FILE";
-    pub(crate) const DELETE_REGISTRY_KEY: &str = "DELETE_REGISTRY_KEY";
     /// The batch action type of IR tool runs (§6.5).
     pub(crate) const IR_RUN: &str = "IRToolsRunIRTool";
 }

@@ -327,15 +327,10 @@ impl DfClient {
         let filter = dns_name.map(|n| {
             format!("computerDnsName eq '{}'", n.to_ascii_lowercase().replace('\'', "''"))
         });
-        let result = self
-            .get_json::<wire::Collection<wire::Machine>>(
-                "machines",
-                "/api/machines",
-                filter.as_deref(),
-            )
-            .await;
+        let result =
+            self.get_all::<wire::Machine>("machines", "/api/machines", filter.as_deref()).await;
         match result {
-            Ok(c) => Ok(c.value),
+            Ok(machines) => Ok(machines),
             Err(e) if e.code() == ErrorCode::NotFound => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -382,9 +377,7 @@ impl DfClient {
             let list: Vec<String> =
                 chunk.iter().map(|id| format!("'{}'", id.replace('\'', "''"))).collect();
             let filter = format!("id in ({})", list.join(","));
-            let c: wire::Collection<wire::MachineAction> =
-                self.get_json("machineactions", "/api/machineactions", Some(&filter)).await?;
-            all.extend(c.value);
+            all.extend(self.get_all("machineactions", "/api/machineactions", Some(&filter)).await?);
         }
         Ok(all)
     }
@@ -397,9 +390,14 @@ impl DfClient {
     ) -> Result<Vec<wire::MachineAction>, AdapterError> {
         let filter =
             format!("machineId eq '{}' and type eq '{kind}'", machine_id.replace('\'', "''"));
-        let c: wire::Collection<wire::MachineAction> =
-            self.get_json("machineactions", "/api/machineactions", Some(&filter)).await?;
-        Ok(c.value)
+        self.get_all("machineactions", "/api/machineactions", Some(&filter)).await
+    }
+
+    /// `GET /api/machineactions/{id}`: one action with its `commands`, for list answers that
+    /// leave them out (§4.2: `commands` is nullable).
+    pub(crate) async fn action(&self, id: &str) -> Result<wire::MachineAction, AdapterError> {
+        let path = format!("/api/machineactions/{id}");
+        self.get_json("machineactions", &path, None).await
     }
 
     /// `POST /api/machineactions/{id}/cancel` (§6). Cancelling twice is harmless, so retried.
@@ -445,9 +443,7 @@ impl DfClient {
     // ---- library (§8) ----
 
     pub(crate) async fn library(&self) -> Result<Vec<wire::LibraryFile>, AdapterError> {
-        let c: wire::Collection<wire::LibraryFile> =
-            self.get_json("library", "/api/libraryfiles", None).await?;
-        Ok(c.value)
+        self.get_all("library", "/api/libraryfiles", None).await
     }
 
     /// Multipart upload (§8.1). Storing a library file changes no endpoint, and names are
@@ -526,13 +522,23 @@ impl DfClient {
         path: &str,
         filter: Option<&str>,
     ) -> Result<T, AdapterError> {
+        let url = format!("{}{path}", self.base);
+        self.get_url(endpoint, &url, filter).await
+    }
+
+    async fn get_url<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: &str,
+        filter: Option<&str>,
+    ) -> Result<T, AdapterError> {
         let gate = self.budget.endpoint(endpoint);
         retry(|| async {
             let _permit = gate.acquire().await;
             self.budget.pace_shared(endpoint).await?;
             let resp = self
                 .send(|| {
-                    let req = self.request(Method::GET, path);
+                    let req = self.http.get(url);
                     match filter {
                         Some(f) => req.query(&[("$filter", f)]),
                         None => req,
@@ -542,6 +548,45 @@ impl DfClient {
             json(resp).await
         })
         .await
+    }
+
+    /// Every page of a collection: follows `@odata.nextLink` (which carries the query itself)
+    /// up to [`MAX_PAGES`] pages. A link to another origin is refused rather than followed,
+    /// so the bearer token only ever goes to the configured API host.
+    async fn get_all<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        path: &str,
+        filter: Option<&str>,
+    ) -> Result<Vec<T>, AdapterError> {
+        let mut page: wire::Collection<T> = self.get_json(endpoint, path, filter).await?;
+        let mut all = std::mem::take(&mut page.value);
+        for _ in 1..MAX_PAGES {
+            let Some(next) = page.next_link.take() else { return Ok(all) };
+            if !same_origin(&next, &self.base) {
+                return Err(AdapterError::new(
+                    ErrorCode::VendorUnavailable,
+                    format!("Defender's next page of {path} is on another host; not followed"),
+                ));
+            }
+            page = self.get_url(endpoint, &next, None).await?;
+            all.append(&mut page.value);
+        }
+        Err(AdapterError::new(
+            ErrorCode::VendorUnavailable,
+            format!("Defender's {path} listing has more than {MAX_PAGES} pages"),
+        ))
+    }
+}
+
+/// Pages of one listing followed at most (10,000 entries a page at most, §10).
+const MAX_PAGES: usize = 100;
+
+/// Whether `url` has the scheme, host and port of `base`.
+fn same_origin(url: &str, base: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(base)) {
+        (Ok(a), Ok(b)) => a.origin() == b.origin(),
+        _ => false,
     }
 }
 

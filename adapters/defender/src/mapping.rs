@@ -551,14 +551,29 @@ mod tests {
             serde_json::from_value(fixture("GET_api_machines_id.json")).unwrap();
         let d = device("mde", machine);
         assert_eq!((d.hostname.as_str(), d.online), ("test-node", false));
-        let blob: wire::ScriptResult = serde_json::from_value(fixture(
-            "GET_live-response-result-blob__runscript-transcript.json",
-        ))
-        .unwrap();
-        assert_eq!(
-            clean_output(&blob.script_output),
-            "C:\\windows\\TEMP\\OfficeClickToRun.dmp.zip\n51 MB"
-        );
+    }
+
+    /// The documented RunScript blob, exactly as the page prints it (a raw line break inside
+    /// `script_output`, so not strict JSON), and strict variants, all read the same.
+    #[test]
+    fn runscript_blobs_parse_leniently() {
+        let name = "GET_live-response-result-blob__runscript-transcript.json";
+        let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let capture: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let as_printed = capture["body_text"].as_str().unwrap().as_bytes().to_vec();
+        assert!(serde_json::from_slice::<Value>(&as_printed).is_err(), "the sample is lenient");
+        let strict = serde_json::to_vec(&capture["body"]).unwrap();
+        let tab = b"{\"script_name\":\"a.ps1\",\"exit_code\":1,\"script_output\":\"a\tb\",\"script_errors\":\"x\\\\y\"}";
+        for (blob, output, errors) in [
+            (as_printed.as_slice(), "C:\\windows\\TEMP\\OfficeClickToRun.dmp.zip\n51 MB", ""),
+            (strict.as_slice(), "C:\\windows\\TEMP\\OfficeClickToRun.dmp.zip\n51 MB", ""),
+            (tab.as_slice(), "a\tb", "x\\y"),
+        ] {
+            let parsed = wire::ScriptResult::parse(blob).unwrap();
+            assert_eq!(clean_output(&parsed.script_output), output);
+            assert_eq!(parsed.script_errors, errors);
+        }
+        assert!(wire::ScriptResult::parse(b"{\"script_output\": \"open").is_err());
     }
 
     #[test]

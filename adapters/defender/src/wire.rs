@@ -80,6 +80,11 @@ pub(crate) struct Collection<T> {
     #[serde(rename = "@odata.context", default, skip_serializing_if = "Option::is_none")]
     pub(crate) context: Option<String>,
     pub(crate) value: Vec<T>,
+    /// The next page (OData v4 server-driven paging): the list APIs return at most one page
+    /// (up to 10,000 entries, "Maximum page size is 10,000", List machines API) and a link to
+    /// the rest.
+    #[serde(rename = "@odata.nextLink", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) next_link: Option<String>,
 }
 
 /// An OData string result (the download link, §5).
@@ -252,6 +257,55 @@ pub(crate) struct ScriptResult {
     pub(crate) script_output: String,
     #[serde(default)]
     pub(crate) script_errors: String,
+}
+
+impl ScriptResult {
+    /// Reads a result blob, leniently: the documented sample (shared/fixtures/defender,
+    /// `GET_live-response-result-blob__runscript-transcript.json`, from Microsoft's "Get live
+    /// response result" page) has a raw line break inside `script_output`, which strict JSON
+    /// forbids. A blob strict JSON refuses is read again with the control characters inside
+    /// its strings escaped; nothing else is repaired.
+    pub(crate) fn parse(blob: &[u8]) -> serde_json::Result<Self> {
+        serde_json::from_slice(blob).or_else(|strict| {
+            let escaped = escape_raw_controls(blob);
+            if escaped.len() == blob.len() {
+                return Err(strict);
+            }
+            serde_json::from_slice(&escaped)
+        })
+    }
+}
+
+/// `blob` with every control character inside a JSON string written as its escape.
+fn escape_raw_controls(blob: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(blob.len() + 16);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in blob {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b'\n' if in_string => {
+                out.extend_from_slice(b"\\n");
+                continue;
+            }
+            b'\r' if in_string => {
+                out.extend_from_slice(b"\\r");
+                continue;
+            }
+            b'\t' if in_string => {
+                out.extend_from_slice(b"\\t");
+                continue;
+            }
+            0..0x20 if in_string => {
+                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                continue;
+            }
+            _ => {}
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// edrgate's helper-script output (its own format, not Defender's JSON): defined once in

@@ -12,6 +12,9 @@
 //! - [`record`]: [`SimLog`], what the simulator executed (side effects), served with the
 //!   counters on the admin routes `GET /_sim/log` and `GET /_sim/counters`, outside every
 //!   vendor's URL space, so tests and benchmarks in other processes count side effects;
+//! - [`faults`]: fault injection in front of every simulator's vendor routes ([`Faults`]: 5xx
+//!   bursts, 429 with `Retry-After`, dropped connections, answers lost after the vendor acted,
+//!   latency), settable in-process ([`SimFaults::set`]) and over `POST /_sim/faults`;
 //! - [`every`]: the 1-based "every Nth request" rule of the fault settings;
 //! - [`cli`]: the hook the gateway's `edrgate sim <kind>` and `edrgate demo` use
 //!   ([`VendorSim`], erased as [`SimulatorPlugin`]).
@@ -19,11 +22,13 @@
 //! Nothing here knows a vendor, and no simulator crate depends on its adapter crate.
 
 pub mod cli;
+pub mod faults;
 pub mod record;
 pub mod serve;
 pub mod tls;
 
 pub use cli::{DemoBackend, ServeArgs, Shutdown, SimulatorPlugin, VendorSim, plugin};
+pub use faults::{FaultStats, Faults, Injected, SimFaults};
 pub use record::{Executed, SimLog};
 pub use serve::{DropConnection, Sim, dropped};
 pub use tls::SelfSigned;

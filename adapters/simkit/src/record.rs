@@ -6,8 +6,11 @@
 //! - `GET /_sim/log?since=SEQ&limit=N&op=NAME`: `{"entries": [...], "next": SEQ, "dropped": N}`,
 //!   entries in execution order, each `{"seq", "at_ms", "op", "target", "detail"}`; `next` is
 //!   the `since` of the following page, `dropped` how many old entries the cap evicted.
-//! - `GET /_sim/counters`: `{"executed": {op: count}, "counters": {...}}`: exact counts per
-//!   operation (never evicted) and the simulator's own counters.
+//! - `GET /_sim/counters`: `{"executed": {op: count}, "counters": {...}, "requests": {...}}`:
+//!   exact counts per operation (never evicted), the simulator's own counters and, for a
+//!   simulator with fault injection, the fault layer's [`FaultStats`](crate::FaultStats)
+//!   (requests, side effects processed, faults injected).
+//! - `GET`/`POST /_sim/faults`: the fault settings ([`crate::faults`]).
 //!
 //! The routes are outside every vendor's URL space and need no credential: simulators listen
 //! on loopback for tests and the demo.
@@ -156,18 +159,22 @@ struct LogQuery {
     op: Option<String>,
 }
 
+type Stats = Arc<dyn Fn() -> Option<Value> + Send + Sync>;
+
 #[derive(Clone)]
 struct AdminState {
     log: SimLog,
     counters: Arc<dyn Fn() -> Value + Send + Sync>,
+    requests: Stats,
 }
 
 /// `GET /_sim/log` and `GET /_sim/counters` (see the module docs).
 pub(crate) fn admin_router(
     log: SimLog,
     counters: impl Fn() -> Value + Send + Sync + 'static,
+    requests: impl Fn() -> Option<Value> + Send + Sync + 'static,
 ) -> Router {
-    let state = AdminState { log, counters: Arc::new(counters) };
+    let state = AdminState { log, counters: Arc::new(counters), requests: Arc::new(requests) };
     Router::new()
         .route("/_sim/log", get(log_page))
         .route("/_sim/counters", get(counters_doc))
@@ -181,7 +188,11 @@ async fn log_page(State(s): State<AdminState>, Query(q): Query<LogQuery>) -> Jso
 }
 
 async fn counters_doc(State(s): State<AdminState>) -> Json<Value> {
-    Json(json!({ "executed": s.log.counts(), "counters": (s.counters)() }))
+    let mut doc = json!({ "executed": s.log.counts(), "counters": (s.counters)() });
+    if let Some(requests) = (s.requests)() {
+        doc["requests"] = requests;
+    }
+    Json(doc)
 }
 
 #[cfg(test)]

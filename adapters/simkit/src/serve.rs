@@ -13,6 +13,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use tower::ServiceExt as _;
 
+use crate::faults::{self, Injected, SimFaults};
 use crate::record::{self, SimLog};
 use crate::tls::SelfSigned;
 
@@ -30,12 +31,48 @@ pub trait Sim: Clone + Send + Sync + 'static {
     /// The simulator's counters as JSON (served on `GET /_sim/counters`).
     fn counters_json(&self) -> serde_json::Value;
 
-    /// The vendor's routes plus the admin routes under `/_sim/`.
+    /// The simulator's fault settings ([`crate::faults`]); `None` (the default) serves the
+    /// vendor's routes without the fault layer.
+    fn faults(&self) -> Option<&SimFaults> {
+        None
+    }
+
+    /// Whether a request changes an endpoint (vendor knowledge: kill, isolate, a live-response
+    /// command), for the `lose_answer_after_effect` fault and the `side_effects_processed`
+    /// count. Default: none.
+    fn is_side_effect(&self, _method: &axum::http::Method, _path: &str) -> bool {
+        false
+    }
+
+    /// What the vendor answers when it is unavailable or rate limiting (its own status and
+    /// body); the default is a plain 503 or 429 with `Retry-After`.
+    fn fault_response(&self, injected: Injected) -> Response {
+        faults::plain_response(injected)
+    }
+
+    /// The vendor's routes behind the fault layer, plus the admin routes under `/_sim/`
+    /// (`/_sim/log`, `/_sim/counters`, `/_sim/faults`), which are never faulted.
     fn router(&self) -> Router {
+        let mut vendor = self.vendor_router();
+        let faults = self.faults().cloned();
+        if let Some(f) = &faults {
+            let (side, respond) = (self.clone(), self.clone());
+            let layer = faults::Layer {
+                faults: f.clone(),
+                is_side_effect: std::sync::Arc::new(move |m, p| side.is_side_effect(m, p)),
+                respond: std::sync::Arc::new(move |i| respond.fault_response(i)),
+            };
+            vendor = vendor.layer(axum::middleware::from_fn_with_state(layer, faults::layer));
+        }
         let sim = self.clone();
-        self.vendor_router().merge(record::admin_router(self.log().clone(), move || {
-            sim.counters_json()
-        }))
+        let stats = faults.clone();
+        let admin = record::admin_router(self.log().clone(), move || sim.counters_json(), move || {
+            stats.as_ref().map(|f| serde_json::to_value(f.stats()).unwrap_or_default())
+        });
+        match faults {
+            Some(f) => vendor.merge(admin).merge(faults::admin_router(f)),
+            None => vendor.merge(admin),
+        }
     }
 
     /// Serves plain HTTP on `listener` until the future is dropped.

@@ -26,7 +26,10 @@
 //!   `C:\Windows\System32\config` `0x80070005`, unknown pid `0x80070057`, existing target
 //!   `0x80070050`, …
 //! * **Faults** ([`Faults`]): every Nth request answered 503 or dropped without a response,
-//!   added latency, and sessions that die after N commands.
+//!   added latency (these through simkit's fault layer, [`edrgate_simkit::faults`], which also
+//!   has 5xx bursts, 429 with `Retry-After` and answers lost after a command was accepted or
+//!   an isolation changed, settable with [`Sim::faults`] or `POST /_sim/faults`), and the
+//!   Carbon Black ones: sessions that die after N commands, downloads cut short.
 //!
 //! # Choices where the reference is silent (§11)
 //! * `?active_only=true` lists `pending` and `active` sessions (cbapi filters both itself).
@@ -73,11 +76,13 @@ mod routes;
 mod state;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::http::Method;
+use axum::response::Response;
+use edrgate_simkit::{Injected, SimFaults};
 pub use edrgate_simkit::{SelfSigned, Sim, SimLog};
 use serde_json::Value;
 
@@ -178,8 +183,10 @@ impl Default for SimConfig {
     }
 }
 
-/// Fault injection. Request counting is global and 1-based; a request hit by both
-/// `drop_every` and `error_5xx_every` is dropped.
+/// Fault injection. The first four are simkit's generic faults ([`edrgate_simkit::Faults`],
+/// applied by its layer in front of the routes: request counting is global and 1-based, and a
+/// request hit by both `drop_every` and `error_5xx_every` is dropped); setting these replaces
+/// simkit's settings. The rest are Carbon Black's own.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     /// Every Nth request answers 503 (before any processing, so it has no side effect).
@@ -202,6 +209,19 @@ pub struct Faults {
     /// reveals.
     pub cut_downloads_every: Option<u32>,
     pub cut_downloads_cleanly: bool,
+}
+
+impl Faults {
+    /// The generic part, as simkit's layer applies it.
+    fn generic(&self) -> edrgate_simkit::Faults {
+        edrgate_simkit::Faults {
+            error_5xx_every: self.error_5xx_every,
+            slow: self.slow,
+            drop_every: self.drop_every,
+            drop_after_processing: self.drop_after_processing,
+            ..edrgate_simkit::Faults::default()
+        }
+    }
 }
 
 /// Snapshot of what happened, for exactly-once assertions.
@@ -246,7 +266,7 @@ impl Counters {
 
 pub(crate) struct Shared {
     rt: Mutex<Runtime>,
-    requests: AtomicU64,
+    faults: SimFaults,
     tls: SelfSigned,
     log: SimLog,
 }
@@ -283,15 +303,37 @@ impl Sim for Simulator {
     fn counters_json(&self) -> Value {
         serde_json::to_value(self.counters()).unwrap_or(Value::Null)
     }
+
+    fn faults(&self) -> Option<&SimFaults> {
+        Some(&self.inner.faults)
+    }
+
+    /// What changes an endpoint: a command accepted into a session (§2.7) and a sensor update
+    /// (isolation, §7.3).
+    fn is_side_effect(&self, method: &Method, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        let segments: Vec<&str> = path.split('/').collect();
+        match segments.as_slice() {
+            ["", "api", "v1", "cblr", "session", _, "command"] => method == Method::POST,
+            ["", "api", "v1", "sensor", _] => method == Method::PUT,
+            _ => false,
+        }
+    }
+
+    fn fault_response(&self, injected: Injected) -> Response {
+        routes::fault_response(injected)
+    }
 }
 
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
         let log = SimLog::new();
+        let faults = SimFaults::new();
+        faults.set(cfg.faults.generic());
         Self {
             inner: Arc::new(Shared {
                 rt: Mutex::new(Runtime::new(cfg, Instant::now(), log.clone())),
-                requests: AtomicU64::new(0),
+                faults,
                 tls: SelfSigned::new(),
                 log,
             }),
@@ -307,10 +349,6 @@ impl Simulator {
         f(&mut rt, now)
     }
 
-    pub(crate) fn next_request_number(&self) -> u64 {
-        self.inner.requests.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
     /// The configuration currently in effect (including runtime changes).
     pub fn config(&self) -> SimConfig {
         self.with(|rt, _| rt.cfg.clone())
@@ -318,7 +356,10 @@ impl Simulator {
 
     pub fn counters(&self) -> Counters {
         let mut c = self.with(|rt, _| rt.counters_snapshot());
-        c.requests = self.inner.requests.load(Ordering::Relaxed);
+        let stats = self.inner.faults.stats();
+        c.requests = stats.requests;
+        c.faults_5xx = stats.injected_5xx;
+        c.faults_dropped = stats.dropped + stats.answers_lost;
         c
     }
 
@@ -327,7 +368,10 @@ impl Simulator {
         self.with(|rt, _| rt.counters_snapshot().max_concurrent_sessions)
     }
 
+    /// Sets the Carbon Black faults and replaces simkit's generic ones with `f`'s (bursts and
+    /// 429s set through [`Sim::faults`] are reset).
     pub fn set_faults(&self, f: Faults) {
+        self.inner.faults.set(f.generic());
         self.with(|rt, _| rt.cfg.faults = f);
     }
 

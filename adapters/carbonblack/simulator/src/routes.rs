@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::state::ApiError;
 use super::{Simulator, archive};
-use edrgate_simkit::dropped as dropped_response;
+use edrgate_simkit::Injected;
 
 type Params = Query<HashMap<String, String>>;
 
@@ -93,33 +93,35 @@ fn flag(params: &HashMap<String, String>, key: &str) -> bool {
     params.get(key).is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
 }
 
-// ----- gate: faults, auth, LR switch, headers --------------------------------------------
+// ----- gate: auth, LR switch, headers (faults are simkit's layer, in front) ------------------
 
-async fn gate(State(sim): State<Simulator>, req: Request, next: Next) -> Response {
-    let n = sim.next_request_number();
-    let (faults, token, lr_enabled) = sim
-        .with(|rt, _| (rt.cfg.faults.clone(), rt.cfg.token.clone(), rt.cfg.live_response_enabled));
-    let hit = |every: Option<u32>| every.is_some_and(|k| k > 0 && n.is_multiple_of(u64::from(k)));
-    if hit(faults.drop_every) {
-        sim.with(|rt, _| rt.count(|c| c.faults_dropped += 1));
-        if faults.drop_after_processing {
-            drop(next.run(req).await);
-        }
-        return dropped_response();
-    }
-    if hit(faults.error_5xx_every) {
-        sim.with(|rt, _| rt.count(|c| c.faults_5xx += 1));
-        // What nginx in front of the Flask app answers when the backend is unavailable.
-        return (
+/// What nginx in front of the Flask app answers when the backend is unavailable, or (for the
+/// 429 simkit injects) rate limiting.
+pub(crate) fn fault_response(injected: Injected) -> Response {
+    let mut resp = match injected {
+        Injected::Unavailable => (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::CONTENT_TYPE, "text/html")],
             "<html><head><title>503 Service Temporarily Unavailable</title></head><body><center><h1>503 Service Temporarily Unavailable</h1></center><hr><center>openresty</center></body></html>",
         )
-            .into_response();
-    }
-    if let Some(delay) = faults.slow {
-        tokio::time::sleep(delay).await;
-    }
+            .into_response(),
+        Injected::TooManyRequests { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                (header::CONTENT_TYPE, "text/html".to_owned()),
+                (header::RETRY_AFTER, retry_after_secs.to_string()),
+            ],
+            "<html><head><title>429 Too Many Requests</title></head><body><center><h1>429 Too Many Requests</h1></center><hr><center>openresty</center></body></html>",
+        )
+            .into_response(),
+    };
+    add_server_headers(resp.headers_mut());
+    resp
+}
+
+async fn gate(State(sim): State<Simulator>, req: Request, next: Next) -> Response {
+    let (token, lr_enabled) =
+        sim.with(|rt, _| (rt.cfg.token.clone(), rt.cfg.live_response_enabled));
     // §1: `X-Auth-Token` is the only auth scheme.
     let authorized =
         req.headers().get("x-auth-token").is_some_and(|v| v.as_bytes() == token.as_bytes());

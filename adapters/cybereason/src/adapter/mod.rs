@@ -8,7 +8,7 @@
 //!
 //! The step loop itself (stop checks, back-off, `on_error`, journaling) is the shared
 //! [`driver`]; this module is the vendor's [`VendorRun::advance`], split along its seams:
-//! `remediate` (kill, quarantine, registry delete as remediations of elements), `ir` (IR tool
+//! `remediate` (kill and quarantine as remediations of elements), `ir` (IR tool
 //! runs), `fetch` (direct and batch file fetches), `reconcile` (intents after a restart or a
 //! lost session) and `contain` (isolate/release).
 
@@ -291,9 +291,7 @@ impl CybereasonAdapter {
             Command::GetFile { path, .. } => {
                 self.get_file(ctx, index, &sensor, path).await.map(Drive::Finished)
             }
-            command @ (Command::KillProcess { .. }
-            | Command::DeleteFile { .. }
-            | Command::RegistryDeleteKey { .. }) => {
+            command @ (Command::KillProcess { .. } | Command::DeleteFile { .. }) => {
                 let (action, element, missing) = self.remediation_target(&sensor, command).await?;
                 match element {
                     Some(guid) => {
@@ -412,10 +410,6 @@ fn capabilities(backend: &str, concurrent: u32, per_minute: u32) -> Capabilities
                 "remediation QUARANTINE_FILE: the file is moved to the sensor's quarantine folder",
             ),
             native(
-                CommandKind::RegistryDeleteKey,
-                "remediation DELETE_REGISTRY_KEY of the registry element found for the key",
-            ),
-            native(
                 CommandKind::RunScript,
                 "IR tool run: script names an uploaded package; with file_id the stored file is uploaded first as that package (at most 100 MB); tool output goes to the customer's storage bucket, not through the API",
             ),
@@ -454,7 +448,6 @@ mod tests {
                 CommandKind::GetFile
                     | CommandKind::KillProcess
                     | CommandKind::DeleteFile
-                    | CommandKind::RegistryDeleteKey
                     | CommandKind::RunScript
                     | CommandKind::Isolate
                     | CommandKind::Release

@@ -1,5 +1,5 @@
-//! Kill, quarantine and registry delete: remediations of the element the query API finds for
-//! the command's pid, path or key (§6.3).
+//! Kill and quarantine: remediations of the element the query API finds for the command's pid
+//! or path (§6.3).
 
 use edrgate_adapter::driver::{Drive, RunOps as _};
 use edrgate_adapter::{
@@ -44,20 +44,7 @@ impl CybereasonAdapter {
                     format!("Cybereason knows no file {path:?} on the machine"),
                 ),
             ),
-            Command::RegistryDeleteKey { key } => (
-                actions::DELETE_REGISTRY_KEY,
-                element_query(
-                    machine,
-                    "registryEvents",
-                    "RegistryEvent",
-                    "elementDisplayName",
-                    &key.to_lowercase(),
-                ),
-                ErrorInfo::new(
-                    ErrorCode::NotFound,
-                    format!("Cybereason knows no registry key {key:?} on the machine"),
-                ),
-            ),
+
             other => {
                 return Err(CrError::Api(AdapterError::internal(format!(
                     "{} is not a remediation",

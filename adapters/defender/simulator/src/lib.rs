@@ -79,8 +79,11 @@
 //!   [`SimConfig::api_calls_per_minute`] calls per minute (429 + `Retry-After`).
 //! * **Faults** ([`Faults`]): every Nth request a 500 `InternalServerError` or a dropped
 //!   connection (before or after the simulator acted), added latency before and after
-//!   processing; [`Simulator::refuse_next_downloads`] makes blob downloads answer as if
-//!   expired.
+//!   processing. These are simkit's fault layer ([`edrgate_simkit::faults`]), in front of the
+//!   routes, which also has 5xx bursts, 429 `TooManyRequests` with `Retry-After` and answers
+//!   lost after a machine action was created (settable with [`Sim::faults`] or
+//!   `POST /_sim/faults`; the side-effecting requests are `POST /api/machines/{id}/{verb}`).
+//!   [`Simulator::refuse_next_downloads`] makes blob downloads answer as if expired.
 //!
 //! # What it executed: `GET /_sim/log`, `GET /_sim/counters`
 //! Serving comes from [`edrgate_simkit::Sim`] (re-exported as [`Sim`]), which adds the admin
@@ -106,18 +109,20 @@ mod routes;
 mod state;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::Router;
+use axum::http::Method;
+use axum::response::Response;
+use edrgate_simkit::{Injected, SimFaults};
 pub use edrgate_simkit::{SelfSigned, Sim, SimLog};
 use serde_json::Value;
 
 pub use endpoint::{NOTE_TXT, PUTFILE_WORKING_DIR};
 pub use state::machine_id;
 
-use edrgate_simkit::every;
 use state::Runtime;
 
 /// Default app registration the simulator accepts.
@@ -206,8 +211,9 @@ impl Default for SimConfig {
     }
 }
 
-/// Fault injection. Request counting is global and 1-based (the admin routes do not count); a
-/// request hit by both `drop_every` and `error_5xx_every` is dropped.
+/// Fault injection, applied by simkit's fault layer ([`edrgate_simkit::Faults`]; setting these
+/// replaces its settings). Request counting is global and 1-based (the admin routes do not
+/// count); a request hit by both `drop_every` and `error_5xx_every` is dropped.
 #[derive(Clone, Debug, Default)]
 pub struct Faults {
     /// Every Nth request answers 500 `InternalServerError` before any processing.
@@ -222,6 +228,19 @@ pub struct Faults {
     /// Latency added after a request was processed, before its response: the window in which
     /// a client cannot know whether its POST happened.
     pub slow_response: Option<Duration>,
+}
+
+impl Faults {
+    fn generic(&self) -> edrgate_simkit::Faults {
+        edrgate_simkit::Faults {
+            error_5xx_every: self.error_5xx_every,
+            drop_every: self.drop_every,
+            drop_after_processing: self.drop_after_processing,
+            slow: self.slow,
+            slow_response: self.slow_response,
+            ..edrgate_simkit::Faults::default()
+        }
+    }
 }
 
 /// Snapshot of what happened, for exactly-once assertions (also `GET /_sim/counters`).
@@ -265,7 +284,7 @@ pub struct Counters {
 
 struct Shared {
     rt: Mutex<Runtime>,
-    requests: AtomicU64,
+    faults: SimFaults,
     tls: SelfSigned,
     log: SimLog,
     serving_tls: AtomicBool,
@@ -313,6 +332,22 @@ impl Sim for Simulator {
         self.inner.tls.cert_pem()
     }
 
+    fn faults(&self) -> Option<&SimFaults> {
+        Some(&self.inner.faults)
+    }
+
+    /// Machine actions (live response, isolate, unisolate) change an endpoint.
+    fn is_side_effect(&self, method: &Method, path: &str) -> bool {
+        let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+        method == Method::POST
+            && matches!(segments.as_slice(), ["", api, machines, _, _]
+                if api.eq_ignore_ascii_case("api") && machines.eq_ignore_ascii_case("machines"))
+    }
+
+    fn fault_response(&self, injected: Injected) -> Response {
+        routes::fault_response(injected)
+    }
+
     fn cert_sha256(&self) -> std::io::Result<String> {
         self.inner.tls.cert_sha256()
     }
@@ -321,10 +356,12 @@ impl Sim for Simulator {
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
         let log = SimLog::new();
+        let faults = SimFaults::new();
+        faults.set(cfg.faults.generic());
         Simulator {
             inner: Arc::new(Shared {
                 rt: Mutex::new(Runtime::new(cfg, log.clone())),
-                requests: AtomicU64::new(0),
+                faults,
                 tls: SelfSigned::new(),
                 log,
                 serving_tls: AtomicBool::new(false),
@@ -340,10 +377,6 @@ impl Simulator {
         f(&mut rt, now)
     }
 
-    pub(crate) fn next_request_number(&self) -> u64 {
-        self.inner.requests.fetch_add(1, Ordering::Relaxed) + 1
-    }
-
     pub(crate) fn is_tls(&self) -> bool {
         self.inner.serving_tls.load(Ordering::Relaxed)
     }
@@ -355,11 +388,17 @@ impl Simulator {
 
     pub fn counters(&self) -> Counters {
         let mut c = self.with(|rt, _| rt.counters.clone());
-        c.requests = self.inner.requests.load(Ordering::Relaxed);
+        let stats = self.inner.faults.stats();
+        c.requests = stats.requests;
+        c.faults_5xx = stats.injected_5xx;
+        c.faults_dropped = stats.dropped + stats.answers_lost;
         c
     }
 
+    /// Replaces the fault settings (simkit's: bursts and 429s set through [`Sim::faults`] are
+    /// reset too).
     pub fn set_faults(&self, faults: Faults) {
+        self.inner.faults.set(faults.generic());
         self.with(|rt, _| rt.cfg.faults = faults);
     }
 

@@ -15,7 +15,8 @@ use serde_json::Value;
 
 use crate::api::{self, ActionType, ErrorBody, ErrorEnvelope, ISOLATION_TYPES};
 use crate::state::{self, Runtime};
-use crate::{Simulator, every};
+use crate::Simulator;
+use edrgate_simkit::Injected;
 
 type Resp = Response;
 
@@ -46,7 +47,7 @@ pub(crate) fn router(sim: Simulator) -> Router {
             error(StatusCode::NOT_FOUND, "ResourceNotFound", "Resource not found")
         })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn_with_state(sim.clone(), gate))
+        .layer(middleware::from_fn(gate))
         .with_state(sim)
 }
 
@@ -83,10 +84,7 @@ fn odata_error(message: String) -> Resp {
 
 /// 429 with `Retry-After` in seconds (§7 [D]).
 fn too_many(wait: Duration, message: &str) -> Resp {
-    let mut r = error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
-    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    r
+    sim_too_many(wait.as_secs_f64().ceil().max(1.0) as u64, message)
 }
 
 fn ok_json<T: Serialize>(status: StatusCode, v: &T) -> Resp {
@@ -101,22 +99,27 @@ fn bad_request(code: &str, message: &str) -> Resp {
     error(StatusCode::BAD_REQUEST, code, message)
 }
 
-/// Counting and fault injection on every vendor route.
-async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Resp {
-    let n = sim.next_request_number();
-    let faults = sim.config().faults;
-    if let Some(d) = faults.slow {
-        tokio::time::sleep(d).await;
+/// The service's answer to a fault simkit injects: 500 `InternalServerError`, or 429
+/// `TooManyRequests` with `Retry-After` (§7).
+pub(crate) fn fault_response(injected: Injected) -> Resp {
+    match injected {
+        Injected::Unavailable => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "injected fault")
+        }
+        Injected::TooManyRequests { retry_after_secs } => {
+            sim_too_many(retry_after_secs, "Rate limit is exceeded (injected fault)")
+        }
     }
-    let drop = every(faults.drop_every, n);
-    if drop && !faults.drop_after_processing {
-        sim.with(|rt, _| rt.counters.faults_dropped += 1);
-        return edrgate_simkit::dropped();
-    }
-    if !drop && every(faults.error_5xx_every, n) {
-        sim.with(|rt, _| rt.counters.faults_5xx += 1);
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServerError", "injected fault");
-    }
+}
+
+fn sim_too_many(secs: u64, message: &str) -> Resp {
+    let mut r = error(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message);
+    r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
+/// Every vendor route (faults are simkit's layer, in front): HTTP/2's `:authority` as `Host`.
+async fn gate(mut req: Request, next: Next) -> Resp {
     // HTTP/2 carries the host as `:authority`, not `Host`; links are built from `Host`.
     if !req.headers().contains_key(header::HOST)
         && let Some(authority) =
@@ -124,16 +127,7 @@ async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Res
     {
         req.headers_mut().insert(header::HOST, authority);
     }
-    let resp = next.run(req).await;
-    if let Some(d) = faults.slow_response {
-        tokio::time::sleep(d).await;
-    }
-    if drop {
-        // The service acted; the answer is lost on the way.
-        sim.with(|rt, _| rt.counters.faults_dropped += 1);
-        return edrgate_simkit::dropped();
-    }
-    resp
+    next.run(req).await
 }
 
 /// A valid, unexpired bearer the simulator issued (§1; 401 `Unauthorized` otherwise, §3.3).

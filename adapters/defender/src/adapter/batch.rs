@@ -271,6 +271,15 @@ impl DefenderAdapter {
         action: &MachineAction,
         end: usize,
     ) -> Result<Drive, AdapterError> {
+        // `commands` is nullable in the list answer (§4.2); the action itself always has them.
+        let fetched;
+        let action = match &action.commands {
+            Some(_) => action,
+            None => {
+                fetched = self.client.action(&action.id).await?;
+                &fetched
+            }
+        };
         let results = action.commands.clone().unwrap_or_default();
         let slots = self.slots_of(ctx, cp.cursor.index, end).await?;
         let action_status = mapping::action_status(&action.status);

@@ -53,7 +53,7 @@ impl DefenderAdapter {
             }
             _ => {
                 let blob = self.script_blob(action_id, lr).await?;
-                let script = match serde_json::from_slice::<wire::ScriptResult>(&blob) {
+                let script = match wire::ScriptResult::parse(&blob) {
                     Ok(s) => s,
                     Err(e) => {
                         return Ok(Err(ErrorInfo::new(

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::api::actions;
+
 /// Content of `C:\evidence\note.txt` on every machine.
 pub const NOTE_TXT: &[u8] = b"Cybereason simulator evidence file.\r\nCollected by edrgate.\r\n";
 
@@ -44,6 +46,15 @@ pub(crate) fn hash64(seed: &str) -> i64 {
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     i64::from_ne_bytes(h.to_ne_bytes())
+}
+
+/// The statusLog error of a remediation the console cannot carry out on its target: type and
+/// message as recorded (`POST_rest_remediate__failure-INVALID_ARGUMENT.json`, §6.3).
+pub(crate) fn invalid_argument() -> (String, String) {
+    (
+        "INVALID_ARGUMENT".to_owned(),
+        "Failed to get ProbeRemediationRequest for action: com.cybereason.commads.remediation.RemediationAction@4ab4a9e2. Ignoring remediation action.".to_owned(),
+    )
 }
 
 impl Endpoint {
@@ -110,18 +121,13 @@ impl Endpoint {
 
     /// Runs one remediation action; `Err` is the statusLog error (type, message).
     pub(crate) fn remediate(&mut self, action: &str, target: &str) -> Result<(), (String, String)> {
-        let invalid = || {
-            (
-                "INVALID_ARGUMENT".to_owned(),
-                "Failed to get ProbeRemediationRequest for action: com.cybereason.commads.remediation.RemediationAction. Ignoring remediation action.".to_owned(),
-            )
-        };
+        let invalid = invalid_argument;
         match action {
-            "KILL_PROCESS" => {
+            actions::KILL_PROCESS => {
                 let i = self.processes.iter().position(|p| p.guid == target).ok_or_else(invalid)?;
                 self.processes.remove(i);
             }
-            "QUARANTINE_FILE" => {
+            actions::QUARANTINE_FILE => {
                 let key = self
                     .files
                     .iter()
@@ -132,7 +138,7 @@ impl Endpoint {
                     self.quarantine.push(f);
                 }
             }
-            "DELETE_REGISTRY_KEY" => {
+            actions::DELETE_REGISTRY_KEY => {
                 let key = self
                     .registry
                     .iter()

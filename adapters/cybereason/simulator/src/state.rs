@@ -4,11 +4,13 @@
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use edrgate_simkit::SimLog;
 use rand::Rng as _;
 use serde_json::{Value, json};
 
-use super::endpoint::{Endpoint, hash64};
-use super::{Counters, SimConfig, StatsCasing};
+use crate::api::{self, actions, batch_state, remediation_status};
+use crate::endpoint::{Endpoint, hash64};
+use crate::{Counters, SimConfig, StatsCasing};
 
 pub(crate) struct Session {
     pub(crate) user: String,
@@ -20,6 +22,8 @@ pub(crate) struct Session {
 
 pub(crate) struct Machine {
     pub(crate) hostname: String,
+    /// Epoch ms of the last disconnection (the sensor's `disconnectionTime`), 0 when never.
+    pub(crate) disconnected_at: i64,
     pub(crate) pylum_id: String,
     pub(crate) sensor_id: String,
     pub(crate) online: bool,
@@ -43,6 +47,10 @@ pub(crate) struct RemediationItem {
     pub(crate) status: Option<&'static str>,
     pub(crate) error: Option<(String, String)>,
     pub(crate) timestamp: i64,
+    /// A `targetId` the console cannot act on without a malop (§6.3: "`targetId` without malop
+    /// is supported only for processes (KILL_PROCESS) and files (QUARANTINE_FILE/
+    /// UNQUARANTINE_FILE)"): it ends `FAILURE`, the endpoint untouched.
+    pub(crate) needs_malop: bool,
 }
 
 pub(crate) struct Remediation {
@@ -64,12 +72,16 @@ pub(crate) struct IrSensor {
 pub(crate) struct Batch {
     pub(crate) id: i64,
     pub(crate) action_type: &'static str,
+    /// The IR tool package the batch runs.
+    pub(crate) package: String,
     pub(crate) arguments: Value,
     pub(crate) user: String,
     pub(crate) start_ms: i64,
     pub(crate) created: Instant,
     pub(crate) sensors: Vec<IrSensor>,
     pub(crate) aborted_by: Option<String>,
+    /// Epoch ms of the abort, 0 when none (§6.5: `abortTime` ms|0).
+    pub(crate) abort_ms: i64,
 }
 
 pub(crate) struct FetchBatch {
@@ -92,6 +104,17 @@ pub(crate) struct Runtime {
     pub(crate) expire_before: Option<String>,
     /// A one-shot fault: the next request to this path runs, but its response is lost.
     pub(crate) drop_response_of: Option<String>,
+    /// What the simulated sensors and console executed.
+    pub(crate) log: SimLog,
+}
+
+/// A per-sensor batch state no later tick changes.
+pub(crate) fn is_final(state: &str) -> bool {
+    matches!(state, batch_state::SUCCEEDED | batch_state::FAILED | batch_state::ABORTED)
+}
+
+pub(crate) fn to_json(v: &impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
 pub(crate) fn epoch_ms() -> i64 {
@@ -101,7 +124,7 @@ pub(crate) fn epoch_ms() -> i64 {
 }
 
 impl Runtime {
-    pub(crate) fn new(cfg: SimConfig) -> Self {
+    pub(crate) fn new(cfg: SimConfig, log: SimLog) -> Self {
         let server = "5e77883de4b0575ddcf824ef";
         let machines = (1..=cfg.machines)
             .map(|i| {
@@ -113,6 +136,7 @@ impl Runtime {
                     sensor_id: format!("{server}:{pylum_id}"),
                     endpoint: Endpoint::new(&hostname, prefix),
                     hostname,
+                    disconnected_at: 0,
                     pylum_id,
                     online: true,
                     archived: false,
@@ -133,6 +157,7 @@ impl Runtime {
             counters: Counters::default(),
             expire_before: None,
             drop_response_of: None,
+            log,
         }
     }
 
@@ -169,52 +194,80 @@ impl Runtime {
         self.machines.iter().position(|m| m.hostname.eq_ignore_ascii_case(name))
     }
 
-    /// Advances remediations and batches to `now`.
+    /// Advances remediations and batches to `now`, recording what the sensors executed.
     pub(crate) fn tick(&mut self, now: Instant) {
         let delay = self.cfg.remediation_delay;
         for r in &mut self.remediations {
             let age = now.duration_since(r.created);
             for item in &mut r.items {
-                if matches!(item.status, Some("SUCCESS" | "FAILURE")) {
+                if matches!(
+                    item.status,
+                    Some(remediation_status::SUCCESS | remediation_status::FAILURE)
+                ) {
                     continue;
                 }
                 let machine = &mut self.machines[item.machine];
                 if age < delay / 2 {
                     continue;
                 }
+                if item.needs_malop {
+                    item.status = Some(remediation_status::FAILURE);
+                    item.error = Some(crate::endpoint::invalid_argument());
+                    item.timestamp = epoch_ms();
+                    continue;
+                }
                 if !machine.online {
-                    // Kill is not queued for an offline machine; everything else waits (§6.3).
-                    if item.action == "KILL_PROCESS" {
-                        item.status = Some("FAILURE");
+                    // Kill is not queued for an offline machine; everything else waits (§6.3,
+                    // XSOAR's message for it).
+                    if item.action == actions::KILL_PROCESS {
+                        item.status = Some(remediation_status::FAILURE);
                         item.error = Some((
                             "MACHINE_NOT_CONNECTED".into(),
                             "Machine must be connected to Cybereason in order to perform this action.".into(),
                         ));
                     } else {
-                        item.status = Some("PENDING");
+                        item.status = Some(remediation_status::PENDING);
                     }
                     item.timestamp = epoch_ms();
                     continue;
                 }
                 if age < delay {
-                    item.status = Some("IN_PROGRESS");
+                    item.status = Some(remediation_status::IN_PROGRESS);
                     item.timestamp = epoch_ms();
                     continue;
                 }
-                match machine.endpoint.remediate(&item.action, &item.target) {
+                let outcome = machine.endpoint.remediate(&item.action, &item.target);
+                let (status, error) = match outcome {
                     Ok(()) => {
-                        item.status = Some("SUCCESS");
                         self.counters.remediations_executed += 1;
+                        (remediation_status::SUCCESS, None)
                     }
-                    Err(error) => {
-                        item.status = Some("FAILURE");
-                        item.error = Some(error);
-                    }
-                }
+                    Err(error) => (remediation_status::FAILURE, Some(error)),
+                };
+                self.log.record(
+                    &item.action,
+                    &machine.pylum_id,
+                    json!({
+                        "remediationId": r.id,
+                        "malopId": r.malop,
+                        "machine": machine.hostname,
+                        "machineId": machine.guid(),
+                        "targetId": item.target,
+                        "status": status,
+                        "errorType": error.as_ref().map(|e| e.0.clone()),
+                    }),
+                );
+                item.status = Some(status);
+                item.error = error;
                 item.timestamp = epoch_ms();
             }
             if r.end_ms.is_none()
-                && r.items.iter().all(|i| matches!(i.status, Some("SUCCESS" | "FAILURE")))
+                && r.items.iter().all(|i| {
+                    matches!(
+                        i.status,
+                        Some(remediation_status::SUCCESS | remediation_status::FAILURE)
+                    )
+                })
             {
                 r.end_ms = Some(epoch_ms());
             }
@@ -223,7 +276,7 @@ impl Runtime {
         for b in &mut self.batches {
             let age = now.duration_since(b.created);
             for s in &mut b.sensors {
-                if matches!(s.status, "Succeeded" | "Failed" | "Aborted") {
+                if is_final(s.status) {
                     continue;
                 }
                 let machine = &self.machines[s.machine];
@@ -231,9 +284,9 @@ impl Runtime {
                     continue;
                 }
                 s.status = if age < step {
-                    "Pending"
+                    batch_state::PENDING
                 } else if age < step * 2 {
-                    "InProgress"
+                    batch_state::IN_PROGRESS
                 } else if self
                     .cfg
                     .ir_fail_hosts
@@ -241,44 +294,56 @@ impl Runtime {
                     .any(|h| h.eq_ignore_ascii_case(&machine.hostname))
                 {
                     s.error = Some("The tool exited with code 1".into());
-                    "Failed"
+                    batch_state::FAILED
                 } else {
-                    "Succeeded"
+                    batch_state::SUCCEEDED
                 };
+                if is_final(s.status) {
+                    // The tool ran on the sensor (whatever its exit code).
+                    self.log.record(
+                        b.action_type,
+                        &machine.pylum_id,
+                        json!({
+                            "batchId": b.id,
+                            "machine": machine.hostname,
+                            "sensorId": machine.sensor_id,
+                            "package": b.package,
+                            "arguments": b.arguments["arguments"],
+                            "status": s.status,
+                            "error": s.error,
+                        }),
+                    );
+                }
             }
         }
     }
 
     pub(crate) fn remediation_json(&self, r: &Remediation) -> Value {
-        let log: Vec<Value> = r
+        let status_log = r
             .items
             .iter()
             .filter_map(|i| {
-                let status = i.status?;
-                let mut entry = json!({
-                    "machineId": self.machines[i.machine].guid(),
-                    "targetId": i.target,
-                    "status": status,
-                    "actionType": i.action,
-                    "timestamp": i.timestamp,
-                });
-                if let Some((kind, message)) = &i.error {
-                    entry["error"] = json!({"message": message, "errorType": kind});
-                }
-                Some(entry)
+                Some(api::StatusLogEntry {
+                    machine_id: self.machines[i.machine].guid(),
+                    target_id: i.target.clone(),
+                    status: i.status?,
+                    action_type: i.action.clone(),
+                    error: i.error.as_ref().map(|(kind, message)| api::RemediationError {
+                        message: message.clone(),
+                        error_type: kind.clone(),
+                    }),
+                    timestamp: i.timestamp,
+                })
             })
             .collect();
-        let mut v = json!({
-            "malopId": r.malop,
-            "remediationId": r.id,
-            "start": r.start_ms,
-            "initiatingUser": r.user,
-            "statusLog": log,
-        });
-        if let Some(end) = r.end_ms {
-            v["end"] = end.into();
-        }
-        v
+        to_json(&api::Remediation {
+            malop_id: r.malop.clone(),
+            remediation_id: r.id.clone(),
+            start: r.start_ms,
+            end: r.end_ms,
+            initiating_user: r.user.clone(),
+            status_log,
+        })
     }
 
     fn key(&self, word: &str) -> String {
@@ -296,28 +361,24 @@ impl Runtime {
     /// A batch object (§6.5) with its per-state counters in the configured key casing.
     pub(crate) fn batch_json(&self, b: &Batch) -> Value {
         let mut stats = serde_json::Map::new();
-        for word in
-            ["Pending", "InProgress", "Succeeded", "Failed", "Aborted", "Disconnected", "Timeout"]
-        {
+        for word in batch_state::ALL {
             let n = b.sensors.iter().filter(|s| s.status == word).count();
             stats.insert(self.key(word), n.into());
         }
-        let final_state =
-            b.sensors.iter().all(|s| matches!(s.status, "Succeeded" | "Failed" | "Aborted"));
-        json!({
-            "batchId": b.id,
-            "actionType": b.action_type,
-            "actionArguments": b.arguments,
-            "globalStats": {"stats": stats},
-            "finalState": final_state,
-            "totalNumberOfProbes": b.sensors.len(),
-            "initiatorUser": b.user,
-            "creatorUser": b.user,
-            "startTime": b.start_ms,
-            "aborterUser": b.aborted_by,
-            "abortTime": 0,
-            "abortTimeout": false,
-            "abortHttpStatusCode": null,
+        to_json(&api::Batch {
+            batch_id: b.id,
+            action_type: b.action_type,
+            action_arguments: b.arguments.clone(),
+            global_stats: api::GlobalStats { stats },
+            final_state: b.sensors.iter().all(|s| is_final(s.status)),
+            total_number_of_probes: b.sensors.len(),
+            initiator_user: b.user.clone(),
+            creator_user: b.user.clone(),
+            start_time: b.start_ms,
+            aborter_user: b.aborted_by.clone(),
+            abort_time: b.abort_ms,
+            abort_timeout: false,
+            abort_http_status_code: None,
         })
     }
 

@@ -10,16 +10,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Json};
-use serde::Deserialize;
 use serde_json::{Value, json};
 use std::io::Write as _;
 
-use super::Simulator;
-use super::state::{Batch, FetchBatch, IrSensor, Remediation, RemediationItem, Runtime, epoch_ms};
-use crate::wire;
-
-/// Largest IR package accepted (§6.6.3).
-const MAX_PACKAGE: usize = 100 * 1024 * 1024;
+use crate::Simulator;
+use crate::api::{self, SESSION_COOKIE, batch_state, upload::MAX_PACKAGE};
+use crate::state::{
+    Batch, FetchBatch, IrSensor, Remediation, RemediationItem, Runtime, epoch_ms, to_json,
+};
 
 const LOGIN_PAGE: &str = "<!doctype html>\n<html lang=\"en\">\n<head>\n    <meta charset=\"utf-8\">\n    <title>Cybereason | Login</title>\n    <base href=\"/\">\n</head>\n<body class=\"cbr-theme-dark\">\n    <app-login></app-login>\n</body>\n</html>\n";
 const TFA_PAGE: &str = "<!doctype html>\n<html lang=\"en\">\n<head><title>Cybereason</title></head>\n<body>\n<h2>Two factor authentication</h2>\n<form method=\"post\" action=\"/\"><input name=\"totpCode\"><input type=\"submit\" name=\"submit\" value=\"Login\"></form>\n</body>\n</html>\n";
@@ -64,16 +62,16 @@ pub(crate) fn router(sim: Simulator) -> Router {
 
 // ---- login (§3) ----
 
-#[derive(Deserialize)]
-struct LoginForm {
-    username: String,
-    password: String,
-}
-
-#[derive(Deserialize)]
-struct TotpForm {
-    #[serde(rename = "totpCode")]
-    totp_code: String,
+/// Whether `code` is the current TOTP code of base32 `secret` (§3.2: 6 digits; RFC 6238
+/// defaults, SHA-1 and 30 s steps, as authenticator apps and the PyPI client C1 use them).
+fn totp_matches(secret: &str, code: &str) -> bool {
+    let cleaned: String =
+        secret.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+    let Ok(secret) = totp_rs::Secret::try_from_base32(cleaned) else { return false };
+    totp_rs::Builder::new()
+        .with_secret(secret)
+        .build()
+        .is_ok_and(|t| t.check_current(code.trim()).is_some())
 }
 
 fn cookie_of(headers: &HeaderMap) -> Option<String> {
@@ -84,14 +82,14 @@ fn cookie_of(headers: &HeaderMap) -> Option<String> {
         .flat_map(|v| v.split(';'))
         .find_map(|pair| {
             let (name, value) = pair.trim().split_once('=')?;
-            (name == wire::SESSION_COOKIE).then(|| value.to_owned())
+            (name == SESSION_COOKIE).then(|| value.to_owned())
         })
 }
 
 fn redirect(to: &str, cookie: Option<&str>) -> Response {
     let mut resp = (StatusCode::FOUND, [(LOCATION, to.to_owned())]).into_response();
     if let Some(c) = cookie
-        && let Ok(v) = format!("{}={c}; Path=/; HttpOnly", wire::SESSION_COOKIE).parse()
+        && let Ok(v) = format!("{SESSION_COOKIE}={c}; Path=/; HttpOnly").parse()
     {
         resp.headers_mut().insert(SET_COOKIE, v);
     }
@@ -106,7 +104,7 @@ async fn login_page() -> Response {
     html(LOGIN_PAGE)
 }
 
-async fn login(State(sim): State<Simulator>, Form(form): Form<LoginForm>) -> Response {
+async fn login(State(sim): State<Simulator>, Form(form): Form<api::LoginForm>) -> Response {
     sim.with(|rt, now| {
         let user = rt
             .cfg
@@ -153,7 +151,7 @@ async fn root(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
 async fn totp_step(
     State(sim): State<Simulator>,
     headers: HeaderMap,
-    Form(form): Form<TotpForm>,
+    Form(form): Form<api::TotpForm>,
 ) -> Response {
     let cookie = cookie_of(&headers);
     sim.with(|rt, _| {
@@ -166,9 +164,7 @@ async fn totp_step(
             .iter()
             .find(|u| u.username == session.user)
             .and_then(|u| u.totp_secret.clone());
-        let ok = secret
-            .and_then(|s| crate::client::totp(&s).ok())
-            .is_some_and(|t| t.check_current(form.totp_code.trim()).is_some());
+        let ok = secret.is_some_and(|s| totp_matches(&s, &form.totp_code));
         if !ok {
             rt.counters.login_failures += 1;
             return redirect("/login.html?error=true", None);
@@ -310,12 +306,15 @@ macro_rules! guard {
 // ---- misc (§6.7) ----
 
 async fn version(State(sim): State<Simulator>) -> Response {
-    sim.with(|rt, _| json_response(json!({"data": {"version": rt.cfg.version}})))
+    sim.with(|rt, _| {
+        let version = api::VersionData { version: rt.cfg.version.clone() };
+        Json(api::VersionAll { data: version }).into_response()
+    })
 }
 
 // ---- sensors (§6.1) ----
 
-fn sensor_json(rt: &Runtime, i: usize) -> Value {
+fn sensor(rt: &Runtime, i: usize) -> api::Sensor {
     let m = &rt.machines[i];
     let status = if m.archived {
         "Archived"
@@ -324,33 +323,38 @@ fn sensor_json(rt: &Runtime, i: usize) -> Value {
     } else {
         "Offline"
     };
-    json!({
-        "sensorId": m.sensor_id,
-        "pylumId": m.pylum_id,
-        "guid": m.guid(),
-        "fqdn": m.hostname.to_lowercase(),
-        "machineName": m.hostname,
-        "internalIpAddress": format!("10.1.0.{}", i + 10),
-        "externalIpAddress": "203.0.113.7",
-        "status": status,
-        "isolated": m.isolated,
-        "disconnected": !m.online,
-        "osType": m.os_type,
-        "osVersionType": "Windows_10",
-        "version": "21.2.300.0",
-        "serverId": m.sensor_id.split(':').next().unwrap_or_default(),
-        "serverName": "sim-1-t",
-        "groupId": "72a61eac-6f79-4670-8607-a1334ddd2ff0",
-        "groupName": "Simulated",
-        "policyName": "Default",
-        "actionsInProgress": 0,
-        "pendingActions": [],
-        "remoteShellStatus": "AC_ENABLED",
-        "lastPylumUpdateTimestampMs": epoch_ms(),
-    })
+    api::Sensor {
+        sensor_id: m.sensor_id.clone(),
+        pylum_id: m.pylum_id.clone(),
+        guid: m.guid(),
+        fqdn: m.hostname.to_lowercase(),
+        machine_name: m.hostname.clone(),
+        internal_ip_address: format!("10.1.0.{}", i + 10),
+        external_ip_address: "203.0.113.7".into(),
+        status,
+        isolated: m.isolated,
+        disconnected: !m.online,
+        os_type: m.os_type,
+        os_version_type: "Windows_10",
+        version: "21.2.300.0",
+        server_id: m.sensor_id.split(':').next().unwrap_or_default().to_owned(),
+        server_name: "sim-1-t",
+        group_id: "72a61eac-6f79-4670-8607-a1334ddd2ff0",
+        group_name: "Simulated",
+        policy_id: "0ec660dc-5354-4af1-964e-f32fd0bf8a1e",
+        policy_name: "Default",
+        actions_in_progress: 0,
+        pending_actions: Vec::new(),
+        remote_shell_status: "AC_ENABLED",
+        am_status: "AM_DETECT_DISINFECT",
+        collection_status: "ADVANCED",
+        last_pylum_update_timestamp_ms: epoch_ms(),
+        disconnection_time: m.disconnected_at,
+        archived_or_unarchive_comment: String::new(),
+    }
 }
 
-fn matches_filter(sensor: &Value, f: &wire::Filter) -> bool {
+fn matches_filter(sensor: &Value, f: &api::Filter) -> bool {
     let field = sensor.get(&f.field_name).map(|v| match v {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -379,25 +383,38 @@ async fn sensors_query(
     sim.with(|rt, _| {
         guard!(require(rt, &user, &["system_admin"], false));
         // `{}` lists everything (XSOAR, §6.1).
-        let q: wire::SensorsQuery = match serde_json::from_value(q) {
+        let q: api::SensorsQuery = match serde_json::from_value(q) {
             Ok(q) => q,
             Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
         };
-        let all: Vec<Value> = (0..rt.machines.len())
-            .map(|i| sensor_json(rt, i))
-            .filter(|s| q.filters.iter().all(|f| matches_filter(s, f)))
+        // Filters match on the sensor's JSON, as the console filters on its field names.
+        let all: Vec<(api::Sensor, Value)> = (0..rt.machines.len())
+            .map(|i| sensor(rt, i))
+            .map(|s| {
+                let v = to_json(&s);
+                (s, v)
+            })
+            .filter(|(_, v)| q.filters.iter().all(|f| matches_filter(v, f)))
             .collect();
         let limit = usize::try_from(q.limit.unwrap_or(100).max(1)).unwrap_or(100);
         let offset = usize::try_from(q.offset.unwrap_or(0)).unwrap_or(0);
         let start = if rt.cfg.offset_is_page { offset.saturating_mul(limit) } else { offset };
-        let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
-        let online = all.iter().filter(|s| s["status"] == "Online").count();
-        json_response(json!({
-            "totalResults": all.len(),
-            "sensorsStatus": {"@class": ".SensorsStatusOverview", "onlineCount": online, "offlineCount": all.len() - online},
-            "sensors": page,
-            "hasMoreResults": start + limit < all.len(),
-        }))
+        let count = |status: &str| all.iter().filter(|(s, _)| s.status == status).count();
+        let sensors_status = api::SensorsStatus {
+            class: ".SensorsStatusOverview",
+            online_count: count("Online"),
+            offline_count: count("Offline"),
+            stale_count: count("Stale"),
+            archived_count: count("Archived"),
+            ..api::SensorsStatus::default()
+        };
+        let page = api::SensorsPage {
+            total_results: all.len(),
+            sensors_status,
+            has_more_results: start + limit < all.len(),
+            sensors: all.into_iter().skip(start).take(limit).map(|(s, _)| s).collect(),
+        };
+        Json(page).into_response()
     })
 }
 
@@ -406,7 +423,7 @@ async fn sensors_query(
 async fn isolate(
     state: State<Simulator>,
     user: Extension<User>,
-    body: Json<wire::IsolateRequest>,
+    body: Json<api::IsolateRequest>,
 ) -> Response {
     set_isolation(state, user, body, true)
 }
@@ -414,7 +431,7 @@ async fn isolate(
 async fn unisolate(
     state: State<Simulator>,
     user: Extension<User>,
-    body: Json<wire::IsolateRequest>,
+    body: Json<api::IsolateRequest>,
 ) -> Response {
     set_isolation(state, user, body, false)
 }
@@ -422,7 +439,7 @@ async fn unisolate(
 fn set_isolation(
     State(sim): State<Simulator>,
     Extension(user): Extension<User>,
-    Json(body): Json<wire::IsolateRequest>,
+    Json(body): Json<api::IsolateRequest>,
     on: bool,
 ) -> Response {
     sim.with(|rt, _| {
@@ -431,15 +448,19 @@ fn set_isolation(
         for id in &body.pylum_ids {
             let word = match rt.machine_by_pylum(id) {
                 Some(i) => {
-                    rt.machines[i].isolated = on;
+                    let m = &mut rt.machines[i];
+                    let was = m.isolated;
+                    m.isolated = on;
                     if on {
                         rt.counters.isolations += 1;
                     } else {
                         rt.counters.unisolations += 1;
                     }
-                    "Succeeded"
+                    let detail = json!({"machine": m.hostname, "wasIsolated": was});
+                    rt.log.record(if on { "isolate" } else { "unisolate" }, &m.pylum_id, detail);
+                    api::isolation::SUCCEEDED
                 }
-                None => "UnknownProbe",
+                None => api::isolation::UNKNOWN_PROBE,
             };
             result.insert(id.clone(), word.into());
         }
@@ -452,7 +473,7 @@ fn set_isolation(
 async fn remediate(
     State(sim): State<Simulator>,
     Extension(user): Extension<User>,
-    Json(body): Json<wire::RemediateRequest>,
+    Json(body): Json<api::RemediateRequest>,
 ) -> Response {
     sim.with(|rt, now| {
         guard!(require(rt, &user, &["analyst_l3"], false));
@@ -463,6 +484,9 @@ async fn remediate(
                     .into_response();
             };
             for a in actions {
+                let needs_malop = body.malop_id.is_none()
+                    && a.target_id.is_some()
+                    && !api::actions::TARGET_WITHOUT_MALOP.contains(&a.action_type.as_str());
                 items.push(RemediationItem {
                     machine,
                     target: a.target_id.clone().unwrap_or_default(),
@@ -470,13 +494,14 @@ async fn remediate(
                     status: None,
                     error: None,
                     timestamp: epoch_ms(),
+                    needs_malop,
                 });
             }
         }
         rt.counters.remediations_received += 1;
         let r = Remediation {
             id: uuid::Uuid::new_v4().to_string(),
-            malop: body.malop_id.clone().unwrap_or_else(|| "NOMALOP".into()),
+            malop: body.malop_id.clone().unwrap_or_else(|| api::NOMALOP.into()),
             user: user.0.clone(),
             start_ms: epoch_ms(),
             end_ms: None,
@@ -536,17 +561,17 @@ fn simple(value: &str) -> Value {
 async fn visual_query(
     State(sim): State<Simulator>,
     Extension(user): Extension<User>,
-    Json(q): Json<wire::VisualQuery>,
+    Json(q): Json<api::VisualQuery>,
 ) -> Response {
     sim.with(|rt, _| {
         guard!(require(rt, &user, &["analyst_l3", "responder_l1", "responder_l2"], false));
-        let facet = |hop: &wire::QueryHop, name: &str| -> Option<Vec<String>> {
+        let facet = |hop: &api::QueryHop, name: &str| -> Option<Vec<String>> {
             hop.filters.iter().find(|f| f.facet_name == name).map(|f| {
                 f.values.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect()
             })
         };
         let mut results = serde_json::Map::new();
-        let (machines, hop): (Vec<usize>, &wire::QueryHop) = match q.query_path.as_slice() {
+        let (machines, hop): (Vec<usize>, &api::QueryHop) = match q.query_path.as_slice() {
             [m, hop] if m.requested_type == "Machine" => {
                 let names = facet(m, "elementDisplayName").unwrap_or_default();
                 let machines = (0..rt.machines.len())
@@ -653,7 +678,7 @@ impl Found {
 async fn fetch_direct(
     State(sim): State<Simulator>,
     Extension(user): Extension<User>,
-    Json(body): Json<wire::FetchDirect>,
+    Json(body): Json<api::FetchDirect>,
 ) -> Response {
     let found = sim.with(|rt, _| {
         if let Err(denied) = require(rt, &user, &["responder_l1", "responder_l2"], false) {
@@ -674,6 +699,7 @@ async fn fetch_direct(
         let name = file.path.rsplit('\\').next().unwrap_or("file").to_owned();
         let content = file.content.clone();
         rt.counters.direct_fetches += 1;
+        rt.log.record("fetch-direct", &m.pylum_id, json!({"path": body.path}));
         Found::File { name, content, password: rt.cfg.fetch_zip_password.clone() }
     });
     found.respond().await
@@ -682,7 +708,7 @@ async fn fetch_direct(
 async fn fetch_start(
     State(sim): State<Simulator>,
     Extension(user): Extension<User>,
-    Json(body): Json<wire::FetchStart>,
+    Json(body): Json<api::FetchStart>,
 ) -> Response {
     sim.with(|rt, now| {
         guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
@@ -700,12 +726,24 @@ async fn fetch_start(
                 None => failures += 1,
             }
         }
-        let status = if failures == 0 { "SUCCESS" } else if failures < body.element_guids.len() { "PARTIAL_SUCCESS" } else { "FAILURE" };
-        json_response(json!({
-            "data": (failures == 0).to_string(), "status": status, "hidePartialSuccess": false, "message": "",
-            "expectedResults": body.element_guids.len(), "failures": failures,
-            "failedServersInfo": {"onlineFailedServers": [], "offlineServers": [], "onlineFailedServersPercentage": 0.0, "totalFailedServersPercentage": 0.0},
-        }))
+        let status = if failures == 0 {
+            "SUCCESS"
+        } else if failures < body.element_guids.len() {
+            "PARTIAL_SUCCESS"
+        } else {
+            "FAILURE"
+        };
+        Json(api::StatusEnvelope {
+            // A string in the recording (`"true"`), a Boolean in the docs (§6.4).
+            data: (failures == 0).to_string().into(),
+            status,
+            hide_partial_success: false,
+            message: String::new(),
+            expected_results: body.element_guids.len(),
+            failures,
+            failed_servers_info: api::FailedServersInfo::default(),
+        })
+        .into_response()
     })
 }
 
@@ -715,12 +753,14 @@ async fn fetch_progress(
 ) -> Response {
     sim.with(|rt, now| {
         guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
-        let data: Vec<Value> = rt
+        let data: Vec<api::FetchProgress> = rt
             .fetches
             .iter()
-            .map(|f| {
-                let name = f.file_path.rsplit('\\').next().unwrap_or_default();
-                json!({"fileName": name, "succeeded": rt.fetch_ready(f, now), "batchId": f.id, "machineName": rt.machines[f.machine].hostname})
+            .map(|f| api::FetchProgress {
+                file_name: f.file_path.rsplit('\\').next().unwrap_or_default().to_owned(),
+                succeeded: rt.fetch_ready(f, now),
+                batch_id: f.id,
+                machine_name: rt.machines[f.machine].hostname.clone(),
             })
             .collect();
         json_response(json!({"data": data}))
@@ -752,6 +792,8 @@ async fn fetch_files(
             return error();
         };
         let name = file.path.rsplit('\\').next().unwrap_or("file").to_owned();
+        let m = &rt.machines[f.machine];
+        rt.log.record("fetchfile", &m.pylum_id, json!({"path": f.file_path, "batchId": f.id}));
         Found::File {
             name,
             content: file.content.clone(),
@@ -783,12 +825,16 @@ async fn packages(State(sim): State<Simulator>, Extension(user): Extension<User>
     sim.with(|rt, _| {
         guard!(since(rt, "21.1.81"));
         guard!(require(rt, &user, &["responder_l2"], true));
-        let list: Vec<Value> = rt
+        let list: Vec<api::Package> = rt
             .packages
             .iter()
-            .map(|(n, (size, at))| json!({"packageName": n, "size": size, "uploadTime": at}))
+            .map(|(n, (size, at))| api::Package {
+                package_name: n.clone(),
+                size: *size,
+                upload_time: *at,
+            })
             .collect();
-        json_response(Value::Array(list))
+        Json(list).into_response()
     })
 }
 
@@ -805,8 +851,8 @@ async fn upload(
     loop {
         match form.next_field().await {
             Ok(Some(mut field)) => match field.name() {
-                Some("packageName" | "pacakgeName") => name = field.text().await.ok(),
-                Some("packageInfo") => {
+                Some(n) if api::upload::NAME_FIELDS.contains(&n) => name = field.text().await.ok(),
+                Some(api::upload::FILE_PART) => {
                     file_name = field.file_name().map(str::to_owned);
                     // Counted while streaming, never held whole.
                     loop {
@@ -836,14 +882,17 @@ async fn upload(
         return (StatusCode::BAD_REQUEST, "Missing package name").into_response();
     };
     sim.with(|rt, _| {
-        rt.packages.insert(name.clone(), (size as u64, epoch_ms()));
+        // "upload a new package or upgrade an existing one" (§6.6.3).
+        let replaced = rt.packages.insert(name.clone(), (size as u64, epoch_ms())).is_some();
         rt.counters.packages_uploaded += 1;
+        rt.log.record("upload", &name, json!({"size": size, "replaced": replaced}));
         json_response(json!({"packageName": name, "size": size, "status": "SUCCESS"}))
     })
 }
 
-/// The IR run (shape unpublished, §6.6.2): the batch framework's body — `sensorsIds` (or
-/// `sensorIds`, both spellings seen, §5) and the package name in `argument` (or `toolName`).
+/// The IR run (shape unpublished, §6.6.2): the batch framework's body (§6.5) as XSOAR sends its
+/// other batch verbs — `sensorsIds` (or `sensorIds`, both spellings seen, §5) and the package
+/// name in `argument` (or the forensic run's `toolName`, §6.6.4).
 async fn ir_run(
     State(sim): State<Simulator>,
     Extension(user): Extension<User>,
@@ -852,20 +901,17 @@ async fn ir_run(
     sim.with(|rt, now| {
         guard!(since(rt, "21.1.81"));
         guard!(require(rt, &user, &["responder_l2"], true));
-        let ids: Vec<String> = ["sensorsIds", "sensorIds"]
-            .iter()
-            .find_map(|k| body.get(*k).and_then(Value::as_array))
-            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-            .unwrap_or_default();
-        let tool = ["argument", "toolName"].iter().find_map(|k| body.get(*k).and_then(Value::as_str)).unwrap_or_default().to_owned();
-        if !rt.packages.contains_key(&tool) {
-            return (StatusCode::BAD_REQUEST, format!("Unknown IR tool package {tool:?}")).into_response();
+        let run = api::IrRun::from_json(&body);
+        if !rt.packages.contains_key(&run.package) {
+            return (StatusCode::BAD_REQUEST, format!("Unknown IR tool package {:?}", run.package))
+                .into_response();
         }
-        let sensors: Vec<IrSensor> = ids
+        let sensors: Vec<IrSensor> = run
+            .sensor_ids
             .iter()
             .filter_map(|id| rt.machine_by_sensor(id))
             .filter(|i| !rt.machines[*i].archived)
-            .map(|machine| IrSensor { machine, status: "Pending", error: None })
+            .map(|machine| IrSensor { machine, status: batch_state::PENDING, error: None })
             .collect();
         if sensors.is_empty() {
             // None of the selected sensors can take the action (§6.5).
@@ -873,13 +919,15 @@ async fn ir_run(
         }
         let batch = Batch {
             id: rt.batch_id(),
-            action_type: "IRToolsRunIRTool",
-            arguments: json!({"@class": "com.cybereason.configuration.models.irtools.RunIRToolParameters", "packageName": tool, "arguments": body.get("arguments").cloned().unwrap_or(Value::Null)}),
+            action_type: api::actions::IR_RUN,
+            arguments: api::ir_run_arguments(&run.package, &run.arguments),
+            package: run.package,
             user: user.0.clone(),
             start_ms: epoch_ms(),
             created: now,
             sensors,
             aborted_by: None,
+            abort_ms: 0,
         };
         rt.counters.ir_runs += 1;
         let v = rt.batch_json(&batch);
@@ -915,10 +963,13 @@ async fn abort(
         };
         // Only work not yet sent to sensors is aborted (§6.5, D8).
         let b = &mut rt.batches[i];
-        for s in b.sensors.iter_mut().filter(|s| s.status == "Pending") {
-            s.status = "Aborted";
+        for s in b.sensors.iter_mut().filter(|s| s.status == batch_state::PENDING) {
+            s.status = batch_state::ABORTED;
+            let m = &rt.machines[s.machine];
+            rt.log.record("Abort", &m.pylum_id, json!({"batchId": b.id, "machine": m.hostname}));
         }
         b.aborted_by = Some(user.0.clone());
+        b.abort_ms = epoch_ms();
         rt.counters.ir_aborts += 1;
         let v = rt.batch_json(&rt.batches[i]);
         json_response(v)

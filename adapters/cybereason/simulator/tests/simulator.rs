@@ -1,12 +1,13 @@
 //! The simulator on its own, over HTTP, as a browser-like client sees it: the behaviours of
 //! §8 of `shared/vendor-apis/cybereason.md`.
 
+use std::collections::BTreeSet;
 use std::io::Read as _;
 use std::time::Duration;
 
-use edrgate_cybereason::simulator::{
+use edrgate_cybereason_sim::{
     DEFAULT_PASSWORD, DEFAULT_TFA_USERNAME, DEFAULT_TOTP_SECRET, DEFAULT_USERNAME,
-    DEFAULT_ZIP_PASSWORD, Faults, NOTE_TXT, SimConfig, SimUser, Simulator, StatsCasing,
+    DEFAULT_ZIP_PASSWORD, Faults, NOTE_TXT, Sim as _, SimConfig, SimUser, Simulator, StatsCasing,
 };
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_DISPOSITION, COOKIE, LOCATION, RETRY_AFTER, SET_COOKIE};
@@ -519,4 +520,227 @@ async fn faults_and_https() {
     let r =
         https.get(format!("https://127.0.0.1:{}/login.html", addr.port())).send().await.unwrap();
     assert!(r.text().await.unwrap().contains("<app-login>"));
+}
+
+// ----- fidelity against recorded responses (`../tests/fixtures`, shared/fixtures/cybereason) -----
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/../tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let v: Value = serde_json::from_str(&text).expect("fixture json");
+    assert!(v.get("provenance").is_some(), "{name} lost its provenance");
+    v["body"].clone()
+}
+
+#[tokio::test]
+async fn shapes_match_recorded_fixtures() {
+    let sim =
+        Simulator::new(SimConfig { remediation_delay: Duration::ZERO, ..SimConfig::default() });
+    let c = Client::new(&sim).await;
+
+    // The failed login page (SEKOIA's recording): the markers clients look for.
+    let rec_login = fixture("sekoia_POST_login.html__login-failed.json");
+    let (r, cookie) = c.login_form(DEFAULT_USERNAME, "wrong").await;
+    let location = r.headers()[LOCATION].to_str().unwrap().to_owned();
+    let page = c.get(&cookie.unwrap(), &location).await.text().await.unwrap();
+    for marker in ["<title>Cybereason | Login</title>", "<app-login>", "cbr-theme-dark"] {
+        assert!(rec_login.as_str().unwrap().contains(marker) && page.contains(marker), "{marker}");
+    }
+    let cookie = c.login().await;
+
+    // Sensors: the page's keys and counters as recorded; each sensor key one the console has.
+    let rec_sensors = fixture("POST_rest_sensors_query__by-machineName.json");
+    let page: Value = c
+        .post(&cookie, "/rest/sensors/query", &json!({"filters": [{"fieldName": "machineName", "operator": "Equals", "values": ["CR-WS-0001"]}]}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys(&page), keys(&rec_sensors));
+    assert_eq!(keys(&page["sensorsStatus"]), keys(&rec_sensors["sensorsStatus"]));
+    assert_eq!(page["sensorsStatus"]["@class"], rec_sensors["sensorsStatus"]["@class"]);
+    let ours = keys(&page["sensors"][0]);
+    let theirs = keys(&rec_sensors["sensors"][0]);
+    assert!(ours.is_subset(&theirs), "not in the recording: {:?}", ours.difference(&theirs));
+    let s = &page["sensors"][0];
+    assert_eq!(s["osType"], rec_sensors["sensors"][0]["osType"]);
+    let server = s["sensorId"].as_str().unwrap().split_once(':').unwrap().0;
+    assert_eq!(server, s["serverId"]);
+
+    // Isolation: a bare map pylumId → word.
+    let rec_isolate = fixture("POST_rest_monitor_global_commands_isolate.json");
+    let v: Value = c
+        .post(
+            &cookie,
+            "/rest/monitor/global/commands/isolate",
+            &json!({"pylumIds": [s["pylumId"]]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rec_isolate.as_object().unwrap().values().next(), Some(&json!("Succeeded")));
+    assert_eq!(v, json!({s["pylumId"].as_str().unwrap(): "Succeeded"}));
+
+    // Remediation: a bad target ends FAILURE / INVALID_ARGUMENT, shaped as recorded.
+    let rec_rem = fixture("POST_rest_remediate__failure-INVALID_ARGUMENT.json");
+    let guid = s["guid"].as_str().unwrap();
+    let bad = format!("{}.-1424333057657783286", guid.split('.').next().unwrap());
+    let body = json!({"initiatorUserName": DEFAULT_USERNAME,
+                      "actionsByMachine": {guid: [{"targetId": bad, "actionType": "KILL_PROCESS"}]}});
+    let r: Value = c.post(&cookie, "/rest/remediate", &body).await.json().await.unwrap();
+    let progress = format!(
+        "/rest/remediate/progress/{DEFAULT_USERNAME}/NOMALOP/{}",
+        r["remediationId"].as_str().unwrap()
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let v: Value = c.get(&cookie, &progress).await.json().await.unwrap();
+    assert_eq!(keys(&v), keys(&rec_rem));
+    let (entry, rec_entry) = (&v["statusLog"][0], &rec_rem["statusLog"][0]);
+    assert_eq!(keys(entry), keys(rec_entry));
+    assert_eq!(keys(&entry["error"]), keys(&rec_entry["error"]));
+    for k in ["status", "actionType"] {
+        assert_eq!(entry[k], rec_entry[k], "{k}");
+    }
+    assert_eq!(entry["error"]["errorType"], rec_entry["error"]["errorType"]);
+    assert!(uuid_like(r["remediationId"].as_str().unwrap()));
+    assert!(uuid_like(rec_rem["remediationId"].as_str().unwrap()));
+
+    // Fetch-file start: the status envelope as recorded.
+    let rec_start = fixture("POST_rest_fetchfile_start.json");
+    let file =
+        element(&c, &cookie, "CR-WS-0001", "File", "correctedPath", "c:\\evidence\\note.txt").await;
+    let start: Value = c
+        .post(
+            &cookie,
+            "/rest/fetchfile/start",
+            &json!({"elementGuids": [file], "initiatorUserName": DEFAULT_USERNAME}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(keys(&start), keys(&rec_start));
+    assert_eq!(keys(&start["failedServersInfo"]), keys(&rec_start["failedServersInfo"]));
+    for k in ["data", "status", "message", "expectedResults", "failures"] {
+        assert_eq!(start[k], rec_start[k], "{k}");
+    }
+
+    // Batches: the allActions object's keys as recorded.
+    let rec_actions = fixture("GET_rest_sensors_allActions.TRUNCATED.json");
+    let tfa = tfa_login(&c).await;
+    let body = json!({"sensorsIds": [s["sensorId"]], "filters": null, "argument": "collector.exe"});
+    let batch: Value =
+        c.post(&tfa, "/rest/sensors/action/runIRTool", &body).await.json().await.unwrap();
+    assert_eq!(keys(&batch), keys(&rec_actions[0]));
+    let all: Value = c.get(&cookie, "/rest/sensors/allActions").await.json().await.unwrap();
+    assert_eq!(keys(&all[0]), keys(&rec_actions[0]));
+    let rec_stats = keys(&rec_actions[0]["globalStats"]["stats"]);
+    assert!(keys(&all[0]["globalStats"]["stats"]).is_subset(&rec_stats));
+    assert_eq!(all[0]["abortTime"], rec_actions[0]["abortTime"]);
+}
+
+fn uuid_like(s: &str) -> bool {
+    let parts: Vec<usize> = s.split('-').map(str::len).collect();
+    parts == [8, 4, 4, 4, 12]
+}
+
+/// Every side effect is in the simulator's record (`/_sim/log`), in Cybereason's words.
+#[tokio::test]
+async fn side_effects_are_recorded() {
+    let sim = Simulator::new(SimConfig {
+        remediation_delay: Duration::ZERO,
+        ir_step: Duration::from_millis(20),
+        ..SimConfig::default()
+    });
+    let c = Client::new(&sim).await;
+    let cookie = c.login().await;
+    let s = sensor(&c, &cookie, "CR-WS-0001").await;
+    let pylum = s["pylumId"].as_str().unwrap();
+    for path in ["isolate", "un-isolate"] {
+        let url = format!("/rest/monitor/global/commands/{path}");
+        c.post(&cookie, &url, &json!({"pylumIds": [pylum, "PYLUMCLIENT_NOPE"]})).await;
+    }
+    let target = element(&c, &cookie, "CR-WS-0001", "Process", "pid", "4242").await;
+    let body = json!({"initiatorUserName": DEFAULT_USERNAME,
+                      "actionsByMachine": {s["guid"].as_str().unwrap(): [{"targetId": target, "actionType": "KILL_PROCESS"}]}});
+    c.post(&cookie, "/rest/remediate", &body).await;
+    let direct = json!({"path": "C:\\evidence\\note.txt", "pylumId": pylum});
+    c.post(&cookie, "/rest/file-search/fetch-direct", &direct).await.bytes().await.unwrap();
+    let tfa = tfa_login(&c).await;
+    let run =
+        json!({"sensorsIds": [s["sensorId"]], "argument": "collector.exe", "arguments": ["-q"]});
+    c.post(&tfa, "/rest/sensors/action/runIRTool", &run).await;
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    // Reading advances the state (the remediation and the IR run end).
+    c.get(&cookie, "/rest/sensors/allActions").await;
+
+    let log = sim.log();
+    assert_eq!(
+        (log.count("isolate"), log.count("unisolate")),
+        (1, 1),
+        "unknown ids change nothing"
+    );
+    assert_eq!(log.count("KILL_PROCESS"), 1);
+    assert_eq!(log.count("fetch-direct"), 1);
+    assert_eq!(log.count("IRToolsRunIRTool"), 1);
+    let entries = log.entries();
+    assert!(entries.iter().all(|e| e.target == pylum), "{entries:?}");
+    let kill = entries.iter().find(|e| e.op == "KILL_PROCESS").unwrap();
+    assert_eq!(
+        (kill.detail["targetId"].as_str(), kill.detail["status"].as_str()),
+        (Some(target.as_str()), Some("SUCCESS"))
+    );
+    let ir = entries.iter().find(|e| e.op == "IRToolsRunIRTool").unwrap();
+    assert_eq!(ir.detail["package"], "collector.exe");
+    assert_eq!(ir.detail["arguments"], json!(["-q"]));
+
+    // The same record over HTTP, with the counters.
+    let counters: Value = c.get("", "/_sim/counters").await.json().await.unwrap();
+    assert_eq!(counters["executed"]["KILL_PROCESS"], 1);
+    assert_eq!(counters["counters"]["isolations"], 1);
+    let page: Value = c.get("", "/_sim/log?op=isolate").await.json().await.unwrap();
+    assert_eq!(page["entries"][0]["target"], pylum);
+}
+
+/// §6.3: "`targetId` without malop is supported only for processes (KILL_PROCESS) and files
+/// (QUARANTINE_FILE/UNQUARANTINE_FILE)" — a registry key needs a malop.
+#[tokio::test]
+async fn registry_keys_are_remediated_only_within_a_malop() {
+    let sim =
+        Simulator::new(SimConfig { remediation_delay: Duration::ZERO, ..SimConfig::default() });
+    let c = Client::new(&sim).await;
+    let cookie = c.login().await;
+    let s = sensor(&c, &cookie, "CR-WS-0001").await;
+    let guid = s["guid"].as_str().unwrap();
+    let key = "HKCU\\Software\\Updater";
+    let target =
+        element(&c, &cookie, "CR-WS-0001", "RegistryEvent", "elementDisplayName", key).await;
+    let action = json!([{"targetId": target, "actionType": "DELETE_REGISTRY_KEY"}]);
+    let body = json!({"initiatorUserName": DEFAULT_USERNAME, "actionsByMachine": {guid: action}});
+    let r: Value = c.post(&cookie, "/rest/remediate", &body).await.json().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let progress = format!(
+        "/rest/remediate/progress/{DEFAULT_USERNAME}/NOMALOP/{}",
+        r["remediationId"].as_str().unwrap()
+    );
+    let v: Value = c.get(&cookie, &progress).await.json().await.unwrap();
+    assert_eq!(v["statusLog"][0]["status"], "FAILURE");
+    assert_eq!(v["statusLog"][0]["error"]["errorType"], "INVALID_ARGUMENT");
+    assert!(sim.registry_key_exists("CR-WS-0001", key));
+    assert_eq!(sim.log().count("DELETE_REGISTRY_KEY"), 0, "nothing ran on the sensor");
+
+    let malop = "11.-7780537507363356527";
+    let body = json!({"malopId": malop, "initiatorUserName": DEFAULT_USERNAME, "actionsByMachine": {guid: action}});
+    let r: Value = c.post(&cookie, "/rest/remediate", &body).await.json().await.unwrap();
+    assert_eq!(r["malopId"], malop);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let listed: Value =
+        c.get(&cookie, &format!("/rest/remediate/status/{malop}")).await.json().await.unwrap();
+    assert_eq!(listed[0]["statusLog"][0]["status"], "SUCCESS");
+    assert!(!sim.registry_key_exists("CR-WS-0001", key));
 }

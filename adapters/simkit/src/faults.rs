@@ -1,0 +1,341 @@
+//! Fault injection, once for every simulator: what a real network and a real vendor do to a
+//! client that the vendor's routes cannot express on their own.
+//!
+//! [`Sim::router`](crate::Sim::router) puts a layer in front of the vendor's routes (the
+//! admin routes under `/_sim/` are never faulted) that applies the current [`Faults`] to every
+//! request, in this order:
+//!
+//! 1. `slow`: latency before the request is looked at;
+//! 2. `drop_every` (unless `drop_after_processing`): the connection closes, nothing processed;
+//! 3. `status_429_next`: 429 with `Retry-After: retry_after_secs`, nothing processed;
+//! 4. `error_5xx_next`, then `error_5xx_every`: the vendor's 5xx, nothing processed;
+//! 5. the vendor's routes process the request; `slow_response` delays the answer;
+//! 6. `drop_every` with `drop_after_processing`, or `lose_answer_after_effect` on a request the
+//!    simulator calls side-effecting ([`Sim::is_side_effect`](crate::Sim::is_side_effect)): the
+//!    vendor acted, and the answer is lost (the connection closes).
+//!
+//! "Every Nth" counts vendor requests from 1 ([`crate::every`]); "next N" settings count down
+//! as they are used. Settings are changed in-process with [`SimFaults::set`] (or the vendor
+//! simulator's own `set_faults`) and over HTTP, so tests in other processes can use them too:
+//!
+//! - `POST /_sim/faults` with a [`Faults`] JSON object (absent fields are off) replaces the
+//!   settings, and answers like `GET`;
+//! - `GET /_sim/faults`: `{"faults": {...}, "stats": {...}}`, the settings in effect (counts
+//!   left) and the [`FaultStats`]. The same stats are in `GET /_sim/counters` under `requests`.
+//!
+//! `retry_after_violations` counts requests that arrived while the `Retry-After` of an earlier
+//! injected 429 had not passed: a client honouring `Retry-After` keeps it at 0.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::every;
+
+/// The fault settings (all off by default). JSON field names are the Rust ones; durations are
+/// in milliseconds (`slow_ms`, `slow_response_ms`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Every Nth request answers the vendor's 5xx before any processing (no side effect).
+    pub error_5xx_every: Option<u32>,
+    /// The next N requests answer the vendor's 5xx (a burst), before any processing.
+    pub error_5xx_next: u32,
+    /// The next N requests answer 429 with `Retry-After: retry_after_secs`, before any
+    /// processing.
+    pub status_429_next: u32,
+    /// The `Retry-After` of injected 429s, in seconds. Default (0) means 1.
+    pub retry_after_secs: u64,
+    /// Every Nth request gets no response: the connection closes without a byte written.
+    pub drop_every: Option<u32>,
+    /// With `drop_every`: process the request first, then drop the response (the "did my
+    /// POST happen?" case). Default false: dropped requests have no side effect.
+    pub drop_after_processing: bool,
+    /// The next N side-effecting requests are processed (the vendor acts, and records it in
+    /// its [`SimLog`](crate::SimLog)), then their answer is lost.
+    pub lose_answer_after_effect: u32,
+    /// Latency added before every request is processed.
+    #[serde(rename = "slow_ms", with = "millis")]
+    pub slow: Option<Duration>,
+    /// Latency added after a request was processed, before its response: the window in which
+    /// a client cannot know whether its POST happened.
+    #[serde(rename = "slow_response_ms", with = "millis")]
+    pub slow_response: Option<Duration>,
+}
+
+/// What the fault layer saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FaultStats {
+    /// Vendor requests received (faulted ones included; admin routes excluded).
+    pub requests: u64,
+    /// Side-effecting requests the vendor's routes processed (answered or not).
+    pub side_effects_processed: u64,
+    pub injected_5xx: u64,
+    pub injected_429: u64,
+    /// Requests dropped before processing.
+    pub dropped: u64,
+    /// Answers lost after the vendor processed the request (`drop_after_processing` and
+    /// `lose_answer_after_effect`).
+    pub answers_lost: u64,
+    /// Requests that arrived before the `Retry-After` of an injected 429 had passed.
+    pub retry_after_violations: u64,
+}
+
+/// What a fault answers instead of the vendor (the vendor's own body, via
+/// [`Sim::fault_response`](crate::Sim::fault_response)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Injected {
+    /// The server is unavailable (a 5xx).
+    Unavailable,
+    /// Too many requests; retry after this many seconds.
+    TooManyRequests { retry_after_secs: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    faults: Faults,
+    stats: FaultStats,
+    /// Until when the last injected 429 asked clients to wait.
+    quiet_until: Option<Instant>,
+}
+
+/// A simulator's fault settings and stats; cheap to clone (shared).
+#[derive(Clone, Debug, Default)]
+pub struct SimFaults {
+    inner: Arc<Mutex<Inner>>,
+}
+
+/// What to do with one request, decided when it arrives.
+enum Verdict {
+    Pass { lose_answer: bool, side_effect: bool, slow_response: Option<Duration> },
+    Drop,
+    Answer(Injected),
+}
+
+impl SimFaults {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the settings (the stats are kept).
+    pub fn set(&self, faults: Faults) {
+        let mut s = self.lock();
+        s.faults = faults;
+        s.quiet_until = None;
+    }
+
+    /// Changes the settings in place.
+    pub fn update(&self, f: impl FnOnce(&mut Faults)) {
+        f(&mut self.lock().faults);
+    }
+
+    /// The settings in effect ("next N" counts as they stand).
+    pub fn get(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    pub fn stats(&self) -> FaultStats {
+        self.lock().stats.clone()
+    }
+
+    fn slow(&self) -> Option<Duration> {
+        self.lock().faults.slow
+    }
+
+    fn decide(&self, side_effect: bool) -> Verdict {
+        let mut guard = self.lock();
+        let s = &mut *guard;
+        s.stats.requests += 1;
+        let n = s.stats.requests;
+        let now = Instant::now();
+        if s.quiet_until.is_some_and(|t| now < t) {
+            s.stats.retry_after_violations += 1;
+        }
+        let f = &mut s.faults;
+        let drop = every(f.drop_every, n);
+        if drop && !f.drop_after_processing {
+            s.stats.dropped += 1;
+            return Verdict::Drop;
+        }
+        if f.status_429_next > 0 {
+            f.status_429_next -= 1;
+            let secs = f.retry_after_secs.max(1);
+            s.stats.injected_429 += 1;
+            s.quiet_until = Some(now + Duration::from_secs(secs));
+            return Verdict::Answer(Injected::TooManyRequests { retry_after_secs: secs });
+        }
+        if !drop && (f.error_5xx_next > 0 || every(f.error_5xx_every, n)) {
+            f.error_5xx_next = f.error_5xx_next.saturating_sub(1);
+            s.stats.injected_5xx += 1;
+            return Verdict::Answer(Injected::Unavailable);
+        }
+        let mut lose_answer = drop;
+        if side_effect && f.lose_answer_after_effect > 0 {
+            f.lose_answer_after_effect -= 1;
+            lose_answer = true;
+        }
+        Verdict::Pass { lose_answer, side_effect, slow_response: f.slow_response }
+    }
+
+    fn processed(&self, side_effect: bool, lost: bool) {
+        let mut s = self.lock();
+        if side_effect {
+            s.stats.side_effects_processed += 1;
+        }
+        if lost {
+            s.stats.answers_lost += 1;
+        }
+    }
+
+    /// `{"faults": ..., "stats": ...}`, as `GET /_sim/faults` serves it.
+    pub fn to_json(&self) -> Value {
+        let s = self.lock();
+        json!({ "faults": s.faults, "stats": s.stats })
+    }
+}
+
+/// The layer's view of the simulator.
+#[derive(Clone)]
+pub(crate) struct Layer {
+    pub(crate) faults: SimFaults,
+    pub(crate) is_side_effect: Arc<dyn Fn(&Method, &str) -> bool + Send + Sync>,
+    pub(crate) respond: Arc<dyn Fn(Injected) -> Response + Send + Sync>,
+}
+
+/// The middleware in front of the vendor's routes (see the module docs).
+pub(crate) async fn layer(State(l): State<Layer>, req: Request, next: Next) -> Response {
+    if let Some(d) = l.faults.slow() {
+        tokio::time::sleep(d).await;
+    }
+    let side_effect = (l.is_side_effect)(req.method(), req.uri().path());
+    match l.faults.decide(side_effect) {
+        Verdict::Drop => crate::dropped(),
+        Verdict::Answer(injected) => (l.respond)(injected),
+        Verdict::Pass { lose_answer, side_effect, slow_response } => {
+            let resp = next.run(req).await;
+            if let Some(d) = slow_response {
+                tokio::time::sleep(d).await;
+            }
+            l.faults.processed(side_effect, lose_answer);
+            if lose_answer { crate::dropped() } else { resp }
+        }
+    }
+}
+
+/// A generic answer for an injected fault: 503 or 429 with `Retry-After`, plain text.
+pub fn plain_response(injected: Injected) -> Response {
+    use axum::response::IntoResponse as _;
+    match injected {
+        Injected::Unavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "503 Service Unavailable (injected fault)")
+                .into_response()
+        }
+        Injected::TooManyRequests { retry_after_secs } => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(axum::http::header::RETRY_AFTER, retry_after_secs.to_string())],
+            "429 Too Many Requests (injected fault)",
+        )
+            .into_response(),
+    }
+}
+
+/// `GET` and `POST /_sim/faults` (see the module docs).
+pub(crate) fn admin_router(faults: SimFaults) -> Router {
+    Router::new().route("/_sim/faults", get(show).post(replace)).with_state(faults)
+}
+
+async fn show(State(f): State<SimFaults>) -> Json<Value> {
+    Json(f.to_json())
+}
+
+async fn replace(
+    State(f): State<SimFaults>,
+    body: Result<Json<Faults>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    use axum::response::IntoResponse as _;
+    match body {
+        Ok(Json(faults)) => {
+            f.set(faults);
+            Json(f.to_json()).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_round_trip_as_json_with_milliseconds() {
+        let f = Faults {
+            error_5xx_next: 2,
+            status_429_next: 1,
+            retry_after_secs: 3,
+            slow: Some(Duration::from_millis(40)),
+            ..Faults::default()
+        };
+        let v = serde_json::to_value(&f).unwrap();
+        assert_eq!(v["slow_ms"], 40);
+        assert_eq!(serde_json::from_value::<Faults>(v).unwrap(), f);
+        let partial: Faults = serde_json::from_value(json!({"error_5xx_next": 1})).unwrap();
+        assert_eq!(partial, Faults { error_5xx_next: 1, ..Faults::default() });
+        assert!(serde_json::from_value::<Faults>(json!({"nope": 1})).is_err());
+    }
+
+    #[test]
+    fn bursts_count_down_and_429s_open_a_quiet_window() {
+        let f = SimFaults::new();
+        f.set(Faults { status_429_next: 1, error_5xx_next: 2, ..Faults::default() });
+        assert!(matches!(
+            f.decide(false),
+            Verdict::Answer(Injected::TooManyRequests { retry_after_secs: 1 })
+        ));
+        assert!(matches!(f.decide(false), Verdict::Answer(Injected::Unavailable)));
+        assert!(matches!(f.decide(false), Verdict::Answer(Injected::Unavailable)));
+        assert!(matches!(f.decide(false), Verdict::Pass { lose_answer: false, .. }));
+        let s = f.stats();
+        assert_eq!((s.requests, s.injected_429, s.injected_5xx), (4, 1, 2));
+        assert_eq!(s.retry_after_violations, 3, "all three came within the Retry-After");
+        assert_eq!(f.get().error_5xx_next, 0);
+    }
+
+    #[test]
+    fn only_side_effects_lose_their_answer() {
+        let f = SimFaults::new();
+        f.set(Faults { lose_answer_after_effect: 1, ..Faults::default() });
+        assert!(matches!(f.decide(false), Verdict::Pass { lose_answer: false, .. }));
+        assert!(matches!(f.decide(true), Verdict::Pass { lose_answer: true, .. }));
+        assert!(matches!(f.decide(true), Verdict::Pass { lose_answer: false, .. }));
+    }
+}
