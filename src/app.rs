@@ -1,5 +1,9 @@
 //! Wiring: configuration → store → file store → backends → engine → router, and serving it
 //! with a graceful shutdown. Used by `edrgate serve`, `edrgate demo` and the end-to-end tests.
+//!
+//! The top of the module graph with `cli`: `app` depends on `api` and everything below it,
+//! nothing depends on `app` but `cli`. The [`Reloader`] reaches the admin endpoint as the
+//! [`api::Reload`] trait object of [`ApiState`], so `api` never names `app`.
 
 use std::future::Future;
 use std::net::SocketAddr;

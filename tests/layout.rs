@@ -147,8 +147,8 @@ fn gateway_modules() -> BTreeMap<String, Vec<PathBuf>> {
 }
 
 /// The first path segment of each item of a `use` group (`a::b, c::{d, e}, self` → a, c,
-/// self), from the text after its `{`; and the length of the group up to its `}`.
-fn group_heads(text: &str) -> (Vec<String>, usize) {
+/// self), from the text after its `{`.
+fn group_heads(text: &str) -> Vec<String> {
     let (mut heads, mut depth, mut item) = (Vec::new(), 0usize, String::new());
     let mut push = |item: &mut String| {
         let head = item.trim().split("::").next().unwrap_or("").trim().to_owned();
@@ -157,12 +157,12 @@ fn group_heads(text: &str) -> (Vec<String>, usize) {
         }
         item.clear();
     };
-    for (i, c) in text.char_indices() {
+    for c in text.chars() {
         match c {
             '{' => depth += 1,
             '}' if depth == 0 => {
                 push(&mut item);
-                return (heads, i);
+                return heads;
             }
             '}' => depth -= 1,
             ',' if depth == 0 => push(&mut item),
@@ -170,12 +170,13 @@ fn group_heads(text: &str) -> (Vec<String>, usize) {
             _ => {}
         }
     }
-    (heads, text.len())
+    heads
 }
 
 /// `(line, module)` of every `crate::<module>` path in `text` (`use crate::engine::Engine`,
 /// `crate::metrics::run_finished(…)`, `use crate::{api, store::Store}`, `$crate::store::…`).
-/// Comment lines are left out: a doc comment naming a module is no dependency.
+/// Comment lines are left out: a doc comment naming a module is no dependency. (`super::`
+/// paths stay inside a module's own files; none climbs into another top-level module.)
 fn crate_references(text: &str) -> Vec<(usize, String)> {
     let code: String = text
         .lines()
@@ -194,8 +195,7 @@ fn crate_references(text: &str) -> Vec<(usize, String)> {
         }
         let rest = &code[at + "crate::".len()..];
         if let Some(group) = rest.strip_prefix('{') {
-            let (heads, _) = group_heads(group);
-            out.extend(heads.into_iter().map(|h| (line_of(at), h)));
+            out.extend(group_heads(group).into_iter().map(|h| (line_of(at), h)));
         } else {
             out.push((line_of(at), ident(rest)));
         }
@@ -203,20 +203,11 @@ fn crate_references(text: &str) -> Vec<(usize, String)> {
     out
 }
 
-/// The dependencies between the gateway's top-level modules must form no cycle (the issue "A
-/// vendor is one folder", part 5; ARCHITECTURE.md): `config`, `net`, `store`, `auth` and
-/// `metrics` are leaves or near them, `engine` never reaches `api`, `api` is the HTTP layer on
-/// top, `app` wires them and `cli` drives `app`. A module's references are the
-/// `crate::<module>` paths in its files, unit tests included.
-#[test]
-fn the_gateway_modules_form_no_cycle() {
-    let modules = gateway_modules();
-    for expected in ["api", "app", "auth", "config", "engine", "metrics", "store"] {
-        assert!(modules.contains_key(expected), "no module {expected}: {:?}", modules.keys());
-    }
-    // Each edge with the first place that makes it, to show in a failure.
-    let mut edges: BTreeMap<(String, String), String> = BTreeMap::new();
-    for (module, files) in &modules {
+/// The edges between the gateway's top-level modules (a module's `crate::<module>` paths in
+/// its files, unit tests included), each with the first place that makes it.
+fn module_edges(modules: &BTreeMap<String, Vec<PathBuf>>) -> BTreeMap<(String, String), String> {
+    let mut edges = BTreeMap::new();
+    for (module, files) in modules {
         for file in files {
             let text = std::fs::read_to_string(file).unwrap();
             for (line, target) in crate_references(&text) {
@@ -227,6 +218,20 @@ fn the_gateway_modules_form_no_cycle() {
             }
         }
     }
+    edges
+}
+
+/// The dependencies between the gateway's top-level modules must form no cycle (the issue "A
+/// vendor is one folder", part 5; ARCHITECTURE.md): `config`, `net`, `store`, `auth` and
+/// `metrics` are leaves or near them, `engine` never reaches `api`, `api` is the HTTP layer on
+/// top, `app` wires them and `cli` drives `app`.
+#[test]
+fn the_gateway_modules_form_no_cycle() {
+    let modules = gateway_modules();
+    for expected in ["api", "app", "auth", "config", "engine", "metrics", "store"] {
+        assert!(modules.contains_key(expected), "no module {expected}: {:?}", modules.keys());
+    }
+    let edges = module_edges(&modules);
     let graph: BTreeMap<&str, Vec<&str>> = modules
         .keys()
         .map(|m| {
@@ -283,6 +288,32 @@ fn the_gateway_modules_form_no_cycle() {
     assert!(shown.is_empty(), "the gateway's modules form cycles:\n{}", shown.join("\n"));
 }
 
+/// The leaves stay leaves: `config` imports no gateway module but `registry` and `net`
+/// (ARCHITECTURE.md), the store and the auth core only `config`, and `metrics` (which the
+/// engine records into) nothing: the HTTP side of each is in `api`.
+#[test]
+fn the_leaf_modules_depend_only_on_leaves() {
+    let allowed: [(&str, &[&str]); 6] = [
+        ("net", &[]),
+        ("registry", &[]),
+        ("metrics", &[]),
+        ("config", &["net", "registry"]),
+        ("store", &["config"]),
+        ("auth", &["config"]),
+    ];
+    let modules = gateway_modules();
+    let edges = module_edges(&modules);
+    let mut problems = Vec::new();
+    for ((from, to), place) in &edges {
+        if let Some((_, ok)) = allowed.iter().find(|(leaf, _)| leaf == from)
+            && !ok.contains(&to.as_str())
+        {
+            problems.push(format!("{from} → {to} ({place})"));
+        }
+    }
+    assert!(problems.is_empty(), "leaf modules depend on more than leaves: {problems:#?}");
+}
+
 /// Files over this many lines are split along their seams (a directory module with one file
 /// per concern, as `src/config/`).
 const MAX_LINES: usize = 1000;
@@ -305,7 +336,16 @@ fn no_gateway_file_is_over_a_thousand_lines() {
 
 #[test]
 fn crate_references_are_parsed_from_paths_and_groups() {
-    let text = "//! see crate::api\nuse crate::engine::Engine;\nuse crate::{\n    app::{self, App},\n    store,\n};\nlet x = crate::metrics::handle();\nmacro_rules! m { () => { $crate::store::db::Arg } }\nlet y = edrgate_crate::nope;\n";
+    let text = r"//! see crate::api
+use crate::engine::Engine;
+use crate::{
+    app::{self, App},
+    store,
+};
+let x = crate::metrics::handle();
+macro_rules! m { () => { $crate::store::db::Arg } }
+let y = edrgate_crate::nope;
+";
     let found: Vec<(usize, String)> = crate_references(text);
     let found: Vec<(usize, &str)> = found.iter().map(|(l, m)| (*l, m.as_str())).collect();
     assert_eq!(found, [(2, "engine"), (3, "app"), (3, "store"), (7, "metrics"), (8, "store")]);

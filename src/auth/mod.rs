@@ -29,12 +29,12 @@
 //!
 //! **Layout.** This module knows no HTTP: every refusal is a [`Refusal`], which `api` answers
 //! with its problem, and the `Caller` extractor is `api::caller` (so `auth` depends on `config`
-//! only, and `api` on `auth`, never back). One file per concern: [`caller`] (permissions and the
+//! only, and `api` on `auth`, never back). One file per concern: `caller` (permissions and the
 //! caller), `tokens` (validation and its cache), `keys` (PEM and JWK keys and the algorithm
 //! each verifies), `jwks` (fetching key sets), `limits` (the tenants' inbound limits) and
 //! `mint` (development tokens).
 
-pub mod caller;
+mod caller;
 mod jwks;
 mod keys;
 mod limits;

@@ -15,6 +15,10 @@
 //! (reads through the snapshot cache, long-polls, cancels), `leases` (the claim, renew and
 //! change-listener loops, and spawning drivers), `driver` (one run driven step by step, its
 //! fenced writes and its journal) and `run_files` (the file store as an adapter sees it).
+//!
+//! **Architecture Invariant:** the engine knows no HTTP: it depends on `store`, `files`,
+//! `backends` and the `metrics` leaf, never on `api` (`tests/layout.rs` checks the module
+//! graph for cycles).
 
 mod actions;
 mod driver;

@@ -42,6 +42,13 @@ use crate::wire::{self, Filter};
 
 /// Bytes of an error body kept for classification and messages.
 const ERROR_BODY_LIMIT: usize = 4096;
+/// What the `offset` of `POST /rest/sensors/query` counts on this console (§6.1).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Offsets {
+    Rows,
+    Pages,
+}
+
 /// Retries of idempotent calls inside a step: short, since the engine backs off between steps.
 const READ_RETRY: Backoff =
     Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2), max_attempts: 3 };
@@ -133,13 +140,24 @@ impl CrClient {
 
     // ---- sensors (§6.1) ----
 
-    /// Every sensor matching `filters`, page by page (`offset` counted in rows, as XSOAR and
-    /// Rapid7 do; the reference flags the semantics as ambiguous, so a page that brings no new
-    /// sensor also ends the listing).
+    /// Every sensor matching `filters`, page by page. What `offset` counts is not settled
+    /// (§6.1, §11.8): XSOAR computes `offset = (page-1)*pageSize` and Rapid7 describes offset 0
+    /// as the first batch of `limit` sensors (rows), while the `cybereason` PyPI client
+    /// increments it by one per page (`aiter_pages`, page numbers). Rows are tried first; a
+    /// follow-up page that brings no new sensor while the console reports more
+    /// (`totalResults`, `hasMoreResults`) means the offset counts pages, and the listing goes
+    /// on that way. When neither makes progress the listing is refused rather than returned
+    /// short.
     pub(crate) async fn sensors(&self, filters: Vec<Filter>) -> Result<Vec<wire::Sensor>, CrError> {
         let mut all: Vec<wire::Sensor> = Vec::new();
-        let mut offset = 0;
+        let mut offsets = Offsets::Rows;
+        // Pages that brought new sensors so far.
+        let mut page_index: u64 = 0;
         loop {
+            let offset = match offsets {
+                Offsets::Rows => all.len() as u64,
+                Offsets::Pages => page_index,
+            };
             let query = wire::SensorsQuery {
                 limit: Some(PAGE_SIZE),
                 offset: Some(offset),
@@ -152,10 +170,40 @@ impl CrClient {
                     all.push(s);
                 }
             }
-            if !page.has_more_results || all.len() == before {
+            if all.len() > before {
+                if !page.has_more_results {
+                    return Ok(all);
+                }
+                page_index += 1;
+                continue;
+            }
+            // No new sensor: the end of the listing, unless the page before promised more.
+            if page_index == 0 {
                 return Ok(all);
             }
-            offset += PAGE_SIZE;
+            match offsets {
+                Offsets::Rows if page_index == 1 => {
+                    tracing::info!(
+                        rows = all.len(),
+                        total = page.total_results,
+                        "cybereason sensors/query: the offset counts pages on this console"
+                    );
+                    offsets = Offsets::Pages;
+                }
+                _ => {
+                    return Err(CrError::Api(
+                        AdapterError::transient(
+                            ErrorCode::VendorUnavailable,
+                            format!(
+                                "the Cybereason sensor listing made no progress after {} of {} sensors (offset {offset}); refusing a partial list",
+                                all.len(),
+                                page.total_results
+                            ),
+                        )
+                        .with_vendor("sensors/query", String::new()),
+                    ));
+                }
+            }
         }
     }
 
@@ -370,7 +418,13 @@ impl CrClient {
         }
     }
 
-    /// The form login (§3.1) and, when asked for, the TOTP step (§3.2).
+    /// The form login (§3.1) and, when the user has two-factor authentication, the TOTP
+    /// step (§3.2). The page never decides success: the session is proved by a `/rest/` call
+    /// ([`CrClient::authenticated`]). Two-factor is recognised by C1's page text (`Two factor
+    /// authentication`) where the console serves it, and otherwise by a session the password
+    /// alone did not open: the current console's login is an Angular shell (`<app-login>`)
+    /// whose text is drawn in the browser, so neither a failed login nor the two-factor step
+    /// shows any text to read.
     async fn login(&self) -> Result<HeaderValue, CrError> {
         self.pace().await?;
         let form =
@@ -381,42 +435,69 @@ impl CrClient {
             .send()
             .await
             .map_err(|e| CrError::Api(http::transport_error(e)))?;
-        let mut cookie = session_cookie(&resp);
-        let mut page = self.landing(resp, cookie.as_ref()).await?;
-        if page.contains(wire::TFA_MARKER) {
-            let Some(secret) = &self.totp else {
-                return Err(auth_failed(
-                    "the Cybereason user has two-factor authentication; configure totp_secret",
-                ));
-            };
-            let Some(pending) = cookie.clone() else {
-                return Err(auth_failed("the two-factor page came without a session cookie"));
-            };
-            let code = totp(secret.expose_secret())
-                .map_err(|e| CrError::Api(AdapterError::internal(format!("totp_secret: {e}"))))?
-                .generate_current()
-                .to_string();
-            let resp = self
-                .request(Method::POST, "/")
-                .header(COOKIE, pending)
-                .form(&[("totpCode", code.as_str()), ("submit", "Login")])
-                .send()
-                .await
-                .map_err(|e| CrError::Api(http::transport_error(e)))?;
-            if let Some(renewed) = session_cookie(&resp) {
-                cookie = Some(renewed);
-            }
-            page = self.landing(resp, cookie.as_ref()).await?;
-            if page.contains(wire::TFA_MARKER) {
-                return Err(auth_failed("Cybereason refused the two-factor code"));
-            }
+        let Some(cookie) = session_cookie(&resp) else {
+            // Drain the redirect for its `error`/`reset` verdict first.
+            self.landing(resp, None).await?;
+            return Err(auth_failed("the login set no JSESSIONID cookie"));
+        };
+        let page = self.landing(resp, Some(&cookie)).await?;
+        let asks_code = page.contains(wire::TFA_MARKER);
+        if !asks_code && self.authenticated(&cookie).await? {
+            return Ok(cookie);
         }
-        if is_login_page(&page) {
-            return Err(auth_failed(
-                "Cybereason refused the username or password (login page returned)",
-            ));
+        let Some(secret) = &self.totp else {
+            return Err(auth_failed(if asks_code {
+                "the Cybereason user has two-factor authentication; configure totp_secret"
+            } else {
+                "Cybereason opened no session: the username or password is wrong, or the user has two-factor authentication (configure totp_secret)"
+            }));
+        };
+        let code = totp(secret.expose_secret())
+            .map_err(|e| CrError::Api(AdapterError::internal(format!("totp_secret: {e}"))))?
+            .generate_current()
+            .to_string();
+        self.pace().await?;
+        let resp = self
+            .request(Method::POST, "/")
+            .header(COOKIE, cookie.clone())
+            .form(&[("totpCode", code.as_str()), ("submit", "Login")])
+            .send()
+            .await
+            .map_err(|e| CrError::Api(http::transport_error(e)))?;
+        let cookie = session_cookie(&resp).unwrap_or(cookie);
+        let page = self.landing(resp, Some(&cookie)).await?;
+        if page.contains(wire::TFA_MARKER) || !self.authenticated(&cookie).await? {
+            return Err(auth_failed(if asks_code {
+                "Cybereason refused the two-factor code"
+            } else {
+                "Cybereason opened no session: the username, password or two-factor code (totp_secret) is wrong"
+            }));
         }
-        cookie.ok_or_else(|| auth_failed("the login set no JSESSIONID cookie"))
+        Ok(cookie)
+    }
+
+    /// Whether `cookie` is a logged-in session: `GET /rest/monitor/global/server/version/all`
+    /// (the request C1 makes for its version checks) answers anything but the signs of a lost
+    /// session (a redirect, a 401 or an HTML page, §3.4). A 403 or 404 still proves the
+    /// session; a transient failure is returned as such.
+    async fn authenticated(&self, cookie: &HeaderValue) -> Result<bool, CrError> {
+        self.pace().await?;
+        let resp = self
+            .request(Method::GET, "/rest/monitor/global/server/version/all")
+            .header(COOKIE, cookie.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .send()
+            .await
+            .map_err(|e| CrError::Api(http::transport_error(e)))?;
+        match check(resp).await {
+            Ok(resp) => match json::<Value>(resp).await {
+                Err(CrError::SessionLost) => Ok(false),
+                _ => Ok(true),
+            },
+            Err(CrError::SessionLost) => Ok(false),
+            Err(e) if e.is_retryable() => Err(e),
+            Err(_) => Ok(true),
+        }
     }
 
     /// Follows the login form's redirect by hand (the client never follows redirects with

@@ -31,11 +31,13 @@ pub struct CybereasonConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub totp_secret: Option<SecretString>,
-    /// Password of the AES-encrypted zip the direct file fetch returns (§6.4, a fixed value
-    /// of the platform). Without it only unencrypted archives can be opened.
-    #[serde(default)]
+    /// Password of the AES-encrypted zips the file fetches return (§6.4: a fixed value of the
+    /// platform). Defaults to the constant the vendor's public Python SDK extracts them with
+    /// ([`DEFAULT_FETCH_ZIP_PASSWORD`]), so `get_file` works without configuration; set it only
+    /// for a console that uses another one.
+    #[serde(default = "default_fetch_zip_password")]
     #[schemars(with = "Option<String>")]
-    pub fetch_zip_password: Option<SecretString>,
+    pub fetch_zip_password: SecretString,
     /// How `get_file` fetches: `direct` (default: `POST /rest/file-search/fetch-direct` by
     /// path and pylum id, one request) or `batch` (the documented fetch-file batch flow on the
     /// file's element GUID, §6.4, for consoles without the direct route).
@@ -59,19 +61,21 @@ pub struct CybereasonConfig {
     /// §3.4), so no call races the expiry.
     #[serde(default = "default_relogin_margin")]
     pub relogin_margin_secs: u64,
-    /// Path of the undocumented "Run an Incident Response Tool" request (§6.6.2). The default
-    /// follows the sensor batch framework (`POST /rest/sensors/action/<verb>`, §6.5), whose
-    /// action type for IR runs is `IRToolsRunIRTool`.
-    #[serde(default = "default_ir_run_path")]
-    pub ir_run_path: String,
-    /// Body of that request, as JSON. String values are placeholders replaced per run:
-    /// `"$sensorsIds"` → the array of the target's `sensorId`, `"$pylumIds"` → its pylum id
-    /// array, `"$toolName"` → the package name (`run_script.script`), `"$arguments"` → the
-    /// array of `run_script.args`, `"$commandLine"` → name and arguments joined by spaces.
-    /// The default is the batch framework's body (§6.5: `sensorsIds` or `filters`, plus
-    /// `argument`).
-    #[serde(default = "default_ir_run_body")]
-    pub ir_run_body: Value,
+    /// Path of the "Run an Incident Response Tool" request (§6.6.2), which no public source
+    /// documents: the operator sets it for their console version (e.g.
+    /// `/rest/sensors/action/runIRTool`, the sensor batch framework's `POST
+    /// /rest/sensors/action/<verb>` of §6.5, whose action type for IR runs is
+    /// `IRToolsRunIRTool`). **Unset (the default), `run_script` is not offered.**
+    #[serde(default)]
+    pub ir_run_path: Option<String>,
+    /// Body of that request, as JSON (only with `ir_run_path`). String values are placeholders
+    /// replaced per run: `"$sensorsIds"` → the array of the target's `sensorId`, `"$pylumIds"`
+    /// → its pylum id array, `"$toolName"` → the package name (`run_script.script`),
+    /// `"$arguments"` → the array of `run_script.args`, `"$commandLine"` → name and arguments
+    /// joined by spaces. Unset, the batch framework's body is used (§6.5: `sensorsIds` or
+    /// `filters`, plus `argument`) — [`default_ir_run_body`].
+    #[serde(default)]
+    pub ir_run_body: Option<Value>,
     /// Concurrent steps (each a few vendor calls) edrgate runs against this console.
     #[serde(default = "default_concurrency")]
     pub max_concurrent_requests: usize,
@@ -115,15 +119,15 @@ impl CybereasonConfig {
             username: username.into(),
             password,
             totp_secret: None,
-            fetch_zip_password: None,
+            fetch_zip_password: default_fetch_zip_password(),
             fetch_mode: FetchMode::Direct,
             ca_file: None,
             insecure_skip_verify: false,
             pinned_cert_sha256: None,
             session_lifetime_secs: default_session_lifetime(),
             relogin_margin_secs: default_relogin_margin(),
-            ir_run_path: default_ir_run_path(),
-            ir_run_body: default_ir_run_body(),
+            ir_run_path: None,
+            ir_run_body: None,
             max_concurrent_requests: default_concurrency(),
             calls_per_minute: default_calls_per_minute(),
             poll_interval_ms: default_poll_interval_ms(),
@@ -158,15 +162,22 @@ impl CybereasonConfig {
         if self.relogin_margin_secs >= self.session_lifetime_secs {
             errors.push("relogin_margin_secs must be smaller than session_lifetime_secs".into());
         }
-        if !self.ir_run_path.starts_with("/rest/") {
-            errors.push(format!("ir_run_path {:?} must start with /rest/", self.ir_run_path));
+        if let Some(path) = &self.ir_run_path
+            && !path.starts_with("/rest/")
+        {
+            errors.push(format!("ir_run_path {path:?} must start with /rest/"));
         }
-        if !self.ir_run_body.is_object() {
-            errors.push("ir_run_body must be a JSON object".into());
-        } else if !mentions_target(&self.ir_run_body) {
-            errors.push(
+        match &self.ir_run_body {
+            Some(_) if self.ir_run_path.is_none() => {
+                errors.push("ir_run_body needs ir_run_path (the run request is configured as a pair)".into());
+            }
+            Some(body) if !body.is_object() => {
+                errors.push("ir_run_body must be a JSON object".into());
+            }
+            Some(body) if !mentions_target(body) => errors.push(
                 "ir_run_body must name the target with \"$sensorsIds\" or \"$pylumIds\"".into(),
-            );
+            ),
+            _ => {}
         }
         if self.max_concurrent_requests == 0 {
             errors.push("max_concurrent_requests must be at least 1".into());
@@ -187,6 +198,13 @@ impl CybereasonConfig {
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
+
+    /// The operator-configured IR run request (§6.6.2): its path and body template, or
+    /// `None` when `run_script` is not offered.
+    pub(crate) fn ir_run(&self) -> Option<(&str, Value)> {
+        let path = self.ir_run_path.as_deref()?;
+        Some((path, self.ir_run_body.clone().unwrap_or_else(default_ir_run_body)))
     }
 
     pub(crate) fn poll_min(&self) -> Duration {
@@ -218,10 +236,19 @@ fn default_session_lifetime() -> u64 {
 fn default_relogin_margin() -> u64 {
     1800
 }
-fn default_ir_run_path() -> String {
-    "/rest/sensors/action/runIRTool".into()
+/// The password of the zips Cybereason's file fetches return: the constant the vendor's public
+/// Python SDK (`cybereason` on PyPI, github.com/forensic-security/cybereason) opens them with,
+/// `AESZipFile(...).extractall(..., pwd=b'cautionhandlewithcare')` in
+/// `src/cybereason/sensors.py` (`download_file`, the `file-search/fetch-direct` client).
+pub const DEFAULT_FETCH_ZIP_PASSWORD: &str = "cautionhandlewithcare";
+
+fn default_fetch_zip_password() -> SecretString {
+    SecretString::from(DEFAULT_FETCH_ZIP_PASSWORD)
 }
-fn default_ir_run_body() -> Value {
+
+/// The IR run body used when `ir_run_path` is set without `ir_run_body`: the sensor batch
+/// framework's (§6.5, D22: `sensorsIds` or `filters`, plus `argument`), an inference.
+pub fn default_ir_run_body() -> Value {
     json!({"sensorsIds": "$sensorsIds", "filters": null, "argument": "$toolName", "arguments": "$arguments"})
 }
 fn default_concurrency() -> usize {
@@ -257,7 +284,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(cfg.session_lifetime_secs, 8 * 3600);
-        assert_eq!(cfg.ir_run_path, "/rest/sensors/action/runIRTool");
+        assert_eq!(cfg.ir_run_path, None, "the IR run request is not guessed");
+        assert!(cfg.ir_run().is_none());
+        {
+            use secrecy::ExposeSecret as _;
+            assert_eq!(cfg.fetch_zip_password.expose_secret(), "cautionhandlewithcare");
+        }
         assert!(cfg.validate().is_ok(), "{:?}", cfg.validate());
         let debug = format!("{cfg:?}");
         assert!(!debug.contains("hunter2") && !debug.contains("JBSWY3DP"), "{debug}");
@@ -273,10 +305,26 @@ mod tests {
         let mut cfg = CybereasonConfig::new("ftp://x", " ", SecretString::from("p"));
         cfg.totp_secret = Some(SecretString::from("not base32 !"));
         cfg.relogin_margin_secs = cfg.session_lifetime_secs;
-        cfg.ir_run_path = "/sensors/run".into();
-        cfg.ir_run_body = json!({"toolName": "$toolName"});
+        cfg.ir_run_path = Some("/sensors/run".into());
+        cfg.ir_run_body = Some(json!({"toolName": "$toolName"}));
         cfg.max_concurrent_requests = 0;
         let errors = cfg.validate().unwrap_err();
         assert_eq!(errors.len(), 7, "{errors:?}");
+
+        let mut body_only = CybereasonConfig::new("https://x", "u", SecretString::from("p"));
+        body_only.ir_run_body = Some(default_ir_run_body());
+        let errors = body_only.validate().unwrap_err();
+        assert!(errors[0].contains("needs ir_run_path"), "{errors:?}");
+    }
+
+    #[test]
+    fn the_ir_run_request_is_operator_configured() {
+        let mut cfg = CybereasonConfig::new("https://x", "u", SecretString::from("p"));
+        cfg.ir_run_path = Some("/rest/sensors/action/runIRTool".into());
+        let (path, body) = cfg.ir_run().unwrap();
+        assert_eq!((path, body), ("/rest/sensors/action/runIRTool", default_ir_run_body()));
+        cfg.ir_run_body = Some(json!({"pylumIds": "$pylumIds", "toolName": "$toolName"}));
+        assert_eq!(cfg.ir_run().unwrap().1["pylumIds"], "$pylumIds");
+        assert!(cfg.validate().is_ok());
     }
 }

@@ -61,6 +61,11 @@ pub(crate) fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> C
     match status {
         // An unauthenticated `/rest/` call is redirected to the login page (§8.2).
         s if s.is_redirection() => CrError::SessionLost,
+        // A 401 also means the session is gone (consoles behind an SSO gateway or a newer API
+        // front answer it instead of the redirect; Rapid7 reads it as an authentication
+        // failure, C5, §4): the client logs in again once, and a 401 right after a fresh
+        // login is reported as `vendor_auth_failed` (`CrError::into_adapter`).
+        StatusCode::UNAUTHORIZED => CrError::SessionLost,
         // Missing role (C1, C5); the body is text.
         StatusCode::FORBIDDEN => CrError::Api(
             AdapterError::new(
@@ -482,6 +487,7 @@ mod tests {
     fn classify_reads_redirects_roles_and_batches() {
         let h = HeaderMap::new();
         assert!(matches!(classify(StatusCode::FOUND, &h, ""), CrError::SessionLost));
+        assert!(matches!(classify(StatusCode::UNAUTHORIZED, &h, ""), CrError::SessionLost));
         let e = classify(StatusCode::FORBIDDEN, &h, "Forbidden").into_adapter();
         assert_eq!(e.code(), ErrorCode::VendorAuthFailed);
         let e = classify(StatusCode::BAD_REQUEST, &h, "UNKNOWN BATCH").into_adapter();

@@ -286,8 +286,25 @@ pub(crate) struct VisualData {
 pub(crate) struct Element {
     #[serde(default)]
     pub(crate) simple_values: BTreeMap<String, SimpleValue>,
+    /// Links to other elements by feature (`ownerMachine`, `parentProcess`, `calculatedUser`,
+    /// …): `{totalValues, elementValues: [{elementType, guid, name, …}]}` (XSOAR's
+    /// `query_processes_raw_response.json`). Kept loose: the shapes vary by feature.
+    #[serde(default)]
+    pub(crate) element_values: BTreeMap<String, Value>,
     #[serde(default)]
     pub(crate) guid_string: Option<String>,
+}
+
+impl Element {
+    /// The first value of a simple feature, if it has one (an empty `values` is no value).
+    pub(crate) fn simple(&self, feature: &str) -> Option<&str> {
+        self.simple_values.get(feature)?.values.first().map(String::as_str)
+    }
+
+    /// A field (`guid`, `name`, …) of the first element linked through `feature`.
+    pub(crate) fn linked(&self, feature: &str, field: &str) -> Option<&str> {
+        self.element_values.get(feature)?.get("elementValues")?.get(0)?.get(field)?.as_str()
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -295,8 +312,24 @@ pub(crate) struct Element {
 pub(crate) struct SimpleValue {
     #[serde(default)]
     pub(crate) total_values: u64,
-    #[serde(default)]
+    /// Values as text: recorded answers carry numbers as strings (`applicablePid: ["624"]`,
+    /// stix-shifter's process capture), but a number is read too.
+    #[serde(default, deserialize_with = "lenient_strings")]
     pub(crate) values: Vec<String>,
+}
+
+fn lenient_strings<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|v| match v {
+                Value::Null => None,
+                Value::String(s) => Some(s),
+                other => Some(other.to_string()),
+            })
+            .collect(),
+        _ => Vec::new(),
+    })
 }
 
 /// Markers of the HTML login page (§3.1, §8.1): a body with these is the login form, never

@@ -160,9 +160,105 @@ type ProcSeed<'a> = (u64, u64, i64, &'a str, String, (&'a str, &'a str));
 /// Seed registry key: path and its `(name, (type, data))` values.
 type RegSeed<'a> = (&'a str, Vec<(&'a str, (&'a str, Value))>);
 
+/// A sensor's operating system, as the sensor object's `os_type` reports it.
+///
+/// `os_type` 1 is Windows (cbapi `CbLRSessionBase.path_join` / `_random_file_name` branch on
+/// `os_type == 1`, §5.1); 2 (OS X) and 3 (Linux) are the other values CB Response sensors
+/// report (inferred: cbapi only distinguishes Windows from "Unix/Mac OS X").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SensorOs {
+    #[default]
+    Windows,
+    MacOs,
+    Linux,
+}
+
+impl SensorOs {
+    /// The sensor object's `os_type`.
+    pub fn os_type(self) -> u64 {
+        match self {
+            Self::Windows => 1,
+            Self::MacOs => 2,
+            Self::Linux => 3,
+        }
+    }
+}
+
+/// What kind of sensor a simulated endpoint runs: its OS, the sensor version
+/// (`build_version_string`, e.g. `006.002.002.70329` for 6.2.2) and quirks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SensorSpec {
+    pub os: SensorOs,
+    /// `build_version_string` of the sensor object (REC shape: `006.000.002.70329`).
+    pub version: String,
+    /// The sensor ignores `get file`'s `get_count` and sends everything from `offset` to
+    /// the end of the file (a quirk some sensors have; DOC5 only says `get_count` is "the
+    /// number of bytes to grab").
+    pub ignores_get_count: bool,
+}
+
+impl Default for SensorSpec {
+    /// A Windows 6.2 sensor, like the one of the recordings (REC).
+    fn default() -> Self {
+        Self::windows("006.002.002.70329")
+    }
+}
+
+impl SensorSpec {
+    pub fn windows(version: &str) -> Self {
+        Self { os: SensorOs::Windows, version: version.to_owned(), ignores_get_count: false }
+    }
+
+    /// A Windows 5.0 sensor: no `memdump` (DOC5: it needs server and sensor 5.1+).
+    pub fn windows_5_0() -> Self {
+        Self::windows("005.000.000.50105")
+    }
+
+    pub fn linux() -> Self {
+        Self { os: SensorOs::Linux, version: "006.002.002.70401".into(), ignores_get_count: false }
+    }
+
+    pub fn macos() -> Self {
+        Self { os: SensorOs::MacOs, version: "006.002.002.70512".into(), ignores_get_count: false }
+    }
+
+    /// The same sensor, ignoring `get_count` (see the field).
+    pub fn ignoring_get_count(mut self) -> Self {
+        self.ignores_get_count = true;
+        self
+    }
+
+    /// `(major, minor)` of [`Self::version`] (`"005.001.…"` is 5.1).
+    pub fn major_minor(&self) -> (u32, u32) {
+        let mut parts = self.version.split('.').map(|p| p.trim().parse::<u32>().unwrap_or(0));
+        (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
+    }
+
+    /// The session's `supported_commands` (§3.1) for this sensor, in the server's order.
+    /// Windows 5.1+ lists the 15 of REC; older Windows sensors lack `memdump` (DOC5: "requires
+    /// that the target endpoint is running a sensor version 5.1 and above"; DOCPY: a pre-5.1
+    /// sensor refuses a memory dump); OS X and Linux sensors have no registry and no memdump
+    /// (inferred: those are Windows facilities; DOC5 describes `supported_commands` as "for
+    /// when we support multiple commands across different architectures").
+    pub fn supported_commands(&self) -> Vec<&'static str> {
+        let windows = self.os == SensorOs::Windows;
+        let memdump = windows && self.major_minor() >= (5, 1);
+        crate::SUPPORTED_COMMANDS
+            .into_iter()
+            .filter(|c| match *c {
+                "memdump" => memdump,
+                c if c.starts_with("reg ") => windows,
+                _ => true,
+            })
+            .collect()
+    }
+}
+
 pub(crate) struct Endpoint {
     sensor_id: u64,
     hostname: String,
+    os: SensorOs,
+    ignores_get_count: bool,
     processes: Vec<Process>,
     next_pid: u64,
     fs: BTreeMap<String, FsNode>,
@@ -175,6 +271,7 @@ impl Endpoint {
     pub(crate) fn new(
         sensor_id: u64,
         hostname: &str,
+        spec: &SensorSpec,
         big_file_size: u64,
         memdump_size: u64,
         now_epoch: i64,
@@ -182,6 +279,8 @@ impl Endpoint {
         let mut ep = Self {
             sensor_id,
             hostname: hostname.to_owned(),
+            os: spec.os,
+            ignores_get_count: spec.ignores_get_count,
             processes: Vec::new(),
             next_pid: 4000,
             fs: BTreeMap::new(),
@@ -190,10 +289,48 @@ impl Endpoint {
             boot_epoch: now_epoch - 3 * 86_400 - (sensor_id as i64 % 97) * 613,
             memdump_size,
         };
-        ep.seed_processes();
-        ep.seed_files(big_file_size);
-        ep.seed_registry();
+        match spec.os {
+            SensorOs::Windows => {
+                ep.seed_processes();
+                ep.seed_files(big_file_size);
+                ep.seed_registry();
+            }
+            SensorOs::Linux | SensorOs::MacOs => {
+                ep.seed_unix_processes();
+                ep.seed_unix_files(big_file_size);
+            }
+        }
         ep
+    }
+
+    /// The canonical node key of `path` on this endpoint: `c:\...` (lower-case) on
+    /// Windows; `/...` on Linux (case-sensitive) and macOS (case-insensitive, like APFS's
+    /// default, so folded to lower-case). `None` for a path this OS cannot name.
+    fn key(&self, path: &str) -> Option<String> {
+        match self.os {
+            SensorOs::Windows => norm_path(path),
+            SensorOs::Linux => norm_unix(path, false),
+            SensorOs::MacOs => norm_unix(path, true),
+        }
+    }
+
+    fn windows(&self) -> bool {
+        self.os == SensorOs::Windows
+    }
+
+    /// The path separator of this endpoint.
+    fn sep(&self) -> char {
+        if self.windows() { '\\' } else { '/' }
+    }
+
+    /// Join a possibly relative path onto a working directory key.
+    fn resolve_relative(&self, path: &str, cwd: &str) -> Option<String> {
+        if self.key(path).is_some() {
+            Some(path.to_owned())
+        } else {
+            let sep = self.sep();
+            self.key(&format!("{cwd}{sep}{path}"))
+        }
     }
 
     // ----- seed data ---------------------------------------------------------------------
@@ -446,7 +583,7 @@ impl Endpoint {
             ("C:\\Users\\jdoe\\Documents\\report.docx", b"PK\x03\x04 not really a docx"),
         ];
         for (path, body) in texts {
-            if let Some(key) = norm_path(path) {
+            if let Some(key) = self.key(path) {
                 let name = last_component(path).to_owned();
                 self.fs.insert(key, file_node(name, Content::bytes(body.to_vec()), t0, &[]));
             }
@@ -454,13 +591,13 @@ impl Endpoint {
     }
 
     fn seed_dir(&mut self, path: &str, t: i64) {
-        if let Some(key) = norm_path(path) {
+        if let Some(key) = self.key(path) {
             self.fs.insert(key, dir_node(last_component(path), t));
         }
     }
 
     fn seed_synthetic(&mut self, path: &str, size: u64, attrs: &'static [&'static str], t: i64) {
-        if let Some(key) = norm_path(path) {
+        if let Some(key) = self.key(path) {
             let content = Content::synthetic(seed_for(self.sensor_id, &key), size);
             self.fs.insert(key, file_node(last_component(path).to_owned(), content, t, attrs));
         }
@@ -542,12 +679,12 @@ impl Endpoint {
     }
 
     pub(crate) fn file(&self, path: &str) -> Option<Content> {
-        let key = norm_path(path)?;
+        let key = self.key(path)?;
         self.fs.get(&key).filter(|n| !n.dir).map(|n| n.content.clone())
     }
 
     pub(crate) fn path_exists(&self, path: &str) -> bool {
-        norm_path(path).is_some_and(|k| self.fs.contains_key(&k))
+        self.key(path).is_some_and(|k| self.fs.contains_key(&k))
     }
 
     pub(crate) fn registry_value(&self, key: &str, value: &str) -> Option<Value> {
@@ -604,7 +741,7 @@ impl Endpoint {
                 }
                 let size =
                     if cmd.flag("compress") { self.memdump_size / 3 } else { self.memdump_size };
-                let key = norm_path(&path).ok_or(Hresult::INVALID_PARAMETER)?;
+                let key = self.key(&path).ok_or(Hresult::INVALID_PARAMETER)?;
                 let content = Content::synthetic(seed_for(self.sensor_id, &key), size);
                 self.write_file(&path, content, false, now)?;
                 out.fields.insert("return_code".into(), 0.into());
@@ -674,7 +811,7 @@ impl Endpoint {
 
     /// Resolve a path to its node key, distinguishing a missing file from a missing parent.
     fn lookup(&self, path: &str) -> Result<(String, &FsNode), Hresult> {
-        let key = norm_path(path).ok_or(Hresult::INVALID_PARAMETER)?;
+        let key = self.key(path).ok_or(Hresult::INVALID_PARAMETER)?;
         check_drive(&key)?;
         match self.fs.get(&key) {
             Some(node) => Ok((key, node)),
@@ -708,7 +845,7 @@ impl Endpoint {
         overwrite: bool,
         now: i64,
     ) -> Result<(), Hresult> {
-        let key = norm_path(path).ok_or(Hresult::INVALID_PARAMETER)?;
+        let key = self.key(path).ok_or(Hresult::INVALID_PARAMETER)?;
         check_drive(&key)?;
         if is_protected(&key) {
             return Err(Hresult::ACCESS_DENIED);
@@ -751,7 +888,7 @@ impl Endpoint {
 
     /// `CreateDirectory` semantics: no intermediate directories, existing path is an error.
     fn create_directory(&mut self, path: &str, now: i64) -> Result<(), Hresult> {
-        let key = norm_path(path).ok_or(Hresult::INVALID_PARAMETER)?;
+        let key = self.key(path).ok_or(Hresult::INVALID_PARAMETER)?;
         check_drive(&key)?;
         if self.fs.contains_key(&key) {
             return Err(Hresult::ALREADY_EXISTS);
@@ -784,7 +921,7 @@ impl Endpoint {
             let (_, node) = self.lookup(&filter)?;
             return Ok(vec![entry_json(&node.name, node)]);
         }
-        let dir_key = norm_path(&format!("{dir_part}\\")).ok_or(Hresult::INVALID_PARAMETER)?;
+        let dir_key = self.key(&format!("{dir_part}\\")).ok_or(Hresult::INVALID_PARAMETER)?;
         check_drive(&dir_key)?;
         let dir = self.fs.get(&dir_key).filter(|n| n.dir).ok_or(Hresult::PATH_NOT_FOUND)?;
         let pattern = if last == "*.*" { "*" } else { last };
@@ -829,7 +966,7 @@ impl Endpoint {
         let command_line = cmd.object_str()?.to_owned();
         let cwd = match cmd.string("working_directory") {
             Some(dir) => {
-                let key = norm_path(dir).ok_or(Hresult::DIRECTORY)?;
+                let key = self.key(dir).ok_or(Hresult::DIRECTORY)?;
                 if !self.fs.get(&key).is_some_and(|n| n.dir) {
                     return Err(Hresult::DIRECTORY);
                 }
@@ -842,7 +979,7 @@ impl Endpoint {
         let wait = cmd.flag("wait");
         let (output, rc, long_running) = self.run_program(&exe_key, &args, &cwd);
         if let Some(out_path) = cmd.string("output_file") {
-            let full = resolve_relative(out_path, &cwd).ok_or(Hresult::INVALID_PARAMETER)?;
+            let full = self.resolve_relative(out_path, &cwd).ok_or(Hresult::INVALID_PARAMETER)?;
             self.write_file(&full, Content::bytes(output.into_bytes()), true, now)?;
         }
         let pid = self.next_pid;
@@ -864,7 +1001,7 @@ impl Endpoint {
     fn resolve_exe(&self, exe: &str, cwd: &str) -> Result<String, Hresult> {
         let mut bases = Vec::new();
         if exe.contains('\\') || exe.contains(':') {
-            bases.extend(resolve_relative(exe, cwd));
+            bases.extend(self.resolve_relative(exe, cwd));
         } else {
             for dir in [
                 cwd,
@@ -877,7 +1014,7 @@ impl Endpoint {
         }
         for base in bases {
             for candidate in [base.clone(), format!("{base}.exe")] {
-                if let Some(key) = norm_path(&candidate) {
+                if let Some(key) = self.key(&candidate) {
                     match self.fs.get(&key) {
                         Some(n) if n.dir => return Err(Hresult::ACCESS_DENIED),
                         Some(_) => return Ok(key),
@@ -932,7 +1069,7 @@ impl Endpoint {
             "ver" => ("\r\nMicrosoft Windows [Version 10.0.19045.3803]\r\n".into(), 0),
             "type" => {
                 let target = unquote(rest.trim());
-                let content = resolve_relative(target, cwd)
+                let content = self.resolve_relative(target, cwd)
                     .ok_or(Hresult::FILE_NOT_FOUND)
                     .and_then(|p| self.read_file(&p));
                 match content {
@@ -1246,14 +1383,6 @@ fn last_component(path: &str) -> &str {
     path.trim_end_matches(['\\', '/']).rsplit(['\\', '/']).next().unwrap_or(path)
 }
 
-/// Join a possibly relative path onto a working directory key.
-fn resolve_relative(path: &str, cwd: &str) -> Option<String> {
-    if norm_path(path).is_some() {
-        Some(path.to_owned())
-    } else {
-        norm_path(&format!("{cwd}\\{path}"))
-    }
-}
 
 /// Only A:, C: and D: exist (§3.1 `drives`); A: is an empty floppy drive.
 fn check_drive(key: &str) -> Result<(), Hresult> {

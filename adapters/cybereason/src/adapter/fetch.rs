@@ -157,11 +157,10 @@ impl CybereasonAdapter {
         spool.flush().await.map_err(|e| internal("spooling the zip", &e))?;
         let spool = spool.into_std().await;
 
-        let password =
-            self.cfg.fetch_zip_password.as_ref().map(|p| p.expose_secret().as_bytes().to_vec());
+        // The console's fixed password (the SDK's constant unless configured otherwise).
+        let password = self.cfg.fetch_zip_password.expose_secret().as_bytes().to_vec();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-        let reader =
-            tokio::task::spawn_blocking(move || unzip_first(spool, password.as_deref(), &tx));
+        let reader = tokio::task::spawn_blocking(move || unzip_first(spool, &password, &tx));
         let name = file_name(path);
         let mut writer = ctx.files.create(index, &name).await.map_err(CrError::Api)?;
         let (mut skip, mut take) = (offset.unwrap_or(0), length.unwrap_or(u64::MAX));
@@ -195,7 +194,7 @@ impl CybereasonAdapter {
 /// sends it in chunks. Runs on a blocking thread.
 fn unzip_first(
     spool: std::fs::File,
-    password: Option<&[u8]>,
+    password: &[u8],
     tx: &tokio::sync::mpsc::Sender<Vec<u8>>,
 ) -> Result<(), String> {
     use std::io::Read as _;
@@ -204,16 +203,12 @@ fn unzip_first(
     let index = (0..zip.len())
         .find(|i| zip.by_index_data(*i).is_ok_and(|f| !f.is_dir()))
         .ok_or("the fetched archive holds no file")?;
-    let entry = match password {
-        Some(pw) => zip.by_index_decrypt(index, pw),
-        None => zip.by_index(index),
-    };
+    let encrypted = zip.by_index_raw(index).is_ok_and(|f| f.encrypted());
+    let entry =
+        if encrypted { zip.by_index_decrypt(index, password) } else { zip.by_index(index) };
     let mut entry = entry.map_err(|e| match e {
         zip::result::ZipError::InvalidPassword => {
-            "the fetched archive did not open with fetch_zip_password".to_owned()
-        }
-        zip::result::ZipError::UnsupportedArchive(m) if password.is_none() => {
-            format!("the fetched archive is encrypted ({m}); configure fetch_zip_password")
+            "the fetched archive did not open with fetch_zip_password (the console's fixed zip password; set it if this console uses another one)".to_owned()
         }
         other => format!("cannot open the fetched archive: {other}"),
     })?;

@@ -67,8 +67,11 @@ impl CybereasonAdapter {
             Command::RunScript { args, .. } => args.clone(),
             _ => Vec::new(),
         };
-        let body = render(&self.cfg.ir_run_body, sensor, &tool, &args);
-        match self.client.ir_run(&self.cfg.ir_run_path, &body).await? {
+        let Some((path, template)) = self.cfg.ir_run() else {
+            return Ok(Drive::Finished(CommandUpdate::failed(cp.cursor.index, ir_unconfigured())));
+        };
+        let body = render(&template, sensor, &tool, &args);
+        match self.client.ir_run(path, &body).await? {
             None => Ok(Drive::Finished(CommandUpdate::failed(
                 cp.cursor.index,
                 ErrorInfo::new(
@@ -166,6 +169,15 @@ impl CybereasonAdapter {
     }
 }
 
+/// `run_script` on a backend whose IR run request is not configured (it is then not in the
+/// capabilities, so the gateway refuses it at submission; this is the defence in depth).
+pub(super) fn ir_unconfigured() -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorCode::UnsupportedCommand,
+        "run_script needs the operator-configured IR run request (ir_run_path): no public source documents it",
+    )
+}
+
 /// The IR run body: the configured template with its placeholders filled in.
 fn render(template: &Value, sensor: &SensorIds, tool: &str, args: &[String]) -> Value {
     match template {
@@ -213,14 +225,15 @@ mod tests {
 
     #[test]
     fn the_default_run_body_names_the_sensor_and_tool() {
-        let cfg = CybereasonConfig::new("https://x", "u", secrecy::SecretString::from("p"));
+        let mut cfg = CybereasonConfig::new("https://x", "u", secrecy::SecretString::from("p"));
+        cfg.ir_run_path = Some("/rest/sensors/action/runIRTool".into());
         let sensor = SensorIds {
             sensor_id: "srv:P1".into(),
             pylum_id: "P1".into(),
             guid: "-1.2".into(),
             machine: "m".into(),
         };
-        let body = render(&cfg.ir_run_body, &sensor, "collect.exe", &["-q".into()]);
+        let body = render(&cfg.ir_run().unwrap().1, &sensor, "collect.exe", &["-q".into()]);
         assert_eq!(
             body,
             serde_json::json!({"sensorsIds": ["srv:P1"], "filters": null, "argument": "collect.exe", "arguments": ["-q"]})

@@ -127,6 +127,7 @@ impl CybereasonAdapter {
                 backend_name,
                 u32::try_from(cfg.max_concurrent_requests).unwrap_or(u32::MAX),
                 cfg.calls_per_minute,
+                cfg.ir_run_path.is_some(),
             ),
             client,
             slots,
@@ -302,6 +303,9 @@ impl CybereasonAdapter {
             }
             Command::Isolate => self.contain(ctx, cp, updates, &sensor, true).await,
             Command::Release => self.contain(ctx, cp, updates, &sensor, false).await,
+            Command::RunScript { .. } if self.cfg.ir_run().is_none() => {
+                Ok(Drive::Finished(CommandUpdate::failed(index, ir::ir_unconfigured())))
+            }
             Command::RunScript { script, file_id, .. } => {
                 self.start_ir(ctx, cp, updates, &sensor, script, file_id.as_deref()).await
             }
@@ -386,32 +390,26 @@ fn timed_out(index: usize, limit: u64, vref: String) -> CommandUpdate {
     ));
     u
 }
-/// What this backend supports, and how (see the crate doc).
-fn capabilities(backend: &str, concurrent: u32, per_minute: u32) -> Capabilities {
+/// What this backend supports, and how (see the crate doc). `run_script` only with the
+/// operator-configured IR run request (`ir_run_path`): no public source documents it (§6.6.2).
+fn capabilities(backend: &str, concurrent: u32, per_minute: u32, ir_run: bool) -> Capabilities {
     let native = |command, notes: &str| CommandSupport {
         command,
         via: Via::Native,
         notes: Some(notes.to_owned()),
     };
-    Capabilities {
-        backend: backend.to_owned(),
-        kind: "cybereason".to_owned(),
-        commands: vec![
+    let mut commands = vec![
             native(
                 CommandKind::GetFile,
                 "direct fetch by path and pylumId; the encrypted zip is opened by edrgate and the file itself stored",
             ),
             native(
                 CommandKind::KillProcess,
-                "remediation KILL_PROCESS of the process element found for the pid; not queued for offline machines",
+                "remediation KILL_PROCESS of the live process element of the pid (applicablePid, no endTime), refused when several match; the sensor must be connected (isActiveProbeConnected)",
             ),
             native(
                 CommandKind::DeleteFile,
-                "remediation QUARANTINE_FILE: the file is moved to the sensor's quarantine folder",
-            ),
-            native(
-                CommandKind::RunScript,
-                "IR tool run: script names an uploaded package; with file_id the stored file is uploaded first as that package (at most 100 MB); tool output goes to the customer's storage bucket, not through the API",
+                "remediation QUARANTINE_FILE: the file is moved to the sensor's quarantine folder; the sensor must be connected (isActiveProbeConnected)",
             ),
             native(
                 CommandKind::Isolate,
@@ -421,7 +419,18 @@ fn capabilities(backend: &str, concurrent: u32, per_minute: u32) -> Capabilities
                 CommandKind::Release,
                 "monitor/global/commands/un-isolate; the per-machine result decides",
             ),
-        ],
+    ];
+    if ir_run {
+        // `Via` has no "operator-configured" variant (edrgate_adapter model): the note says so.
+        commands.push(native(
+            CommandKind::RunScript,
+            "operator-configured: IR tool run through the run request set in ir_run_path/ir_run_body (undocumented by the vendor); script names an uploaded package; with file_id the stored file is uploaded first as that package (at most 100 MB); tool output goes to the customer's storage bucket, not through the API",
+        ));
+    }
+    Capabilities {
+        backend: backend.to_owned(),
+        kind: "cybereason".to_owned(),
+        commands,
         limits: Limits {
             concurrent_sessions: Some(concurrent),
             max_upload_bytes: Some(MAX_PACKAGE_BYTES),
@@ -441,18 +450,28 @@ mod tests {
 
     #[test]
     fn capabilities_list_exactly_the_supported_commands() {
-        let caps = capabilities("cr", 10, 600);
-        for kind in CommandKind::ALL {
-            let supported = matches!(
-                kind,
-                CommandKind::GetFile
-                    | CommandKind::KillProcess
-                    | CommandKind::DeleteFile
-                    | CommandKind::RunScript
-                    | CommandKind::Isolate
-                    | CommandKind::Release
-            );
-            assert_eq!(caps.supports(kind), supported, "{kind:?}");
+        for ir_run in [false, true] {
+            let caps = capabilities("cr", 10, 600, ir_run);
+            for kind in CommandKind::ALL {
+                let supported = matches!(
+                    kind,
+                    CommandKind::GetFile
+                        | CommandKind::KillProcess
+                        | CommandKind::DeleteFile
+                        | CommandKind::Isolate
+                        | CommandKind::Release
+                ) || (ir_run && kind == CommandKind::RunScript);
+                assert_eq!(caps.supports(kind), supported, "{kind:?} (ir_run {ir_run})");
+            }
         }
+    }
+
+    #[test]
+    fn run_script_is_offered_only_with_the_operator_configured_run_request() {
+        let plain = capabilities("cr", 10, 600, false);
+        assert!(!plain.supports(CommandKind::RunScript), "the run request is undocumented");
+        let configured = capabilities("cr", 10, 600, true);
+        let run = configured.commands.iter().find(|c| c.command == CommandKind::RunScript).unwrap();
+        assert!(run.notes.as_deref().unwrap().starts_with("operator-configured"), "{run:?}");
     }
 }

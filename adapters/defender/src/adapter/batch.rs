@@ -3,7 +3,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::MutexGuard;
-use std::time::Duration;
 
 use edrgate_adapter::driver::{Drive, RunOps as _};
 use edrgate_adapter::{
@@ -13,6 +12,7 @@ use edrgate_adapter::{
 use super::{
     Checkpoint, DefenderAdapter, Phase, TAG_PREFIX, comment, has_tag, now, refused, too_large,
 };
+use crate::client::with_margin;
 use crate::mapping::{self, Helper};
 use crate::wire::{self, LrCommand, MachineAction, keys, kinds};
 
@@ -102,27 +102,30 @@ impl DefenderAdapter {
             // The stop check before the next move closes the run.
             _ = ctx.stop.stopped() => return Ok(Drive::Continue),
         };
-        // With other replicas, the credential's call quota must also allow it among them all.
-        // The shared quota counts a call when it is taken, not when Defender receives it, so
-        // two replicas' calls could arrive closer than they were taken: its window is widened
-        // by a margin (5%, at least 250 ms) that absorbs such delays.
-        if let Some(budget) = self.shared.get().filter(|b| b.is_shared()) {
-            let scope = format!("{}:runliveresponse", self.scope);
-            let window = self.cfg.lr_window();
-            let window = window + (window / 20).max(Duration::from_millis(250));
-            if let Some(wait) =
-                budget.take_call(&scope, self.cfg.live_response_calls, window).await?
-            {
-                permit.unused();
-                return Ok(Drive::Wait(wait));
-            }
-        }
         let tag = format!("{TAG_PREFIX}{}:{}", ctx.run_id, cp.cursor.index);
         cp.phase = Phase::Intent { end, tag: tag.clone(), at: now() };
         if let Err(e) = self.record(ctx, cp, updates).await {
             // Not journaled, so not sent.
             cp.phase = Phase::Ready;
             return Err(e);
+        }
+        // With other replicas, the credential's call quota must also allow it among them all.
+        // The shared quota counts a call when it is taken, not when Defender receives it, so
+        // it is taken last, right before the call (after the journal write, whose time under
+        // load was seen to exceed the margin and let two replicas' calls arrive closer than
+        // they were counted), and its window is widened by a margin (5%, at least 250 ms) for
+        // the rest. A refusal leaves nothing sent: the step ends `Ready` again, which the
+        // driver stores over the intent (and an intent a crash left is reconciled by its tag).
+        if let Some(budget) = self.shared.get().filter(|b| b.is_shared()) {
+            let scope = format!("{}:runliveresponse", self.scope);
+            let window = with_margin(self.cfg.lr_window());
+            if let Some(wait) =
+                budget.take_call(&scope, self.cfg.live_response_calls, window).await?
+            {
+                permit.unused();
+                cp.phase = Phase::Ready;
+                return Ok(Drive::Wait(wait));
+            }
         }
         let body = wire::LiveResponseRequest {
             commands: slots.iter().map(|s| s.lr.clone()).collect(),
