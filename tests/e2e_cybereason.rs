@@ -184,7 +184,6 @@ async fn unsupported_commands_are_refused_before_any_vendor_call() {
     let (gw, sim) = start(sim()).await;
     let acme = token("acme");
     for command in [
-        json!({"type": "process_list"}),
         json!({"type": "execute", "command_line": "cmd /c whoami"}),
         json!({"type": "list_directory", "path": "C:\\"}),
         json!({"type": "memory_dump"}),

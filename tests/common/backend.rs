@@ -66,6 +66,9 @@ impl Backend {
             password = "{password}"
             totp_secret = "{totp}"
             fetch_zip_password = "{zip}"
+            # The IR tool run request is the operator's to configure (it is undocumented); the
+            # simulator takes the sensor batch framework's.
+            ir_run_path = "/rest/sensors/action/runIRTool"
             poll_interval_ms = 20
             max_poll_interval_ms = 200
             "#,

@@ -50,15 +50,15 @@ impl Client {
     /// Long-polls action `id` until it is terminal; the action.
     pub(crate) async fn wait_terminal(&self, token: &str, id: &str) -> Value {
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::time::Instant::now() < deadline {
+        loop {
             let (status, action) = self.get(token, &format!("/v1/actions/{id}?wait=5")).await;
             assert_eq!(status, StatusCode::OK, "{action}");
             let open = ["queued", "dispatched", "running"];
             if !open.contains(&action["status"].as_str().unwrap_or_default()) {
                 return action;
             }
+            assert!(tokio::time::Instant::now() < deadline, "did not finish: {action:#}");
         }
-        panic!("action {id} did not finish");
     }
 
     /// Submits an action and waits until it is terminal.

@@ -77,7 +77,8 @@ impl GatewayBuilder {
 const CONFIG_FILE: &str = "edrgate.toml";
 
 /// A running gateway: its API on loopback ([`Client`], which it derefs to), and the parts a
-/// test reaches past the API for. Dropping it starts its graceful shutdown.
+/// test reaches past the API for. It runs on a runtime of its own, as its own process would:
+/// a crash, or dropping it, ends everything it holds.
 pub(crate) struct Gateway {
     client: Client,
     pub(crate) addr: SocketAddr,
@@ -89,6 +90,7 @@ pub(crate) struct Gateway {
     dir: Arc<tempfile::TempDir>,
     stop: CancellationToken,
     server: tokio::task::JoinHandle<()>,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Gateway {
@@ -110,12 +112,14 @@ impl Gateway {
     /// on the same configuration, database and files, on another port.
     pub(crate) async fn crash_and_restart(&mut self) {
         self.engine.kill();
-        self.server.abort();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
         *self = Gateway::launch(Arc::clone(&self.dir)).await;
     }
 
     /// Shuts it down gracefully, as SIGTERM does; returns once it has stopped.
-    pub(crate) async fn stop(mut self) {
+    pub(crate) async fn stop(&mut self) {
         self.stop.cancel();
         (&mut self.server).await.unwrap();
     }
@@ -129,20 +133,45 @@ impl Gateway {
     }
 
     async fn launch(dir: Arc<tempfile::TempDir>) -> Gateway {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let file = dir.path().join(CONFIG_FILE);
-        let config = Config::load(&file).unwrap_or_else(|e| panic!("{e:?}"));
-        let app = App::build(config).await.unwrap();
-        app.reloader.watch_file(file);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (router, engine, shutdown) =
-            (app.router.clone(), Arc::clone(&app.engine), app.shutdown.clone());
         let stop = CancellationToken::new();
         let signal = stop.clone().cancelled_owned();
-        let server = tokio::spawn(async move { app::serve(listener, app, signal).await.unwrap() });
+        let (started, parts) = tokio::sync::oneshot::channel();
+        let server = runtime.spawn(async move {
+            let config = Config::load(&file).unwrap_or_else(|e| panic!("{e:?}"));
+            let app = App::build(config).await.unwrap();
+            app.reloader.watch_file(file);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _ = started.send((
+                addr,
+                app.router.clone(),
+                Arc::clone(&app.engine),
+                app.shutdown.clone(),
+            ));
+            app::serve(listener, app, signal).await.unwrap();
+        });
+        let Ok((addr, router, engine, shutdown)) = parts.await else {
+            std::panic::resume_unwind(server.await.unwrap_err().into_panic());
+        };
         let client =
             Client::new(format!("http://{addr}"), reqwest::Client::builder().build().unwrap());
-        Gateway { client, addr, router, engine, shutdown, dir, stop, server }
+        Gateway {
+            client,
+            addr,
+            router,
+            engine,
+            shutdown,
+            dir,
+            stop,
+            server,
+            runtime: Some(runtime),
+        }
     }
 }
 
@@ -156,7 +185,9 @@ impl Deref for Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        self.stop.cancel();
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

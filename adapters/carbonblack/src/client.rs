@@ -79,6 +79,70 @@ impl CbClient {
         .await
     }
 
+    /// Every sensor the paged search (§7.4 v2, `GET /api/v2/sensor`, as cbapi 2.0 queries
+    /// it: `hostname`, `start`, `rows` in batches of 100, sorted by `computer_name`) returns for
+    /// `hostname` (a case-sensitive substring), page by page. A server without the v2 route
+    /// (404) is asked the v1 way (`GET /api/v1/sensor?hostname=`).
+    pub(crate) async fn search_sensors(
+        &self,
+        hostname: Option<&str>,
+    ) -> Result<Vec<wire::Sensor>, CbError> {
+        const ROWS: usize = 100;
+        /// 100 000 sensors: more than any one server holds; a bound against a server that
+        /// keeps answering full pages.
+        const MAX_PAGES: usize = 1000;
+        let mut found = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let start = found.len();
+            let Some(page) = self.sensor_page(hostname, start, ROWS).await? else {
+                return self.sensors(hostname).await;
+            };
+            let n = page.results.len();
+            found.extend(page.results);
+            let total = page.total_results.and_then(|t| usize::try_from(t).ok());
+            if n < ROWS || total.is_some_and(|t| found.len() >= t) {
+                break;
+            }
+        }
+        Ok(found)
+    }
+
+    /// One page of the v2 search; `None` when the server has no v2 route.
+    async fn sensor_page(
+        &self,
+        hostname: Option<&str>,
+        start: usize,
+        rows: usize,
+    ) -> Result<Option<wire::SensorPage>, CbError> {
+        retry(|| async {
+            let mut query = vec![
+                ("rows", rows.to_string()),
+                ("sort.col", "computer_name".to_owned()),
+                ("sort.dir", "asc".to_owned()),
+                ("start", start.to_string()),
+            ];
+            if let Some(h) = hostname {
+                query.push(("hostname", h.to_owned()));
+            }
+            let req = self
+                .request(Method::GET, "/api/v2/sensor")
+                .query(&query)
+                .header(AUTH_HEADER, self.token.clone());
+            let resp = http::send(crate::KIND, &self.backend, req)
+                .await
+                .map_err(|e| CbError::Api(http::transport_error(e)))?;
+            if resp.status() == StatusCode::NOT_FOUND {
+                return Ok(None);
+            }
+            let resp = check(resp).await?;
+            if resp.status() == StatusCode::NO_CONTENT {
+                return Ok(Some(wire::SensorPage { results: Vec::new(), total_results: Some(0) }));
+            }
+            json(resp).await.map(Some)
+        })
+        .await
+    }
+
     pub(crate) async fn sensor(&self, id: u64) -> Result<wire::Sensor, CbError> {
         self.get_json(&format!("/api/v1/sensor/{id}")).await.map_err(|e| sensor_missing(e, id))
     }

@@ -336,6 +336,59 @@ pub(crate) fn simple_result(cmd: &Command, done: CbCommand) -> CommandResult {
     }
 }
 
+/// Every CB command a normalized command may send (§4.3), in order: the ones its result
+/// needs (`get file` of an output or dump) and edrgate's cleanup (`delete file` of a
+/// temporary file) included. Empty for what needs no live-response session.
+pub(crate) fn cb_commands(cmd: &Command) -> Vec<&'static str> {
+    match cmd {
+        Command::ProcessList => vec![names::PROCESS_LIST],
+        Command::KillProcess { .. } => vec![names::KILL],
+        Command::DeleteFile { .. } => vec![names::DELETE_FILE],
+        Command::ListDirectory { .. } => vec![names::DIRECTORY_LIST],
+        Command::CreateDirectory { .. } => vec![names::CREATE_DIRECTORY],
+        Command::RegistryList { .. } => vec![names::REG_ENUM_KEY],
+        Command::RegistryGet { .. } => vec![names::REG_QUERY_VALUE],
+        Command::RegistrySet { .. } => vec![names::REG_SET_VALUE],
+        Command::RegistryCreateKey { .. } => vec![names::REG_CREATE_KEY],
+        Command::RegistryDeleteKey { .. } => vec![names::REG_DELETE_KEY],
+        Command::RegistryDeleteValue { .. } => vec![names::REG_DELETE_VALUE],
+        Command::GetFile { .. } => vec![names::GET_FILE],
+        Command::PutFile { .. } => vec![names::PUT_FILE],
+        Command::Execute { wait, output_file, .. } => {
+            let mut v = vec![names::CREATE_PROCESS];
+            if *wait {
+                v.push(names::GET_FILE);
+                if output_file.is_none() {
+                    v.push(names::DELETE_FILE);
+                }
+            }
+            v
+        }
+        Command::MemoryDump { path, fetch } => {
+            let mut v = vec![names::MEMDUMP];
+            if *fetch {
+                v.push(names::GET_FILE);
+                if path.is_none() {
+                    v.push(names::DELETE_FILE);
+                }
+            }
+            v
+        }
+        Command::RunScript { .. } | Command::Isolate | Command::Release => Vec::new(),
+    }
+}
+
+/// `directory list` of a file's own path: with `FindFirstFile` semantics (a path without a
+/// wildcard names the entry itself, §4.3) its single entry carries the file's `size`.
+pub(crate) fn stat_request(session_id: u64, path: &str) -> CommandRequest {
+    CommandRequest {
+        name: names::DIRECTORY_LIST,
+        object: path.trim_end_matches(['\\', '/']).into(),
+        session_id,
+        ..Default::default()
+    }
+}
+
 pub(crate) fn get_file_request(
     session_id: u64,
     path: &str,

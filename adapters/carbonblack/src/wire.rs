@@ -18,6 +18,10 @@ pub(crate) struct Session {
     #[serde(deserialize_with = "lenient_u64")]
     pub sensor_id: u64,
     pub status: String,
+    /// What the sensor accepts (§3.1, REC); empty while `pending`. cbapi refuses any command
+    /// not listed (`_lr_post_command`, §5.3).
+    #[serde(default)]
+    pub supported_commands: Option<Vec<String>>,
 }
 
 /// A command object as returned by POST, GET and the command list (§4.1, §4.3).
@@ -145,6 +149,28 @@ pub(crate) struct Sensor {
     /// `null` on live sensors (REC); `true` once uninstalled.
     #[serde(default)]
     pub uninstalled: Option<bool>,
+    /// The sensor version, `006.000.002.70329` for 6.0.2 (REC).
+    #[serde(default)]
+    pub build_version_string: Option<String>,
+}
+
+impl Sensor {
+    /// `(major, minor)` of `build_version_string` (`"005.001.…"` is 5.1), if it parses.
+    pub(crate) fn version(&self) -> Option<(u32, u32)> {
+        let mut parts = self.build_version_string.as_deref()?.split('.');
+        let major = parts.next()?.trim().parse().ok()?;
+        let minor = parts.next()?.trim().parse().ok()?;
+        Some((major, minor))
+    }
+}
+
+/// A page of the v2 sensor search (`GET /api/v2/sensor`, §7.4).
+#[derive(Debug, Deserialize)]
+pub(crate) struct SensorPage {
+    #[serde(default)]
+    pub results: Vec<Sensor>,
+    #[serde(default, deserialize_with = "lenient_opt_u64")]
+    pub total_results: Option<u64>,
 }
 
 /// A whole sensor object with cbapi's isolation field set, as `Sensor.isolate()` /

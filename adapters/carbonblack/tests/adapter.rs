@@ -11,8 +11,8 @@ use edrgate_adapter::{
     Adapter, Command, CommandKind, CommandResult, ErrorCode, FileRef, Next, RegistryValueType,
     Status,
 };
-use edrgate_carbonblack_sim::{DEFAULT_TOKEN, Faults, NOTE_TXT, SimConfig, Simulator};
 use edrgate_carbonblack::{CarbonBlackAdapter, CarbonBlackConfig};
+use edrgate_carbonblack_sim::{DEFAULT_TOKEN, Faults, NOTE_TXT, SensorSpec, SimConfig, Simulator};
 use serde_json::json;
 
 async fn simulator(cfg: SimConfig) -> (Simulator, String) {
@@ -833,4 +833,170 @@ async fn a_pinned_certificate_is_the_only_one_accepted() {
     let mut cfg = config(&url);
     cfg.pinned_cert_sha256 = Some("abc".into());
     assert!(cfg.validate().unwrap_err()[0].starts_with("pinned_cert_sha256"));
+}
+
+// ---- issue 12: vendor truth ---------------------------------------------------------------
+
+/// cbapi refuses, before sending, what a session's `supported_commands` does not list; Linux
+/// and macOS sensors have no registry or memdump, and memdump needs sensor 5.1+. What the
+/// sensor record rules out is refused without opening a session; the session's list decides
+/// the rest. Everything else runs on those sensors with their own paths.
+#[tokio::test]
+async fn commands_a_sensor_cannot_run_are_refused_before_they_are_sent() {
+    let (sim, url) = simulator(SimConfig {
+        sensors: 5,
+        sensor_specs: vec![
+            (2, SensorSpec::linux()),
+            (3, SensorSpec::macos()),
+            (4, SensorSpec::windows_5_0()),
+            // A version nothing can be read from: only the session's list tells.
+            (5, SensorSpec::windows("unknown")),
+        ],
+        ..SimConfig::default()
+    })
+    .await;
+    let adapter = adapter(config(&url));
+    let reg = Command::RegistryList { key: "HKLM\\SOFTWARE".into() };
+    let dump = Command::MemoryDump { path: None, fetch: true };
+
+    // Only refusals: no session is opened for them.
+    let mut run = Run::new("2", vec![reg.clone(), dump.clone()]).continue_on_error();
+    run.drive(&adapter).await;
+    for i in 0..2 {
+        assert_eq!(run.status(i), Status::Failed);
+        let e = run.error(i);
+        assert_eq!(e.code, ErrorCode::UnsupportedCommand, "{e:?}");
+        assert!(e.message.contains("sensor 2") && e.message.contains("Ubuntu"), "{}", e.message);
+    }
+    assert!(run.error(0).message.contains("registry"), "{}", run.error(0).message);
+    assert_eq!(sim.counters().sessions_created, 0);
+
+    // On macOS the rest works, with Unix paths and temporary files under /tmp.
+    let mut run = Run::new(
+        "3",
+        vec![
+            Command::ProcessList,
+            reg.clone(),
+            Command::GetFile {
+                path: "/Users/jdoe/evidence/note.txt".into(),
+                offset: None,
+                length: None,
+            },
+            Command::Execute {
+                command_line: "/bin/sh -c 'echo from mac'".into(),
+                wait: true,
+                working_directory: None,
+                output_file: None,
+            },
+            Command::KillProcess { pid: 3012, vendor_id: None },
+        ],
+    )
+    .continue_on_error();
+    run.drive(&adapter).await;
+    assert_eq!(run.status(0), Status::Succeeded);
+    assert_eq!(run.error(1).code, ErrorCode::UnsupportedCommand);
+    assert_eq!(run.files.bytes(file_of(run.result(2))), NOTE_TXT.as_bytes());
+    let CommandResult::Execution { output, exit_code, .. } = run.result(3) else { panic!() };
+    assert_eq!((output.as_deref(), *exit_code), (Some("from mac\n"), Some(0)));
+    assert!(!sim.process_exists(3, 3012));
+    assert_eq!(sim.counters().executed("reg enum key"), 0, "never sent");
+
+    // Windows 5.0: the registry works, memdump is refused by version, before any session.
+    let mut run = Run::new("4", vec![dump.clone(), reg.clone()]).continue_on_error();
+    run.drive(&adapter).await;
+    assert_eq!(run.error(0).code, ErrorCode::UnsupportedCommand);
+    assert!(run.error(0).message.contains("5.1"), "{}", run.error(0).message);
+    assert_eq!(run.status(1), Status::Succeeded);
+
+    // The session's own list: refused after the session is up, still without sending it.
+    let posted = sim.counters().commands_posted;
+    let mut run = Run::new("5", vec![dump, Command::ProcessList]).continue_on_error();
+    run.drive(&adapter).await;
+    assert_eq!(run.error(0).code, ErrorCode::UnsupportedCommand);
+    assert!(run.error(0).message.contains("supported_commands"), "{}", run.error(0).message);
+    assert_eq!(run.status(1), Status::Succeeded);
+    assert_eq!(sim.counters().commands_posted, posted + 1, "only the process list was sent");
+    assert_eq!(sim.counters().executed("memdump"), 0);
+}
+
+/// A file whose size is a whole number of ranges takes exactly that many `get file`s, not
+/// one more at `offset == size`.
+#[tokio::test]
+async fn a_file_of_whole_ranges_takes_no_empty_extra_range() {
+    let chunk = 64 * 1024u64;
+    let size = 4 * chunk;
+    let (sim, url) = simulator(SimConfig { file_size: size, ..SimConfig::default() }).await;
+    let mut cfg = config(&url);
+    cfg.chunk_size = chunk;
+    let adapter = adapter(cfg);
+    let big = "C:\\evidence\\big.bin";
+    let mut run = Run::new(
+        "1",
+        vec![
+            Command::GetFile { path: big.into(), offset: None, length: None },
+            Command::GetFile { path: "C:\\evidence\\empty.txt".into(), offset: None, length: None },
+        ],
+    );
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let whole = file_of(run.result(0));
+    assert_eq!(
+        (whole.size, whole.sha256.clone()),
+        (size, sha256(&sim.read_file(1, big, 0, size).unwrap()))
+    );
+    assert_eq!(file_of(run.result(1)).size, 0);
+    // 4 ranges, and one for the empty file (which is still read, so its errors would show).
+    assert_eq!(sim.counters().executed("get file"), 5);
+}
+
+/// A sensor that ignores `get_count` sends the whole rest of the file: it is streamed as it
+/// arrives and the download finishes at the file's size, instead of failing.
+#[tokio::test]
+async fn a_sensor_ignoring_get_count_is_read_as_it_sends() {
+    let size = 300_000u64;
+    let (sim, url) = simulator(SimConfig {
+        file_size: size,
+        sensor_specs: vec![(1, SensorSpec::default().ignoring_get_count())],
+        ..SimConfig::default()
+    })
+    .await;
+    let mut cfg = config(&url);
+    cfg.chunk_size = 64 * 1024;
+    let adapter = adapter(cfg);
+    let big = "C:\\evidence\\big.bin";
+    let mut run = Run::new(
+        "1",
+        vec![
+            Command::GetFile { path: big.into(), offset: None, length: None },
+            Command::GetFile { path: big.into(), offset: Some(1000), length: Some(150_000) },
+        ],
+    );
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let whole = file_of(run.result(0));
+    assert_eq!(
+        (whole.size, whole.sha256.clone()),
+        (size, sha256(&sim.read_file(1, big, 0, size).unwrap()))
+    );
+    let part = file_of(run.result(1));
+    assert_eq!(part.size, 150_000);
+    assert_eq!(part.sha256, sha256(&sim.read_file(1, big, 1000, 150_000).unwrap()));
+    assert_eq!(sim.counters().executed("get file"), 2, "each arrived whole in one range");
+}
+
+/// Hostname lookups page through the v2 sensor search (§7.4) with a hostname filter, never
+/// an unpaged listing of every sensor.
+#[tokio::test]
+async fn hostname_lookups_page_through_the_sensor_search() {
+    let (sim, url) = simulator(SimConfig { sensors: 230, ..SimConfig::default() }).await;
+    let adapter = adapter(config(&url));
+    let device = adapter.resolve_hostname("win-0201").await.unwrap();
+    assert_eq!(device.device_id, "201");
+    assert!(adapter.resolve_hostname("nope").await.is_err());
+    // Every sensor matches `WIN-0`: 230 of them, in pages of 100.
+    let before = sim.counters().sensor_pages;
+    assert_eq!(adapter.find_devices(Some("WIN-0")).await.unwrap().len(), 230);
+    assert!(sim.counters().sensor_pages - before >= 3, "{:?}", sim.counters());
+    assert_eq!(adapter.find_devices(None).await.unwrap().len(), 230);
+    assert_eq!(sim.counters().sensor_unpaged_listings, 0);
 }

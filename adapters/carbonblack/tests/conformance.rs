@@ -54,7 +54,10 @@ impl Conformance for CarbonBlack {
 
     /// CB command names (reads excepted) and isolation changes.
     fn is_effect(op: &str) -> bool {
-        !matches!(op, "process list" | "directory list" | "get file" | "reg enum key" | "reg query value")
+        !matches!(
+            op,
+            "process list" | "directory list" | "get file" | "reg enum key" | "reg query value"
+        )
     }
 
     fn secrets(&self) -> Vec<String> {

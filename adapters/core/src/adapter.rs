@@ -54,7 +54,7 @@ pub trait Adapter: Send + Sync + 'static {
             .find_devices(Some(hostname))
             .await?
             .into_iter()
-            .filter(|d| d.hostname.eq_ignore_ascii_case(hostname))
+            .filter(|d| names_device(&d.hostname, hostname))
             .collect();
         match exact.len() {
             0 => Err(AdapterError::new(
@@ -118,6 +118,15 @@ pub struct BudgetUse {
 /// case (hostnames are ASCII: DNS labels and NetBIOS names).
 pub fn hostname_matches(name: &str, query: &str) -> bool {
     name.to_ascii_lowercase().contains(&query.to_ascii_lowercase())
+}
+
+/// Whether `query` names the device called `name`: the same name ignoring ASCII case, or, for
+/// a query without a dot, the first label of an FQDN (Defender and many consoles store
+/// `ws-042.corp.example`; responders say `ws-042`).
+pub fn names_device(name: &str, query: &str) -> bool {
+    name.eq_ignore_ascii_case(query)
+        || (!query.contains('.')
+            && name.split_once('.').is_some_and(|(label, _)| label.eq_ignore_ascii_case(query)))
 }
 
 /// Everything an adapter knows about the run it is stepping.

@@ -36,6 +36,7 @@ pub mod testsuite;
 
 pub use adapter::{
     Adapter, BudgetUse, CommandUpdate, Journal, Next, RunContext, RunFiles, Step, hostname_matches,
+    names_device,
 };
 pub use budget::{FairSlots, SlotGuard};
 pub use error::AdapterError;

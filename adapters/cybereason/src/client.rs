@@ -421,10 +421,11 @@ impl CrClient {
     /// The form login (§3.1) and, when the user has two-factor authentication, the TOTP
     /// step (§3.2). The page never decides success: the session is proved by a `/rest/` call
     /// ([`CrClient::authenticated`]). Two-factor is recognised by C1's page text (`Two factor
-    /// authentication`) where the console serves it, and otherwise by a session the password
-    /// alone did not open: the current console's login is an Angular shell (`<app-login>`)
-    /// whose text is drawn in the browser, so neither a failed login nor the two-factor step
-    /// shows any text to read.
+    /// authentication`) where the console serves it, and otherwise by the login page coming
+    /// back after a password the console took (no `error` redirect), or by a session the
+    /// password alone did not open: the current console's login is an Angular shell
+    /// (`<app-login>`) whose text is drawn in the browser, so neither a failed login nor the
+    /// two-factor step shows any text to read.
     async fn login(&self) -> Result<HeaderValue, CrError> {
         self.pace().await?;
         let form =
@@ -441,7 +442,10 @@ impl CrClient {
             return Err(auth_failed("the login set no JSESSIONID cookie"));
         };
         let page = self.landing(resp, Some(&cookie)).await?;
-        let asks_code = page.contains(wire::TFA_MARKER);
+        // The password was taken (no `error` redirect) and the console answers its login page
+        // again: the two-factor form of the Angular shell, when the user has a secret.
+        let asks_code = page.contains(wire::TFA_MARKER)
+            || (self.totp.is_some() && crate::mapping::is_login_page(&page));
         if !asks_code && self.authenticated(&cookie).await? {
             return Ok(cookie);
         }

@@ -169,7 +169,10 @@ impl CybereasonConfig {
         }
         match &self.ir_run_body {
             Some(_) if self.ir_run_path.is_none() => {
-                errors.push("ir_run_body needs ir_run_path (the run request is configured as a pair)".into());
+                errors.push(
+                    "ir_run_body needs ir_run_path (the run request is configured as a pair)"
+                        .into(),
+                );
             }
             Some(body) if !body.is_object() => {
                 errors.push("ir_run_body must be a JSON object".into());

@@ -15,10 +15,12 @@
 //!   valid 8 h; a user with two-factor authentication then posts a TOTP code to `/` (Responder
 //!   L2 users, needed for IR tools, must have it, §3.2). The login answers 200 HTML whether it
 //!   worked or not, so the adapter reads the redirect target (`error`, `reset`) and the page
-//!   (the login form's `<app-login>`, the two-factor text) and reports `vendor_auth_failed`
-//!   rather than ever treating a page as success. One session per backend, one login at a
+//!   (the login form's `<app-login>`, the two-factor text where the console still serves it;
+//!   the current console's login is an Angular shell whose text is drawn in the browser) and
+//!   proves the session with a `/rest/` call, reporting `vendor_auth_failed` rather than ever
+//!   treating a page as success. One session per backend, one login at a
 //!   time, renewed `relogin_margin_secs` before `session_lifetime_secs`.
-//! - **Session loss** (§3.4, §7): a 302 or an HTML page on a `/rest/` call. The client logs in
+//! - **Session loss** (§3.4, §7): a 302, a 401 or an HTML page on a `/rest/` call. The client logs in
 //!   again once; an idempotent read is replayed, a request that starts an action is not (see
 //!   crash safety below).
 //! - **Identifiers** (§5): a device is a sensor, identified by its `pylumId` (what isolation
@@ -33,14 +35,21 @@
 //! # Commands (everything else is absent from the capabilities, so refused at submission)
 //! - `get_file{path}` (`fetch_mode = "direct"`, default): `POST /rest/file-search/fetch-direct`
 //!   by path and `pylumId` returns an AES-encrypted zip (§6.4; its fixed password is
-//!   `fetch_zip_password`). The zip is spooled to an anonymous temporary file (the format needs
+//!   `fetch_zip_password`, by default the constant of the vendor's public Python SDK,
+//!   [`DEFAULT_FETCH_ZIP_PASSWORD`]). The zip is spooled to an anonymous temporary file (the format needs
 //!   seeking), the file in it is decrypted and streamed into the file store with its size and
 //!   SHA-256; `offset`/`length` cut the stream. With `fetch_mode = "batch"` the documented
 //!   fetch-file flow is used on the file's element GUID (found by visual search):
 //!   `fetchfile/start` → `downloads/progress` (by file name; batches of that name that existed
 //!   before are ignored) → `getfiles/{batchId}` (500 = expired) → `close`.
-//! - `kill_process{pid}` → remediation `KILL_PROCESS` of the process element the visual
-//!   search finds for the pid on the machine; `delete_file` → `QUARANTINE_FILE` (the file is
+//! - `process_list` → the query API's live Process elements of the machine (no `endTime`),
+//!   each with its element GUID as `vendor_id`.
+//! - `kill_process{pid}` → remediation `KILL_PROCESS` of the live process element of the pid
+//!   (`applicablePid`, numeric, as public clients filter it; Process elements include ended
+//!   runs of a reused pid, which carry `endTime`); several live matches are refused
+//!   (`conflict`, naming them), never guessed; a `vendor_id` is used as is. Before any
+//!   remediation the sensor must be connected (`isActiveProbeConnected`, as XSOAR checks):
+//!   else `device_offline`; `delete_file` → `QUARANTINE_FILE` (the file is
 //!   moved to the sensor's quarantine folder, §6.3). `POST /rest/remediate` without a malop
 //!   (`NOMALOP`), then `GET /rest/remediate/progress/{username}/{malopId}/{remediationId}`:
 //!   an empty `statusLog` is "not reported yet", never success; the last entry's status and
@@ -50,16 +59,18 @@
 //!   processes and files only (§6.3, "`targetId` without malop is supported only for processes
 //!   (KILL_PROCESS) and files (QUARANTINE_FILE/UNQUARANTINE_FILE)"), and the normalized command
 //!   carries no malop.
-//! - `run_script{script, args, file_id}` → an IR tool run (§6.6): with `file_id` the stored file
+//! - `run_script{script, args, file_id}` (offered **only** when the operator configures the
+//!   run request, `ir_run_path`/`ir_run_body`; the capability note says "operator-configured")
+//!   → an IR tool run (§6.6): with `file_id` the stored file
 //!   is first uploaded as package `script` (`POST /rest/irtools/upload`, part `packageInfo`;
 //!   upload replaces a package of the same name), then run and polled on
 //!   `GET /rest/sensors/action/getRunIRToolStatus/{batchID}` (per-sensor `Sensor`/`Status`/
 //!   `Error`, read whatever the casing or container; a batch object with `globalStats` is read
 //!   too) and aborted with `GET /rest/sensors/abort/{batchID}` on cancel or timeout. **The run
 //!   request itself is not published** (§6.6.2, §11): its path and body are per-backend config
-//!   (`ir_run_path`, `ir_run_body` with placeholders). The default follows the sensor batch
-//!   framework (§6.5), whose action type for IR runs is `IRToolsRunIRTool`:
-//!   `POST /rest/sensors/action/runIRTool` with
+//!   (`ir_run_path`, `ir_run_body` with placeholders); nothing is guessed by default. A body
+//!   left unset follows the sensor batch framework (§6.5), whose action type for IR runs is
+//!   `IRToolsRunIRTool` (e.g. at `POST /rest/sensors/action/runIRTool`):
 //!   `{"sensorsIds": [<sensorId>], "filters": null, "argument": <package>, "arguments": [<args>]}`
 //!   answering a batch object with `batchId` (204: the sensor cannot take the action).
 //!   **Tool output is not returned through the API**: the sensor uploads it to the customer's
@@ -96,7 +107,7 @@ mod mapping;
 mod wire;
 
 pub use adapter::{CybereasonAdapter, MAX_PACKAGE_BYTES};
-pub use config::{CybereasonConfig, FetchMode};
+pub use config::{CybereasonConfig, DEFAULT_FETCH_ZIP_PASSWORD, FetchMode, default_ir_run_body};
 
 /// Cybereason as the gateway configures and builds it (`kind = "cybereason"`).
 #[derive(Debug)]

@@ -7,18 +7,20 @@ use edrgate_adapter::testsuite::{JournalMode, RunHarness, sha256_hex};
 use edrgate_adapter::{Adapter, Command, CommandResult, ErrorCode, Status};
 use edrgate_cybereason::{CybereasonAdapter, CybereasonConfig};
 use edrgate_cybereason_sim::{
-    DEFAULT_PASSWORD, DEFAULT_TFA_USERNAME, DEFAULT_TOTP_SECRET, DEFAULT_USERNAME,
-    DEFAULT_ZIP_PASSWORD, Faults, NOTE_TXT, SimConfig, SimUser, Simulator,
+    DEFAULT_IR_RUN_PATH, DEFAULT_PASSWORD, DEFAULT_TFA_USERNAME, DEFAULT_TOTP_SECRET,
+    DEFAULT_USERNAME, DEFAULT_ZIP_PASSWORD, Faults, NOTE_TXT, SimConfig, SimUser, Simulator,
 };
 use edrgate_simkit::Sim as _;
 use secrecy::SecretString;
 
 const HOST: &str = "CR-WS-0001";
 
+/// The backend as tests configure it: the fetched zips' password left at its default (the
+/// platform's fixed one), the IR run request set to the simulator's (it is unpublished).
 fn config(url: &str, username: &str) -> CybereasonConfig {
     let mut cfg = CybereasonConfig::new(url, username, SecretString::from(DEFAULT_PASSWORD));
     cfg.totp_secret = Some(SecretString::from(DEFAULT_TOTP_SECRET));
-    cfg.fetch_zip_password = Some(SecretString::from(DEFAULT_ZIP_PASSWORD));
+    cfg.ir_run_path = Some(DEFAULT_IR_RUN_PATH.into());
     cfg.poll_interval_ms = 20;
     cfg.max_poll_interval_ms = 100;
     cfg
@@ -97,7 +99,7 @@ async fn missing_file_and_wrong_zip_password_fail_cleanly() {
     assert_eq!(r.error(0).code, ErrorCode::FileNotFound);
 
     let mut cfg = config(&adapter_url(&sim).await, DEFAULT_TFA_USERNAME);
-    cfg.fetch_zip_password = Some(SecretString::from("wrong"));
+    cfg.fetch_zip_password = SecretString::from("wrong");
     let wrong = CybereasonAdapter::new("cr", cfg).unwrap();
     let mut r = run(
         &sim,
@@ -157,9 +159,193 @@ async fn unknown_pid_and_offline_kill_fail_with_their_codes() {
     let e = r.error(0);
     assert_eq!(
         (e.code, e.vendor_code.as_deref()),
-        (ErrorCode::DeviceOffline, Some("MACHINE_NOT_CONNECTED"))
+        (ErrorCode::DeviceOffline, Some("isActiveProbeConnected"))
     );
     assert!(sim.process_exists("CR-WS-0002", 4242));
+}
+
+#[tokio::test]
+async fn remediations_check_that_the_sensor_is_connected_first() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    sim.set_online("CR-WS-0002", false);
+    let element = sim.process_element_id("CR-WS-0002", 4242).unwrap();
+    let mut r = run(
+        &sim,
+        "CR-WS-0002",
+        vec![
+            Command::KillProcess { pid: 4242, vendor_id: Some(element) },
+            Command::DeleteFile { path: "C:\\evidence\\note.txt".into() },
+        ],
+    )
+    .continue_on_error();
+    r.drive(&adapter).await;
+    for i in 0..2 {
+        let e = r.error(i);
+        assert_eq!(e.code, ErrorCode::DeviceOffline, "{e:?}");
+        assert!(e.message.contains("not connected"), "{e:?}");
+    }
+    assert_eq!(sim.counters().remediations_received, 0, "nothing sent to an offline sensor");
+}
+
+#[tokio::test]
+async fn kill_process_kills_the_live_instance_of_a_reused_pid() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    // pid 4242 is the live notepad and, earlier, an ended cmd.exe: both are Process elements.
+    let live = sim.process_element_id(HOST, 4242).unwrap();
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert!(!sim.process_exists(HOST, 4242));
+    let killed: Vec<_> =
+        sim.log().entries().into_iter().filter(|e| e.op == "KILL_PROCESS").collect();
+    assert_eq!(killed.len(), 1);
+    assert_eq!(killed[0].detail["targetId"], live.as_str());
+    assert_eq!(killed[0].detail["status"], "SUCCESS");
+
+    // Now only ended instances are left: not found, nothing sent.
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
+    r.drive(&adapter).await;
+    let e = r.error(0);
+    assert_eq!(e.code, ErrorCode::NotFound);
+    assert!(e.message.contains("no live process with pid 4242"), "{e:?}");
+    assert_eq!(sim.counters().remediations_received, 1);
+}
+
+#[tokio::test]
+async fn an_ambiguous_pid_is_refused_never_guessed() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    // A second live instance of pid 3012 (the old one's end never reported).
+    let second = sim.start_process(HOST, 3012, "updater.exe").unwrap();
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 3012, vendor_id: None }]);
+    r.drive(&adapter).await;
+    let e = r.error(0);
+    assert_eq!(e.code, ErrorCode::Conflict, "{e:?}");
+    assert!(e.message.contains("2 live processes match pid 3012"), "{e:?}");
+    assert!(e.message.contains(&second) && e.message.contains("vendor_id"), "{e:?}");
+    assert_eq!(sim.counters().remediations_received, 0);
+    // The caller picks one by its element id.
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 3012, vendor_id: Some(second) }]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert!(sim.process_exists(HOST, 3012), "the other instance lives on");
+}
+
+#[tokio::test]
+async fn run_script_is_offered_only_with_the_operator_configured_run_request() {
+    let sim = Simulator::new(SimConfig::default());
+    let url = adapter_url(&sim).await;
+    let mut cfg = config(&url, DEFAULT_TFA_USERNAME);
+    cfg.ir_run_path = None;
+    let plain = CybereasonAdapter::new("cr", cfg).unwrap();
+    assert!(!plain.capabilities().supports(edrgate_adapter::CommandKind::RunScript));
+    // Should a run reach the adapter anyway, it is refused, not guessed.
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::RunScript { script: "collector.exe".into(), args: vec![], file_id: None }],
+    );
+    r.drive(&plain).await;
+    assert_eq!(r.error(0).code, ErrorCode::UnsupportedCommand);
+    assert_eq!(sim.counters().ir_runs, 0);
+
+    let configured = CybereasonAdapter::new("cr", config(&url, DEFAULT_TFA_USERNAME)).unwrap();
+    let support = configured
+        .capabilities()
+        .commands
+        .iter()
+        .find(|c| c.command == edrgate_adapter::CommandKind::RunScript)
+        .cloned()
+        .unwrap();
+    assert!(support.notes.unwrap().starts_with("operator-configured"));
+}
+
+#[tokio::test]
+async fn get_file_opens_the_console_zip_without_configuration() {
+    let sim = Simulator::new(SimConfig::default());
+    let url = adapter_url(&sim).await;
+    // Only the login: the zip password is the platform's fixed one by default.
+    let mut cfg =
+        CybereasonConfig::new(&url, DEFAULT_USERNAME, SecretString::from(DEFAULT_PASSWORD));
+    cfg.poll_interval_ms = 20;
+    let adapter = CybereasonAdapter::new("cr", cfg).unwrap();
+    assert_eq!(DEFAULT_ZIP_PASSWORD, edrgate_cybereason::DEFAULT_FETCH_ZIP_PASSWORD);
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![Command::GetFile {
+            path: "C:\\evidence\\note.txt".into(),
+            offset: None,
+            length: None,
+        }],
+    );
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let CommandResult::File { file } = r.result(0) else { panic!("{:?}", r.result(0)) };
+    assert_eq!(r.files.bytes(file), NOTE_TXT);
+}
+
+#[tokio::test]
+async fn a_401_is_a_lost_session_and_logs_in_again() {
+    let (sim, adapter) = setup(SimConfig {
+        unauthorized_401: true,
+        remediation_delay: Duration::from_millis(600),
+        ..SimConfig::default()
+    })
+    .await;
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 4242, vendor_id: None }]);
+    while sim.counters().remediations_received == 0 {
+        r.step(&adapter).await.unwrap();
+    }
+    sim.expire_sessions();
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let c = sim.counters();
+    assert_eq!((c.remediations_received, c.remediations_executed, c.logins), (1, 1, 2));
+    assert!(c.session_redirects >= 1, "answered 401");
+
+    // Lost on the action request itself: reconciled, not replayed.
+    sim.expire_session_before("/rest/remediate");
+    let mut r = run(&sim, HOST, vec![Command::KillProcess { pid: 2480, vendor_id: None }]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert_eq!(sim.counters().remediations_received, 2);
+}
+
+#[tokio::test]
+async fn two_factor_works_on_the_angular_login_shell_and_the_classic_page() {
+    for classic_tfa_page in [false, true] {
+        let (sim, adapter) = setup(SimConfig { classic_tfa_page, ..SimConfig::default() }).await;
+        assert_eq!(
+            adapter.find_devices(None).await.unwrap().len(),
+            5,
+            "classic {classic_tfa_page}"
+        );
+        let c = sim.counters();
+        assert_eq!((c.logins, c.totp_logins, c.login_failures), (1, 1, 0));
+
+        // Without the secret, the failure names it, whichever page the console serves.
+        let mut cfg = config(&adapter_url(&sim).await, DEFAULT_TFA_USERNAME);
+        cfg.totp_secret = None;
+        let e = CybereasonAdapter::new("cr", cfg).unwrap().find_devices(None).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::VendorAuthFailed);
+        assert!(e.info.message.contains("totp_secret"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn sensor_listings_page_by_rows_or_by_page_numbers() {
+    // More sensors than one page (500), on a console counting offsets in rows, then one
+    // counting them in pages (the two readings of §6.1).
+    for offset_is_page in [false, true] {
+        let (_sim, adapter) =
+            setup(SimConfig { machines: 1100, offset_is_page, ..SimConfig::default() }).await;
+        let all = adapter.find_devices(None).await.unwrap();
+        assert_eq!(all.len(), 1100, "offset_is_page {offset_is_page}");
+        let mut ids: Vec<&str> = all.iter().map(|d| d.device_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 1100);
+    }
 }
 
 #[tokio::test]
@@ -377,13 +563,16 @@ async fn missing_roles_and_rate_limits() {
     assert_eq!(r.error(0).vendor_code.as_deref(), Some("403"));
     drop(adapter);
 
-    // Every third call is a 429: the run still completes, honouring Retry-After.
+    // Every third call is a 429: the runs still complete, honouring Retry-After (isolate and
+    // release make at least three calls, so one of them is refused whatever the count so far).
     sim.set_faults(Faults { rate_limit_every: 3, ..Faults::default() });
-    let mut r = run(&sim, HOST, vec![Command::Isolate]);
-    r.drive(&limited).await;
-    r.assert_all_succeeded();
+    for command in [Command::Isolate, Command::Release] {
+        let mut r = run(&sim, HOST, vec![command]);
+        r.drive(&limited).await;
+        r.assert_all_succeeded();
+    }
     assert!(sim.counters().rate_limited >= 1);
-    assert_eq!(sim.counters().isolations, 1);
+    assert_eq!((sim.counters().isolations, sim.counters().unisolations), (1, 1));
 }
 
 #[tokio::test]
@@ -544,4 +733,31 @@ async fn kill_by_the_callers_element_id_skips_the_pid_lookup() {
     r.assert_all_succeeded();
     assert!(!sim.process_exists(HOST, 4242));
     assert_eq!(sim.counters().remediations_executed, 1);
+}
+
+#[tokio::test]
+async fn process_list_reports_live_processes_with_their_element_ids() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let mut r = run(&sim, HOST, vec![Command::ProcessList]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let CommandResult::Processes { processes } = r.result(0).clone() else {
+        panic!("{:?}", r.result(0))
+    };
+    let pids: Vec<u64> = processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [4, 368, 612, 1024, 2480, 3012, 4242], "live only, by pid");
+    let notepad = processes.iter().find(|p| p.pid == 4242).unwrap();
+    assert_eq!(notepad.name, "notepad.exe", "not the ended cmd.exe of the same pid");
+    assert_eq!(notepad.parent_pid, Some(2480));
+    assert_eq!(notepad.username.as_deref(), Some("CORP\\jdoe"));
+    assert!(notepad.command_line.as_deref().unwrap().contains("note.txt"));
+    assert!(notepad.started_at.is_some_and(|t| t > 1_600_000_000));
+    assert_eq!(notepad.vendor_id, sim.process_element_id(HOST, 4242));
+    // The row's vendor_id kills exactly that instance.
+    let kill = Command::KillProcess { pid: 4242, vendor_id: notepad.vendor_id.clone() };
+    let mut r = run(&sim, HOST, vec![kill, Command::ProcessList]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let CommandResult::Processes { processes } = r.result(1) else { panic!() };
+    assert!(processes.iter().all(|p| p.pid != 4242), "killed: ended, so not listed");
 }

@@ -319,15 +319,22 @@ impl DfClient {
 
     // ---- machines (§10) ----
 
-    /// Machines, optionally filtered by `computerDnsName eq '…'` (lower-cased; quotes doubled
-    /// as OData requires). A 404 on an empty result (documented for the list) is an empty list.
+    /// Machines, all of them or those whose `computerDnsName` equals or starts with a name
+    /// (lower-cased; quotes doubled as OData requires). A 404 on an empty result (documented
+    /// for the list) is an empty list.
     pub(crate) async fn machines(
         &self,
-        dns_name: Option<&str>,
+        query: MachineQuery<'_>,
     ) -> Result<Vec<wire::Machine>, AdapterError> {
-        let filter = dns_name.map(|n| {
-            format!("computerDnsName eq '{}'", n.to_ascii_lowercase().replace('\'', "''"))
-        });
+        let quoted = |n: &str| n.to_ascii_lowercase().replace('\'', "''");
+        let filter = match query {
+            MachineQuery::All => None,
+            MachineQuery::Named(n) => Some(format!("computerDnsName eq '{}'", quoted(n))),
+            // The OData samples page documents `startswith(computerDnsName,'mymachine')`.
+            MachineQuery::NamePrefix(n) => {
+                Some(format!("startswith(computerDnsName,'{}')", quoted(n)))
+            }
+        };
         let result =
             self.get_all::<wire::Machine>("machines", "/api/machines", filter.as_deref()).await;
         match result {
@@ -578,6 +585,16 @@ impl DfClient {
             format!("Defender's {path} listing has more than {MAX_PAGES} pages"),
         ))
     }
+}
+
+/// Which machines [`DfClient::machines`] lists.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MachineQuery<'a> {
+    All,
+    /// `computerDnsName eq` (the FQDN the service stores, §10).
+    Named(&'a str),
+    /// `startswith(computerDnsName, …)`: a short name finds its FQDN.
+    NamePrefix(&'a str),
 }
 
 /// A shared call quota's window widened by a margin (5%, at least 250 ms): the quota counts a

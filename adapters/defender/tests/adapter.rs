@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use edrgate_adapter::testsuite::RunHarness;
 use edrgate_adapter::{Adapter, Command, CommandResult, ErrorCode, RegistryValueType, Status};
+use edrgate_defender::{DefenderAdapter, DefenderConfig, PUTFILE_DIR};
 use edrgate_defender_sim::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, Faults, NOTE_TXT, SimConfig,
     Simulator, machine_id,
 };
-use edrgate_defender::{DefenderAdapter, DefenderConfig, PUTFILE_DIR};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -425,6 +425,70 @@ async fn hostnames_resolve_exactly_and_ambiguity_names_the_machines() {
         ErrorCode::DeviceNotFound
     );
     assert_eq!(adapter.find_devices(Some("MDE-")).await.unwrap().len(), 5);
+}
+
+/// A short name finds the machine's FQDN through `startswith` (§10: names are FQDNs), never
+/// through a listing of every machine of the tenant.
+#[tokio::test]
+async fn short_hostnames_find_the_fqdn_without_listing_every_machine() {
+    let (sim, adapter) = setup(SimConfig {
+        hostname_overrides: vec![(2, "ws-042.corp.example".into())],
+        page_size: 2,
+        ..SimConfig::default()
+    })
+    .await;
+    let d = adapter.resolve_hostname("WS-042").await.unwrap();
+    assert_eq!(
+        (d.device_id.as_str(), d.hostname.as_str()),
+        (machine_id(2).as_str(), "ws-042.corp.example")
+    );
+    let e = adapter.resolve_hostname("ws-04").await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::DeviceNotFound, "a prefix finds, but does not name, it");
+    assert_eq!(adapter.find_devices(Some("ws-04")).await.unwrap().len(), 1);
+    assert_eq!(
+        adapter.resolve_hostname("corp").await.unwrap_err().code(),
+        ErrorCode::DeviceNotFound
+    );
+    assert_eq!(sim.counters().machine_lists_unfiltered, 0);
+}
+
+/// Collections are read to their end through `@odata.nextLink` (machines, machine actions,
+/// library files), and results are read by id when the list answer leaves `commands` out.
+#[tokio::test]
+async fn pages_are_followed_and_missing_command_results_read_by_id() {
+    let sim = Simulator::new(SimConfig {
+        machines: 5,
+        page_size: 2,
+        list_omits_commands: true,
+        // Sorted before edrgate's helpers: a helper uploaded once sits on the last page.
+        library_scripts: (0..5).map(|i| (format!("a{i}.ps1"), "exit 0\n".to_owned())).collect(),
+        ..SimConfig::default()
+    });
+    let base = format!("http://{}", sim.spawn().await.unwrap());
+    let adapter = DefenderAdapter::new("mde", config(&base)).unwrap();
+    assert_eq!(adapter.find_devices(None).await.unwrap().len(), 5);
+    assert_eq!(sim.counters().machine_lists_unfiltered, 3, "three pages of two");
+    // Three runs polled together: the `id in (…)` list pages too.
+    let commands = vec![Command::ProcessList, get("C:\\evidence\\note.txt")];
+    let mut runs: Vec<RunHarness> =
+        (1..=3).map(|n| RunHarness::new(&machine_id(n), commands.clone())).collect();
+    futures::future::join_all(runs.iter_mut().map(|r| r.drive(&adapter))).await;
+    for run in &runs {
+        run.assert_all_succeeded();
+        let CommandResult::Processes { processes } = run.result(0) else {
+            panic!("{:?}", run.result(0))
+        };
+        assert!(!processes.is_empty());
+    }
+    // A fresh adapter finds the helper on the library's last page instead of uploading it
+    // again.
+    let uploads = sim.counters().library_uploads;
+    assert!(uploads >= 1);
+    let fresh = DefenderAdapter::new("mde", config(&base)).unwrap();
+    let mut run = RunHarness::new(&machine_id(4), vec![Command::ProcessList]);
+    run.drive(&fresh).await;
+    run.assert_all_succeeded();
+    assert_eq!(sim.counters().library_uploads, uploads);
 }
 
 #[tokio::test]

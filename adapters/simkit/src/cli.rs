@@ -95,7 +95,10 @@ pub trait VendorSim: Send + Sync + 'static {
     type Args: Args + FromArgMatches + Send + 'static;
 
     /// `edrgate sim <kind>`: serves until `shutdown`.
-    fn serve(args: Self::Args, shutdown: Shutdown) -> impl Future<Output = anyhow::Result<()>> + Send;
+    fn serve(
+        args: Self::Args,
+        shutdown: Shutdown,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send;
 
     /// `edrgate demo`: starts the simulator over HTTPS in a background task with `endpoints`
     /// endpoints, writes what the gateway must trust into `dir`, and returns the backend.
@@ -184,7 +187,8 @@ pub async fn demo_spawn<S: Sim>(
     dir: &Path,
     file: &str,
 ) -> anyhow::Result<(String, PathBuf)> {
-    let addr = sim.spawn_tls().await.with_context(|| format!("starting the {} simulator", sim.name()))?;
+    let addr =
+        sim.spawn_tls().await.with_context(|| format!("starting the {} simulator", sim.name()))?;
     let ca = dir.join(file);
     std::fs::write(&ca, sim.cert_pem()?).with_context(|| format!("writing {}", ca.display()))?;
     Ok((format!("https://127.0.0.1:{}", addr.port()), ca))

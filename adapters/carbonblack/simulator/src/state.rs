@@ -11,8 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value, json};
 
 use super::content::Content;
-use super::endpoint::{CommandInput, Endpoint, Hresult, as_u64_lenient, sensor_ip};
-use super::{Counters, SUPPORTED_COMMANDS, SimConfig};
+use super::endpoint::{
+    CommandInput, Endpoint, Hresult, SensorOs, SensorSpec, as_u64_lenient, sensor_ip,
+};
+use super::{Counters, SimConfig};
 
 /// A request-level failure, rendered by the routes module.
 #[derive(Debug)]
@@ -59,6 +61,8 @@ pub(crate) struct Sensor {
     isolating_before: bool,
     isolation_changed: Option<Instant>,
     pub(crate) group_id: u64,
+    /// OS, sensor version and quirks.
+    pub(crate) spec: SensorSpec,
 }
 
 /// A file object in session storage (§2.10).
@@ -189,15 +193,35 @@ impl Runtime {
         let mut sensors = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
         for id in 1..=cfg.sensors as u64 {
+            let spec = cfg
+                .sensor_specs
+                .iter()
+                .rev()
+                .find(|(sid, _)| *sid == id)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
+            // Windows NetBIOS names are upper-case; Unix host names usually lower-case.
+            let default_name = match spec.os {
+                SensorOs::Windows => format!("WIN-{id:04}"),
+                SensorOs::Linux => format!("lnx-{id:04}"),
+                SensorOs::MacOs => format!("mac-{id:04}"),
+            };
             let hostname = cfg
                 .hostname_overrides
                 .iter()
                 .rev()
                 .find(|(sid, _)| *sid == id)
-                .map_or_else(|| format!("WIN-{id:04}"), |(_, h)| h.clone());
+                .map_or(default_name, |(_, h)| h.clone());
             endpoints.insert(
                 id,
-                Endpoint::new(id, &hostname, cfg.file_size, cfg.memdump_size, origin_epoch as i64),
+                Endpoint::new(
+                    id,
+                    &hostname,
+                    &spec,
+                    cfg.file_size,
+                    cfg.memdump_size,
+                    origin_epoch as i64,
+                ),
             );
             sensors.insert(
                 id,
@@ -210,6 +234,7 @@ impl Runtime {
                     isolating_before: false,
                     isolation_changed: None,
                     group_id: 1,
+                    spec,
                 },
             );
         }
@@ -417,15 +442,23 @@ impl Runtime {
         self.sessions.get(&sid).is_some_and(|s| s.status == SessionStatus::Pending)
     }
 
+    /// The session's `supported_commands` (§3.1): what the sensor it runs on supports.
+    fn supported_commands(&self, sensor_id: u64) -> Vec<&'static str> {
+        self.sensors.get(&sensor_id).map(|s| s.spec.supported_commands()).unwrap_or_default()
+    }
+
     /// §3.1 session object; pending sessions carry no sensor context (DOC5 example).
     fn session_json(&self, s: &Session) -> Value {
         let with_context = s.was_active;
         let storage = s.storage_size();
+        let windows = self.sensors.get(&s.sensor_id).is_none_or(|x| x.spec.os == SensorOs::Windows);
+        let drives = if windows { vec!["A:\\", "C:\\", "D:\\"] } else { vec!["/"] };
+        let cwd = self.endpoints.get(&s.sensor_id).map_or("", |e| e.default_cwd());
         let mut v = json!({
             "status": s.status.as_str(),
             "sensor_id": s.sensor_id,
-            "supported_commands": if with_context { SUPPORTED_COMMANDS.to_vec() } else { Vec::new() },
-            "drives": if with_context { vec!["A:\\", "C:\\", "D:\\"] } else { Vec::new() },
+            "supported_commands": if with_context { self.supported_commands(s.sensor_id) } else { Vec::new() },
+            "drives": if with_context { drives } else { Vec::new() },
             // REC shows a numeric string on an active 6.2 session and int 0 when empty.
             "storage_size": if storage == 0 { Value::from(0) } else { Value::from(storage.to_string()) },
             "create_time": s.create_epoch,
@@ -437,7 +470,7 @@ impl Runtime {
             "storage_ttl": 7,
             "os_version": "",
             "session_timeout": s.shown_session_timeout,
-            "current_working_directory": if with_context { "C:\\Windows\\CarbonBlack" } else { "" },
+            "current_working_directory": if with_context { cwd } else { "" },
         });
         if let (Some(t), Some(obj)) = (s.close_epoch, v.as_object_mut()) {
             obj.insert("close_time".into(), t.into());
@@ -656,7 +689,9 @@ impl Runtime {
             .and_then(Value::as_str)
             .ok_or_else(|| ApiError::BadRequest("command name is required".into()))?
             .to_owned();
-        if !SUPPORTED_COMMANDS.contains(&name.as_str()) {
+        // The server refuses what the sensor does not list in `supported_commands` (cbapi
+        // refuses it before sending, `_lr_post_command`; the server's answer is our choice).
+        if !self.supported_commands(s.sensor_id).contains(&name.as_str()) {
             return Err(ApiError::BadRequest(format!(
                 "Command {name} not supported by this sensor"
             )));
@@ -889,10 +924,19 @@ impl Runtime {
     pub(crate) fn sensor_json(&self, s: &Sensor, now: Instant) -> Value {
         let now_epoch = self.epoch(now);
         let backlog = (s.id * 7919 % 100) * 1024;
+        let os_name = match s.spec.os {
+            SensorOs::Windows => "Windows 10 Enterprise, 64-bit",
+            SensorOs::MacOs => "Mac OSX 14.2.1",
+            SensorOs::Linux => "Ubuntu 22.04.3 LTS",
+        };
+        let dns_name = match s.spec.os {
+            SensorOs::Windows => format!("{}.corp.example", s.hostname.to_lowercase()),
+            _ => format!("{}.corp.example", s.hostname),
+        };
         let mut first = json!({
             "systemvolume_total_size": "127326412800",
             "emet_telemetry_path": "",
-            "os_environment_display_string": "Windows 10 Enterprise, 64-bit",
+            "os_environment_display_string": os_name,
             "emet_version": "",
             "emet_dump_flags": "",
             "clock_delta": "0",
@@ -904,7 +948,7 @@ impl Runtime {
             "uptime": "259200",
             "is_isolating": self.is_isolating(s, now),
             "event_log_flush_time": null,
-            "computer_dns_name": format!("{}.corp.example", s.hostname.to_lowercase()),
+            "computer_dns_name": dns_name,
             "emet_report_setting": " (Locally configured)",
         });
         // Two halves: one `json!` this size exceeds the macro recursion limit.
@@ -919,7 +963,7 @@ impl Runtime {
             "status": if s.online { "Online" } else { "Offline" },
             "num_eventlog_bytes": backlog.to_string(),
             "sensor_health_message": "Healthy",
-            "build_version_string": "006.002.002.70329",
+            "build_version_string": s.spec.version,
             "computer_sid": format!("S-1-5-21-850238481-2932160288-{}", 1_760_307_000 + s.id),
             "next_checkin_time": server_time(now_epoch + 30.0),
             "node_id": 0,
@@ -936,11 +980,11 @@ impl Runtime {
             "restart_queued": false,
             "notes": null,
             "num_storefiles_bytes": "0",
-            "os_environment_id": 1,
+            "os_environment_id": s.spec.os.os_type(),
             "shard_id": 0,
             "boot_id": "38",
             "last_checkin_time": server_time(now_epoch - 5.0),
-            "os_type": 1,
+            "os_type": s.spec.os.os_type(),
             "group_id": s.group_id,
             "display": true,
             "uninstall": false,

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use edrgate_carbonblack_sim::{
-    DEFAULT_TOKEN, Faults, NOTE_TXT, SUPPORTED_COMMANDS, Sim as _, SimConfig, Simulator,
+    DEFAULT_TOKEN, Faults, NOTE_TXT, SUPPORTED_COMMANDS, SensorSpec, Sim as _, SimConfig, Simulator,
 };
 use futures::StreamExt;
 use reqwest::StatusCode;
@@ -766,7 +766,7 @@ async fn registry_commands() {
             json!({"name": "reg enum key", "object": "HKEY_LOCAL_MACHINE\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion"}),
         )
         .await;
-    assert_eq!(parent["sub_keys"], json!(["Run", "RunOnce"]));
+    assert_eq!(parent["sub_keys"], json!(["Policies", "Run", "RunOnce", "Uninstall"]));
 
     let q = h
         .run_ok(
@@ -1218,4 +1218,206 @@ async fn shapes_match_recorded_fixtures() {
     let mut rec_closed_keys = keys(&rec_closed[0]);
     rec_closed_keys.remove("storage_size");
     assert_eq!(closed_keys, rec_closed_keys);
+}
+
+// ---- issue 12: sensors of several OSes and versions, believable endpoints -------------------
+
+fn mixed_fleet() -> SimConfig {
+    SimConfig {
+        sensors: 5,
+        sensor_specs: vec![
+            (2, SensorSpec::linux()),
+            (3, SensorSpec::macos()),
+            (4, SensorSpec::windows_5_0()),
+            (5, SensorSpec::default().ignoring_get_count()),
+        ],
+        ..fast()
+    }
+}
+
+fn names_of(v: &Value, list: &str, field: &str) -> BTreeSet<String> {
+    v[list]
+        .as_array()
+        .expect(list)
+        .iter()
+        .filter_map(|x| x[field].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// §3.1: `supported_commands` depends on the sensor: Windows 5.1+ lists all 15 (REC), a 5.0
+/// sensor no `memdump` (DOC5), OS X and Linux sensors no registry and no memdump; the sensor
+/// object carries `os_type` and the version; the server refuses what the session does not list.
+#[tokio::test]
+async fn sensors_of_several_oses_and_versions() {
+    let h = Harness::start(mixed_fleet()).await;
+    let no_windows: Vec<&str> = SUPPORTED_COMMANDS
+        .iter()
+        .copied()
+        .filter(|c| !c.starts_with("reg ") && *c != "memdump")
+        .collect();
+    let no_memdump: Vec<&str> =
+        SUPPORTED_COMMANDS.iter().copied().filter(|c| *c != "memdump").collect();
+    let cases: [(u64, Value, u64, &str, &str, &str); 4] = [
+        (
+            1,
+            json!(SUPPORTED_COMMANDS),
+            1,
+            "006.002.002.70329",
+            "WIN-0001",
+            "C:\\Windows\\CarbonBlack",
+        ),
+        (2, json!(no_windows), 3, "006.002.002.70401", "lnx-0002", "/var/lib/cb"),
+        (3, json!(no_windows), 2, "006.002.002.70512", "mac-0003", "/var/lib/cb"),
+        (4, json!(no_memdump), 1, "005.000.000.50105", "WIN-0004", "C:\\Windows\\CarbonBlack"),
+    ];
+    for (sensor, commands, os_type, version, hostname, cwd) in cases {
+        let sid = h.active_session(sensor).await;
+        let session = h.get_json(&format!("/api/v1/cblr/session/{sid}")).await;
+        assert_eq!(session["supported_commands"], commands, "sensor {sensor}");
+        assert_eq!(session["current_working_directory"], cwd);
+        assert_eq!(session["hostname"], hostname);
+        let s = h.get_json(&format!("/api/v1/sensor/{sensor}")).await;
+        assert_eq!(
+            (s["os_type"].as_u64(), s["build_version_string"].as_str()),
+            (Some(os_type), Some(version))
+        );
+    }
+    let linux = h.active_session(2).await;
+    let resp = h
+        .send_json(
+            reqwest::Method::POST,
+            &format!("/api/v1/cblr/session/{linux}/command"),
+            &json!({"name": "reg enum key", "object": "HKLM\\SOFTWARE", "session_id": linux}),
+        )
+        .await;
+    assert_eq!(resp.0, StatusCode::BAD_REQUEST);
+    assert!(resp.1.contains("not supported by this sensor"), "{}", resp.1);
+    assert_eq!(h.sim.counters().commands_posted, 0);
+}
+
+/// The switch for a sensor that ignores `get_count`: it sends everything from `offset`.
+#[tokio::test]
+async fn a_sensor_can_ignore_get_count() {
+    let size = 10_000u64;
+    let h = Harness::start(SimConfig { file_size: size, ..mixed_fleet() }).await;
+    for (sensor, expected) in [(1u64, 100u64), (5, size - 1000)] {
+        let sid = h.active_session(sensor).await;
+        let v = h
+            .run_ok(
+                sid,
+                json!({"name": "get file", "object": "C:\\evidence\\big.bin", "offset": 1000, "get_count": 100}),
+            )
+            .await;
+        let got = h.content(sid, v["file_id"].as_u64().unwrap()).await;
+        assert_eq!(got.len() as u64, expected, "sensor {sensor}");
+        assert_eq!(got, h.sim.read_file(sensor, "C:\\evidence\\big.bin", 1000, expected).unwrap());
+    }
+}
+
+/// What a responder looks at first is there on every OS, beside the demo's evidence.
+#[tokio::test]
+async fn endpoints_look_like_real_hosts() {
+    let h = Harness::start(mixed_fleet()).await;
+    let sim = &h.sim;
+    // Windows: system binaries, hosts, hives, user profile, start-up locations, logs.
+    for path in [
+        "C:\\Windows\\System32\\cmd.exe",
+        "C:\\Windows\\System32\\notepad.exe",
+        "C:\\Windows\\System32\\drivers\\etc\\hosts",
+        "C:\\Windows\\System32\\config\\SAM",
+        "C:\\Windows\\System32\\winevt\\Logs\\Security.evtx",
+        "C:\\Windows\\Prefetch",
+        "C:\\Users\\jdoe\\NTUSER.DAT",
+        "C:\\Users\\jdoe\\AppData\\Roaming\\Microsoft\\Windows\\Start Menu\\Programs\\Startup",
+        "C:\\evidence\\note.txt",
+    ] {
+        assert!(sim.file_exists(1, path), "{path}");
+    }
+    assert!(sim.registry_key_exists(1, "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run"));
+    assert!(
+        sim.registry_value(
+            1,
+            "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Winlogon",
+            "Shell"
+        )
+        .is_some()
+    );
+    let sid = h.active_session(1).await;
+    let ps = h.run_ok(sid, json!({"name": "process list"})).await;
+    let paths = names_of(&ps, "processes", "path");
+    for exe in [
+        "smss.exe",
+        "csrss.exe",
+        "wininit.exe",
+        "services.exe",
+        "lsass.exe",
+        "svchost.exe",
+        "explorer.exe",
+    ] {
+        assert!(paths.iter().any(|p| p.ends_with(&format!("\\{exe}"))), "{exe}: {paths:?}");
+    }
+    let pids: Vec<u64> =
+        ps["processes"].as_array().unwrap().iter().filter_map(|p| p["pid"].as_u64()).collect();
+    assert!(pids.contains(&4) && pids.contains(&3012), "{pids:?}");
+    let system32 = h
+        .run_ok(sid, json!({"name": "directory list", "object": "C:\\Windows\\System32\\*"}))
+        .await;
+    let listed = names_of(&system32, "files", "filename");
+    assert!(listed.contains("cmd.exe") && listed.contains("drivers") && listed.contains("config"));
+
+    // Linux: accounts, logs, shells, init, sshd.
+    for path in [
+        "/etc/passwd",
+        "/etc/shadow",
+        "/var/log/auth.log",
+        "/bin/bash",
+        "/home/jdoe/.bash_history",
+        "/tmp",
+    ] {
+        assert!(sim.file_exists(2, path), "{path}");
+    }
+    assert!(!sim.file_exists(2, "/ETC/PASSWD"), "Linux paths are case-sensitive");
+    let lnx = h.active_session(2).await;
+    let ps = h.run_ok(lnx, json!({"name": "process list"})).await;
+    let paths = names_of(&ps, "processes", "path");
+    for exe in ["/usr/lib/systemd/systemd", "/usr/sbin/sshd", "/usr/sbin/cron"] {
+        assert!(paths.contains(exe), "{exe}: {paths:?}");
+    }
+    let log = h.run_ok(lnx, json!({"name": "directory list", "object": "/var/log/"})).await;
+    assert!(names_of(&log, "files", "filename").contains("auth.log"));
+    let passwd = h.run_ok(lnx, json!({"name": "get file", "object": "/etc/passwd"})).await;
+    let passwd = h.content(lnx, passwd["file_id"].as_u64().unwrap()).await;
+    assert!(String::from_utf8_lossy(&passwd).starts_with("root:x:0:0:"));
+    let echo = h
+        .run_ok(lnx, json!({"name": "create process", "object": "/bin/sh -c 'echo hi there'", "wait": true, "output_file": "/tmp/o.txt"}))
+        .await;
+    assert_eq!(echo["return_code"], 0);
+    assert_eq!(sim.file_content(2, "/tmp/o.txt").unwrap(), b"hi there\n");
+    h.run_ok(lnx, json!({"name": "kill", "object": 3012})).await;
+    assert!(!sim.process_exists(2, 3012));
+    h.run_err(lnx, json!({"name": "kill", "object": 1}), E_ACCESS_DENIED).await;
+    h.run_err(
+        lnx,
+        json!({"name": "get file", "object": "C:\\evidence\\note.txt"}),
+        E_INVALID_PARAMETER,
+    )
+    .await;
+
+    // macOS: applications, user homes, launchd, launch agents.
+    for path in [
+        "/Applications/Safari.app",
+        "/Users/jdoe/Library/LaunchAgents",
+        "/Library/LaunchDaemons",
+        "/sbin/launchd",
+        "/etc/hosts",
+    ] {
+        assert!(sim.file_exists(3, path), "{path}");
+    }
+    assert!(sim.file_exists(3, "/users/JDOE/evidence/note.txt"), "APFS is case-insensitive");
+    let mac = h.active_session(3).await;
+    let ps = h.run_ok(mac, json!({"name": "process list"})).await;
+    let launchd = ps["processes"].as_array().unwrap().iter().find(|p| p["pid"] == 1).unwrap();
+    assert_eq!(launchd["path"], "/sbin/launchd");
+    let apps = h.run_ok(mac, json!({"name": "directory list", "object": "/Applications/*"})).await;
+    assert!(names_of(&apps, "files", "filename").contains("Safari.app"));
 }

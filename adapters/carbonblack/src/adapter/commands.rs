@@ -26,6 +26,8 @@ impl CarbonBlackAdapter {
     ) -> Result<Drive, CbError> {
         let index = cp.cursor.index;
         let command = &ctx.commands[index];
+        // Refused before anything is sent, as cbapi does (§5.3).
+        self.check_supported(cp, command)?;
         if let Some(request) = mapping::simple_request(command, sid) {
             return if command.kind().has_side_effect() {
                 self.send_side_effect(ctx, cp, updates, sid, request).await
@@ -367,11 +369,8 @@ impl CarbonBlackAdapter {
         let windows = match cp.windows {
             Some(w) => w,
             None => {
-                let sensor = self.client.sensor(cp.sensor_id).await?;
-                // os_type 1 is Windows (§5.1); unknown is treated as Windows, CB's main platform.
-                let w = sensor.os_type.is_none_or(|t| t == 1);
-                cp.windows = Some(w);
-                w
+                self.sensor_facts(cp).await?;
+                cp.windows.unwrap_or(true)
             }
         };
         let name = format!("edrgate-{}-{}.{ext}", ctx.run_id.simple(), cp.cursor.index);

@@ -50,6 +50,7 @@ impl CarbonBlackAdapter {
                     tracing::info!(run = %ctx.run_id, "restarting a download after a restart");
                     fetch.next = fetch.start;
                     fetch.cid = None;
+                    fetch.ranges = 0;
                 }
                 let name = mapping::base_name(&fetch.path).to_owned();
                 FetchWriter {
@@ -121,6 +122,12 @@ impl CarbonBlackAdapter {
         }
     }
 
+    /// Learns the file's size first (a `directory list` of its path, see [`Fetch::sized`]), so
+    /// that the ranges stop at the end of the file: a file whose size is a multiple of the
+    /// range never costs an empty `get file` at `offset == size`, and a sensor that sends
+    /// more or fewer bytes than `get_count` asked for (some ignore it) is read as it comes,
+    /// until the size is reached. Without a size (the lookup failed, or the sensor does not
+    /// list `directory list`) a short range marks the end, as before.
     pub(super) async fn fetch_range(
         &self,
         ctx: &RunContext<'_>,
@@ -134,10 +141,26 @@ impl CarbonBlackAdapter {
         if fetch.end.is_some_and(|end| fetch.next >= end) {
             return Ok(FetchStep::Complete);
         }
+        if !fetch.sized {
+            if let Some(wait) = self.look_up_size(ctx, cp, sid, fetch).await? {
+                return Ok(FetchStep::More(wait));
+            }
+        }
+        // One past the last byte to download, as far as known.
+        let bound = match (fetch.end, fetch.total) {
+            (Some(end), Some(total)) => Some(end.min(total)),
+            (end, total) => end.or(total),
+        };
+        if fetch.ranges > 0 && bound.is_some_and(|b| fetch.next >= b) {
+            return Ok(FetchStep::Complete);
+        }
         let cid = match fetch.cid {
             Some(cid) => cid,
             None => {
-                let remaining = fetch.end.map_or(u64::MAX, |end| end - fetch.next);
+                let remaining = match bound {
+                    Some(b) if b > fetch.next => b - fetch.next,
+                    _ => u64::MAX,
+                };
                 let asked = self.cfg.chunk_size.min(remaining);
                 let request = mapping::get_file_request(sid, &fetch.path, fetch.next, asked);
                 let sent = self.client.post_command(sid, &request).await?;
@@ -191,21 +214,32 @@ impl CarbonBlackAdapter {
                 ErrorInfo::new(ErrorCode::CommandFailed, "get file completed without a file id"),
             )));
         };
-        let before = writer.writer.written();
-        if let Err(e) = self.download(sid, fid, fetch.asked, writer).await {
-            fetch.failures += 1;
-            if fetch.failures > MAX_FETCH_FAILURES {
-                return Ok(FetchStep::Failed(CommandUpdate::failed(index, e.into_adapter().info)));
+        // Bytes this range may add: up to the end when known (a sensor ignoring `get_count`
+        // may send the whole rest of the file), else anything that arrives.
+        let wanted = bound.map(|b| b.saturating_sub(fetch.next));
+        let received = match self.download(sid, fid, wanted, writer).await {
+            Ok(received) => received,
+            Err(e) => {
+                fetch.failures += 1;
+                if fetch.failures > MAX_FETCH_FAILURES {
+                    return Ok(FetchStep::Failed(CommandUpdate::failed(
+                        index,
+                        e.into_adapter().info,
+                    )));
+                }
+                return Err(e);
             }
-            return Err(e);
-        }
-        let got = writer.writer.written() - before;
-        // A short range means the end of the file, but only if the server staged no more than
-        // it sent: a body cut short without a transport error (a proxy, a restarted worker)
-        // must not complete a truncated file. The file object's `size` (§2.10–§2.12) tells.
-        if got < fetch.asked {
+        };
+        let got = received.written;
+        // Fewer bytes than this range should have had: the end of the file (size unknown), or
+        // a sensor sending less than asked (size known), but only if the server staged no
+        // more than it sent: a body cut short without a transport error (a proxy, a restarted
+        // worker) must not complete a truncated file. The file object's `size` (§2.10–§2.12)
+        // tells.
+        let expected = wanted.map_or(fetch.asked, |w| w.min(fetch.asked));
+        if got < expected {
             let staged = self.client.file_object(sid, fid).await?.size;
-            if staged != Some(got) {
+            if staged != Some(received.read) {
                 let e = CbError::Api(AdapterError::transient(
                     ErrorCode::VendorUnavailable,
                     format!(
@@ -229,41 +263,104 @@ impl CarbonBlackAdapter {
         fetch.cid = None;
         fetch.file_id = None;
         fetch.failures = 0;
-        let at_end = fetch.end.is_some_and(|end| fetch.next >= end);
-        if got < fetch.asked || at_end {
-            Ok(FetchStep::Complete)
-        } else {
-            Ok(FetchStep::More(Drive::Continue))
-        }
+        fetch.ranges += 1;
+        let complete = match bound {
+            Some(b) if fetch.next >= b => true,
+            // The size is known: a short range is only a sensor sending less than asked, but
+            // an empty one means the file ended early (it shrank since the lookup).
+            _ if fetch.total.is_some() => {
+                if got == 0 {
+                    tracing::warn!(run = %ctx.run_id, path = %fetch.path, "the file ended before the size it had when the download started");
+                }
+                got == 0
+            }
+            // Size unknown: a short range is the end; a longer one the rest of the file from
+            // a sensor that ignored `get_count`.
+            _ => got != fetch.asked,
+        };
+        if complete { Ok(FetchStep::Complete) } else { Ok(FetchStep::More(Drive::Continue)) }
     }
 
-    /// Streams one staged range into the writer, refusing more bytes than were asked for.
+    /// Sends and waits for the size lookup of [`Self::fetch_range`]; `Some` while it waits.
+    /// A failed lookup leaves the size unknown: `get file` reports what is wrong with the
+    /// path, with the vendor's own error.
+    async fn look_up_size(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        sid: u64,
+        fetch: &mut Fetch,
+    ) -> Result<Option<Drive>, CbError> {
+        if !self.session_supports(cp, crate::wire::names::DIRECTORY_LIST) {
+            fetch.sized = true;
+            return Ok(None);
+        }
+        let cid = match fetch.cid {
+            Some(cid) => cid,
+            None => {
+                let sent =
+                    self.client.post_command(sid, &mapping::stat_request(sid, &fetch.path)).await?;
+                if let Some(session) = &mut cp.session {
+                    session.last_contact = now();
+                }
+                fetch.cid = Some(sent.id);
+                fetch.at = now();
+                sent.id
+            }
+        };
+        let cb = match self.wait_command(ctx, cp, sid, cid, fetch.at).await? {
+            Waited::Done(cb) => cb,
+            Waited::Pending(_, delay) => {
+                if now() - fetch.at > self.timeout_of(CommandKind::ListDirectory).as_secs_f64() {
+                    // Not worth failing the download over: go on without a size.
+                    fetch.sized = true;
+                    fetch.cid = None;
+                    return Ok(None);
+                }
+                return Ok(Some(Drive::Wait(delay)));
+            }
+            Waited::Interrupted => return Ok(Some(Drive::Wait(Duration::ZERO))),
+        };
+        fetch.sized = true;
+        fetch.cid = None;
+        if mapping::command_status(&cb.status) == Status::Succeeded {
+            let entries = mapping::directory(cb.files.unwrap_or_default());
+            fetch.total = match entries.as_slice() {
+                [entry] if !entry.is_directory => Some(entry.size),
+                _ => None,
+            };
+        }
+        Ok(None)
+    }
+
+    /// Streams one staged range into the writer: what arrives, up to `wanted` bytes (the
+    /// rest of the range is not read).
     pub(super) async fn download(
         &self,
         sid: u64,
         fid: u64,
-        asked: u64,
+        wanted: Option<u64>,
         writer: &mut FetchWriter,
-    ) -> Result<(), CbError> {
+    ) -> Result<Received, CbError> {
         let stream = self.client.content(sid, fid).await?;
         futures::pin_mut!(stream);
-        let mut received = 0u64;
+        let mut received = Received::default();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk?;
-            received += chunk.len() as u64;
-            if received > asked {
-                return Err(CbError::Api(AdapterError::new(
-                    ErrorCode::VendorRejected,
-                    "Carbon Black returned more bytes than the requested range",
-                )));
-            }
+            received.read += chunk.len() as u64;
+            let room = wanted.map_or(u64::MAX, |w| w - received.written);
+            let chunk = &chunk[..usize::try_from(room).unwrap_or(usize::MAX).min(chunk.len())];
             if writer.head.len() < writer.head_limit {
                 let take = (writer.head_limit - writer.head.len()).min(chunk.len());
                 writer.head.extend_from_slice(&chunk[..take]);
             }
-            writer.writer.write(&chunk).await?;
+            writer.writer.write(chunk).await?;
+            received.written += chunk.len() as u64;
+            if wanted.is_some_and(|w| received.written >= w) {
+                break;
+            }
         }
-        Ok(())
+        Ok(received)
     }
 
     /// Deletes a temporary endpoint file edrgate created, then reports the kept result. A
@@ -316,6 +413,13 @@ impl CarbonBlackAdapter {
     }
 }
 
+/// Bytes of one range: read from the server, and written (at most what was wanted).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Received {
+    read: u64,
+    written: u64,
+}
+
 pub(super) enum FetchStep {
     More(Drive),
     Complete,
@@ -335,6 +439,9 @@ impl Fetch {
             at: now(),
             failures: 0,
             then,
+            sized: false,
+            total: None,
+            ranges: 0,
         }
     }
 }

@@ -24,6 +24,7 @@ mod contain;
 mod fetch;
 mod reconcile;
 mod session;
+mod support;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -84,6 +85,20 @@ pub struct Checkpoint {
     /// The sensor's OS family (for temporary paths), once looked up.
     #[serde(default)]
     windows: Option<bool>,
+    /// What the sensor record says about the sensor, once looked up (OS, version).
+    #[serde(default)]
+    facts: Option<SensorFacts>,
+}
+
+/// The sensor's facts that decide what it can do (§3.1, §4.3, §7.4).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct SensorFacts {
+    /// `os_type`: 1 Windows (cbapi's test, §5.1), 2 OS X, 3 Linux.
+    os_type: Option<u64>,
+    /// `os_environment_display_string`, for messages.
+    os: Option<String>,
+    /// `(major, minor)` of `build_version_string`.
+    version: Option<(u32, u32)>,
 }
 
 impl RunCheckpoint for Checkpoint {
@@ -103,6 +118,10 @@ struct SessionState {
     since: f64,
     /// Last command or keepalive sent on it (epoch seconds).
     last_contact: f64,
+    /// The session's `supported_commands` once it is active (§3.1); `None` when the server
+    /// did not say (nothing is refused then).
+    #[serde(default)]
+    supported: Option<Vec<String>>,
 }
 
 /// The current command's progress.
@@ -156,6 +175,16 @@ struct Fetch {
     #[serde(default)]
     failures: u32,
     then: AfterFetch,
+    /// The size lookup (`directory list` of the path, `cid` then being its command) is done.
+    #[serde(default)]
+    sized: bool,
+    /// The file's size on the endpoint, when the lookup found it.
+    #[serde(default)]
+    total: Option<u64>,
+    /// Ranges downloaded so far (at least one is always asked for, so that even an empty
+    /// file is read through `get file` and its errors surface).
+    #[serde(default)]
+    ranges: u32,
 }
 
 /// What the downloaded file is for.
@@ -218,26 +247,40 @@ impl Adapter for CarbonBlackAdapter {
     }
 
     /// Sensors whose name contains `hostname`, case-insensitively (the contract's rule), minus
-    /// uninstalled ones, which a re-install leaves behind under the same name. CB's own search
-    /// is a case-sensitive substring match (§7.4): it is asked first, and the full sensor list
-    /// is searched only when it finds nothing.
+    /// uninstalled ones, which a re-install leaves behind under the same name. CB's search is
+    /// a case-sensitive substring match (§7.4), asked through the paged v2 query (never an
+    /// unpaged listing of every sensor): with the name as given, upper-cased (Windows NetBIOS
+    /// names) and lower-cased (Unix host names), the matches of all three together, so that
+    /// two sensors differing only in case are both found (and a lookup reports them
+    /// ambiguous). A name in mixed case is found only when asked in its own case.
     async fn find_devices(&self, hostname: Option<&str>) -> Result<Vec<Device>, AdapterError> {
-        let matching = |sensors: Vec<wire::Sensor>| -> Vec<Device> {
-            sensors
-                .into_iter()
-                .filter(|s| s.uninstalled != Some(true))
-                .map(|s| mapping::device(&self.capabilities.backend, s))
-                .filter(|d| {
-                    hostname.is_none_or(|h| edrgate_adapter::hostname_matches(&d.hostname, h))
-                })
-                .collect()
-        };
-        let mut found =
-            matching(self.client.sensors(hostname).await.map_err(CbError::into_adapter)?);
-        if found.is_empty() && hostname.is_some() {
-            found = matching(self.client.sensors(None).await.map_err(CbError::into_adapter)?);
+        let mut variants: Vec<Option<String>> = Vec::new();
+        match hostname {
+            None => variants.push(None),
+            Some(h) => {
+                for v in [h.to_owned(), h.to_uppercase(), h.to_lowercase()] {
+                    if !variants.contains(&Some(v.clone())) {
+                        variants.push(Some(v));
+                    }
+                }
+            }
         }
-        Ok(found)
+        let mut sensors: Vec<wire::Sensor> = Vec::new();
+        for v in &variants {
+            let page =
+                self.client.search_sensors(v.as_deref()).await.map_err(CbError::into_adapter)?;
+            for s in page {
+                if !sensors.iter().any(|known| known.id == s.id) {
+                    sensors.push(s);
+                }
+            }
+        }
+        Ok(sensors
+            .into_iter()
+            .filter(|s| s.uninstalled != Some(true))
+            .map(|s| mapping::device(&self.capabilities.backend, s))
+            .filter(|d| hostname.is_none_or(|h| edrgate_adapter::hostname_matches(&d.hostname, h)))
+            .collect())
     }
 
     fn run_closed(&self, run_id: Uuid) {
@@ -279,6 +322,7 @@ impl VendorRun for CarbonBlackAdapter {
             session_losses: 0,
             offline: false,
             windows: None,
+            facts: None,
         })
     }
 
@@ -373,6 +417,10 @@ impl CarbonBlackAdapter {
                 )));
             }
             _ => {}
+        }
+        // What the sensor's OS or version rules out is refused before a session is opened.
+        if let Some(refusal) = self.refused_by_sensor(cp, command).await? {
+            return Ok(Drive::Finished(CommandUpdate::failed(index, refusal)));
         }
         if cp.offline {
             return Ok(Drive::Finished(CommandUpdate::failed(index, offline_error())));

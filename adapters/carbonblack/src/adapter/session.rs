@@ -116,11 +116,13 @@ impl CarbonBlackAdapter {
                 Some(format!("session/{}", session.id)),
                 Some(session.status.clone()),
             ));
+            let active = mapping::session_status(&session.status) == Status::Running;
             cp.session = Some(SessionState {
                 id: session.id,
-                active: mapping::session_status(&session.status) == Status::Running,
+                active,
                 since: at,
                 last_contact: at,
+                supported: session.supported_commands.clone().filter(|l| active && !l.is_empty()),
             });
         }
         let Some(session) = &mut cp.session else {
@@ -147,6 +149,10 @@ impl CarbonBlackAdapter {
             Status::Running => {
                 session.active = true;
                 session.last_contact = now();
+                session.supported = polled
+                    .and_then(|p| p.supported_commands)
+                    .filter(|l| !l.is_empty())
+                    .or(session.supported.take());
                 Ok(SessionReady::Active(sid))
             }
             Status::Dispatched => {

@@ -8,8 +8,8 @@ use edrgate_simkit::cli::{demo_spawn, toml_string};
 use edrgate_simkit::{DemoBackend, ServeArgs, Shutdown, VendorSim};
 
 use crate::{
-    DEFAULT_PASSWORD, DEFAULT_TFA_USERNAME, DEFAULT_TOTP_SECRET, DEFAULT_USERNAME,
-    DEFAULT_ZIP_PASSWORD, SimConfig, Simulator,
+    DEFAULT_IR_RUN_PATH, DEFAULT_PASSWORD, DEFAULT_TFA_USERNAME, DEFAULT_TOTP_SECRET,
+    DEFAULT_USERNAME, DEFAULT_ZIP_PASSWORD, SimConfig, Simulator,
 };
 
 /// Cybereason (console REST API: login, remediation, isolation, file fetch, IR tools).
@@ -65,12 +65,14 @@ impl VendorSim for CybereasonSim {
         let sim = Simulator::new(SimConfig { machines: endpoints, ..SimConfig::default() });
         let (url, ca) = demo_spawn(&sim, dir, "cr-sim-ca.pem").await?;
         let toml = format!(
-            "kind = \"cybereason\"\nurl = {url}\nusername = {user}\npassword = {password}\ntotp_secret = {totp}\nfetch_zip_password = {zip}\nca_file = {ca}\n",
+            // The zip password is the platform's fixed one, the adapter's default; the IR run
+            // request is unpublished, so it is configured: the simulator's (`DEFAULT_IR_RUN_PATH`).
+            "kind = \"cybereason\"\nurl = {url}\nusername = {user}\npassword = {password}\ntotp_secret = {totp}\nir_run_path = {ir}\nca_file = {ca}\n",
             url = toml_string(&url),
             user = toml_string(DEFAULT_TFA_USERNAME),
             password = toml_string(DEFAULT_PASSWORD),
             totp = toml_string(DEFAULT_TOTP_SECRET),
-            zip = toml_string(DEFAULT_ZIP_PASSWORD),
+            ir = toml_string(DEFAULT_IR_RUN_PATH),
             ca = toml_string(&ca.display().to_string()),
         );
         let hosts = sim.hostnames();
@@ -125,6 +127,8 @@ mod tests {
             b.toml
         );
         assert!(b.toml.contains(&format!("totp_secret = \"{DEFAULT_TOTP_SECRET}\"")));
+        assert!(b.toml.contains(&format!("ir_run_path = \"{DEFAULT_IR_RUN_PATH}\"")));
+        assert!(!b.toml.contains("fetch_zip_password"), "the platform's fixed one is the default");
         assert!(dir.path().join("cr-sim-ca.pem").try_exists().unwrap());
         assert!(b.summary.contains("3 machines, CR-WS-0001 … CR-WS-0003"), "{}", b.summary);
         serde_json::from_str::<serde_json::Value>(&b.example).unwrap();

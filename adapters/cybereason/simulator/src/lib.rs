@@ -23,9 +23,12 @@
 //!   `JSESSIONID` (32 upper-case hex), also on failure as SEKOIA's test models; bad credentials
 //!   redirect to `/login.html?error=true`, an expired password to `/login.html?reset=true`,
 //!   both 200 HTML login pages (`<title>Cybereason | Login</title>`, `<app-login>`). A user with
-//!   a TOTP secret lands on the "Two factor authentication" page and must `POST /` with
-//!   `totpCode` and `submit=Login` on the same cookie.
-//! * **Sessions**: any `/rest/` call without a valid cookie is a 302 to `/login.html`; sessions
+//!   a TOTP secret must then `POST /` with `totpCode` and `submit=Login` on the same cookie; the
+//!   page it lands on is, as on the current console, the Angular login shell whose text is drawn
+//!   in the browser (no "Two factor authentication" text to read), or with
+//!   [`SimConfig::classic_tfa_page`] the text page C1's detector reads.
+//! * **Sessions**: any `/rest/` call without a valid cookie is a 302 to `/login.html` (a 401
+//!   with [`SimConfig::unauthorized_401`]); sessions
 //!   expire after [`SimConfig::session_lifetime`] (8 h), or at once with
 //!   [`Simulator::expire_sessions`] or the one-shot [`Simulator::expire_session_before`].
 //! * **Roles → 403** (text body): sensors and batches need `system_admin`, remediation and
@@ -59,7 +62,9 @@
 //!   204 when no selected sensor can take the run (archived).
 //! * **Faults** ([`Faults`]): 429 with `Retry-After` and 503 every Nth request, added latency,
 //!   responses lost after the request ran (every Nth, or once for a path with
-//!   [`Simulator::drop_response_of`]).
+//!   [`Simulator::drop_response_of`]); in front of them simkit's generic faults
+//!   ([`edrgate_simkit::faults`], `POST /_sim/faults`; the side-effecting requests are the
+//!   remediation, isolation and IR run POSTs).
 //!
 //! # What it executed: `GET /_sim/log`, `GET /_sim/counters`
 //! Serving comes from [`edrgate_simkit::Sim`] (re-exported as [`Sim`]), which adds the admin
@@ -101,8 +106,10 @@ pub const DEFAULT_PASSWORD: &str = "sim-cybereason-password";
 pub const DEFAULT_TOTP_SECRET: &str = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP";
 /// A Responder L2 user with two-factor authentication (what IR tools need, D5).
 pub const DEFAULT_TFA_USERNAME: &str = "responder@sim.cybereason.example";
-/// Password of the zips the file fetches return.
-pub const DEFAULT_ZIP_PASSWORD: &str = "sim-fetch-zip-password";
+/// Password of the zips the file fetches return: the platform's fixed one, as the vendor's public
+/// Python SDK extracts them (`cybereason` on PyPI, `src/cybereason/sensors.py`,
+/// `download_file`: `AESZipFile(...).extractall(..., pwd=b'cautionhandlewithcare')`).
+pub const DEFAULT_ZIP_PASSWORD: &str = "cautionhandlewithcare";
 /// Where the simulator takes IR tool runs: the sensor batch framework's
 /// `POST /rest/sensors/action/<verb>` (§6.5) with verb `runIRTool` (the real path is
 /// unpublished, §6.6.2).
@@ -182,6 +189,11 @@ pub struct SimConfig {
     pub stats_casing: StatsCasing,
     /// `offset` of the sensor query counts pages instead of rows.
     pub offset_is_page: bool,
+    /// `/rest/` calls without a live session answer 401 instead of the 302 to the login page.
+    pub unauthorized_401: bool,
+    /// The two-factor step lands on the text page C1 reads ("Two factor authentication")
+    /// instead of the current console's Angular login shell.
+    pub classic_tfa_page: bool,
     pub fetch_zip_password: String,
     /// Time until a fetch batch is downloadable. Default 200 ms.
     pub fetch_delay: Duration,
@@ -206,6 +218,8 @@ impl Default for SimConfig {
             packages: vec!["collector.exe".into()],
             stats_casing: StatsCasing::Pascal,
             offset_is_page: false,
+            unauthorized_401: false,
+            classic_tfa_page: false,
             fetch_zip_password: DEFAULT_ZIP_PASSWORD.into(),
             fetch_delay: Duration::from_millis(200),
             fetch_batch_ttl: Duration::from_secs(600),
@@ -249,6 +263,8 @@ struct Shared {
     rt: Mutex<Runtime>,
     tls: SelfSigned,
     log: SimLog,
+    /// simkit's generic faults (`/_sim/faults`), in front of the routes and of [`Faults`].
+    faults: edrgate_simkit::SimFaults,
 }
 
 impl std::fmt::Debug for Simulator {
@@ -277,6 +293,23 @@ impl Sim for Simulator {
     fn counters_json(&self) -> Value {
         serde_json::to_value(self.counters()).unwrap_or(Value::Null)
     }
+
+    fn faults(&self) -> Option<&edrgate_simkit::SimFaults> {
+        Some(&self.inner.faults)
+    }
+
+    /// What changes an endpoint: remediation, isolation and IR tool runs (§6.2, §6.3, §6.6).
+    fn is_side_effect(&self, method: &axum::http::Method, path: &str) -> bool {
+        let path = path.trim_end_matches('/');
+        method == axum::http::Method::POST
+            && (path == DEFAULT_IR_RUN_PATH
+                || matches!(
+                    path,
+                    "/rest/remediate"
+                        | "/rest/monitor/global/commands/isolate"
+                        | "/rest/monitor/global/commands/un-isolate"
+                ))
+    }
 }
 
 impl Simulator {
@@ -287,6 +320,7 @@ impl Simulator {
                 rt: Mutex::new(Runtime::new(cfg, log.clone())),
                 tls: SelfSigned::new(),
                 log,
+                faults: edrgate_simkit::SimFaults::new(),
             }),
         }
     }
@@ -364,6 +398,16 @@ impl Simulator {
         self.with(|rt, _| {
             rt.machine_by_name(hostname)
                 .is_some_and(|i| rt.machines[i].endpoint.processes.iter().any(|p| p.pid == pid))
+        })
+    }
+
+    /// Starts a process on a machine and returns its element id. A pid already live gives two
+    /// live instances of it, as when the sensor never reported the old one's end.
+    pub fn start_process(&self, hostname: &str, pid: u64, name: &str) -> Option<String> {
+        self.with(|rt, _| {
+            let i = rt.machine_by_name(hostname)?;
+            let host = rt.machines[i].hostname.clone();
+            Some(rt.machines[i].endpoint.start_process(&host, pid, name))
         })
     }
 

@@ -142,7 +142,10 @@ async fn root(State(sim): State<Simulator>, headers: HeaderMap) -> Response {
             .and_then(|c| rt.sessions.get(c).map(|s| (c, s.authenticated, s.user.clone())))
         {
             Some((c, true, _)) if rt.session_user(c, now).is_some() => html(APP_PAGE),
-            Some((_, false, user)) if !user.is_empty() => html(TFA_PAGE),
+            // The current console answers its Angular login shell here too: the two-factor
+            // form is drawn in the browser, so the page has no text to read.
+            Some((_, false, user)) if !user.is_empty() && rt.cfg.classic_tfa_page => html(TFA_PAGE),
+            Some((_, false, user)) if !user.is_empty() => html(LOGIN_PAGE),
             _ => redirect("/login.html", None),
         }
     })
@@ -193,7 +196,7 @@ async fn rest_guard(State(sim): State<Simulator>, mut req: Request, next: Next) 
         .extensions()
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| format!("/rest{}", req.uri().path()), |u| u.0.path().to_owned());
-    let (user, fault, latency, drop_response) = sim.with(|rt, now| {
+    let (user, fault, latency, drop_response, unauthorized_401) = sim.with(|rt, now| {
         rt.counters.requests += 1;
         let n = rt.counters.requests;
         let faults = rt.cfg.faults.clone();
@@ -223,12 +226,15 @@ async fn rest_guard(State(sim): State<Simulator>, mut req: Request, next: Next) 
         } else {
             None
         };
-        (user, fault, faults.latency, drop_response)
+        (user, fault, faults.latency, drop_response, rt.cfg.unauthorized_401)
     });
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
     let Some(user) = user else {
+        if unauthorized_401 {
+            return (StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+        }
         return redirect("/login.html", None);
     };
     match fault {
@@ -554,8 +560,41 @@ async fn remediation_status(
 
 // ---- visual search (§6.1): Machine → processes/files/registryEvents ----
 
-fn simple(value: &str) -> Value {
-    json!({"totalValues": 1, "values": [value]})
+/// A facet value as the features compare it: strings as they are, numbers and booleans as
+/// text (msticpy filters `applicablePid` with a number, XSOAR `isActiveProbeConnected` with a
+/// boolean).
+fn facet_text(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+}
+
+/// Whether an element with `features` (name → values) passes every filter of the hop: each
+/// facet must be a feature of the element and one of its values must equal one of the
+/// filter's (case-insensitively). A facet the element type does not have matches nothing (the
+/// Process element has `applicablePid`, not `pid`: msticpy's `find_process_by_pid`, XSOAR's
+/// `PROCESS_INFO`).
+fn passes(hop: &api::QueryHop, features: &[(&str, Vec<String>)]) -> bool {
+    hop.filters.iter().all(|f| {
+        features.iter().find(|(name, _)| *name == f.facet_name).is_some_and(|(_, have)| {
+            f.values
+                .iter()
+                .map(facet_text)
+                .any(|want| have.iter().any(|h| h.eq_ignore_ascii_case(&want)))
+        })
+    })
+}
+
+fn simple_values(features: &[(&str, Vec<String>)]) -> Value {
+    Value::Object(
+        features
+            .iter()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(k, v)| ((*k).to_owned(), json!({"totalValues": v.len(), "values": v})))
+            .collect(),
+    )
+}
+
+fn element_ref(element_type: &str, guid: &str, name: &str) -> Value {
+    json!({"totalValues": 1, "elementValues": [{"elementType": element_type, "guid": guid, "name": name, "hasSuspicions": false, "hasMalops": false}], "totalSuspicious": 0, "totalMalicious": 0, "guessedTotal": 0})
 }
 
 async fn visual_query(
@@ -565,18 +604,19 @@ async fn visual_query(
 ) -> Response {
     sim.with(|rt, _| {
         guard!(require(rt, &user, &["analyst_l3", "responder_l1", "responder_l2"], false));
-        let facet = |hop: &api::QueryHop, name: &str| -> Option<Vec<String>> {
-            hop.filters.iter().find(|f| f.facet_name == name).map(|f| {
-                f.values.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned)).collect()
-            })
+        let machine_features = |i: usize| {
+            let m = &rt.machines[i];
+            vec![
+                ("elementDisplayName", vec![m.hostname.to_lowercase()]),
+                ("pylumId", vec![m.pylum_id.clone()]),
+                // XSOAR's connectivity check (§6.1, I7).
+                ("isActiveProbeConnected", vec![(m.online && !m.archived).to_string()]),
+            ]
         };
         let mut results = serde_json::Map::new();
         let (machines, hop): (Vec<usize>, &api::QueryHop) = match q.query_path.as_slice() {
             [m, hop] if m.requested_type == "Machine" => {
-                let names = facet(m, "elementDisplayName").unwrap_or_default();
-                let machines = (0..rt.machines.len())
-                    .filter(|i| names.is_empty() || names.iter().any(|n| n.eq_ignore_ascii_case(&rt.machines[*i].hostname)))
-                    .collect();
+                let machines = (0..rt.machines.len()).filter(|i| passes(m, &machine_features(*i))).collect();
                 (machines, hop)
             }
             [hop] => ((0..rt.machines.len()).collect(), hop),
@@ -584,34 +624,60 @@ async fn visual_query(
         };
         for i in machines {
             let m = &rt.machines[i];
-            let owner = json!({"ownerMachine": {"totalValues": 1, "elementValues": [{"elementType": "Machine", "guid": m.guid(), "name": m.hostname}]}});
+            let owner = element_ref("Machine", &m.guid(), &m.hostname.to_lowercase());
             match hop.requested_type.as_str() {
                 "Machine" => {
-                    results.insert(m.guid(), json!({"simpleValues": {"elementDisplayName": simple(&m.hostname), "pylumId": simple(&m.pylum_id)}, "elementValues": {}, "guidString": m.guid()}));
+                    let features = machine_features(i);
+                    if passes(hop, &features) {
+                        // The answer keys machines by their GUID, the remediation key (§6.1).
+                        let shown: Vec<(&str, Vec<String>)> = features.into_iter().filter(|(k, _)| *k != "isActiveProbeConnected").collect();
+                        results.insert(m.guid(), json!({"simpleValues": simple_values(&shown), "elementValues": {}, "guidString": m.guid()}));
+                    }
                 }
                 "Process" => {
-                    let pids = facet(hop, "pid");
-                    for p in m.endpoint.processes.iter().filter(|p| pids.as_ref().is_none_or(|v| v.contains(&p.pid.to_string()))) {
+                    // Live and ended instances alike: the console keeps an element per run.
+                    for p in m.endpoint.processes.iter().chain(&m.endpoint.ended) {
+                        let features = vec![
+                            ("elementDisplayName", vec![p.name.clone()]),
+                            ("applicablePid", vec![p.pid.to_string()]),
+                            ("commandLine", vec![p.command_line.clone()]),
+                            ("creationTime", vec![p.created_ms.to_string()]),
+                            ("endTime", p.ended_ms.map(|t| t.to_string()).into_iter().collect()),
+                        ];
+                        if !passes(hop, &features) {
+                            continue;
+                        }
+                        let mut links = serde_json::Map::new();
+                        links.insert("ownerMachine".into(), owner.clone());
+                        let user_guid = format!("0.{}", crate::endpoint::hash64(&p.user));
+                        links.insert("calculatedUser".into(), element_ref("User", &user_guid, &p.user));
+                        if let Some(parent) = p.parent_pid.and_then(|pp| m.endpoint.processes.iter().find(|x| x.pid == pp)) {
+                            links.insert("parentProcess".into(), element_ref("Process", &parent.guid, &parent.name));
+                        }
                         results.insert(p.guid.clone(), json!({
-                            "simpleValues": {"elementDisplayName": simple(&p.name), "pid": simple(&p.pid.to_string()), "commandLine": simple(&p.command_line)},
-                            "elementValues": owner, "guidString": p.guid,
+                            "simpleValues": simple_values(&features),
+                            "elementValues": links, "guidString": p.guid,
                         }));
                     }
                 }
                 "File" => {
-                    let paths = facet(hop, "correctedPath");
-                    for f in m.endpoint.files.values().filter(|f| paths.as_ref().is_none_or(|v| v.iter().any(|p| p.eq_ignore_ascii_case(&f.path)))) {
+                    for f in m.endpoint.files.values() {
                         let name = f.path.rsplit('\\').next().unwrap_or_default().to_owned();
-                        results.insert(f.guid.clone(), json!({
-                            "simpleValues": {"elementDisplayName": simple(&name), "correctedPath": simple(&f.path)},
-                            "elementValues": owner, "guidString": f.guid,
-                        }));
+                        let features = vec![("elementDisplayName", vec![name]), ("correctedPath", vec![f.path.clone()])];
+                        if passes(hop, &features) {
+                            results.insert(f.guid.clone(), json!({
+                                "simpleValues": simple_values(&features),
+                                "elementValues": {"ownerMachine": owner.clone()}, "guidString": f.guid,
+                            }));
+                        }
                     }
                 }
                 "RegistryEvent" => {
-                    let keys = facet(hop, "elementDisplayName");
-                    for (k, g) in m.endpoint.registry.iter().filter(|(k, _)| keys.as_ref().is_none_or(|v| v.iter().any(|x| x.eq_ignore_ascii_case(k)))) {
-                        results.insert(g.clone(), json!({"simpleValues": {"elementDisplayName": simple(k)}, "elementValues": owner, "guidString": g}));
+                    for (k, g) in &m.endpoint.registry {
+                        let features = vec![("elementDisplayName", vec![k.clone()])];
+                        if passes(hop, &features) {
+                            results.insert(g.clone(), json!({"simpleValues": simple_values(&features), "elementValues": {"ownerMachine": owner.clone()}, "guidString": g}));
+                        }
                     }
                 }
                 _ => {}

@@ -102,8 +102,9 @@ async fn two_factor_users_post_a_totp_code_to_the_root() {
     let c = Client::new(&sim).await;
     let (_, cookie) = c.login_form(DEFAULT_TFA_USERNAME, DEFAULT_PASSWORD).await;
     let cookie = cookie.unwrap();
+    // The current console's page is its Angular login shell: nothing says "two factor".
     let page = c.get(&cookie, "/").await.text().await.unwrap();
-    assert!(page.contains("Two factor authentication"));
+    assert!(page.contains("<app-login") && !page.contains("Two factor"), "{page}");
     // Not usable before the code.
     assert_eq!(c.get(&cookie, "/rest/sensors/allActions").await.status(), StatusCode::FOUND);
     let totp_post = |code: String| {
@@ -243,7 +244,9 @@ async fn element(
     let v: Value =
         c.post(cookie, "/rest/visualsearch/query/simple", &q).await.json().await.unwrap();
     assert_eq!(v["status"], "SUCCESS");
-    v["data"]["resultIdToElementDataMap"].as_object().unwrap().keys().next().unwrap().clone()
+    // The live instance: ended runs of a reused pid carry `endTime`.
+    let map = v["data"]["resultIdToElementDataMap"].as_object().unwrap();
+    map.iter().find(|(_, e)| e["simpleValues"].get("endTime").is_none()).unwrap().0.clone()
 }
 
 #[tokio::test]
@@ -271,7 +274,7 @@ async fn remediations_report_late_then_end_and_offline_machines_queue() {
     let cookie = c.login().await;
     let s = sensor(&c, &cookie, "CR-WS-0001").await;
     let guid = s["guid"].as_str().unwrap();
-    let target = element(&c, &cookie, "CR-WS-0001", "Process", "pid", "4242").await;
+    let target = element(&c, &cookie, "CR-WS-0001", "Process", "applicablePid", "4242").await;
     let body = json!({"initiatorUserName": DEFAULT_USERNAME,
                       "actionsByMachine": {guid: [{"targetId": target, "actionType": "KILL_PROCESS"}]}});
     let r: Value = c.post(&cookie, "/rest/remediate", &body).await.json().await.unwrap();
@@ -303,7 +306,7 @@ async fn remediations_report_late_then_end_and_offline_machines_queue() {
     // Offline: a kill fails, a quarantine waits for the machine.
     sim.set_online("CR-WS-0002", false);
     let s2 = sensor(&c, &cookie, "CR-WS-0002").await;
-    let kill = element(&c, &cookie, "CR-WS-0002", "Process", "pid", "2480").await;
+    let kill = element(&c, &cookie, "CR-WS-0002", "Process", "applicablePid", "2480").await;
     let file =
         element(&c, &cookie, "CR-WS-0002", "File", "correctedPath", "c:\\evidence\\note.txt").await;
     let body = json!({"initiatorUserName": DEFAULT_USERNAME, "actionsByMachine": {s2["guid"].as_str().unwrap(): [
@@ -665,7 +668,7 @@ async fn side_effects_are_recorded() {
         let url = format!("/rest/monitor/global/commands/{path}");
         c.post(&cookie, &url, &json!({"pylumIds": [pylum, "PYLUMCLIENT_NOPE"]})).await;
     }
-    let target = element(&c, &cookie, "CR-WS-0001", "Process", "pid", "4242").await;
+    let target = element(&c, &cookie, "CR-WS-0001", "Process", "applicablePid", "4242").await;
     let body = json!({"initiatorUserName": DEFAULT_USERNAME,
                       "actionsByMachine": {s["guid"].as_str().unwrap(): [{"targetId": target, "actionType": "KILL_PROCESS"}]}});
     c.post(&cookie, "/rest/remediate", &body).await;
@@ -743,4 +746,139 @@ async fn registry_keys_are_remediated_only_within_a_malop() {
         c.get(&cookie, &format!("/rest/remediate/status/{malop}")).await.json().await.unwrap();
     assert_eq!(listed[0]["statusLog"][0]["status"], "SUCCESS");
     assert!(!sim.registry_key_exists("CR-WS-0001", key));
+}
+
+#[tokio::test]
+async fn the_classic_two_factor_page_and_401_for_lost_sessions_are_switches() {
+    let sim = Simulator::new(SimConfig {
+        classic_tfa_page: true,
+        unauthorized_401: true,
+        ..SimConfig::default()
+    });
+    let c = Client::new(&sim).await;
+    let (_, cookie) = c.login_form(DEFAULT_TFA_USERNAME, DEFAULT_PASSWORD).await;
+    let cookie = cookie.unwrap();
+    let page = c.get(&cookie, "/").await.text().await.unwrap();
+    assert!(page.contains("Two factor authentication"), "C1's detector text: {page}");
+    // A session that is not (or no longer) logged in: 401, not the redirect.
+    let r = c.get(&cookie, "/rest/sensors/allActions").await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get(LOCATION).is_none());
+    assert_eq!(sim.counters().session_redirects, 1);
+}
+
+/// The Process elements of a machine for `applicablePid` = `pid` (a number, as msticpy sends
+/// it), as (guid, element).
+async fn processes_with_pid(
+    c: &Client,
+    cookie: &str,
+    host: &str,
+    pid: Value,
+) -> Vec<(String, Value)> {
+    let q = json!({"queryPath": [
+        {"requestedType": "Machine", "filters": [{"facetName": "elementDisplayName", "values": [host]}],
+         "connectionFeature": {"elementInstanceType": "Machine", "featureName": "processes"}},
+        {"requestedType": "Process", "filters": [{"facetName": "applicablePid", "values": [pid], "filterType": "Equals"}], "isResult": true}],
+        "customFields": ["elementDisplayName", "applicablePid", "endTime", "ownerMachine"]});
+    let v: Value =
+        c.post(cookie, "/rest/visualsearch/query/simple", &q).await.json().await.unwrap();
+    assert_eq!(v["status"], "SUCCESS");
+    v["data"]["resultIdToElementDataMap"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, e)| (k.clone(), e.clone()))
+        .collect()
+}
+
+#[tokio::test]
+async fn process_elements_keep_ended_runs_of_reused_pids() {
+    let sim = Simulator::new(SimConfig {
+        remediation_delay: Duration::from_millis(40),
+        ..SimConfig::default()
+    });
+    let c = Client::new(&sim).await;
+    let cookie = c.login().await;
+    let found = processes_with_pid(&c, &cookie, "CR-WS-0001", json!(4242)).await;
+    assert_eq!(found.len(), 2, "the live notepad and an earlier, ended run: {found:?}");
+    let (live, ended): (Vec<_>, Vec<_>) =
+        found.iter().partition(|(_, e)| e["simpleValues"].get("endTime").is_none());
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].1["simpleValues"]["elementDisplayName"]["values"][0], "notepad.exe");
+    assert_eq!(live[0].1["simpleValues"]["applicablePid"]["values"][0], "4242");
+    assert_eq!(
+        live[0].1["elementValues"]["ownerMachine"]["elementValues"][0]["guid"],
+        sensor(&c, &cookie, "CR-WS-0001").await["guid"]
+    );
+    assert!(
+        ended[0].1["simpleValues"]["endTime"]["values"][0].as_str().unwrap().parse::<i64>().is_ok()
+    );
+    // The string form matches too; `pid` is not a Process facet.
+    assert_eq!(processes_with_pid(&c, &cookie, "CR-WS-0001", json!("4242")).await.len(), 2);
+    let q = json!({"queryPath": [{"requestedType": "Process", "filters": [{"facetName": "pid", "values": ["4242"]}], "isResult": true}]});
+    let v: Value =
+        c.post(&cookie, "/rest/visualsearch/query/simple", &q).await.json().await.unwrap();
+    assert!(v["data"]["resultIdToElementDataMap"].as_object().unwrap().is_empty());
+
+    // Killing the ended run fails; killing the live one ends it, and it stays listed, ended.
+    let machine = sensor(&c, &cookie, "CR-WS-0001").await["guid"].as_str().unwrap().to_owned();
+    for (target, status) in [(&ended[0].0, "FAILURE"), (&live[0].0, "SUCCESS")] {
+        let body = json!({"initiatorUserName": DEFAULT_USERNAME,
+            "actionsByMachine": {machine.clone(): [{"targetId": target, "actionType": "KILL_PROCESS"}]}});
+        let r: Value = c.post(&cookie, "/rest/remediate", &body).await.json().await.unwrap();
+        let path = format!(
+            "/rest/remediate/progress/{DEFAULT_USERNAME}/NOMALOP/{}",
+            r["remediationId"].as_str().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let p: Value = c.get(&cookie, &path).await.json().await.unwrap();
+        assert_eq!(p["statusLog"][0]["status"], status, "{p}");
+    }
+    let after = processes_with_pid(&c, &cookie, "CR-WS-0001", json!(4242)).await;
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|(_, e)| e["simpleValues"].get("endTime").is_some()));
+    assert!(!sim.process_exists("CR-WS-0001", 4242));
+
+    // A second live instance of a pid (its old end never reported).
+    let second = sim.start_process("CR-WS-0001", 3012, "updater.exe").unwrap();
+    let found = processes_with_pid(&c, &cookie, "CR-WS-0001", json!(3012)).await;
+    let live: Vec<_> =
+        found.iter().filter(|(_, e)| e["simpleValues"].get("endTime").is_none()).collect();
+    assert_eq!(live.len(), 2);
+    assert!(live.iter().any(|(g, _)| *g == second));
+}
+
+#[tokio::test]
+async fn machines_are_found_connected_or_not() {
+    let sim = Simulator::new(SimConfig::default());
+    let c = Client::new(&sim).await;
+    let cookie = c.login().await;
+    sim.set_online("CR-WS-0002", false);
+    let connected = |host: &str| {
+        json!({"queryPath": [{"requestedType": "Machine", "filters": [
+            {"facetName": "elementDisplayName", "values": [host]},
+            {"facetName": "isActiveProbeConnected", "values": [true]}], "isResult": true}],
+            "customFields": ["elementDisplayName"]})
+    };
+    for (host, n) in [("CR-WS-0001", 1), ("cr-ws-0002", 0)] {
+        let v: Value = c
+            .post(&cookie, "/rest/visualsearch/query/simple", &connected(host))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let map = v["data"]["resultIdToElementDataMap"].as_object().unwrap();
+        assert_eq!(map.len(), n, "{host}: {v}");
+        if let Some((guid, e)) = map.iter().next() {
+            assert_eq!(*guid, sensor(&c, &cookie, host).await["guid"].as_str().unwrap());
+            assert_eq!(e["simpleValues"]["elementDisplayName"]["values"][0], "cr-ws-0001");
+        }
+    }
+}
+
+#[test]
+fn fetched_zips_use_the_platforms_fixed_password() {
+    // The constant of the vendor's public Python SDK (`cybereason` on PyPI, sensors.py).
+    assert_eq!(DEFAULT_ZIP_PASSWORD, "cautionhandlewithcare");
+    assert_eq!(SimConfig::default().fetch_zip_password, DEFAULT_ZIP_PASSWORD);
 }

@@ -9,6 +9,7 @@ use futures::StreamExt as _;
 use secrecy::ExposeSecret as _;
 use tokio::io::AsyncWriteExt as _;
 
+use super::remediate::one_element;
 use super::{Checkpoint, CybereasonAdapter, Phase, SensorIds, element_query, now_ms, timed_out};
 use crate::mapping::CrError;
 use crate::wire;
@@ -45,16 +46,25 @@ impl CybereasonAdapter {
         sensor: &SensorIds,
         path: &str,
     ) -> Result<Drive, CrError> {
-        let query =
-            element_query(&sensor.machine, "files", "File", "correctedPath", &path.to_lowercase());
-        let Some(guid) = self.element(&query).await? else {
-            return Ok(Drive::Finished(CommandUpdate::failed(
-                cp.cursor.index,
-                ErrorInfo::new(
-                    ErrorCode::FileNotFound,
-                    format!("Cybereason knows no file {path:?} on the machine"),
-                ),
-            )));
+        let query = element_query(
+            &sensor.machine,
+            "files",
+            "File",
+            "correctedPath",
+            path.to_lowercase().into(),
+        );
+        let found = self.elements(&query, sensor).await?;
+        let missing = || {
+            ErrorInfo::new(
+                ErrorCode::FileNotFound,
+                format!("Cybereason knows no file {path:?} on the machine"),
+            )
+        };
+        let guid = match one_element(found, missing, "files", &format!("path {path:?}")) {
+            Ok(guid) => guid,
+            Err(error) => {
+                return Ok(Drive::Finished(CommandUpdate::failed(cp.cursor.index, error)));
+            }
         };
         let name = file_name(path);
         let known = self
@@ -204,8 +214,7 @@ fn unzip_first(
         .find(|i| zip.by_index_data(*i).is_ok_and(|f| !f.is_dir()))
         .ok_or("the fetched archive holds no file")?;
     let encrypted = zip.by_index_raw(index).is_ok_and(|f| f.encrypted());
-    let entry =
-        if encrypted { zip.by_index_decrypt(index, password) } else { zip.by_index(index) };
+    let entry = if encrypted { zip.by_index_decrypt(index, password) } else { zip.by_index(index) };
     let mut entry = entry.map_err(|e| match e {
         zip::result::ZipError::InvalidPassword => {
             "the fetched archive did not open with fetch_zip_password (the console's fixed zip password; set it if this console uses another one)".to_owned()

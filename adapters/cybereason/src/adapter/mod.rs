@@ -293,14 +293,14 @@ impl CybereasonAdapter {
                 self.get_file(ctx, index, &sensor, path).await.map(Drive::Finished)
             }
             command @ (Command::KillProcess { .. } | Command::DeleteFile { .. }) => {
-                let (action, element, missing) = self.remediation_target(&sensor, command).await?;
-                match element {
-                    Some(guid) => {
+                match self.remediation_target(&sensor, command).await? {
+                    (action, Ok(guid)) => {
                         self.start_remediation(ctx, cp, updates, &sensor, action, guid).await
                     }
-                    None => Ok(Drive::Finished(CommandUpdate::failed(index, missing))),
+                    (_, Err(error)) => Ok(Drive::Finished(CommandUpdate::failed(index, error))),
                 }
             }
+            Command::ProcessList => self.process_list(index, &sensor).await.map(Drive::Finished),
             Command::Isolate => self.contain(ctx, cp, updates, &sensor, true).await,
             Command::Release => self.contain(ctx, cp, updates, &sensor, false).await,
             Command::RunScript { .. } if self.cfg.ir_run().is_none() => {
@@ -347,10 +347,22 @@ impl CybereasonAdapter {
         Ok(ids)
     }
 
-    /// The GUID of the single element a query finds.
-    async fn element(&self, query: &wire::VisualQuery) -> Result<Option<String>, CrError> {
+    /// The elements a query finds (GUID and element) on the sensor's own machine: an element
+    /// whose `ownerMachine` is another machine (a namesake, e.g. a re-imaged host) is left out.
+    async fn elements(
+        &self,
+        query: &wire::VisualQuery,
+        sensor: &SensorIds,
+    ) -> Result<Vec<(String, wire::Element)>, CrError> {
         let data = self.client.visual_query(query).await?;
-        Ok(data.result_id_to_element_data_map.into_keys().next())
+        Ok(data
+            .result_id_to_element_data_map
+            .into_iter()
+            .filter(|(_, e)| {
+                e.linked("ownerMachine", "guid")
+                    .is_none_or(|g| g.eq_ignore_ascii_case(&sensor.guid))
+            })
+            .collect())
     }
 
     fn action_timeout_ms(&self) -> i64 {
@@ -399,26 +411,30 @@ fn capabilities(backend: &str, concurrent: u32, per_minute: u32, ir_run: bool) -
         notes: Some(notes.to_owned()),
     };
     let mut commands = vec![
-            native(
-                CommandKind::GetFile,
-                "direct fetch by path and pylumId; the encrypted zip is opened by edrgate and the file itself stored",
-            ),
-            native(
-                CommandKind::KillProcess,
-                "remediation KILL_PROCESS of the live process element of the pid (applicablePid, no endTime), refused when several match; the sensor must be connected (isActiveProbeConnected)",
-            ),
-            native(
-                CommandKind::DeleteFile,
-                "remediation QUARANTINE_FILE: the file is moved to the sensor's quarantine folder; the sensor must be connected (isActiveProbeConnected)",
-            ),
-            native(
-                CommandKind::Isolate,
-                "monitor/global/commands/isolate; the per-machine result decides",
-            ),
-            native(
-                CommandKind::Release,
-                "monitor/global/commands/un-isolate; the per-machine result decides",
-            ),
+        native(
+            CommandKind::ProcessList,
+            "query API (Machine → processes → Process): live processes only (no endTime); vendor_id is the process element a kill takes",
+        ),
+        native(
+            CommandKind::GetFile,
+            "direct fetch by path and pylumId; the encrypted zip is opened by edrgate and the file itself stored",
+        ),
+        native(
+            CommandKind::KillProcess,
+            "remediation KILL_PROCESS of the live process element of the pid (applicablePid, no endTime), refused when several match; the sensor must be connected (isActiveProbeConnected)",
+        ),
+        native(
+            CommandKind::DeleteFile,
+            "remediation QUARANTINE_FILE: the file is moved to the sensor's quarantine folder; the sensor must be connected (isActiveProbeConnected)",
+        ),
+        native(
+            CommandKind::Isolate,
+            "monitor/global/commands/isolate; the per-machine result decides",
+        ),
+        native(
+            CommandKind::Release,
+            "monitor/global/commands/un-isolate; the per-machine result decides",
+        ),
     ];
     if ir_run {
         // `Via` has no "operator-configured" variant (edrgate_adapter model): the note says so.
@@ -455,7 +471,8 @@ mod tests {
             for kind in CommandKind::ALL {
                 let supported = matches!(
                     kind,
-                    CommandKind::GetFile
+                    CommandKind::ProcessList
+                        | CommandKind::GetFile
                         | CommandKind::KillProcess
                         | CommandKind::DeleteFile
                         | CommandKind::Isolate

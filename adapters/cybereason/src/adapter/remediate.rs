@@ -3,8 +3,10 @@
 
 use edrgate_adapter::driver::{Drive, RunOps as _};
 use edrgate_adapter::{
-    AdapterError, Command, CommandResult, CommandUpdate, ErrorCode, ErrorInfo, RunContext, Status,
+    AdapterError, Command, CommandResult, CommandUpdate, ErrorCode, ErrorInfo, ProcessInfo,
+    RunContext, Status,
 };
+use serde_json::Value;
 
 use super::{Checkpoint, CybereasonAdapter, Phase, SensorIds, now_ms, timed_out};
 use crate::mapping::{self, CrError};
@@ -16,35 +18,21 @@ pub(super) const NO_MALOP: &str = "NOMALOP";
 impl CybereasonAdapter {
     /// What a remediation command acts on: its remediation type, the element (looked up with
     /// the query API, since the console remediates elements, not pids or paths; a kill's
-    /// caller-given element id is used as is), and the error when there is no such element.
+    /// caller-given element id is used as is), or the error that ends the command: the sensor
+    /// is not connected, there is no such element, or several match.
+    ///
+    /// The sensor must be connected first, as XSOAR checks (`is_probe_connected`: a Machine
+    /// query with facet `isActiveProbeConnected` = `true`, before every remediation command,
+    /// demisto/content#19493, I7): kills are not queued for offline machines (§6.3), and a
+    /// remediation that waits for days helps nobody.
     pub(super) async fn remediation_target(
         &self,
         sensor: &SensorIds,
         command: &Command,
-    ) -> Result<(&'static str, Option<String>, ErrorInfo), CrError> {
-        let machine = &sensor.machine;
-        let (action, query, missing) = match command {
-            Command::KillProcess { vendor_id: Some(id), .. } => {
-                let missing = ErrorInfo::new(ErrorCode::NotFound, "no such process element");
-                return Ok((actions::KILL_PROCESS, Some(id.clone()), missing));
-            }
-            Command::KillProcess { pid, .. } => (
-                actions::KILL_PROCESS,
-                element_query(machine, "processes", "Process", "pid", &pid.to_string()),
-                ErrorInfo::new(
-                    ErrorCode::NotFound,
-                    format!("no process with pid {pid} on the machine"),
-                ),
-            ),
-            Command::DeleteFile { path } => (
-                actions::QUARANTINE_FILE,
-                element_query(machine, "files", "File", "correctedPath", &path.to_lowercase()),
-                ErrorInfo::new(
-                    ErrorCode::FileNotFound,
-                    format!("Cybereason knows no file {path:?} on the machine"),
-                ),
-            ),
-
+    ) -> Result<(&'static str, Result<String, ErrorInfo>), CrError> {
+        let action = match command {
+            Command::KillProcess { .. } => actions::KILL_PROCESS,
+            Command::DeleteFile { .. } => actions::QUARANTINE_FILE,
             other => {
                 return Err(CrError::Api(AdapterError::internal(format!(
                     "{} is not a remediation",
@@ -52,7 +40,173 @@ impl CybereasonAdapter {
                 ))));
             }
         };
-        Ok((action, self.element(&query).await?, missing))
+        if !self.connected(sensor).await? {
+            return Ok((
+                action,
+                Err(ErrorInfo::new(
+                    ErrorCode::DeviceOffline,
+                    format!(
+                        "the Cybereason sensor of {} is not connected (isActiveProbeConnected is false); the console does not queue kills for offline machines",
+                        sensor.machine
+                    ),
+                )
+                .with_vendor("isActiveProbeConnected", "false")),
+            ));
+        }
+        let target = match command {
+            Command::KillProcess { vendor_id: Some(id), .. } => Ok(id.clone()),
+            Command::KillProcess { pid, .. } => self.live_process(sensor, *pid).await?,
+            Command::DeleteFile { path } => {
+                let query = element_query(
+                    &sensor.machine,
+                    "files",
+                    "File",
+                    "correctedPath",
+                    path.to_lowercase().into(),
+                );
+                let found = self.elements(&query, sensor).await?;
+                one_element(
+                    found,
+                    || {
+                        ErrorInfo::new(
+                            ErrorCode::FileNotFound,
+                            format!("Cybereason knows no file {path:?} on the machine"),
+                        )
+                    },
+                    "files",
+                    &format!("path {path:?}"),
+                )
+            }
+            _ => unreachable_remediation(),
+        };
+        Ok((action, target))
+    }
+
+    /// The element of the live process `pid` on the sensor's machine. Public clients filter
+    /// Process elements on `applicablePid` with a number (msticpy's Cybereason provider,
+    /// `find_process_by_pid`: `{"facetName": "applicablePid", "values": [42]}`), and Process
+    /// elements include processes that ended — with a reused pid, several match: an ended one
+    /// carries `endTime` (stix-shifter's process capture has `endTime` beside `applicablePid`;
+    /// XSOAR reads `endTime` as "End Time"), a live one has none. Only live elements owned by
+    /// this machine (`ownerMachine` guid = the sensor's machine guid) are kept, and more than
+    /// one is refused: killing a guess could end the wrong process.
+    async fn live_process(
+        &self,
+        sensor: &SensorIds,
+        pid: u64,
+    ) -> Result<Result<String, ErrorInfo>, CrError> {
+        let query =
+            element_query(&sensor.machine, "processes", "Process", "applicablePid", pid.into());
+        let found: Vec<(String, wire::Element)> = self
+            .elements(&query, sensor)
+            .await?
+            .into_iter()
+            .filter(|(_, e)| e.simple("applicablePid").is_none_or(|p| p.trim() == pid.to_string()))
+            .collect();
+        let ended = found.iter().filter(|(_, e)| e.simple("endTime").is_some()).count();
+        let live: Vec<(String, wire::Element)> =
+            found.into_iter().filter(|(_, e)| e.simple("endTime").is_none()).collect();
+        Ok(one_element(
+            live,
+            || {
+                ErrorInfo::new(
+                    ErrorCode::NotFound,
+                    if ended > 0 {
+                        format!("no live process with pid {pid} on the machine ({ended} ended)")
+                    } else {
+                        format!("no process with pid {pid} on the machine")
+                    },
+                )
+            },
+            "live processes",
+            &format!("pid {pid}"),
+        ))
+    }
+
+    /// `process_list`: the machine's live processes through the query API (Machine →
+    /// `processes` → Process, XSOAR's `query_processes`), ended instances (with `endTime`) and
+    /// other machines' elements left out. Each row carries the element GUID as `vendor_id`, what
+    /// a kill of that very instance takes.
+    pub(super) async fn process_list(
+        &self,
+        index: usize,
+        sensor: &SensorIds,
+    ) -> Result<CommandUpdate, CrError> {
+        let mut query = element_query(&sensor.machine, "processes", "Process", "", Value::Null);
+        if let Some(hop) = query.query_path.last_mut() {
+            hop.filters.clear();
+        }
+        // XSOAR's limits for listings (`build_query`); C1 caps `perGroupLimit` at 1000 (§6.1).
+        query.total_result_limit = Some(10_000);
+        query.per_group_limit = Some(1000);
+        let found = self.elements(&query, sensor).await?;
+        let pid_of = |e: &wire::Element| {
+            e.simple("applicablePid").and_then(|p| p.trim().parse::<u64>().ok())
+        };
+        let mut processes: Vec<ProcessInfo> = found
+            .iter()
+            .filter(|(_, e)| e.simple("endTime").is_none())
+            .filter_map(|(guid, e)| {
+                let parent_pid = e
+                    .linked("parentProcess", "guid")
+                    .and_then(|g| found.iter().find(|(k, _)| k == g))
+                    .and_then(|(_, parent)| pid_of(parent));
+                Some(ProcessInfo {
+                    pid: pid_of(e)?,
+                    parent_pid,
+                    name: e.simple("elementDisplayName").unwrap_or_default().to_owned(),
+                    path: None,
+                    command_line: e.simple("commandLine").map(str::to_owned),
+                    username: e.linked("calculatedUser", "name").map(str::to_owned),
+                    sid: None,
+                    started_at: e
+                        .simple("creationTime")
+                        .and_then(|t| t.trim().parse::<i64>().ok())
+                        .map(|ms| ms / 1000),
+                    vendor_id: Some(guid.clone()),
+                })
+            })
+            .collect();
+        processes.sort_by_key(|p| p.pid);
+        Ok(CommandUpdate::succeeded(index, CommandResult::Processes { processes })
+            .with_vendor(Some(format!("machine/{}", sensor.guid)), Some("SUCCESS".into())))
+    }
+
+    /// Whether the sensor is connected now: XSOAR's `is_probe_connected` query (Machine by
+    /// `elementDisplayName` with `isActiveProbeConnected` = `true`; the answer lists the machine
+    /// only when it is connected, fixture `…machine-isActiveProbeConnected.json`).
+    pub(super) async fn connected(&self, sensor: &SensorIds) -> Result<bool, CrError> {
+        let query = wire::VisualQuery {
+            query_path: vec![wire::QueryHop {
+                requested_type: "Machine".into(),
+                filters: vec![
+                    wire::Facet {
+                        facet_name: "elementDisplayName".into(),
+                        values: vec![sensor.machine.clone().into()],
+                        filter_type: None,
+                    },
+                    wire::Facet {
+                        facet_name: "isActiveProbeConnected".into(),
+                        values: vec![true.into()],
+                        filter_type: None,
+                    },
+                ],
+                connection_feature: None,
+                is_result: true,
+            }],
+            custom_fields: vec!["elementDisplayName".into()],
+            total_result_limit: Some(100),
+            per_group_limit: Some(100),
+            per_feature_limit: Some(100),
+            template_context: Some("SPECIFIC".into()),
+            query_timeout: Some(120_000),
+        };
+        let data = self.client.visual_query(&query).await?;
+        Ok(data.result_id_to_element_data_map.iter().any(|(guid, e)| {
+            guid.eq_ignore_ascii_case(&sensor.guid)
+                || e.simple("elementDisplayName")
+                    .is_some_and(|n| n.eq_ignore_ascii_case(&sensor.machine))
+        }))
     }
 
     pub(super) async fn start_remediation(
@@ -159,14 +313,45 @@ impl CybereasonAdapter {
     }
 }
 
-/// A visual-search query for the element of `result_type` with `facet` = `value` on the
-/// machine named `machine` (§6.1's Machine query, one hop through `feature`).
+/// The one element of a lookup, or the error: `missing` when none, `conflict` (naming the
+/// candidates, so a caller can pick one by `vendor_id`) when several.
+pub(super) fn one_element(
+    mut found: Vec<(String, wire::Element)>,
+    missing: impl FnOnce() -> ErrorInfo,
+    what: &str,
+    key: &str,
+) -> Result<String, ErrorInfo> {
+    match found.len() {
+        0 => Err(missing()),
+        1 => Ok(found.remove(0).0),
+        n => {
+            let ids: Vec<&str> = found.iter().map(|(g, _)| g.as_str()).take(5).collect();
+            Err(ErrorInfo::new(
+                ErrorCode::Conflict,
+                format!(
+                    "{n} {what} match {key} on the machine ({}); edrgate does not pick one: pass the element id as vendor_id",
+                    ids.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+fn unreachable_remediation() -> Result<String, ErrorInfo> {
+    Err(ErrorInfo::new(ErrorCode::Internal, "not a remediation"))
+}
+
+/// A visual-search query for the elements of `result_type` with `facet` = `value` on the
+/// machine named `machine` (§6.1's Machine query, one hop through `feature`, as XSOAR's
+/// `query_processes`), with the features edrgate reads: `ownerMachine` (to keep the sensor's
+/// own machine), `applicablePid`, `endTime` and `creationTime` (live or ended), names and
+/// command lines.
 pub(super) fn element_query(
     machine: &str,
     feature: &str,
     result_type: &str,
     facet: &str,
-    value: &str,
+    value: serde_json::Value,
 ) -> wire::VisualQuery {
     wire::VisualQuery {
         query_path: vec![
@@ -187,21 +372,35 @@ pub(super) fn element_query(
                 requested_type: result_type.into(),
                 filters: vec![wire::Facet {
                     facet_name: facet.into(),
-                    values: vec![value.into()],
+                    values: vec![value],
                     filter_type: Some("Equals".into()),
                 }],
                 connection_feature: None,
                 is_result: true,
             },
         ],
-        custom_fields: vec!["elementDisplayName".into()],
-        total_result_limit: Some(10),
-        per_group_limit: Some(10),
-        per_feature_limit: Some(10),
+        custom_fields: ELEMENT_FIELDS.iter().map(|f| (*f).to_owned()).collect(),
+        // Enough to see every instance of a reused pid (ended ones included).
+        total_result_limit: Some(100),
+        per_group_limit: Some(100),
+        per_feature_limit: Some(100),
         template_context: Some("SPECIFIC".into()),
         query_timeout: Some(120_000),
     }
 }
+
+/// The custom fields of element lookups (names as in XSOAR's `PROCESS_INFO` and the
+/// recorded process answers).
+pub(super) const ELEMENT_FIELDS: [&str; 8] = [
+    "elementDisplayName",
+    "ownerMachine",
+    "applicablePid",
+    "creationTime",
+    "endTime",
+    "commandLine",
+    "parentProcess",
+    "calculatedUser",
+];
 
 fn vendor_remediation(malop: &str, id: &str) -> String {
     format!("remediation/{malop}/{id}")

@@ -248,7 +248,9 @@ pub(crate) struct MachineAction {
     pub(crate) request_source: String,
     #[serde(rename = "relatedFileInfo")]
     pub(crate) related_file_info: Option<Value>,
-    pub(crate) commands: Vec<CommandResult>,
+    /// Nullable (§4.2): present for live response, left out of list answers with
+    /// [`crate::SimConfig::list_omits_commands`].
+    pub(crate) commands: Option<Vec<CommandResult>>,
     /// `null` for live response (§4.2).
     #[serde(rename = "troubleshootInfo")]
     pub(crate) troubleshoot_info: Option<Value>,
@@ -380,6 +382,8 @@ pub(crate) struct Collection<T> {
     #[serde(rename = "@odata.count", skip_serializing_if = "Option::is_none")]
     pub(crate) count: Option<usize>,
     pub(crate) value: Vec<T>,
+    #[serde(rename = "@odata.nextLink", skip_serializing_if = "Option::is_none")]
+    pub(crate) next_link: Option<String>,
 }
 
 /// An OData function result of type string (§0, §5): the download link.

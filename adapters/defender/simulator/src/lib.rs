@@ -178,6 +178,12 @@ pub struct SimConfig {
     /// Library scripts present from the start `(name, content)`.
     pub library_scripts: Vec<(String, String)>,
     pub faults: Faults,
+    /// Entries per page of a collection read (machines, machine actions, library files)
+    /// before `@odata.nextLink`. Default 10,000, the service's maximum page size.
+    pub page_size: usize,
+    /// Machine-action lists leave `commands` out (`null`; the property is nullable, §4.2), so a
+    /// client must read the action by id for its command results. Default false.
+    pub list_omits_commands: bool,
 }
 
 impl Default for SimConfig {
@@ -207,6 +213,8 @@ impl Default for SimConfig {
                 "Write-Output \"collected on $env:COMPUTERNAME with $args\"\nexit 0\n".into(),
             )],
             faults: Faults::default(),
+            page_size: 10_000,
+            list_omits_commands: false,
         }
     }
 }
@@ -269,6 +277,8 @@ pub struct Counters {
     /// Blob downloads that carried an `Authorization` header (must stay 0).
     pub downloads_with_bearer: u64,
     pub action_list_calls: u64,
+    /// `GET /api/machines` calls without a `$filter` (every machine of the tenant).
+    pub machine_lists_unfiltered: u64,
     /// Every 429 sent.
     pub responses_429: u64,
     pub live_response_rate_limited: u64,

@@ -13,9 +13,9 @@ use axum::routing::{delete, get, post};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::Simulator;
 use crate::api::{self, ActionType, ErrorBody, ErrorEnvelope, ISOLATION_TYPES};
 use crate::state::{self, Runtime};
-use crate::Simulator;
 use edrgate_simkit::Injected;
 
 type Resp = Response;
@@ -255,6 +255,10 @@ fn token(State(sim): State<Simulator>, audience: &'static str, form: String) -> 
 enum Filter {
     /// Property (lower-case) and the values it may equal.
     Is(String, Vec<String>),
+    /// `startswith(property, 'prefix')`, case-insensitive like `eq` here. The OData samples
+    /// page of the API documents it on machines ("startswith(computerDnsName,'mymachine')",
+    /// also the PSMDE module's `Get-MdeMachineByFilter` example).
+    StartsWith(String, String),
     And(Vec<Filter>),
     Or(Vec<Filter>),
 }
@@ -264,6 +268,9 @@ impl Filter {
         match self {
             Filter::Is(prop, values) => get(prop)
                 .is_some_and(|actual| values.iter().any(|v| v.eq_ignore_ascii_case(&actual))),
+            Filter::StartsWith(prop, prefix) => get(prop).is_some_and(|actual| {
+                actual.to_ascii_lowercase().starts_with(&prefix.to_ascii_lowercase())
+            }),
             Filter::And(all) => all.iter().all(|f| f.matches(get)),
             Filter::Or(any) => any.iter().any(|f| f.matches(get)),
         }
@@ -379,7 +386,21 @@ impl Parser {
             }
             Some(Token::Word(prop)) => {
                 if matches!(self.tokens.get(self.at), Some(Token::Open)) {
-                    return Err(format!("The query function '{prop}' is not supported."));
+                    if !prop.eq_ignore_ascii_case("startswith") {
+                        return Err(format!("The query function '{prop}' is not supported."));
+                    }
+                    self.at += 1;
+                    let Some(Token::Word(property)) = self.next() else {
+                        return Err("a property expected in startswith(…)".into());
+                    };
+                    if self.next() != Some(Token::Comma) {
+                        return Err("',' expected in startswith(…)".into());
+                    }
+                    let prefix = self.value()?;
+                    if self.next() != Some(Token::Close) {
+                        return Err("')' expected after startswith(…)".into());
+                    }
+                    return Ok(Filter::StartsWith(property.to_ascii_lowercase(), prefix));
                 }
                 match self.next() {
                     Some(Token::Word(op)) if op.eq_ignore_ascii_case("eq") => {
@@ -452,6 +473,53 @@ impl OData {
     fn keeps(&self, get: impl Fn(&str) -> Option<String>) -> bool {
         self.filter.as_ref().is_none_or(|f| f.matches(&get))
     }
+
+    /// Server-driven paging (OData v4): at most `page_size` entries of what `$skip`/`$top`
+    /// select, and, when the page cut them, `@odata.nextLink`: the same query with `$skip`
+    /// moved on ("Maximum page size is 10,000", List machines API; the service pages with
+    /// `@odata.nextLink` like other Microsoft Graph-style APIs, which clients such as XSOAR's
+    /// and msticpy's follow).
+    fn page<T>(
+        &self,
+        all: Vec<T>,
+        page_size: usize,
+        url: &str,
+        q: &HashMap<String, String>,
+    ) -> (Vec<T>, Option<String>) {
+        let wanted = all.len().saturating_sub(self.skip).min(self.top);
+        let page: Vec<T> = all.into_iter().skip(self.skip).take(wanted.min(page_size)).collect();
+        if page.len() == wanted {
+            return (page, None);
+        }
+        let mut next: Vec<(String, String)> = q
+            .iter()
+            .filter(|(k, _)| *k != "$skip" && *k != "$top")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        next.push(("$skip".into(), (self.skip + page.len()).to_string()));
+        if q.contains_key("$top") {
+            next.push(("$top".into(), (wanted - page.len()).to_string()));
+        }
+        next.sort();
+        let query = next
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        (page, Some(format!("{url}?{query}")))
+    }
+}
+
+/// Percent-encodes a query component (RFC 3986 unreserved characters kept).
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'$' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 // ---- machines (§10) ----
@@ -470,6 +538,9 @@ async fn machines(
         if let Some(r) = admit(rt, "machines", now) {
             return r;
         }
+        if query.filter.is_none() {
+            rt.counters.machine_lists_unfiltered += 1;
+        }
         let matching: Vec<api::Machine> = rt
             .machines
             .iter()
@@ -485,11 +556,17 @@ async fn machines(
             .map(|m| rt.machine_entity(m))
             .collect();
         let count = query.count.then_some(matching.len());
-        let value = matching.into_iter().skip(query.skip).take(query.top).collect();
+        let (value, next_link) =
+            query.page(matching, rt.cfg.page_size, &format!("{base}/api/machines"), &q);
         // An empty result is 200 with an empty `value`, as clients expect (§10 [C]).
         ok_json(
             StatusCode::OK,
-            &api::Collection { context: format!("{base}/api/$metadata#Machines"), count, value },
+            &api::Collection {
+                context: format!("{base}/api/$metadata#Machines"),
+                count,
+                value,
+                next_link,
+            },
         )
     })
 }
@@ -698,11 +775,17 @@ async fn actions(
             matching.reverse();
         }
         let count = query.count.then_some(matching.len());
-        let value: Vec<api::MachineAction> = matching
+        let (page, next_link) =
+            query.page(matching, rt.cfg.page_size, &format!("{base}/api/machineactions"), &q);
+        let value: Vec<api::MachineAction> = page
             .into_iter()
-            .skip(query.skip)
-            .take(query.top)
-            .map(|a| rt.action_entity(a, None))
+            .map(|a| {
+                let mut entity = rt.action_entity(a, None);
+                if rt.cfg.list_omits_commands {
+                    entity.commands = None;
+                }
+                entity
+            })
             .collect();
         ok_json(
             StatusCode::OK,
@@ -710,6 +793,7 @@ async fn actions(
                 context: format!("{base}/api/$metadata#MachineActions"),
                 count,
                 value,
+                next_link,
             },
         )
     })
@@ -861,19 +945,30 @@ async fn blob(
 
 // ---- library (§8) ----
 
-async fn library(State(sim): State<Simulator>, headers: HeaderMap) -> Resp {
+async fn library(
+    State(sim): State<Simulator>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Resp {
+    let query = match odata(&q) {
+        Ok(o) => o,
+        Err(message) => return odata_error(message),
+    };
     let base = base(&sim, &headers);
     sim.with(|rt, now| {
         if let Some(r) = admit(rt, "library", now) {
             return r;
         }
-        let value: Vec<api::LibraryFile> = rt.library.values().map(|f| f.entity.clone()).collect();
+        let all: Vec<api::LibraryFile> = rt.library.values().map(|f| f.entity.clone()).collect();
+        let (value, next_link) =
+            query.page(all, rt.cfg.page_size, &format!("{base}/api/libraryfiles"), &q);
         ok_json(
             StatusCode::OK,
             &api::Collection {
                 context: format!("{base}/api/$metadata#LibraryFiles"),
                 count: None,
                 value,
+                next_link,
             },
         )
     })
@@ -994,7 +1089,16 @@ mod tests {
                 Filter::Or(vec![is("status", &["Pending"]), is("status", &["InProgress"])]),
             ])
         );
-        assert!(parse_filter("startswith(computerDnsName,'x')").is_err());
+        assert_eq!(
+            parse_filter("startswith(computerDnsName,'ws-042') and healthStatus eq 'Active'")
+                .unwrap(),
+            Filter::And(vec![
+                Filter::StartsWith("computerdnsname".into(), "ws-042".into()),
+                is("healthstatus", &["Active"]),
+            ])
+        );
+        assert!(parse_filter("contains(computerDnsName,'x')").is_err());
+        assert!(parse_filter("startswith(computerDnsName 'x')").is_err());
         assert!(parse_filter("id eq 'a' extra").is_err());
         assert!(parse_filter("id gt 'a'").is_err());
     }

@@ -117,19 +117,20 @@ impl SimAction {
                 .clone()
                 .unwrap_or_else(|| "PublicApi".to_owned()),
             related_file_info: None,
-            commands: self
-                .commands
-                .iter()
-                .enumerate()
-                .map(|(index, c)| CommandResult {
-                    index,
-                    start_time: c.start.clone(),
-                    end_time: c.end.clone(),
-                    command_status: c.status,
-                    errors: c.errors.clone(),
-                    command: CommandEcho { kind: c.lr.kind, params: c.lr.params.clone() },
-                })
-                .collect(),
+            commands: Some(
+                self.commands
+                    .iter()
+                    .enumerate()
+                    .map(|(index, c)| CommandResult {
+                        index,
+                        start_time: c.start.clone(),
+                        end_time: c.end.clone(),
+                        command_status: c.status,
+                        errors: c.errors.clone(),
+                        command: CommandEcho { kind: c.lr.kind, params: c.lr.params.clone() },
+                    })
+                    .collect(),
+            ),
             troubleshoot_info: None,
         }
     }

@@ -168,9 +168,20 @@ async fn machines_answer_odata_filters() {
     let filter = format!("id in ('{}','{}')", machine_id(1), machine_id(3));
     let (_, two) = api.get(&format!("/api/machines?$filter={}", urlencode(&filter))).await;
     assert_eq!(two["value"].as_array().unwrap().len(), 2);
-    let (status, bad) = api.get("/api/machines?$filter=startswith(computerDnsName,'m')").await;
+    // `startswith` is documented on machines (OData samples page); other functions are not.
+    let (_, prefixed) =
+        api.get("/api/machines?$filter=startswith(computerDnsName,'MDE-000')").await;
+    assert_eq!(prefixed["value"].as_array().unwrap().len(), 5);
+    let (status, bad) = api.get("/api/machines?$filter=contains(computerDnsName,'m')").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(bad["error"]["code"], "");
+    // Pages of at most the page size, then `@odata.nextLink` with the same query.
+    let paged = Api::start(SimConfig { page_size: 2, ..SimConfig::default() }).await;
+    let (_, first) = paged.get("/api/machines?$filter=startswith(computerDnsName,'mde')").await;
+    assert_eq!(first["value"].as_array().unwrap().len(), 2);
+    let next = first["@odata.nextLink"].as_str().unwrap();
+    assert!(next.contains("%24skip=2") || next.contains("$skip=2"), "{next}");
+    assert!(next.contains("startswith"), "{next}");
     // The docs write `/API/` in one place (§0): the same routes answer there.
     let (status, upper) = api.get("/API/machines?$top=2").await;
     assert_eq!((status, upper["value"].as_array().map(Vec::len)), (StatusCode::OK, Some(2)));

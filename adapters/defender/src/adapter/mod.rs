@@ -41,7 +41,7 @@ use edrgate_adapter::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::client::DfClient;
+use crate::client::{DfClient, MachineQuery};
 use crate::config::DefenderConfig;
 use crate::mapping;
 use crate::wire;
@@ -164,8 +164,10 @@ impl Adapter for DefenderAdapter {
         &self.capabilities
     }
 
-    /// Machines whose `computerDnsName` contains `hostname`, case-insensitively. Defender's
-    /// filter is an exact `eq` (§10): it is asked first, the full list only when it finds none.
+    /// Machines whose `computerDnsName` is or starts with `hostname`, case-insensitively:
+    /// Defender's `eq` first (§10), then `startswith` (a short name finds its FQDN). Never the
+    /// full listing, which on a large tenant is thousands of machines for one lookup; the
+    /// core's "contains" rule is applied to what Defender returns.
     async fn find_devices(&self, hostname: Option<&str>) -> Result<Vec<Device>, AdapterError> {
         let matching = |machines: Vec<wire::Machine>| -> Vec<Device> {
             machines
@@ -176,11 +178,14 @@ impl Adapter for DefenderAdapter {
                 })
                 .collect()
         };
-        let mut found = matching(self.client.machines(hostname).await?);
-        if found.is_empty() && hostname.is_some() {
-            found = matching(self.client.machines(None).await?);
+        let Some(name) = hostname else {
+            return Ok(matching(self.client.machines(MachineQuery::All).await?));
+        };
+        let found = matching(self.client.machines(MachineQuery::Named(name)).await?);
+        if !found.is_empty() {
+            return Ok(found);
         }
-        Ok(found)
+        Ok(matching(self.client.machines(MachineQuery::NamePrefix(name)).await?))
     }
 
     fn run_closed(&self, run_id: Uuid) {
