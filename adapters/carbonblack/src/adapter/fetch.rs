@@ -141,10 +141,10 @@ impl CarbonBlackAdapter {
         if fetch.end.is_some_and(|end| fetch.next >= end) {
             return Ok(FetchStep::Complete);
         }
-        if !fetch.sized {
-            if let Some(wait) = self.look_up_size(ctx, cp, sid, fetch).await? {
-                return Ok(FetchStep::More(wait));
-            }
+        if !fetch.sized
+            && let Some(wait) = self.look_up_size(ctx, cp, sid, fetch).await?
+        {
+            return Ok(FetchStep::More(wait));
         }
         // One past the last byte to download, as far as known.
         let bound = match (fetch.end, fetch.total) {
