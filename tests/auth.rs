@@ -14,15 +14,16 @@ use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use edrgate::app::App;
 use edrgate::auth::{Permission, Permissions};
-use edrgate::config::{Config, ScopeNames};
+use edrgate::config::ScopeNames;
 use edrgate_adapter::{Command, CommandKind};
-use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
+use edrgate_carbonblack_sim::{SimConfig, Simulator};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use tower::ServiceExt as _;
+
+mod common;
+use common::Backend;
 
 const ISSUER: &str = "https://idp.test";
 const AUDIENCE: &str = "edrgate";
@@ -162,9 +163,9 @@ impl JwksServer {
 }
 
 struct Gateway {
-    app: App,
+    gw: common::Gateway,
     _sim: Simulator,
-    _dir: tempfile::TempDir,
+    _keys: tempfile::TempDir,
 }
 
 struct Answer {
@@ -202,46 +203,35 @@ impl Gateway {
             command_latency: Duration::from_millis(5),
             ..SimConfig::default()
         });
-        let addr = sim.spawn().await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
-        std::fs::write(dir.path().join("rsa.pem"), &rsa.public_pem).unwrap();
-        std::fs::write(dir.path().join("ec.pem"), &ec.public_pem).unwrap();
+        let cb = Backend::carbonblack(sim.spawn().await.unwrap());
+        let keys = tempfile::tempdir().unwrap();
+        let k = keys.path().display().to_string();
+        std::fs::write(keys.path().join("rsa.pem"), &rsa.public_pem).unwrap();
+        std::fs::write(keys.path().join("ec.pem"), &ec.public_pem).unwrap();
         let jwks = jwks.map_or(String::new(), |url| {
-            format!("[[auth.jwks]]\nurl = \"{url}\"\nmin_refresh_seconds = 1\n")
+            format!("[[jwks]]\nurl = \"{url}\"\nmin_refresh_seconds = 1\n")
         });
-        let text = format!(
-            r#"
-            [server]
-            max_wait_seconds = 2
-            [store]
-            path = "{d}/edrgate.db"
-            [files]
-            dir = "{d}/files"
-            [auth]
-            issuer = "{ISSUER}"
-            audience = "{AUDIENCE}"
-            leeway_seconds = 5
-            [[auth.keys]]
-            pem_file = "{d}/rsa.pem"
-            [[auth.keys]]
-            pem_file = "{d}/ec.pem"
-            kid = "ec-file"
-            {jwks}
-            [tenants.acme.backends.cb]
-            kind = "carbonblack"
-            url = "http://{addr}"
-            token = "{DEFAULT_TOKEN}"
-            [tenants.globex.backends.cb]
-            kind = "carbonblack"
-            url = "http://{addr}"
-            token = "{DEFAULT_TOKEN}"
-            {extra}
-            "#
-        );
-        let config = Config::parse(&text, |_| None).unwrap();
-        let app = App::build(config).await.unwrap();
-        Gateway { app, _sim: sim, _dir: dir }
+        let gw = common::Gateway::builder()
+            .config("server.max_wait_seconds = 2")
+            .auth(&format!(
+                r#"
+                issuer = "{ISSUER}"
+                audience = "{AUDIENCE}"
+                leeway_seconds = 5
+                [[keys]]
+                pem_file = "{k}/rsa.pem"
+                [[keys]]
+                pem_file = "{k}/ec.pem"
+                kid = "ec-file"
+                {jwks}
+                "#
+            ))
+            .backend("acme", "cb", &cb)
+            .backend("globex", "cb", &cb)
+            .config(extra)
+            .start()
+            .await;
+        Gateway { gw, _sim: sim, _keys: keys }
     }
 
     async fn call(
@@ -262,11 +252,9 @@ impl Gateway {
             None => request.body(Body::empty()),
         }
         .unwrap();
-        let response = self.app.router.clone().oneshot(request).await.unwrap();
-        let (parts, body) = response.into_parts();
-        let bytes = axum::body::to_bytes(body, 16 * 1024 * 1024).await.unwrap();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Answer { status: parts.status, headers: parts.headers, body }
+        let (status, headers, body) = self.gw.oneshot(request).await;
+        let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        Answer { status, headers, body }
     }
 
     async fn get(&self, uri: &str, token: &str) -> Answer {
@@ -280,16 +268,7 @@ impl Gateway {
     }
 
     async fn finished(&self, token: &str, id: &str) -> Value {
-        for _ in 0..60 {
-            let answer = self.get(&format!("/v1/actions/{id}?wait=2"), token).await;
-            assert_eq!(answer.status, StatusCode::OK, "{}", answer.body);
-            if !["queued", "dispatched", "running"]
-                .contains(&answer.body["status"].as_str().unwrap())
-            {
-                return answer.body;
-            }
-        }
-        panic!("action {id} did not finish");
+        self.gw.wait_terminal(token, id).await
     }
 }
 
