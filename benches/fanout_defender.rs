@@ -108,6 +108,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client_id = "{DEFAULT_CLIENT_ID}"
         client_secret = "{DEFAULT_CLIENT_SECRET}"
         ca_file = "{ca}"
+        token_tls = {{ ca_file = "{ca}" }}
+        download_tls = {{ ca_file = "{ca}" }}
         live_response_calls = {calls}
         live_response_window_ms = {window}
         concurrent_sessions = {sessions}

@@ -11,7 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use edrgate_adapter::{Adapter, AdapterError, Capabilities, Device, ErrorCode, Target};
+use edrgate_adapter::{
+    Adapter, AdapterError, Capabilities, Device, DeviceSupport, ErrorCode, Target,
+};
 
 use crate::config::{Config, RouteRule, RoutingConfig};
 
@@ -171,41 +173,48 @@ impl Backends {
         self.of_tenant(tenant).map(|(_, a)| a.capabilities().clone()).collect()
     }
 
-    /// Resolves a target to (backend, device id, hostname if known).
+    /// Resolves a target to (backend, device id, the device record when known). A hostname
+    /// comes with its record; a device id is looked up with [`Adapter::device`] (`None` when
+    /// the adapter has no such lookup).
     pub async fn resolve(
         &self,
         tenant: &str,
         target: &Target,
-    ) -> Result<(String, String, Option<String>), AdapterError> {
+    ) -> Result<(String, String, Option<Device>), AdapterError> {
         match target {
             Target::Device { backend, device_id } => {
-                if self.adapter(tenant, backend).is_none() {
+                let Some(adapter) = self.adapter(tenant, backend) else {
                     return Err(AdapterError::new(
                         ErrorCode::InvalidRequest,
                         format!("unknown backend {backend:?}"),
                     ));
-                }
-                Ok((backend.clone(), device_id.clone(), None))
+                };
+                let device = adapter.device(device_id).await?;
+                Ok((backend.clone(), device_id.clone(), device))
             }
             Target::Hostname { hostname } => {
                 let Some(t) = self.tenants.get(tenant) else {
                     return Err(not_found(hostname));
                 };
                 let (backend, device) = t.resolve_hostname(hostname).await?;
-                Ok((backend, device.device_id, Some(device.hostname)))
+                Ok((backend, device.device_id.clone(), Some(device)))
             }
         }
     }
 
-    /// Devices the tenant's backends know, optionally filtered by hostname.
+    /// Devices the tenant's backends know, optionally filtered by hostname, each with what it
+    /// can run ([`Adapter::device_support`]).
     pub async fn devices(
         &self,
         tenant: &str,
         hostname: Option<&str>,
-    ) -> Result<Vec<Device>, AdapterError> {
+    ) -> Result<Vec<(Device, DeviceSupport)>, AdapterError> {
         let mut all = Vec::new();
         for (_, adapter) in self.of_tenant(tenant) {
-            all.extend(adapter.find_devices(hostname).await?);
+            for device in adapter.find_devices(hostname).await? {
+                let support = adapter.device_support(&device);
+                all.push((device, support));
+            }
         }
         Ok(all)
     }

@@ -4,10 +4,7 @@
 use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
-use edrgate_cybereason_sim::{
-    DEFAULT_PASSWORD, DEFAULT_TFA_USERNAME, DEFAULT_TOTP_SECRET, DEFAULT_ZIP_PASSWORD, SimConfig,
-    Simulator,
-};
+use edrgate_cybereason_sim::{SimConfig, Simulator};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};

@@ -2,7 +2,6 @@
 //! behind a real nginx (Debian's package; the test is skipped, saying so, where nginx is not
 //! installed — `.ci/run` installs it).
 
-use edrgate_simkit::Sim as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Stdio;
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::Digest as _;
 
 mod common;
-use common::{Backend, Client, Gateway, token};
+use common::{Backend, Client, Gateway, spawn, token};
 
 /// A gateway with `server` settings and tenant `tenant`'s backend `cb` on the simulator at
 /// `sim`.
@@ -25,12 +24,6 @@ async fn start(server: &str, tenant: &str, sim: SocketAddr) -> Gateway {
         .backend(tenant, "cb", &cb)
         .start()
         .await
-}
-
-async fn sim(cfg: SimConfig) -> (Simulator, SocketAddr) {
-    let sim = Simulator::new(cfg);
-    let addr = sim.spawn().await.unwrap();
-    (sim, addr)
 }
 
 fn fast() -> SimConfig {
@@ -57,7 +50,7 @@ fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_prefix_and_health_endpoints() {
-    let (_sim, addr) = sim(fast()).await;
+    let (_sim, addr) = spawn(Simulator::new(fast())).await;
     let gw = start("path_prefix = \"/edrgate\"", "opsmetrics", addr).await;
     let prefixed = Client::new(gw.url("/edrgate"), gw.http.clone());
     let bearer = token("opsmetrics");
@@ -119,7 +112,9 @@ async fn metrics_prefix_and_health_endpoints() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_long_polls_and_exits_within_its_grace() {
     // A command that outlasts the grace: its run is handed back, not waited for.
-    let (_sim, addr) = sim(SimConfig { command_latency: Duration::from_secs(30), ..fast() }).await;
+    let (_sim, addr) =
+        spawn(Simulator::new(SimConfig { command_latency: Duration::from_secs(30), ..fast() }))
+            .await;
     let mut gw = start("shutdown_grace_seconds = 2", "opsgrace", addr).await;
     let bearer = token("opsgrace");
     let body =
@@ -147,7 +142,7 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(upstream: std::net::SocketAddr) -> Option<Nginx> {
+    fn start(upstream: SocketAddr) -> Option<Nginx> {
         let binary =
             ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| Path::new(p).is_file())?;
         let dir = tempfile::tempdir().unwrap();
@@ -205,7 +200,9 @@ impl Drop for Nginx {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_nginx_prefix_forwarded_addresses_long_polls_and_large_transfers() {
     const BIG: u64 = 48 * 1024 * 1024;
-    let (_sim, addr) = sim(SimConfig { file_size: BIG, offline_sensors: vec![3], ..fast() }).await;
+    let (_sim, addr) =
+        spawn(Simulator::new(SimConfig { file_size: BIG, offline_sensors: vec![3], ..fast() }))
+            .await;
     // nginx connects from 127.0.0.1; clients come from 127.0.0.2.
     let gw =
         start("path_prefix = \"/edrgate\"\ntrusted_proxies = [\"127.0.0.1/32\"]", "opsproxy", addr)

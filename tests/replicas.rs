@@ -7,77 +7,52 @@
 //! prints that it was skipped and passes.
 
 use edrgate_simkit::Sim as _;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
-use reqwest::StatusCode;
+use edrgate_carbonblack_sim::{SimConfig, Simulator};
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 mod common;
+use common::{Backend, Client, Gateway, GatewayBuilder, token};
 
-const SECRET: &str = "replicas-secret-0123456789abcdef0123456789abcdef";
 /// The backend's configured session limit: what all replicas together may hold. The simulated
 /// server allows more, so exceeding it shows in its high-water mark.
 const SLOT_LIMIT: usize = 3;
 const GRACE_SECONDS: u64 = 5;
 
-/// One `edrgate serve` process.
+/// One `edrgate serve` process; its API is [`Client`]'s.
 struct Replica {
     name: &'static str,
     child: std::process::Child,
-    base: String,
     log: PathBuf,
-    http: reqwest::Client,
+    client: Client,
 }
 
 impl Replica {
-    /// A replica with tenant `acme`'s `backends` (TOML tables).
-    async fn start(name: &'static str, dir: &Path, db_url: &str, backends: &str) -> Replica {
+    /// A replica with `config`, its files in `dir`.
+    async fn start(name: &'static str, dir: &Path, config: &GatewayBuilder) -> Replica {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let d = dir.display();
-        let config = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                r#"
-                [server]
-                listen = "127.0.0.1:{port}"
-                shutdown_grace_seconds = {GRACE_SECONDS}
-                [store]
-                url = "{db_url}"
-                max_connections = 8
-                [files]
-                dir = "{d}/files"
-                [auth]
-                allow_hs256 = true
-                hs256_secret = "{SECRET}"
-                [engine]
-                lease_seconds = 2
-                {backends}
-                "#
-            ),
-        )
-        .unwrap();
+        let file = dir.join(format!("{name}.toml"));
+        let config = config.clone().config(&format!("server.listen = \"127.0.0.1:{port}\""));
+        std::fs::write(&file, config.render(dir)).unwrap();
         let log = dir.join(format!("{name}.log"));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_edrgate"))
             .args(["serve", "--config"])
-            .arg(&config)
+            .arg(&file)
             .env("RUST_LOG", "warn,edrgate=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let replica = Replica {
-            name,
-            child,
-            base: format!("http://127.0.0.1:{port}"),
-            log,
-            http: reqwest::Client::builder().build().unwrap(),
-        };
+        let http = reqwest::Client::builder().build().unwrap();
+        let client = Client::new(format!("http://127.0.0.1:{port}"), http);
+        let replica = Replica { name, child, log, client };
         for _ in 0..300 {
-            if let Ok(r) = replica.http.get(format!("{}/readyz", replica.base)).send().await
+            if let Ok(r) = replica.http.get(replica.url("/readyz")).send().await
                 && r.status() == StatusCode::OK
             {
                 return replica;
@@ -89,54 +64,6 @@ impl Replica {
 
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn token() -> String {
-        edrgate::auth::mint(SECRET.as_bytes(), "acme", "replicas-test", Duration::from_secs(600))
-            .unwrap()
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(Self::token())
-            .json(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(Self::token())
-            .send()
-            .await
-            .unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn submit(&self, body: Value) -> String {
-        let (status, action) = self.post("/v1/actions", &body).await;
-        assert_eq!(status, StatusCode::ACCEPTED, "{}: {action}", self.name);
-        action["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Long-polls until the action is terminal.
-    async fn finished(&self, id: &str) -> Value {
-        for _ in 0..60 {
-            let (status, a) = self.get(&format!("/v1/actions/{id}?wait=5")).await;
-            assert_eq!(status, StatusCode::OK, "{a}");
-            if !is_open(&a) {
-                return a;
-            }
-        }
-        panic!("action {id} did not finish:\n{}", self.logs());
     }
 
     /// SIGKILL: a crash, nothing released.
@@ -166,45 +93,49 @@ impl Replica {
     }
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        // A test that failed must not leave its gateway running.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Deref for Replica {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
     }
 }
 
-fn is_open(action: &Value) -> bool {
-    ["queued", "dispatched", "running"].contains(&action["status"].as_str().unwrap_or_default())
+impl Drop for Replica {
+    fn drop(&mut self) {
+        // A test that failed must not leave its gateway running, and shows what it logged.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("replica {} logged:\n{}", self.name, self.logs());
+        }
+    }
 }
 
-/// Two replicas on a fresh database in front of `sim`, or `None` when there is no PostgreSQL.
+/// Tenant `acme`'s backend `cb` on `sim` (started here), with the replicas' session limit.
+async fn on_carbonblack(sim: &Simulator) -> GatewayBuilder {
+    let cb = Backend::carbonblack(sim.spawn().await.unwrap())
+        .with(&format!("slot_limit = {SLOT_LIMIT}"));
+    Gateway::builder().backend("acme", "cb", &cb)
+}
+
+/// Two replicas of `gateway` on a fresh database, or `None` when there is no PostgreSQL.
 async fn two_replicas(
     test: &str,
-    sim: &Simulator,
-) -> Option<(Replica, Replica, tempfile::TempDir)> {
-    let sim_url = format!("http://{}", sim.spawn().await.unwrap());
-    let backends = format!(
-        r#"
-        [tenants.acme.backends.cb]
-        kind = "carbonblack"
-        url = "{sim_url}"
-        token = "{DEFAULT_TOKEN}"
-        slot_limit = {SLOT_LIMIT}
-        "#
-    );
-    two_replicas_with(test, &backends).await
-}
-
-/// Two replicas on a fresh database with tenant `acme`'s `backends`.
-async fn two_replicas_with(
-    test: &str,
-    backends: &str,
+    gateway: GatewayBuilder,
 ) -> Option<(Replica, Replica, tempfile::TempDir)> {
     let db_url = common::fresh_postgres_database(test).await?;
     let dir = tempfile::tempdir().unwrap();
-    let a = Replica::start("a", dir.path(), &db_url, backends).await;
-    let b = Replica::start("b", dir.path(), &db_url, backends).await;
+    let config = gateway.config(&format!(
+        r#"
+        server.shutdown_grace_seconds = {GRACE_SECONDS}
+        store.url = "{db_url}"
+        store.max_connections = 8
+        engine.lease_seconds = 2
+        "#
+    ));
+    let a = Replica::start("a", dir.path(), &config).await;
+    let b = Replica::start("b", dir.path(), &config).await;
     Some((a, b, dir))
 }
 
@@ -257,11 +188,16 @@ async fn two_replicas_share_the_work_and_the_session_budget_and_survive_a_sigkil
         command_latency: Duration::from_millis(120),
         ..SimConfig::default()
     });
-    let Some((mut a, b, _dir)) = two_replicas("replicas::sigkill", &sim).await else { return };
+    let Some((mut a, b, _dir)) =
+        two_replicas("replicas::sigkill", on_carbonblack(&sim).await).await
+    else {
+        return;
+    };
+    let acme = token("acme");
     let mut ids = Vec::new();
     for sensor in 1..=40 {
         let replica = if sensor % 2 == 0 { &a } else { &b };
-        ids.push(replica.submit(side_effect_request(sensor)).await);
+        ids.push(replica.submit(&acme, &side_effect_request(sensor)).await);
     }
     // Let both replicas get going, then crash one mid-flight.
     let started = Instant::now();
@@ -274,7 +210,7 @@ async fn two_replicas_share_the_work_and_the_session_budget_and_survive_a_sigkil
 
     let mut done = Vec::new();
     for id in &ids {
-        done.push(b.finished(id).await);
+        done.push(b.wait_terminal(&acme, id).await);
     }
     assert_at_most_once(&sim, &done, &[(0, "kill"), (1, "delete file")]);
     let max = sim.max_concurrent_sessions();
@@ -299,14 +235,21 @@ async fn a_long_poll_wakes_for_a_cancel_made_through_the_other_replica() {
     });
     // An offline sensor: its session stays pending, so the run waits until it is cancelled.
     sim.set_sensor_online(1, false);
-    let Some((a, b, _dir)) = two_replicas("replicas::long_poll", &sim).await else { return };
+    let Some((a, b, _dir)) = two_replicas("replicas::long_poll", on_carbonblack(&sim).await).await
+    else {
+        return;
+    };
+    let acme = token("acme");
     let id = a
-        .submit(json!({"targets": [{"backend": "cb", "device_id": "1"}],
-                       "commands": [{"type": "process_list"}]}))
+        .submit(
+            &acme,
+            &json!({"targets": [{"backend": "cb", "device_id": "1"}],
+                       "commands": [{"type": "process_list"}]}),
+        )
         .await;
     let started = Instant::now();
     loop {
-        let (_, action) = a.get(&format!("/v1/actions/{id}")).await;
+        let (_, action) = a.get(&acme, &format!("/v1/actions/{id}")).await;
         if action["status"] != "queued" {
             break;
         }
@@ -316,27 +259,22 @@ async fn a_long_poll_wakes_for_a_cancel_made_through_the_other_replica() {
     // A long-poll on one replica, a cancel through the other.
     let path = format!("/v1/actions/{id}?wait=30");
     let poll = {
-        let (http, base) = (a.http.clone(), a.base.clone());
+        let request = a.request(Method::GET, &acme, &path);
         tokio::spawn(async move {
             let started = Instant::now();
-            let r = http
-                .get(format!("{base}{path}"))
-                .bearer_auth(Replica::token())
-                .send()
-                .await
-                .unwrap();
+            let r = request.send().await.unwrap();
             (started.elapsed(), r.json::<Value>().await.unwrap())
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, _) = b.post(&format!("/v1/actions/{id}/cancel"), &json!({})).await;
+    let (status, _) = b.post(&acme, &format!("/v1/actions/{id}/cancel"), &json!({})).await;
     assert_eq!(status, StatusCode::OK);
     let (waited, seen) = poll.await.unwrap();
     assert!(waited < Duration::from_secs(5), "the long-poll slept through the change ({waited:?})");
     assert_eq!(seen["cancel_requested"], true, "{seen:#}");
     // Whichever replica drives the run stops it at once.
     let started = Instant::now();
-    let done = a.finished(&id).await;
+    let done = a.wait_terminal(&acme, &id).await;
     assert_eq!(done["status"], "cancelled", "{done:#}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
@@ -350,10 +288,15 @@ async fn a_sigterm_replica_exits_within_its_grace_and_the_other_finishes_its_run
         command_latency: Duration::from_millis(200),
         ..SimConfig::default()
     });
-    let Some((mut a, b, _dir)) = two_replicas("replicas::sigterm", &sim).await else { return };
+    let Some((mut a, b, _dir)) =
+        two_replicas("replicas::sigterm", on_carbonblack(&sim).await).await
+    else {
+        return;
+    };
+    let acme = token("acme");
     let mut ids = Vec::new();
     for sensor in 1..=16 {
-        ids.push(a.submit(side_effect_request(sensor)).await);
+        ids.push(a.submit(&acme, &side_effect_request(sensor)).await);
     }
     let started = Instant::now();
     while sim.counters().executed("kill") < 2 && started.elapsed() < Duration::from_secs(30) {
@@ -367,7 +310,7 @@ async fn a_sigterm_replica_exits_within_its_grace_and_the_other_finishes_its_run
     );
     let mut done = Vec::new();
     for id in &ids {
-        done.push(b.finished(id).await);
+        done.push(b.wait_terminal(&acme, id).await);
     }
     assert_at_most_once(&sim, &done, &[(0, "kill"), (1, "delete file")]);
     assert!(sim.max_concurrent_sessions() <= SLOT_LIMIT);
@@ -385,42 +328,27 @@ async fn two_replicas_keep_defenders_call_rate_and_session_cap_together() {
         pickup_delay: Duration::from_millis(200),
         ..mde::SimConfig::default()
     });
-    let sim_url = format!("http://{}", sim.spawn().await.unwrap());
-    let backends = format!(
-        r#"
-        [tenants.acme.backends.mde]
-        kind = "defender"
-        api_url = "{sim_url}"
-        token_url = "{sim_url}/{tenant}/oauth2/v2.0/token"
-        tenant_id = "{tenant}"
-        client_id = "{client}"
-        client_secret = "{secret}"
-        poll_interval_ms = 100
-        max_poll_interval_ms = 500
-        live_response_calls = 10
-        live_response_window_ms = 2000
-        concurrent_sessions = 4
-        "#,
-        tenant = mde::DEFAULT_TENANT,
-        client = mde::DEFAULT_CLIENT_ID,
-        secret = mde::DEFAULT_CLIENT_SECRET,
-    );
-    let Some((a, b, _dir)) = two_replicas_with("replicas::defender", &backends).await else {
-        return;
-    };
+    let mde = Backend::defender(sim.spawn().await.unwrap())
+        .with("live_response_calls = 10\nlive_response_window_ms = 2000\nconcurrent_sessions = 4");
+    let gateway = Gateway::builder().backend("acme", "mde", &mde);
+    let Some((a, b, _dir)) = two_replicas("replicas::defender", gateway).await else { return };
+    let acme = token("acme");
     let mut ids = Vec::new();
     for n in 1..=30 {
         let replica = if n % 2 == 0 { &a } else { &b };
         let target = json!({"backend": "mde", "device_id": mde::machine_id(n)});
         ids.push(
             replica
-                .submit(json!({"targets": [target], "commands": [{"type": "process_list"}]}))
+                .submit(
+                    &acme,
+                    &json!({"targets": [target], "commands": [{"type": "process_list"}]}),
+                )
                 .await,
         );
     }
     for (i, id) in ids.iter().enumerate() {
         let replica = if i % 2 == 0 { &a } else { &b };
-        let done = replica.finished(id).await;
+        let done = replica.wait_terminal(&acme, id).await;
         assert_eq!(done["status"], "succeeded", "{done:#}");
     }
     let c = sim.counters();
@@ -464,54 +392,29 @@ async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
         remediation_delay: Duration::from_millis(100),
         ..cr::SimConfig::default()
     });
-    let cb_url = format!("http://{}", cb_sim.spawn().await.unwrap());
-    let mde_url = format!("http://{}", mde_sim.spawn().await.unwrap());
-    let cr_url = format!("http://{}", cr_sim.spawn().await.unwrap());
-    let backends = format!(
+    let cb = Backend::carbonblack(cb_sim.spawn().await.unwrap())
+        .with(&format!("slot_limit = {CB_SLOTS}"));
+    let mde = Backend::defender(mde_sim.spawn().await.unwrap()).with(&format!(
+        "live_response_calls = 20\nlive_response_window_ms = 2000\napi_calls_per_minute = 300\n\
+         concurrent_sessions = {MDE_SESSIONS}"
+    ));
+    let cr = Backend::cybereason(cr_sim.spawn().await.unwrap()).with(
         r#"
-        [tenants.acme.backends.cb]
-        kind = "carbonblack"
-        url = "{cb_url}"
-        token = "{DEFAULT_TOKEN}"
-        slot_limit = {CB_SLOTS}
-        [tenants.acme.backends.mde]
-        kind = "defender"
-        api_url = "{mde_url}"
-        token_url = "{mde_url}/{mde_tenant}/oauth2/v2.0/token"
-        tenant_id = "{mde_tenant}"
-        client_id = "{mde_client}"
-        client_secret = "{mde_secret}"
-        poll_interval_ms = 100
-        max_poll_interval_ms = 500
-        live_response_calls = 20
-        live_response_window_ms = 2000
-        api_calls_per_minute = 300
-        concurrent_sessions = {MDE_SESSIONS}
-        [tenants.acme.backends.cr]
-        kind = "cybereason"
-        url = "{cr_url}"
-        username = "{cr_user}"
-        password = "{cr_password}"
-        totp_secret = "{cr_totp}"
-        fetch_zip_password = "{cr_zip}"
         poll_interval_ms = 50
         max_poll_interval_ms = 300
         # The simulated console has no call quota; the default (600 per minute) would make the
         # hundred Cybereason actions the slowest part of the test.
         calls_per_minute = 6000
         "#,
-        mde_tenant = mde::DEFAULT_TENANT,
-        mde_client = mde::DEFAULT_CLIENT_ID,
-        mde_secret = mde::DEFAULT_CLIENT_SECRET,
-        cr_user = cr::DEFAULT_TFA_USERNAME,
-        cr_password = cr::DEFAULT_PASSWORD,
-        cr_totp = cr::DEFAULT_TOTP_SECRET,
-        cr_zip = cr::DEFAULT_ZIP_PASSWORD,
     );
-    let Some((mut a, b, _dir)) = two_replicas_with("replicas::three_vendors", &backends).await
-    else {
+    let gateway = Gateway::builder()
+        .backend("acme", "cb", &cb)
+        .backend("acme", "mde", &mde)
+        .backend("acme", "cr", &cr);
+    let Some((mut a, b, _dir)) = two_replicas("replicas::three_vendors", gateway).await else {
         return;
     };
+    let acme = token("acme");
     // (vendor, request), spread round-robin over the replicas and submitted all at once.
     let mut requests = Vec::new();
     for n in 1..=PER_VENDOR {
@@ -529,8 +432,8 @@ async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
     }
     let ids: Vec<(&str, String)> =
         futures::future::join_all(requests.into_iter().enumerate().map(|(i, (vendor, body))| {
-            let replica = if i % 2 == 0 { &a } else { &b };
-            async move { (vendor, replica.submit(body).await) }
+            let (replica, acme) = (if i % 2 == 0 { &a } else { &b }, &acme);
+            async move { (vendor, replica.submit(acme, &body).await) }
         }))
         .await;
     let started = Instant::now();
@@ -548,7 +451,7 @@ async fn three_hundred_actions_across_three_vendors_survive_a_sigkill() {
 
     let mut done: Vec<(&str, Value)> = Vec::new();
     for (vendor, id) in &ids {
-        done.push((vendor, b.finished(id).await));
+        done.push((vendor, b.wait_terminal(&acme, id).await));
     }
     for (vendor, action) in &done {
         // Every command succeeded, or its outcome is unknown (a crash between intent and

@@ -2,8 +2,7 @@
 //! configuration files, served on loopback like `edrgate serve`, in front of Carbon Black
 //! simulators, driven only through `/v1`.
 
-use edrgate_simkit::Sim as _;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Backend, Gateway, SECRET, scoped_token, token_as};
+use common::{Backend, Gateway, SECRET, scoped_token, spawn, token_as};
 
 /// Alice's token of `tenant`, with every permission.
 fn alice(tenant: &str) -> String {
@@ -24,12 +23,6 @@ fn alice(tenant: &str) -> String {
 async fn run(gw: &Gateway, tenant: &str, hostname: &str) -> Value {
     let body = json!({"targets": [{"hostname": hostname}], "commands": [{"type": "process_list"}]});
     gw.run(&alice(tenant), &body).await
-}
-
-async fn sim(cfg: SimConfig) -> (Simulator, SocketAddr) {
-    let sim = Simulator::new(cfg);
-    let addr = sim.spawn().await.unwrap();
-    (sim, addr)
 }
 
 fn fast() -> SimConfig {
@@ -47,8 +40,8 @@ fn backend_of(action: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenant_routes_the_same_hostname_to_its_own_backend() {
-    let (sim_a, a) = sim(fast()).await;
-    let (sim_b, b) = sim(fast()).await;
+    let (sim_a, a) = spawn(Simulator::new(fast())).await;
+    let (sim_b, b) = spawn(Simulator::new(fast())).await;
     let gw = Gateway::builder()
         .backend("acme", "cb-acme", &Backend::carbonblack(a))
         .backend("globex", "cb-globex", &Backend::carbonblack(b))
@@ -84,8 +77,8 @@ async fn each_tenant_routes_the_same_hostname_to_its_own_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_rules_order_default_and_ambiguity() {
     // Two servers that both know WIN-0001 … WIN-0005.
-    let (_sim_a, a) = sim(fast()).await;
-    let (_sim_b, b) = sim(fast()).await;
+    let (_sim_a, a) = spawn(Simulator::new(fast())).await;
+    let (_sim_b, b) = spawn(Simulator::new(fast())).await;
     let mut gateway = Gateway::builder();
     for tenant in ["plain", "pattern", "ordered", "fallback", "grouped"] {
         gateway = gateway.backend(tenant, "cb-a", &Backend::carbonblack(a)).backend(
@@ -160,8 +153,9 @@ async fn routing_rules_order_default_and_ambiguity() {
 async fn reload_changes_routing_for_new_actions_only_and_refuses_bad_files() {
     // cb-a is slow, so an action is still running on it when the routing changes.
     let (sim_a, a) =
-        sim(SimConfig { command_latency: Duration::from_millis(1500), ..fast() }).await;
-    let (sim_b, b) = sim(fast()).await;
+        spawn(Simulator::new(SimConfig { command_latency: Duration::from_millis(1500), ..fast() }))
+            .await;
+    let (sim_b, b) = spawn(Simulator::new(fast())).await;
     let (cb_a, cb_b) = (Backend::carbonblack(a), Backend::carbonblack(b));
     let routed_to = |default: &str| {
         Gateway::builder()
@@ -231,7 +225,8 @@ async fn reload_changes_routing_for_new_actions_only_and_refuses_bad_files() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_records_who_what_from_where_and_the_outcome() {
     let (_sim, addr) =
-        sim(SimConfig { command_latency: Duration::from_millis(300), ..fast() }).await;
+        spawn(Simulator::new(SimConfig { command_latency: Duration::from_millis(300), ..fast() }))
+            .await;
     // 127.0.0.2 is the reverse proxy; requests from 127.0.0.1 come straight from a client.
     let gw = Gateway::builder()
         .config("server.trusted_proxies = [\"127.0.0.2/32\"]")
@@ -365,9 +360,11 @@ async fn secrets_never_reach_logs_or_the_audit_trail() {
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let cb_secret = "cb-api-token-THIS-MUST-NEVER-BE-LOGGED-0042";
-    let (_good, good) = sim(SimConfig { token: cb_secret.into(), ..fast() }).await;
+    let (_good, good) =
+        spawn(Simulator::new(SimConfig { token: cb_secret.into(), ..fast() })).await;
     // A server that refuses the token: its failures are logged, its answers mapped.
-    let (_bad, bad) = sim(SimConfig { token: "another-token".into(), ..fast() }).await;
+    let (_bad, bad) =
+        spawn(Simulator::new(SimConfig { token: "another-token".into(), ..fast() })).await;
     let secret_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret_file.path(), format!("{cb_secret}\n")).unwrap();
     let from_file = format!(
@@ -427,7 +424,7 @@ async fn secrets_never_reach_logs_or_the_audit_trail() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_uploads_and_downloads_are_audited() {
-    let (_sim, addr) = sim(fast()).await;
+    let (_sim, addr) = spawn(Simulator::new(fast())).await;
     let gw = Gateway::builder().backend("acme", "cb", &Backend::carbonblack(addr)).start().await;
     let bearer = alice("acme");
     let upload = gw.upload(&bearer, "collector.ps1", "Get-Process | ConvertTo-Json").await;

@@ -3,7 +3,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use edrgate_adapter::{Capabilities, Device, ErrorCode};
+use edrgate_adapter::{Capabilities, Device, DeviceSupport, ErrorCode};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -14,10 +14,20 @@ use crate::auth::{Caller, Permission};
 /// Devices known to the tenant's backends.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct DeviceList {
-    pub items: Vec<Device>,
+    pub items: Vec<DeviceEntry>,
 }
 
-/// What each of the tenant's backends supports.
+/// A device, with what it can run: `commands` (each with `via`: `native`, `script` or
+/// `configured`) and `unsupported` (each with its `reason`) cover every command kind.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceEntry {
+    #[serde(flatten)]
+    pub device: Device,
+    #[serde(flatten)]
+    pub support: DeviceSupport,
+}
+
+/// What each of the tenant's backends supports; per device, see `GET /v1/devices`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CapabilityList {
     pub items: Vec<Capabilities>,
@@ -38,10 +48,13 @@ pub struct DeviceParams {
     pub hostname: Option<String>,
 }
 
-/// List the devices the tenant's backends know.
+/// List the devices the tenant's backends know, with what each can run.
 ///
 /// Asks every backend of the tenant; each device carries its backend and device id, which can
-/// be used as an explicit target.
+/// be used as an explicit target, and its per-device capabilities: the commands it runs and
+/// how (`via`), and those it cannot run with the reason (its OS, agent version or the
+/// backend's settings). An action's command the resolved device cannot run ends
+/// `unsupported_command` with that reason before anything is sent to the vendor.
 #[utoipa::path(
     get,
     path = "/v1/devices",
@@ -68,10 +81,15 @@ pub(crate) async fn list_devices(
         tracing::warn!(tenant = %caller.tenant, error = %e, "device lookup failed");
         ApiError::from(e.info)
     })?;
-    Ok(Json(DeviceList { items }))
+    let items = items.into_iter().map(|(device, support)| DeviceEntry { device, support });
+    Ok(Json(DeviceList { items: items.collect() }))
 }
 
 /// What each of the tenant's backends supports (commands, how, limits).
+///
+/// Per backend: a command listed here is accepted at submission. Whether one device of the
+/// backend can run it (its OS, agent version) is on `GET /v1/devices`; a run refuses a
+/// command its resolved device cannot run, with the reason.
 #[utoipa::path(
     get,
     path = "/v1/capabilities",

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use edrgate_adapter::adapter::{StopReason, StopSignal};
 use edrgate_adapter::http::Backoff;
 use edrgate_adapter::{
-    Adapter, AdapterError, CommandState, CommandUpdate, ErrorCode, ErrorInfo, Journal, Next,
-    OnError, RunContext, Status,
+    Adapter, AdapterError, CommandState, CommandUpdate, DeviceSupport, ErrorCode, ErrorInfo,
+    Journal, Next, OnError, RunContext, Status, Target,
 };
 use tokio::sync::Notify;
 
@@ -127,6 +127,7 @@ impl Driver<'_> {
                 return self.finish(reason).await.map(|_| ());
             }
             let files = EngineRunFiles { engine: self.engine, run: &snapshot };
+            let settled = settled(&snapshot.states);
             let ctx = RunContext {
                 run_id: snapshot.id,
                 action_id: snapshot.action_id,
@@ -138,6 +139,7 @@ impl Driver<'_> {
                 stop: self.stop,
                 journal: self,
                 files: &files,
+                settled: &settled,
             };
             let stopped_before = self.stop.reason().is_some();
             let delay = match adapter.step(&ctx, checkpoint).await {
@@ -203,20 +205,25 @@ impl Driver<'_> {
         }
     }
 
-    /// Resolves the run's target once. `false` when the run ended (resolution failed, the
-    /// resolved backend cannot run the commands, or the run was stopped meanwhile).
+    /// Resolves the run's target and checks its commands against what the device can run,
+    /// once, before the first step. `false` when the run ended (resolution failed, the
+    /// resolved device can run none of the commands left, or the run was stopped meanwhile).
     async fn resolve(&self) -> Result<bool, StoreError> {
-        let (tenant, target, resolved) = {
+        let (tenant, target) = {
             let run = lock(&self.run);
-            (
-                run.tenant.clone(),
-                run.target.clone(),
-                run.backend.is_some() && run.device_id.is_some(),
-            )
+            if run.checkpoint.is_some() {
+                return Ok(true);
+            }
+            // An explicit target, or a hostname resolved before a restart: its device is
+            // looked up by id.
+            let target = match (&run.backend, &run.device_id) {
+                (Some(backend), Some(device_id)) => {
+                    Target::Device { backend: backend.clone(), device_id: device_id.clone() }
+                }
+                _ => run.target.clone(),
+            };
+            (run.tenant.clone(), target)
         };
-        if resolved {
-            return Ok(true);
-        }
         let mut attempt = 0;
         loop {
             if let Some(reason) = self.stop.reason() {
@@ -225,31 +232,37 @@ impl Driver<'_> {
             }
             let backends = self.engine.backends();
             match backends.resolve(&tenant, &target).await {
-                Ok((backend, device_id, hostname)) => {
-                    let unsupported = {
-                        let adapter = backends.adapter(&tenant, &backend);
-                        let run = lock(&self.run);
-                        run.request
-                            .commands
-                            .iter()
-                            .map(|c| c.kind())
-                            .find(|k| !adapter.is_some_and(|a| a.capabilities().supports(*k)))
-                    };
+                Ok((backend, device_id, device)) => {
                     {
                         let mut run = lock(&self.run);
                         run.backend = Some(backend.clone());
                         run.device_id = Some(device_id);
-                        run.hostname = hostname;
+                        if let Some(device) = &device {
+                            run.hostname = Some(device.hostname.clone());
+                        }
                     }
-                    if let Some(kind) = unsupported {
+                    let Some(adapter) = backends.adapter(&tenant, &backend) else {
                         let error = ErrorInfo::new(
-                            ErrorCode::UnsupportedCommand,
-                            format!(
-                                "{} is not supported by backend {backend:?}, where the target resolved",
-                                kind.as_str()
-                            ),
+                            ErrorCode::Internal,
+                            format!("backend {backend:?} is no longer configured"),
                         );
                         self.fail(error).await?;
+                        return Ok(false);
+                    };
+                    // What the resolved device cannot do ends here, before any vendor step:
+                    // submission only refused what the backend never supports.
+                    let support = match &device {
+                        Some(device) => adapter.device_support(device),
+                        None => adapter.capabilities().for_device(|_| None),
+                    };
+                    let all_settled = {
+                        let mut run = lock(&self.run);
+                        settle_unsupported(&mut run, &support);
+                        run.states.iter().all(|s| s.status.is_terminal())
+                    };
+                    if all_settled {
+                        // Nothing left for the vendor: the run ends without a step.
+                        self.close(None).await?;
                         return Ok(false);
                     }
                     return Ok(!matches!(self.save(Duration::ZERO).await?, Outcome::LeaseLost));
@@ -398,6 +411,39 @@ impl Journal for Driver<'_> {
             Err(e) => Err(AdapterError::internal(format!("cannot record intent: {e}"))),
         }
     }
+}
+
+/// Ends the run's commands `support` rules out, as `unsupported_command` with the reason;
+/// under `on_error: stop` the commands after the first of them are skipped, as after any
+/// failed command. The commands before it run as usual.
+fn settle_unsupported(run: &mut RunRecord, support: &DeviceSupport) {
+    let on_error = run.request.on_error;
+    let mut stopped = false;
+    for (command, state) in run.request.commands.iter().zip(run.states.iter_mut()) {
+        if state.status.is_terminal() {
+            continue;
+        }
+        if stopped {
+            state.status = Status::Skipped;
+        } else if let Some(reason) = support.refusal(command.kind()) {
+            state.status = Status::Failed;
+            state.error = Some(ErrorInfo::new(ErrorCode::UnsupportedCommand, reason));
+            stopped = on_error == OnError::Stop;
+        }
+    }
+}
+
+/// The commands the engine already ended (see [`settle_unsupported`]), for the adapter's
+/// [`RunContext::settled`]: a command that has ended is never given to the vendor again.
+fn settled(states: &[CommandState]) -> Vec<CommandUpdate> {
+    states
+        .iter()
+        .filter(|s| s.status.is_terminal())
+        .map(|s| CommandUpdate {
+            error: s.error.clone(),
+            ..CommandUpdate::status(s.index, s.status)
+        })
+        .collect()
 }
 
 /// What a caller sees of a run: a write that leaves it unchanged is checkpoint-only.

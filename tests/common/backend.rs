@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use edrgate_carbonblack_sim as cb;
 use edrgate_cybereason_sim as cr;
 use edrgate_defender_sim as mde;
+use edrgate_simkit::Sim;
 
 /// The body of a `[tenants.<tenant>.backends.<name>]` table: `kind` and its settings.
 #[derive(Clone, Debug)]
@@ -78,4 +79,10 @@ impl Backend {
             zip = cr::DEFAULT_ZIP_PASSWORD,
         ))
     }
+}
+
+/// Serves `sim` (any vendor's simulator) on a loopback port: it and its address.
+pub(crate) async fn spawn<S: Sim>(sim: S) -> (S, SocketAddr) {
+    let addr = sim.spawn().await.unwrap();
+    (sim, addr)
 }

@@ -8,7 +8,7 @@ mod client;
 mod gateway;
 mod token;
 
-pub(crate) use backend::Backend;
+pub(crate) use backend::{Backend, spawn};
 pub(crate) use client::Client;
 pub(crate) use gateway::{Gateway, GatewayBuilder};
 pub(crate) use token::{SECRET, SUBJECT, scoped_token, token, token_as};

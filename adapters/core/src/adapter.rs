@@ -32,7 +32,8 @@ use uuid::Uuid;
 
 use crate::error::AdapterError;
 use crate::model::{
-    Capabilities, Command, CommandResult, Device, ErrorCode, ErrorInfo, FileRef, OnError, Status,
+    Capabilities, Command, CommandResult, Device, DeviceSupport, ErrorCode, ErrorInfo, FileRef,
+    OnError, Status,
 };
 
 /// A vendor backend. One instance per configured backend (per server and credential), shared by
@@ -75,6 +76,26 @@ pub trait Adapter: Send + Sync + 'static {
                 ))
             }
         }
+    }
+
+    /// What `device` (as [`Adapter::find_devices`], [`Adapter::resolve_hostname`] or
+    /// [`Adapter::device`] returned it) can run, and how: per-device capabilities, from the
+    /// device record alone (OS, agent version) and the backend's settings, never a vendor call.
+    /// `GET /v1/devices` shows it; the engine ends a run's commands it rules out as
+    /// `unsupported_command` with the reason before any step. The default is the backend's
+    /// [`Adapter::capabilities`]; an adapter with per-device rules overrides it with
+    /// [`Capabilities::for_device`]. The adapter's own run-time checks (a session's command
+    /// list, say) still have the last word.
+    fn device_support(&self, _device: &Device) -> DeviceSupport {
+        self.capabilities().for_device(|_| None)
+    }
+
+    /// The device with this id, for a run targeted by backend and device id, so that the
+    /// engine checks [`Adapter::device_support`] before the run's first step (one vendor
+    /// lookup per run). An unknown id is `device_not_found`. `None` (the default): the adapter
+    /// has no lookup by id; only the backend's capabilities are checked before the run.
+    async fn device(&self, _device_id: &str) -> Result<Option<Device>, AdapterError> {
+        Ok(None)
     }
 
     /// The engine closed the run (finished, failed, or handed to another process): drop any
@@ -142,9 +163,18 @@ pub struct RunContext<'a> {
     pub stop: &'a StopSignal,
     pub journal: &'a dyn Journal,
     pub files: &'a dyn RunFiles,
+    /// Commands the engine ended itself (refused for the resolved device, by
+    /// [`Adapter::device_support`], and what `on_error: stop` skipped after them): the step
+    /// driver moves past each with its update and never asks the vendor about it.
+    pub settled: &'a [CommandUpdate],
 }
 
 impl RunContext<'_> {
+    /// The engine's own end of command `index`, if it ended it (see [`RunContext::settled`]).
+    pub fn settled(&self, index: usize) -> Option<&CommandUpdate> {
+        self.settled.iter().find(|u| u.index == index)
+    }
+
     /// Ends the commands from `from` on: with `stop`'s status and error, or, without one,
     /// `skipped` (an earlier failure under `on_error: stop`). Returns the index past the last
     /// command, where the checkpoint's position goes.

@@ -237,6 +237,11 @@ async fn advance_run<V: VendorRun>(
             vendor.finish(ctx, cp).await;
             return Ok(Next::Done);
         }
+        if let Some(update) = ctx.settled(cp.cursor().index) {
+            // Ended by the engine (refused for the device): never sent, `on_error` applies.
+            vendor.command_done(ctx, cp, updates, update.clone());
+            continue;
+        }
         match vendor.advance(ctx, cp, updates).await {
             Ok(Drive::Recovered) => {}
             Ok(drive) => {
@@ -469,6 +474,7 @@ mod tests {
                 stop: &self.stop,
                 journal: &self.journal,
                 files: &NoFiles,
+                settled: &[],
             };
             fake.step(&ctx, cp).await
         }

@@ -218,6 +218,32 @@ pub fn transport_error(error: reqwest::Error) -> AdapterError {
     AdapterError::transient(ErrorCode::VendorUnavailable, format!("vendor request {what}: {error}"))
 }
 
+/// Why the server's certificate was refused, when that is why `error` happened (the TLS
+/// handshake failed verification: unknown issuer, wrong name, expired, not the pinned one), so
+/// adapters can report a configuration problem rather than a passing network fault. No request
+/// was sent on that connection.
+pub fn tls_rejection(error: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            let refused = matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::General(_)
+                    | rustls::Error::NoCertificatesPresented
+            );
+            return refused.then(|| tls.to_string());
+        }
+        // An `io::Error`'s `source()` skips the error it wraps; step into it instead (the
+        // handshake's rustls error arrives wrapped in one or more of them).
+        source = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    None
+}
+
 /// The generic reading of an HTTP status; adapters refine it with the vendor's body first.
 pub fn status_error(status: StatusCode, headers: &HeaderMap, body: &str) -> AdapterError {
     let snippet: String = body.chars().take(300).collect();

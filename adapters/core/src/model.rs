@@ -766,6 +766,61 @@ impl Capabilities {
     pub fn supports(&self, kind: CommandKind) -> bool {
         self.commands.iter().any(|c| c.command == kind)
     }
+
+    /// What one device of this backend can run: the backend's commands minus those `refuse`
+    /// rules out for it (answering why), and every other command with the reason. The usual
+    /// body of an adapter's [`crate::Adapter::device_support`].
+    pub fn for_device(&self, refuse: impl Fn(CommandKind) -> Option<String>) -> DeviceSupport {
+        let mut support = DeviceSupport { commands: Vec::new(), unsupported: Vec::new() };
+        for command in CommandKind::ALL {
+            let reason = match self.commands.iter().find(|c| c.command == command) {
+                None => Some(format!(
+                    "{} is not supported by backend {:?} ({})",
+                    command.as_str(),
+                    self.backend,
+                    self.kind
+                )),
+                Some(how) => match refuse(command) {
+                    None => {
+                        support.commands.push(how.clone());
+                        None
+                    }
+                    reason => reason,
+                },
+            };
+            if let Some(reason) = reason {
+                support.unsupported.push(Unsupported { command, reason });
+            }
+        }
+        support
+    }
+}
+
+/// What one device can run, and how: its backend's capabilities narrowed by the device's OS,
+/// agent version and the backend's settings. Every command kind is in exactly one of the
+/// two lists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct DeviceSupport {
+    /// The commands the device runs, with how the backend carries each out.
+    pub commands: Vec<CommandSupport>,
+    /// The commands it cannot run, each with the reason; submitted anyway, such a command
+    /// ends `unsupported_command` with that reason before anything is sent to the vendor.
+    pub unsupported: Vec<Unsupported>,
+}
+
+impl DeviceSupport {
+    /// Why the device cannot run `kind`, if it cannot.
+    pub fn refusal(&self, kind: CommandKind) -> Option<&str> {
+        self.unsupported.iter().find(|u| u.command == kind).map(|u| u.reason.as_str())
+    }
+}
+
+/// A command a device cannot run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Unsupported {
+    pub command: CommandKind,
+    /// Why, e.g. `Carbon Black sensor 2 (Ubuntu 22.04.3 LTS) cannot run this command: …`.
+    pub reason: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -784,6 +839,9 @@ pub enum Via {
     Native,
     /// A helper script edrgate ships and runs through the vendor.
     Script,
+    /// A vendor request the operator configured for the backend (one no public source
+    /// documents, such as Cybereason's IR tool run request): it works as configured.
+    Configured,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -919,6 +977,29 @@ mod tests {
                 .validate()
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn device_support_splits_every_command_kind_with_reasons() {
+        let caps = Capabilities {
+            backend: "cb".into(),
+            kind: "carbonblack".into(),
+            commands: [CommandKind::ProcessList, CommandKind::RegistryList]
+                .into_iter()
+                .map(|command| CommandSupport { command, via: Via::Native, notes: None })
+                .collect(),
+            limits: Limits::default(),
+        };
+        let support = caps.for_device(|k| {
+            (k == CommandKind::RegistryList).then(|| "Linux has no registry".to_owned())
+        });
+        assert_eq!(support.commands.len(), 1);
+        assert_eq!(support.commands[0].command, CommandKind::ProcessList);
+        assert_eq!(support.unsupported.len(), CommandKind::ALL.len() - 1);
+        assert_eq!(support.refusal(CommandKind::RegistryList), Some("Linux has no registry"));
+        assert!(support.refusal(CommandKind::Isolate).unwrap().contains("backend \"cb\""));
+        assert_eq!(support.refusal(CommandKind::ProcessList), None);
+        assert_eq!(caps.for_device(|_| None).commands, caps.commands);
     }
 
     #[test]

@@ -248,6 +248,7 @@ impl RunHarness {
             stop: &self.stop,
             journal: &*self.journal,
             files: &self.files,
+            settled: &[],
         };
         let result = adapter.step(&ctx, self.checkpoint.clone()).await;
         let journaled = self.journal.take_pending();

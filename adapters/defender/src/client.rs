@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use edrgate_adapter::http::{self, Backoff, TlsOptions};
+use edrgate_adapter::http::{self, Backoff};
 use edrgate_adapter::{AdapterError, ErrorCode, FairSlots, SharedBudget};
 use futures::{Stream, StreamExt as _};
 use reqwest::header::{AUTHORIZATION, HeaderValue};
@@ -22,7 +22,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde::de::DeserializeOwned;
 use tokio_util::io::ReaderStream;
 
-use crate::config::DefenderConfig;
+use crate::config::{DefenderConfig, host_options};
 use crate::mapping::classify;
 use crate::wire;
 
@@ -206,7 +206,12 @@ impl moka::Expiry<(), Arc<Token>> for TokenExpiry {
 }
 
 pub(crate) struct DfClient {
+    /// The API host's client (`api_url`; the top-level TLS keys).
     http: reqwest::Client,
+    /// The token endpoint's client (`token_tls`): the only one that carries the secret.
+    token_http: reqwest::Client,
+    /// The result download host's client (`download_tls`): SAS links, no credentials.
+    blob_http: reqwest::Client,
     /// Backend name, for the vendor-call metrics.
     backend: String,
     base: String,
@@ -223,15 +228,23 @@ pub(crate) struct DfClient {
 
 impl DfClient {
     pub(crate) fn new(backend: &str, cfg: &DefenderConfig) -> Result<Self, AdapterError> {
-        let tls = TlsOptions::from_settings(
+        // One client per host, each with that host's TLS settings (config.rs, "TLS: one policy
+        // per host"): a pin or skip-verify meant for the API never reaches the other two.
+        let read_timeout = Duration::from_secs(cfg.read_timeout_secs);
+        let api_tls = host_options(
+            "",
             cfg.ca_file.as_deref(),
             cfg.insecure_skip_verify,
             cfg.pinned_cert_sha256.as_deref(),
         )?;
-        let http = http::client(&tls, Duration::from_secs(cfg.read_timeout_secs))?;
+        let http = http::client(&api_tls, read_timeout)?;
+        let token_http = http::client(&cfg.token_tls.options("token_tls.")?, read_timeout)?;
+        let blob_http = http::client(&cfg.download_tls.options("download_tls.")?, read_timeout)?;
         let token_url = cfg.token_endpoint();
         Ok(DfClient {
             http,
+            token_http,
+            blob_http,
             backend: backend.to_owned(),
             base: cfg.api_url.trim_end_matches('/').to_owned(),
             v1: token_url.trim_end_matches('/').ends_with("/oauth2/token"),
@@ -277,11 +290,11 @@ impl DfClient {
         encoder.query_pairs_mut().extend_pairs(&form);
         let body = encoder.query().unwrap_or_default().to_owned();
         let request = self
-            .http
+            .token_http
             .post(&self.token_url)
             .header(reqwest::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body);
-        let resp = self.metered(request).await.map_err(http::transport_error)?;
+        let resp = self.metered(request).await.map_err(|e| connect_error(e, Host::Token))?;
         let status = resp.status();
         let body = resp.bytes().await.map_err(http::transport_error)?;
         if !status.is_success() {
@@ -342,6 +355,12 @@ impl DfClient {
             Err(e) if e.code() == ErrorCode::NotFound => Ok(Vec::new()),
             Err(e) => Err(e),
         }
+    }
+
+    /// `GET /api/machines/{id}` (§10): one machine, e.g. for its `osPlatform`.
+    pub(crate) async fn machine(&self, id: &str) -> Result<wire::Machine, AdapterError> {
+        let path = format!("/api/machines/{id}");
+        self.get_json("machines", &path, None).await
     }
 
     // ---- machine actions (§3, §4, §6, §11) ----
@@ -443,7 +462,10 @@ impl DfClient {
         &self,
         url: &str,
     ) -> Result<impl Stream<Item = Result<Bytes, AdapterError>> + Send + use<>, AdapterError> {
-        let resp = self.metered(self.http.get(url)).await.map_err(http::transport_error)?;
+        let resp = self
+            .metered(self.blob_http.get(url))
+            .await
+            .map_err(|e| connect_error(e, Host::Download))?;
         let resp = check(resp).await?;
         Ok(resp.bytes_stream().map(|r| r.map_err(http::transport_error)))
     }
@@ -481,7 +503,7 @@ impl DfClient {
             .request(Method::POST, "/api/libraryfiles")
             .multipart(form)
             .header(AUTHORIZATION, token);
-        let resp = self.metered(request).await.map_err(http::transport_error)?;
+        let resp = self.metered(request).await.map_err(|e| connect_error(e, Host::Api))?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             // The stream is consumed: drop the token and let the caller upload again.
             self.tokens.invalidate(&()).await;
@@ -491,6 +513,19 @@ impl DfClient {
             ));
         }
         json(check(resp).await?).await
+    }
+
+    /// `DELETE /api/libraryfiles/{fileName}` (§8.3): 204, or 404 (already gone: fine).
+    pub(crate) async fn delete_library(&self, name: &str) -> Result<(), AdapterError> {
+        let gate = self.budget.endpoint("library");
+        let _permit = gate.acquire().await;
+        self.budget.pace_shared("library").await?;
+        let path = format!("/api/libraryfiles/{name}");
+        match self.send(|| self.request(Method::DELETE, &path)).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     // ---- plumbing ----
@@ -510,7 +545,7 @@ impl DfClient {
         let resp = self
             .metered(build().header(AUTHORIZATION, token))
             .await
-            .map_err(http::transport_error)?;
+            .map_err(|e| connect_error(e, Host::Api))?;
         if resp.status() != StatusCode::UNAUTHORIZED {
             return check(resp).await;
         }
@@ -520,7 +555,7 @@ impl DfClient {
         let resp = self
             .metered(build().header(AUTHORIZATION, token))
             .await
-            .map_err(http::transport_error)?;
+            .map_err(|e| connect_error(e, Host::Api))?;
         check(resp).await
     }
 
@@ -612,6 +647,35 @@ fn same_origin(url: &str, base: &str) -> bool {
         (Ok(a), Ok(b)) => a.origin() == b.origin(),
         _ => false,
     }
+}
+
+/// The three hosts of a backend, each with its own TLS settings (config.rs).
+#[derive(Clone, Copy, Debug)]
+enum Host {
+    Api,
+    Token,
+    Download,
+}
+
+/// A request that got no answer. A refused certificate is no passing fault but the host's
+/// TLS settings: permanent, `vendor_auth_failed` (the server failed to authenticate), naming
+/// the keys to fix; nothing (no secret, no token) was sent. Anything else is transient.
+fn connect_error(error: reqwest::Error, host: Host) -> AdapterError {
+    let Some(reason) = http::tls_rejection(&error) else { return http::transport_error(error) };
+    let (what, keys) = match host {
+        Host::Api => ("API host (api_url)", "ca_file / pinned_cert_sha256"),
+        Host::Token => (
+            "token endpoint (token_url); the client secret was not sent",
+            "token_tls.ca_file / token_tls.pinned_cert_sha256",
+        ),
+        Host::Download => {
+            ("result download host", "download_tls.ca_file / download_tls.pinned_cert_sha256")
+        }
+    };
+    AdapterError::new(
+        ErrorCode::VendorAuthFailed,
+        format!("the TLS certificate of Defender's {what} was refused ({reason}); check {keys}"),
+    )
 }
 
 /// Passes 2xx through; anything else is read (bounded) and classified.

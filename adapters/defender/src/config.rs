@@ -3,6 +3,31 @@
 //!
 //! Parsed from the gateway's config file (`deny_unknown_fields`). Defaults are the vendor's
 //! documented limits (defender.md §9) and the token practice of real clients (§1.3).
+//!
+//! # TLS: one policy per host
+//! edrgate talks to three hosts for one backend, each with its own certificate: the **API**
+//! (`api_url`, `api.securitycenter.microsoft.com`), the **token endpoint** (`token_url`,
+//! `login.microsoftonline.com`) and the **result download** host (the `*.blob.core.windows.net`
+//! SAS links Defender hands out, §5). Each has its own TLS settings and its own HTTP client:
+//!
+//! * the top-level `ca_file`, `pinned_cert_sha256` and `insecure_skip_verify` are the **API
+//!   host's** (as for every other backend kind, whose one host is its API) and never apply to
+//!   the token or download hosts;
+//! * `token_tls` and `download_tls` (`{ ca_file, pinned_cert_sha256, insecure_skip_verify }`)
+//!   are the token and download hosts'; left out, those hosts are verified against the
+//!   system's roots, as Microsoft's public endpoints need.
+//!
+//! So pinning the API certificate does not break tokens or downloads, and skipping
+//! verification on the API never sends the client secret to an unverified token host.
+//! `token_tls.insecure_skip_verify` is refused: the client secret would go to whoever answers;
+//! trust the token host's CA (`token_tls.ca_file`) or pin it instead. A lab simulator serving
+//! all three roles on one listener needs its CA in all three places:
+//!
+//! ```toml
+//! ca_file = "/etc/edrgate/mde-sim-ca.pem"
+//! token_tls = { ca_file = "/etc/edrgate/mde-sim-ca.pem" }
+//! download_tls = { ca_file = "/etc/edrgate/mde-sim-ca.pem" }
+//! ```
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,17 +70,31 @@ pub struct DefenderConfig {
     /// (real clients use 5–300 s, §1.3).
     #[serde(default = "default_token_margin")]
     pub token_refresh_margin_secs: u64,
-    /// PEM file of a CA to trust (proxies, simulators).
+    /// **API host only** (`api_url`): PEM file of a CA to trust there (a TLS-inspecting proxy,
+    /// a simulator). The token and download hosts take theirs from `token_tls.ca_file` and
+    /// `download_tls.ca_file`.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Accept any server certificate. For labs only.
+    /// **API host only**: accept any certificate from `api_url`. For labs only. The token host
+    /// stays verified, so the client secret never goes to an unverified host.
     #[serde(default)]
     pub insecure_skip_verify: bool,
-    /// SHA-256 fingerprint of the server's own certificate (hex; colons allowed, as
-    /// `openssl x509 -noout -fingerprint -sha256` prints it): only that certificate is accepted,
-    /// whoever signed it. Overrides `ca_file`.
+    /// **API host only**: SHA-256 fingerprint of `api_url`'s own certificate (hex; colons
+    /// allowed, as `openssl x509 -noout -fingerprint -sha256` prints it): only that certificate
+    /// is accepted, whoever signed it. Overrides `ca_file`. The token and download hosts have
+    /// other certificates; pin those in `token_tls` / `download_tls`.
     #[serde(default)]
     pub pinned_cert_sha256: Option<String>,
+    /// TLS settings of the token endpoint (`token_url`, `login.microsoftonline.com` by
+    /// default). Default: verified against the system's roots. `insecure_skip_verify` is
+    /// refused here (the client secret is sent to this host).
+    #[serde(default)]
+    pub token_tls: HostTls,
+    /// TLS settings of the result download host (the SAS links of
+    /// `GetLiveResponseResultDownloadLink`, `*.blob.core.windows.net`, §5). Default: verified
+    /// against the system's roots.
+    #[serde(default)]
+    pub download_tls: HostTls,
     /// `runliveresponse` calls allowed per `live_response_window_ms` (10 per minute, §3, §9).
     #[serde(default = "default_lr_calls")]
     pub live_response_calls: u32,
@@ -92,6 +131,74 @@ pub struct DefenderConfig {
     /// Longest wait for the next byte of a response.
     #[serde(default = "default_read_timeout")]
     pub read_timeout_secs: u64,
+    /// Whether the tenant runs unsigned live-response scripts ("Live Response unsigned script
+    /// execution", Settings > Endpoints > Advanced features; off by default at Microsoft).
+    /// `true` (default): edrgate uploads and runs its own unsigned helpers, so the tenant needs
+    /// that setting on. `false`: signed mode, only operator-signed copies of the helpers are
+    /// run (see the crate doc and `scripts/README.md`); edrgate never uploads its unsigned copy.
+    #[serde(default = "default_unsigned_scripts")]
+    pub unsigned_scripts: bool,
+    /// Signed mode only: a directory holding the operator's signed helpers under their library
+    /// names (`edrgate-<name>-<hash>.ps1`). Checked when the backend is built and uploaded by
+    /// edrgate when missing; without it the operator uploads them and edrgate checks the
+    /// library holds them.
+    #[serde(default)]
+    pub signed_scripts_dir: Option<PathBuf>,
+}
+
+/// The TLS settings of one host (`token_tls`, `download_tls`; the API host's are the
+/// backend's top-level `ca_file`, `pinned_cert_sha256`, `insecure_skip_verify`).
+#[derive(Clone, Debug, Default, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HostTls {
+    /// PEM file of a CA to trust on this host (a TLS-inspecting proxy, a simulator), in
+    /// addition to the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 fingerprint of this host's own certificate (hex, colons allowed): only that
+    /// certificate is accepted. Overrides `ca_file`.
+    #[serde(default)]
+    pub pinned_cert_sha256: Option<String>,
+    /// Accept any certificate from this host. Labs only; refused in `token_tls`.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+impl HostTls {
+    /// The client options, reading `ca_file`; errors name the table (`token_tls.ca_file`).
+    pub(crate) fn options(
+        &self,
+        table: &str,
+    ) -> Result<edrgate_adapter::http::TlsOptions, edrgate_adapter::AdapterError> {
+        host_options(
+            table,
+            self.ca_file.as_deref(),
+            self.insecure_skip_verify,
+            self.pinned_cert_sha256.as_deref(),
+        )
+    }
+}
+
+/// [`edrgate_adapter::http::TlsOptions`] of one host; `prefix` names where the keys are
+/// (`""` for the top-level API keys, `"token_tls."`, `"download_tls."`).
+pub(crate) fn host_options(
+    prefix: &str,
+    ca_file: Option<&std::path::Path>,
+    insecure_skip_verify: bool,
+    pin: Option<&str>,
+) -> Result<edrgate_adapter::http::TlsOptions, edrgate_adapter::AdapterError> {
+    use edrgate_adapter::AdapterError;
+    let ca_pem = match ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            AdapterError::internal(format!("cannot read {prefix}ca_file {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    let pinned_sha256 = pin
+        .map(edrgate_adapter::http::parse_pin)
+        .transpose()
+        .map_err(|e| AdapterError::internal(format!("{prefix}pinned_cert_sha256: {e}")))?;
+    Ok(edrgate_adapter::http::TlsOptions { ca_pem, insecure_skip_verify, pinned_sha256 })
 }
 
 impl DefenderConfig {
@@ -114,6 +221,8 @@ impl DefenderConfig {
             ca_file: None,
             insecure_skip_verify: false,
             pinned_cert_sha256: None,
+            token_tls: HostTls::default(),
+            download_tls: HostTls::default(),
             live_response_calls: default_lr_calls(),
             live_response_window_ms: default_lr_window_ms(),
             concurrent_sessions: default_sessions(),
@@ -125,6 +234,8 @@ impl DefenderConfig {
             download_link_retries: default_link_retries(),
             max_upload_bytes: default_max_upload(),
             read_timeout_secs: default_read_timeout(),
+            unsigned_scripts: default_unsigned_scripts(),
+            signed_scripts_dir: None,
         }
     }
 
@@ -138,10 +249,25 @@ impl DefenderConfig {
     /// Every problem with the values, at once (no I/O).
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
-        if let Some(pin) = &self.pinned_cert_sha256
-            && let Err(e) = edrgate_adapter::http::parse_pin(pin)
-        {
-            errors.push(format!("pinned_cert_sha256: {e}"));
+        let pins = [
+            ("pinned_cert_sha256", &self.pinned_cert_sha256),
+            ("token_tls.pinned_cert_sha256", &self.token_tls.pinned_cert_sha256),
+            ("download_tls.pinned_cert_sha256", &self.download_tls.pinned_cert_sha256),
+        ];
+        for (name, pin) in pins {
+            if let Some(pin) = pin
+                && let Err(e) = edrgate_adapter::http::parse_pin(pin)
+            {
+                errors.push(format!("{name}: {e}"));
+            }
+        }
+        if self.token_tls.insecure_skip_verify {
+            errors.push(
+                "token_tls.insecure_skip_verify is refused: the client secret would be sent to an \
+                 unverified host; trust the token host's CA with token_tls.ca_file or pin its \
+                 certificate with token_tls.pinned_cert_sha256"
+                    .into(),
+            );
         }
         for (name, value) in
             [("api_url", self.api_url.clone()), ("token_url", self.token_endpoint())]
@@ -179,6 +305,9 @@ impl DefenderConfig {
         }
         if self.read_timeout_secs == 0 {
             errors.push("read_timeout_secs must be at least 1".into());
+        }
+        if self.unsigned_scripts && self.signed_scripts_dir.is_some() {
+            errors.push("signed_scripts_dir is used only with unsigned_scripts = false".into());
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
@@ -240,6 +369,9 @@ fn default_max_upload() -> u64 {
 }
 fn default_read_timeout() -> u64 {
     120
+}
+fn default_unsigned_scripts() -> bool {
+    true
 }
 
 #[cfg(test)]

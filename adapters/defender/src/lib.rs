@@ -66,6 +66,38 @@
 //! a full-memory dump needs a driver-based tool Defender does not ship; `capabilities()` says
 //! `native` or `script` per command.
 //!
+//! # Helper scripts: signing, platforms, versions
+//! - **The tenant's signing setting.** Ten commands (`process_list`, `list_directory`,
+//!   `kill_process`, `execute`, `delete_file`, `create_directory`, the four registry
+//!   commands) and `put_file`'s last step run edrgate's helpers through RunScript. Defender
+//!   runs unsigned scripts only with "Live Response unsigned script execution" on (Settings >
+//!   Endpoints > Advanced features; off by default, "not recommended": live-response.md,
+//!   advanced-features.md); otherwise its sensor starts scripts with PowerShell's `AllSigned`
+//!   policy, which refuses them ("… is not digitally signed. You cannot run this script on the
+//!   current system."). edrgate reports that refusal as `vendor_rejected` naming the setting.
+//!   `unsigned_scripts = true` (default) uploads edrgate's own unsigned helpers and needs the
+//!   setting on: edrgate's copies cannot be signed for a tenant (the signer must be a
+//!   code-signing certificate the tenant's endpoints trust, which only the operator has), so
+//!   the default is the mode that works once the documented setting is turned on, and the
+//!   tenant's default shows as a clear refusal. `unsigned_scripts = false` (signed mode) runs
+//!   only signed copies the operator made (`scripts/README.md`: `Set-AuthenticodeSignature`
+//!   with a certificate trusted on the endpoints), under the content-versioned names: with
+//!   `signed_scripts_dir`, edrgate reads them at build (each must be this version's helper
+//!   followed by one `# SIG # Begin signature block … # SIG # End signature block`) and
+//!   uploads them when the library lacks them; without it, the operator uploads them and
+//!   edrgate checks the library holds each name with a hash other than its unsigned copy's
+//!   (the API lists hashes, not contents). A missing signed copy, or edrgate's unsigned copy
+//!   under the name, fails the command `vendor_rejected` before any live-response call;
+//!   edrgate never uploads its unsigned copy in signed mode. [`DefenderAdapter::check_helpers`]
+//!   makes the same check without changing anything.
+//! - **Platforms.** On Linux and macOS live response runs shell scripts, not PowerShell, and
+//!   the helpers use Windows paths: helper-backed commands (and `put_file`) on a machine whose
+//!   `osPlatform` is not Windows end `unsupported_command` naming the OS, before any
+//!   live-response call (the platform is read once per machine, `GET /api/machines/{id}`).
+//!   `get_file`, `run_script`, `isolate` and `release` run there as everywhere.
+//! - **Versions.** When edrgate uploads a helper, it deletes the library's other versions of
+//!   it (`edrgate-<name>-<12 hex>.ps1` only; `DELETE /api/libraryfiles/{name}`), best effort.
+//!
 //! # Failures
 //! `errors[]` texts and `errorHResult` of failed commands map to `file_not_found`,
 //! `access_denied`, `timeout`, … (the text kept as `vendor_message`, the HRESULT as
@@ -91,7 +123,7 @@ mod mapping;
 mod wire;
 
 pub use adapter::DefenderAdapter;
-pub use config::{DefenderConfig, LIBRARY_MAX_BYTES};
+pub use config::{DefenderConfig, HostTls, LIBRARY_MAX_BYTES};
 
 /// Microsoft Defender for Endpoint as the gateway configures and builds it
 /// (`kind = "defender"`).

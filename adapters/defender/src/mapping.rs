@@ -75,6 +75,30 @@ pub(crate) const COMMAND_ERRORS: &[(&str, ErrorCode)] = &[
     ("offline", ErrorCode::DeviceOffline),
 ];
 
+/// How a tenant without "Live Response unsigned script execution" refuses an unsigned script.
+/// Defender's sensor starts library scripts with `powershell.exe -ExecutionPolicy AllSigned`
+/// (seen in the sensor's command line, gist johnjohnsp1/5850a4ed…), so the refusal is
+/// PowerShell's own: "File … cannot be loaded. The file … is not digitally signed. You cannot
+/// run this script on the current system." (`PSSecurityException`, `UnauthorizedAccess`).
+/// Matched case-insensitively wherever the text shows: a failed command's `errors[]`, or the
+/// error stream of a completed RunScript.
+pub(crate) const UNSIGNED_REFUSALS: &[&str] = &["is not digitally signed", "script is not signed"];
+
+/// The tenant setting that allows unsigned scripts, as the portal names it.
+pub(crate) const UNSIGNED_SETTING: &str = "Live Response unsigned script execution";
+
+fn unsigned_refusal(text: &str) -> Option<ErrorInfo> {
+    let lower = text.to_ascii_lowercase();
+    UNSIGNED_REFUSALS.iter().any(|n| lower.contains(n)).then(|| {
+        ErrorInfo::new(
+            ErrorCode::VendorRejected,
+            format!(
+                "Defender refused to run an unsigned script: the tenant's \"{UNSIGNED_SETTING}\" setting (Settings > Endpoints > Advanced features) is off. Turn it on, or set unsigned_scripts = false on this backend and provide signed copies of edrgate's helpers (see adapters/defender/scripts/README.md)"
+            ),
+        )
+    })
+}
+
 /// The `error` words of edrgate's helper scripts (see `scripts/`).
 pub(crate) const HELPER_ERRORS: &[(&str, ErrorCode)] = &[
     ("file_not_found", ErrorCode::FileNotFound),
@@ -134,17 +158,20 @@ pub(crate) fn classify(status: StatusCode, headers: &HeaderMap, body: &str) -> A
 /// A failed live-response command: its `errors[]` joined, and the action's `errorHResult`.
 pub(crate) fn command_error(errors: &[String], hresult: i64) -> ErrorInfo {
     let text = errors.join("\n");
-    let lower = text.to_ascii_lowercase();
-    let code = COMMAND_ERRORS
-        .iter()
-        .find(|(needle, _)| lower.contains(needle))
-        .map_or(ErrorCode::CommandFailed, |(_, c)| *c);
     let vendor_code = if hresult != 0 {
         // errorHResult is an Int32 (§4.2): shown the way Windows prints HRESULTs.
         format!("0x{:08X}", hresult as i32 as u32)
     } else {
         "Failed".to_owned()
     };
+    if let Some(info) = unsigned_refusal(&text) {
+        return info.with_vendor(vendor_code, text);
+    }
+    let lower = text.to_ascii_lowercase();
+    let code = COMMAND_ERRORS
+        .iter()
+        .find(|(needle, _)| lower.contains(needle))
+        .map_or(ErrorCode::CommandFailed, |(_, c)| *c);
     let message = if text.is_empty() {
         "the live-response command failed".to_owned()
     } else {
@@ -173,6 +200,35 @@ pub(crate) fn device(backend: &str, m: wire::Machine) -> Device {
 /// edrgate's helper scripts and where `PutFile` drops a file: edrgate's own protocol, shared
 /// on purpose with the simulator through `edrgate-defender-helpers`.
 pub(crate) use edrgate_defender_helpers::{Helper, PUTFILE_DIR};
+
+/// The lines PowerShell's `Set-AuthenticodeSignature` puts around the signature it appends to
+/// a script (about_Signing); everything before the first is the script itself.
+pub(crate) const SIGNATURE_BEGIN: &str = "# SIG # Begin signature block";
+pub(crate) const SIGNATURE_END: &str = "# SIG # End signature block";
+
+/// Whether `content` is a signed copy of this version of `helper`: UTF-8 (a BOM allowed), one
+/// signature block at the end, and before it exactly the helper's source (line endings and
+/// trailing white space aside, which signing on a Windows checkout may change). The signature
+/// itself is the endpoints' to verify (edrgate does not know which certificates they trust).
+pub(crate) fn check_signed_copy(helper: Helper, content: &[u8]) -> Result<(), String> {
+    let text = std::str::from_utf8(content).map_err(|_| "not UTF-8 text".to_owned())?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let Some(at) = text.find(SIGNATURE_BEGIN) else {
+        return Err(format!("no signature block ({SIGNATURE_BEGIN:?}): not signed"));
+    };
+    if !text[at..].trim_end().ends_with(SIGNATURE_END) {
+        return Err(format!("the signature block does not end the file with {SIGNATURE_END:?}"));
+    }
+    let normal = |s: &str| s.replace("\r\n", "\n").trim_end().to_owned();
+    if normal(&text[..at]) != normal(helper.source()) {
+        return Err(format!(
+            "the script before the signature block is not edrgate's {} helper of this version ({})",
+            helper.name(),
+            helper.library_name()
+        ));
+    }
+    Ok(())
+}
 
 /// The library name of a `put_file` payload: content-addressed, so one upload per content.
 pub(crate) fn payload_name(sha256: &str) -> String {
@@ -290,10 +346,38 @@ pub(crate) fn rank(kind: &str) -> u8 {
     }
 }
 
+/// Whether the command runs one of edrgate's PowerShell helpers (`put_file`'s last step
+/// included): those need a Windows device and, in unsigned mode, the tenant's setting.
+pub(crate) fn helper_backed(command: &Command) -> bool {
+    lr_commands(command).is_some_and(|cmds| cmds.iter().any(|(_, h)| h.is_some()))
+}
+
+/// A machine's `osPlatform` (§10: `Windows10`, `Windows11`, `WindowsServer2022`, `Linux`,
+/// `macOS`, …) when it is not Windows, i.e. when live response runs shell scripts there, not
+/// PowerShell (live-response.md: "Live response runs PowerShell and Bash scripts"). Missing or
+/// `Unknown` is not refused: Defender decides.
+pub(crate) fn non_windows(os_platform: &str) -> Option<&str> {
+    let os = os_platform.trim();
+    let lower = os.to_ascii_lowercase();
+    (!os.is_empty() && !lower.starts_with("windows") && lower != "unknown" && lower != "other")
+        .then_some(os)
+}
+
+/// Why a helper-backed command is refused on a non-Windows machine.
+pub(crate) fn not_on_os(command: &Command, os: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorCode::UnsupportedCommand,
+        format!(
+            "{} is not available on {os} devices of Defender backends: edrgate runs it through its PowerShell helper scripts, and live response runs shell scripts on {os}, not PowerShell",
+            command.kind().as_str()
+        ),
+    )
+}
+
 /// Whether the normalized command's failure shows only in its script output (not as a
 /// `Failed` command), so Defender would run the commands after it anyway.
 pub(crate) fn fails_silently(command: &Command) -> bool {
-    lr_commands(command).is_some_and(|cmds| cmds.iter().any(|(_, h)| h.is_some()))
+    helper_backed(command)
 }
 
 /// The `script_output` of a RunScript result without the transcript banner and the trailing
@@ -317,6 +401,9 @@ pub(crate) fn helper_output(result: &wire::ScriptResult) -> Result<HelperOutput,
         let mut text = clean_output(&result.script_errors);
         if text.is_empty() {
             text = clean_output(&result.script_output);
+        }
+        if let Some(info) = unsigned_refusal(&text) {
+            return Err(info.with_vendor(format!("exit {}", result.exit_code), text));
         }
         return Err(ErrorInfo::new(
             ErrorCode::CommandFailed,
@@ -535,6 +622,65 @@ mod tests {
             assert_eq!(info.vendor_code.as_deref(), Some("0x80070002"));
             assert_eq!(info.vendor_message.as_deref(), Some(errors[0].as_str()));
         }
+    }
+
+    /// PowerShell's AllSigned refusal, as a failed command or as a completed RunScript's error
+    /// stream, is `vendor_rejected` naming the tenant setting.
+    #[test]
+    fn the_unsigned_script_refusal_names_the_setting() {
+        let text = "File C:\\ProgramData\\Microsoft\\Windows Defender Advanced Threat Protection\\DataCollection\\x\\edrgate-file-0123456789ab.ps1 cannot be loaded. The file C:\\ProgramData\\x.ps1 is not digitally signed. You cannot run this script on the current system.";
+        let info = command_error(&[text.to_owned()], 0x8013_1500_u32 as i32 as i64);
+        assert_eq!(info.code, ErrorCode::VendorRejected);
+        assert!(info.message.contains(UNSIGNED_SETTING), "{}", info.message);
+        assert!(info.message.contains("unsigned_scripts = false"));
+        assert_eq!(info.vendor_message.as_deref(), Some(text));
+        let blob = wire::ScriptResult {
+            script_name: Helper::File.library_name(),
+            exit_code: 1,
+            script_output: "Transcript started, output file is C:\\x.txt\n".into(),
+            script_errors: text.into(),
+        };
+        let err = helper_output(&blob).unwrap_err();
+        assert_eq!(err.code, ErrorCode::VendorRejected);
+        assert!(err.message.contains(UNSIGNED_SETTING));
+    }
+
+    #[test]
+    fn signed_copies_differ_only_by_the_signature_block() {
+        let h = Helper::Registry;
+        let block = format!("\r\n{SIGNATURE_BEGIN}\r\n# MIIxyz\r\n{SIGNATURE_END}\r\n");
+        let signed = format!("{}{block}", h.source());
+        assert_eq!(check_signed_copy(h, signed.as_bytes()), Ok(()));
+        let crlf = format!("\u{feff}{}{block}", h.source().replace('\n', "\r\n"));
+        assert_eq!(check_signed_copy(h, crlf.as_bytes()), Ok(()));
+        assert!(check_signed_copy(h, h.source().as_bytes()).unwrap_err().contains("not signed"));
+        let other = format!("{}{block}", Helper::File.source());
+        assert!(check_signed_copy(h, other.as_bytes()).unwrap_err().contains("registry"));
+        let edited = format!("{}\nRemove-Item C:\\x{block}", h.source());
+        assert!(check_signed_copy(h, edited.as_bytes()).is_err());
+        let trailing = format!("{}{block}Write-Output extra\n", h.source());
+        assert!(check_signed_copy(h, trailing.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn helper_backed_commands_and_non_windows_platforms() {
+        assert!(helper_backed(&Command::ProcessList));
+        assert!(helper_backed(&Command::PutFile { file_id: "f".into(), path: "C:\\x".into() }));
+        assert!(!helper_backed(&Command::GetFile {
+            path: "/etc/passwd".into(),
+            offset: None,
+            length: None
+        }));
+        assert!(!helper_backed(&Command::Isolate));
+        for os in ["Windows10", "Windows11", "WindowsServer2022", "windows7", "", "Unknown"] {
+            assert_eq!(non_windows(os), None, "{os}");
+        }
+        for os in ["Linux", "macOS", "iOS", "Android"] {
+            assert_eq!(non_windows(os), Some(os));
+        }
+        let info = not_on_os(&Command::ProcessList, "Linux");
+        assert_eq!(info.code, ErrorCode::UnsupportedCommand);
+        assert!(info.message.contains("process_list") && info.message.contains("Linux"));
     }
 
     #[test]

@@ -499,6 +499,9 @@ async fn https_with_the_simulators_certificate() {
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, sim.cert_pem().unwrap()).unwrap();
     let mut cfg = config(&format!("https://localhost:{}", addr.port()));
+    // One listener serves all three hosts here: its CA goes to each host's settings.
+    cfg.token_tls.ca_file = Some(ca.clone());
+    cfg.download_tls.ca_file = Some(ca.clone());
     cfg.ca_file = Some(ca);
     let adapter = DefenderAdapter::new("mde", cfg).unwrap();
     let mut run = RunHarness::new(&machine_id(1), vec![get("C:\\evidence\\note.txt")]);
@@ -632,4 +635,261 @@ async fn a_cancel_that_loses_the_race_keeps_the_real_results() {
     assert_eq!(run.status(0), Status::Succeeded);
     assert!(!sim.process_exists(&machine_id(1), 4242));
     assert_eq!(sim.actions()[0].1, "Succeeded");
+}
+
+// ---- helper scripts: the tenant's signing setting, platforms, superseded versions ----
+
+use edrgate_defender_helpers::Helper;
+
+/// What `Set-AuthenticodeSignature` appends (the simulator does not verify signatures).
+const SIGNATURE: &str = "\r\n# SIG # Begin signature block\r\n# MIIFuQYJKoZIhvcNAQcCoIIFqjCCBaYCAQExCzAJBgUrDgMCGgUA\r\n# SIG # End signature block\r\n";
+
+fn signed(helper: Helper) -> String {
+    format!("{}{SIGNATURE}", helper.source())
+}
+
+/// A `signed_scripts_dir` with a signed copy of every helper.
+fn signed_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for h in Helper::ALL {
+        std::fs::write(dir.path().join(h.library_name()), signed(h)).unwrap();
+    }
+    dir
+}
+
+async fn setup_with(
+    sim: SimConfig,
+    tune: impl FnOnce(&mut DefenderConfig),
+) -> (Simulator, DefenderAdapter) {
+    let sim = Simulator::new(sim);
+    let addr = sim.spawn().await.unwrap();
+    let mut cfg = config(&format!("http://{addr}"));
+    tune(&mut cfg);
+    let adapter = DefenderAdapter::new("mde", cfg).unwrap();
+    (sim, adapter)
+}
+
+fn refusing_tenant() -> SimConfig {
+    SimConfig { unsigned_scripts: false, ..SimConfig::default() }
+}
+
+#[tokio::test]
+async fn unsigned_helpers_refused_by_the_tenant_name_the_setting() {
+    let (sim, adapter) = setup(refusing_tenant()).await;
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::ProcessList]);
+    run.drive(&adapter).await;
+    let e = run.error(0);
+    assert_eq!(e.code, ErrorCode::VendorRejected, "{e:?}");
+    assert!(e.message.contains("Live Response unsigned script execution"), "{}", e.message);
+    assert!(e.message.contains("unsigned_scripts = false"), "{}", e.message);
+    assert!(e.vendor_message.as_deref().unwrap().contains("is not digitally signed"));
+    assert_eq!(sim.counters().live_response_actions, 1);
+}
+
+#[tokio::test]
+async fn signed_mode_uploads_and_runs_only_the_signed_copies() {
+    let dir = signed_dir();
+    let (sim, adapter) = setup_with(refusing_tenant(), |cfg| {
+        cfg.unsigned_scripts = false;
+        cfg.signed_scripts_dir = Some(dir.path().to_owned());
+    })
+    .await;
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::ProcessList; 3]);
+    let payload = run.files.add("tool.exe", b"MZ signed-mode payload");
+    run.commands = vec![
+        Command::ProcessList,
+        Command::PutFile { file_id: payload, path: "C:\\Users\\Public\\tool.exe".into() },
+        Command::ListDirectory { path: "C:\\Users\\Public".into() },
+    ];
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let c = sim.counters();
+    assert_eq!(c.helper_runs.get("process_list"), Some(&1));
+    assert_eq!(c.helper_runs.get("file"), Some(&1));
+    assert_eq!(
+        sim.file_content(&machine_id(1), "C:\\Users\\Public\\tool.exe").as_deref(),
+        Some(&b"MZ signed-mode payload"[..])
+    );
+    // Every helper in the library is the signed copy; edrgate's unsigned one never went up.
+    for h in [Helper::ProcessList, Helper::File, Helper::ListDirectory] {
+        let content = sim.library_content(&h.library_name()).unwrap();
+        assert_eq!(content, signed(h).into_bytes(), "{}", h.name());
+    }
+    for name in sim.library() {
+        let content = sim.library_content(&name).unwrap();
+        assert!(Helper::ALL.iter().all(|h| h.source().as_bytes() != content), "{name}");
+    }
+    assert!(adapter.check_helpers().await.is_ok());
+}
+
+#[tokio::test]
+async fn signed_mode_checks_the_library_before_any_live_response() {
+    // No signed copy anywhere: refused, nothing uploaded, other commands unaffected.
+    let (sim, adapter) = setup_with(refusing_tenant(), |cfg| cfg.unsigned_scripts = false).await;
+    let mut run =
+        RunHarness::new(&machine_id(1), vec![Command::ProcessList, get("C:\\evidence\\note.txt")])
+            .continue_on_error();
+    run.drive(&adapter).await;
+    let e = run.error(0);
+    assert_eq!(e.code, ErrorCode::VendorRejected);
+    assert!(
+        e.message.contains("no signed copy")
+            && e.message.contains(&Helper::ProcessList.library_name()),
+        "{}",
+        e.message
+    );
+    assert_eq!(run.status(1), Status::Succeeded);
+    let c = sim.counters();
+    assert_eq!((c.library_uploads, c.live_response_actions), (0, 1), "{c:?}");
+    let check = adapter.check_helpers().await.unwrap_err();
+    assert_eq!(check.code(), ErrorCode::VendorRejected);
+
+    // The library holds edrgate's unsigned copy (e.g. from unsigned mode): refused, and with
+    // the signed copies at hand edrgate does not replace it behind the operator's back.
+    let unsigned = SimConfig {
+        library_scripts: vec![(
+            Helper::ProcessList.library_name(),
+            Helper::ProcessList.source().into(),
+        )],
+        ..refusing_tenant()
+    };
+    let dir = signed_dir();
+    let (sim, adapter) = setup_with(unsigned, |cfg| {
+        cfg.unsigned_scripts = false;
+        cfg.signed_scripts_dir = Some(dir.path().to_owned());
+    })
+    .await;
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::ProcessList]);
+    run.drive(&adapter).await;
+    assert_eq!(run.error(0).code, ErrorCode::VendorRejected);
+    assert!(run.error(0).message.contains("unsigned copy"), "{}", run.error(0).message);
+    assert_eq!(sim.counters().live_response_actions, 0);
+    assert!(adapter.check_helpers().await.is_err());
+
+    // The operator uploaded the signed copies: they are used as they are.
+    let uploaded = SimConfig {
+        library_scripts: Helper::ALL.iter().map(|h| (h.library_name(), signed(*h))).collect(),
+        ..refusing_tenant()
+    };
+    let (sim, adapter) = setup_with(uploaded, |cfg| cfg.unsigned_scripts = false).await;
+    assert!(adapter.check_helpers().await.is_ok());
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::ProcessList]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    assert_eq!(sim.counters().library_uploads, 0);
+}
+
+#[test]
+fn signed_scripts_dir_is_checked_at_start_up() {
+    let base = "http://127.0.0.1:1";
+    let dir = signed_dir();
+    let mut cfg = config(base);
+    cfg.unsigned_scripts = false;
+    cfg.signed_scripts_dir = Some(dir.path().to_owned());
+    assert!(DefenderAdapter::new("mde", cfg.clone()).is_ok());
+    // Our unsigned copy, a missing file, another version: each named.
+    std::fs::write(dir.path().join(Helper::Registry.library_name()), Helper::Registry.source())
+        .unwrap();
+    std::fs::remove_file(dir.path().join(Helper::Execute.library_name())).unwrap();
+    let edited = format!("{}\nWrite-Output extra{SIGNATURE}", Helper::File.source());
+    std::fs::write(dir.path().join(Helper::File.library_name()), edited).unwrap();
+    let Err(e) = DefenderAdapter::new("mde", cfg.clone()) else { panic!("built") };
+    assert_eq!(e.code(), ErrorCode::InvalidRequest);
+    for name in [Helper::Registry, Helper::Execute, Helper::File] {
+        assert!(e.info.message.contains(&name.library_name()), "{}", e.info.message);
+    }
+    assert!(e.info.message.contains("not signed"));
+    // The directory means signed mode.
+    cfg.unsigned_scripts = true;
+    assert!(cfg.validate().is_err());
+}
+
+#[tokio::test]
+async fn helper_commands_are_refused_on_linux_and_macos_before_any_live_response() {
+    let sim = SimConfig {
+        os_platforms: vec![(3, "Linux".into()), (4, "macOS".into())],
+        ..SimConfig::default()
+    };
+    let (sim, adapter) = setup(sim).await;
+    let mut run = RunHarness::new(&machine_id(3), vec![Command::ProcessList]);
+    run.drive(&adapter).await;
+    let e = run.error(0);
+    assert_eq!(e.code, ErrorCode::UnsupportedCommand);
+    assert!(e.message.contains("process_list") && e.message.contains("Linux"), "{}", e.message);
+    let c = sim.counters();
+    assert_eq!((c.live_response_actions, c.library_uploads), (0, 0), "{c:?}");
+
+    // Native commands still run; the helper-backed ones in between are refused, each.
+    let mut run = RunHarness::new(&machine_id(4), vec![Command::ProcessList; 4]);
+    let payload = run.files.add("tool", b"payload");
+    run.commands = vec![
+        Command::RunScript { script: "collect.ps1".into(), args: vec![], file_id: None },
+        Command::RegistryList { key: "HKLM\\SOFTWARE".into() },
+        Command::PutFile { file_id: payload, path: "/tmp/tool".into() },
+        get("/etc/hosts"),
+    ];
+    let mut run = run.continue_on_error();
+    run.drive(&adapter).await;
+    assert_eq!(run.status(0), Status::Succeeded);
+    for i in [1, 2] {
+        assert_eq!(run.error(i).code, ErrorCode::UnsupportedCommand);
+        assert!(run.error(i).message.contains("macOS"), "{}", run.error(i).message);
+    }
+    let CommandResult::File { file } = run.result(3) else { panic!("{:?}", run.result(3)) };
+    assert!(String::from_utf8(run.files.bytes(file)).unwrap().contains("localhost"));
+    let c = sim.counters();
+    assert_eq!(c.live_response_actions, 2, "{c:?}");
+    assert!(c.helper_runs.is_empty(), "{c:?}");
+    assert!(sim.library().iter().all(|n| !n.starts_with("edrgate-")), "{:?}", sim.library());
+}
+
+#[tokio::test]
+async fn uploading_a_helper_deletes_its_superseded_versions() {
+    let old = "edrgate-process_list-0123456789ab.ps1";
+    let keep = [
+        "edrgate-process_list-custom.ps1",
+        "edrgate-kill_process-0123456789ab.ps1",
+        "process_list-0123456789ab.ps1",
+        "collect.ps1",
+    ];
+    let sim = SimConfig {
+        library_scripts: std::iter::once(old)
+            .chain(keep)
+            .map(|n| (n.to_owned(), "Write-Output old\n".to_owned()))
+            .collect(),
+        ..SimConfig::default()
+    };
+    let (sim, adapter) = setup(sim).await;
+    let mut run = RunHarness::new(&machine_id(1), vec![Command::ProcessList]);
+    run.drive(&adapter).await;
+    run.assert_all_succeeded();
+    let library = sim.library();
+    assert!(!library.iter().any(|n| n == old), "{library:?}");
+    assert!(library.contains(&Helper::ProcessList.library_name()));
+    for name in keep {
+        assert!(library.iter().any(|n| n == name), "{name} {library:?}");
+    }
+}
+
+#[tokio::test]
+async fn capabilities_say_which_commands_depend_on_the_helpers() {
+    let note = |a: &DefenderAdapter, kind: edrgate_adapter::CommandKind| {
+        a.capabilities().commands.iter().find(|c| c.command == kind).unwrap().notes.clone().unwrap()
+    };
+    use edrgate_adapter::CommandKind as K;
+    let unsigned = DefenderAdapter::new("mde", config("http://127.0.0.1:1")).unwrap();
+    for kind in [K::ProcessList, K::RegistrySet, K::PutFile, K::DeleteFile, K::Execute] {
+        let n = note(&unsigned, kind);
+        assert!(n.contains("helper") && n.contains("Windows"), "{n}");
+        assert!(n.contains("Live Response unsigned script execution"), "{n}");
+    }
+    for kind in [K::GetFile, K::RunScript, K::Isolate] {
+        assert!(!note(&unsigned, kind).contains("helper"), "{kind:?}");
+    }
+    let dir = signed_dir();
+    let mut cfg = config("http://127.0.0.1:1");
+    cfg.unsigned_scripts = false;
+    cfg.signed_scripts_dir = Some(dir.path().to_owned());
+    let signed = DefenderAdapter::new("mde", cfg).unwrap();
+    assert!(note(&signed, K::KillProcess).contains("signed mode"));
 }

@@ -35,8 +35,8 @@ use edrgate_adapter::adapter::StopReason;
 use edrgate_adapter::driver::{self, Cursor, Drive, RunCheckpoint, RunOps as _, VendorRun};
 use edrgate_adapter::{
     Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandResult,
-    CommandSupport, CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, RunContext,
-    SharedBudget, Step, Via,
+    CommandSupport, CommandUpdate, Device, DeviceSupport, ErrorCode, ErrorInfo, FairSlots, Limits,
+    RunContext, SharedBudget, Step, Via,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -60,6 +60,9 @@ pub struct CarbonBlackAdapter {
     scope: String,
     capabilities: Capabilities,
     runs: Mutex<HashMap<Uuid, RunMemory>>,
+    /// What the sensor records seen last say about each sensor (by device id), for
+    /// per-device support ([`Adapter::device_support`], no vendor call).
+    known: Mutex<HashMap<String, SensorFacts>>,
 }
 
 /// The run's state between steps, stored as JSON by the engine. (`pub` only because it is
@@ -226,6 +229,7 @@ impl CarbonBlackAdapter {
             scope: format!("carbonblack:{}", url.as_str().trim_end_matches('/')),
             cfg,
             runs: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
         })
     }
 }
@@ -278,9 +282,29 @@ impl Adapter for CarbonBlackAdapter {
         Ok(sensors
             .into_iter()
             .filter(|s| s.uninstalled != Some(true))
+            .inspect(|s| self.remember(s))
             .map(|s| mapping::device(&self.capabilities.backend, s))
             .filter(|d| hostname.is_none_or(|h| edrgate_adapter::hostname_matches(&d.hostname, h)))
             .collect())
+    }
+
+    /// Registry commands and `memdump` only on Windows sensors, `memdump` from sensor 5.1 on
+    /// (see `support`).
+    fn device_support(&self, device: &Device) -> DeviceSupport {
+        self.support_of(device)
+    }
+
+    /// The sensor record (`GET /api/v1/sensor/{id}`).
+    async fn device(&self, device_id: &str) -> Result<Option<Device>, AdapterError> {
+        let Ok(sensor_id) = device_id.trim().parse::<u64>() else {
+            return Err(AdapterError::new(
+                ErrorCode::DeviceNotFound,
+                format!("{device_id:?} is not a Carbon Black sensor id"),
+            ));
+        };
+        let sensor = self.client.sensor(sensor_id).await.map_err(CbError::into_adapter)?;
+        self.remember(&sensor);
+        Ok(Some(mapping::device(&self.capabilities.backend, sensor)))
     }
 
     fn run_closed(&self, run_id: Uuid) {

@@ -11,13 +11,58 @@
 //! alone (`os_type`, `build_version_string`, §7.4), so those commands are refused before a
 //! session slot is spent on them; the session's own list has the last word.
 
-use edrgate_adapter::{AdapterError, Command, ErrorCode, ErrorInfo};
+use edrgate_adapter::{
+    AdapterError, Command, CommandKind, Device, DeviceSupport, ErrorCode, ErrorInfo,
+};
 
 use super::{CarbonBlackAdapter, Checkpoint, SensorFacts};
 use crate::mapping::{self, CbError};
-use crate::wire::names;
+use crate::wire::{self, names};
+
+/// Sensors whose facts [`CarbonBlackAdapter::remember`] keeps at most (more than any one
+/// server holds); past it the memory starts over.
+const MAX_KNOWN_SENSORS: usize = 200_000;
+
+impl SensorFacts {
+    pub(super) fn of(sensor: &wire::Sensor) -> SensorFacts {
+        SensorFacts {
+            os_type: sensor.os_type,
+            os: sensor.os_environment_display_string.clone().filter(|o| !o.trim().is_empty()),
+            version: sensor.version(),
+        }
+    }
+}
 
 impl CarbonBlackAdapter {
+    /// Keeps what a sensor record says about the sensor, for [`Self::support_of`]: a device
+    /// as `find_devices` or `device` returns it has no field for the sensor's `os_type` and
+    /// version, and per-device support is decided without a vendor call.
+    pub(super) fn remember(&self, sensor: &wire::Sensor) {
+        let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() >= MAX_KNOWN_SENSORS && !known.contains_key(&sensor.id.to_string()) {
+            known.clear();
+        }
+        known.insert(sensor.id.to_string(), SensorFacts::of(sensor));
+    }
+
+    /// What `device` can run: registry commands and `memdump` need a Windows sensor,
+    /// `memdump` sensor 5.1+ (from the sensor record last seen by `find_devices`/`device`;
+    /// a device never seen is given the backend's commands, and the run's own checks decide).
+    pub(super) fn support_of(&self, device: &Device) -> DeviceSupport {
+        let facts = {
+            let known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+            known.get(&device.device_id).cloned()
+        };
+        let sensor_id = device.device_id.trim().parse().unwrap_or_default();
+        self.capabilities.for_device(|kind| {
+            let facts = facts.as_ref()?;
+            os_dependent_names(kind)
+                .iter()
+                .find_map(|name| facts_rule_out(facts, name))
+                .map(|reason| refusal(sensor_id, facts, reason).message)
+        })
+    }
+
     /// The sensor's facts, looked up once per run (`GET /api/v1/sensor/{id}`, as cbapi's
     /// session constructor does, §5.1).
     pub(super) async fn sensor_facts(&self, cp: &mut Checkpoint) -> Result<SensorFacts, CbError> {
@@ -25,11 +70,8 @@ impl CarbonBlackAdapter {
             return Ok(facts.clone());
         }
         let sensor = self.client.sensor(cp.sensor_id).await?;
-        let facts = SensorFacts {
-            os_type: sensor.os_type,
-            os: sensor.os_environment_display_string.clone().filter(|o| !o.trim().is_empty()),
-            version: sensor.version(),
-        };
+        self.remember(&sensor);
+        let facts = SensorFacts::of(&sensor);
         // os_type 1 is Windows (§5.1); unknown is treated as Windows, CB's main platform.
         cp.windows = Some(facts.os_type.is_none_or(|t| t == 1));
         cp.facts = Some(facts.clone());
@@ -84,6 +126,20 @@ impl CarbonBlackAdapter {
             .as_ref()
             .and_then(|s| s.supported.as_ref())
             .is_none_or(|list| list.iter().any(|s| s.trim().eq_ignore_ascii_case(name)))
+    }
+}
+
+/// The CB commands of `kind` whose availability the sensor's OS or version decides.
+fn os_dependent_names(kind: CommandKind) -> &'static [&'static str] {
+    match kind {
+        CommandKind::RegistryList => &[names::REG_ENUM_KEY],
+        CommandKind::RegistryGet => &[names::REG_QUERY_VALUE],
+        CommandKind::RegistrySet => &[names::REG_SET_VALUE],
+        CommandKind::RegistryCreateKey => &[names::REG_CREATE_KEY],
+        CommandKind::RegistryDeleteKey => &[names::REG_DELETE_KEY],
+        CommandKind::RegistryDeleteValue => &[names::REG_DELETE_VALUE],
+        CommandKind::MemoryDump => &[names::MEMDUMP],
+        _ => &[],
     }
 }
 

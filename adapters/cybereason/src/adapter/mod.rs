@@ -437,11 +437,13 @@ fn capabilities(backend: &str, concurrent: u32, per_minute: u32, ir_run: bool) -
         ),
     ];
     if ir_run {
-        // `Via` has no "operator-configured" variant (edrgate_adapter model): the note says so.
-        commands.push(native(
-            CommandKind::RunScript,
-            "operator-configured: IR tool run through the run request set in ir_run_path/ir_run_body (undocumented by the vendor); script names an uploaded package; with file_id the stored file is uploaded first as that package (at most 100 MB); tool output goes to the customer's storage bucket, not through the API",
-        ));
+        commands.push(CommandSupport {
+            via: Via::Configured,
+            ..native(
+                CommandKind::RunScript,
+                "operator-configured: IR tool run through the run request set in ir_run_path/ir_run_body (undocumented by the vendor); script names an uploaded package; with file_id the stored file is uploaded first as that package (at most 100 MB); tool output goes to the customer's storage bucket, not through the API",
+            )
+        });
     }
     Capabilities {
         backend: backend.to_owned(),
@@ -489,6 +491,7 @@ mod tests {
         assert!(!plain.supports(CommandKind::RunScript), "the run request is undocumented");
         let configured = capabilities("cr", 10, 600, true);
         let run = configured.commands.iter().find(|c| c.command == CommandKind::RunScript).unwrap();
+        assert_eq!(run.via, Via::Configured, "{run:?}");
         assert!(run.notes.as_deref().unwrap().starts_with("operator-configured"), "{run:?}");
     }
 }

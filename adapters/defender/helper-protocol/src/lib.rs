@@ -91,6 +91,20 @@ impl Helper {
         Helper::ALL.into_iter().find(|h| h.library_name().eq_ignore_ascii_case(name))
     }
 
+    /// Whether `name` is another content version of this helper in edrgate's own naming
+    /// pattern (`edrgate-<name>-<12 hex>.ps1`, case-insensitive): a superseded upload edrgate
+    /// may delete. Never true for the current name or for any other file.
+    pub fn is_superseded_name(self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        let Some(rest) = lower.strip_prefix(&format!("edrgate-{}-", self.name())) else {
+            return false;
+        };
+        let Some(hash) = rest.strip_suffix(".ps1") else { return false };
+        hash.len() == 12
+            && hash.bytes().all(|b| b.is_ascii_hexdigit())
+            && !self.library_name().eq_ignore_ascii_case(name)
+    }
+
     /// Which helper a script's content is (byte for byte), whatever name it was stored under.
     pub fn from_source(content: &[u8]) -> Option<Helper> {
         Helper::ALL.into_iter().find(|h| h.source().as_bytes() == content)
@@ -194,6 +208,24 @@ mod tests {
         }
         assert_eq!(Helper::from_library_name("edrgate-process_list-000000000000.ps1"), None);
         assert_eq!(Helper::from_source(b"Write-Output hi"), None);
+    }
+
+    #[test]
+    fn only_other_versions_of_the_same_helper_are_superseded() {
+        let h = Helper::File;
+        assert!(h.is_superseded_name("edrgate-file-0123456789ab.ps1"));
+        assert!(h.is_superseded_name("EDRGATE-file-0123456789AB.ps1"));
+        for name in [
+            h.library_name(),
+            "edrgate-file-0123456789abcdef0123456789abcdef01234567.bin".into(),
+            "edrgate-file-0123456789a.ps1".into(),
+            "edrgate-file-0123456789xy.ps1".into(),
+            "edrgate-process_list-0123456789ab.ps1".into(),
+            "my-edrgate-file-0123456789ab.ps1".into(),
+            "collect.ps1".into(),
+        ] {
+            assert!(!h.is_superseded_name(&name), "{name}");
+        }
     }
 
     #[test]

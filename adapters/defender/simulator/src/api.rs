@@ -321,8 +321,9 @@ pub(crate) struct Machine {
     pub(crate) os_processor: String,
     #[serde(rename = "osArchitecture")]
     pub(crate) os_architecture: String,
+    /// Nullable Int64 (§10 [E]); null on Linux and macOS machines [U].
     #[serde(rename = "osBuild")]
-    pub(crate) os_build: u32,
+    pub(crate) os_build: Option<u32>,
     pub(crate) version: String,
     #[serde(rename = "lastIpAddress")]
     pub(crate) last_ip_address: String,

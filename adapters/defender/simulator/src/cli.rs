@@ -82,7 +82,7 @@ impl VendorSim for DefenderSim {
         let sim = Simulator::new(SimConfig { machines: endpoints, ..SimConfig::default() });
         let (url, ca) = demo_spawn(&sim, dir, "mde-sim-ca.pem").await?;
         let toml = format!(
-            "kind = \"defender\"\napi_url = {url}\ntoken_url = {token_url}\ntenant_id = {tenant}\nclient_id = {client}\nclient_secret = {secret}\nca_file = {ca}\n",
+            "kind = \"defender\"\napi_url = {url}\ntoken_url = {token_url}\ntenant_id = {tenant}\nclient_id = {client}\nclient_secret = {secret}\nca_file = {ca}\ntoken_tls = {{ ca_file = {ca} }}\ndownload_tls = {{ ca_file = {ca} }}\n",
             url = toml_string(&url),
             token_url = toml_string(&format!("{url}/{DEFAULT_TENANT}/oauth2/v2.0/token")),
             tenant = toml_string(DEFAULT_TENANT),
@@ -132,6 +132,10 @@ mod tests {
         assert_eq!(b.name, "mde-lab");
         assert!(b.toml.starts_with("kind = \"defender\"\napi_url = \"https://127.0.0.1:"));
         assert!(b.toml.contains("/sim-tenant/oauth2/v2.0/token\""), "{}", b.toml);
+        // One listener plays the token, API and download hosts: its CA is each host's.
+        assert_eq!(b.toml.matches("ca_file = ").count(), 3, "{}", b.toml);
+        assert!(b.toml.contains("\ntoken_tls = { ca_file = "), "{}", b.toml);
+        assert!(b.toml.contains("\ndownload_tls = { ca_file = "), "{}", b.toml);
         assert!(dir.path().join("mde-sim-ca.pem").try_exists().unwrap());
         assert!(b.summary.contains("mde-0003"));
         serde_json::from_str::<serde_json::Value>(&b.example).unwrap();

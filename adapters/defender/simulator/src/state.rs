@@ -12,7 +12,7 @@ use crate::api::{
     self, ActionStatus, ActionType, CommandEcho, CommandResult, CommandStatus, CommandType,
     LibraryFile, MachineAction, Param, keys,
 };
-use crate::endpoint::{self, Endpoint, Outcome};
+use crate::endpoint::{self, Endpoint, Family, Outcome};
 use crate::{Counters, SimConfig};
 
 /// Who the simulator says requested its actions: the app's display name for app tokens
@@ -22,6 +22,8 @@ pub(crate) const REQUESTOR: &str = "edrgate-sim-app";
 pub(crate) struct SimMachine {
     pub(crate) id: String,
     pub(crate) name: String,
+    /// `osPlatform` (§10).
+    pub(crate) os_platform: String,
     pub(crate) online: bool,
     pub(crate) isolated: bool,
     pub(crate) endpoint: Endpoint,
@@ -214,9 +216,15 @@ impl Runtime {
                     .iter()
                     .find(|(i, _)| *i == n)
                     .map_or_else(|| format!("{}{n:04}", cfg.hostname_prefix), |(_, h)| h.clone());
+                let os_platform = cfg
+                    .os_platforms
+                    .iter()
+                    .find(|(i, _)| *i == n)
+                    .map_or_else(|| "Windows11".to_owned(), |(_, os)| os.clone());
                 SimMachine {
                     id: machine_id(n),
-                    endpoint: Endpoint::new(&name, cfg.file_size),
+                    endpoint: Endpoint::new(&name, cfg.file_size, Family::of(&os_platform)),
+                    os_platform,
                     name,
                     online: !cfg.offline_machines.contains(&n),
                     isolated: false,
@@ -258,21 +266,28 @@ impl Runtime {
     pub(crate) fn machine_entity(&self, m: &SimMachine) -> api::Machine {
         let n = self.machines.iter().position(|x| x.id == m.id).unwrap_or(0) + 1;
         let ip = format!("10.0.{}.{}", n / 250, 10 + n % 250);
+        // What the machine entity says per platform (get-machines samples [D]; the Linux and
+        // macOS version strings are the simulator's [U]).
+        let (os_version, os_build, version, agent_version) = match Family::of(&m.os_platform) {
+            Family::Windows => (None, Some(22631), "23H2", "10.8760.22631.1000"),
+            Family::Linux => (Some("22.04".to_owned()), None, "22.04", "101.24042.0002"),
+            Family::MacOs => (Some("14.4".to_owned()), None, "14.4", "101.24042.0008"),
+        };
         api::Machine {
             context: None,
             id: m.id.clone(),
             computer_dns_name: m.name.clone(),
             first_seen: "2026-01-05T08:00:00.0000000Z".into(),
             last_seen: utc_now(),
-            os_platform: "Windows11".into(),
-            os_version: None,
+            os_platform: m.os_platform.clone(),
+            os_version,
             os_processor: "x64".into(),
             os_architecture: "64-bit".into(),
-            os_build: 22631,
-            version: "23H2".into(),
+            os_build,
+            version: version.into(),
             last_ip_address: ip.clone(),
             last_external_ip_address: "198.51.100.10".into(),
-            agent_version: "10.8760.22631.1000".into(),
+            agent_version: agent_version.into(),
             // `Active` is the state of a reporting device (§10).
             health_status: if m.online { "Active" } else { "Inactive" }.into(),
             defender_av_status: "Updated".into(),
@@ -412,6 +427,20 @@ impl Runtime {
         for i in 0..self.actions.len() {
             if !self.actions[i].terminal() {
                 self.advance(i, now);
+                if self.actions[i].terminal() {
+                    self.session_ended(i);
+                }
+            }
+        }
+    }
+
+    /// A live-response action ended: the processes its scripts started as their own children
+    /// die with its session (`Endpoint::end_session`).
+    fn session_ended(&mut self, i: usize) {
+        if self.actions[i].kind == ActionType::LiveResponse {
+            let machine = self.actions[i].machine.clone();
+            if let Some(m) = self.machine_mut(&machine) {
+                m.endpoint.end_session();
             }
         }
     }
@@ -603,6 +632,14 @@ impl Runtime {
                         hresult: endpoint::HR_FILE_NOT_FOUND,
                     };
                 };
+                // A tenant without "Live Response unsigned script execution" runs only signed
+                // scripts (live-response.md [D]); the refusal is PowerShell's AllSigned one.
+                if !self.cfg.unsigned_scripts && !endpoint::is_signed(&content) {
+                    return Outcome::Failed {
+                        errors: vec![endpoint::unsigned_refusal(&name)],
+                        hresult: endpoint::HR_SCRIPT_THREW,
+                    };
+                }
                 let Some(m) = self.machine_mut(machine) else { return gone() };
                 let (outcome, helper) = m.endpoint.run_script(&name, &param(keys::ARGS), &content);
                 if let Some(run) = helper {
@@ -637,6 +674,7 @@ impl Runtime {
         let detail = json!({"action": a.id, "type": a.kind.as_str(), "comment": comment});
         let machine = a.machine.clone();
         self.log.record("Cancel", &machine, detail);
+        self.session_ended(i);
         true
     }
 

@@ -874,3 +874,143 @@ fn the_library_cap_is_the_documented_20_mb() {
     assert_eq!(LIBRARY_MAX_BYTES, 20 * 1024 * 1024);
     assert_eq!(SimConfig::default().library_max_bytes, LIBRARY_MAX_BYTES);
 }
+
+/// What `Set-AuthenticodeSignature` appends to a script (the simulator does not verify it).
+const SIGNATURE: &str = "\r\n# SIG # Begin signature block\r\n# MIIFuQYJKoZIhvcNAQcCoIIFqjCCBaYCAQExCzAJBgUrDgMCGgUA\r\n# SIG # End signature block\r\n";
+
+#[tokio::test]
+async fn a_tenant_without_unsigned_script_execution_runs_only_signed_scripts() {
+    use edrgate_defender_helpers::Helper;
+    let signed_helper = Helper::ProcessList.library_name();
+    let api = Api::start(SimConfig {
+        unsigned_scripts: false,
+        library_scripts: vec![
+            ("collect.ps1".into(), "Write-Output collected\nexit 0\n".into()),
+            ("signed.ps1".into(), format!("Write-Output signed{SIGNATURE}")),
+            (signed_helper.clone(), format!("{}{SIGNATURE}", Helper::ProcessList.source())),
+            (Helper::File.library_name(), Helper::File.source().into()),
+        ],
+        ..SimConfig::default()
+    })
+    .await;
+    // An unsigned script fails its command with PowerShell's AllSigned refusal.
+    let (_, a, _) = api.live_response(1, json!([run_script("collect.ps1")])).await;
+    let done = api.settle(a["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "Failed");
+    assert_eq!(done["commands"][0]["commandStatus"], "Failed");
+    let error = done["commands"][0]["errors"][0].as_str().unwrap();
+    assert!(error.contains("collect.ps1 is not digitally signed"), "{error}");
+    assert_eq!(done["errorHResult"], json!(0x8013_1500_u32 as i32));
+    // So does edrgate's own unsigned helper.
+    let (_, a, _) = api.live_response(1, json!([run_script(&Helper::File.library_name())])).await;
+    assert_eq!(api.settle(a["id"].as_str().unwrap()).await["status"], "Failed");
+    // Signed ones run; a signed copy of a helper is that helper.
+    let (_, a, _) = api.live_response(1, json!([run_script("signed.ps1")])).await;
+    assert_eq!(api.settle(a["id"].as_str().unwrap()).await["status"], "Succeeded");
+    let (_, a, _) = api.live_response(1, json!([run_script(&signed_helper)])).await;
+    assert_eq!(api.settle(a["id"].as_str().unwrap()).await["status"], "Succeeded");
+    let c = api.sim.counters();
+    assert_eq!((c.helper_runs.get("process_list"), c.helper_runs.get("file")), (Some(&1), None));
+    // The tenant's default in the simulator: unsigned scripts run.
+    let open = Api::start(SimConfig::default()).await;
+    let (_, a, _) = open.live_response(1, json!([run_script("collect.ps1")])).await;
+    assert_eq!(open.settle(a["id"].as_str().unwrap()).await["status"], "Succeeded");
+}
+
+#[tokio::test]
+async fn every_machine_has_what_a_responder_looks_at_first() {
+    let api = Api::start(SimConfig {
+        os_platforms: vec![(2, "Linux".into()), (3, "macOS".into())],
+        ..SimConfig::default()
+    })
+    .await;
+    let (win, linux, mac) = (machine_id(1), machine_id(2), machine_id(3));
+    let (_, m) = api.get(&format!("/api/machines/{linux}")).await;
+    assert_eq!((m["osPlatform"].as_str(), &m["osBuild"]), (Some("Linux"), &Value::Null));
+    let (_, m) = api.get(&format!("/api/machines/{win}")).await;
+    assert_eq!((m["osPlatform"].as_str(), m["osBuild"].as_u64()), (Some("Windows11"), Some(22631)));
+    let (_, list) = api.get("/api/machines?$filter=osPlatform%20eq%20'macOS'").await;
+    let ids: Vec<&str> =
+        list["value"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [mac.as_str()]);
+    for path in [
+        "C:\\Windows\\System32\\cmd.exe",
+        "C:\\Windows\\System32\\drivers\\etc\\hosts",
+        "C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe",
+        "C:\\Windows\\System32\\winevt\\Logs\\Security.evtx",
+        "C:\\Users\\alice\\Desktop",
+        "C:\\Users\\jdoe\\AppData\\Roaming\\Microsoft\\Windows\\Start Menu\\Programs\\Startup",
+        "C:\\Program Files",
+        // The demo's evidence stays.
+        "C:\\evidence\\note.txt",
+    ] {
+        assert!(api.sim.file_exists(&win, path), "{path}");
+    }
+    for (pid, name) in [
+        (4, "System"),
+        (388, "smss"),
+        (520, "csrss"),
+        (612, "wininit"),
+        (668, "winlogon"),
+        (812, "services"),
+        (700, "lsass"),
+        (904, "svchost"),
+        (3120, "explorer"),
+        (3012, "updater"),
+    ] {
+        assert!(api.sim.process_exists(&win, pid), "{name}");
+    }
+    assert!(
+        api.sim
+            .registry_value(
+                &win,
+                "HKLM\\SOFTWARE\\Microsoft\\Windows\\CurrentVersion\\Run",
+                "SecurityHealth"
+            )
+            .is_some()
+    );
+    assert_eq!(
+        api.sim.registry_value(
+            &win,
+            "HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion",
+            "CurrentBuild"
+        ),
+        Some(json!("22631"))
+    );
+    for path in [
+        "/etc/passwd",
+        "/etc/hosts",
+        "/var/log/syslog",
+        "/bin/bash",
+        "/home/jdoe/.bash_history",
+        "/tmp",
+    ] {
+        assert!(api.sim.file_exists(&linux, path), "{path}");
+    }
+    // POSIX paths are case-sensitive; Windows paths are not there.
+    assert!(!api.sim.file_exists(&linux, "/ETC/PASSWD"));
+    assert!(!api.sim.file_exists(&linux, "C:\\Windows\\System32\\cmd.exe"));
+    assert!(api.sim.process_exists(&linux, 1) && api.sim.process_exists(&linux, 880));
+    for path in [
+        "/Applications",
+        "/Users/alice/Downloads",
+        "/System/Library/CoreServices/SystemVersion.plist",
+        "/etc/hosts",
+        "/var/log/system.log",
+    ] {
+        assert!(api.sim.file_exists(&mac, path), "{path}");
+    }
+    assert!(api.sim.process_exists(&mac, 1) && api.sim.process_exists(&mac, 620));
+    // GetFile reads them like any file.
+    let (_, a, _) = api.live_response(2, json!([get_file("/etc/passwd")])).await;
+    let id = a["id"].as_str().unwrap().to_owned();
+    assert_eq!(api.settle(&id).await["status"], "Succeeded");
+    let (_, link) = api.link(&id, 0).await;
+    let gz = reqwest::get(link["value"].as_str().unwrap()).await.unwrap().bytes().await.unwrap();
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&gz[..]).read_to_string(&mut text).unwrap();
+    assert!(
+        text.starts_with("root:x:0:0:root:/root:/bin/bash\n") && text.contains("jdoe:x:1000"),
+        "{text}"
+    );
+}

@@ -10,7 +10,8 @@ use edrgate_adapter::{
 };
 
 use super::{
-    Checkpoint, DefenderAdapter, Phase, TAG_PREFIX, comment, has_tag, now, refused, too_large,
+    Checkpoint, DefenderAdapter, HelperMode, Phase, TAG_PREFIX, comment, has_tag, now, refused,
+    too_large,
 };
 use crate::client::with_margin;
 use crate::mapping::{self, Helper};
@@ -63,22 +64,34 @@ impl DefenderAdapter {
                 );
             }
         }
+        // edrgate's helpers are PowerShell with Windows paths: on a Linux or macOS machine
+        // (its `osPlatform`, read once), helper-backed commands are refused before any
+        // live-response call, and a batch stops before the first of them.
+        let start = cp.cursor.index;
+        if (start..end).any(|i| mapping::helper_backed(&ctx.commands[i]))
+            && let Some(os) = mapping::non_windows(&self.platform(cp).await?).map(str::to_owned)
+        {
+            if mapping::helper_backed(&ctx.commands[start]) {
+                let update =
+                    CommandUpdate::failed(start, mapping::not_on_os(&ctx.commands[start], &os));
+                self.command_done(ctx, cp, updates, update);
+                return Ok(Drive::Continue);
+            }
+            end = (start..end).find(|&i| mapping::helper_backed(&ctx.commands[i])).unwrap_or(end);
+            payloads.retain(|i, _| *i < end);
+        }
         let slots = build_batch(ctx.commands, cp.cursor.index, end, &payloads);
         // The library first: uploads are idempotent and need no session.
+        let mut helpers: Vec<Helper> = Vec::new();
         for helper in
             slots.iter().filter_map(|s| Helper::from_library_name(s.lr.param(keys::SCRIPT_NAME)?))
         {
-            self.ensure_library(
-                &helper.library_name(),
-                || async {
-                    let src = helper.source().as_bytes();
-                    let reader: edrgate_adapter::adapter::FileReader =
-                        Box::new(std::io::Cursor::new(src));
-                    Ok((reader, src.len() as u64))
-                },
-                "edrgate helper script",
-            )
-            .await?;
+            if !helpers.contains(&helper) {
+                helpers.push(helper);
+            }
+        }
+        for helper in helpers {
+            self.ensure_helper(helper).await?;
         }
         for (file_id, size, name) in payloads.values() {
             self.ensure_library(
@@ -393,12 +406,84 @@ impl DefenderAdapter {
         Ok(build_batch(ctx.commands, start, end, &payloads))
     }
 
+    /// A helper in the library. Unsigned mode: edrgate's copy, uploaded when missing. Signed
+    /// mode: the operator's signed copy must be there (or is uploaded from
+    /// `signed_scripts_dir`); edrgate's unsigned copy is never uploaded. Whenever edrgate
+    /// uploads a helper, the superseded versions of it are deleted from the library.
+    pub(super) async fn ensure_helper(&self, helper: Helper) -> Result<(), AdapterError> {
+        let name = helper.library_name();
+        let content: &[u8] = match &self.helpers {
+            HelperMode::Unsigned => helper.source().as_bytes(),
+            HelperMode::Signed(copies) => {
+                if self.verified_helpers().contains(&helper) {
+                    return Ok(());
+                }
+                let copy = copies.as_ref().and_then(|c| c.get(&helper));
+                let files = self.client.library().await?;
+                self.known().extend(files.iter().map(|f| f.file_name.clone()));
+                match signed_state(helper, copy, &files)? {
+                    SignedState::Present => {
+                        self.verified_helpers().insert(helper);
+                        return Ok(());
+                    }
+                    SignedState::Upload(copy) => copy,
+                }
+            }
+        };
+        let description = match self.helpers {
+            HelperMode::Unsigned => "edrgate helper script",
+            HelperMode::Signed(_) => "edrgate helper script (signed)",
+        };
+        let uploaded = self
+            .ensure_library(
+                &name,
+                || async {
+                    let reader: edrgate_adapter::adapter::FileReader =
+                        Box::new(std::io::Cursor::new(content.to_vec()));
+                    Ok((reader, content.len() as u64))
+                },
+                description,
+            )
+            .await?;
+        if matches!(self.helpers, HelperMode::Signed(_)) {
+            self.verified_helpers().insert(helper);
+        }
+        if uploaded {
+            self.clean_superseded(helper).await;
+        }
+        Ok(())
+    }
+
+    /// Deletes the library's other versions of `helper` (edrgate's naming pattern only), as
+    /// the last listing showed them. Best effort: a failure is logged and tried again after
+    /// the next upload.
+    async fn clean_superseded(&self, helper: Helper) {
+        let old: Vec<String> =
+            self.known().iter().filter(|n| helper.is_superseded_name(n)).cloned().collect();
+        for name in old {
+            match self.client.delete_library(&name).await {
+                Ok(()) => {
+                    tracing::info!(file = %name, "deleted a superseded edrgate helper from the live-response library");
+                    self.known().remove(&name);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "deleting a superseded edrgate helper failed")
+                }
+            }
+        }
+    }
+
+    fn verified_helpers(&self) -> MutexGuard<'_, HashSet<Helper>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ensures `name` is in the library, uploading it when missing; `true` when it uploaded.
     pub(super) async fn ensure_library<F, Fut>(
         &self,
         name: &str,
         open: F,
         description: &str,
-    ) -> Result<(), AdapterError>
+    ) -> Result<bool, AdapterError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<
@@ -406,24 +491,82 @@ impl DefenderAdapter {
             >,
     {
         if self.known().contains(name) {
-            return Ok(());
+            return Ok(false);
         }
         let listed: HashSet<String> =
             self.client.library().await?.into_iter().map(|f| f.file_name).collect();
         let present = listed.contains(name);
         self.known().extend(listed);
         if present {
-            return Ok(());
+            return Ok(false);
         }
         let (reader, size) = open().await?;
         let uploaded = self.client.upload(name, reader, size, description).await?;
         self.known().insert(uploaded.file_name);
-        Ok(())
+        Ok(true)
     }
 
     pub(super) fn known(&self) -> MutexGuard<'_, HashSet<String>> {
         self.library.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// What signed mode finds in the library for a helper.
+pub(super) enum SignedState<'a> {
+    /// The library holds a copy that is not edrgate's unsigned one (and, with
+    /// `signed_scripts_dir`, is the operator's signed copy).
+    Present,
+    /// Missing; this signed copy from `signed_scripts_dir` is to be uploaded.
+    Upload(&'a [u8]),
+}
+
+/// Signed mode's check of one helper against a library listing. The API lists a file's
+/// `sha256`, not its content (§8.2), so the content before the signature block is compared
+/// where edrgate has the signed copy (`signed_scripts_dir`, at build); in the library, the
+/// name carries the content version and the hash tells edrgate's unsigned copy (or another
+/// file) from the signed one.
+pub(super) fn signed_state<'a>(
+    helper: Helper,
+    copy: Option<&'a Vec<u8>>,
+    files: &[wire::LibraryFile],
+) -> Result<SignedState<'a>, AdapterError> {
+    use sha2::{Digest as _, Sha256};
+    let name = helper.library_name();
+    let refuse = |why: String| {
+        AdapterError::new(
+            ErrorCode::VendorRejected,
+            format!(
+                "{why}. This backend runs only signed helpers (unsigned_scripts = false): Defender refuses unsigned scripts unless the tenant's \"{}\" setting is on (see adapters/defender/scripts/README.md)",
+                mapping::UNSIGNED_SETTING
+            ),
+        )
+    };
+    let Some(file) = files.iter().find(|f| f.file_name.eq_ignore_ascii_case(&name)) else {
+        return match copy {
+            Some(copy) => Ok(SignedState::Upload(copy)),
+            None => Err(refuse(format!(
+                "the live-response library has no signed copy of edrgate's {} helper: sign scripts/{}.ps1 and upload it as {name}, or set signed_scripts_dir",
+                helper.name(),
+                helper.name()
+            ))),
+        };
+    };
+    let listed = file.sha256.as_deref().unwrap_or_default().to_ascii_lowercase();
+    if listed == hex::encode(Sha256::digest(helper.source().as_bytes())) {
+        return Err(refuse(format!(
+            "the live-response library's {name} is edrgate's unsigned copy of the {} helper: delete it from the library and upload the signed copy under that name",
+            helper.name()
+        )));
+    }
+    if let Some(copy) = copy
+        && !listed.is_empty()
+        && listed != hex::encode(Sha256::digest(copy))
+    {
+        return Err(refuse(format!(
+            "the live-response library's {name} is not the signed copy in signed_scripts_dir: delete it from the library and edrgate uploads the signed copy"
+        )));
+    }
+    Ok(SignedState::Present)
 }
 
 /// Where the batch starting at `start` ends: consecutive live-response commands while the

@@ -67,6 +67,21 @@ pub struct DefenderAdapter {
     /// Library names known to exist (uploads are content-addressed, so a name never goes stale
     /// unless deleted by someone else, which the vendor then reports on the command).
     library: Mutex<HashSet<String>>,
+    /// How helpers reach the library: edrgate's unsigned copies or the operator's signed ones.
+    helpers: HelperMode,
+    /// Signed mode: helpers whose signed copy the library was seen to hold.
+    verified: Mutex<HashSet<mapping::Helper>>,
+    /// `osPlatform` per machine id (a machine's platform does not change).
+    platforms: Mutex<HashMap<String, String>>,
+}
+
+/// The `unsigned_scripts` setting in effect.
+pub(crate) enum HelperMode {
+    /// edrgate uploads and runs its own unsigned helpers (the tenant allows unsigned scripts).
+    Unsigned,
+    /// Only signed copies run: those read from `signed_scripts_dir` (checked at build,
+    /// uploaded when missing), or with `None` the ones the operator uploaded.
+    Signed(Option<HashMap<mapping::Helper, Vec<u8>>>),
 }
 /// The run's state between steps, stored as JSON by the engine. (`pub` only because it is
 /// [`VendorRun::Checkpoint`]; this module is private, so nothing outside the crate names it.)
@@ -78,6 +93,9 @@ pub struct Checkpoint {
     cursor: Cursor,
     #[serde(default)]
     phase: Phase,
+    /// The machine's `osPlatform`, once a helper-backed command needed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    os: Option<String>,
 }
 
 impl RunCheckpoint for Checkpoint {
@@ -140,6 +158,7 @@ impl DefenderAdapter {
         let scope =
             format!("defender:{}|{}|{}", cfg.token_endpoint(), cfg.tenant_id, cfg.client_id);
         let sessions = u32::try_from(client.budget.sessions.capacity()).unwrap_or(u32::MAX);
+        let helpers = helper_mode(backend_name, &cfg)?;
         Ok(DefenderAdapter {
             capabilities: capabilities(backend_name, sessions, &cfg),
             poller: Poller::new(Arc::clone(&client)),
@@ -149,7 +168,54 @@ impl DefenderAdapter {
             shared: OnceLock::new(),
             scope,
             library: Mutex::new(HashSet::new()),
+            helpers,
+            verified: Mutex::new(HashSet::new()),
+            platforms: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Whether the library is ready for edrgate's helpers, without changing anything: in
+    /// signed mode (`unsigned_scripts = false`), every helper's signed copy is in the library
+    /// (or, with `signed_scripts_dir`, can be uploaded) and none is edrgate's unsigned copy.
+    /// In unsigned mode there is nothing to check: the tenant's "Live Response unsigned script
+    /// execution" setting cannot be read through the API, and its refusal is reported on the
+    /// command (`vendor_rejected`). For `check-config --connect` once the adapter interface has
+    /// a check hook.
+    pub async fn check_helpers(&self) -> Result<(), AdapterError> {
+        let HelperMode::Signed(copies) = &self.helpers else { return Ok(()) };
+        let files = self.client.library().await?;
+        for helper in mapping::Helper::ALL {
+            let copy = copies.as_ref().and_then(|c| c.get(&helper));
+            batch::signed_state(helper, copy, &files)?;
+        }
+        Ok(())
+    }
+
+    /// The machine's `osPlatform` (read once per machine; `""` when Defender does not say or
+    /// does not know the machine, whose live-response call then reports it).
+    async fn platform(&self, cp: &mut Checkpoint) -> Result<String, AdapterError> {
+        if let Some(os) = &cp.os {
+            return Ok(os.clone());
+        }
+        let cached =
+            self.platforms.lock().unwrap_or_else(|p| p.into_inner()).get(&cp.machine_id).cloned();
+        let os = match cached {
+            Some(os) => os,
+            None => {
+                let os = match self.client.machine(&cp.machine_id).await {
+                    Ok(m) => m.os_platform.unwrap_or_default(),
+                    Err(e) if e.code() == ErrorCode::NotFound => String::new(),
+                    Err(e) => return Err(e),
+                };
+                self.platforms
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(cp.machine_id.clone(), os.clone());
+                os
+            }
+        };
+        cp.os = Some(os.clone());
+        Ok(os)
     }
 
     /// Live-response calls made in the current rate window (for tests and metrics).
@@ -235,6 +301,7 @@ impl VendorRun for DefenderAdapter {
             machine_id: machine_id(ctx.device_id)?,
             cursor: Cursor::default(),
             phase: Phase::Ready,
+            os: None,
         })
     }
 
@@ -410,22 +477,62 @@ fn outcome_unknown(index: usize) -> CommandUpdate {
         ),
     )
 }
+/// The helper mode of a config: in signed mode with `signed_scripts_dir`, every helper's signed
+/// copy is read and checked now (start-up), so a wrong file fails the backend's build (and
+/// `check-config`) instead of a command.
+fn helper_mode(backend: &str, cfg: &DefenderConfig) -> Result<HelperMode, AdapterError> {
+    if cfg.unsigned_scripts {
+        return Ok(HelperMode::Unsigned);
+    }
+    let Some(dir) = &cfg.signed_scripts_dir else { return Ok(HelperMode::Signed(None)) };
+    let mut copies = HashMap::new();
+    let mut problems = Vec::new();
+    for helper in mapping::Helper::ALL {
+        let path = dir.join(helper.library_name());
+        match std::fs::read(&path) {
+            Ok(bytes) => match mapping::check_signed_copy(helper, &bytes) {
+                Ok(()) => {
+                    copies.insert(helper, bytes);
+                }
+                Err(why) => problems.push(format!("{}: {why}", path.display())),
+            },
+            Err(e) => problems.push(format!("{}: {e}", path.display())),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(AdapterError::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "defender backend {backend}: signed_scripts_dir must hold the signed copy of every edrgate helper of this version (adapters/defender/scripts/README.md): {}",
+                problems.join("; ")
+            ),
+        ));
+    }
+    Ok(HelperMode::Signed(Some(copies)))
+}
+
 /// Native: get_file, put_file (library + PutFile), run_script, isolate, release. Script-backed
-/// (edrgate's helper scripts through RunScript): the rest but memory_dump.
+/// (edrgate's helper scripts through RunScript): the rest but memory_dump. The notes say which
+/// commands depend on the helpers, on what the helpers need (Windows, the signing setting).
 fn capabilities(backend: &str, sessions: u32, cfg: &DefenderConfig) -> Capabilities {
+    let signing = if cfg.unsigned_scripts {
+        format!("unsigned: needs the tenant's \"{}\" setting", mapping::UNSIGNED_SETTING)
+    } else {
+        "signed mode: runs the operator's signed copy".to_owned()
+    };
     let commands = CommandKind::ALL
         .into_iter()
         .filter(|k| *k != CommandKind::MemoryDump)
         .map(|command| {
             let (via, note) = match command {
-                CommandKind::GetFile => (Via::Native, "GetFile; the result is downloaded and un-gzipped"),
-                CommandKind::PutFile => (Via::Native, "library upload (content-addressed), PutFile, then a helper script moves it to path"),
-                CommandKind::RunScript => (Via::Native, "RunScript of a live-response library script; args joined by spaces"),
-                CommandKind::Isolate => (Via::Native, "isolate machine action (Full)"),
-                CommandKind::Release => (Via::Native, "unisolate machine action"),
-                _ => (Via::Script, "edrgate helper PowerShell script run with RunScript"),
+                CommandKind::GetFile => (Via::Native, "GetFile; the result is downloaded and un-gzipped".to_owned()),
+                CommandKind::PutFile => (Via::Native, format!("library upload (content-addressed), PutFile, then edrgate's helper PowerShell script moves it to path (Windows devices only; {signing})")),
+                CommandKind::RunScript => (Via::Native, "RunScript of a live-response library script; args joined by spaces".to_owned()),
+                CommandKind::Isolate => (Via::Native, "isolate machine action (Full)".to_owned()),
+                CommandKind::Release => (Via::Native, "unisolate machine action".to_owned()),
+                _ => (Via::Script, format!("edrgate helper PowerShell script run with RunScript (Windows devices only; {signing})")),
             };
-            CommandSupport { command, via, notes: Some(note.to_owned()) }
+            CommandSupport { command, via, notes: Some(note) }
         })
         .collect();
     Capabilities {
