@@ -802,6 +802,12 @@ fn signed_scripts_dir_is_checked_at_start_up() {
     // The directory means signed mode.
     cfg.unsigned_scripts = true;
     assert!(cfg.validate().is_err());
+    // The default is unsigned mode (edrgate's own helpers; the tenant setting must be on).
+    let parsed: DefenderConfig = serde_json::from_value(json!({
+        "tenant_id": "t", "client_id": "c", "client_secret": "s",
+    }))
+    .unwrap();
+    assert!(parsed.unsigned_scripts && parsed.signed_scripts_dir.is_none());
 }
 
 #[tokio::test]
