@@ -61,6 +61,7 @@ async fn the_same_bodies_work_on_all_three_vendors() {
 
     let bodies = [
         ("get_file", json!({"type": "get_file", "path": "C:\\evidence\\note.txt"})),
+        ("process_list", json!({"type": "process_list"})),
         ("kill_process", json!({"type": "kill_process", "pid": 3012})),
         (
             "delete_file",
