@@ -287,7 +287,7 @@ mod tests {
 
     use super::*;
     use crate::adapter::{FileReader, FileWriter, Journal, RunFiles, StopSignal};
-    use crate::model::{Capabilities, Command, Device, ErrorCode, FileRef, Limits};
+    use crate::model::{Capabilities, Command, Device, ErrorCode, ErrorInfo, FileRef, Limits};
 
     /// What the fake vendor does on its next move.
     enum Move {
@@ -446,6 +446,7 @@ mod tests {
         on_error: OnError,
         stop: StopSignal,
         journal: Journaled,
+        settled: Vec<CommandUpdate>,
     }
 
     impl Run {
@@ -455,6 +456,7 @@ mod tests {
                 on_error: OnError::Stop,
                 stop: StopSignal::new(),
                 journal: Journaled { refuse: false, records: Mutex::new(Vec::new()) },
+                settled: Vec::new(),
             }
         }
 
@@ -474,7 +476,7 @@ mod tests {
                 stop: &self.stop,
                 journal: &self.journal,
                 files: &NoFiles,
-                settled: &[],
+                settled: &self.settled,
             };
             fake.step(&ctx, cp).await
         }
@@ -521,6 +523,34 @@ mod tests {
         run.on_error = OnError::Continue;
         let step = run.step(&fake, None).await.unwrap();
         assert_eq!(statuses(&step), [(0, Status::Failed), (1, Status::Succeeded)]);
+    }
+
+    #[tokio::test]
+    async fn commands_the_engine_settled_are_never_given_to_the_vendor() {
+        let refused = || {
+            CommandUpdate::failed(1, ErrorInfo::new(ErrorCode::UnsupportedCommand, "no registry"))
+        };
+        let fake = Fake::new(vec![done(0), done(2)]);
+        let mut run = Run::new(3);
+        run.on_error = OnError::Continue;
+        run.settled = vec![refused()];
+        let step = run.step(&fake, None).await.unwrap();
+        assert_eq!(
+            statuses(&step),
+            [(0, Status::Succeeded), (1, Status::Failed), (2, Status::Succeeded)]
+        );
+        assert_eq!(fake.moves.load(Ordering::SeqCst), 2);
+
+        // Under `stop`, a settled failure skips the rest like any other.
+        let fake = Fake::new(vec![done(0)]);
+        let mut run = Run::new(3);
+        run.settled = vec![refused()];
+        let step = run.step(&fake, None).await.unwrap();
+        assert_eq!(
+            statuses(&step),
+            [(0, Status::Succeeded), (1, Status::Failed), (2, Status::Skipped)]
+        );
+        assert_eq!(fake.moves.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]

@@ -15,6 +15,8 @@
 //! - [`faults`]: fault injection in front of every simulator's vendor routes ([`Faults`]: 5xx
 //!   bursts, 429 with `Retry-After`, dropped connections, answers lost after the vendor acted,
 //!   latency), settable in-process ([`SimFaults::set`]) and over `POST /_sim/faults`;
+//! - [`golden`]: the simulators' golden tests, their answers compared by shape with the vendor
+//!   captures in `adapters/<vendor>/tests/fixtures/` (fields, casing, types, status);
 //! - [`every`]: the 1-based "every Nth request" rule of the fault settings;
 //! - [`cli`]: the hook the gateway's `edrgate sim <kind>` and `edrgate demo` use
 //!   ([`VendorSim`], erased as [`SimulatorPlugin`]).
@@ -23,6 +25,7 @@
 
 pub mod cli;
 pub mod faults;
+pub mod golden;
 pub mod record;
 pub mod serve;
 pub mod tls;
