@@ -403,9 +403,7 @@ async fn check_config(path: &Path, connect: bool) -> ExitCode {
         Err(errors) => problems.extend(errors),
         Ok(built) if connect => {
             let checks = built.all().map(|(tenant, name, adapter)| async move {
-                // Looking a device up signs in and reaches the API, and changes nothing.
-                let found = adapter.find_devices(Some("edrgate-connectivity-check")).await;
-                (format!("tenants.{tenant}.backends.{name}"), found)
+                (format!("tenants.{tenant}.backends.{name}"), adapter.check().await)
             });
             for (path, found) in futures::future::join_all(checks).await {
                 match found {

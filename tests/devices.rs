@@ -172,3 +172,41 @@ async fn the_commands_around_a_refused_one_follow_on_error() {
     assert_eq!(c.executed("reg query value"), 0, "{c:?}");
     assert_eq!((c.executed("process list"), c.executed("directory list")), (2, 1), "{c:?}");
 }
+
+/// Defender: a Linux machine runs no helper-backed command; `/v1/devices` says so from the
+/// machine's `osPlatform`, and a run refuses it before any live-response call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn defender_devices_say_which_commands_need_windows() {
+    use edrgate_defender_sim as mde;
+    let sim = mde::Simulator::new(mde::SimConfig {
+        machines: 2,
+        os_platforms: vec![(2, "Linux".into())],
+        pickup_delay: Duration::from_millis(20),
+        command_latency: Duration::from_millis(5),
+        ..mde::SimConfig::default()
+    });
+    let backend = Backend::defender(sim.spawn().await.unwrap());
+    let gw = Gateway::builder().backend("acme", "mde", &backend).start().await;
+    let acme = token("acme");
+    let (status, devices) = gw.get(&acme, "/v1/devices").await;
+    assert_eq!(status, StatusCode::OK, "{devices}");
+    let windows = device(&devices, &mde::machine_id(1));
+    assert_eq!(runs(windows, "process_list").unwrap()["via"], "script", "{windows:#}");
+    let linux = device(&devices, &mde::machine_id(2));
+    for command in ["process_list", "kill_process", "registry_list", "put_file"] {
+        assert!(reason(linux, command).unwrap().contains("Linux"), "{command}: {linux:#}");
+    }
+    assert!(runs(linux, "get_file").is_some() && runs(linux, "isolate").is_some(), "{linux:#}");
+
+    let done = gw
+        .run(
+            &acme,
+            &json!({"targets": [{"backend": "mde", "device_id": mde::machine_id(2)}],
+                    "commands": [{"type": "process_list"}]}),
+        )
+        .await;
+    let command = &done["runs"][0]["commands"][0];
+    assert_eq!(command["error"]["code"], "unsupported_command", "{done:#}");
+    assert!(command["error"]["message"].as_str().unwrap().contains("Linux"), "{done:#}");
+    assert_eq!(sim.counters().live_response_actions, 0);
+}

@@ -90,6 +90,14 @@ pub trait Adapter: Send + Sync + 'static {
         self.capabilities().for_device(|_| None)
     }
 
+    /// What `edrgate check-config --connect` asks of a backend: that it is reachable with its
+    /// credentials and set up to run what it advertises, changing nothing. The default looks a
+    /// device up (it signs in and reaches the API); an adapter whose commands depend on
+    /// vendor-side set-up checks that too.
+    async fn check(&self) -> Result<(), AdapterError> {
+        self.find_devices(Some("edrgate-connectivity-check")).await.map(|_| ())
+    }
+
     /// The device with this id, for a run targeted by backend and device id, so that the
     /// engine checks [`Adapter::device_support`] before the run's first step (one vendor
     /// lookup per run). An unknown id is `device_not_found`. `None` (the default): the adapter

@@ -9,8 +9,8 @@
 
 use edrgate_adapter::http;
 use edrgate_adapter::{
-    AdapterError, Command, CommandResult, Device, DirectoryEntry, ErrorCode, ErrorInfo,
-    ProcessInfo, RegistryValue, Status,
+    AdapterError, Command, CommandKind, CommandResult, Device, DirectoryEntry, ErrorCode,
+    ErrorInfo, ProcessInfo, RegistryValue, Status,
 };
 use reqwest::StatusCode;
 use reqwest::header::HeaderMap;
@@ -364,12 +364,12 @@ pub(crate) fn non_windows(os_platform: &str) -> Option<&str> {
 }
 
 /// Why a helper-backed command is refused on a non-Windows machine.
-pub(crate) fn not_on_os(command: &Command, os: &str) -> ErrorInfo {
+pub(crate) fn not_on_os(command: CommandKind, os: &str) -> ErrorInfo {
     ErrorInfo::new(
         ErrorCode::UnsupportedCommand,
         format!(
             "{} is not available on {os} devices of Defender backends: edrgate runs it through its PowerShell helper scripts, and live response runs shell scripts on {os}, not PowerShell",
-            command.kind().as_str()
+            command.as_str()
         ),
     )
 }
@@ -678,7 +678,7 @@ mod tests {
         for os in ["Linux", "macOS", "iOS", "Android"] {
             assert_eq!(non_windows(os), Some(os));
         }
-        let info = not_on_os(&Command::ProcessList, "Linux");
+        let info = not_on_os(CommandKind::ProcessList, "Linux");
         assert_eq!(info.code, ErrorCode::UnsupportedCommand);
         assert!(info.message.contains("process_list") && info.message.contains("Linux"));
     }

@@ -741,7 +741,7 @@ async fn signed_mode_checks_the_library_before_any_live_response() {
     assert_eq!(run.status(1), Status::Succeeded);
     let c = sim.counters();
     assert_eq!((c.library_uploads, c.live_response_actions), (0, 1), "{c:?}");
-    let check = adapter.check_helpers().await.unwrap_err();
+    let check = Adapter::check(&adapter).await.unwrap_err();
     assert_eq!(check.code(), ErrorCode::VendorRejected);
 
     // The library holds edrgate's unsigned copy (e.g. from unsigned mode): refused, and with

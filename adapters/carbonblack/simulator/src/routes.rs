@@ -201,9 +201,16 @@ async fn info(State(sim): State<Simulator>) -> Response {
             "event_exclusions": false,
             "thirdparty_sharing": false,
             "ipv6_support": true
-        }
+        },
+        // The API user's console preferences, as the 6.2 recording answers them
+        // (`tests/fixtures/GET_api_info.json`, verbatim).
+        "user_preferences": serde_json::from_str::<Value>(USER_PREFERENCES).unwrap_or_default()
     }))
 }
+
+/// `user_preferences` of `GET /api/info`: the recorded 6.2 server's (cbapi-python@550679c0
+/// `tests/caches/cber.sqlite`, MIT).
+const USER_PREFERENCES: &str = include_str!("user_preferences.json");
 
 async fn sensor(State(sim): State<Simulator>, Path(id): Path<u64>) -> ApiResult {
     sim.with(|rt, now| {

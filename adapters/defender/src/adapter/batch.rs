@@ -72,8 +72,10 @@ impl DefenderAdapter {
             && let Some(os) = mapping::non_windows(&self.platform(cp).await?).map(str::to_owned)
         {
             if mapping::helper_backed(&ctx.commands[start]) {
-                let update =
-                    CommandUpdate::failed(start, mapping::not_on_os(&ctx.commands[start], &os));
+                let update = CommandUpdate::failed(
+                    start,
+                    mapping::not_on_os(ctx.commands[start].kind(), &os),
+                );
                 self.command_done(ctx, cp, updates, update);
                 return Ok(Drive::Continue);
             }

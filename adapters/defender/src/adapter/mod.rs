@@ -35,8 +35,8 @@ use edrgate_adapter::adapter::StopReason;
 use edrgate_adapter::driver::{self, Cursor, Drive, RunCheckpoint, RunOps as _, VendorRun};
 use edrgate_adapter::{
     Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandSupport,
-    CommandUpdate, Device, ErrorCode, ErrorInfo, Limits, RunContext, SharedBudget, Status, Step,
-    Via,
+    CommandUpdate, Device, DeviceSupport, ErrorCode, ErrorInfo, Limits, RunContext, SharedBudget,
+    Status, Step, Via,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -179,8 +179,7 @@ impl DefenderAdapter {
     /// (or, with `signed_scripts_dir`, can be uploaded) and none is edrgate's unsigned copy.
     /// In unsigned mode there is nothing to check: the tenant's "Live Response unsigned script
     /// execution" setting cannot be read through the API, and its refusal is reported on the
-    /// command (`vendor_rejected`). For `check-config --connect` once the adapter interface has
-    /// a check hook.
+    /// command (`vendor_rejected`). Run by `check-config --connect` ([`Adapter::check`]).
     pub async fn check_helpers(&self) -> Result<(), AdapterError> {
         let HelperMode::Signed(copies) = &self.helpers else { return Ok(()) };
         let files = self.client.library().await?;
@@ -228,6 +227,40 @@ impl DefenderAdapter {
 impl Adapter for DefenderAdapter {
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// A non-Windows machine (`osPlatform`, §10) runs no helper-backed command (those the
+    /// capabilities carry out by script, and `put_file`'s last step).
+    fn device_support(&self, device: &Device) -> DeviceSupport {
+        let os = device.os.as_deref().and_then(mapping::non_windows);
+        self.capabilities.for_device(|kind| {
+            let os = os?;
+            let scripted = self
+                .capabilities
+                .commands
+                .iter()
+                .any(|c| c.command == kind && c.via == Via::Script);
+            (scripted || kind == CommandKind::PutFile).then(|| mapping::not_on_os(kind, os).message)
+        })
+    }
+
+    /// Reachable with the credentials, and in signed mode the library holds the signed
+    /// helpers (`check-config --connect` reports a missing or unsigned copy by name).
+    async fn check(&self) -> Result<(), AdapterError> {
+        self.find_devices(Some("edrgate-connectivity-check")).await?;
+        self.check_helpers().await
+    }
+
+    /// `GET /api/machines/{id}`: the engine checks the machine's platform before the first step.
+    async fn device(&self, device_id: &str) -> Result<Option<Device>, AdapterError> {
+        match self.client.machine(device_id).await {
+            Ok(m) => Ok(Some(mapping::device(&self.capabilities.backend, m))),
+            Err(e) if e.code() == ErrorCode::NotFound => Err(AdapterError::new(
+                ErrorCode::DeviceNotFound,
+                format!("Defender knows no machine {device_id}"),
+            )),
+            Err(e) => Err(e),
+        }
     }
 
     /// Machines whose `computerDnsName` is or starts with `hostname`, case-insensitively:
