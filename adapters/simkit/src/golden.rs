@@ -23,6 +23,7 @@
 //!   samples; their `notes` say so) are compared with [`Rules::stringly`];
 //! - fields a newer server has and an older recording lacks are declared with
 //!   [`Rules::extra_ok`];
+//! - known gaps of a simulator (fields it does not model) with [`Rules::missing_ok`];
 //! - anything else is declared per path with [`Rules::any`] and a reason.
 //!
 //! [`Golden`] holds a folder's captures and fails when one is neither compared nor explicitly
@@ -118,6 +119,7 @@ pub struct Rules {
     empty_ok: BTreeMap<String, String>,
     any: BTreeMap<String, String>,
     extra_ok: BTreeMap<String, String>,
+    missing_ok: BTreeMap<String, String>,
     stringly: bool,
     status: Option<(u16, String)>,
 }
@@ -139,7 +141,7 @@ impl Rules {
         self
     }
 
-    /// The value at `path` is not compared (its type may differ).
+    /// The value at `path` is not compared (its type may differ, or the field may be absent).
     pub fn any(mut self, path: &str, reason: &str) -> Self {
         self.any.insert(path.to_owned(), reason.to_owned());
         self
@@ -149,6 +151,13 @@ impl Rules {
     /// recorded one).
     pub fn extra_ok(mut self, path: &str, reason: &str) -> Self {
         self.extra_ok.insert(path.to_owned(), reason.to_owned());
+        self
+    }
+
+    /// The object at `path` may lack fields the capture has: a known gap of the simulator,
+    /// declared with its reason so that it stays visible.
+    pub fn missing_ok(mut self, path: &str, reason: &str) -> Self {
+        self.missing_ok.insert(path.to_owned(), reason.to_owned());
         self
     }
 
@@ -199,11 +208,16 @@ fn diff(capture: &Value, actual: &Value, path: &str, rules: &Rules, out: &mut Ve
             }
         }
         (Value::Object(c), Value::Object(a)) => {
-            let missing: Vec<&String> = c.keys().filter(|k| !a.contains_key(*k)).collect();
+            let missing: Vec<&String> = c
+                .keys()
+                .filter(|k| !a.contains_key(*k) && !rules.any.contains_key(&format!("{path}.{k}")))
+                .collect();
+            let missing_ok = rules.missing_ok.contains_key(path);
             let extra: Vec<&String> = a.keys().filter(|k| !c.contains_key(*k)).collect();
             for k in &missing {
                 match extra.iter().find(|e| e.eq_ignore_ascii_case(k)) {
                     Some(e) => out.push(format!("{path}: casing: capture `{k}`, simulator `{e}`")),
+                    None if missing_ok => {}
                     None => out.push(format!("{path}: missing field `{k}`")),
                 }
             }

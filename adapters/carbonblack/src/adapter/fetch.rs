@@ -122,12 +122,13 @@ impl CarbonBlackAdapter {
         }
     }
 
-    /// Learns the file's size first (a `directory list` of its path, see [`Fetch::sized`]), so
-    /// that the ranges stop at the end of the file: a file whose size is a multiple of the
-    /// range never costs an empty `get file` at `offset == size`, and a sensor that sends
-    /// more or fewer bytes than `get_count` asked for (some ignore it) is read as it comes,
-    /// until the size is reached. Without a size (the lookup failed, or the sensor does not
-    /// list `directory list`) a short range marks the end, as before.
+    /// A first range ends a file that fits in it (a short answer). When it comes back full,
+    /// or fuller than asked, the file's size is learnt (a `directory list` of its path, see
+    /// [`Fetch::sized`]) so that the ranges stop at the end of the file: a file whose size is
+    /// a multiple of the range never costs an empty `get file` at `offset == size`, and a
+    /// sensor that sends more or fewer bytes than `get_count` asked for (some ignore it) is
+    /// read as it comes, until the size is reached. Without a size (the lookup failed, or the
+    /// sensor does not list `directory list`) a short range marks the end.
     pub(super) async fn fetch_range(
         &self,
         ctx: &RunContext<'_>,
@@ -141,7 +142,10 @@ impl CarbonBlackAdapter {
         if fetch.end.is_some_and(|end| fetch.next >= end) {
             return Ok(FetchStep::Complete);
         }
+        // Only once a range came back full (or fuller than asked) is the size needed: most
+        // files fit in the first range, whose short answer ends them without a lookup.
         if !fetch.sized
+            && fetch.ranges > 0
             && let Some(wait) = self.look_up_size(ctx, cp, sid, fetch).await?
         {
             return Ok(FetchStep::More(wait));

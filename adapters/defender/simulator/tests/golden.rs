@@ -5,8 +5,8 @@
 //!
 //! Setup, since the captures' ids belong to other tenants: the machine ids in the paths are
 //! replaced by the simulator's machine 1 (machine 2 for isolation); the library file of the
-//! delete example (`script1.ps1`) is uploaded first, and `minidump.ps1`, which the documented
-//! runliveresponse body runs, is in the simulator's library (its GetFile fetches
+//! list and delete examples (`script1.ps1`, with a parameters description) is uploaded first,
+//! and `minidump.ps1`, which the documented runliveresponse body runs, after it (its GetFile fetches
 //! `C:\evidence\note.txt`, since the simulated script writes no dump); machine actions are read after they
 //! are final (the captures show `Succeeded`); the result link is that of the documented
 //! runliveresponse action, and the blob the one it links to. The error examples have no
@@ -22,6 +22,10 @@ use edrgate_defender_sim::{
 use edrgate_simkit::golden::{Answer, Golden, Rules};
 use reqwest::Method;
 use serde_json::{Value, json};
+
+/// Why a documented MachineAction may have fewer fields than the simulator's.
+const ABRIDGED: &str = "the doc example shows an older, shorter MachineAction; the simulator answers \
+    the modern field set (the offboard sample, compared exactly)";
 
 struct Client {
     base: String,
@@ -57,6 +61,19 @@ impl Client {
         a.json().expect("json")
     }
 
+    /// Uploads a library file (multipart, §8).
+    async fn upload(&self, name: &str, content: &[u8], parameters: Option<&str>) {
+        let part = reqwest::multipart::Part::bytes(content.to_vec()).file_name(name.to_owned());
+        let mut form = reqwest::multipart::Form::new().part("File", part);
+        if let Some(p) = parameters {
+            form = form.text("ParametersDescription", p.to_owned()).text("HasParameters", "true");
+        }
+        let url = format!("{}/api/libraryfiles", self.base);
+        let up = self.http.post(url).bearer_auth(&self.token).multipart(form).send().await;
+        let status = up.expect("upload").status();
+        assert!(status.is_success(), "upload {name}: {status}");
+    }
+
     /// Polls a machine action until it is final.
     async fn settle(&self, id: &str) {
         for _ in 0..400 {
@@ -90,7 +107,6 @@ async fn answers_match_the_documented_examples() {
     let sim = Simulator::new(SimConfig {
         pickup_delay: Duration::from_millis(10),
         command_latency: Duration::from_millis(5),
-        library_scripts: vec![("minidump.ps1".into(), "Write-Output 'dump'\n".into())],
         ..SimConfig::default()
     });
     let addr = sim.spawn().await.expect("bind simulator");
@@ -115,32 +131,26 @@ async fn answers_match_the_documented_examples() {
     // The machine entity.
     let name = "GET_api_machines_id.json";
     let a = c.send("GET", &path_of(&g, name, &m1), None).await;
-    g.check(name, &a, &Rules::new());
+    let rules = Rules::new().empty_ok("$.machineTags", "the sample machine has no tags");
+    g.check(name, &a, &rules);
 
     // Library: upload the example's file, list, delete (204, no body).
-    let form = reqwest::multipart::Form::new()
-        .part(
-            "File",
-            reqwest::multipart::Part::bytes(b"Write-Output 1".to_vec()).file_name("script1.ps1"),
-        )
-        .text("Description", "test description")
-        .text("ParametersDescription", "test")
-        .text("HasParameters", "true");
-    let up = c
-        .http
-        .post(format!("{}/api/libraryfiles", c.base))
-        .bearer_auth(&c.token)
-        .multipart(form)
-        .send()
-        .await
-        .expect("upload");
-    assert!(up.status().is_success(), "upload: {}", up.status());
-    let a = c.send("GET", "/api/libraryfiles", None).await;
+    c.upload("script1.ps1", b"Write-Output 1", Some("test")).await;
+    let mut a = c.send("GET", "/api/libraryfiles", None).await;
+    // Arrays are compared by their first element: the example's is `script1.ps1` (with a
+    // parameters description, which the other entries omit), so the simulator's is put first.
+    let mut list = a.json().expect("json");
+    if let Some(files) = list["value"].as_array_mut() {
+        files.sort_by_key(|f| f["fileName"] != "script1.ps1");
+    }
+    a.body = serde_json::to_vec(&list).expect("json");
     g.check("GET_api_libraryfiles.json", &a, &Rules::new());
     let name = "DELETE_api_libraryfiles_fileName.json";
     let path = g.capture(name).path.clone().expect("path");
     let a = c.send("DELETE", &path, None).await;
     g.check(name, &a, &Rules::new());
+
+    c.upload("minidump.ps1", b"Write-Output 'dump'", None).await;
 
     // The documented runliveresponse, its result link and the RunScript blob it links to.
     let name = "POST_api_machines_id_runliveresponse.json";
@@ -153,7 +163,7 @@ async fn answers_match_the_documented_examples() {
     let a = c.send("POST", &path_of(&g, name, &m1), Some(&body)).await;
     let lr = a.json().expect("json")["id"].as_str().expect("id").to_owned();
     let rules = Rules::new().status(201, "the example shows 200, the page's text says 201 Created");
-    g.check(name, &a, &rules);
+    g.check(name, &a, &rules.extra_ok("$", ABRIDGED));
     c.settle(&lr).await;
     let name = "GET_api_machineactions_id_GetLiveResponseResultDownloadLink.json";
     let a = c.send("GET", &path_of(&g, name, &lr), None).await;
@@ -173,7 +183,7 @@ async fn answers_match_the_documented_examples() {
     c.settle(&id).await;
     let name = "GET_api_machineactions_id.json";
     let a = c.send("GET", &path_of(&g, name, &id), None).await;
-    g.check(name, &a, &Rules::new());
+    g.check(name, &a, &Rules::new().extra_ok("$", ABRIDGED));
     let a = c
         .send("POST", &format!("/api/machines/{m2}/unisolate"), Some(&json!({"Comment": "golden"})))
         .await;
@@ -181,9 +191,15 @@ async fn answers_match_the_documented_examples() {
     c.settle(&id).await;
     let name = "GET_api_machineactions_id__Unisolate-Succeeded.json";
     let a = c.send("GET", &path_of(&g, name, &id), None).await;
-    g.check(name, &a, &Rules::new());
+    let xsoar = "XSOAR's sample keeps an older field set (no @odata.context either)";
+    g.check(name, &a, &Rules::new().extra_ok("$", xsoar));
     let a = c.send("GET", "/api/machineactions", None).await;
-    g.check("GET_api_machineactions.json", &a, &Rules::new());
+    let rules = Rules::new().extra_ok("$.value[]", ABRIDGED).any(
+        "$.value[].lastUpdateTimeUtc",
+        "this page alone spells it so; the entity pages, the offboard sample and the EDMX say \
+         lastUpdateDateTimeUtc, which the simulator answers",
+    );
+    g.check("GET_api_machineactions.json", &a, &rules);
 
     // The error envelopes.
     let a = c.send("GET", "/api/machines/123123123", None).await;
@@ -192,7 +208,7 @@ async fn answers_match_the_documented_examples() {
     g.check("error_400_InvalidRequestBody.json", &a, &Rules::new());
 
     // Not simulated: edrgate never calls these, and the simulator answers 404.
-    let unsimulated = "not simulated: edrgate does not use this API (the simulator answers 404)";
+    let unsimulated = "not simulated: edrgate does not use this API (the simulator answers 404, or 405 for a GET under a POST-only route)";
     for name in [
         "GET_api_alerts.json",
         "GET_api_machines_id_logonusers.json",
@@ -205,7 +221,11 @@ async fn answers_match_the_documented_examples() {
         let method = g.capture(name).method.clone().expect("method");
         let body = (method == "POST").then(|| json!({"Comment": "golden"}));
         let a = c.send(&method, &path, body.as_ref()).await;
-        assert_eq!(a.status, 404, "{name}: the simulator now serves {path}: compare it");
+        assert!(
+            matches!(a.status, 404 | 405),
+            "{name}: the simulator now serves {path} ({}): compare it",
+            a.status
+        );
         g.skip(name, unsimulated);
     }
 
