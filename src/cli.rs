@@ -231,7 +231,6 @@ async fn simulate(sim: SimCommand) -> anyhow::Result<ExitCode> {
 
 #[cfg(feature = "simulators")]
 async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    use rand::Rng as _;
     // A fresh temporary directory unless one was given; only a directory made here is removed.
     let (dir, remove_after) = match args.data_dir {
         Some(dir) => (dir, false),
@@ -243,31 +242,7 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize().with_context(|| format!("resolving {}", dir.display()))?;
 
-    // Every simulator over HTTPS, as a real server would be; the gateway trusts its certificate.
-    let mut backends = Vec::new();
-    for sim in registry::simulators() {
-        backends.push(sim.demo(&dir, args.sensors).await?);
-    }
-
-    let secret = hex::encode(rand::rng().random::<[u8; 32]>());
-    let mut text = format!(
-        "[server]\nlisten = {listen}\n\
-         [store]\npath = {db}\n\
-         [files]\ndir = {files}\n\
-         [auth]\nallow_hs256 = true\nhs256_secret = {secret}\n",
-        listen = toml_string(&args.listen.to_string()),
-        db = toml_string(&dir.join("edrgate.db").display().to_string()),
-        files = toml_string(&dir.join("files").display().to_string()),
-        secret = toml_string(&secret),
-    );
-    for backend in &backends {
-        text +=
-            &format!("[tenants.demo.backends.{}]\n{}", toml_string(&backend.name), backend.toml);
-    }
-    let config = Config::parse(&text, |_| None)
-        .map_err(|errors| anyhow::anyhow!("demo configuration: {}", errors.join("; ")))?;
-    let token = auth::mint_for(&config.auth, "demo", "demo-user", Duration::from_secs(24 * 3600))?;
-    let app = App::build(config).await?;
+    let (app, token, backends) = demo_app(&dir, args.sensors, args.listen).await?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -280,8 +255,60 @@ async fn demo(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the demo prints: where everything runs, the token, and curl calls that submit the
-/// first backend's example and follow it (the other backends' examples go the same way).
+/// The demo gateway: every simulator of the registry started (over HTTPS, as a real server
+/// would be; the gateway trusts its certificate), a backend of tenant "demo" on each, and a
+/// day-long token for that tenant.
+#[cfg(feature = "simulators")]
+async fn demo_app(
+    dir: &Path,
+    sensors: usize,
+    listen: std::net::SocketAddr,
+) -> anyhow::Result<(App, String, Vec<edrgate_simkit::DemoBackend>)> {
+    use rand::Rng as _;
+    let mut backends = Vec::new();
+    for sim in registry::simulators() {
+        backends.push(sim.demo(dir, sensors).await?);
+    }
+    let secret = hex::encode(rand::rng().random::<[u8; 32]>());
+    let mut text = format!(
+        "[server]\nlisten = {listen}\n\
+         [store]\npath = {db}\n\
+         [files]\ndir = {files}\n\
+         [auth]\nallow_hs256 = true\nhs256_secret = {secret}\n",
+        listen = toml_string(&listen.to_string()),
+        db = toml_string(&dir.join("edrgate.db").display().to_string()),
+        files = toml_string(&dir.join("files").display().to_string()),
+        secret = toml_string(&secret),
+    );
+    for backend in &backends {
+        text +=
+            &format!("[tenants.demo.backends.{}]\n{}", toml_string(&backend.name), backend.toml);
+    }
+    let config = Config::parse(&text, |_| None)
+        .map_err(|errors| anyhow::anyhow!("demo configuration: {}", errors.join("; ")))?;
+    let token = auth::mint_for(&config.auth, "demo", "demo-user", Duration::from_secs(24 * 3600))?;
+    Ok((App::build(config).await?, token, backends))
+}
+
+/// One action on every demo backend: the targets of all their examples, a process list and
+/// the demo's evidence file (every simulator's Windows endpoints hold `C:\evidence\note.txt`).
+#[cfg(feature = "simulators")]
+fn every_backend_example(backends: &[edrgate_simkit::DemoBackend]) -> String {
+    let targets: Vec<serde_json::Value> = backends
+        .iter()
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(&b.example).ok())
+        .filter_map(|e| e.get("targets").and_then(|t| t.as_array()).cloned())
+        .flatten()
+        .collect();
+    serde_json::json!({
+        "targets": targets,
+        "commands": [{"type": "process_list"}, {"type": "get_file", "path": "C:\\evidence\\note.txt"}],
+    })
+    .to_string()
+}
+
+/// What the demo prints: where everything runs, the token, and curl calls that submit one
+/// action on every backend and follow it, then each backend's own example.
 #[cfg(feature = "simulators")]
 fn demo_banner(
     base: &str,
@@ -306,10 +333,11 @@ export EDRGATE_TOKEN='{token}'
 curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" '{base}/v1/devices'
 "#
     );
-    if let Some((first, others)) = backends.split_first() {
+    if !backends.is_empty() {
         out += &format!(
             r#"
-# 2. an action on backend {name:?} (answers 202 with the stored action; its id goes to ACTION_ID)
+# 2. one action on every backend: a process list and a file (answers 202 with the stored
+#    action; its id goes to ACTION_ID)
 ACTION_ID=$(curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" -H 'Content-Type: application/json' \
   -d {example} \
   '{base}/v1/actions' | grep -o '"id":"[^"]*"' | head -n 1 | cut -d '"' -f 4); echo "$ACTION_ID"
@@ -317,14 +345,12 @@ ACTION_ID=$(curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" -H 'Content-Type: 
 # 3. the action, waiting up to 30 s for its next change (repeat until "status":"succeeded")
 curl -s -H "Authorization: Bearer $EDRGATE_TOKEN" "{base}/v1/actions/$ACTION_ID?wait=30"
 "#,
-            name = first.name,
-            example = quoted(&first.example),
+            example = quoted(&every_backend_example(backends)),
         );
-        if !others.is_empty() {
-            out += "\n# 4. the other backends, the same way: submit one of these bodies as in 2.\n";
-            for b in others {
-                out += &format!("#   {}: {}\n", b.name, b.example);
-            }
+        out +=
+            "\n# 4. each backend on its own, the same way: submit one of these bodies as in 2.\n";
+        for b in backends {
+            out += &format!("#   {}: {}\n", b.name, b.example);
         }
     }
     out += &format!("\nAPI description: {base}/openapi.json\n");
@@ -576,13 +602,68 @@ mod tests {
             summary: format!("{name} simulator"),
             example: example.into(),
         };
-        let backends = [backend("a-lab", r#"{"x": "it's"}"#), backend("b-lab", "{}")];
+        let backends = [
+            backend("a-lab", r#"{"targets": [{"hostname": "it's"}]}"#),
+            backend("b-lab", r#"{"targets": [{"hostname": "B-1"}]}"#),
+        ];
         let banner = demo_banner("http://127.0.0.1:1", "TOKEN", Path::new("/d"), &backends);
         assert!(banner.contains("backend \"a-lab\": a-lab simulator"), "{banner}");
         assert!(banner.contains("backend \"b-lab\": b-lab simulator"), "{banner}");
-        assert!(banner.contains(r#"-d '{"x": "it'\''s"}'"#), "{banner}");
-        assert!(banner.contains("#   b-lab: {}"), "{banner}");
+        assert!(
+            banner.contains(r#""targets":[{"hostname":"it'\''s"},{"hostname":"B-1"}]"#),
+            "{banner}"
+        );
+        assert!(banner.contains(r#"#   b-lab: {"targets": [{"hostname": "B-1"}]}"#), "{banner}");
         assert!(banner.contains("export EDRGATE_TOKEN='TOKEN'"), "{banner}");
+    }
+
+    /// The demo as the README runs it: every simulator, a backend on each, and the printed
+    /// action on all of them (a process list and a file) succeeds.
+    #[cfg(feature = "simulators")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_demo_action_succeeds_on_every_backend() {
+        let dir = tempfile::tempdir().unwrap();
+        let listen: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (app, token, backends) = demo_app(dir.path(), 2, listen).await.unwrap();
+        assert_eq!(backends.len(), registry::simulators().len());
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let engine = std::sync::Arc::clone(&app.engine);
+        tokio::spawn(app::serve(listener, app, std::future::pending()));
+        let http = reqwest::Client::builder().build().unwrap();
+        let body: serde_json::Value =
+            serde_json::from_str(&every_backend_example(&backends)).unwrap();
+        let action: serde_json::Value = http
+            .post(format!("{base}/v1/actions"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = action["id"].as_str().unwrap_or_else(|| panic!("{action}")).to_owned();
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let done = loop {
+            let a: serde_json::Value = http
+                .get(format!("{base}/v1/actions/{id}?wait=10"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if !["queued", "dispatched", "running"].contains(&a["status"].as_str().unwrap_or("")) {
+                break a;
+            }
+            assert!(std::time::Instant::now() < deadline, "{a:#}");
+        };
+        assert_eq!(done["status"], "succeeded", "{done:#}");
+        let runs = done["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), backends.len(), "{done:#}");
+        engine.kill();
     }
 
     #[cfg(feature = "simulators")]

@@ -118,10 +118,13 @@ async fn cbapi_live_response_against_the_carbon_black_simulator() {
     assert!(listing.contains(&"note.txt") && listing.contains(&"big.bin"), "{out}");
 
     let c = counters(&base, &sim.cert_pem().expect("cert")).await;
-    assert_eq!(c["sessions_created"], 1, "{c}");
+    // One session, opened and closed by the context manager; each command executed once.
+    let n = &c["counters"];
+    assert_eq!((&n["sessions_created"], &n["sessions_closed"]), (&1.into(), &1.into()), "{c}");
     for command in ["process list", "get file", "directory list"] {
-        assert_eq!(sim.counters().executed(command), 1, "{command}: {c}");
+        assert_eq!(c["executed"][command], 1, "{command}: {c}");
     }
+    assert_eq!(n["downloads"], 1, "{c}");
 }
 
 const CYBEREASON: &str = r#"
@@ -200,6 +203,9 @@ async fn cybereason_client_against_the_cybereason_simulator() {
     assert_eq!(out["note"].as_str().map(str::as_bytes), Some(NOTE_TXT), "{out}");
 
     let c = counters(&base, &cert).await;
-    assert_eq!((c["logins"].as_u64(), c["direct_fetches"].as_u64()), (Some(1), Some(1)), "{c}");
-    assert_eq!(c["login_failures"], 0, "{c}");
+    // One form login (no session redirects: the cookie held), one direct fetch executed.
+    let n = &c["counters"];
+    assert_eq!((n["logins"].as_u64(), n["direct_fetches"].as_u64()), (Some(1), Some(1)), "{c}");
+    assert_eq!((&n["login_failures"], &n["session_redirects"]), (&0.into(), &0.into()), "{c}");
+    assert_eq!(c["executed"]["fetch-direct"], 1, "{c}");
 }
