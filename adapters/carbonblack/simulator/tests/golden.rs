@@ -69,7 +69,8 @@ async fn answers_match_the_recorded_captures() {
         ..SimConfig::default()
     });
     let addr = sim.spawn().await.expect("bind simulator");
-    let c = Client { base: format!("http://{addr}"), http: reqwest::Client::new() };
+    let http = reqwest::Client::builder().build().expect("client");
+    let c = Client { base: format!("http://{addr}"), http };
 
     // Server info and the sensor, as recorded.
     for name in ["GET_api_info.json", "cbr-5.1.1_2016/GET_api_info.json"] {

@@ -111,7 +111,7 @@ async fn answers_match_the_documented_examples() {
     });
     let addr = sim.spawn().await.expect("bind simulator");
     let base = format!("http://{addr}");
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().build().expect("client");
     let token: Value = http
         .post(format!("{base}/{DEFAULT_TENANT}/oauth2/v2.0/token"))
         .header("content-type", "application/x-www-form-urlencoded")
