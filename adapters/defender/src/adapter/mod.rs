@@ -254,7 +254,14 @@ impl Adapter for DefenderAdapter {
     /// `GET /api/machines/{id}`: the engine checks the machine's platform before the first step.
     async fn device(&self, device_id: &str) -> Result<Option<Device>, AdapterError> {
         match self.client.machine(device_id).await {
-            Ok(m) => Ok(Some(mapping::device(&self.capabilities.backend, m))),
+            Ok(m) => {
+                // The run's first step reads the platform from here instead of asking again.
+                self.platforms
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(m.id.clone(), m.os_platform.clone().unwrap_or_default());
+                Ok(Some(mapping::device(&self.capabilities.backend, m)))
+            }
             Err(e) if e.code() == ErrorCode::NotFound => Err(AdapterError::new(
                 ErrorCode::DeviceNotFound,
                 format!("Defender knows no machine {device_id}"),
@@ -269,6 +276,11 @@ impl Adapter for DefenderAdapter {
     /// core's "contains" rule is applied to what Defender returns.
     async fn find_devices(&self, hostname: Option<&str>) -> Result<Vec<Device>, AdapterError> {
         let matching = |machines: Vec<wire::Machine>| -> Vec<Device> {
+            let mut platforms = self.platforms.lock().unwrap_or_else(|p| p.into_inner());
+            for m in &machines {
+                platforms.insert(m.id.clone(), m.os_platform.clone().unwrap_or_default());
+            }
+            drop(platforms);
             machines
                 .into_iter()
                 .map(|m| mapping::device(&self.capabilities.backend, m))
