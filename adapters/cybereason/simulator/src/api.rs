@@ -94,9 +94,13 @@ pub(crate) struct SensorsStatus {
     pub(crate) service_error_count: usize,
 }
 
-/// A sensor: the fields §6.1 lists as needed by a gateway, named as in the fixture (which has
-/// many more). Booleans are real JSON booleans, as in Rapid7's capture (§6.1: the fixture's
-/// strings are likely anonymisation).
+/// A sensor, with every field of the recorded console's sensor objects (fixtures
+/// `POST_rest_sensors_query__by-machineName.json` and `…__list.TRUNCATED.json`, 88 fields), in
+/// their order, names, casing and JSON types. Booleans are real JSON booleans, as in Rapid7's
+/// capture (§6.1: the fixture's strings are likely anonymisation). Fields the captures only show
+/// as `null` (tags, mode origins, console version) are nullable and `null` here: the sensor is
+/// untagged. Status words are the captured ones; values are derived from the simulated machine
+/// (`routes::sensor`).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Sensor {
@@ -109,29 +113,111 @@ pub(crate) struct Sensor {
     pub(crate) machine_name: String,
     pub(crate) internal_ip_address: String,
     pub(crate) external_ip_address: String,
-    /// `Online`, `Offline`, `Stale`, `Archived` (§6.1).
-    pub(crate) status: &'static str,
+    pub(crate) site_name: &'static str,
+    pub(crate) site_id: i64,
+    /// `DISABLED`, … (fixture).
+    pub(crate) ransomware_status: &'static str,
+    /// `ENABLED`, `DISABLED`, `NOT_INSTALLED` (fixture).
+    pub(crate) prevention_status: &'static str,
     pub(crate) isolated: bool,
-    pub(crate) disconnected: bool,
-    pub(crate) os_type: &'static str,
-    pub(crate) os_version_type: &'static str,
-    pub(crate) version: &'static str,
-    pub(crate) server_id: String,
-    pub(crate) server_name: &'static str,
-    pub(crate) group_id: &'static str,
-    pub(crate) group_name: &'static str,
-    pub(crate) policy_id: &'static str,
-    pub(crate) policy_name: &'static str,
-    pub(crate) actions_in_progress: u32,
-    pub(crate) pending_actions: Vec<Value>,
-    /// `AC_ENABLED` / `AC_DISABLED` (§6.1).
-    pub(crate) remote_shell_status: &'static str,
-    pub(crate) am_status: &'static str,
-    pub(crate) collection_status: &'static str,
-    pub(crate) last_pylum_update_timestamp_ms: i64,
     /// Epoch ms of the last disconnection, 0 when never (fixture).
     pub(crate) disconnection_time: i64,
+    /// Epoch ms of the sensor's last info message.
+    pub(crate) last_pylum_info_msg_update_time: i64,
+    pub(crate) last_pylum_update_timestamp_ms: i64,
+    /// `Online`, `Offline`, `Stale`, `Archived` (§6.1).
+    pub(crate) status: &'static str,
+    /// `Up` / `Down` (fixture).
+    pub(crate) service_status: &'static str,
+    #[serde(rename = "onlineTimeMS")]
+    pub(crate) online_time_ms: i64,
+    #[serde(rename = "offlineTimeMS")]
+    pub(crate) offline_time_ms: i64,
+    #[serde(rename = "staleTimeMS")]
+    pub(crate) stale_time_ms: i64,
+    /// Epoch ms of the archiving, 0 when not archived, `null` when unknown (fixture: all three).
+    pub(crate) archive_time_ms: Option<i64>,
+    #[serde(rename = "statusTimeMS")]
+    pub(crate) status_time_ms: i64,
+    /// `Archive` once archived, `None` otherwise (fixture spellings).
+    pub(crate) last_status_action: &'static str,
     pub(crate) archived_or_unarchive_comment: String,
+    pub(crate) sensor_archived_by_user: String,
+    pub(crate) server_name: &'static str,
+    pub(crate) server_id: String,
+    pub(crate) server_ip: &'static str,
+    pub(crate) private_server_ip: &'static str,
+    pub(crate) collective_uuid: &'static str,
+    pub(crate) os_type: &'static str,
+    pub(crate) os_version_type: &'static str,
+    /// `ADVANCED`, `ENABLED` (fixture).
+    pub(crate) collection_status: &'static str,
+    pub(crate) version: &'static str,
+    pub(crate) console_version: Option<String>,
+    /// Epoch ms the console first saw the sensor.
+    pub(crate) first_seen_time: i64,
+    /// Milliseconds since the machine booted.
+    pub(crate) up_time: i64,
+    /// Fraction of a CPU (fixture: `0.004162435`).
+    pub(crate) cpu_usage: f64,
+    /// Bytes.
+    pub(crate) memory_usage: i64,
+    pub(crate) outdated: bool,
+    pub(crate) am_status: &'static str,
+    pub(crate) am_mode_origin: Option<&'static str>,
+    /// Anti-virus signature database version, a number as a string (fixture).
+    pub(crate) av_db_version: String,
+    pub(crate) av_db_last_update_time: i64,
+    pub(crate) power_shell_status: &'static str,
+    /// `AC_ENABLED` / `AC_DISABLED` (§6.1).
+    pub(crate) remote_shell_status: &'static str,
+    pub(crate) usb_status: &'static str,
+    pub(crate) fw_status: &'static str,
+    pub(crate) anti_exploit_status: &'static str,
+    pub(crate) document_protection_status: &'static str,
+    pub(crate) document_protection_mode: &'static str,
+    pub(crate) serial_number: String,
+    pub(crate) device_model: &'static str,
+    pub(crate) organizational_unit: String,
+    pub(crate) anti_malware_status: &'static str,
+    pub(crate) anti_malware_mode_origin: Option<&'static str>,
+    pub(crate) organization: &'static str,
+    pub(crate) proxy_address: String,
+    pub(crate) prevention_error: String,
+    pub(crate) exit_reason: &'static str,
+    pub(crate) actions_in_progress: u32,
+    pub(crate) pending_actions: Vec<Value>,
+    pub(crate) last_upgrade_result: Option<&'static str>,
+    pub(crate) department: Option<String>,
+    pub(crate) location: Option<String>,
+    pub(crate) critical_asset: Option<String>,
+    pub(crate) device_type: Option<String>,
+    pub(crate) custom_tags: Option<Value>,
+    pub(crate) last_upgrade_steps: Vec<Value>,
+    pub(crate) disconnected: bool,
+    pub(crate) static_analysis_detect_mode: &'static str,
+    pub(crate) static_analysis_detect_mode_origin: Option<&'static str>,
+    pub(crate) static_analysis_prevent_mode: &'static str,
+    pub(crate) static_analysis_prevent_mode_origin: Option<&'static str>,
+    /// `["Metadata"]` on the captured Windows sensors, empty on the Linux one.
+    pub(crate) collection_components: Vec<&'static str>,
+    pub(crate) sensor_last_update: i64,
+    /// `UNKNOWN` (fixture).
+    pub(crate) full_scan_status: &'static str,
+    pub(crate) quick_scan_status: &'static str,
+    /// Epoch ms, whole seconds (fixture), 0 when never.
+    pub(crate) last_full_schedule_scan_success_time: i64,
+    pub(crate) last_quick_schedule_scan_success_time: i64,
+    pub(crate) policy_name: &'static str,
+    /// Epoch ms the policy reached the sensor.
+    pub(crate) delivery_time: i64,
+    pub(crate) policy_id: &'static str,
+    pub(crate) compliance: bool,
+    pub(crate) group_id: &'static str,
+    pub(crate) group_name: &'static str,
+    pub(crate) group_stickiness: bool,
+    /// `Manual` / `Dynamic` (fixture).
+    pub(crate) group_stickiness_label: &'static str,
 }
 
 // ---- isolation (§6.2) ----
@@ -208,15 +294,18 @@ pub(crate) mod remediation_status {
 }
 
 /// A remediation, as `POST /rest/remediate`, `…/progress/…` and `…/status/…` return it (§6.3,
-/// fixture `POST_rest_remediate__failure-INVALID_ARGUMENT.json`); `end` may be absent.
+/// fixture `POST_rest_remediate__failure-INVALID_ARGUMENT.json`).
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Remediation {
     pub(crate) malop_id: String,
     pub(crate) remediation_id: String,
     pub(crate) start: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) end: Option<i64>,
+    /// Epoch ms of the end. Always present, a number as in the capture (whose first answer
+    /// carries it); 0 while the remediation runs: the capture does not show a running one, and
+    /// 0 is how the console writes a time that has not happened (`disconnectionTime`,
+    /// `abortTime`, §6.5). §6.3 notes `end` "may be absent".
+    pub(crate) end: i64,
     pub(crate) initiating_user: String,
     /// Empty right after submission (§6.3, I4).
     pub(crate) status_log: Vec<StatusLogEntry>,

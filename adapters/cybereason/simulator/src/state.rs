@@ -340,7 +340,7 @@ impl Runtime {
             malop_id: r.malop.clone(),
             remediation_id: r.id.clone(),
             start: r.start_ms,
-            end: r.end_ms,
+            end: r.end_ms.unwrap_or(0),
             initiating_user: r.user.clone(),
             status_log,
         })
