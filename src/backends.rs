@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use edrgate_adapter::{
-    Adapter, AdapterError, Capabilities, Device, DeviceSupport, ErrorCode, Target,
+    Adapter, AdapterError, Capabilities, CommandKind, Device, DeviceSupport, ErrorCode, Target,
 };
 
 use crate::config::{Config, RouteRule, RoutingConfig};
@@ -176,10 +176,13 @@ impl Backends {
     /// Resolves a target to (backend, device id, the device record when known). A hostname
     /// comes with its record; a device id is looked up with [`Adapter::device`] (`None` when
     /// the adapter has no such lookup).
+    /// A target given by device id is looked up ([`Adapter::device`]) only when one of
+    /// `commands` may be refused on some device of its backend.
     pub async fn resolve(
         &self,
         tenant: &str,
         target: &Target,
+        commands: &[CommandKind],
     ) -> Result<(String, String, Option<Device>), AdapterError> {
         match target {
             Target::Device { backend, device_id } => {
@@ -189,7 +192,11 @@ impl Backends {
                         format!("unknown backend {backend:?}"),
                     ));
                 };
-                let device = adapter.device(device_id).await?;
+                let device = if commands.iter().any(|k| adapter.varies_by_device(*k)) {
+                    adapter.device(device_id).await?
+                } else {
+                    None
+                };
                 Ok((backend.clone(), device_id.clone(), device))
             }
             Target::Hostname { hostname } => {

@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use edrgate_adapter::adapter::{StopReason, StopSignal};
 use edrgate_adapter::http::Backoff;
 use edrgate_adapter::{
-    Adapter, AdapterError, CommandState, CommandUpdate, DeviceSupport, ErrorCode, ErrorInfo,
-    Journal, Next, OnError, RunContext, Status, Target,
+    Adapter, AdapterError, Command, CommandKind, CommandState, CommandUpdate, DeviceSupport,
+    ErrorCode, ErrorInfo, Journal, Next, OnError, RunContext, Status, Target,
 };
 use tokio::sync::Notify;
 
@@ -209,8 +209,9 @@ impl Driver<'_> {
     /// once, before the first step. `false` when the run ended (resolution failed, the
     /// resolved device can run none of the commands left, or the run was stopped meanwhile).
     async fn resolve(&self) -> Result<bool, StoreError> {
-        let (tenant, target) = {
+        let (tenant, target, kinds) = {
             let run = lock(&self.run);
+            let kinds: Vec<CommandKind> = run.request.commands.iter().map(Command::kind).collect();
             if run.checkpoint.is_some() {
                 return Ok(true);
             }
@@ -222,7 +223,7 @@ impl Driver<'_> {
                 }
                 _ => run.target.clone(),
             };
-            (run.tenant.clone(), target)
+            (run.tenant.clone(), target, kinds)
         };
         let mut attempt = 0;
         loop {
@@ -231,7 +232,7 @@ impl Driver<'_> {
                 return Ok(false);
             }
             let backends = self.engine.backends();
-            match backends.resolve(&tenant, &target).await {
+            match backends.resolve(&tenant, &target, &kinds).await {
                 Ok((backend, device_id, device)) => {
                     {
                         let mut run = lock(&self.run);

@@ -32,8 +32,8 @@ use uuid::Uuid;
 
 use crate::error::AdapterError;
 use crate::model::{
-    Capabilities, Command, CommandResult, Device, DeviceSupport, ErrorCode, ErrorInfo, FileRef,
-    OnError, Status,
+    Capabilities, Command, CommandKind, CommandResult, Device, DeviceSupport, ErrorCode, ErrorInfo,
+    FileRef, OnError, Status,
 };
 
 /// A vendor backend. One instance per configured backend (per server and credential), shared by
@@ -96,6 +96,14 @@ pub trait Adapter: Send + Sync + 'static {
     /// vendor-side set-up checks that too.
     async fn check(&self) -> Result<(), AdapterError> {
         self.find_devices(Some("edrgate-connectivity-check")).await.map(|_| ())
+    }
+
+    /// Whether [`Adapter::device_support`] may refuse `kind` on some device of this backend
+    /// (an OS or version without it). The engine looks a run's device up by id
+    /// ([`Adapter::device`], one vendor call) only when one of the run's commands does, so
+    /// that a fan-out of commands every device runs costs no extra call per target.
+    fn varies_by_device(&self, _kind: CommandKind) -> bool {
+        false
     }
 
     /// The device with this id, for a run targeted by backend and device id, so that the

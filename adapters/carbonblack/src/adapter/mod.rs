@@ -294,6 +294,10 @@ impl Adapter for CarbonBlackAdapter {
         self.support_of(device)
     }
 
+    fn varies_by_device(&self, kind: CommandKind) -> bool {
+        !support::os_dependent_names(kind).is_empty()
+    }
+
     /// The sensor record (`GET /api/v1/sensor/{id}`).
     async fn device(&self, device_id: &str) -> Result<Option<Device>, AdapterError> {
         let Ok(sensor_id) = device_id.trim().parse::<u64>() else {

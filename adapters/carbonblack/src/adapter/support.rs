@@ -130,7 +130,7 @@ impl CarbonBlackAdapter {
 }
 
 /// The CB commands of `kind` whose availability the sensor's OS or version decides.
-fn os_dependent_names(kind: CommandKind) -> &'static [&'static str] {
+pub(super) fn os_dependent_names(kind: CommandKind) -> &'static [&'static str] {
     match kind {
         CommandKind::RegistryList => &[names::REG_ENUM_KEY],
         CommandKind::RegistryGet => &[names::REG_QUERY_VALUE],

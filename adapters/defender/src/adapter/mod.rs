@@ -251,6 +251,11 @@ impl Adapter for DefenderAdapter {
         self.check_helpers().await
     }
 
+    fn varies_by_device(&self, kind: CommandKind) -> bool {
+        kind == CommandKind::PutFile
+            || self.capabilities.commands.iter().any(|c| c.command == kind && c.via == Via::Script)
+    }
+
     /// `GET /api/machines/{id}`: the engine checks the machine's platform before the first step.
     async fn device(&self, device_id: &str) -> Result<Option<Device>, AdapterError> {
         match self.client.machine(device_id).await {
