@@ -159,8 +159,12 @@ impl Gateway {
         let Ok((addr, router, engine, shutdown)) = parts.await else {
             std::panic::resume_unwind(server.await.unwrap_err().into_panic());
         };
-        let client =
-            Client::new(format!("http://{addr}"), reqwest::Client::builder().build().unwrap());
+        let client = Client::new(
+            format!("http://{addr}"),
+            // No idle connection reused: a refusal answered before its body was read (413)
+            // closes its connection, and a pooled next request would race that close.
+            reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
+        );
         Gateway {
             client,
             addr,
