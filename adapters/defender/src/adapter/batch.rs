@@ -230,18 +230,9 @@ impl DefenderAdapter {
         seen: bool,
         mut reported: Vec<String>,
     ) -> Result<Drive, AdapterError> {
-        let poll = tokio::select! {
-            got = self.poller.get(id) => got?,
-            _ = ctx.stop.stopped() => return Ok(Drive::Continue),
-        };
-        let Some(action) = poll else {
-            if !seen && now() - at < self.cfg.visibility_grace_secs as f64 {
-                return Ok(Drive::Wait(self.cfg.poll_min()));
-            }
-            return Err(AdapterError::new(
-                ErrorCode::VendorUnavailable,
-                format!("Defender no longer shows machine action {id}"),
-            ));
+        let action = match self.poll_action(ctx, id, at, seen).await? {
+            Ok(action) => action,
+            Err(drive) => return Ok(drive),
         };
         let status = mapping::action_status(&action.status);
         if !status.is_terminal() {
@@ -278,6 +269,32 @@ impl DefenderAdapter {
         // The action ended: its session is free, and results are fetched now (links expire).
         self.release_slot(ctx.run_id);
         self.collect(ctx, cp, updates, &action, end).await
+    }
+
+    /// Machine action `id` from the shared poller, or what the step does instead: go on after
+    /// a stop, wait while a fresh action is not yet visible to reads (§4.5), or fail once a
+    /// seen action (or one past the grace) is gone.
+    pub(super) async fn poll_action(
+        &self,
+        ctx: &RunContext<'_>,
+        id: &str,
+        at: f64,
+        seen: bool,
+    ) -> Result<Result<MachineAction, Drive>, AdapterError> {
+        let poll = tokio::select! {
+            got = self.poller.get(id) => got?,
+            _ = ctx.stop.stopped() => return Ok(Err(Drive::Continue)),
+        };
+        match poll {
+            Some(action) => Ok(Ok(action)),
+            None if !seen && now() - at < self.cfg.visibility_grace_secs as f64 => {
+                Ok(Err(Drive::Wait(self.cfg.poll_min())))
+            }
+            None => Err(AdapterError::new(
+                ErrorCode::VendorUnavailable,
+                format!("Defender no longer shows machine action {id}"),
+            )),
+        }
     }
 
     /// Turns a finished action into the batch's command outcomes, downloading results.

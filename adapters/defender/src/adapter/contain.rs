@@ -59,18 +59,9 @@ impl DefenderAdapter {
         at: f64,
         seen: bool,
     ) -> Result<Drive, AdapterError> {
-        let poll = tokio::select! {
-            got = self.poller.get(id) => got?,
-            _ = ctx.stop.stopped() => return Ok(Drive::Continue),
-        };
-        let Some(action) = poll else {
-            if !seen && now() - at < self.cfg.visibility_grace_secs as f64 {
-                return Ok(Drive::Wait(self.cfg.poll_min()));
-            }
-            return Err(AdapterError::new(
-                ErrorCode::VendorUnavailable,
-                format!("Defender no longer shows machine action {id}"),
-            ));
+        let action = match self.poll_action(ctx, id, at, seen).await? {
+            Ok(action) => action,
+            Err(drive) => return Ok(drive),
         };
         let status = mapping::action_status(&action.status);
         let vendor = (Some(action.id.clone()), Some(action.status.clone()));
