@@ -41,6 +41,10 @@ pub struct App {
     /// How long a shutdown waits for in-flight requests, then for run drivers to hand their
     /// runs back, before cutting them off (`server.shutdown_grace_seconds`).
     pub grace: Duration,
+    /// Where `/metrics` is served (`server.metrics_listen`, bound by [`App::build`]).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The bound metrics listener and its router, served by [`serve`].
+    metrics: Option<(TcpListener, axum::Router)>,
 }
 
 impl App {
@@ -95,9 +99,23 @@ impl App {
             max_wait: Duration::from_secs(config.server.max_wait_seconds),
             shutdown: shutdown.clone(),
         };
-        let router = api::router(state, config.server.max_body_bytes);
+        let router = api::router(state.clone(), config.server.max_body_bytes);
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
-        Ok(App { engine, router, auth, shutdown, reloader, grace })
+        // Bound here, so a taken address fails the start and the address is known at once.
+        let metrics = match config.server.metrics_listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding server.metrics_listen {addr}"))?;
+                Some((listener, api::metrics_router(state)))
+            }
+            None => None,
+        };
+        let metrics_addr = match &metrics {
+            Some((listener, _)) => Some(listener.local_addr()?),
+            None => None,
+        };
+        Ok(App { engine, router, auth, shutdown, reloader, grace, metrics_addr, metrics })
     }
 }
 
@@ -177,7 +195,18 @@ pub async fn serve(
     app: App,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let App { engine, router, shutdown, reloader, grace, .. } = app;
+    let App { engine, router, shutdown, reloader, grace, metrics, .. } = app;
+    let metrics = metrics.map(|(listener, router)| {
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, router)
+                .with_graceful_shutdown(stopping.cancelled_owned())
+                .await;
+            if let Err(error) = served {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        })
+    });
     let deadline = std::sync::Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
     let started = std::sync::Arc::clone(&deadline);
     let stopping = shutdown.clone();
@@ -200,6 +229,9 @@ pub async fn serve(
         }
     };
     reloads.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     // What is left of the grace goes to the run drivers.
     let left =
         deadline.get().map_or(grace, |d| d.saturating_duration_since(tokio::time::Instant::now()));

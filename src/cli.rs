@@ -157,15 +157,15 @@ pub struct TokenArgs {
     /// The HS256 secret (prefer the environment variable: arguments are visible to others).
     #[arg(long, env = "EDRGATE_JWT_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
-    /// A permission to grant (repeatable): read, write, execute, contain, files, admin.
-    /// Default: all of them.
+    /// A permission to grant (repeatable): read, write, execute, contain, files, admin,
+    /// operator. Default: all but operator (the gateway-wide reload is asked for explicitly).
     #[arg(long = "permission", value_parser = parse_permission)]
     pub permissions: Vec<Permission>,
 }
 
 fn parse_permission(name: &str) -> Result<Permission, String> {
-    Permission::ALL.into_iter().find(|p| p.as_str() == name).ok_or_else(|| {
-        let names: Vec<_> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+    Permission::EVERY.into_iter().find(|p| p.as_str() == name).ok_or_else(|| {
+        let names: Vec<_> = Permission::EVERY.iter().map(|p| p.as_str()).collect();
         format!("one of {}", names.join(", "))
     })
 }
@@ -214,6 +214,9 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(address = %listener.local_addr()?, "edrgate listening");
+    if let Some(metrics) = app.metrics_addr {
+        tracing::info!(address = %metrics, "metrics listening");
+    }
     app::serve(listener, app, app::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

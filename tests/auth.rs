@@ -478,6 +478,10 @@ fn sample(kind: CommandKind) -> Value {
             json!({"type": "put_file", "file_id": "0123456789abcdef0123456789abcdef", "path": "C:\\x.txt"})
         }
         CommandKind::DeleteFile => json!({"type": "delete_file", "path": "C:\\x.txt"}),
+        CommandKind::QuarantineFile => json!({"type": "quarantine_file", "path": "C:\\x.txt"}),
+        CommandKind::UnquarantineFile => {
+            json!({"type": "unquarantine_file", "path": "C:\\x.txt"})
+        }
         CommandKind::ListDirectory => json!({"type": "list_directory", "path": "C:\\"}),
         CommandKind::CreateDirectory => json!({"type": "create_directory", "path": "C:\\x"}),
         CommandKind::Execute => json!({"type": "execute", "command_line": "cmd /c ver"}),
@@ -607,12 +611,15 @@ async fn every_command_class_needs_its_permission() {
             "{uri}"
         );
     }
-    let no_admin = token(all_but(Permission::Admin));
+    // The reload acts on every tenant: a tenant's permissions, admin included, do not reach it.
     let detail = gw
-        .call(Method::POST, "/v1/admin/reload", Some(&no_admin), None)
+        .call(Method::POST, "/v1/admin/reload", Some(&full), None)
         .await
         .problem(StatusCode::FORBIDDEN, "forbidden");
-    assert!(detail.contains("edrgate:admin"), "{detail}");
+    assert!(detail.contains("edrgate:operator"), "{detail}");
+    let operator = token(only(&[Permission::Operator]));
+    let answer = gw.call(Method::POST, "/v1/admin/reload", Some(&operator), None).await;
+    assert_ne!(answer.status, StatusCode::FORBIDDEN, "{}", answer.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,7 +66,7 @@ async fn devices_say_per_sensor_what_runs_and_why_not() {
     for d in devices["items"].as_array().unwrap() {
         let listed =
             d["commands"].as_array().unwrap().len() + d["unsupported"].as_array().unwrap().len();
-        assert_eq!(listed, 18, "{d:#}");
+        assert_eq!(listed, 20, "{d:#}");
         assert!(reason(d, "run_script").unwrap().contains("not supported by backend"), "{d:#}");
     }
 

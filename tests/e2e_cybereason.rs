@@ -63,7 +63,7 @@ async fn kill_quarantine_isolate_release() {
         .run(&acme, &json!({"targets": [{"hostname": "CR-WS-0002"}],
         "commands": [
             {"type": "kill_process", "pid": 3012},
-            {"type": "delete_file", "path": "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"},
+            {"type": "quarantine_file", "path": "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"},
             {"type": "isolate"},
         ]}))
         .await;
@@ -218,7 +218,6 @@ async fn the_same_bodies_work_on_carbon_black_and_cybereason_devices() {
     for commands in [
         json!([{"type": "get_file", "path": "C:\\evidence\\note.txt"}]),
         json!([{"type": "kill_process", "pid": 3012}]),
-        json!([{"type": "delete_file", "path": "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"}]),
         json!([{"type": "isolate"}]),
         json!([{"type": "release"}]),
     ] {
@@ -236,5 +235,59 @@ async fn the_same_bodies_work_on_carbon_black_and_cybereason_devices() {
     }
     assert!(!sim.process_exists("CR-WS-0001", 3012) && !cb_sim.process_exists(1, 3012));
     let c = sim.counters();
-    assert_eq!((c.remediations_executed, c.isolations, c.unisolations), (2, 1, 1));
+    assert_eq!((c.remediations_executed, c.isolations, c.unisolations), (1, 1, 1));
+
+    // delete_file: Carbon Black deletes; Cybereason has only the (reversible) quarantine, and
+    // says to use it rather than calling a move a delete.
+    let path = "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe";
+    let body = json!({"targets": [{"hostname": "WIN-0001"}, {"hostname": "CR-WS-0001"}],
+                      "commands": [{"type": "delete_file", "path": path}]});
+    let done = gw.run(&acme, &body).await;
+    assert_eq!(done["status"], "partially_succeeded", "{done:#}");
+    assert_eq!(command(&done, 0, 0)["status"], "succeeded", "{done:#}");
+    let refused = command(&done, 1, 0);
+    assert_eq!(refused["error"]["code"], "unsupported_command", "{done:#}");
+    let why = refused["error"]["message"].as_str().unwrap();
+    assert!(why.contains("use quarantine_file"), "{why}");
+    assert!(sim.file_content("CR-WS-0001", path).is_some(), "nothing done on Cybereason");
+    assert_eq!(sim.counters().remediations_received, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_file_then_unquarantine_file_through_the_api() {
+    let (gw, sim) = start(sim()).await;
+    let acme = token("acme");
+    let path = "C:\\Windows\\System32\\drivers\\etc\\hosts";
+    let content = sim.file_content("CR-WS-0003", path).unwrap();
+    // What the backend says it does: a reversible move, of indexed files only.
+    let (status, caps) = gw.get(&acme, "/v1/capabilities").await;
+    assert_eq!(status, StatusCode::OK, "{caps:#}");
+    let items = caps["items"].as_array().unwrap();
+    let cr = items.iter().find(|b| b["backend"] == "cr").unwrap();
+    let listed = |kind: &str| {
+        cr["commands"].as_array().unwrap().iter().find(|c| c["command"] == kind).cloned()
+    };
+    let note = listed("quarantine_file").expect("quarantine_file offered");
+    let note = note["notes"].as_str().unwrap();
+    assert!(note.contains("reversible") && note.contains("indexed"), "{note}");
+    assert!(listed("unquarantine_file").is_some(), "{cr:#}");
+    assert!(listed("delete_file").is_none(), "{cr:#}");
+
+    let quarantine = json!({"targets": [{"hostname": "CR-WS-0003"}],
+                            "commands": [{"type": "quarantine_file", "path": path}]});
+    let done = gw.run(&acme, &quarantine).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert_eq!(command(&done, 0, 0)["result"], json!({"type": "done"}));
+    assert_eq!(command(&done, 0, 0)["vendor_status"], "SUCCESS");
+    assert!(sim.is_quarantined("CR-WS-0003", path));
+    assert_eq!(sim.file_content("CR-WS-0003", path), None);
+
+    let back = json!({"targets": [{"hostname": "CR-WS-0003"}],
+                      "commands": [{"type": "unquarantine_file", "path": path}]});
+    let done = gw.run(&acme, &back).await;
+    assert_eq!(done["status"], "succeeded", "{done:#}");
+    assert!(!sim.is_quarantined("CR-WS-0003", path));
+    assert_eq!(sim.file_content("CR-WS-0003", path), Some(content));
+    let c = sim.counters();
+    assert_eq!((c.remediations_received, c.remediations_executed), (2, 2));
 }

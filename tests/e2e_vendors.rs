@@ -63,10 +63,6 @@ async fn the_same_bodies_work_on_all_three_vendors() {
         ("get_file", json!({"type": "get_file", "path": "C:\\evidence\\note.txt"})),
         ("process_list", json!({"type": "process_list"})),
         ("kill_process", json!({"type": "kill_process", "pid": 3012})),
-        (
-            "delete_file",
-            json!({"type": "delete_file", "path": "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe"}),
-        ),
         ("isolate", json!({"type": "isolate"})),
         ("release", json!({"type": "release"})),
     ];

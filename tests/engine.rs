@@ -2,7 +2,7 @@
 //! cancels, deadlines and idempotency, independent of any vendor.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,11 @@ struct Scripted {
     caps: Capabilities,
     executed: Mutex<HashMap<(uuid::Uuid, usize), u32>>,
     steps: AtomicU64,
+    /// Once a command runs, the step answers `Next::After(hold)` without finishing it (a
+    /// vendor still working, or a `Retry-After`).
+    hold: Mutex<Option<Duration>>,
+    /// Every step of a stopped run fails (the vendor went down during the cancel).
+    fail_when_stopped: AtomicBool,
 }
 
 impl Scripted {
@@ -43,6 +48,9 @@ struct Cp {
     index: usize,
     phase: u8,
     failed: bool,
+    /// Set by a held step (see `Scripted::hold`), so a test can see that it was stored.
+    #[serde(default)]
+    held: bool,
 }
 
 #[async_trait]
@@ -73,6 +81,9 @@ impl Adapter for Scripted {
         self.steps.fetch_add(1, Ordering::SeqCst);
         let mut cp: Cp = checkpoint.map(|v| serde_json::from_value(v).unwrap()).unwrap_or_default();
         if let Some(reason) = ctx.stop.reason() {
+            if self.fail_when_stopped.load(Ordering::SeqCst) {
+                return Err(AdapterError::transient(ErrorCode::VendorUnavailable, "down"));
+            }
             let updates = (cp.index..ctx.commands.len())
                 .map(|i| CommandUpdate {
                     error: Some(reason.error()),
@@ -122,6 +133,15 @@ impl Adapter for Scripted {
                 cp.phase = 2;
                 updates.push(CommandUpdate::status(i, Status::Running));
             }
+            _ if self.hold.lock().unwrap().is_some() => {
+                let hold = self.hold.lock().unwrap().unwrap();
+                cp.held = true;
+                return Ok(Step {
+                    checkpoint: serde_json::to_value(&cp).unwrap(),
+                    updates,
+                    next: Next::After(hold),
+                });
+            }
             _ => {
                 let failed =
                     matches!(ctx.commands[i], Command::KillProcess { pid: 666, vendor_id: None });
@@ -165,6 +185,8 @@ fn scripted() -> Arc<Scripted> {
         },
         executed: Mutex::new(HashMap::new()),
         steps: AtomicU64::new(0),
+        hold: Mutex::new(None),
+        fail_when_stopped: AtomicBool::new(false),
     })
 }
 
@@ -406,4 +428,79 @@ async fn hostname_targets_resolve_through_the_tenant_backends() {
     let done = finished(&engine, submit(&engine, req).await.id).await;
     assert_eq!(done.status, Status::Failed);
     assert_eq!(done.runs[0].error.as_ref().unwrap().code, ErrorCode::DeviceNotFound);
+}
+
+/// Waits until the action's first command is `running` (its side effect was sent).
+async fn first_command_running(engine: &Engine, id: uuid::Uuid) {
+    for _ in 0..200 {
+        let a = engine.wait_action("acme", id, Duration::from_millis(100)).await.unwrap();
+        if a.runs[0].commands[0].status == Status::Running {
+            return;
+        }
+    }
+    panic!("the first command of {id} never ran");
+}
+
+#[tokio::test]
+async fn a_cancel_the_listener_missed_is_seen_at_the_next_fenced_write() {
+    let h = Harness::new();
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let commands: Vec<_> =
+        (1..100).map(|pid| json!({"type": "kill_process", "pid": pid})).collect();
+    let a = submit(&engine, request(json!(commands))).await;
+    first_command_running(&engine, a.id).await;
+    // Requested through another replica whose announcement never arrived here: only the
+    // store knows.
+    engine.store().request_cancel("acme", a.id).await.unwrap().unwrap();
+    let done = finished(&engine, a.id).await;
+    assert_eq!(done.status, Status::Cancelled, "{done:?}");
+    assert!(h.adapter.kills().len() < 99, "every kill was sent after the cancel");
+}
+
+#[tokio::test]
+async fn a_stop_the_adapter_cannot_confirm_leaves_a_sent_side_effect_outcome_unknown() {
+    let h = Harness::new();
+    *h.adapter.hold.lock().unwrap() = Some(Duration::from_secs(60));
+    let engine = h.engine(Duration::from_secs(5)).await;
+    let a = submit(
+        &engine,
+        request(json!([{"type": "kill_process", "pid": 4}, {"type": "process_list"}])),
+    )
+    .await;
+    first_command_running(&engine, a.id).await;
+    h.adapter.fail_when_stopped.store(true, Ordering::SeqCst);
+    engine.cancel("acme", a.id).await.unwrap();
+    let done = finished(&engine, a.id).await;
+    let kill = &done.runs[0].commands[0];
+    assert_eq!(kill.status, Status::Failed, "the kill was sent: not `cancelled`");
+    assert_eq!(kill.error.as_ref().unwrap().code, ErrorCode::OutcomeUnknown);
+    let list = &done.runs[0].commands[1];
+    assert_eq!(list.status, Status::Cancelled, "never sent: cancelled");
+    assert_eq!(h.adapter.kills(), [1]);
+}
+
+#[tokio::test]
+async fn a_retry_after_past_the_deadline_still_times_the_run_out_after_a_restart() {
+    let h = Harness::new();
+    // The vendor asks for ten days; the action has one second.
+    *h.adapter.hold.lock().unwrap() = Some(Duration::from_secs(10 * 24 * 3600));
+    let lease = Duration::from_millis(600);
+    let engine = h.engine(lease).await;
+    let mut req = request(json!([{"type": "kill_process", "pid": 4}]));
+    req.timeout_seconds = Some(1);
+    let a = submit(&engine, req).await;
+    first_command_running(&engine, a.id).await;
+    // Wait until the step that asked for ten days is stored, then crash.
+    let run_id = a.runs[0].id;
+    for _ in 0..500 {
+        let run = engine.store().load_run(run_id).await.unwrap();
+        if run.checkpoint.is_some_and(|c| c["held"] == json!(true)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    engine.kill();
+    let engine = h.engine(lease).await;
+    let done = finished(&engine, a.id).await;
+    assert_eq!(done.status, Status::TimedOut, "{done:?}");
 }

@@ -51,7 +51,8 @@ fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_prefix_and_health_endpoints() {
     let (_sim, addr) = spawn(Simulator::new(fast())).await;
-    let gw = start("path_prefix = \"/edrgate\"", "opsmetrics", addr).await;
+    let server = "path_prefix = \"/edrgate\"\nmetrics_listen = \"127.0.0.1:0\"";
+    let gw = start(server, "opsmetrics", addr).await;
     let prefixed = Client::new(gw.url("/edrgate"), gw.http.clone());
     let bearer = token("opsmetrics");
 
@@ -72,7 +73,13 @@ async fn metrics_prefix_and_health_endpoints() {
         assert_eq!(status, StatusCode::OK, "{path}");
     }
 
-    let text = gw.http.get(gw.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    // The metrics name every tenant and are not authenticated: never on the API's listener.
+    for path in ["/metrics", "/edrgate/metrics"] {
+        let status = gw.http.get(gw.url(path)).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+    let metrics = format!("http://{}/metrics", gw.metrics_addr.expect("metrics_listen"));
+    let text = gw.http.get(metrics).send().await.unwrap().text().await.unwrap();
     let has = |metric: &str, labels: &[&str]| {
         sample(&text, metric, labels).unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{text}"))
     };

@@ -83,6 +83,9 @@ store_suite!(
     audit_appends_and_filters,
     shared_budget_caps_slots_and_calls,
     changes_are_announced_where_replicas_need_them,
+    a_lease_without_a_live_driver_expires_and_is_claimed_again,
+    claims_take_turns_across_tenants_and_backends,
+    every_fenced_write_says_whether_a_cancel_was_requested,
 );
 
 fn request(targets: usize) -> ActionRequest {
@@ -181,8 +184,8 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn migrations_are_applied(t: TestStore) {
     let applied = t.store.migrate().await.unwrap();
     match t.store.dialect() {
-        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5]),
-        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7]),
+        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5, 9]),
+        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7, 9]),
     }
     t.store.ping().await.unwrap();
     // Opening again (another replica starting) applies nothing twice.
@@ -317,19 +320,20 @@ async fn claims_lease_and_fence(t: TestStore) {
     assert_eq!(more.len(), 1);
     assert!(s.claim("r1", LEASE, 10).await.unwrap().is_empty());
     let st = states(Status::Running);
-    assert!(s.save_run(&leases[0], &write(&st, Status::Running, true)).await.unwrap());
+    assert!(s.save_run(&leases[0], &write(&st, Status::Running, true)).await.unwrap().is_some());
     // A stale lease version or another owner is fenced off.
     let stale = Lease { version: 0, ..leases[0].clone() };
-    assert!(!s.save_run(&stale, &write(&st, Status::Running, true)).await.unwrap());
+    assert!(s.save_run(&stale, &write(&st, Status::Running, true)).await.unwrap().is_none());
     let thief = Lease { owner: "r2".into(), ..leases[0].clone() };
-    assert!(!s.save_run(&thief, &write(&st, Status::Running, true)).await.unwrap());
-    assert_eq!(s.renew_leases("r1", LEASE).await.unwrap(), 2);
+    assert!(s.save_run(&thief, &write(&st, Status::Running, true)).await.unwrap().is_none());
+    let held: Vec<Uuid> = leases.iter().map(|l| l.run_id).collect();
+    assert_eq!(s.renew_leases("r1", &held, LEASE).await.unwrap(), 2);
     // Released runs are claimable again, under a new lease version.
     s.release(&leases[0], edrgate::store::now_ms() - 1).await.unwrap();
     let again = s.claim("r2", LEASE, 10).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].run_id, again[0].version), (leases[0].run_id, 2));
-    assert!(!s.save_run(&leases[0], &write(&st, Status::Running, true)).await.unwrap());
+    assert!(s.save_run(&leases[0], &write(&st, Status::Running, true)).await.unwrap().is_none());
     // A graceful shutdown hands every lease back.
     s.release_leases("r2").await.unwrap();
     assert_eq!(s.claim("r3", LEASE, 10).await.unwrap().len(), 2);
@@ -347,14 +351,14 @@ async fn expired_leases_are_taken_over_and_the_old_owner_is_fenced(t: TestStore)
     let checkpoint = serde_json::json!({"step": 3});
     w.checkpoint = Some(&checkpoint);
     w.lease_until = edrgate::store::now_ms() + 100;
-    assert!(s.save_run(&dead[0], &w).await.unwrap());
+    assert!(s.save_run(&dead[0], &w).await.unwrap().is_some());
     assert!(s.claim("alive", LEASE, 10).await.unwrap().is_empty());
     tokio::time::sleep(Duration::from_millis(150)).await;
     let taken = s.claim("alive", LEASE, 10).await.unwrap();
     assert_eq!(taken.len(), 1);
     assert_eq!(s.load_run(taken[0].run_id).await.unwrap().checkpoint, Some(checkpoint));
-    assert!(!s.save_run(&dead[0], &write(&st, Status::Running, true)).await.unwrap());
-    assert!(s.save_run(&taken[0], &write(&st, Status::Running, true)).await.unwrap());
+    assert!(s.save_run(&dead[0], &write(&st, Status::Running, true)).await.unwrap().is_none());
+    assert!(s.save_run(&taken[0], &write(&st, Status::Running, true)).await.unwrap().is_some());
 }
 
 async fn concurrent_claimers_never_share_a_run(t: TestStore) {
@@ -390,9 +394,13 @@ async fn visible_writes_move_the_version_and_the_aggregate(t: TestStore) {
     let leases = s.claim("r1", LEASE, 10).await.unwrap();
     let running = states(Status::Running);
     // Checkpoint-only writes leave the version alone.
-    assert!(s.save_run(&leases[0], &write(&running, Status::Running, false)).await.unwrap());
+    assert!(
+        s.save_run(&leases[0], &write(&running, Status::Running, false)).await.unwrap().is_some()
+    );
     assert_eq!(s.action_version("acme", a.id).await.unwrap(), Some((0, Status::Queued)));
-    assert!(s.save_run(&leases[0], &write(&running, Status::Running, true)).await.unwrap());
+    assert!(
+        s.save_run(&leases[0], &write(&running, Status::Running, true)).await.unwrap().is_some()
+    );
     assert_eq!(s.action_version("acme", a.id).await.unwrap(), Some((1, Status::Running)));
     // Both runs finish (concurrently, as two replicas would): the action is done.
     let done = states(Status::Succeeded);
@@ -401,8 +409,8 @@ async fn visible_writes_move_the_version_and_the_aggregate(t: TestStore) {
     let d0 = done.clone();
     let d1 = done.clone();
     let (r0, r1) = tokio::join!(
-        async move { s0.save_run(&l0, &write(&d0, Status::Succeeded, true)).await },
-        async move { s1.save_run(&l1, &write(&d1, Status::Succeeded, true)).await },
+        async move { s0.save_run(&l0, &write(&d0, Status::Succeeded, true)).await.map(|s| s.is_some()) },
+        async move { s1.save_run(&l1, &write(&d1, Status::Succeeded, true)).await.map(|s| s.is_some()) },
     );
     assert!(r0.unwrap() && r1.unwrap());
     assert_eq!(s.action_version("acme", a.id).await.unwrap(), Some((3, Status::Succeeded)));
@@ -570,8 +578,8 @@ async fn changes_are_announced_where_replicas_need_them(t: TestStore) {
     let lease = other.claim("r2", LEASE, 1).await.unwrap().remove(0);
     let st = states(Status::Running);
     // Checkpoint-only writes are not announced; visible ones are.
-    other.save_run(&lease, &write(&st, Status::Running, false)).await.unwrap();
-    other.save_run(&lease, &write(&st, Status::Running, true)).await.unwrap();
+    other.save_run(&lease, &write(&st, Status::Running, false)).await.unwrap().unwrap();
+    other.save_run(&lease, &write(&st, Status::Running, true)).await.unwrap().unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), listener.next()).await.unwrap();
     assert_eq!(next.unwrap(), Some(Change { action_id: a.id, cancel: false }));
     assert!(tokio::time::timeout(Duration::from_millis(200), listener.next()).await.is_err());
@@ -631,7 +639,7 @@ fn migrate_applies_the_sqlite_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sub/edrgate.db");
     let out = migrate_cli(&format!("path = {:?}", db.display().to_string()));
-    assert_eq!(out.trim(), "Sqlite store: 3 migrations applied (latest 5)");
+    assert_eq!(out.trim(), "Sqlite store: 4 migrations applied (latest 9)");
     assert!(db.try_exists().unwrap());
 }
 
@@ -643,7 +651,109 @@ async fn migrate_applies_the_postgres_migrations() {
         return;
     };
     let out = migrate_cli(&format!("url = {url:?}"));
-    assert_eq!(out.trim(), "Postgres store: 4 migrations applied (latest 7)");
+    assert_eq!(out.trim(), "Postgres store: 5 migrations applied (latest 9)");
     // Applied once: a replica starting next finds nothing to do.
-    assert_eq!(Store::connect(&url, 2).await.unwrap().migrate().await.unwrap(), vec![1, 3, 5, 7]);
+    assert_eq!(
+        Store::connect(&url, 2).await.unwrap().migrate().await.unwrap(),
+        vec![1, 3, 5, 7, 9]
+    );
+}
+
+/// A driver that failed and could not release its lease (the database was down) leaves the
+/// row owned by its process: renewing only what live drivers hold lets that lease expire, and
+/// the same process then claims the run again, instead of renewing it forever.
+async fn a_lease_without_a_live_driver_expires_and_is_claimed_again(t: TestStore) {
+    let s = &t.store;
+    insert(s, &new_action("acme", 2, edrgate::store::now_ms() - 10, None)).await;
+    let leases = s.claim("r1", Duration::from_millis(50), 10).await.unwrap();
+    assert_eq!(leases.len(), 2);
+    let (alive, orphan) = (&leases[0], &leases[1]);
+    // Only the run whose driver lives is renewed.
+    assert_eq!(s.renew_leases("r1", &[alive.run_id], LEASE).await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert_eq!(s.renew_leases("r1", &[alive.run_id], LEASE).await.unwrap(), 1);
+    let claim = |live: &[Uuid]| {
+        let live = live.to_vec();
+        async move {
+            let c = edrgate::store::Claim {
+                owner: "r1",
+                lease: LEASE,
+                limit: 10,
+                per_key: u32::MAX,
+                live: &live,
+                full: &[],
+            };
+            s.claim_runs(&c).await.unwrap()
+        }
+    };
+    let again = claim(&[alive.run_id]).await;
+    assert_eq!(again.len(), 1, "the orphaned run is claimed again");
+    assert_eq!(again[0].lease.run_id, orphan.run_id);
+    assert_eq!(again[0].lease.version, orphan.version + 1);
+    // The old lease is fenced off; a live driver's run is never claimed from under it.
+    let st = states(Status::Running);
+    assert!(s.save_run(orphan, &write(&st, Status::Running, true)).await.unwrap().is_none());
+    assert!(claim(&[alive.run_id, orphan.run_id]).await.is_empty());
+}
+
+/// Claims go round-robin over (tenant, backend) and stop at the per-key cap: a fan-out queued
+/// first does not take every place before another tenant's single run.
+async fn claims_take_turns_across_tenants_and_backends(t: TestStore) {
+    let s = &t.store;
+    let now = edrgate::store::now_ms();
+    let big = new_action("big", 10, now - 100, None);
+    insert(s, &big).await;
+    let small = new_action("small", 1, now - 10, None);
+    insert(s, &small).await;
+    let first = s
+        .claim_runs(&edrgate::store::Claim {
+            owner: "r1",
+            lease: LEASE,
+            limit: 3,
+            per_key: 2,
+            live: &[],
+            full: &[],
+        })
+        .await
+        .unwrap();
+    let mut tenants: Vec<&str> = first.iter().map(|c| c.tenant.as_str()).collect();
+    tenants.sort_unstable();
+    assert_eq!(tenants, ["big", "big", "small"], "round-robin, two per key at most");
+    assert!(first.iter().all(|c| c.backend.as_deref() == Some("cb")));
+    // What live drivers hold counts against the cap, and a full key takes nothing.
+    let live: Vec<Uuid> = first.iter().map(|c| c.lease.run_id).collect();
+    let claim = |per_key: u32, full: Vec<(String, String)>| {
+        let live = live.clone();
+        async move {
+            let c = edrgate::store::Claim {
+                owner: "r1",
+                lease: LEASE,
+                limit: 10,
+                per_key,
+                live: &live,
+                full: &full,
+            };
+            s.claim_runs(&c).await.unwrap()
+        }
+    };
+    assert!(claim(2, vec![]).await.is_empty());
+    assert!(claim(5, vec![("big".into(), "cb".into())]).await.is_empty());
+    assert_eq!(claim(5, vec![]).await.len(), 3);
+}
+
+async fn every_fenced_write_says_whether_a_cancel_was_requested(t: TestStore) {
+    let s = &t.store;
+    let a = new_action("acme", 1, edrgate::store::now_ms() - 10, None);
+    insert(s, &a).await;
+    let lease = s.claim("r1", LEASE, 1).await.unwrap().remove(0);
+    let st = states(Status::Running);
+    for visible in [false, true] {
+        let saved = s.save_run(&lease, &write(&st, Status::Running, visible)).await.unwrap();
+        assert!(!saved.unwrap().cancel_requested);
+    }
+    s.request_cancel("acme", a.id).await.unwrap().unwrap();
+    for visible in [false, true] {
+        let saved = s.save_run(&lease, &write(&st, Status::Running, visible)).await.unwrap();
+        assert!(saved.unwrap().cancel_requested, "visible: {visible}");
+    }
 }

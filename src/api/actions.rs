@@ -125,8 +125,12 @@ pub(crate) async fn submit_action(
     let submit_meta = SubmitMeta { idempotency_key, request_id, subject: caller.subject.clone() };
     let targets = serde_json::to_value(&request.targets).ok();
     let commands = serde_json::to_value(&request.commands).ok();
-    let submitted = match caller.require_commands(request.commands.iter().map(Command::kind)) {
-        Err(forbidden) => Err(ApiError::from(forbidden)),
+    let checked = caller
+        .require_commands(request.commands.iter().map(Command::kind))
+        .map_err(ApiError::from)
+        .and_then(|()| super::request::check_commands(&request.commands));
+    let submitted = match checked {
+        Err(refused) => Err(refused),
         Ok(()) => {
             let store = state.engine.store();
             let admitted = state

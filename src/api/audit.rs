@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::ApiState;
 use super::problem::{ApiError, Json, Problem, Query};
-use super::reload::{ReloadError, ReloadReport};
+use super::reload::{ReloadError, ReloadReport, tenant_view};
 use super::request::RequestMeta;
 use crate::audit::{Actor, AuditEntry, AuditEvent, AuditQuery, AuditRecord, MAX_PAGE};
 use crate::auth::{Caller, Permission};
@@ -174,8 +174,11 @@ fn audit_query(params: &AuditParams) -> Result<AuditQuery, ApiError> {
 ///
 /// Re-reads the configuration file and applies its `tenants` (backends, credentials,
 /// routing) to new actions; runs in flight finish undisturbed. A configuration that does not
-/// validate is refused with every problem listed, and the running one keeps serving. Needs
-/// the admin permission; equivalent to sending the process SIGHUP.
+/// validate is refused with every problem listed, and the running one keeps serving. This
+/// acts on the whole gateway, so it needs the operator permission (its own scope,
+/// `edrgate:operator` by default, never implied by a tenant's `admin`); equivalent to sending
+/// the process SIGHUP. The answer is for the operator and names every tenant's backends; the
+/// audit entry, which the caller's tenant's admins read, keeps only that tenant's part.
 #[utoipa::path(
     post,
     path = "/v1/admin/reload",
@@ -183,7 +186,7 @@ fn audit_query(params: &AuditParams) -> Result<AuditQuery, ApiError> {
     responses(
         (status = 200, description = "Reloaded", body = ReloadReport),
         (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the admin permission", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the operator permission", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Not started from a configuration file", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The new configuration is invalid; nothing changed", body = Problem, content_type = "application/problem+json"),
     ),
@@ -194,21 +197,20 @@ pub(crate) async fn reload(
     caller: Caller,
     meta: RequestMeta,
 ) -> Result<Json<ReloadReport>, ApiError> {
-    caller.require(Permission::Admin)?;
+    if let Err(refusal) = caller.require(Permission::Operator) {
+        let error = ApiError::from(refusal);
+        record(&state, &caller, &meta, refused(AuditEvent::ConfigReload, &error)).await;
+        return Err(error);
+    }
     let result = state.reloader.reload().await;
-    let (outcome, http_status, error_code, detail) = match &result {
-        Ok(report) => ("ok", 200, None, serde_json::to_value(report).ok()),
-        Err(ReloadError::NoFile) => ("refused", 409, Some("conflict"), None),
-        Err(ReloadError::Invalid(problems)) => (
-            "refused",
-            422,
-            Some("invalid_request"),
-            Some(serde_json::json!({ "problems": problems })),
-        ),
+    let (outcome, http_status, error_code) = match &result {
+        Ok(_) => ("ok", 200, None),
+        Err(ReloadError::NoFile) => ("refused", 409, Some("conflict")),
+        Err(ReloadError::Invalid(_)) => ("refused", 422, Some("invalid_request")),
     };
     let mut entry = AuditRecord::new(AuditEvent::ConfigReload, outcome, http_status);
     entry.error_code = error_code.map(str::to_owned);
-    entry.detail = detail;
+    entry.detail = Some(tenant_view(&caller.tenant, &result)).filter(|d| !d.is_null());
     record(&state, &caller, &meta, entry).await;
     match result {
         Ok(report) => Ok(Json(report)),

@@ -142,6 +142,8 @@ async fn upload(
     let meta = if content_type.to_ascii_lowercase().starts_with("multipart/form-data") {
         let boundary = multer::parse_boundary(content_type)
             .map_err(|_| ApiError::invalid("multipart/form-data needs a boundary"))?;
+        // The parser buffers a preamble and each part's headers whole: capped on the way in.
+        let body = super::multipart::guard(body, &boundary);
         let mut multipart = multer::Multipart::new(body, boundary);
         loop {
             let field = multipart.next_field().await.map_err(|e| multipart_error(&e))?;
@@ -197,10 +199,12 @@ async fn store(
 }
 
 fn multipart_error(e: &multer::Error) -> ApiError {
+    use super::multipart::GuardError;
     match e {
-        multer::Error::StreamReadFailed(_) => {
-            ApiError::invalid("the upload was interrupted before its end")
-        }
+        multer::Error::StreamReadFailed(source) => match source.downcast_ref::<GuardError>() {
+            Some(GuardError::Overlong(overlong)) => ApiError::invalid(overlong.to_string()),
+            _ => ApiError::invalid("the upload was interrupted before its end"),
+        },
         e => ApiError::invalid(format!("bad multipart body: {e}")),
     }
 }

@@ -1,4 +1,5 @@
-//! The HTTP surface: `/v1` (authenticated), `/healthz`, `/readyz` and `/openapi.json`.
+//! The HTTP surface: `/v1` (authenticated), `/healthz`, `/readyz` and `/openapi.json`; and
+//! `/metrics` on a listener of its own ([`metrics_router`]).
 //!
 //! Routes are declared once, with their OpenAPI description, through utoipa-axum (see
 //! [`openapi::api_routes`]); [`router`] adds the state, the fallbacks and the layers.
@@ -13,6 +14,7 @@ pub mod caller;
 pub mod devices;
 pub mod files;
 pub mod metrics;
+pub mod multipart;
 pub mod openapi;
 pub mod problem;
 pub mod reload;
@@ -90,21 +92,28 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
             }),
         )
         .with_state(state.clone());
-    let metrics = Router::new()
-        .route("/metrics", axum::routing::get(metrics::render))
-        .with_state(state.clone());
     let routes = if prefix.is_empty() {
-        routes.merge(metrics)
+        routes
     } else {
-        // Probes and scrapers reach the process directly, without the proxy's prefix.
+        // Probes reach the process directly, without the proxy's prefix.
         let ops = Router::new()
             .route("/healthz", axum::routing::get(devices::healthz))
             .route("/readyz", axum::routing::get(devices::readyz))
             .with_state(state);
-        Router::new().nest(&prefix, routes).merge(ops).merge(metrics)
+        Router::new().nest(&prefix, routes).merge(ops)
     };
     let upload_path: Arc<str> = format!("{prefix}/v1/files").into();
     with_layers(routes.fallback(not_found), max_body_bytes, upload_path)
+}
+
+/// `/metrics` alone, for its own listener (`server.metrics_listen`): the metrics name every
+/// tenant and backend and are not authenticated, so the API's listener does not serve them.
+pub fn metrics_router(state: ApiState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics::render))
+        .fallback(not_found)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(problem::render_problems))
 }
 
 /// The middleware stack around every route (and the fallbacks).

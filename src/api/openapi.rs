@@ -46,7 +46,7 @@ pub const REGENERATE: &str = "cargo run -- openapi --write";
         (name = "files", description = "Uploads and files fetched from endpoints, with their custody"),
         (name = "devices", description = "Devices and backend capabilities of the caller's tenant"),
         (name = "audit", description = "The tenant's audit trail of response actions and file transfers"),
-        (name = "admin", description = "Operating the gateway (admin permission)"),
+        (name = "admin", description = "Operating the gateway (operator permission)"),
         (name = "health", description = "Liveness and readiness (no authentication)"),
     )
 )]

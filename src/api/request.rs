@@ -1,5 +1,6 @@
 //! Who is on the other end of a request: its id and the client's address, taking forwarded
-//! headers only from configured trusted proxies (a client can write any header it likes).
+//! headers only from configured trusted proxies (a client can write any header it likes);
+//! and the checks of a submission's arguments that every vendor needs ([`check_commands`]).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -8,6 +9,9 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use std::sync::Arc;
 
+use edrgate_adapter::Command;
+
+use super::problem::ApiError;
 use super::{ApiState, X_REQUEST_ID};
 
 pub use crate::net::Cidr;
@@ -75,6 +79,26 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &Arc<[Cidr]>) 
         }
     }
     client
+}
+
+/// Largest end (`offset + length`) of a partial `get_file`: vendors and the store take byte
+/// positions as signed 64-bit numbers (JSON numbers, PostgreSQL `bigint`).
+const MAX_FILE_END: u64 = i64::MAX as u64;
+
+/// Checks of the commands' arguments that hold for every vendor and that the model leaves
+/// open: a partial `get_file` whose end overflows would wrap (or panic) in each adapter's
+/// range arithmetic, so it is refused here, once, before anything is stored.
+pub(crate) fn check_commands(commands: &[Command]) -> Result<(), ApiError> {
+    for (i, command) in commands.iter().enumerate() {
+        if let Command::GetFile { offset: Some(offset), length: Some(length), .. } = command
+            && offset.checked_add(*length).is_none_or(|end| end > MAX_FILE_END)
+        {
+            return Err(ApiError::invalid(format!(
+                "commands[{i}]: offset + length must not exceed {MAX_FILE_END}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `scheme://host` of the request as the client made it. Forwarded values count only from a

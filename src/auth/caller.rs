@@ -23,11 +23,16 @@ pub enum Permission {
     Contain,
     /// Stored files: upload, metadata, download.
     Files,
-    /// Tenant administration: configuration reload, the whole tenant's audit trail.
+    /// Tenant administration: the whole tenant's audit trail.
     Admin,
+    /// Operating the gateway itself: the configuration reload (`POST /v1/admin/reload`),
+    /// which acts on every tenant. Its own scope, never implied by a tenant's permissions
+    /// (not in [`Permission::ALL`], so not in development tokens unless asked for).
+    Operator,
 }
 
 impl Permission {
+    /// A tenant's permissions: what every default token carries.
     pub const ALL: [Permission; 6] = [
         Permission::Read,
         Permission::Write,
@@ -35,6 +40,17 @@ impl Permission {
         Permission::Contain,
         Permission::Files,
         Permission::Admin,
+    ];
+
+    /// Every permission: the tenant's and [`Permission::Operator`].
+    pub const EVERY: [Permission; 7] = [
+        Permission::Read,
+        Permission::Write,
+        Permission::Execute,
+        Permission::Contain,
+        Permission::Files,
+        Permission::Admin,
+        Permission::Operator,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,6 +61,7 @@ impl Permission {
             Permission::Contain => "contain",
             Permission::Files => "files",
             Permission::Admin => "admin",
+            Permission::Operator => "operator",
         }
     }
 
@@ -57,6 +74,7 @@ impl Permission {
             Permission::Contain => &names.contain,
             Permission::Files => &names.files,
             Permission::Admin => &names.admin,
+            Permission::Operator => &names.operator,
         }
     }
 
@@ -81,6 +99,7 @@ impl From<CommandClass> for Permission {
 pub struct Permissions(u8);
 
 impl Permissions {
+    /// A tenant's permissions ([`Permission::ALL`]; not [`Permission::Operator`]).
     pub fn all() -> Permissions {
         Permission::ALL.into_iter().collect()
     }
@@ -90,7 +109,7 @@ impl Permissions {
     }
 
     pub fn iter(self) -> impl Iterator<Item = Permission> {
-        Permission::ALL.into_iter().filter(move |p| self.contains(*p))
+        Permission::EVERY.into_iter().filter(move |p| self.contains(*p))
     }
 }
 

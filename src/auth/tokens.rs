@@ -242,7 +242,7 @@ impl Auth {
                 _ => {}
             }
         }
-        let permissions = Permission::ALL
+        let permissions = Permission::EVERY
             .into_iter()
             .filter(|p| granted.contains(&p.scope(&self.scopes)))
             .collect();

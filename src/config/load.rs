@@ -20,11 +20,23 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, Vec<String>> {
         let text =
             std::fs::read_to_string(path).map_err(|e| vec![format!("{}: {e}", path.display())])?;
-        Self::parse(&text, |name| std::env::var(name).ok())
+        Self::parse_from(&text, &path.display().to_string(), |name| std::env::var(name).ok())
     }
 
+    /// [`Config::parse_from`] for text that has no file name (syntax errors then start with
+    /// `line:column`).
     pub fn parse(text: &str, env: impl Fn(&str) -> Option<String>) -> Result<Config, Vec<String>> {
-        let mut value: toml::Value = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
+        Self::parse_from(text, "", env)
+    }
+
+    /// Parses `text`, read from `origin` (a file name, for messages).
+    pub fn parse_from(
+        text: &str,
+        origin: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, Vec<String>> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| vec![syntax_error(text, origin, &e)])?;
         let mut errors = Vec::new();
         interpolate(&mut value, "", &env, &mut errors);
         read_secret_files(&mut value, "", &mut errors);
@@ -37,7 +49,7 @@ impl Config {
         }
         let fingerprints = backend_fingerprints(&value);
         let mut config: Config =
-            value.try_into().map_err(|e: toml::de::Error| vec![e.to_string()])?;
+            value.try_into().map_err(|e: toml::de::Error| vec![without_values(e.message())])?;
         config.backend_fingerprints = fingerprints;
         config.validate()?;
         Ok(config)
@@ -122,7 +134,71 @@ fn shape_error(path: &str, message: &str) -> String {
         let expected = message.split_once(", expected ").map(|(_, e)| e).unwrap_or("");
         return format!("{path}.{name}: unknown setting (expected {expected})");
     }
-    format!("{path}: {}", message.trim())
+    format!("{path}: {}", without_values(message.trim()))
+}
+
+/// A TOML syntax error as `file:line:column: message (key k)`. Never the offending line: it
+/// may hold a secret (`toml`'s own rendering quotes the line under a caret), so only the
+/// position, the parser's message and the key the line sets (or the table it is in) are shown.
+fn syntax_error(text: &str, origin: &str, error: &toml::de::Error) -> String {
+    let mut at = error.span().map_or(0, |span| span.start).min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = text[line_start..at].chars().count() + 1;
+    let message = error.message().trim().replace('\n', "; ");
+    let place = if origin.is_empty() {
+        format!("{line}:{column}")
+    } else {
+        format!("{origin}:{line}:{column}")
+    };
+    let table = before[..line_start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        let name = l.strip_prefix("[[").and_then(|l| l.split_once("]]")).map(|(name, _)| name);
+        let name =
+            name.or_else(|| l.strip_prefix('[').and_then(|l| l.split_once(']')).map(|(n, _)| n));
+        name.map(str::trim).filter(|n| is_key_path(n)).map(str::to_owned)
+    });
+    let line_text = text[line_start..].lines().next().unwrap_or("");
+    // Inside a multi-line string, `x=` is text (base64 padding…), not a key.
+    let in_string = |quotes: &str| before[..line_start].matches(quotes).count() % 2 == 1;
+    let key = line_text
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| is_key_path(k) && !in_string("\"\"\"") && !in_string("'''"));
+    match (table, key) {
+        (Some(table), Some(key)) => format!("{place}: invalid TOML: {message} (key {table}.{key})"),
+        (None, Some(key)) => format!("{place}: invalid TOML: {message} (key {key})"),
+        (Some(table), None) => format!("{place}: invalid TOML: {message} (in table {table})"),
+        (None, None) => format!("{place}: invalid TOML: {message}"),
+    }
+}
+
+/// A dotted key of bare or quoted plain parts: what a key can be shown as without showing
+/// a value that a broken line may have run into.
+fn is_key_path(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 200
+        && key.chars().all(|c| c.is_ascii_alphanumeric() || "_-.\"".contains(c))
+}
+
+/// serde's "invalid type: string \"…\", expected …" quotes the value it found, which may be a
+/// secret set under the wrong name or with the wrong type: only its type is kept.
+fn without_values(message: &str) -> String {
+    let mut out = message.to_owned();
+    for prefix in ["invalid type: ", "invalid value: "] {
+        let Some(start) = out.find(prefix).map(|i| i + prefix.len()) else { continue };
+        let Some(len) = out[start..].find(", expected") else { continue };
+        let found = &out[start..start + len];
+        let kind = found.split([' ', '`']).next().unwrap_or("").to_owned();
+        if kind.len() != found.len() {
+            out.replace_range(start..start + len, &kind);
+        }
+    }
+    out
 }
 
 fn backend_fingerprints(value: &toml::Value) -> BTreeMap<(String, String), [u8; 32]> {

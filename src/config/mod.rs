@@ -59,6 +59,11 @@ pub struct Config {
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// Where `/metrics` (Prometheus) is served: its own address, never the API's, because the
+    /// metrics name every tenant and backend and are not authenticated. Unset: not served.
+    /// Keep it on loopback or a network only the scraper reaches (`0.0.0.0:9090` in a pod).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Largest JSON request body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
@@ -70,8 +75,8 @@ pub struct ServerConfig {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     /// Path the API is served under (`/edrgate` serves `/edrgate/v1/actions`), for a reverse
-    /// proxy that forwards a sub-path as is. `/healthz`, `/readyz` and `/metrics` are also
-    /// served at the root, for probes and scrapers that reach the process directly.
+    /// proxy that forwards a sub-path as is. `/healthz` and `/readyz` are also served at the
+    /// root, for probes that reach the process directly.
     #[serde(default)]
     pub path_prefix: String,
     /// On SIGTERM: how long in-flight requests, then run drivers, get to finish before the
@@ -233,6 +238,9 @@ pub struct ScopeNames {
     pub contain: String,
     pub files: String,
     pub admin: String,
+    /// Operating the gateway (the configuration reload, which acts on every tenant): grant
+    /// it only to the gateway's operators, never with a tenant's other scopes.
+    pub operator: String,
 }
 
 impl Default for ScopeNames {
@@ -244,6 +252,7 @@ impl Default for ScopeNames {
             contain: "edrgate:contain".into(),
             files: "edrgate:files".into(),
             admin: "edrgate:admin".into(),
+            operator: "edrgate:operator".into(),
         }
     }
 }
@@ -343,6 +352,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: default_listen(),
+            metrics_listen: None,
             max_body_bytes: default_max_body(),
             max_wait_seconds: default_max_wait(),
             trusted_proxies: Vec::new(),

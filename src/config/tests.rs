@@ -205,3 +205,39 @@ mod shipped {
         }
     }
 }
+
+#[test]
+fn syntax_errors_name_the_place_and_key_but_never_the_line() {
+    let secret = "s3cr3t-0123456789abcdef0123456789";
+    // The closing quote is missing: the parser's own message would quote the whole line.
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:8080\"\n\n[auth]\nallow_hs256 = true\nhs256_secret = \"{secret}\n"
+    );
+    let errors = Config::parse_from(&text, "/etc/edrgate.toml", |_| None).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let error = &errors[0];
+    assert!(error.starts_with("/etc/edrgate.toml:6:"), "{error}");
+    assert!(error.contains("(key auth.hs256_secret)"), "{error}");
+    assert!(!error.contains(secret) && !error.contains("s3cr3t"), "{error}");
+    // Without a file name: `line:column`.
+    let errors = Config::parse(&text, |_| None).unwrap_err();
+    assert!(errors[0].starts_with("6:"), "{errors:?}");
+    // A broken multi-line string: its `x=` lines are not keys.
+    let text = "[auth]\nhs256_secret = \"\"\"\nQUJDREVGR0hJSktMTU5PUA==\n\\q\n\"\"\"\n";
+    let errors = Config::parse(text, |_| None).unwrap_err();
+    assert!(!errors[0].contains("QUJD"), "{errors:?}");
+}
+
+#[test]
+fn type_errors_do_not_quote_the_value() {
+    let text = "[auth]\nallow_hs256 = true\nhs256_secret = 987654321987654321\n";
+    let errors = Config::parse(text, |_| None).unwrap_err();
+    assert!(errors.iter().all(|e| !e.contains("987654321")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.starts_with("auth: invalid type: integer, expected")),
+        "{errors:?}"
+    );
+    let text = "[auth]\nallow_hs256 = \"secret-looking-text\"\n";
+    let errors = Config::parse(text, |_| None).unwrap_err();
+    assert!(errors.iter().all(|e| !e.contains("secret-looking")), "{errors:?}");
+}

@@ -137,6 +137,7 @@ impl AuthConfig {
             ("contain", &s.contain),
             ("files", &s.files),
             ("admin", &s.admin),
+            ("operator", &s.operator),
         ];
         for (i, (field, name)) in names.iter().enumerate() {
             if name.is_empty() || name.contains(char::is_whitespace) {
@@ -170,6 +171,15 @@ impl Config {
             errors.push(format!(
                 "server.path_prefix: {prefix:?} must look like /edrgate or /a/b (no trailing slash)"
             ));
+        }
+        if let Some(metrics) = self.server.metrics_listen
+            && metrics.port() != 0
+            && metrics.port() == self.server.listen.port()
+            && (metrics.ip() == self.server.listen.ip()
+                || metrics.ip().is_unspecified()
+                || self.server.listen.ip().is_unspecified())
+        {
+            errors.push("server.metrics_listen: must not be the API's address".to_owned());
         }
         if self.server.shutdown_grace_seconds == 0 {
             errors.push("server.shutdown_grace_seconds: must be at least 1".to_owned());

@@ -16,15 +16,21 @@ use edrgate_adapter::{
 use tokio::sync::Notify;
 
 use super::run_files::EngineRunFiles;
-use super::{Engine, LocalRun, lock};
+use super::{Engine, lock};
 use crate::store::{Lease, RunRecord, RunWrite, StoreError, now_ms};
 
 /// Steps an adapter gets to clean up after a stop when its vendor calls keep failing.
 const MAX_STOP_ATTEMPTS: u32 = 3;
 
 impl Engine {
-    /// Drives one run until it finishes, the lease is lost or the process shuts down.
-    pub(super) async fn drive(self: Arc<Self>, lease: Lease) -> Result<(), StoreError> {
+    /// Drives one run until it finishes, the lease is lost or the process shuts down. `stop`
+    /// and `wake` are the run's entry in `local` (made when it was claimed).
+    pub(super) async fn drive(
+        self: Arc<Self>,
+        lease: Lease,
+        stop: StopSignal,
+        wake: Arc<Notify>,
+    ) -> Result<(), StoreError> {
         let run = self.store.load_run(lease.run_id).await?;
         if run.status.is_terminal() {
             return self.store.release(&lease, now_ms()).await;
@@ -34,22 +40,20 @@ impl Engine {
             // replica) or handed it back (a shutdown): this process takes it over.
             crate::metrics::run_taken_over(&run.tenant, run.backend.as_deref());
         }
-        let stop = StopSignal::new();
-        let wake = Arc::new(Notify::new());
-        lock(&self.local).insert(
-            run.id,
-            LocalRun { action_id: run.action_id, stop: stop.clone(), wake: Arc::clone(&wake) },
-        );
         // The cancel may have been requested before this process held the run.
-        if self.store.cancel_requested(run.action_id).await? {
+        if run.cancel_requested || self.store.cancel_requested(run.action_id).await? {
             stop.stop(StopReason::Cancelled);
         }
-        let until_deadline =
-            Duration::from_millis(u64::try_from(run.deadline - now_ms()).unwrap_or(0));
+        // A run claimed past its deadline (after a restart, say) is stopped before its first
+        // step here, not after a timer that might lose the race with it.
+        let until_deadline = u64::try_from(run.deadline - now_ms()).unwrap_or(0);
+        if until_deadline == 0 {
+            stop.stop(StopReason::DeadlineExceeded);
+        }
         let timer = {
             let (stop, wake) = (stop.clone(), Arc::clone(&wake));
             tokio::spawn(async move {
-                tokio::time::sleep(until_deadline).await;
+                tokio::time::sleep(Duration::from_millis(until_deadline)).await;
                 stop.stop(StopReason::DeadlineExceeded);
                 wake.notify_one();
             })
@@ -318,9 +322,25 @@ impl Driver<'_> {
             let mut run = lock(&self.run);
             let on_error = run.request.on_error;
             let mut failed_before = false;
+            let kinds: Vec<CommandKind> = run.request.commands.iter().map(Command::kind).collect();
             for state in run.states.iter_mut() {
                 if !state.status.is_terminal() {
-                    if let Some(reason) = reason {
+                    let sent = state.status != Status::Queued
+                        && kinds.get(state.index).is_some_and(|k| k.has_side_effect());
+                    if let Some(reason) = reason
+                        && sent
+                    {
+                        // Handed to the vendor and not reported back by the adapter: the side
+                        // effect may have taken place, so it is not reported `cancelled`.
+                        state.status = Status::Failed;
+                        state.error = Some(ErrorInfo::new(
+                            ErrorCode::OutcomeUnknown,
+                            format!(
+                                "the run was stopped ({}) after this command was sent to the vendor; whether it took effect is unknown",
+                                reason.status().as_str()
+                            ),
+                        ));
+                    } else if let Some(reason) = reason {
                         state.status = reason.status();
                         state.error = Some(reason.error());
                     } else if failed_before && on_error == OnError::Stop {
@@ -379,13 +399,23 @@ impl Driver<'_> {
             error: run.error.as_ref(),
             states: &run.states,
             checkpoint: run.checkpoint.as_ref(),
-            next_step_at: now + i64::try_from(next_in.as_millis()).unwrap_or(0),
+            // Never due after the deadline, however far the adapter (a vendor's Retry-After)
+            // pushes it: whoever holds the run then, after a restart too, ends it on time.
+            next_step_at: now
+                .saturating_add(i64::try_from(next_in.as_millis()).unwrap_or(i64::MAX))
+                .min(run.deadline),
             lease_until: now + i64::try_from(self.engine.opts.lease.as_millis()).unwrap_or(0),
             visible,
         };
-        if !self.engine.store.save_run(self.lease, &write).await? {
+        let Some(saved) = self.engine.store.save_run(self.lease, &write).await? else {
             tracing::warn!(run_id = %run.id, "lease lost; another process drives this run now");
             return Ok(Outcome::LeaseLost);
+        };
+        if saved.cancel_requested && self.stop.reason().is_none() {
+            // Read with every write, not only from the cancel's announcement, which a
+            // reconnecting listener misses: the next move of the adapter sees the stop.
+            self.stop.stop(StopReason::Cancelled);
+            self.wake.notify_one();
         }
         if visible {
             let _ = self.engine.changes.send(run.action_id);

@@ -6,23 +6,34 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use edrgate_adapter::adapter::StopReason;
+use edrgate_adapter::adapter::{StopReason, StopSignal};
 use futures::FutureExt;
+use tokio::sync::Notify;
 use uuid::Uuid;
 
-use super::{Engine, lock};
-use crate::store::{Lease, now_ms};
+use super::{Engine, LocalRun, lock};
+use crate::store::{Claim, Claimed, now_ms};
 
 impl Engine {
     pub(super) async fn claim_loop(self: Arc<Self>) {
         loop {
-            let in_flight = u32::try_from(lock(&self.local).len()).unwrap_or(u32::MAX);
+            let live = self.live_runs();
+            let in_flight = u32::try_from(live.len()).unwrap_or(u32::MAX);
             let room = self.opts.max_in_flight.saturating_sub(in_flight);
             if room > 0 && !self.shutdown.is_cancelled() {
-                match self.store.claim(&self.owner, self.opts.lease, room).await {
-                    Ok(leases) => {
-                        for lease in leases {
-                            self.spawn_driver(lease);
+                let full = self.waiting_backends();
+                let claim = Claim {
+                    owner: &self.owner,
+                    lease: self.opts.lease,
+                    limit: room,
+                    per_key: self.opts.max_in_flight_per_backend(),
+                    live: &live,
+                    full: &full,
+                };
+                match self.store.claim_runs(&claim).await {
+                    Ok(claimed) => {
+                        for run in claimed {
+                            self.spawn_driver(run);
                         }
                     }
                     Err(error) => tracing::error!(%error, "claiming runs failed"),
@@ -34,6 +45,23 @@ impl Engine {
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
         }
+    }
+
+    /// The runs live drivers hold here: the only ones whose leases are renewed.
+    fn live_runs(&self) -> Vec<Uuid> {
+        lock(&self.local).keys().copied().collect()
+    }
+
+    /// The (tenant, backend) keys whose vendor budget already has runs of this process
+    /// waiting for it: a run claimed for them now would only wait in memory too, holding a
+    /// place in flight another backend's run could use. It stays in the store until the
+    /// budget frees up.
+    fn waiting_backends(&self) -> Vec<(String, String)> {
+        self.backends()
+            .all()
+            .filter(|(_, _, adapter)| adapter.budgets().iter().any(|b| b.waiting > 0))
+            .map(|(tenant, backend, _)| (tenant.clone(), backend.clone()))
+            .collect()
     }
 
     /// Feeds changes made by other replicas (PostgreSQL NOTIFY) to the long-polls waiting here.
@@ -88,17 +116,29 @@ impl Engine {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(every) => {}
             }
-            if let Err(error) = self.store.renew_leases(&self.owner, self.opts.lease).await {
+            // Only what a live driver holds: a lease left behind by a driver that failed (and
+            // whose release failed too, say in a database outage) expires and is claimed again.
+            let live = self.live_runs();
+            if let Err(error) = self.store.renew_leases(&self.owner, &live, self.opts.lease).await {
                 tracing::error!(%error, "renewing leases failed");
             }
         }
     }
 
-    fn spawn_driver(self: &Arc<Self>, lease: Lease) {
+    fn spawn_driver(self: &Arc<Self>, claimed: Claimed) {
         let engine = Arc::clone(self);
+        let lease = claimed.lease;
         let run_id = lease.run_id;
+        let stop = StopSignal::new();
+        let wake = Arc::new(Notify::new());
+        // Counted in flight and renewed from now on, before the task first runs.
+        lock(&self.local).insert(
+            run_id,
+            LocalRun { action_id: claimed.action_id, stop: stop.clone(), wake: Arc::clone(&wake) },
+        );
         lock(&self.tasks).spawn(async move {
-            let driven = AssertUnwindSafe(Arc::clone(&engine).drive(lease.clone())).catch_unwind().await;
+            let drive = Arc::clone(&engine).drive(lease.clone(), stop, wake);
+            let driven = AssertUnwindSafe(drive).catch_unwind().await;
             let failed = match driven {
                 Ok(Ok(())) => false,
                 Ok(Err(error)) => {
@@ -111,9 +151,15 @@ impl Engine {
                 }
             };
             lock(&engine.local).remove(&run_id);
+            // A place in flight is free: runs waiting in the store need not wait for the tick.
+            engine.work.notify_one();
             if failed {
                 // Hand the run back after a pause rather than spinning on a persistent fault.
-                let _ = engine.store.release(&lease, now_ms() + 5_000).await;
+                // If this fails too, the lease (no longer renewed) expires and the run is
+                // claimed again.
+                if let Err(error) = engine.store.release(&lease, now_ms() + 5_000).await {
+                    tracing::warn!(run_id = %run_id, %error, "cannot hand the run back; its lease will expire");
+                }
             }
         });
     }

@@ -54,6 +54,15 @@ pub struct EngineOptions {
     pub max_in_flight: u32,
 }
 
+impl EngineOptions {
+    /// Runs of one (tenant, backend) this process drives at once: a quarter of
+    /// `max_in_flight`, so that one tenant's fan-out on one backend leaves room for the work
+    /// of every other. The runs beyond it wait in the store, not in memory.
+    pub fn max_in_flight_per_backend(&self) -> u32 {
+        self.max_in_flight.div_ceil(4).max(1)
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {

@@ -15,6 +15,7 @@
 
 pub(crate) mod db;
 pub mod postgres;
+mod runs;
 mod sqlite;
 
 use std::path::Path;
@@ -27,6 +28,7 @@ use uuid::Uuid;
 
 pub use db::Dialect;
 pub(crate) use db::{Db, Tx, args, sql};
+pub use runs::{Claim, Claimed, Saved};
 
 /// A store failure. Details stay in logs; callers see `internal`.
 #[derive(Debug, thiserror::Error)]
@@ -528,181 +530,6 @@ impl Store {
         self.announce(&mut tx, &id.to_string(), true).await?;
         tx.commit().await?;
         rows.iter().map(|(r,)| parse_uuid(r)).collect::<Result<_>>().map(Some)
-    }
-
-    /// Claims up to `limit` unfinished runs that are due and not leased by a live owner (never
-    /// runs `owner` leases itself: those have a driver here). With PostgreSQL, replicas
-    /// claiming at once skip each other's locked rows instead of waiting for them.
-    pub async fn claim(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<Lease>> {
-        let now = now_ms();
-        let mut tx = self.db.begin().await?;
-        let rows: Vec<(String, i64)> = tx
-            .fetch_all(
-                sql!(self.db.dialect(),
-                    sqlite: "UPDATE runs SET lease_owner = $1, lease_expires_at = $2,
-                        lease_version = lease_version + 1
-                     WHERE id IN (
-                        SELECT id FROM runs
-                        WHERE status IN ('queued', 'dispatched', 'running') AND next_step_at <= $3
-                          AND (lease_owner IS NULL OR (lease_expires_at < $3 AND lease_owner <> $1))
-                        ORDER BY next_step_at LIMIT $4)
-                     RETURNING id, lease_version",
-                    postgres: "UPDATE runs SET lease_owner = $1, lease_expires_at = $2,
-                        lease_version = lease_version + 1
-                     WHERE id IN (
-                        SELECT id FROM runs
-                        WHERE status IN ('queued', 'dispatched', 'running') AND next_step_at <= $3
-                          AND (lease_owner IS NULL OR (lease_expires_at < $3 AND lease_owner <> $1))
-                        ORDER BY next_step_at LIMIT $4
-                        FOR UPDATE SKIP LOCKED)
-                     RETURNING id, lease_version"),
-                args![owner, now + duration_ms(lease), now, i64::from(limit)],
-            )
-            .await?;
-        tx.commit().await?;
-        rows.into_iter()
-            .map(|(id, version)| {
-                Ok(Lease { run_id: parse_uuid(&id)?, owner: owner.to_owned(), version })
-            })
-            .collect()
-    }
-
-    /// Extends every lease `owner` holds on unfinished runs.
-    pub async fn renew_leases(&self, owner: &str, lease: Duration) -> Result<u64> {
-        self.db
-            .execute(
-                "UPDATE runs SET lease_expires_at = $2
-                 WHERE lease_owner = $1 AND status IN ('queued', 'dispatched', 'running')",
-                args![owner, now_ms() + duration_ms(lease)],
-            )
-            .await
-    }
-
-    /// Gives up `owner`'s leases (graceful shutdown) so another process resumes at once.
-    pub async fn release_leases(&self, owner: &str) -> Result<()> {
-        self.db
-            .execute(
-                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
-                args![owner],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// Releases one lease after its run finished or was handed back.
-    pub async fn release(&self, lease: &Lease, next_step_at: i64) -> Result<()> {
-        self.db
-            .execute(
-                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, next_step_at = $4
-                 WHERE id = $1 AND lease_owner = $2 AND lease_version = $3",
-                args![lease.run_id.to_string(), &lease.owner, lease.version, next_step_at],
-            )
-            .await?;
-        Ok(())
-    }
-
-    pub async fn load_run(&self, run_id: Uuid) -> Result<RunRecord> {
-        let row: LoadedRunRow = self
-            .db
-            .fetch_one(
-                "SELECT r.*, a.request_json, a.deadline, a.cancel_requested
-                 FROM runs r JOIN actions a ON a.id = r.action_id WHERE r.id = $1",
-                args![run_id.to_string()],
-            )
-            .await?;
-        let run = row.run.into_run()?;
-        Ok(RunRecord {
-            id: run_id,
-            action_id: parse_uuid(&row.action_id)?,
-            tenant: row.tenant,
-            target: run.target,
-            backend: run.backend,
-            device_id: run.device_id,
-            hostname: run.hostname,
-            request: from_json(&row.request_json)?,
-            states: run.commands,
-            status: run.status,
-            error: run.error,
-            checkpoint: row.checkpoint_json.as_deref().map(from_json).transpose()?,
-            deadline: row.deadline,
-            cancel_requested: row.cancel_requested,
-        })
-    }
-
-    /// Whether the caller asked to cancel the run's action.
-    pub async fn cancel_requested(&self, action_id: Uuid) -> Result<bool> {
-        let v: Option<(bool,)> = self
-            .db
-            .fetch_optional(
-                "SELECT cancel_requested FROM actions WHERE id = $1",
-                args![action_id.to_string()],
-            )
-            .await?;
-        Ok(v.is_some_and(|(c,)| c))
-    }
-
-    /// Writes a run's progress, fenced by its lease, and refreshes the action's aggregate
-    /// status. `false` means the lease was lost: the caller must stop driving the run.
-    pub async fn save_run(&self, lease: &Lease, w: &RunWrite<'_>) -> Result<bool> {
-        let now = now_ms();
-        let run_id = lease.run_id.to_string();
-        let mut tx = self.db.begin().await?;
-        let action_id = if w.visible {
-            let (action_id,): (String,) =
-                tx.fetch_one("SELECT action_id FROM runs WHERE id = $1", args![&run_id]).await?;
-            // PostgreSQL: replicas saving runs of one action take its row first, so each
-            // computes the aggregate from the others' committed statuses, and in the order
-            // `request_cancel` takes them (action, then runs), so they cannot deadlock. SQLite's
-            // `BEGIN IMMEDIATE` already serializes writers.
-            if self.db.dialect() == Dialect::Postgres {
-                tx.execute("SELECT 1 FROM actions WHERE id = $1 FOR UPDATE", args![&action_id])
-                    .await?;
-            }
-            Some(action_id)
-        } else {
-            None
-        };
-        let updated = tx
-            .execute(
-                "UPDATE runs SET backend = $4, device_id = $5, hostname = $6, status = $7,
-                    error_json = $8, commands_json = $9, checkpoint_json = $10, next_step_at = $11,
-                    lease_expires_at = $12, updated_at = $13
-                 WHERE id = $1 AND lease_owner = $2 AND lease_version = $3",
-                args![
-                    &run_id,
-                    &lease.owner,
-                    lease.version,
-                    w.backend,
-                    w.device_id,
-                    w.hostname,
-                    w.status.as_str(),
-                    w.error.map(to_json).transpose()?,
-                    to_json(w.states)?,
-                    w.checkpoint.map(to_json).transpose()?,
-                    w.next_step_at,
-                    w.lease_until,
-                    now,
-                ],
-            )
-            .await?;
-        if updated != 1 {
-            return Ok(false);
-        }
-        let Some(action_id) = action_id else {
-            tx.commit().await?;
-            return Ok(true);
-        };
-        let statuses: Vec<(String,)> =
-            tx.fetch_all("SELECT status FROM runs WHERE action_id = $1", args![&action_id]).await?;
-        let statuses = statuses.iter().map(|(s,)| parse_status(s)).collect::<Result<Vec<_>>>()?;
-        tx.execute(
-            "UPDATE actions SET status = $2, updated_at = $3, version = version + 1 WHERE id = $1",
-            args![&action_id, Status::of_action(statuses).as_str(), now],
-        )
-        .await?;
-        self.announce(&mut tx, &action_id, false).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     pub async fn insert_file(&self, meta: &FileMeta) -> Result<()> {

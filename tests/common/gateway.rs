@@ -82,6 +82,8 @@ const CONFIG_FILE: &str = "edrgate.toml";
 pub(crate) struct Gateway {
     client: Client,
     pub(crate) addr: SocketAddr,
+    /// Where `/metrics` is served (`server.metrics_listen`; not on the API's listener).
+    pub(crate) metrics_addr: Option<SocketAddr>,
     /// The complete router, for requests without a socket ([`Gateway::oneshot`]).
     pub(crate) router: axum::Router,
     pub(crate) engine: Arc<Engine>,
@@ -150,13 +152,14 @@ impl Gateway {
             let addr = listener.local_addr().unwrap();
             let _ = started.send((
                 addr,
+                app.metrics_addr,
                 app.router.clone(),
                 Arc::clone(&app.engine),
                 app.shutdown.clone(),
             ));
             app::serve(listener, app, signal).await.unwrap();
         });
-        let Ok((addr, router, engine, shutdown)) = parts.await else {
+        let Ok((addr, metrics_addr, router, engine, shutdown)) = parts.await else {
             std::panic::resume_unwind(server.await.unwrap_err().into_panic());
         };
         let client = Client::new(
@@ -168,6 +171,7 @@ impl Gateway {
         Gateway {
             client,
             addr,
+            metrics_addr,
             router,
             engine,
             shutdown,

@@ -1,17 +1,22 @@
 //! Helpers shared by the test crates: the in-process gateway ([`Gateway::builder`]), its
-//! backends by kind, tokens and API client, and fresh PostgreSQL databases.
+//! backends by kind, tokens and API client, gateways as processes ([`GatewayProcess`]), a
+//! TCP proxy that simulates a server restart ([`Proxy`]), and fresh PostgreSQL databases.
 
 #![allow(dead_code, unused_imports)] // each test crate uses part of it
 
 mod backend;
 mod client;
 mod gateway;
+mod process;
+mod proxy;
 mod token;
 
 pub(crate) use backend::{Backend, spawn};
 pub(crate) use client::Client;
 pub(crate) use gateway::{Gateway, GatewayBuilder};
-pub(crate) use token::{SECRET, SUBJECT, scoped_token, token, token_as};
+pub(crate) use process::GatewayProcess;
+pub(crate) use proxy::Proxy;
+pub(crate) use token::{SECRET, SUBJECT, operator_token, scoped_token, token, token_as};
 
 use sqlx::Connection as _;
 

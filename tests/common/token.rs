@@ -27,3 +27,12 @@ pub(crate) fn scoped_token(tenant: &str, subject: &str, scopes: &[&str]) -> Stri
     };
     edrgate::auth::mint_with(&spec, tenant, subject, Duration::from_secs(600)).unwrap()
 }
+
+/// A token of `tenant` for `subject` with every permission and the operator's (the
+/// gateway-wide reload).
+pub(crate) fn operator_token(tenant: &str, subject: &str) -> String {
+    let names = edrgate::config::ScopeNames::default();
+    let mut spec = TokenSpec::dev(SECRET.as_bytes());
+    spec.scopes.push(names.operator.clone());
+    edrgate::auth::mint_with(&spec, tenant, subject, Duration::from_secs(600)).unwrap()
+}

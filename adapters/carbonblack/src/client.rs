@@ -385,10 +385,12 @@ async fn check(mut resp: Response) -> Result<Response, CbError> {
     Err(classify(status, &headers, &String::from_utf8_lossy(&body)))
 }
 
+/// A 2xx answer, decoded. One nobody can read is transient: to a side-effecting POST it says
+/// nothing about whether CB acted, so the intent stays and the next step reconciles.
 async fn json<T: DeserializeOwned>(resp: Response) -> Result<T, CbError> {
     let bytes = resp.bytes().await.map_err(|e| CbError::Api(http::transport_error(e)))?;
     serde_json::from_slice(&bytes).map_err(|e| {
-        CbError::Api(AdapterError::new(
+        CbError::Api(AdapterError::transient(
             ErrorCode::VendorUnavailable,
             format!("unexpected response from Carbon Black: {e}"),
         ))

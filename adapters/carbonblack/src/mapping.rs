@@ -307,6 +307,8 @@ pub(crate) fn simple_request(cmd: &Command, session_id: u64) -> Option<CommandRe
         | Command::Execute { .. }
         | Command::RunScript { .. }
         | Command::MemoryDump { .. }
+        | Command::QuarantineFile { .. }
+        | Command::UnquarantineFile { .. }
         | Command::Isolate
         | Command::Release => return None,
     })
@@ -374,7 +376,11 @@ pub(crate) fn cb_commands(cmd: &Command) -> Vec<&'static str> {
             }
             v
         }
-        Command::RunScript { .. } | Command::Isolate | Command::Release => Vec::new(),
+        Command::RunScript { .. }
+        | Command::QuarantineFile { .. }
+        | Command::UnquarantineFile { .. }
+        | Command::Isolate
+        | Command::Release => Vec::new(),
     }
 }
 

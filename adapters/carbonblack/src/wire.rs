@@ -33,8 +33,6 @@ pub(crate) struct CbCommand {
     #[serde(default)]
     pub object: Value,
     pub status: String,
-    #[serde(default)]
-    pub create_time: Option<f64>,
     #[serde(default, deserialize_with = "lenient_opt_i64")]
     pub result_code: Option<i64>,
     #[serde(default)]

@@ -50,7 +50,7 @@ use crate::model::{Command, CommandKind, CommandResult, ErrorCode, RegistryValue
 use crate::testsuite::{JournalMode, MemFiles, RunHarness};
 
 /// Endpoints every test's simulator is started with (each run gets a fresh one).
-pub const ENDPOINTS: usize = 64;
+pub const ENDPOINTS: usize = 96;
 
 /// What a simulated endpoint holds, for the suite's commands.
 #[derive(Clone, Debug)]
@@ -127,6 +127,11 @@ pub fn sample_run(f: &Fixtures, kind: CommandKind, files: &MemFiles) -> Vec<Comm
             path: join(&f.dir, "edrgate-conformance.txt"),
         }],
         CommandKind::DeleteFile => vec![Command::DeleteFile { path: f.file.clone() }],
+        CommandKind::QuarantineFile => vec![Command::QuarantineFile { path: f.file.clone() }],
+        CommandKind::UnquarantineFile => vec![
+            Command::QuarantineFile { path: f.file.clone() },
+            Command::UnquarantineFile { path: f.file.clone() },
+        ],
         CommandKind::ListDirectory => vec![Command::ListDirectory { path: f.dir.clone() }],
         CommandKind::CreateDirectory => {
             vec![Command::CreateDirectory { path: join(&f.dir, "edrgate-conformance-dir") }]
@@ -198,6 +203,7 @@ struct Seen {
     effects: u64,
     processed: u64,
     answers_lost: u64,
+    answers_garbled: u64,
     retry_after_violations: u64,
     injected: u64,
 }
@@ -238,6 +244,7 @@ impl Admin {
             effects: executed.iter().filter(|(op, _)| H::is_effect(op)).map(|(_, n)| n).sum(),
             processed: n("side_effects_processed"),
             answers_lost: n("answers_lost"),
+            answers_garbled: n("answers_garbled"),
             retry_after_violations: n("retry_after_violations"),
             injected: n("injected_5xx") + n("injected_429") + n("dropped"),
         }
@@ -486,6 +493,9 @@ pub async fn capabilities_are_exact<H: Conformance>() {
         RunScript,
         MemoryDump,
         KillProcess,
+        // The file comes back before it is deleted.
+        QuarantineFile,
+        UnquarantineFile,
         DeleteFile,
         Isolate,
         Release,
@@ -696,22 +706,41 @@ pub async fn lost_answers_are_reconciled_never_resent<H: Conformance>() {
             kill_expected = Some(expected);
         }
 
-        let mut run = RunHarness::new(&devices.next(&h), Vec::new());
-        sample(&mut run);
-        let mut run = reset_views(run);
-        let before = admin.seen::<H>().await;
-        admin.faults(json!({"lose_answer_after_effect": 1})).await;
-        run.drive_within(&*adapter, RUN_LIMIT).await;
-        admin.faults(json!({})).await;
-        let after = admin.seen::<H>().await;
-        let what = format!("{kind:?} with its answer lost");
-        assert_eq!(after.answers_lost - before.answers_lost, 1, "{what}: the fault did not hit");
-        assert_reconciled(&run, &what);
-        assert_eq!(
-            (after.processed - before.processed, after.effects - before.effects),
-            expected,
-            "{what}: (side-effecting requests, effects) differ from the uninterrupted run"
-        );
+        // The answer lost, or a 200 nobody can read, after the vendor acted; also with the
+        // vendor's clock five minutes off either way, so that matching an intent to what the
+        // vendor shows never compares its clock with ours.
+        let variants = [
+            ("its answer lost", json!({"lose_answer_after_effect": 1})),
+            ("an unreadable answer", json!({"garbage_after_effect": 1})),
+            (
+                "its answer lost, the vendor's clock 5 min behind",
+                json!({"lose_answer_after_effect": 1, "clock_skew_secs": -300}),
+            ),
+            (
+                "its answer lost, the vendor's clock 5 min ahead",
+                json!({"lose_answer_after_effect": 1, "clock_skew_secs": 300}),
+            ),
+        ];
+        for (fault, settings) in variants {
+            let mut run = RunHarness::new(&devices.next(&h), Vec::new());
+            sample(&mut run);
+            let mut run = reset_views(run);
+            let before = admin.seen::<H>().await;
+            admin.faults(settings).await;
+            run.drive_within(&*adapter, RUN_LIMIT).await;
+            admin.faults(json!({})).await;
+            let after = admin.seen::<H>().await;
+            let what = format!("{kind:?} with {fault}");
+            let hit = (after.answers_lost - before.answers_lost)
+                + (after.answers_garbled - before.answers_garbled);
+            assert_eq!(hit, 1, "{what}: the fault did not hit once");
+            assert_reconciled(&run, &what);
+            assert_eq!(
+                (after.processed - before.processed, after.effects - before.effects),
+                expected,
+                "{what}: (side-effecting requests, effects) differ from the uninterrupted run"
+            );
+        }
     }
 
     // A crash once the vendor acted on the kill: a fresh adapter takes the run over.

@@ -7,7 +7,9 @@
 //! ```text
 //! cp = checkpoint ? decode : vendor.begin()
 //! loop {
-//!     stop signal?          vendor.cancel(); close the rest with the stop's status; finish; Done
+//!     stop signal?          vendor.cancel(); a command whose intent was journaled ends
+//!                           `outcome_unknown` (unless the vendor reported its real outcome),
+//!                           the rest get the stop's status; finish; Done
 //!     all commands ended?   vendor.finish(); Done
 //!     match vendor.advance() {
 //!         Continue          go on                       (progress: the failure count restarts)
@@ -51,6 +53,11 @@ pub struct Cursor {
     /// transient failure ends the step: the count must survive to the next one.
     #[serde(default)]
     pub transient: u32,
+    /// The current command's intent was journaled ([`RunOps::record`]): the vendor may have
+    /// acted on it, so a stop must not call it `cancelled`. A vendor that learns its request
+    /// was refused (nothing happened) clears it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sent: bool,
 }
 
 /// A vendor checkpoint: serde, and holding a [`Cursor`].
@@ -123,8 +130,10 @@ pub trait VendorRun: Adapter {
     }
 
     /// The run is being stopped: cancel vendor work in flight (best effort, errors logged).
-    /// Commands that end for real meanwhile may be reported with [`RunOps::command_done`];
-    /// the driver closes the rest with the stop's status afterwards.
+    /// Commands that end for real meanwhile may be reported with [`RunOps::command_done`]
+    /// (the vendor's real outcome: a side effect that took place is never `cancelled`). The
+    /// driver then ends the current command `outcome_unknown` if its intent was journaled
+    /// ([`Cursor::sent`]), and closes the rest with the stop's status.
     async fn cancel(
         &self,
         _ctx: &RunContext<'_>,
@@ -159,6 +168,7 @@ pub trait RunOps: VendorRun {
         let cursor = cp.cursor_mut();
         cursor.index += 1;
         cursor.transient = 0;
+        cursor.sent = false;
         if failed && ctx.on_error == OnError::Stop {
             cursor.index = ctx.close_rest(cursor.index, None, updates);
         }
@@ -172,13 +182,22 @@ pub trait RunOps: VendorRun {
     /// On an error the vendor call must not be made: put the phase back and return the error.
     /// The driver stops stepping on [`AdapterError::is_lease_lost`] and treats anything else
     /// like any other failure.
+    ///
+    /// From here on the command counts as sent ([`Cursor::sent`]) until it ends.
     async fn record(
         &self,
         ctx: &RunContext<'_>,
-        cp: &Self::Checkpoint,
+        cp: &mut Self::Checkpoint,
         updates: &mut Vec<CommandUpdate>,
     ) -> Result<(), AdapterError> {
-        let value = encode_checkpoint(cp)?;
+        let was = std::mem::replace(&mut cp.cursor_mut().sent, true);
+        let value = match encode_checkpoint(cp) {
+            Ok(value) => value,
+            Err(e) => {
+                cp.cursor_mut().sent = was;
+                return Err(e);
+            }
+        };
         updates.push(CommandUpdate::status(cp.cursor().index, Status::Dispatched));
         match ctx.journal.record(&value, updates).await {
             Ok(()) => {
@@ -187,9 +206,26 @@ pub trait RunOps: VendorRun {
             }
             Err(e) => {
                 updates.pop();
+                cp.cursor_mut().sent = was;
                 Err(e)
             }
         }
+    }
+
+    /// Stores `cp` and the step's updates now, without marking anything dispatched: progress
+    /// that a crash must not undo because the next vendor call destroys what would be needed
+    /// to redo it (e.g. a result fetched before the endpoint's temporary file is deleted).
+    /// Same error rules as [`Self::record`].
+    async fn persist(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &Self::Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+    ) -> Result<(), AdapterError> {
+        let value = encode_checkpoint(cp)?;
+        ctx.journal.record(&value, updates).await?;
+        updates.clear();
+        Ok(())
     }
 }
 
@@ -227,7 +263,13 @@ async fn advance_run<V: VendorRun>(
         if let Some(reason) = ctx.stop.reason() {
             tracing::debug!(run = %ctx.run_id, vendor = V::VENDOR, ?reason, "run stopped; closing its unfinished commands");
             vendor.cancel(ctx, cp, updates, reason).await;
-            let from = cp.cursor().index;
+            let mut from = cp.cursor().index;
+            if cp.cursor().sent && from < ctx.commands.len() {
+                // The vendor may have acted and did not say how it ended: never `cancelled`.
+                updates.push(CommandUpdate::failed(from, sent_when_stopped(reason)));
+                from += 1;
+            }
+            cp.cursor_mut().sent = false;
             cp.cursor_mut().index = ctx.close_rest(from, Some(reason), updates);
             vendor.command_ended(ctx, cp);
             vendor.finish(ctx, cp).await;
@@ -275,6 +317,20 @@ async fn advance_run<V: VendorRun>(
             }
         }
     }
+}
+
+/// What a command whose request may have reached the vendor ends with when its run stops.
+fn sent_when_stopped(reason: StopReason) -> crate::model::ErrorInfo {
+    let why = match reason {
+        StopReason::Cancelled => "the run was cancelled",
+        StopReason::DeadlineExceeded => "the run's deadline passed",
+    };
+    crate::model::ErrorInfo::new(
+        crate::model::ErrorCode::OutcomeUnknown,
+        format!(
+            "{why} after the command was sent to the vendor, before its outcome was known; it may have taken effect"
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -588,6 +644,28 @@ mod tests {
         assert_eq!(fake.moves.load(Ordering::SeqCst), 0);
         assert_eq!(fake.cancelled.load(Ordering::SeqCst), 1);
         assert_eq!(fake.finished.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_stop_after_an_intent_is_never_reported_cancelled() {
+        // The intent is journaled, then the vendor is waited on; the run is cancelled.
+        let fake = Fake::new(vec![Move::Record, Move::Drive(Drive::Wait(Duration::from_secs(1)))]);
+        let run = Run::new(2);
+        let step = run.step(&fake, None).await.unwrap();
+        assert_eq!(step.checkpoint["sent"], true);
+        run.stop.stop(StopReason::Cancelled);
+        let step = run.step(&fake, Some(step.checkpoint)).await.unwrap();
+        assert_eq!(statuses(&step), [(0, Status::Failed), (1, Status::Cancelled)]);
+        assert_eq!(step.updates[0].error.as_ref().unwrap().code, ErrorCode::OutcomeUnknown);
+        assert!(step.checkpoint.get("sent").is_none(), "{}", step.checkpoint);
+
+        // A command that ended clears the mark: the next one is cancelled as usual.
+        let fake = Fake::new(vec![Move::Record, done(0), Move::Drive(Drive::Wait(Duration::ZERO))]);
+        let run = Run::new(2);
+        let step = run.step(&fake, None).await.unwrap();
+        run.stop.stop(StopReason::Cancelled);
+        let step = run.step(&fake, Some(step.checkpoint)).await.unwrap();
+        assert_eq!(statuses(&step), [(1, Status::Cancelled)]);
     }
 
     #[tokio::test]

@@ -214,7 +214,9 @@ pub fn transport_error(error: reqwest::Error) -> AdapterError {
     } else {
         "transport error"
     };
-    // The error's Display carries the URL, never headers, so it holds no credentials.
+    // The error's Display would carry the URL, and a URL can be a credential (Defender's
+    // signed result links): the message reaches logs, the command's error and the API.
+    let error = error.without_url();
     AdapterError::transient(ErrorCode::VendorUnavailable, format!("vendor request {what}: {error}"))
 }
 
@@ -323,6 +325,17 @@ impl Backoff {
 mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
+
+    #[tokio::test]
+    async fn a_transport_error_names_no_url() {
+        // A port nothing listens on: the request fails before any answer.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let link = format!("http://127.0.0.1:{port}/blob/x?sv=2024&sig=c2VjcmV0");
+        let client = client(&TlsOptions::default(), Duration::from_secs(5)).unwrap();
+        let e = transport_error(client.get(&link).send().await.unwrap_err());
+        let text = format!("{e} {:?}", e.info);
+        assert!(!text.contains("sig=") && !text.contains("/blob/"), "{text}");
+    }
 
     #[test]
     fn statuses_classify_into_the_error_vocabulary() {

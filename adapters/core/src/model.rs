@@ -76,6 +76,15 @@ pub enum Command {
     DeleteFile {
         path: String,
     },
+    /// Moves the file into the EDR's quarantine, from where `unquarantine_file` puts it back:
+    /// reversible, unlike `delete_file` (Cybereason's `QUARANTINE_FILE` remediation).
+    QuarantineFile {
+        path: String,
+    },
+    /// Puts a file `quarantine_file` quarantined back at `path`, its original place.
+    UnquarantineFile {
+        path: String,
+    },
     ListDirectory {
         path: String,
     },
@@ -156,6 +165,8 @@ pub enum CommandKind {
     GetFile,
     PutFile,
     DeleteFile,
+    QuarantineFile,
+    UnquarantineFile,
     ListDirectory,
     CreateDirectory,
     Execute,
@@ -182,12 +193,14 @@ pub enum CommandClass {
 }
 
 impl CommandKind {
-    pub const ALL: [CommandKind; 18] = [
+    pub const ALL: [CommandKind; 20] = [
         Self::ProcessList,
         Self::KillProcess,
         Self::GetFile,
         Self::PutFile,
         Self::DeleteFile,
+        Self::QuarantineFile,
+        Self::UnquarantineFile,
         Self::ListDirectory,
         Self::CreateDirectory,
         Self::Execute,
@@ -209,8 +222,9 @@ impl CommandKind {
             ProcessList | GetFile | ListDirectory | RegistryList | RegistryGet => {
                 CommandClass::Read
             }
-            KillProcess | PutFile | DeleteFile | CreateDirectory | RegistrySet
-            | RegistryCreateKey | RegistryDeleteKey | RegistryDeleteValue => CommandClass::Write,
+            KillProcess | PutFile | DeleteFile | QuarantineFile | UnquarantineFile
+            | CreateDirectory | RegistrySet | RegistryCreateKey | RegistryDeleteKey
+            | RegistryDeleteValue => CommandClass::Write,
             Execute | RunScript | MemoryDump => CommandClass::Execute,
             Isolate | Release => CommandClass::Contain,
         }
@@ -230,6 +244,8 @@ impl CommandKind {
             GetFile => "get_file",
             PutFile => "put_file",
             DeleteFile => "delete_file",
+            QuarantineFile => "quarantine_file",
+            UnquarantineFile => "unquarantine_file",
             ListDirectory => "list_directory",
             CreateDirectory => "create_directory",
             Execute => "execute",
@@ -265,6 +281,8 @@ impl Command {
             Command::GetFile { .. } => CommandKind::GetFile,
             Command::PutFile { .. } => CommandKind::PutFile,
             Command::DeleteFile { .. } => CommandKind::DeleteFile,
+            Command::QuarantineFile { .. } => CommandKind::QuarantineFile,
+            Command::UnquarantineFile { .. } => CommandKind::UnquarantineFile,
             Command::ListDirectory { .. } => CommandKind::ListDirectory,
             Command::CreateDirectory { .. } => CommandKind::CreateDirectory,
             Command::Execute { .. } => CommandKind::Execute,
@@ -329,6 +347,8 @@ impl Command {
                 path("path", p)
             }
             Command::DeleteFile { path: p }
+            | Command::QuarantineFile { path: p }
+            | Command::UnquarantineFile { path: p }
             | Command::ListDirectory { path: p }
             | Command::CreateDirectory { path: p } => path("path", p),
             Command::Execute { command_line, working_directory, output_file, .. } => {
@@ -470,7 +490,8 @@ pub enum CommandResult {
     },
     /// `isolate` / `release`: the containment state the vendor reports afterwards.
     Containment { isolated: bool },
-    /// Commands whose success carries no data (kill, delete, put, registry writes, mkdir).
+    /// Commands whose success carries no data (kill, delete, quarantine, put, registry writes,
+    /// mkdir).
     Done,
 }
 
@@ -920,104 +941,4 @@ pub struct CommandState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn commands_round_trip_by_type_tag() {
-        let cases = [
-            (json!({"type": "process_list"}), Command::ProcessList),
-            (
-                json!({"type": "kill_process", "pid": 42}),
-                Command::KillProcess { pid: 42, vendor_id: None },
-            ),
-            (
-                json!({"type": "get_file", "path": "C:\\x.txt"}),
-                Command::GetFile { path: "C:\\x.txt".into(), offset: None, length: None },
-            ),
-            (json!({"type": "isolate"}), Command::Isolate),
-        ];
-        for (wire, command) in cases {
-            assert_eq!(serde_json::from_value::<Command>(wire.clone()).unwrap(), command);
-        }
-    }
-
-    #[test]
-    fn unknown_commands_and_fields_are_rejected() {
-        for wire in [
-            json!({"type": "format_disk"}),
-            json!({"type": "kill_process", "pid": 1, "force": true}),
-            json!({"type": "kill_process"}),
-            json!({"pid": 1}),
-        ] {
-            assert!(serde_json::from_value::<Command>(wire.clone()).is_err(), "{wire}");
-        }
-    }
-
-    #[test]
-    fn validation_refuses_traversal_and_bad_registry_data() {
-        let bad = [
-            Command::DeleteFile { path: "C:\\temp\\..\\Windows\\x".into() },
-            Command::GetFile { path: " ".into(), offset: None, length: None },
-            Command::KillProcess { pid: 0, vendor_id: None },
-            Command::RegistrySet {
-                key: "HKLM\\SOFTWARE\\x".into(),
-                value: "v".into(),
-                value_type: RegistryValueType::Dword,
-                data: json!("text"),
-                overwrite: false,
-            },
-        ];
-        for command in bad {
-            assert!(command.validate().is_err(), "{command:?}");
-        }
-        assert!(
-            Command::GetFile { path: "C:\\a..b.txt".into(), offset: None, length: None }
-                .validate()
-                .is_ok()
-        );
-    }
-
-    #[test]
-    fn device_support_splits_every_command_kind_with_reasons() {
-        let caps = Capabilities {
-            backend: "cb".into(),
-            kind: "carbonblack".into(),
-            commands: [CommandKind::ProcessList, CommandKind::RegistryList]
-                .into_iter()
-                .map(|command| CommandSupport { command, via: Via::Native, notes: None })
-                .collect(),
-            limits: Limits::default(),
-        };
-        let support = caps.for_device(|k| {
-            (k == CommandKind::RegistryList).then(|| "Linux has no registry".to_owned())
-        });
-        assert_eq!(support.commands.len(), 1);
-        assert_eq!(support.commands[0].command, CommandKind::ProcessList);
-        assert_eq!(support.unsupported.len(), CommandKind::ALL.len() - 1);
-        assert_eq!(support.refusal(CommandKind::RegistryList), Some("Linux has no registry"));
-        assert!(support.refusal(CommandKind::Isolate).unwrap().contains("backend \"cb\""));
-        assert_eq!(support.refusal(CommandKind::ProcessList), None);
-        assert_eq!(caps.for_device(|_| None).commands, caps.commands);
-    }
-
-    #[test]
-    fn run_and_action_status_aggregate() {
-        use Status::*;
-        let table = [
-            (vec![Queued, Queued], Queued),
-            (vec![Succeeded, Running], Running),
-            (vec![Succeeded, Succeeded], Succeeded),
-            (vec![Failed, Skipped], Failed),
-            (vec![Succeeded, Cancelled], Cancelled),
-            (vec![Succeeded, TimedOut], TimedOut),
-        ];
-        for (commands, expected) in table {
-            assert_eq!(Status::of_run(commands.clone()), expected, "{commands:?}");
-        }
-        assert_eq!(Status::of_action([Succeeded, Failed]), PartiallySucceeded);
-        assert_eq!(Status::of_action([Failed, Failed]), Failed);
-        assert_eq!(Status::of_action([Queued, Running]), Running);
-    }
-}
+mod tests;

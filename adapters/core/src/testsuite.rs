@@ -295,39 +295,56 @@ impl RunHarness {
 
     /// Steps until the journal records an intent, lets the step run on until `then()`
     /// resolves (e.g. a delay, or until the vendor saw the call), then abandons it mid-flight
-    /// as a crash would, and rewinds to the journaled checkpoint.
-    pub async fn crash_after_intent<F, Fut>(&mut self, adapter: &dyn Adapter, mut then: F)
+    /// as a crash would: the checkpoint is the one the engine would hold ([`Self::crash_when`]).
+    pub async fn crash_after_intent<F, Fut>(&mut self, adapter: &dyn Adapter, then: F)
     where
-        F: FnMut() -> Fut,
+        F: FnOnce() -> Fut,
         Fut: Future<Output = ()>,
     {
         let journal = Arc::clone(&self.journal);
+        // Created now, so it sees a record made as soon as the first step starts.
+        let recorded = journal.recorded();
+        self.crash_when(adapter, async move {
+            recorded.await;
+            then().await
+        })
+        .await;
+        journal.set_mode(JournalMode::Store);
+    }
+
+    /// Steps until `crash` resolves while a step runs, and abandons that step there (the
+    /// process died): the stored checkpoint is what the engine would hold, the last one
+    /// journaled during that step, else the one it started from.
+    pub async fn crash_when<Fut>(&mut self, adapter: &dyn Adapter, crash: Fut)
+    where
+        Fut: Future<Output = ()>,
+    {
+        tokio::pin!(crash);
         loop {
-            let recorded = journal.recorded();
-            tokio::pin!(recorded);
-            recorded.as_mut().enable();
-            let after = then();
+            let records = self.journal.records().len();
+            let before = self.checkpoint.clone();
             let crashed = {
                 let step = self.step(adapter);
                 tokio::pin!(step);
                 tokio::select! {
                     next = &mut step => {
                         match next {
-                            Ok(Next::Done) => panic!("the run ended without recording an intent"),
+                            Ok(Next::Done) => panic!("the run ended before the crash point"),
                             Ok(Next::After(delay)) => tokio::time::sleep(delay).await,
-                            Err(e) => panic!("step failed before an intent: {e}"),
+                            Err(e) => panic!("step failed before the crash point: {e}"),
                         }
                         false
                     }
-                    _ = async { recorded.await; after.await } => true,
+                    _ = &mut crash => true,
                 }
             };
             if crashed {
-                break;
+                let journaled = self.journal.records();
+                self.checkpoint =
+                    if journaled.len() > records { journaled.last().cloned() } else { before };
+                return;
             }
         }
-        self.checkpoint = journal.records().last().cloned();
-        journal.set_mode(JournalMode::Store);
     }
 
     pub fn status(&self, index: usize) -> Status {

@@ -701,8 +701,10 @@ async fn json<T: DeserializeOwned>(resp: Response) -> Result<T, CrError> {
     serde_json::from_slice(&bytes).map_err(|e| unexpected(&e))
 }
 
+/// A 2xx answer nobody can read. Transient: to a side-effecting request it says nothing about
+/// whether the console acted, so the intent stays and the next step reconciles.
 fn unexpected(e: &serde_json::Error) -> CrError {
-    CrError::Api(AdapterError::new(
+    CrError::Api(AdapterError::transient(
         ErrorCode::VendorUnavailable,
         format!("unexpected response from Cybereason: {e}"),
     ))

@@ -49,12 +49,20 @@
 //!   runs of a reused pid, which carry `endTime`); several live matches are refused
 //!   (`conflict`, naming them), never guessed; a `vendor_id` is used as is. Before any
 //!   remediation the sensor must be connected (`isActiveProbeConnected`, as XSOAR checks):
-//!   else `device_offline`; `delete_file` → `QUARANTINE_FILE` (the file is
-//!   moved to the sensor's quarantine folder, §6.3). `POST /rest/remediate` without a malop
+//!   else `device_offline`.
+//! - `quarantine_file{path}` → remediation `QUARANTINE_FILE` of the File element the console
+//!   indexes at that path (`correctedPath`, lower case): the sensor moves the file into its
+//!   quarantine folder (`C:\ProgramData\apv2\Quarantine`, `/opt/cybereason/sensor/Quarantine`,
+//!   `/usr/local/cybereason/Quarantine`; purged after 30 days, §6.3). A file the console has not
+//!   indexed (no File element) is `file_not_found` before anything is sent.
+//!   `unquarantine_file{path}` → `UNQUARANTINE_FILE` (20.1.120+) of the quarantined-file
+//!   element that was at that path (a `QuarantineFile` query, §6.3), which puts it back.
+//! - `delete_file` is **not** offered: Cybereason has no remediation that deletes a file, only
+//!   the reversible quarantine; it is refused `unsupported_command` pointing to
+//!   `quarantine_file`. Every remediation goes `POST /rest/remediate` without a malop
 //!   (`NOMALOP`), then `GET /rest/remediate/progress/{username}/{malopId}/{remediationId}`:
 //!   an empty `statusLog` is "not reported yet", never success; the last entry's status and
-//!   `error.errorType` decide. Offline machines queue remediations except kills (§6.3). The
-//!   normalized `kill_process` has only a pid, so a caller cannot pass a process element id.
+//!   `error.errorType` decide. Offline machines queue remediations except kills (§6.3).
 //! - `registry_delete_key` is not offered: a remediation without a malop is documented for
 //!   processes and files only (§6.3, "`targetId` without malop is supported only for processes
 //!   (KILL_PROCESS) and files (QUARANTINE_FILE/UNQUARANTINE_FILE)"), and the normalized command

@@ -339,10 +339,20 @@ pub(crate) const LOGIN_PAGE_MARKERS: [&str; 2] = ["<app-login", "Cybereason | Lo
 pub(crate) const TFA_MARKER: &str = "Two factor authentication";
 /// The session cookie (§3.1).
 pub(crate) const SESSION_COOKIE: &str = "JSESSIONID";
+/// The element type of a file in a sensor's quarantine: "the target GUID [of
+/// UNQUARANTINE_FILE] is the *quarantined-file* element (found with a \"Quarantine File\"
+/// element query)" (§6.3 [DOC D12 via C6 help text]). The type's spelling, and that it keeps
+/// the file's original place in `correctedPath` as File elements do, are read from that
+/// sentence (element types are written without spaces: `MalopProcess`, `RegistryEvent`);
+/// no capture shows one.
+pub(crate) const QUARANTINE_FILE_ELEMENT: &str = "QuarantineFile";
 /// Remediation action types edrgate sends (§6.3).
 pub(crate) mod actions {
     pub(crate) const KILL_PROCESS: &str = "KILL_PROCESS";
     pub(crate) const QUARANTINE_FILE: &str = "QUARANTINE_FILE";
+    /// Puts a quarantined file back (20.1.120+, §6.3, §9); its `targetId` is the
+    /// quarantined-file element, not the original File element.
+    pub(crate) const UNQUARANTINE_FILE: &str = "UNQUARANTINE_FILE";
     /// The batch action type of IR tool runs (§6.5).
     pub(crate) const IR_RUN: &str = "IRToolsRunIRTool";
 }

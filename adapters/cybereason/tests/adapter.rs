@@ -127,7 +127,7 @@ async fn remediations_kill_and_quarantine_once() {
         HOST,
         vec![
             Command::KillProcess { pid: 3012, vendor_id: None },
-            Command::DeleteFile {
+            Command::QuarantineFile {
                 path: "C:\\Users\\jdoe\\AppData\\Local\\Temp\\updater.exe".into(),
             },
         ],
@@ -174,12 +174,13 @@ async fn remediations_check_that_the_sensor_is_connected_first() {
         "CR-WS-0002",
         vec![
             Command::KillProcess { pid: 4242, vendor_id: Some(element) },
-            Command::DeleteFile { path: "C:\\evidence\\note.txt".into() },
+            Command::QuarantineFile { path: "C:\\evidence\\note.txt".into() },
+            Command::UnquarantineFile { path: "C:\\evidence\\note.txt".into() },
         ],
     )
     .continue_on_error();
     r.drive(&adapter).await;
-    for i in 0..2 {
+    for i in 0..3 {
         let e = r.error(i);
         assert_eq!(e.code, ErrorCode::DeviceOffline, "{e:?}");
         assert!(e.message.contains("not connected"), "{e:?}");
@@ -475,7 +476,7 @@ async fn crash_after_the_remediation_arrived_adopts_it() {
 async fn crash_before_the_remediation_was_sent_sends_it_once() {
     let (sim, adapter) = setup(SimConfig::default()).await;
     let mut r =
-        run(&sim, HOST, vec![Command::DeleteFile { path: "C:\\evidence\\note.txt".into() }]);
+        run(&sim, HOST, vec![Command::QuarantineFile { path: "C:\\evidence\\note.txt".into() }]);
     r.journal.set_mode(JournalMode::StoreThenHang);
     r.crash_after_intent(&adapter, || tokio::time::sleep(Duration::from_millis(50))).await;
     assert_eq!(sim.counters().remediations_received, 0);
@@ -745,7 +746,18 @@ async fn process_list_reports_live_processes_with_their_element_ids() {
         panic!("{:?}", r.result(0))
     };
     let pids: Vec<u64> = processes.iter().map(|p| p.pid).collect();
-    assert_eq!(pids, [4, 368, 612, 1024, 2480, 3012, 4242], "live only, by pid");
+    assert!(pids.is_sorted(), "by pid: {pids:?}");
+    for pid in [4, 368, 548, 680, 700, 1024, 1740, 2480, 3012, 4242] {
+        assert_eq!(pids.iter().filter(|p| **p == pid).count(), 1, "{pid} live once: {pids:?}");
+    }
+    assert!(!pids.contains(&460) && !pids.contains(&2440), "ended parents are not listed");
+    let by_pid = |pid: u64| processes.iter().find(|p| p.pid == pid).unwrap();
+    // Parents that exited are still named (the console keeps their elements).
+    assert_eq!(by_pid(2480).parent_pid, Some(2440), "explorer.exe's userinit.exe");
+    let lsass = by_pid(700);
+    assert_eq!((lsass.name.as_str(), lsass.parent_pid), ("lsass.exe", Some(548)));
+    assert_eq!(lsass.path.as_deref(), Some("c:\\windows\\system32\\lsass.exe"));
+    assert_eq!(by_pid(548).name, "wininit.exe");
     let notepad = processes.iter().find(|p| p.pid == 4242).unwrap();
     assert_eq!(notepad.name, "notepad.exe", "not the ended cmd.exe of the same pid");
     assert_eq!(notepad.parent_pid, Some(2480));
@@ -760,4 +772,98 @@ async fn process_list_reports_live_processes_with_their_element_ids() {
     r.assert_all_succeeded();
     let CommandResult::Processes { processes } = r.result(1) else { panic!() };
     assert!(processes.iter().all(|p| p.pid != 4242), "killed: ended, so not listed");
+}
+
+#[tokio::test]
+async fn quarantine_then_unquarantine_puts_the_file_back() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let path = "C:\\Windows\\System32\\drivers\\etc\\hosts";
+    let content = sim.file_content(HOST, path).unwrap();
+    let mut r = run(&sim, HOST, vec![Command::QuarantineFile { path: path.into() }]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert!(sim.is_quarantined(HOST, path));
+    assert_eq!(sim.file_content(HOST, path), None, "moved out of its place");
+    assert_eq!(r.views[0].vendor_status.as_deref(), Some("SUCCESS"));
+
+    let mut r = run(&sim, HOST, vec![Command::UnquarantineFile { path: path.into() }]);
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert!(!sim.is_quarantined(HOST, path));
+    assert_eq!(sim.file_content(HOST, path), Some(content), "back, unchanged");
+    let c = sim.counters();
+    assert_eq!((c.remediations_received, c.remediations_executed), (2, 2));
+
+    // Nothing of that path is in the quarantine any more: refused before anything is sent.
+    let mut r = run(&sim, HOST, vec![Command::UnquarantineFile { path: path.into() }]);
+    r.drive(&adapter).await;
+    assert_eq!(r.error(0).code, ErrorCode::FileNotFound, "{:?}", r.error(0));
+    assert_eq!(sim.counters().remediations_received, 2);
+}
+
+#[tokio::test]
+async fn a_file_the_console_has_not_indexed_is_not_quarantined() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    // On the disk (the direct fetch reads it), but no File element names it.
+    let path = "C:\\Windows\\win.ini";
+    let mut r = run(&sim, HOST, vec![Command::QuarantineFile { path: path.into() }]);
+    r.drive(&adapter).await;
+    let e = r.error(0);
+    assert_eq!(e.code, ErrorCode::FileNotFound, "{e:?}");
+    assert!(e.message.contains("not indexed"), "{e:?}");
+    assert_eq!(sim.counters().remediations_received, 0);
+    assert!(sim.file_content(HOST, path).is_some());
+}
+
+#[tokio::test]
+async fn delete_file_is_not_offered_and_points_to_quarantine_file() {
+    let (sim, adapter) = setup(SimConfig::default()).await;
+    let caps = adapter.capabilities();
+    assert!(!caps.supports(edrgate_adapter::CommandKind::DeleteFile));
+    let quarantine = caps
+        .commands
+        .iter()
+        .find(|c| c.command == edrgate_adapter::CommandKind::QuarantineFile)
+        .unwrap();
+    let notes = quarantine.notes.as_deref().unwrap();
+    assert!(notes.contains("reversible") && notes.contains("indexed"), "{notes}");
+    assert!(caps.supports(edrgate_adapter::CommandKind::UnquarantineFile));
+
+    let device = adapter.resolve_hostname(HOST).await.unwrap();
+    let support = adapter.device_support(&device);
+    let reason = support.refusal(edrgate_adapter::CommandKind::DeleteFile).unwrap();
+    assert!(reason.contains("use quarantine_file"), "{reason}");
+
+    // Should it reach the adapter anyway: refused with the same reason, nothing sent.
+    let path = "C:\\evidence\\note.txt";
+    let mut r = run(&sim, HOST, vec![Command::DeleteFile { path: path.into() }]);
+    r.drive(&adapter).await;
+    let e = r.error(0);
+    assert_eq!(e.code, ErrorCode::UnsupportedCommand);
+    assert_eq!(e.message, reason);
+    assert_eq!(sim.counters().remediations_received, 0);
+    assert!(sim.file_content(HOST, path).is_some());
+}
+
+#[tokio::test]
+async fn linux_files_are_quarantined_and_processes_listed_with_images() {
+    let os_types = vec![(1, edrgate_cybereason_sim::SimOs::Linux)];
+    let (sim, adapter) = setup(SimConfig { os_types, ..SimConfig::default() }).await;
+    let mut r = run(
+        &sim,
+        HOST,
+        vec![
+            Command::ProcessList,
+            Command::QuarantineFile { path: "/etc/hosts".into() },
+            Command::UnquarantineFile { path: "/etc/hosts".into() },
+        ],
+    );
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    let CommandResult::Processes { processes } = r.result(0).clone() else { panic!() };
+    let sshd = processes.iter().find(|p| p.name == "sshd" && p.parent_pid == Some(1)).unwrap();
+    assert_eq!(sshd.path.as_deref(), Some("/usr/sbin/sshd"));
+    assert_eq!(sshd.username.as_deref(), Some("root"));
+    assert!(sim.file_content(HOST, "/etc/hosts").is_some());
+    assert_eq!(sim.counters().remediations_executed, 2);
 }

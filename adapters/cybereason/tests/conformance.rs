@@ -62,6 +62,7 @@ impl Conformance for Cybereason {
             op,
             "KILL_PROCESS"
                 | "QUARANTINE_FILE"
+                | "UNQUARANTINE_FILE"
                 | "DELETE_REGISTRY_KEY"
                 | "isolate"
                 | "unisolate"

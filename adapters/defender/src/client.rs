@@ -330,6 +330,12 @@ impl DfClient {
         Ok(Arc::new(Token { header, ttl: ttl.max(Duration::from_millis(100)) }))
     }
 
+    /// Has an access token at hand (fetching one if the cache has none), so that a call made
+    /// right after waits for no token endpoint: see `start_batch` on the shared quota.
+    pub(crate) async fn warm_token(&self) -> Result<(), AdapterError> {
+        self.token().await.map(|_| ())
+    }
+
     // ---- machines (§10) ----
 
     /// Machines, all of them or those whose `computerDnsName` equals or starts with a name
@@ -458,6 +464,10 @@ impl DfClient {
 
     /// The blob behind a SAS link, as it arrives. No bearer token: the link carries its own
     /// signature, and the token must never reach blob storage (§5).
+    ///
+    /// The link is a credential too (`sig=`, valid 30 minutes): a `reqwest::Error` displays
+    /// its URL, so every error of this call drops the URL before it becomes an
+    /// [`AdapterError`], whose message reaches logs, the command's error and the API.
     pub(crate) async fn download(
         &self,
         url: &str,
@@ -465,9 +475,9 @@ impl DfClient {
         let resp = self
             .metered(self.blob_http.get(url))
             .await
-            .map_err(|e| connect_error(e, Host::Download))?;
+            .map_err(|e| connect_error(e.without_url(), Host::Download))?;
         let resp = check(resp).await?;
-        Ok(resp.bytes_stream().map(|r| r.map_err(http::transport_error)))
+        Ok(resp.bytes_stream().map(|r| r.map_err(|e| http::transport_error(e.without_url()))))
     }
 
     // ---- library (§8) ----
@@ -732,6 +742,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_download_returns_no_signed_link() {
+        // A port nothing listens on: the request fails before any answer.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let cfg = DefenderConfig::new(
+            "http://127.0.0.1:1",
+            "tenant",
+            "client",
+            SecretString::from("secret"),
+        );
+        let client = DfClient::new("mde", &cfg).unwrap();
+        let link = format!("http://127.0.0.1:{port}/blob/x/y?se=2030-01-01&sp=r&sr=b&sig=c2VjcmV0");
+        let Err(e) = client.download(&link).await else { panic!("downloaded from nowhere") };
+        let text = format!("{e} {:?}", e.info);
+        assert!(!text.contains("sig=") && !text.contains("/blob/"), "{text}");
+    }
 
     #[tokio::test]
     async fn rate_gate_spaces_calls_by_window() {

@@ -322,7 +322,11 @@ pub(crate) fn lr_commands(command: &Command) -> Option<Vec<(LrCommand, Option<He
                 json!({"op": "delete_value", "key": key, "value": value}),
             )]
         }
-        Command::MemoryDump { .. } | Command::Isolate | Command::Release => return None,
+        Command::MemoryDump { .. }
+        | Command::QuarantineFile { .. }
+        | Command::UnquarantineFile { .. }
+        | Command::Isolate
+        | Command::Release => return None,
     })
 }
 

@@ -13,7 +13,14 @@
 //!    requests, `slow_effect_response`) delays the answer;
 //! 6. `drop_every` with `drop_after_processing`, or `lose_answer_after_effect` on a request the
 //!    simulator calls side-effecting ([`Sim::is_side_effect`](crate::Sim::is_side_effect)): the
-//!    vendor acted, and the answer is lost (the connection closes).
+//!    vendor acted, and the answer is lost (the connection closes); `garbage_after_effect`: the
+//!    vendor acted, and its answer is a `200` whose body is not what the vendor sends (a proxy
+//!    or a truncating middlebox: the client cannot read it).
+//!
+//! `clock_skew_secs` is no fault of the network but of the vendor's clock: every answer's
+//! `Date` header is set from the skewed clock here, and the simulators take every timestamp
+//! they emit from [`SimFaults::now`], so a client that compares the vendor's times with its
+//! own clock is caught.
 //!
 //! "Every Nth" counts vendor requests from 1 ([`crate::every`]); "next N" settings count down
 //! as they are used. Settings are changed in-process with [`SimFaults::set`] (or the vendor
@@ -28,7 +35,7 @@
 //! injected 429 had not passed: a client honouring `Retry-After` keeps it at 0.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::Router;
@@ -75,6 +82,12 @@ pub struct Faults {
     /// for a client: the vendor acted, and it never heard).
     #[serde(rename = "slow_effect_response_ms", with = "millis")]
     pub slow_effect_response: Option<Duration>,
+    /// The next N side-effecting requests are processed (the vendor acts), then answered
+    /// `200` with a body no client can decode.
+    pub garbage_after_effect: u32,
+    /// How far the vendor's clock is off edrgate's (positive: ahead), in seconds: applied to
+    /// the `Date` header and, by the simulators, to every timestamp they emit.
+    pub clock_skew_secs: i64,
 }
 
 /// What the fault layer saw and did.
@@ -93,6 +106,10 @@ pub struct FaultStats {
     pub answers_lost: u64,
     /// Requests that arrived before the `Retry-After` of an injected 429 had passed.
     pub retry_after_violations: u64,
+    /// Side-effecting requests processed and answered with an undecodable `200`
+    /// (`garbage_after_effect`).
+    #[serde(default)]
+    pub answers_garbled: u64,
 }
 
 /// What a fault answers instead of the vendor (the vendor's own body, via
@@ -121,7 +138,7 @@ pub struct SimFaults {
 
 /// What to do with one request, decided when it arrives.
 enum Verdict {
-    Pass { lose_answer: bool, side_effect: bool, slow_response: Option<Duration> },
+    Pass { lose_answer: bool, garble: bool, side_effect: bool, slow_response: Option<Duration> },
     Drop,
     Answer(Injected),
 }
@@ -160,6 +177,29 @@ impl SimFaults {
         self.lock().faults.slow
     }
 
+    /// The vendor's clock: the system clock moved by `clock_skew_secs`. Simulators take every
+    /// timestamp they emit from it.
+    pub fn now(&self) -> SystemTime {
+        skewed(SystemTime::now(), self.lock().faults.clock_skew_secs)
+    }
+
+    /// [`Self::now`] in seconds since the Unix epoch.
+    pub fn now_epoch_secs(&self) -> f64 {
+        self.now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    }
+
+    /// [`Self::now`] in milliseconds since the Unix epoch.
+    pub fn now_epoch_ms(&self) -> i64 {
+        self.now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    }
+
+    /// `clock_skew_secs` as it stands.
+    pub fn clock_skew_secs(&self) -> i64 {
+        self.lock().faults.clock_skew_secs
+    }
+
     fn decide(&self, side_effect: bool) -> Verdict {
         let mut guard = self.lock();
         let s = &mut *guard;
@@ -192,18 +232,26 @@ impl SimFaults {
             f.lose_answer_after_effect -= 1;
             lose_answer = true;
         }
+        let mut garble = false;
+        if side_effect && !lose_answer && f.garbage_after_effect > 0 {
+            f.garbage_after_effect -= 1;
+            garble = true;
+        }
         let slow_response =
             if side_effect { f.slow_effect_response.max(f.slow_response) } else { f.slow_response };
-        Verdict::Pass { lose_answer, side_effect, slow_response }
+        Verdict::Pass { lose_answer, garble, side_effect, slow_response }
     }
 
-    fn processed(&self, side_effect: bool, lost: bool) {
+    fn processed(&self, side_effect: bool, lost: bool, garbled: bool) {
         let mut s = self.lock();
         if side_effect {
             s.stats.side_effects_processed += 1;
         }
         if lost {
             s.stats.answers_lost += 1;
+        }
+        if garbled {
+            s.stats.answers_garbled += 1;
         }
     }
 
@@ -231,18 +279,69 @@ pub(crate) async fn layer(State(l): State<Layer>, req: Request, next: Next) -> R
         tokio::time::sleep(d).await;
     }
     let side_effect = (l.is_side_effect)(req.method(), req.uri().path());
-    match l.faults.decide(side_effect) {
-        Verdict::Drop => crate::dropped(),
+    let mut resp = match l.faults.decide(side_effect) {
+        Verdict::Drop => return crate::dropped(),
         Verdict::Answer(injected) => (l.respond)(injected),
-        Verdict::Pass { lose_answer, side_effect, slow_response } => {
+        Verdict::Pass { lose_answer, garble, side_effect, slow_response } => {
             let resp = next.run(req).await;
-            l.faults.processed(side_effect, lose_answer);
+            l.faults.processed(side_effect, lose_answer, garble);
             if let Some(d) = slow_response {
                 tokio::time::sleep(d).await;
             }
-            if lose_answer { crate::dropped() } else { resp }
+            if lose_answer {
+                return crate::dropped();
+            }
+            if garble { garbage() } else { resp }
         }
+    };
+    // The vendor's clock, skewed or not (hyper only adds a `Date` where there is none).
+    if let Ok(date) = axum::http::HeaderValue::from_str(&http_date(l.faults.now())) {
+        resp.headers_mut().insert(axum::http::header::DATE, date);
     }
+    resp
+}
+
+/// A `200` no vendor client can read: the vendor's content type, a body cut off mid-value.
+fn garbage() -> Response {
+    use axum::response::IntoResponse as _;
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        "{\"id\": 4\u{0}<html>upstream reset</h",
+    )
+        .into_response()
+}
+
+fn skewed(t: SystemTime, skew_secs: i64) -> SystemTime {
+    let by = Duration::from_secs(skew_secs.unsigned_abs());
+    if skew_secs >= 0 { t + by } else { t.checked_sub(by).unwrap_or(UNIX_EPOCH) }
+}
+
+/// An HTTP date (RFC 9110 §5.6.7, IMF-fixdate): `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(t: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's `civil_from_days`).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// A generic answer for an injected fault: 503 or 429 with `Retry-After`, plain text.
@@ -340,6 +439,30 @@ mod tests {
         assert_eq!((s.requests, s.injected_429, s.injected_5xx), (4, 1, 2));
         assert_eq!(s.retry_after_violations, 3, "all three came within the Retry-After");
         assert_eq!(f.get().error_5xx_next, 0);
+    }
+
+    #[test]
+    fn http_dates_and_the_skewed_clock() {
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(
+            http_date(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "Tue, 29 Feb 2000 00:00:00 GMT"
+        );
+        let f = SimFaults::new();
+        f.set(Faults { clock_skew_secs: -300, ..Faults::default() });
+        let behind = SystemTime::now().duration_since(f.now()).unwrap();
+        assert!((299..=301).contains(&behind.as_secs()), "{behind:?}");
+        assert_eq!(skewed(t, 60), t + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn garbage_answers_only_side_effects_and_counts_down() {
+        let f = SimFaults::new();
+        f.set(Faults { garbage_after_effect: 1, ..Faults::default() });
+        assert!(matches!(f.decide(false), Verdict::Pass { garble: false, .. }));
+        assert!(matches!(f.decide(true), Verdict::Pass { garble: true, .. }));
+        assert!(matches!(f.decide(true), Verdict::Pass { garble: false, .. }));
     }
 
     #[test]

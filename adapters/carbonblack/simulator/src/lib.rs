@@ -343,7 +343,7 @@ impl Simulator {
         faults.set(cfg.faults.generic());
         Self {
             inner: Arc::new(Shared {
-                rt: Mutex::new(Runtime::new(cfg, Instant::now(), log.clone())),
+                rt: Mutex::new(Runtime::new(cfg, Instant::now(), log.clone(), faults.clone())),
                 faults,
                 tls: SelfSigned::new(),
                 log,

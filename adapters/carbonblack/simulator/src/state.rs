@@ -173,6 +173,8 @@ pub(crate) struct Runtime {
     log: edrgate_simkit::SimLog,
     origin: Instant,
     origin_epoch: f64,
+    /// The fault settings, for the vendor clock's skew (`clock_skew_secs`).
+    faults: edrgate_simkit::SimFaults,
 }
 
 fn secs_ceil(d: Duration) -> u64 {
@@ -187,7 +189,12 @@ fn duration_field(body: &Map<String, Value>, keys: &[&str]) -> Option<Duration> 
 }
 
 impl Runtime {
-    pub(crate) fn new(cfg: SimConfig, now: Instant, log: edrgate_simkit::SimLog) -> Self {
+    pub(crate) fn new(
+        cfg: SimConfig,
+        now: Instant,
+        log: edrgate_simkit::SimLog,
+        faults: edrgate_simkit::SimFaults,
+    ) -> Self {
         let origin_epoch =
             SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
         let mut sensors = BTreeMap::new();
@@ -248,11 +255,16 @@ impl Runtime {
             log,
             origin: now,
             origin_epoch,
+            faults,
         }
     }
 
+    /// The server's clock at `at`, in epoch seconds: every timestamp it emits comes from here,
+    /// moved by the `clock_skew_secs` fault.
     pub(crate) fn epoch(&self, at: Instant) -> f64 {
-        self.origin_epoch + at.saturating_duration_since(self.origin).as_secs_f64()
+        self.origin_epoch
+            + at.saturating_duration_since(self.origin).as_secs_f64()
+            + self.faults.clock_skew_secs() as f64
     }
 
     pub(crate) fn counters_snapshot(&self) -> Counters {

@@ -102,6 +102,7 @@ impl CarbonBlackAdapter {
         sid: u64,
         request: CommandRequest,
     ) -> Result<Drive, CbError> {
+        let after = self.last_cid(cp, sid).await?;
         let previous = std::mem::replace(
             &mut cp.phase,
             Phase::Intent {
@@ -109,6 +110,7 @@ impl CarbonBlackAdapter {
                 name: request.name.to_owned(),
                 object: mapping::object_text(&request.object),
                 sid: Some(sid),
+                after: Some(after),
             },
         );
         if let Err(e) = self.record(ctx, cp, updates).await {
@@ -125,11 +127,25 @@ impl CarbonBlackAdapter {
             // which a rate limiter answers before the request is processed.
             Err(e) if !e.is_retryable() || is_rate_limited(&e) => {
                 cp.phase = previous;
+                cp.cursor.sent = false;
                 Err(e)
             }
             // Transport errors and 5xx leave the intent: the next step reconciles.
             Err(e) => Err(e),
         }
+    }
+
+    /// The session's highest command id, read from CB the first time for a session this run
+    /// did not open (a taken-over one): the reconciliation matches only later ids.
+    async fn last_cid(&self, cp: &mut Checkpoint, sid: u64) -> Result<u64, CbError> {
+        if let Some(last) = cp.session.as_ref().and_then(|s| s.last_cid) {
+            return Ok(last);
+        }
+        let last = self.client.commands(sid).await?.iter().map(|c| c.id).max().unwrap_or(0);
+        if let Some(session) = &mut cp.session {
+            session.last_cid = Some(last);
+        }
+        Ok(last)
     }
 
     pub(super) fn sent(
@@ -142,6 +158,7 @@ impl CarbonBlackAdapter {
         let at = now();
         if let Some(session) = &mut cp.session {
             session.last_contact = at;
+            session.last_cid = Some(session.last_cid.unwrap_or(0).max(sent.id));
         }
         updates.push(
             CommandUpdate::status(
@@ -190,20 +207,9 @@ impl CarbonBlackAdapter {
             }
             Waited::Interrupted => return Ok(Drive::Wait(Duration::ZERO)),
         };
-        match mapping::command_status(&cb.status) {
-            Status::Succeeded => self.completed(ctx, cp, sid, *cb).await,
-            Status::Cancelled => Ok(Drive::Finished(
-                CommandUpdate::status(index, Status::Cancelled)
-                    .with_vendor(Some(vendor_ref(sid, cid)), Some(cb.status.clone()))
-                    .with_error(ErrorInfo::new(
-                        ErrorCode::Cancelled,
-                        "the command was cancelled on the Carbon Black server",
-                    )),
-            )),
-            _ => Ok(Drive::Finished(
-                CommandUpdate::failed(index, mapping::command_error(&cb))
-                    .with_vendor(Some(vendor_ref(sid, cid)), Some(cb.status.clone())),
-            )),
+        match unsuccessful(index, sid, &cb) {
+            Some(update) => Ok(Drive::Finished(update)),
+            None => self.completed(ctx, cp, sid, *cb).await,
         }
     }
 
@@ -397,5 +403,26 @@ pub(super) trait StatusExt {
 impl StatusExt for Status {
     fn min_running(self) -> Status {
         if self.is_terminal() || self == Status::Queued { Status::Dispatched } else { self }
+    }
+}
+
+/// How a terminal CB command that did not succeed ends: cancelled on the server, or failed
+/// with its mapped error. `None` for a success (its result still has to be read).
+pub(super) fn unsuccessful(index: usize, sid: u64, cb: &CbCommand) -> Option<CommandUpdate> {
+    let vendor = (Some(vendor_ref(sid, cb.id)), Some(cb.status.clone()));
+    match mapping::command_status(&cb.status) {
+        Status::Succeeded => None,
+        Status::Cancelled => Some(
+            CommandUpdate::status(index, Status::Cancelled)
+                .with_vendor(vendor.0, vendor.1)
+                .with_error(ErrorInfo::new(
+                    ErrorCode::Cancelled,
+                    "the command was cancelled on the Carbon Black server",
+                )),
+        ),
+        _ => Some(
+            CommandUpdate::failed(index, mapping::command_error(cb))
+                .with_vendor(vendor.0, vendor.1),
+        ),
     }
 }

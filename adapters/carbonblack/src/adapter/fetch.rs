@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use edrgate_adapter::adapter::FileWriter;
-use edrgate_adapter::driver::Drive;
+use edrgate_adapter::driver::{Drive, RunOps as _};
 use edrgate_adapter::{
     AdapterError, CommandKind, CommandResult, CommandUpdate, ErrorCode, ErrorInfo, RunContext,
     Status,
@@ -374,6 +374,7 @@ impl CarbonBlackAdapter {
         &self,
         ctx: &RunContext<'_>,
         cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
         sid: u64,
         path: String,
         cid: Option<u64>,
@@ -384,6 +385,9 @@ impl CarbonBlackAdapter {
         let cid = match cid {
             Some(cid) => cid,
             None => {
+                // The delete destroys what fetching again would need: store the fetched
+                // result first, or a crash now resumes into a fetch of a file that is gone.
+                self.persist(ctx, cp, updates).await.map_err(CbError::Api)?;
                 let sent = self
                     .client
                     .post_command(sid, &mapping::delete_file_request(sid, &path))

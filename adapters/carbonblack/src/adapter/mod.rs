@@ -125,6 +125,11 @@ struct SessionState {
     /// did not say (nothing is refused then).
     #[serde(default)]
     supported: Option<Vec<String>>,
+    /// The highest command id known on the session: a command posted later has a higher one
+    /// (ids count up per session, §2.7 REC: the third command is `"id": 3`). `None` for a
+    /// session that was already open when the run took it, until its list is read.
+    #[serde(default)]
+    last_cid: Option<u64>,
 }
 
 /// The current command's progress.
@@ -145,6 +150,10 @@ enum Phase {
         /// whether the POST arrived.
         #[serde(default)]
         sid: Option<u64>,
+        /// The session's highest command id before the POST: only a later command can be it.
+        /// (Matched on the server's own ordering, never on its clock against ours.)
+        #[serde(default)]
+        after: Option<u64>,
     },
     /// CB command `cid` is pending or running.
     Sent {
@@ -386,12 +395,13 @@ impl VendorRun for CarbonBlackAdapter {
         self.command_done(ctx, cp, updates, update);
     }
 
-    /// Cancels what runs on the server; the driver closes the rest, then [`Self::finish`].
+    /// Cancels what runs on the server and reports how the current command really ended
+    /// (`stopped`); the driver closes the rest, then [`Self::finish`].
     async fn cancel(
         &self,
         ctx: &RunContext<'_>,
         cp: &mut Checkpoint,
-        _updates: &mut Vec<CommandUpdate>,
+        updates: &mut Vec<CommandUpdate>,
         _reason: StopReason,
     ) {
         let in_flight = match &cp.phase {
@@ -404,6 +414,9 @@ impl VendorRun for CarbonBlackAdapter {
             && let Err(e) = self.client.cancel_command(session.id, cid).await
         {
             tracing::debug!(run = %ctx.run_id, error = %e, "cancelling the running command failed");
+        }
+        if let Some(update) = self.stopped(ctx, cp).await {
+            self.command_done(ctx, cp, updates, update);
         }
     }
 
@@ -444,6 +457,15 @@ impl CarbonBlackAdapter {
                     ),
                 )));
             }
+            Command::QuarantineFile { .. } | Command::UnquarantineFile { .. } => {
+                return Ok(Drive::Finished(CommandUpdate::failed(
+                    index,
+                    ErrorInfo::new(
+                        ErrorCode::UnsupportedCommand,
+                        "Carbon Black EDR live response has no quarantine primitive",
+                    ),
+                )));
+            }
             _ => {}
         }
         // What the sensor's OS or version rules out is refused before a session is opened.
@@ -472,15 +494,15 @@ impl CarbonBlackAdapter {
                 let request = mapping::put_file_request(sid, path, file_id);
                 self.send_side_effect(ctx, cp, updates, sid, request).await
             }
-            Phase::Intent { at, name, object, sid: intent_sid } => {
-                self.reconcile(ctx, cp, sid, intent_sid, at, &name, &object).await
+            Phase::Intent { at, name, object, sid: intent_sid, after } => {
+                self.reconcile(ctx, cp, sid, intent_sid, at, &name, &object, after).await
             }
             Phase::Sent { cid, at, vendor_status } => {
                 self.poll(ctx, cp, updates, sid, cid, at, vendor_status).await
             }
             Phase::Fetch(fetch) => self.drive_fetch(ctx, cp, updates, sid, *fetch).await,
             Phase::Cleanup { path, cid, at, result } => {
-                self.drive_cleanup(ctx, cp, sid, path, cid, at, *result).await
+                self.drive_cleanup(ctx, cp, updates, sid, path, cid, at, *result).await
             }
             Phase::Contain { .. } => Err(phase_mismatch()),
         }
@@ -498,14 +520,21 @@ impl InfoExt for ErrorInfo {
     }
 }
 
-/// Every command but `run_script`, natively (see the crate doc).
+/// Every command but `run_script` and the quarantine ones, natively (see the crate doc).
 fn capabilities(backend: &str, concurrent_sessions: u32) -> Capabilities {
     Capabilities {
         backend: backend.to_owned(),
         kind: crate::KIND.to_owned(),
         commands: CommandKind::ALL
             .into_iter()
-            .filter(|k| *k != CommandKind::RunScript)
+            .filter(|k| {
+                !matches!(
+                    k,
+                    CommandKind::RunScript
+                        | CommandKind::QuarantineFile
+                        | CommandKind::UnquarantineFile
+                )
+            })
             .map(|command| CommandSupport { command, via: Via::Native, notes: note(command) })
             .collect(),
         limits: Limits {

@@ -4,12 +4,9 @@
 use edrgate_adapter::driver::Drive;
 use edrgate_adapter::{CommandUpdate, ErrorCode, ErrorInfo, RunContext};
 
+use super::commands::unsuccessful;
 use super::{CarbonBlackAdapter, Checkpoint, Phase};
 use crate::mapping::{self, CbError};
-
-/// Clock skew tolerated between edrgate and the CB server when matching a command to an
-/// intent by `create_time`. Erring late only turns an adoption into `outcome_unknown`.
-const RECONCILE_SKEW_SECS: f64 = 2.0;
 
 impl CarbonBlackAdapter {
     /// After a crash between intent and answer: adopt the command if CB has it; if the session
@@ -25,6 +22,7 @@ impl CarbonBlackAdapter {
         at: f64,
         name: &str,
         object: &str,
+        after: Option<u64>,
     ) -> Result<Drive, CbError> {
         let listed = match self.client.commands(sid).await {
             Ok(listed) => listed,
@@ -33,14 +31,20 @@ impl CarbonBlackAdapter {
             }
             Err(e) => return Err(e),
         };
-        let adopted = listed
+        // Matched on what CB echoes and on its own ordering (ids count up per session, §2.7),
+        // never on its clock against ours: a skewed server clock must not cause a re-send.
+        let matching = listed
             .into_iter()
-            .filter(|c| {
-                c.name == name
-                    && mapping::object_text(&c.object) == object
-                    && c.create_time.is_some_and(|t| t + RECONCILE_SKEW_SECS >= at)
-            })
-            .max_by_key(|c| c.id);
+            .filter(|c| c.name == name && mapping::object_text(&c.object) == object);
+        let adopted = match after {
+            Some(after) => matching.filter(|c| c.id > after).max_by_key(|c| c.id),
+            // A checkpoint from before ids were recorded: an identical earlier command cannot
+            // be told apart from ours, so only "nothing like it" is conclusive.
+            None => match matching.max_by_key(|c| c.id) {
+                Some(_) => return Ok(Drive::Finished(outcome_unknown(cp.cursor.index, name))),
+                None => None,
+            },
+        };
         match adopted {
             Some(found) => {
                 tracing::info!(run = %ctx.run_id, command = found.id, "adopted the command sent before a restart");
@@ -55,6 +59,32 @@ impl CarbonBlackAdapter {
                 Ok(Drive::Continue)
             }
             None => Ok(Drive::Finished(outcome_unknown(cp.cursor.index, name))),
+        }
+    }
+
+    /// After a cancel: how the current side-effecting command really ended, read back from
+    /// CB. `None` while that is not known (it ran, or still runs): the driver then reports
+    /// `outcome_unknown`, never `cancelled`, for a command that may have acted.
+    pub(super) async fn stopped(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &Checkpoint,
+    ) -> Option<CommandUpdate> {
+        let (Phase::Sent { cid, .. }, Some(session)) = (&cp.phase, &cp.session) else {
+            return None;
+        };
+        if !cp.cursor.sent {
+            return None;
+        }
+        match self.client.command(session.id, *cid, None).await {
+            Ok(Some(cb)) if mapping::command_status(&cb.status).is_terminal() => {
+                unsuccessful(cp.cursor.index, session.id, &cb)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::debug!(run = %ctx.run_id, error = %e, "reading the cancelled command back failed");
+                None
+            }
         }
     }
 

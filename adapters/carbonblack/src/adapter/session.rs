@@ -99,6 +99,9 @@ impl CarbonBlackAdapter {
                 })
                 .collect();
             let existing = live.iter().find(|s| s.sensor_id == sensor).cloned();
+            // A session this run opens has no commands yet; a taken-over one is read on its
+            // first side effect (`last_cid`).
+            let created = existing.is_none();
             let session = match existing {
                 Some(s) => s,
                 // §10: count the sessions already on the server, not only ours. After a restart
@@ -123,6 +126,7 @@ impl CarbonBlackAdapter {
                 since: at,
                 last_contact: at,
                 supported: session.supported_commands.clone().filter(|l| active && !l.is_empty()),
+                last_cid: created.then_some(0),
             });
         }
         let Some(session) = &mut cp.session else {

@@ -273,13 +273,15 @@ pub(crate) const NOMALOP: &str = "NOMALOP";
 pub(crate) mod actions {
     pub(crate) const KILL_PROCESS: &str = "KILL_PROCESS";
     pub(crate) const QUARANTINE_FILE: &str = "QUARANTINE_FILE";
+    /// Puts a quarantined file back; console 20.1.120 or later (§6.3, §9).
+    pub(crate) const UNQUARANTINE_FILE: &str = "UNQUARANTINE_FILE";
     pub(crate) const DELETE_REGISTRY_KEY: &str = "DELETE_REGISTRY_KEY";
     /// Action types that take a `targetId` without a malop: "supported only for processes
     /// (KILL_PROCESS) and files (QUARANTINE_FILE/UNQUARANTINE_FILE)" (§6.3 [DOC D12 via C6]).
     /// Any other action so addressed ends `FAILURE`/`INVALID_ARGUMENT`: the console's reaction
     /// is not captured, and that is its recorded answer to a target it cannot use.
     pub(crate) const TARGET_WITHOUT_MALOP: [&str; 3] =
-        [KILL_PROCESS, QUARANTINE_FILE, "UNQUARANTINE_FILE"];
+        [KILL_PROCESS, QUARANTINE_FILE, UNQUARANTINE_FILE];
     /// The sensor batch `actionType` of IR tool runs (§6.5 [DOC D8]).
     pub(crate) const IR_RUN: &str = "IRToolsRunIRTool";
 }

@@ -3,8 +3,10 @@
 //!
 //! Product code, not a mock: the adapter, the gateway's end-to-end tests and the benchmarks
 //! drive it over real HTTP(S). It serves the real paths, field names, status words and HTTP
-//! codes of `shared/vendor-apis/cybereason.md` (§), with believable Windows machines behind the
-//! sensors (processes, files and registry keys, each with an element GUID).
+//! codes of `shared/vendor-apis/cybereason.md` (§), with believable Windows, Linux and macOS
+//! machines behind the sensors (the system's process tree with parents, images, users and
+//! start times, the sensor's own processes, indexed files and files only on the disk,
+//! registry keys; each element with its GUID; `endpoint.rs`).
 //!
 //! # An independent witness
 //! This crate never uses the adapter crate (`edrgate-cybereason`): its request and response
@@ -45,7 +47,11 @@
 //!   [`SimConfig::remediation_delay`], then `IN_PROGRESS`, then `SUCCESS` (the endpoint
 //!   changes) or `FAILURE` with `INVALID_ARGUMENT` for a target the machine does not have; on an
 //!   offline machine a kill fails (`MACHINE_NOT_CONNECTED`), the rest stays `PENDING` until it
-//!   is back. A `targetId` without a malop is taken only for `KILL_PROCESS`, `QUARANTINE_FILE`
+//!   is back. `QUARANTINE_FILE` takes an indexed File element (a file only on the disk has
+//!   none) and moves the file into the quarantine, where it is a `QuarantineFile` element
+//!   (by its original `correctedPath`); `UNQUARANTINE_FILE` takes that element (not the
+//!   original File, §6.3) and puts the file back; before console 20.1.120 it fails
+//!   `UNSUPPORTED_ACTION`. A `targetId` without a malop is taken only for `KILL_PROCESS`, `QUARANTINE_FILE`
 //!   and `UNQUARANTINE_FILE` (§6.3); any other action so sent (`DELETE_REGISTRY_KEY`) ends
 //!   `FAILURE`/`INVALID_ARGUMENT` with the key untouched. Progress at `/rest/remediate/progress/{user}/{malop}/{id}`, listings at
 //!   `/rest/remediate/status/{malop}` (`NOMALOP` without a malop).
@@ -73,7 +79,7 @@
 //!
 //! | `op` | `target` | `detail` |
 //! |---|---|---|
-//! | `KILL_PROCESS`, `QUARANTINE_FILE`, `DELETE_REGISTRY_KEY` (a remediation action the sensor carried out, successfully or not) | pylum id | `remediationId`, `malopId`, `machine`, `machineId`, `targetId`, `status` (`SUCCESS`, `FAILURE`), `errorType` |
+//! | `KILL_PROCESS`, `QUARANTINE_FILE`, `UNQUARANTINE_FILE`, `DELETE_REGISTRY_KEY` (a remediation action the sensor carried out, successfully or not) | pylum id | `remediationId`, `malopId`, `machine`, `machineId`, `targetId`, `status` (`SUCCESS`, `FAILURE`), `errorType` |
 //! | `isolate`, `unisolate` (applied to a known sensor) | pylum id | `machine`, `wasIsolated` |
 //! | `IRToolsRunIRTool` (an IR tool ran on a sensor, reported `Succeeded` or `Failed`) | pylum id | `batchId`, `machine`, `sensorId`, `package`, `arguments`, `status`, `error` |
 //! | `Abort` (a batch's not-yet-started sensor work aborted) | pylum id | `batchId`, `machine` |
@@ -86,6 +92,7 @@ mod api;
 pub mod cli;
 mod endpoint;
 mod routes;
+mod sensor;
 mod state;
 
 use std::sync::{Arc, Mutex, PoisonError};
@@ -95,7 +102,7 @@ use axum::Router;
 pub use edrgate_simkit::{SelfSigned, Sim, SimLog};
 use serde_json::Value;
 
-pub use endpoint::NOTE_TXT;
+pub use endpoint::{NOTE_TXT, SimOs};
 
 use state::Runtime;
 
@@ -174,6 +181,10 @@ pub struct SimConfig {
     pub machines: usize,
     /// Default `CR-WS-` (`CR-WS-0001`, …).
     pub hostname_prefix: String,
+    /// Machines that are not Windows, by number: e.g. `vec![(4, SimOs::Linux), (5,
+    /// SimOs::MacOs)]`. The OS decides the sensor's `osType`, the processes, files and
+    /// registry. Default empty (every machine Windows).
+    pub os_types: Vec<(usize, SimOs)>,
     /// Console version (`/rest/monitor/global/server/version/all`). Default `21.2.221`.
     pub version: String,
     /// Cookie lifetime. Default 8 h (§3.4).
@@ -210,6 +221,7 @@ impl Default for SimConfig {
             users: vec![SimUser::new(DEFAULT_USERNAME, DEFAULT_PASSWORD), tfa],
             machines: 5,
             hostname_prefix: "CR-WS-".into(),
+            os_types: Vec::new(),
             version: "21.2.221".into(),
             session_lifetime: Duration::from_secs(8 * 3600),
             remediation_delay: Duration::from_millis(300),
@@ -225,6 +237,13 @@ impl Default for SimConfig {
             fetch_batch_ttl: Duration::from_secs(600),
             faults: Faults::default(),
         }
+    }
+}
+
+impl SimConfig {
+    /// The OS of machine number `n` (1-based).
+    pub(crate) fn os_of(&self, n: usize) -> SimOs {
+        self.os_types.iter().find(|(m, _)| *m == n).map(|(_, os)| *os).unwrap_or_default()
     }
 }
 
@@ -315,12 +334,13 @@ impl Sim for Simulator {
 impl Simulator {
     pub fn new(cfg: SimConfig) -> Self {
         let log = SimLog::new();
+        let faults = edrgate_simkit::SimFaults::new();
         Simulator {
             inner: Arc::new(Shared {
-                rt: Mutex::new(Runtime::new(cfg, log.clone())),
+                rt: Mutex::new(Runtime::new(cfg, log.clone(), faults.clone())),
                 tls: SelfSigned::new(),
                 log,
-                faults: edrgate_simkit::SimFaults::new(),
+                faults,
             }),
         }
     }
@@ -367,9 +387,10 @@ impl Simulator {
     pub fn set_online(&self, hostname: &str, online: bool) {
         self.with(|rt, _| {
             if let Some(i) = rt.machine_by_name(hostname) {
+                let now_ms = rt.epoch_ms();
                 let m = &mut rt.machines[i];
                 if m.online && !online {
-                    m.disconnected_at = state::epoch_ms();
+                    m.disconnected_at = now_ms;
                 }
                 m.online = online;
             }
@@ -431,7 +452,11 @@ impl Simulator {
     pub fn is_quarantined(&self, hostname: &str, path: &str) -> bool {
         self.with(|rt, _| {
             rt.machine_by_name(hostname).is_some_and(|i| {
-                rt.machines[i].endpoint.quarantine.iter().any(|f| f.path == path.to_lowercase())
+                rt.machines[i]
+                    .endpoint
+                    .quarantine
+                    .iter()
+                    .any(|q| q.file.path == path.to_lowercase())
             })
         })
     }

@@ -15,9 +15,8 @@ use std::io::Write as _;
 
 use crate::Simulator;
 use crate::api::{self, SESSION_COOKIE, batch_state, upload::MAX_PACKAGE};
-use crate::state::{
-    Batch, FetchBatch, IrSensor, Remediation, RemediationItem, Runtime, epoch_ms, to_json,
-};
+use crate::endpoint::element_ref;
+use crate::state::{Batch, FetchBatch, IrSensor, Remediation, RemediationItem, Runtime, to_json};
 
 const LOGIN_PAGE: &str = "<!doctype html>\n<html lang=\"en\">\n<head>\n    <meta charset=\"utf-8\">\n    <title>Cybereason | Login</title>\n    <base href=\"/\">\n</head>\n<body class=\"cbr-theme-dark\">\n    <app-login></app-login>\n</body>\n</html>\n";
 const TFA_PAGE: &str = "<!doctype html>\n<html lang=\"en\">\n<head><title>Cybereason</title></head>\n<body>\n<h2>Two factor authentication</h2>\n<form method=\"post\" action=\"/\"><input name=\"totpCode\"><input type=\"submit\" name=\"submit\" value=\"Login\"></form>\n</body>\n</html>\n";
@@ -320,149 +319,6 @@ async fn version(State(sim): State<Simulator>) -> Response {
 
 // ---- sensors (§6.1) ----
 
-/// Whole seconds of an epoch ms (the console's scan and signature times end in `000`).
-fn whole_seconds(ms: i64) -> i64 {
-    ms - ms.rem_euclid(1000)
-}
-
-/// The sensor object of machine `i` (§6.1): every field of the recorded sensors, derived from
-/// the simulated machine (state, boot time, processes) and a stable per-host hash.
-fn sensor(rt: &Runtime, i: usize) -> api::Sensor {
-    const DAY: i64 = 86_400_000;
-    let m = &rt.machines[i];
-    let now = epoch_ms();
-    let status = if m.archived {
-        "Archived"
-    } else if m.online {
-        "Online"
-    } else {
-        "Offline"
-    };
-    let windows = m.os_type == "WINDOWS";
-    let seed = crate::endpoint::hash64(&m.hostname).unsigned_abs();
-    let spread =
-        |modulus: u64, salt: u32| i64::try_from(seed.rotate_left(salt) % modulus).unwrap_or(0);
-    // Booted when its first process started (the endpoint's System process).
-    let boot = m
-        .endpoint
-        .processes
-        .iter()
-        .chain(&m.endpoint.ended)
-        .map(|p| p.created_ms)
-        .min()
-        .unwrap_or(now);
-    // Seen by the console 30 to 90 days before this boot.
-    let first_seen = boot - (30 + spread(60, 7)) * DAY - spread(DAY as u64, 13);
-    // What the sensor last reported: now while online, its disconnection otherwise.
-    let last_seen = if m.online { now } else { m.disconnected_at.max(boot) };
-    let live = m.online && !m.archived;
-    let processes = i64::try_from(m.endpoint.processes.len()).unwrap_or(0);
-    let cpu_usage = if live {
-        (0.002 + 0.0015 * processes as f64 + spread(1000, 19) as f64 / 200_000.0).min(1.0)
-    } else {
-        0.0
-    };
-    let memory_usage = if live { (96 + 12 * processes + spread(64, 23)) << 20 } else { 0 };
-    // Quick scan every day, full scan every week, before the last report.
-    let quick_scan = whole_seconds(last_seen - spread(DAY as u64, 29));
-    let full_scan = whole_seconds(last_seen - spread(7 * DAY as u64, 31));
-    api::Sensor {
-        sensor_id: m.sensor_id.clone(),
-        pylum_id: m.pylum_id.clone(),
-        guid: m.guid(),
-        fqdn: m.hostname.to_lowercase(),
-        machine_name: m.hostname.clone(),
-        internal_ip_address: format!("10.1.0.{}", i + 10),
-        external_ip_address: "203.0.113.7".into(),
-        site_name: "Default",
-        site_id: 0,
-        ransomware_status: "DISABLED",
-        prevention_status: if windows { "ENABLED" } else { "NOT_INSTALLED" },
-        isolated: m.isolated,
-        disconnection_time: m.disconnected_at,
-        last_pylum_info_msg_update_time: last_seen - spread(60_000, 37),
-        last_pylum_update_timestamp_ms: last_seen,
-        status,
-        service_status: if live { "Up" } else { "Down" },
-        online_time_ms: 0,
-        offline_time_ms: 0,
-        stale_time_ms: 0,
-        // The archiving is not stamped: its time is unknown, `null` as in the capture.
-        archive_time_ms: if m.archived { None } else { Some(0) },
-        status_time_ms: 0,
-        last_status_action: if m.archived { "Archive" } else { "None" },
-        archived_or_unarchive_comment: String::new(),
-        sensor_archived_by_user: String::new(),
-        server_name: "sim-1-t",
-        server_id: m.sensor_id.split(':').next().unwrap_or_default().to_owned(),
-        server_ip: "203.0.113.2",
-        private_server_ip: "10.1.0.2",
-        collective_uuid: "70b8b433-e8ba-4375-8eb5-1c0d95c62120",
-        os_type: m.os_type,
-        os_version_type: if windows { "Windows_10" } else { "Centos_Linux_7" },
-        collection_status: "ADVANCED",
-        version: "21.2.300.0",
-        console_version: None,
-        first_seen_time: first_seen,
-        up_time: last_seen - boot,
-        cpu_usage,
-        memory_usage,
-        outdated: false,
-        am_status: "AM_DETECT_DISINFECT",
-        am_mode_origin: None,
-        av_db_version: format!("{}", 87_300 + spread(20, 41)),
-        av_db_last_update_time: whole_seconds(last_seen - spread(6 * 3_600_000, 43)),
-        power_shell_status: "PS_DISABLED",
-        remote_shell_status: "AC_ENABLED",
-        usb_status: "DISABLED",
-        fw_status: "DISABLED",
-        anti_exploit_status: if windows { "AE_DISABLED" } else { "AE_UNKNOWN" },
-        document_protection_status: if windows { "DS_DISABLED" } else { "DS_UNKNOWN" },
-        document_protection_mode: if windows { "DM_CAUTIOUS" } else { "DM_UNKNOWN" },
-        serial_number: format!("SIM-{:010}", seed % 10_000_000_000),
-        device_model: if windows {
-            "Intel(R) Core(TM) i7-9750H CPU @ 2.60GHz"
-        } else {
-            "Red Hat\n"
-        },
-        organizational_unit: String::new(),
-        anti_malware_status: "AM_ENABLED",
-        anti_malware_mode_origin: None,
-        organization: "simulator",
-        proxy_address: String::new(),
-        prevention_error: String::new(),
-        exit_reason: "STOP_REQUEST_FROM_PYLUM",
-        actions_in_progress: 0,
-        pending_actions: Vec::new(),
-        last_upgrade_result: None,
-        department: None,
-        location: None,
-        critical_asset: None,
-        device_type: None,
-        custom_tags: None,
-        last_upgrade_steps: Vec::new(),
-        disconnected: !m.online,
-        static_analysis_detect_mode: "DISABLED",
-        static_analysis_detect_mode_origin: None,
-        static_analysis_prevent_mode: "DISABLED",
-        static_analysis_prevent_mode_origin: None,
-        collection_components: if windows { vec!["Metadata"] } else { Vec::new() },
-        sensor_last_update: 0,
-        full_scan_status: "UNKNOWN",
-        quick_scan_status: "UNKNOWN",
-        last_full_schedule_scan_success_time: full_scan,
-        last_quick_schedule_scan_success_time: quick_scan,
-        policy_name: "Default",
-        delivery_time: boot + 300_000 + spread(60_000, 47),
-        policy_id: "0ec660dc-5354-4af1-964e-f32fd0bf8a1e",
-        compliance: true,
-        group_id: "72a61eac-6f79-4670-8607-a1334ddd2ff0",
-        group_name: "Simulated",
-        group_stickiness: true,
-        group_stickiness_label: "Manual",
-    }
-}
-
 fn matches_filter(sensor: &Value, f: &api::Filter) -> bool {
     let field = sensor.get(&f.field_name).map(|v| match v {
         Value::String(s) => s.clone(),
@@ -498,7 +354,7 @@ async fn sensors_query(
         };
         // Filters match on the sensor's JSON, as the console filters on its field names.
         let all: Vec<(api::Sensor, Value)> = (0..rt.machines.len())
-            .map(|i| sensor(rt, i))
+            .map(|i| crate::sensor::sensor(rt, i))
             .map(|s| {
                 let v = to_json(&s);
                 (s, v)
@@ -588,6 +444,7 @@ async fn remediate(
 ) -> Response {
     sim.with(|rt, now| {
         guard!(require(rt, &user, &["analyst_l3"], false));
+        let at_ms = rt.epoch_ms();
         let mut items = Vec::new();
         for (machine_guid, actions) in &body.actions_by_machine {
             let Some(machine) = rt.machine_by_guid(machine_guid) else {
@@ -598,13 +455,20 @@ async fn remediate(
                 let needs_malop = body.malop_id.is_none()
                     && a.target_id.is_some()
                     && !api::actions::TARGET_WITHOUT_MALOP.contains(&a.action_type.as_str());
+                // UNQUARANTINE_FILE came with 20.1.120 (§9): an older console cannot run it.
+                let too_new = a.action_type == api::actions::UNQUARANTINE_FILE
+                    && since(rt, "20.1.120").is_err();
+                let refusal = too_new.then(|| {
+                    let why = format!("action {} needs console 20.1.120", a.action_type);
+                    ("UNSUPPORTED_ACTION".to_owned(), why)
+                });
                 items.push(RemediationItem {
                     machine,
                     target: a.target_id.clone().unwrap_or_default(),
                     action: a.action_type.clone(),
-                    status: None,
-                    error: None,
-                    timestamp: epoch_ms(),
+                    status: too_new.then_some(api::remediation_status::FAILURE),
+                    error: refusal,
+                    timestamp: at_ms,
                     needs_malop,
                 });
             }
@@ -614,7 +478,7 @@ async fn remediate(
             id: uuid::Uuid::new_v4().to_string(),
             malop: body.malop_id.clone().unwrap_or_else(|| api::NOMALOP.into()),
             user: user.0.clone(),
-            start_ms: epoch_ms(),
+            start_ms: at_ms,
             end_ms: None,
             created: now,
             items,
@@ -698,10 +562,6 @@ fn simple_values(features: &[(&str, Vec<String>)]) -> Value {
     )
 }
 
-fn element_ref(element_type: &str, guid: &str, name: &str) -> Value {
-    json!({"totalValues": 1, "elementValues": [{"elementType": element_type, "guid": guid, "name": name, "hasSuspicions": false, "hasMalops": false}], "totalSuspicious": 0, "totalMalicious": 0, "guessedTotal": 0})
-}
-
 async fn visual_query(
     State(sim): State<Simulator>,
     Extension(user): Extension<User>,
@@ -729,63 +589,23 @@ async fn visual_query(
         };
         for i in machines {
             let m = &rt.machines[i];
+            if hop.requested_type == "Machine" {
+                let features = machine_features(i);
+                if passes(hop, &features) {
+                    // The answer keys machines by their GUID, the remediation key (§6.1).
+                    let shown: Vec<(&str, Vec<String>)> = features.into_iter().filter(|(k, _)| *k != "isActiveProbeConnected").collect();
+                    results.insert(m.guid(), json!({"simpleValues": simple_values(&shown), "elementValues": {}, "guidString": m.guid()}));
+                }
+                continue;
+            }
             let owner = element_ref("Machine", &m.guid(), &m.hostname.to_lowercase());
-            match hop.requested_type.as_str() {
-                "Machine" => {
-                    let features = machine_features(i);
-                    if passes(hop, &features) {
-                        // The answer keys machines by their GUID, the remediation key (§6.1).
-                        let shown: Vec<(&str, Vec<String>)> = features.into_iter().filter(|(k, _)| *k != "isActiveProbeConnected").collect();
-                        results.insert(m.guid(), json!({"simpleValues": simple_values(&shown), "elementValues": {}, "guidString": m.guid()}));
-                    }
+            for e in m.endpoint.elements(&hop.requested_type, &owner) {
+                if passes(hop, &e.features) {
+                    results.insert(e.guid.clone(), json!({
+                        "simpleValues": simple_values(&e.features),
+                        "elementValues": e.links, "guidString": e.guid,
+                    }));
                 }
-                "Process" => {
-                    // Live and ended instances alike: the console keeps an element per run.
-                    for p in m.endpoint.processes.iter().chain(&m.endpoint.ended) {
-                        let features = vec![
-                            ("elementDisplayName", vec![p.name.clone()]),
-                            ("applicablePid", vec![p.pid.to_string()]),
-                            ("commandLine", vec![p.command_line.clone()]),
-                            ("creationTime", vec![p.created_ms.to_string()]),
-                            ("endTime", p.ended_ms.map(|t| t.to_string()).into_iter().collect()),
-                        ];
-                        if !passes(hop, &features) {
-                            continue;
-                        }
-                        let mut links = serde_json::Map::new();
-                        links.insert("ownerMachine".into(), owner.clone());
-                        let user_guid = format!("0.{}", crate::endpoint::hash64(&p.user));
-                        links.insert("calculatedUser".into(), element_ref("User", &user_guid, &p.user));
-                        if let Some(parent) = p.parent_pid.and_then(|pp| m.endpoint.processes.iter().find(|x| x.pid == pp)) {
-                            links.insert("parentProcess".into(), element_ref("Process", &parent.guid, &parent.name));
-                        }
-                        results.insert(p.guid.clone(), json!({
-                            "simpleValues": simple_values(&features),
-                            "elementValues": links, "guidString": p.guid,
-                        }));
-                    }
-                }
-                "File" => {
-                    for f in m.endpoint.files.values() {
-                        let name = f.path.rsplit('\\').next().unwrap_or_default().to_owned();
-                        let features = vec![("elementDisplayName", vec![name]), ("correctedPath", vec![f.path.clone()])];
-                        if passes(hop, &features) {
-                            results.insert(f.guid.clone(), json!({
-                                "simpleValues": simple_values(&features),
-                                "elementValues": {"ownerMachine": owner.clone()}, "guidString": f.guid,
-                            }));
-                        }
-                    }
-                }
-                "RegistryEvent" => {
-                    for (k, g) in &m.endpoint.registry {
-                        let features = vec![("elementDisplayName", vec![k.clone()])];
-                        if passes(hop, &features) {
-                            results.insert(g.clone(), json!({"simpleValues": simple_values(&features), "elementValues": {"ownerMachine": owner.clone()}, "guidString": g}));
-                        }
-                    }
-                }
-                _ => {}
             }
         }
         let n = results.len();
@@ -867,7 +687,7 @@ async fn fetch_direct(
                     .into_response(),
             );
         };
-        let name = file.path.rsplit('\\').next().unwrap_or("file").to_owned();
+        let name = file.name().to_owned();
         let content = file.content.clone();
         rt.counters.direct_fetches += 1;
         rt.log.record("fetch-direct", &m.pylum_id, json!({"path": body.path}));
@@ -885,9 +705,12 @@ async fn fetch_start(
         guard!(require(rt, &user, &["responder_l1", "responder_l2"], false));
         let mut failures = 0;
         for guid in &body.element_guids {
-            let found = rt.machines.iter().enumerate().find_map(|(i, m)| {
-                m.endpoint.files.values().find(|f| &f.guid == guid).map(|f| (i, f.path.clone()))
-            });
+            // By File element: only an indexed file has one (§6.4).
+            let found = rt
+                .machines
+                .iter()
+                .enumerate()
+                .find_map(|(i, m)| m.endpoint.indexed_file(guid).map(|f| (i, f.path.clone())));
             match found {
                 Some((machine, file_path)) => {
                     let id = rt.batch_id();
@@ -928,7 +751,7 @@ async fn fetch_progress(
             .fetches
             .iter()
             .map(|f| api::FetchProgress {
-                file_name: f.file_path.rsplit('\\').next().unwrap_or_default().to_owned(),
+                file_name: f.file_path.rsplit(['\\', '/']).next().unwrap_or_default().to_owned(),
                 succeeded: rt.fetch_ready(f, now),
                 batch_id: f.id,
                 machine_name: rt.machines[f.machine].hostname.clone(),
@@ -962,7 +785,7 @@ async fn fetch_files(
         let Some(file) = rt.machines[f.machine].endpoint.files.get(&f.file_path) else {
             return error();
         };
-        let name = file.path.rsplit('\\').next().unwrap_or("file").to_owned();
+        let name = file.name().to_owned();
         let m = &rt.machines[f.machine];
         rt.log.record("fetchfile", &m.pylum_id, json!({"path": f.file_path, "batchId": f.id}));
         Found::File {
@@ -1054,7 +877,8 @@ async fn upload(
     };
     sim.with(|rt, _| {
         // "upload a new package or upgrade an existing one" (§6.6.3).
-        let replaced = rt.packages.insert(name.clone(), (size as u64, epoch_ms())).is_some();
+        let at_ms = rt.epoch_ms();
+        let replaced = rt.packages.insert(name.clone(), (size as u64, at_ms)).is_some();
         rt.counters.packages_uploaded += 1;
         rt.log.record("upload", &name, json!({"size": size, "replaced": replaced}));
         json_response(json!({"packageName": name, "size": size, "status": "SUCCESS"}))
@@ -1094,7 +918,7 @@ async fn ir_run(
             arguments: api::ir_run_arguments(&run.package, &run.arguments),
             package: run.package,
             user: user.0.clone(),
-            start_ms: epoch_ms(),
+            start_ms: rt.epoch_ms(),
             created: now,
             sensors,
             aborted_by: None,
@@ -1133,6 +957,7 @@ async fn abort(
             return (StatusCode::BAD_REQUEST, "UNKNOWN BATCH").into_response();
         };
         // Only work not yet sent to sensors is aborted (§6.5, D8).
+        let abort_ms = rt.epoch_ms();
         let b = &mut rt.batches[i];
         for s in b.sensors.iter_mut().filter(|s| s.status == batch_state::PENDING) {
             s.status = batch_state::ABORTED;
@@ -1140,7 +965,7 @@ async fn abort(
             rt.log.record("Abort", &m.pylum_id, json!({"batchId": b.id, "machine": m.hostname}));
         }
         b.aborted_by = Some(user.0.clone());
-        b.abort_ms = epoch_ms();
+        b.abort_ms = abort_ms;
         rt.counters.ir_aborts += 1;
         let v = rt.batch_json(&rt.batches[i]);
         json_response(v)

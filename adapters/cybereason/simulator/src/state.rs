@@ -92,6 +92,8 @@ pub(crate) struct FetchBatch {
 }
 
 pub(crate) struct Runtime {
+    /// The fault settings, for the console's clock (`clock_skew_secs`).
+    pub(crate) clock: edrgate_simkit::SimFaults,
     pub(crate) cfg: SimConfig,
     pub(crate) sessions: BTreeMap<String, Session>,
     pub(crate) machines: Vec<Machine>,
@@ -117,14 +119,24 @@ pub(crate) fn to_json(v: &impl serde::Serialize) -> Value {
     serde_json::to_value(v).unwrap_or(Value::Null)
 }
 
+/// The host's clock in epoch milliseconds, for what is not the console's own record (e.g.
+/// endpoint process start times). The console's timestamps come from [`Runtime::epoch_ms`].
 pub(crate) fn epoch_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
+    millis(SystemTime::now())
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(0))
 }
 
 impl Runtime {
-    pub(crate) fn new(cfg: SimConfig, log: SimLog) -> Self {
+    /// The console's clock in epoch milliseconds (moved by `clock_skew_secs`): every timestamp
+    /// the console records or answers with comes from here.
+    pub(crate) fn epoch_ms(&self) -> i64 {
+        millis(self.clock.now())
+    }
+
+    pub(crate) fn new(cfg: SimConfig, log: SimLog, clock: edrgate_simkit::SimFaults) -> Self {
         let server = "5e77883de4b0575ddcf824ef";
         let machines = (1..=cfg.machines)
             .map(|i| {
@@ -132,21 +144,23 @@ impl Runtime {
                 let pylum_id = format!("PYLUMCLIENT_SIMULATOR_{hostname}_0800273A{i:04X}");
                 // Legacy machine GUID form: two signed ints joined by `.` (§5).
                 let prefix = i64::from(i32::try_from(hash64(&hostname) >> 33).unwrap_or(0));
+                let os = cfg.os_of(i);
                 Machine {
                     sensor_id: format!("{server}:{pylum_id}"),
-                    endpoint: Endpoint::new(&hostname, prefix),
+                    endpoint: Endpoint::new(&hostname, prefix, os),
                     hostname,
                     disconnected_at: 0,
                     pylum_id,
                     online: true,
                     archived: false,
                     isolated: false,
-                    os_type: "WINDOWS",
+                    os_type: os.os_type(),
                 }
             })
             .collect();
         let packages = cfg.packages.iter().map(|p| (p.clone(), (1024, epoch_ms()))).collect();
         Runtime {
+            clock,
             cfg,
             sessions: BTreeMap::new(),
             machines,
@@ -196,6 +210,7 @@ impl Runtime {
 
     /// Advances remediations and batches to `now`, recording what the sensors executed.
     pub(crate) fn tick(&mut self, now: Instant) {
+        let now_ms = self.epoch_ms();
         let delay = self.cfg.remediation_delay;
         for r in &mut self.remediations {
             let age = now.duration_since(r.created);
@@ -213,7 +228,7 @@ impl Runtime {
                 if item.needs_malop {
                     item.status = Some(remediation_status::FAILURE);
                     item.error = Some(crate::endpoint::invalid_argument());
-                    item.timestamp = epoch_ms();
+                    item.timestamp = now_ms;
                     continue;
                 }
                 if !machine.online {
@@ -228,12 +243,12 @@ impl Runtime {
                     } else {
                         item.status = Some(remediation_status::PENDING);
                     }
-                    item.timestamp = epoch_ms();
+                    item.timestamp = now_ms;
                     continue;
                 }
                 if age < delay {
                     item.status = Some(remediation_status::IN_PROGRESS);
-                    item.timestamp = epoch_ms();
+                    item.timestamp = now_ms;
                     continue;
                 }
                 let outcome = machine.endpoint.remediate(&item.action, &item.target);
@@ -259,7 +274,7 @@ impl Runtime {
                 );
                 item.status = Some(status);
                 item.error = error;
-                item.timestamp = epoch_ms();
+                item.timestamp = now_ms;
             }
             if r.end_ms.is_none()
                 && r.items.iter().all(|i| {
@@ -269,7 +284,7 @@ impl Runtime {
                     )
                 })
             {
-                r.end_ms = Some(epoch_ms());
+                r.end_ms = Some(now_ms);
             }
         }
         let step = self.cfg.ir_step;

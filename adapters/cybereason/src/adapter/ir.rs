@@ -44,7 +44,8 @@ impl CybereasonAdapter {
                 self.client.upload_package(&tool, reader, file.size).await?;
             }
         }
-        cp.phase = Phase::IrIntent { at_ms: now_ms(), tool: tool.clone() };
+        let before = self.ir_runs_before(&tool).await?;
+        cp.phase = Phase::IrIntent { at_ms: now_ms(), tool: tool.clone(), before: Some(before) };
         if let Err(e) = self.record(ctx, cp, updates).await {
             cp.phase = Phase::Ready;
             return Err(CrError::Api(e));

@@ -8,7 +8,7 @@
 //!
 //! The step loop itself (stop checks, back-off, `on_error`, journaling) is the shared
 //! [`driver`]; this module is the vendor's [`VendorRun::advance`], split along its seams:
-//! `remediate` (kill and quarantine as remediations of elements), `ir` (IR tool
+//! `remediate` (kill, quarantine and unquarantine as remediations of elements), `ir` (IR tool
 //! runs), `fetch` (direct and batch file fetches), `reconcile` (intents after a restart or a
 //! lost session) and `contain` (isolate/release).
 
@@ -23,11 +23,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use edrgate_adapter::adapter::StopReason;
-use edrgate_adapter::driver::{self, Cursor, Drive, RunCheckpoint, VendorRun};
+use edrgate_adapter::driver::{self, Cursor, Drive, RunCheckpoint, RunOps as _, VendorRun};
 use edrgate_adapter::{
     Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandSupport,
-    CommandUpdate, Device, ErrorCode, ErrorInfo, FairSlots, Limits, RunContext, SharedBudget,
-    Status, Step, Via,
+    CommandUpdate, Device, DeviceSupport, ErrorCode, ErrorInfo, FairSlots, Limits, RunContext,
+    SharedBudget, Status, Step, Via,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -89,13 +89,26 @@ enum Phase {
     #[default]
     Ready,
     /// Intent recorded for a remediation of `target`; its POST may or may not have arrived.
-    RemediationIntent { at_ms: i64, action: String, target: String },
+    RemediationIntent {
+        at_ms: i64,
+        action: String,
+        target: String,
+        /// What the console listed just before (`None` in checkpoints older than it).
+        #[serde(default)]
+        before: Option<reconcile::Before>,
+    },
     /// Remediation started; polled on its progress route.
     Remediation { malop: String, id: String, at_ms: i64 },
     /// Intent recorded for isolate/release; repeated only if the sensor is not yet there.
     ContainIntent { at_ms: i64 },
     /// Intent recorded for an IR run of `tool`.
-    IrIntent { at_ms: i64, tool: String },
+    IrIntent {
+        at_ms: i64,
+        tool: String,
+        /// What the console listed just before (`None` in checkpoints older than it).
+        #[serde(default)]
+        before: Option<reconcile::Before>,
+    },
     /// Fetch-file batch flow (§6.4): started for element `guid`; the progress list is keyed
     /// by file name, so batches of that name that existed before the start are ignored.
     Fetch { name: String, at_ms: i64, known: Vec<i64> },
@@ -140,6 +153,18 @@ impl CybereasonAdapter {
 impl Adapter for CybereasonAdapter {
     fn capabilities(&self) -> &Capabilities {
         &self.capabilities
+    }
+
+    /// The backend's commands on every device; `delete_file` is refused with where to go
+    /// instead of the generic "not supported".
+    fn device_support(&self, _device: &Device) -> DeviceSupport {
+        let mut support = self.capabilities.for_device(|_| None);
+        for u in &mut support.unsupported {
+            if u.command == CommandKind::DeleteFile {
+                u.reason = delete_file_refusal();
+            }
+        }
+        support
     }
 
     /// Sensors whose machine name contains `hostname` (`ContainsIgnoreCase`, §6.1), archived
@@ -243,13 +268,26 @@ impl VendorRun for CybereasonAdapter {
         &self,
         ctx: &RunContext<'_>,
         cp: &mut Checkpoint,
-        _updates: &mut Vec<CommandUpdate>,
+        updates: &mut Vec<CommandUpdate>,
         _reason: StopReason,
     ) {
-        if let Phase::Ir { batch, .. } = cp.phase
-            && let Err(e) = self.client.abort(batch).await
-        {
+        // A remediation cannot be aborted: the driver reports a started one `outcome_unknown`.
+        // An IR run is aborted, then read back once so the console's own word (aborted, or
+        // finished meanwhile) is what the command ends with.
+        let Phase::Ir { batch, tool, at_ms } = cp.phase.clone() else { return };
+        if let Err(e) = self.client.abort(batch).await {
             tracing::debug!(run = %ctx.run_id, error = %e, "aborting the IR run failed");
+        }
+        let read_back = match self.sensor(cp).await {
+            Ok(sensor) => self.poll_ir(cp, &sensor, batch, &tool, at_ms).await,
+            Err(e) => Err(e),
+        };
+        match read_back {
+            Ok(Drive::Finished(update)) => self.command_done(ctx, cp, updates, update),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(run = %ctx.run_id, error = %e, "reading the aborted IR run back failed")
+            }
         }
     }
 }
@@ -265,17 +303,17 @@ impl CybereasonAdapter {
         let sensor = self.sensor(cp).await?;
         let index = cp.cursor.index;
         match cp.phase.clone() {
-            Phase::RemediationIntent { at_ms, action, target } => {
+            Phase::RemediationIntent { at_ms, action, target, before } => {
                 return self
-                    .reconcile_remediation(ctx, cp, updates, &sensor, at_ms, action, target)
+                    .reconcile_remediation(cp, &sensor, at_ms, action, target, before)
                     .await;
             }
             Phase::Remediation { malop, id, at_ms } => {
                 return self.poll_remediation(cp, &malop, &id, at_ms).await;
             }
             Phase::ContainIntent { .. } => {}
-            Phase::IrIntent { at_ms, tool } => {
-                return self.reconcile_ir(ctx, cp, updates, &sensor, at_ms, tool).await;
+            Phase::IrIntent { at_ms, tool, before } => {
+                return self.reconcile_ir(ctx, cp, &sensor, at_ms, tool, before).await;
             }
             Phase::Ir { batch, tool, at_ms } => {
                 return self.poll_ir(cp, &sensor, batch, &tool, at_ms).await;
@@ -292,7 +330,13 @@ impl CybereasonAdapter {
             Command::GetFile { path, .. } => {
                 self.get_file(ctx, index, &sensor, path).await.map(Drive::Finished)
             }
-            command @ (Command::KillProcess { .. } | Command::DeleteFile { .. }) => {
+            Command::DeleteFile { .. } => Ok(Drive::Finished(CommandUpdate::failed(
+                index,
+                ErrorInfo::new(ErrorCode::UnsupportedCommand, delete_file_refusal()),
+            ))),
+            command @ (Command::KillProcess { .. }
+            | Command::QuarantineFile { .. }
+            | Command::UnquarantineFile { .. }) => {
                 match self.remediation_target(&sensor, command).await? {
                     (action, Ok(guid)) => {
                         self.start_remediation(ctx, cp, updates, &sensor, action, guid).await
@@ -394,6 +438,12 @@ fn outcome_unknown(index: usize, what: &str) -> CommandUpdate {
     )
 }
 
+/// Why `delete_file` is refused: Cybereason's only file remediation is the quarantine, which
+/// moves the file (reversibly) and needs it indexed; calling that a delete would misreport it.
+fn delete_file_refusal() -> String {
+    "Cybereason has no remediation that deletes a file: its QUARANTINE_FILE moves the file into the sensor's quarantine, reversibly (unquarantine_file puts it back); use quarantine_file".to_owned()
+}
+
 fn timed_out(index: usize, limit: u64, vref: String) -> CommandUpdate {
     let mut u = CommandUpdate::status(index, Status::TimedOut).with_vendor(Some(vref), None);
     u.error = Some(ErrorInfo::new(
@@ -424,8 +474,12 @@ fn capabilities(backend: &str, concurrent: u32, per_minute: u32, ir_run: bool) -
             "remediation KILL_PROCESS of the live process element of the pid (applicablePid, no endTime), refused when several match; the sensor must be connected (isActiveProbeConnected)",
         ),
         native(
-            CommandKind::DeleteFile,
-            "remediation QUARANTINE_FILE: the file is moved to the sensor's quarantine folder; the sensor must be connected (isActiveProbeConnected)",
+            CommandKind::QuarantineFile,
+            "remediation QUARANTINE_FILE: a reversible move of the file into the sensor's quarantine folder (purged after 30 days), not a delete; only a file the console has indexed (a File element at that path) can be quarantined, else file_not_found; the sensor must be connected (isActiveProbeConnected)",
+        ),
+        native(
+            CommandKind::UnquarantineFile,
+            "remediation UNQUARANTINE_FILE (console 20.1.120 or later) of the quarantined-file element that was at the path: the file goes back to its place; the sensor must be connected (isActiveProbeConnected)",
         ),
         native(
             CommandKind::Isolate,
@@ -476,7 +530,8 @@ mod tests {
                     CommandKind::ProcessList
                         | CommandKind::GetFile
                         | CommandKind::KillProcess
-                        | CommandKind::DeleteFile
+                        | CommandKind::QuarantineFile
+                        | CommandKind::UnquarantineFile
                         | CommandKind::Isolate
                         | CommandKind::Release
                 ) || (ir_run && kind == CommandKind::RunScript);

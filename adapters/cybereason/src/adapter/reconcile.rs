@@ -2,8 +2,9 @@
 //! console's remediation and action lists (initiator, start time, target) before anything is
 //! sent again; what cannot be told apart ends `outcome_unknown`.
 
+use edrgate_adapter::RunContext;
 use edrgate_adapter::driver::Drive;
-use edrgate_adapter::{CommandUpdate, RunContext};
+use serde::{Deserialize, Serialize};
 
 use super::ir::is_our_sensor;
 use super::remediate::NO_MALOP;
@@ -12,12 +13,26 @@ use crate::mapping::{self, CrError};
 use crate::wire::{self, actions};
 
 /// How long reconciliation waits for remediations that have not reported yet (empty
-/// `statusLog`) before it gives up with `outcome_unknown`.
+/// `statusLog`) before it gives up with `outcome_unknown`. (Measured on edrgate's clock only:
+/// from the intent it recorded to now.)
 const RECONCILE_WAIT_MS: i64 = 60_000;
 
-/// Clock skew tolerated between edrgate and the console when matching vendor objects to an
-/// intent by start time. Erring late only turns an adoption into `outcome_unknown`.
-const RECONCILE_SKEW_MS: i64 = 2000;
+/// What the console listed just before a side effect was sent: the ids of what could be taken
+/// for ours afterwards. Only objects not among them can be ours. Nothing is compared with a
+/// clock (the console's may be off from ours by minutes): ids only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(super) struct Before {
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+impl Before {
+    /// Whether `id` was not listed before. Without a record (an older checkpoint) nothing can
+    /// be told apart: `false`.
+    fn is_new(before: Option<&Self>, id: &str) -> bool {
+        before.is_some_and(|b| !b.ids.iter().any(|known| known == id))
+    }
+}
 
 impl CybereasonAdapter {
     /// After a restart or a lost session: adopt the remediation if the console has it, send
@@ -25,23 +40,18 @@ impl CybereasonAdapter {
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn reconcile_remediation(
         &self,
-        _ctx: &RunContext<'_>,
         cp: &mut Checkpoint,
-        _updates: &mut [CommandUpdate],
         sensor: &SensorIds,
         at_ms: i64,
         action: String,
         target: String,
+        before: Option<Before>,
     ) -> Result<Drive, CrError> {
         let all = self.client.remediations(NO_MALOP).await?;
         let ours: Vec<&wire::Remediation> = all
             .iter()
-            .filter(|r| {
-                r.initiating_user
-                    .as_deref()
-                    .is_none_or(|u| u.eq_ignore_ascii_case(&self.client.username))
-                    && r.start.is_none_or(|s| s >= at_ms - RECONCILE_SKEW_MS)
-            })
+            .filter(|r| self.initiated(r.initiating_user.as_deref()))
+            .filter(|r| before.is_none() || Before::is_new(before.as_ref(), &r.remediation_id))
             .collect();
         let matching: Vec<&&wire::Remediation> = ours
             .iter()
@@ -52,6 +62,10 @@ impl CybereasonAdapter {
                 })
             })
             .collect();
+        if before.is_none() && !matching.is_empty() {
+            // No record of what was there before: ours cannot be told apart from an older one.
+            return Ok(Drive::Finished(outcome_unknown(cp.cursor.index, &action)));
+        }
         if let [one] = matching.as_slice() {
             tracing::info!(remediation = %one.remediation_id, "adopting a remediation sent before an interruption");
             return self.adopt_remediation(cp, one, at_ms);
@@ -75,20 +89,16 @@ impl CybereasonAdapter {
         &self,
         ctx: &RunContext<'_>,
         cp: &mut Checkpoint,
-        _updates: &mut [CommandUpdate],
         sensor: &SensorIds,
         at_ms: i64,
         tool: String,
+        before: Option<Before>,
     ) -> Result<Drive, CrError> {
         let batches = self.client.all_actions().await?;
         let mut ours = Vec::new();
         for b in batches.iter().filter(|b| {
-            b.action_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(actions::IR_RUN))
-                && b.initiator_user
-                    .as_deref()
-                    .is_none_or(|u| u.eq_ignore_ascii_case(&self.client.username))
-                && b.start_time.is_none_or(|s| s >= at_ms - RECONCILE_SKEW_MS)
-                && b.action_arguments.to_string().contains(&tool)
+            self.is_ir_run_of(b, &tool)
+                && (before.is_none() || Before::is_new(before.as_ref(), &b.batch_id.to_string()))
         }) {
             let rows = mapping::ir_rows(&self.client.ir_status(b.batch_id).await?);
             if rows.is_empty() || rows.iter().any(|r| is_our_sensor(&r.sensor, sensor)) {
@@ -96,6 +106,10 @@ impl CybereasonAdapter {
             }
         }
         match ours.as_slice() {
+            // No record of what was there before: ours cannot be told apart from an older one.
+            [_, ..] if before.is_none() => {
+                Ok(Drive::Finished(outcome_unknown(cp.cursor.index, actions::IR_RUN)))
+            }
             [] => self.send_ir(ctx, cp, sensor, tool).await,
             [batch] => {
                 tracing::info!(batch, "adopting an IR tool run sent before an interruption");
@@ -104,5 +118,45 @@ impl CybereasonAdapter {
             }
             _ => Ok(Drive::Finished(outcome_unknown(cp.cursor.index, actions::IR_RUN))),
         }
+    }
+
+    /// What the console lists before a remediation of `target` is sent (see [`Before`]): ours
+    /// remediations of that target, and those that have not reported yet (their target is
+    /// not known). Bounded by one target's history and what is in flight.
+    pub(super) async fn remediations_before(&self, target: &str) -> Result<Before, CrError> {
+        let all = self.client.remediations(NO_MALOP).await?;
+        let ids = all
+            .into_iter()
+            .filter(|r| self.initiated(r.initiating_user.as_deref()))
+            .filter(|r| {
+                r.status_log.is_empty()
+                    || r.status_log.iter().any(|e| e.target_id.as_deref() == Some(target))
+            })
+            .map(|r| r.remediation_id)
+            .collect();
+        Ok(Before { ids })
+    }
+
+    /// What the console lists before an IR run of `tool` is requested (see [`Before`]): the
+    /// runs of that tool by edrgate's user in the console's action list.
+    pub(super) async fn ir_runs_before(&self, tool: &str) -> Result<Before, CrError> {
+        let all = self.client.all_actions().await?;
+        let ids = all
+            .iter()
+            .filter(|b| self.is_ir_run_of(b, tool))
+            .map(|b| b.batch_id.to_string())
+            .collect();
+        Ok(Before { ids })
+    }
+
+    /// Started by edrgate's console user (a console that does not say is given the benefit).
+    fn initiated(&self, user: Option<&str>) -> bool {
+        user.is_none_or(|u| u.eq_ignore_ascii_case(&self.client.username))
+    }
+
+    fn is_ir_run_of(&self, b: &wire::Batch, tool: &str) -> bool {
+        b.action_type.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(actions::IR_RUN))
+            && self.initiated(b.initiator_user.as_deref())
+            && b.action_arguments.to_string().contains(tool)
     }
 }

@@ -1,5 +1,5 @@
-//! Kill and quarantine: remediations of the element the query API finds for the command's pid
-//! or path (§6.3).
+//! Kill, quarantine and unquarantine: remediations of the element the query API finds for the
+//! command's pid or path (§6.3).
 
 use edrgate_adapter::driver::{Drive, RunOps as _};
 use edrgate_adapter::{
@@ -32,7 +32,8 @@ impl CybereasonAdapter {
     ) -> Result<(&'static str, Result<String, ErrorInfo>), CrError> {
         let action = match command {
             Command::KillProcess { .. } => actions::KILL_PROCESS,
-            Command::DeleteFile { .. } => actions::QUARANTINE_FILE,
+            Command::QuarantineFile { .. } => actions::QUARANTINE_FILE,
+            Command::UnquarantineFile { .. } => actions::UNQUARANTINE_FILE,
             other => {
                 return Err(CrError::Api(AdapterError::internal(format!(
                     "{} is not a remediation",
@@ -56,7 +57,9 @@ impl CybereasonAdapter {
         let target = match command {
             Command::KillProcess { vendor_id: Some(id), .. } => Ok(id.clone()),
             Command::KillProcess { pid, .. } => self.live_process(sensor, *pid).await?,
-            Command::DeleteFile { path } => {
+            // The console remediates the File element it indexes at the path (`correctedPath`
+            // is lower case, fixture `…file-details.json`); a file it never indexed has none.
+            Command::QuarantineFile { path } => {
                 let query = element_query(
                     &sensor.machine,
                     "files",
@@ -70,10 +73,29 @@ impl CybereasonAdapter {
                     || {
                         ErrorInfo::new(
                             ErrorCode::FileNotFound,
-                            format!("Cybereason knows no file {path:?} on the machine"),
+                            format!(
+                                "Cybereason has not indexed a file {path:?} on the machine (no File element): only indexed files can be quarantined"
+                            ),
                         )
                     },
                     "files",
+                    &format!("path {path:?}"),
+                )
+            }
+            // UNQUARANTINE_FILE takes the quarantined-file element, not the File (§6.3).
+            Command::UnquarantineFile { path } => {
+                let found = self.elements(&quarantined_query(path), sensor).await?;
+                one_element(
+                    found,
+                    || {
+                        ErrorInfo::new(
+                            ErrorCode::FileNotFound,
+                            format!(
+                                "the Cybereason sensor's quarantine holds no file that was at {path:?}"
+                            ),
+                        )
+                    },
+                    "quarantined files",
                     &format!("path {path:?}"),
                 )
             }
@@ -155,7 +177,7 @@ impl CybereasonAdapter {
                     pid: pid_of(e)?,
                     parent_pid,
                     name: e.simple("elementDisplayName").unwrap_or_default().to_owned(),
-                    path: None,
+                    path: e.simple("imageFile.correctedPath").map(str::to_owned),
                     command_line: e.simple("commandLine").map(str::to_owned),
                     username: e.linked("calculatedUser", "name").map(str::to_owned),
                     sid: None,
@@ -218,10 +240,12 @@ impl CybereasonAdapter {
         action: &str,
         target: String,
     ) -> Result<Drive, CrError> {
+        let before = self.remediations_before(&target).await?;
         cp.phase = Phase::RemediationIntent {
             at_ms: now_ms(),
             action: action.to_owned(),
             target: target.clone(),
+            before: Some(before),
         };
         if let Err(e) = self.record(ctx, cp, updates).await {
             cp.phase = Phase::Ready;
@@ -389,9 +413,20 @@ pub(super) fn element_query(
     }
 }
 
+/// The quarantined-file elements that were at `path`, on any machine (the caller keeps the
+/// sensor's own by `ownerMachine`): one hop, as no public query names the Machine feature
+/// that leads to them (§6.3 says only "a \"Quarantine File\" element query").
+fn quarantined_query(path: &str) -> wire::VisualQuery {
+    let lower = path.to_lowercase().into();
+    let mut query = element_query("", "", wire::QUARANTINE_FILE_ELEMENT, "correctedPath", lower);
+    query.query_path.remove(0);
+    query
+}
+
 /// The custom fields of element lookups (names as in XSOAR's `PROCESS_INFO` and the
-/// recorded process answers).
-pub(super) const ELEMENT_FIELDS: [&str; 8] = [
+/// recorded process answers; the image's path in the dotted form of the image's features
+/// those answers carry, `imageFile.md5String`…).
+pub(super) const ELEMENT_FIELDS: [&str; 9] = [
     "elementDisplayName",
     "ownerMachine",
     "applicablePid",
@@ -400,6 +435,7 @@ pub(super) const ELEMENT_FIELDS: [&str; 8] = [
     "commandLine",
     "parentProcess",
     "calculatedUser",
+    "imageFile.correctedPath",
 ];
 
 fn vendor_remediation(malop: &str, id: &str) -> String {

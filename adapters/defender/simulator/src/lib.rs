@@ -92,7 +92,8 @@
 //!   routes, which also has 5xx bursts, 429 `TooManyRequests` with `Retry-After` and answers
 //!   lost after a machine action was created (settable with [`Sim::faults`] or
 //!   `POST /_sim/faults`; the side-effecting requests are `POST /api/machines/{id}/{verb}`).
-//!   [`Simulator::refuse_next_downloads`] makes blob downloads answer as if expired.
+//!   [`Simulator::refuse_next_downloads`] makes blob downloads answer as if expired,
+//!   [`Simulator::cut_next_downloads`] closes their connection instead.
 //!
 //! # What it executed: `GET /_sim/log`, `GET /_sim/counters`
 //! Serving comes from [`edrgate_simkit::Sim`] (re-exported as [`Sim`]), which adds the admin
@@ -295,6 +296,8 @@ pub struct Counters {
     pub downloads: u64,
     /// Downloads refused as expired.
     pub expired_downloads: u64,
+    /// Downloads cut off ([`Simulator::cut_next_downloads`]).
+    pub cut_downloads: u64,
     /// Blob downloads that carried an `Authorization` header (must stay 0).
     pub downloads_with_bearer: u64,
     pub action_list_calls: u64,
@@ -487,6 +490,12 @@ impl Simulator {
     /// The next `n` blob downloads are refused as expired links.
     pub fn refuse_next_downloads(&self, n: u32) {
         self.with(|rt, _| rt.refuse_downloads = n);
+    }
+
+    /// The next `n` blob downloads with a valid link are cut off: the connection closes
+    /// instead of delivering the blob (a network failure while a result is fetched).
+    pub fn cut_next_downloads(&self, n: u32) {
+        self.with(|rt, _| rt.cut_downloads = n);
     }
 
     /// Takes machine `n` (1-based) on or offline.

@@ -923,16 +923,22 @@ async fn blob(
             rt.counters.expired_downloads += 1;
             return Err("Signed expiry time has passed.");
         }
+        if rt.cut_downloads > 0 {
+            rt.cut_downloads -= 1;
+            rt.counters.cut_downloads += 1;
+            return Ok(None);
+        }
         let content = rt.actions.iter().find(|a| a.id == action).and_then(|a| {
             (0..a.commands.len())
                 .find(|&i| rt.blob_name(&a.id, i) == blob)
                 .and_then(|i| a.commands[i].blob.clone())
         });
         rt.counters.downloads += 1;
-        content.ok_or("The specified blob does not exist.")
+        content.map(Some).ok_or("The specified blob does not exist.")
     });
     match result {
-        Ok(bytes) => (
+        Ok(None) => edrgate_simkit::dropped(),
+        Ok(Some(bytes)) => (
             StatusCode::OK,
             [
                 (header::CONTENT_TYPE, "application/octet-stream"),

@@ -174,6 +174,8 @@ pub(crate) struct Runtime {
     pub(crate) counters: Counters,
     /// Blob downloads still to refuse as expired (fault injection).
     pub(crate) refuse_downloads: u32,
+    /// Blob downloads still to cut off: the connection closes instead of the blob.
+    pub(crate) cut_downloads: u32,
     pub(crate) link_secret: String,
     pub(crate) started: Instant,
     /// Arrival times of accepted `runliveresponse` calls.
@@ -248,6 +250,7 @@ impl Runtime {
             api_windows: HashMap::new(),
             counters: Counters::default(),
             refuse_downloads: 0,
+            cut_downloads: 0,
             link_secret: uuid::Uuid::now_v7().to_string(),
             started: Instant::now(),
             lr_arrivals: Vec::new(),

@@ -19,9 +19,9 @@ use crate::wire::{self, LrCommand, MachineAction, keys, kinds};
 
 /// One live-response command of a batch and the normalized command it serves.
 pub(super) struct Slot {
-    command: usize,
+    pub(super) command: usize,
     lr: LrCommand,
-    role: Role,
+    pub(super) role: Role,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,13 +112,16 @@ impl DefenderAdapter {
         if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
             return Ok(drive);
         }
+        // The token first, so no token request sits between the shared quota and the call.
+        self.client.warm_token().await?;
         let permit = tokio::select! {
             p = self.client.budget.live_response.acquire() => p,
             // The stop check before the next move closes the run.
             _ = ctx.stop.stopped() => return Ok(Drive::Continue),
         };
         let tag = format!("{TAG_PREFIX}{}:{}", ctx.run_id, cp.cursor.index);
-        cp.phase = Phase::Intent { end, tag: tag.clone(), at: now() };
+        let at = now();
+        cp.phase = Phase::Intent { end, tag: tag.clone(), at, since: None };
         if let Err(e) = self.record(ctx, cp, updates).await {
             // Not journaled, so not sent.
             cp.phase = Phase::Ready;
@@ -131,6 +134,17 @@ impl DefenderAdapter {
         // they were counted), and its window is widened by a margin (5%, at least 250 ms) for
         // the rest. A refusal leaves nothing sent: the step ends `Ready` again, which the
         // driver stores over the intent (and an intent a crash left is reconciled by its tag).
+        //
+        // Across a replica's death: the quota row is committed by `take_call` itself, before
+        // the request leaves, so a call a replica made (or was making) when it was killed is
+        // counted; the replica taking the run over reconciles by the tag and calls nothing.
+        // A dead replica's call can arrive after its row only by the time between the two
+        // (it cannot send once dead), and within the margin that is covered. What remains
+        // outside the margin: the connection (a TLS handshake of a new connection under load,
+        // up to the connect timeout) and a 401 renewal (`send` fetches a token and posts
+        // again). The token is therefore fetched before the quota (above); a handshake slower
+        // than the margin can still let a call arrive later than it was counted, which only
+        // a second row at the answer's time would cover (see the H5 report).
         if let Some(budget) = self.shared.get().filter(|b| b.is_shared()) {
             let scope = format!("{}:runliveresponse", self.scope);
             let window = with_margin(self.cfg.lr_window());
@@ -158,6 +172,7 @@ impl DefenderAdapter {
                 // of creating one (§3.3, Kibana). Whether ours exists too, the tag tells: the
                 // intent is reconciled like an unanswered submission.
                 tracing::info!(run = %ctx.run_id, action = %other.id, "defender returned an action without the run's tag; reconciling");
+                cp.phase = Phase::Intent { end, tag, at, since: Some(now()) };
                 Ok(Drive::Wait(self.cfg.poll_min()))
             }
             Err(e) if refused(&e) => {
@@ -188,8 +203,14 @@ impl DefenderAdapter {
                 }
                 Ok(Drive::Continue)
             }
-            // Ambiguous (transport, 5xx): the action may exist; the tag tells (reconcile).
-            Err(e) => Err(e),
+            // Ambiguous (transport, 5xx): the action may exist; the tag tells (reconcile). The
+            // visibility grace starts now, when the call ended: a call that took longer than
+            // the grace (a slow answer, then none) would otherwise leave no time for reads to
+            // show the action, and the batch would be sent twice.
+            Err(e) => {
+                cp.phase = Phase::Intent { end, tag, at, since: Some(now()) };
+                Err(e)
+            }
         }
     }
 

@@ -17,7 +17,8 @@ impl DefenderAdapter {
         isolate: bool,
     ) -> Result<Drive, AdapterError> {
         let tag = format!("{TAG_PREFIX}{}:{}", ctx.run_id, cp.cursor.index);
-        cp.phase = Phase::ContainIntent { tag: tag.clone(), at: now() };
+        let at = now();
+        cp.phase = Phase::ContainIntent { tag: tag.clone(), at, since: None };
         if let Err(e) = self.record(ctx, cp, updates).await {
             // Not journaled, so not sent.
             cp.phase = Phase::Ready;
@@ -46,7 +47,11 @@ impl DefenderAdapter {
                 self.command_done(ctx, cp, updates, CommandUpdate::failed(cp.cursor.index, info));
                 Ok(Drive::Continue)
             }
-            Err(e) => Err(e),
+            // Ambiguous: reconciled by the tag, with the grace counted from the call's end.
+            Err(e) => {
+                cp.phase = Phase::ContainIntent { tag, at, since: Some(now()) };
+                Err(e)
+            }
         }
     }
 

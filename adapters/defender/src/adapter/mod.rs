@@ -25,6 +25,7 @@ mod fetch;
 mod poller;
 mod reconcile;
 mod slots;
+mod stop;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -36,7 +37,7 @@ use edrgate_adapter::driver::{self, Cursor, Drive, RunCheckpoint, RunOps as _, V
 use edrgate_adapter::{
     Adapter, AdapterError, BudgetUse, Capabilities, Command, CommandKind, CommandSupport,
     CommandUpdate, Device, DeviceSupport, ErrorCode, ErrorInfo, Limits, RunContext, SharedBudget,
-    Status, Step, Via,
+    Step, Via,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -114,7 +115,16 @@ enum Phase {
     Ready,
     /// Intent recorded for the batch `[index, end)`: its `runliveresponse` may have reached
     /// Defender; the comment tag finds it.
-    Intent { end: usize, tag: String, at: f64 },
+    Intent {
+        end: usize,
+        tag: String,
+        at: f64,
+        /// When the visibility grace started: the end of the ambiguous call, or (an intent a
+        /// restart found) the first reconciliation. Never the intent's time (`at`): a slow
+        /// call would use the grace up before Defender's reads could show the action.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<f64>,
+    },
     /// The batch runs as machine action `id`.
     Running {
         id: String,
@@ -126,8 +136,13 @@ enum Phase {
         #[serde(default)]
         reported: Vec<String>,
     },
-    /// Intent recorded for isolate/release.
-    ContainIntent { tag: String, at: f64 },
+    /// Intent recorded for isolate/release (`since` as for [`Phase::Intent`]).
+    ContainIntent {
+        tag: String,
+        at: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<f64>,
+    },
     /// Isolate/release runs as machine action `id`.
     Contain {
         id: String,
@@ -376,11 +391,15 @@ impl VendorRun for DefenderAdapter {
                     ),
                 ))),
             },
-            Phase::Intent { end, tag, at } => self.reconcile(ctx, cp, end, &tag, at).await,
+            Phase::Intent { end, tag, at, since } => {
+                self.reconcile(ctx, cp, end, &tag, at, since).await
+            }
             Phase::Running { id, end, at, seen, reported } => {
                 self.poll(ctx, cp, updates, &id, end, at, seen, reported).await
             }
-            Phase::ContainIntent { tag, at } => self.reconcile_contain(ctx, cp, &tag, at).await,
+            Phase::ContainIntent { tag, at, since } => {
+                self.reconcile_contain(ctx, cp, &tag, at, since).await
+            }
             Phase::Contain { id, at, seen } => {
                 self.poll_contain(ctx, cp, updates, &id, at, seen).await
             }
@@ -419,8 +438,10 @@ impl VendorRun for DefenderAdapter {
         cp.phase = Phase::Ready;
     }
 
-    /// Cancels vendor work in flight, racing its completion: an action that finished first
-    /// keeps its real results. The driver closes the rest with the stop's status.
+    /// Cancels the machine action in flight and reports what Defender says happened to each
+    /// command of it (`stop.rs`): real results where completion won the race,
+    /// `outcome_unknown` for a side effect Defender does not account for, never `cancelled`
+    /// for one that may have taken place. The driver closes the commands after it.
     async fn cancel(
         &self,
         ctx: &RunContext<'_>,
@@ -428,46 +449,7 @@ impl VendorRun for DefenderAdapter {
         updates: &mut Vec<CommandUpdate>,
         reason: StopReason,
     ) {
-        let live = match &cp.phase {
-            Phase::Running { id, end, .. } => Some((id.clone(), *end)),
-            Phase::Contain { id, .. } => Some((id.clone(), cp.cursor.index + 1)),
-            Phase::Intent { tag, end, .. } => self
-                .client
-                .actions_of_machine(&cp.machine_id, "LiveResponse")
-                .await
-                .ok()
-                .and_then(|list| {
-                    list.into_iter()
-                        .find(|a| a.requestor_comment.as_deref().is_some_and(|c| has_tag(c, tag)))
-                })
-                .map(|a| (a.id, *end)),
-            _ => None,
-        };
-        if let Some((id, end)) = live {
-            let note = match reason {
-                StopReason::Cancelled => "cancelled by the edrgate caller",
-                StopReason::DeadlineExceeded => "edrgate action deadline passed",
-            };
-            match self.client.cancel(&id, note).await {
-                Ok(action)
-                    if matches!(
-                        mapping::action_status(&action.status),
-                        Status::Succeeded | Status::Failed
-                    ) =>
-                {
-                    // Completion won the race: report what really happened.
-                    if matches!(cp.phase, Phase::Running { .. } | Phase::Intent { .. })
-                        && let Err(e) = self.collect(ctx, cp, updates, &action, end).await
-                    {
-                        tracing::debug!(run = %ctx.run_id, error = %e, "collecting a finished action after a stop failed");
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::debug!(run = %ctx.run_id, error = %e, "cancelling the machine action failed")
-                }
-            }
-        }
+        self.stop_work(ctx, cp, updates, reason).await;
     }
 }
 
@@ -572,7 +554,15 @@ fn capabilities(backend: &str, sessions: u32, cfg: &DefenderConfig) -> Capabilit
     };
     let commands = CommandKind::ALL
         .into_iter()
-        .filter(|k| *k != CommandKind::MemoryDump)
+        // No quarantine: edrgate drives Defender through live response only.
+        .filter(|k| {
+            !matches!(
+                k,
+                CommandKind::MemoryDump
+                    | CommandKind::QuarantineFile
+                    | CommandKind::UnquarantineFile
+            )
+        })
         .map(|command| {
             let (via, note) = match command {
                 CommandKind::GetFile => (Via::Native, "GetFile; the result is downloaded and un-gzipped".to_owned()),

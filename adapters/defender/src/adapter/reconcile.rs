@@ -7,8 +7,9 @@ use edrgate_adapter::{AdapterError, Command, RunContext};
 use super::{Checkpoint, DefenderAdapter, Phase, has_tag, now};
 
 impl DefenderAdapter {
-    /// After a crash between intent and answer: the comment tag finds the action if it was
-    /// created. Not found once the read-after-write window has passed, it never was (§4.5).
+    /// After a crash between intent and answer, or an ambiguous answer: the comment tag finds
+    /// the action if it was created. Not found once the read-after-write window (the
+    /// visibility grace, §4.5) has passed since the call ended, it never was.
     pub(super) async fn reconcile(
         &self,
         ctx: &RunContext<'_>,
@@ -16,6 +17,7 @@ impl DefenderAdapter {
         end: usize,
         tag: &str,
         at: f64,
+        since: Option<f64>,
     ) -> Result<Drive, AdapterError> {
         if let Some(drive) = self.ensure_slot(ctx, &cp.machine_id).await? {
             return Ok(drive);
@@ -29,7 +31,9 @@ impl DefenderAdapter {
                 Phase::Running { id: a.id.clone(), end, at, seen: true, reported: Vec::new() };
             return Ok(Drive::Continue);
         }
-        if now() - at < self.cfg.visibility_grace_secs as f64 {
+        let since = grace_start(since);
+        if now() - since < self.cfg.visibility_grace_secs as f64 {
+            cp.phase = Phase::Intent { end, tag: tag.to_owned(), at, since: Some(since) };
             return Ok(Drive::Wait(self.cfg.poll_min()));
         }
         tracing::info!(run = %ctx.run_id, "no machine action carries the run's tag: the submission never arrived");
@@ -44,6 +48,7 @@ impl DefenderAdapter {
         cp: &mut Checkpoint,
         tag: &str,
         at: f64,
+        since: Option<f64>,
     ) -> Result<Drive, AdapterError> {
         let kind = if matches!(ctx.commands[cp.cursor.index], Command::Isolate) {
             "Isolate"
@@ -57,10 +62,19 @@ impl DefenderAdapter {
             cp.phase = Phase::Contain { id: a.id.clone(), at, seen: true };
             return Ok(Drive::Continue);
         }
-        if now() - at < self.cfg.visibility_grace_secs as f64 {
+        let since = grace_start(since);
+        if now() - since < self.cfg.visibility_grace_secs as f64 {
+            cp.phase = Phase::ContainIntent { tag: tag.to_owned(), at, since: Some(since) };
             return Ok(Drive::Wait(self.cfg.poll_min()));
         }
         cp.phase = Phase::Ready;
         Ok(Drive::Continue)
     }
+}
+
+/// Where the visibility grace starts: when the ambiguous call ended, as recorded; for an
+/// intent a restart found (the call's end unknown: it may have been answered, slowly, right
+/// before the crash), now, at the first look.
+fn grace_start(since: Option<f64>) -> f64 {
+    since.unwrap_or_else(now)
 }

@@ -1,0 +1,291 @@
+//! What the engine's drivers do with runs: claim them fairly, renew the leases of the runs
+//! that live drivers hold, write progress fenced by the lease, and hand runs back.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use super::{
+    Dialect, Lease, LoadedRunRow, Result, RunRecord, RunWrite, Status, Store, args, duration_ms,
+    from_json, now_ms, parse_status, parse_uuid, sql, to_json,
+};
+
+/// What [`Store::claim_runs`] may take.
+pub struct Claim<'a> {
+    pub owner: &'a str,
+    pub lease: Duration,
+    /// Runs claimed at most.
+    pub limit: u32,
+    /// Runs of one (tenant, backend) this owner drives at most, those in `live` included: one
+    /// tenant's fan-out cannot take every place in flight.
+    pub per_key: u32,
+    /// The runs this owner's drivers hold now: never claimed again, and counted against
+    /// `per_key`. Runs this owner leases that are *not* here (their driver died and its
+    /// release failed) are claimed again once their lease expires.
+    pub live: &'a [Uuid],
+    /// (tenant, backend) keys that take no new run now (their vendor budget has runs
+    /// waiting here already: another claimed run would only wait too).
+    pub full: &'a [(String, String)],
+}
+
+/// A claimed run: its lease and what the fairness accounting needs.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub lease: Lease,
+    pub action_id: Uuid,
+    pub tenant: String,
+    pub backend: Option<String>,
+}
+
+/// A fenced write that went through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Saved {
+    /// Whether the run's action is cancel-requested as of this write: a driver that missed
+    /// the cancel's announcement (a reconnecting listener) learns it here, at every step.
+    pub cancel_requested: bool,
+}
+
+impl Store {
+    /// Claims up to `limit` unfinished runs that are due and not leased by a live owner,
+    /// without the fairness limits of [`Store::claim_runs`] (tests and tools).
+    pub async fn claim(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<Lease>> {
+        let claim = Claim { owner, lease, limit, per_key: u32::MAX, live: &[], full: &[] };
+        Ok(self.claim_runs(&claim).await?.into_iter().map(|c| c.lease).collect())
+    }
+
+    /// Claims due runs fairly: round-robin over (tenant, backend), the earliest due first
+    /// within each, at most `per_key` in flight per key, none for a `full` key. So a
+    /// 5,000-device fan-out queued first does not keep another tenant's single isolate waiting
+    /// behind it. With PostgreSQL, replicas claiming at once skip each other's locked rows.
+    pub async fn claim_runs(&self, c: &Claim<'_>) -> Result<Vec<Claimed>> {
+        let now = now_ms();
+        let live = to_json(&c.live.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
+        let full = to_json(c.full)?;
+        let mut tx = self.db.begin().await?;
+        let rows: Vec<(String, i64, String, String, Option<String>)> = tx
+            .fetch_all(
+                sql!(self.db.dialect(),
+                    sqlite: "WITH live AS (SELECT value AS id FROM json_each($5)),
+                     held AS (SELECT tenant, COALESCE(backend, '') AS k, COUNT(*) AS n FROM runs
+                              WHERE id IN (SELECT id FROM live) GROUP BY 1, 2),
+                     ranked AS (
+                        SELECT r.id, r.next_step_at, COALESCE(h.n, 0) AS held,
+                          ROW_NUMBER() OVER (PARTITION BY r.tenant, COALESCE(r.backend, '')
+                                             ORDER BY r.next_step_at, r.id) AS turn
+                        FROM runs r LEFT JOIN held h
+                          ON h.tenant = r.tenant AND h.k = COALESCE(r.backend, '')
+                        WHERE r.status IN ('queued', 'dispatched', 'running')
+                          AND r.next_step_at <= $3
+                          AND (r.lease_owner IS NULL OR r.lease_expires_at < $3)
+                          AND r.id NOT IN (SELECT id FROM live)
+                          AND NOT EXISTS (SELECT 1 FROM json_each($6) f
+                                WHERE json_extract(f.value, '$[0]') = r.tenant
+                                  AND json_extract(f.value, '$[1]') = COALESCE(r.backend, '')))
+                     UPDATE runs SET lease_owner = $1, lease_expires_at = $2,
+                        lease_version = lease_version + 1
+                     WHERE id IN (SELECT id FROM ranked WHERE turn + held <= $7
+                                  ORDER BY turn, next_step_at LIMIT $4)
+                     RETURNING id, lease_version, action_id, tenant, backend",
+                    postgres: "WITH live AS (SELECT json_array_elements_text($5::text::json) AS id),
+                     held AS (SELECT tenant, COALESCE(backend, '') AS k, COUNT(*) AS n FROM runs
+                              WHERE id IN (SELECT id FROM live) GROUP BY 1, 2),
+                     ranked AS (
+                        SELECT r.id, r.next_step_at, COALESCE(h.n, 0) AS held,
+                          ROW_NUMBER() OVER (PARTITION BY r.tenant, COALESCE(r.backend, '')
+                                             ORDER BY r.next_step_at, r.id) AS turn
+                        FROM runs r LEFT JOIN held h
+                          ON h.tenant = r.tenant AND h.k = COALESCE(r.backend, '')
+                        WHERE r.status IN ('queued', 'dispatched', 'running')
+                          AND r.next_step_at <= $3
+                          AND (r.lease_owner IS NULL OR r.lease_expires_at < $3)
+                          AND r.id NOT IN (SELECT id FROM live)
+                          AND NOT EXISTS (SELECT 1 FROM json_array_elements($6::text::json) f
+                                WHERE f->>0 = r.tenant AND f->>1 = COALESCE(r.backend, ''))),
+                     picked AS (SELECT id FROM ranked WHERE turn + held <= $7
+                                ORDER BY turn, next_step_at LIMIT $4)
+                     UPDATE runs SET lease_owner = $1, lease_expires_at = $2,
+                        lease_version = lease_version + 1
+                     WHERE id IN (
+                        -- Window functions and FOR UPDATE do not mix: the rows picked are
+                        -- locked (and checked again) here.
+                        SELECT id FROM runs WHERE id IN (SELECT id FROM picked)
+                          AND status IN ('queued', 'dispatched', 'running')
+                          AND (lease_owner IS NULL OR lease_expires_at < $3)
+                        FOR UPDATE SKIP LOCKED)
+                     RETURNING id, lease_version, action_id, tenant, backend"),
+                args![
+                    c.owner,
+                    now + duration_ms(c.lease),
+                    now,
+                    i64::from(c.limit),
+                    live,
+                    full,
+                    i64::from(c.per_key),
+                ],
+            )
+            .await?;
+        tx.commit().await?;
+        rows.into_iter()
+            .map(|(id, version, action_id, tenant, backend)| {
+                Ok(Claimed {
+                    lease: Lease { run_id: parse_uuid(&id)?, owner: c.owner.to_owned(), version },
+                    action_id: parse_uuid(&action_id)?,
+                    tenant,
+                    backend,
+                })
+            })
+            .collect()
+    }
+
+    /// Extends the leases of `live`, the runs `owner`'s drivers hold. A run the owner leases
+    /// without a driver (its driver failed and so did the release) is not renewed: its lease
+    /// expires and it is claimed again, instead of staying `running` until a restart.
+    pub async fn renew_leases(&self, owner: &str, live: &[Uuid], lease: Duration) -> Result<u64> {
+        if live.is_empty() {
+            return Ok(0);
+        }
+        let live = to_json(&live.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
+        self.db
+            .execute(
+                sql!(self.db.dialect(),
+                    sqlite: "UPDATE runs SET lease_expires_at = $2
+                     WHERE lease_owner = $1 AND status IN ('queued', 'dispatched', 'running')
+                       AND id IN (SELECT value FROM json_each($3))",
+                    postgres: "UPDATE runs SET lease_expires_at = $2
+                     WHERE lease_owner = $1 AND status IN ('queued', 'dispatched', 'running')
+                       AND id IN (SELECT json_array_elements_text($3::text::json))"),
+                args![owner, now_ms() + duration_ms(lease), live],
+            )
+            .await
+    }
+
+    /// Gives up `owner`'s leases (graceful shutdown) so another process resumes at once.
+    pub async fn release_leases(&self, owner: &str) -> Result<()> {
+        self.db
+            .execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
+                args![owner],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Releases one lease after its run finished or was handed back.
+    pub async fn release(&self, lease: &Lease, next_step_at: i64) -> Result<()> {
+        self.db
+            .execute(
+                "UPDATE runs SET lease_owner = NULL, lease_expires_at = NULL, next_step_at = $4
+                 WHERE id = $1 AND lease_owner = $2 AND lease_version = $3",
+                args![lease.run_id.to_string(), &lease.owner, lease.version, next_step_at],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn load_run(&self, run_id: Uuid) -> Result<RunRecord> {
+        let row: LoadedRunRow = self
+            .db
+            .fetch_one(
+                "SELECT r.*, a.request_json, a.deadline, a.cancel_requested
+                 FROM runs r JOIN actions a ON a.id = r.action_id WHERE r.id = $1",
+                args![run_id.to_string()],
+            )
+            .await?;
+        let run = row.run.into_run()?;
+        Ok(RunRecord {
+            id: run_id,
+            action_id: parse_uuid(&row.action_id)?,
+            tenant: row.tenant,
+            target: run.target,
+            backend: run.backend,
+            device_id: run.device_id,
+            hostname: run.hostname,
+            request: from_json(&row.request_json)?,
+            states: run.commands,
+            status: run.status,
+            error: run.error,
+            checkpoint: row.checkpoint_json.as_deref().map(from_json).transpose()?,
+            deadline: row.deadline,
+            cancel_requested: row.cancel_requested,
+        })
+    }
+
+    /// Whether the caller asked to cancel the run's action.
+    pub async fn cancel_requested(&self, action_id: Uuid) -> Result<bool> {
+        let v: Option<(bool,)> = self
+            .db
+            .fetch_optional(
+                "SELECT cancel_requested FROM actions WHERE id = $1",
+                args![action_id.to_string()],
+            )
+            .await?;
+        Ok(v.is_some_and(|(c,)| c))
+    }
+
+    /// Writes a run's progress, fenced by its lease, and refreshes the action's aggregate
+    /// status. `None` means the lease was lost: the caller must stop driving the run.
+    pub async fn save_run(&self, lease: &Lease, w: &RunWrite<'_>) -> Result<Option<Saved>> {
+        let now = now_ms();
+        let run_id = lease.run_id.to_string();
+        let mut tx = self.db.begin().await?;
+        let action_id = if w.visible {
+            let (action_id,): (String,) =
+                tx.fetch_one("SELECT action_id FROM runs WHERE id = $1", args![&run_id]).await?;
+            // PostgreSQL: replicas saving runs of one action take its row first, so each
+            // computes the aggregate from the others' committed statuses, and in the order
+            // `request_cancel` takes them (action, then runs), so they cannot deadlock. SQLite's
+            // `BEGIN IMMEDIATE` already serializes writers.
+            if self.db.dialect() == Dialect::Postgres {
+                tx.execute("SELECT 1 FROM actions WHERE id = $1 FOR UPDATE", args![&action_id])
+                    .await?;
+            }
+            Some(action_id)
+        } else {
+            None
+        };
+        // The cancel flag comes back with the write (no extra round trip per step).
+        let updated: Vec<(bool,)> = tx
+            .fetch_all(
+                "UPDATE runs SET backend = $4, device_id = $5, hostname = $6, status = $7,
+                    error_json = $8, commands_json = $9, checkpoint_json = $10, next_step_at = $11,
+                    lease_expires_at = $12, updated_at = $13
+                 WHERE id = $1 AND lease_owner = $2 AND lease_version = $3
+                 RETURNING (SELECT cancel_requested FROM actions WHERE actions.id = runs.action_id)",
+                args![
+                    &run_id,
+                    &lease.owner,
+                    lease.version,
+                    w.backend,
+                    w.device_id,
+                    w.hostname,
+                    w.status.as_str(),
+                    w.error.map(to_json).transpose()?,
+                    to_json(w.states)?,
+                    w.checkpoint.map(to_json).transpose()?,
+                    w.next_step_at,
+                    w.lease_until,
+                    now,
+                ],
+            )
+            .await?;
+        let [(cancel_requested,)] = updated[..] else {
+            return Ok(None);
+        };
+        let saved = Saved { cancel_requested };
+        let Some(action_id) = action_id else {
+            tx.commit().await?;
+            return Ok(Some(saved));
+        };
+        let statuses: Vec<(String,)> =
+            tx.fetch_all("SELECT status FROM runs WHERE action_id = $1", args![&action_id]).await?;
+        let statuses = statuses.iter().map(|(s,)| parse_status(s)).collect::<Result<Vec<_>>>()?;
+        tx.execute(
+            "UPDATE actions SET status = $2, updated_at = $3, version = version + 1 WHERE id = $1",
+            args![&action_id, Status::of_action(statuses).as_str(), now],
+        )
+        .await?;
+        self.announce(&mut tx, &action_id, false).await?;
+        tx.commit().await?;
+        Ok(Some(saved))
+    }
+}
