@@ -129,7 +129,10 @@ impl Vendors {
             (Vendor::Defender, mde.spawn().await.unwrap()),
             (Vendor::Cybereason, cr.spawn().await.unwrap()),
         ]);
-        Vendors { cb, mde, cr, addrs, http: reqwest::Client::new() }
+        // The simulators' admin routes answer at once: a timeout only keeps a hung one from
+        // hanging the scenario.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+        Vendors { cb, mde, cr, addrs, http }
     }
 
     /// Tenant `acme` with one backend per vendor, its budgets as the simulators' limits.
@@ -553,13 +556,18 @@ async fn postgres_restarted_mid_run() {
     scenario(
         "PostgreSQL restarted ×2",
         |g| g.config(&store),
-        |ctx| async move {
-            until_work_started(&ctx.vendors).await;
-            for _ in 0..2 {
-                proxy.outage(Duration::from_secs(3)).await;
-                tokio::time::sleep(Duration::from_millis(700)).await;
+        // Borrowed, not moved: the proxy is the gateway's only way to its database and must
+        // outlive the fault.
+        |ctx| {
+            let proxy = &proxy;
+            async move {
+                until_work_started(&ctx.vendors).await;
+                for _ in 0..2 {
+                    proxy.outage(Duration::from_secs(3)).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                }
+                ctx
             }
-            ctx
         },
     )
     .await;

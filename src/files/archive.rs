@@ -78,9 +78,8 @@ impl Packer {
             if self.out.len() >= CHUNK || (self.zip.is_none() && self.out.len() > 0) {
                 return Some(Ok(self.out.take(CHUNK)));
             }
-            if self.zip.is_none() {
-                return None;
-            }
+            // Finished (or failed) and drained: the end.
+            self.zip.as_ref()?;
             if self.current.is_empty() {
                 match self.source.next().await {
                     Some(Ok(chunk)) => self.current = chunk,

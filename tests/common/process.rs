@@ -28,7 +28,9 @@ impl GatewayProcess {
         let file = dir.join(format!("{name}.toml"));
         let config = config.clone().config(&format!("server.listen = \"127.0.0.1:{port}\""));
         std::fs::write(&file, config.render(dir)).unwrap();
-        let http = reqwest::Client::builder().build().unwrap();
+        // Long-polls answer within 60 s: a request that takes longer is a hung gateway, and
+        // the test fails saying so instead of hanging CI.
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(90)).build().unwrap();
         let mut process = GatewayProcess {
             name: name.to_owned(),
             child: None,

@@ -338,6 +338,11 @@ impl Command {
                 if length == &Some(0) {
                     return Err("length must be greater than 0".into());
                 }
+                // A range past the end of any file a filesystem can hold: refused here, so no
+                // adapter computes `offset + length` past `u64::MAX`.
+                if offset.unwrap_or(0).checked_add(length.unwrap_or(0)).is_none() {
+                    return Err("offset + length must not exceed 18446744073709551615".into());
+                }
                 Ok(())
             }
             Command::PutFile { file_id, path: p } => {

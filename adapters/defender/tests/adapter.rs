@@ -899,3 +899,37 @@ async fn capabilities_say_which_commands_depend_on_the_helpers() {
     let signed = DefenderAdapter::new("mde", cfg).unwrap();
     assert!(note(&signed, K::KillProcess).contains("signed mode"));
 }
+
+/// A fan-out's runs all need the process-list helper at once: it is listed and uploaded once,
+/// not once per run (issue 12, point 7: the overwrites of one library name by concurrent runs).
+#[tokio::test]
+async fn concurrent_runs_upload_a_helper_once() {
+    let sim_cfg = SimConfig {
+        machines: 20,
+        live_response_calls: 100,
+        session_cap: 25,
+        pickup_delay: Duration::from_millis(50),
+        ..SimConfig::default()
+    };
+    let sim = Simulator::new(sim_cfg);
+    let addr = sim.spawn().await.unwrap();
+    let mut cfg = config(&format!("http://{addr}"));
+    cfg.concurrent_sessions = 20;
+    cfg.live_response_calls = 100;
+    let adapter = std::sync::Arc::new(DefenderAdapter::new("mde", cfg).unwrap());
+    let tasks: Vec<_> = (1..=20)
+        .map(|n| {
+            let adapter = std::sync::Arc::clone(&adapter);
+            tokio::spawn(async move {
+                let mut run = RunHarness::new(&machine_id(n), vec![Command::ProcessList]);
+                run.drive(&*adapter).await;
+                run.assert_all_succeeded();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let c = sim.counters();
+    assert_eq!((c.library_uploads, c.live_response_actions), (1, 20), "{c:?}");
+}

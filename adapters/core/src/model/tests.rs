@@ -57,6 +57,8 @@ fn validation_refuses_traversal_and_bad_registry_data() {
         Command::DeleteFile { path: "C:\\temp\\..\\Windows\\x".into() },
         Command::GetFile { path: " ".into(), offset: None, length: None },
         Command::KillProcess { pid: 0, vendor_id: None },
+        // A range whose end is past u64::MAX (issue 13, point 9).
+        Command::GetFile { path: "C:\\x".into(), offset: Some(u64::MAX), length: Some(2) },
         Command::RegistrySet {
             key: "HKLM\\SOFTWARE\\x".into(),
             value: "v".into(),

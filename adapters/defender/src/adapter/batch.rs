@@ -533,6 +533,23 @@ impl DefenderAdapter {
         if self.known().contains(name) {
             return Ok(false);
         }
+        // A fan-out's runs need the same helper at the same moment. Without this each listed
+        // the library, found it missing and uploaded it again with `OverrideIfExists`: a
+        // hundred overwrites of a file other runs' RunScripts were already naming, which the
+        // service does not promise to serve consistently (and which, racing the upload of the
+        // same multipart name, is the only request of the 100-machine benchmark that varied
+        // between runs: issue 12, point 7). One run lists and uploads; the others wait here and
+        // then find the name known.
+        let stripe = {
+            use std::hash::{Hash as _, Hasher as _};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            name.hash(&mut hasher);
+            usize::try_from(hasher.finish() % self.uploading.len() as u64).unwrap_or_default()
+        };
+        let _one = self.uploading[stripe].lock().await;
+        if self.known().contains(name) {
+            return Ok(false);
+        }
         let listed: HashSet<String> =
             self.client.library().await?.into_iter().map(|f| f.file_name).collect();
         let present = listed.contains(name);

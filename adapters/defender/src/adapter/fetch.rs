@@ -32,7 +32,8 @@ impl DefenderAdapter {
                 let name = file_name(path);
                 let mut writer = ctx.files.create(index, &name).await?;
                 let start = offset.unwrap_or(0);
-                let stop = length.map(|l| start + l);
+                // Saturating: an `offset + length` past `u64::MAX` reads to the end, never wraps.
+                let stop = length.map(|l| start.saturating_add(l));
                 self.fetch(
                     action_id,
                     lr,

@@ -53,6 +53,10 @@ use self::slots::Held;
 /// Prefix of the comment tag that ties a machine action to its run and batch.
 const TAG_PREFIX: &str = "edrgate:";
 
+/// Stripes of [`DefenderAdapter::uploading`]: names that share one wait for each other, which
+/// costs little since the `library` endpoint gate already lets one upload through at a time.
+const UPLOAD_STRIPES: usize = 16;
+
 /// A Microsoft Defender for Endpoint backend.
 pub struct DefenderAdapter {
     cfg: DefenderConfig,
@@ -68,6 +72,9 @@ pub struct DefenderAdapter {
     /// Library names known to exist (uploads are content-addressed, so a name never goes stale
     /// unless deleted by someone else, which the vendor then reports on the command).
     library: Mutex<HashSet<String>>,
+    /// One upload of a library name at a time (striped by name): see
+    /// [`DefenderAdapter::ensure_library`].
+    uploading: [tokio::sync::Mutex<()>; UPLOAD_STRIPES],
     /// How helpers reach the library: edrgate's unsigned copies or the operator's signed ones.
     helpers: HelperMode,
     /// Signed mode: helpers whose signed copy the library was seen to hold.
@@ -183,6 +190,7 @@ impl DefenderAdapter {
             shared: OnceLock::new(),
             scope,
             library: Mutex::new(HashSet::new()),
+            uploading: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             helpers,
             verified: Mutex::new(HashSet::new()),
             platforms: Mutex::new(HashMap::new()),
