@@ -217,8 +217,43 @@ async fn serve(path: &Path) -> anyhow::Result<ExitCode> {
     if let Some(metrics) = app.metrics_addr {
         tracing::info!(address = %metrics, "metrics listening");
     }
+    // What `check-config --connect` checks, once, in the background: a backend whose
+    // credentials or vendor-side set-up are wrong (a Defender library without the signed
+    // helpers, or with another content version of them) is named in the log at start, not at
+    // its first action. Serving does not wait for it, and a failure stops nothing.
+    let backends = app.engine.backends();
+    tokio::spawn(async move {
+        for (path, found) in check_backends(&backends).await {
+            match found {
+                Ok(()) => tracing::info!(backend = %path, "backend checked: reachable, set up"),
+                Err(e) => tracing::warn!(
+                    backend = %path, code = e.code().as_str(), error = %e.info.message,
+                    "backend check failed; its actions will fail the same way until it is fixed"
+                ),
+            }
+        }
+    });
     app::serve(listener, app, app::shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// [`Adapter::check`] of every backend at once (a minute at most each), by configuration path.
+async fn check_backends(
+    backends: &Backends,
+) -> Vec<(String, Result<(), edrgate_adapter::error::AdapterError>)> {
+    use edrgate_adapter::error::AdapterError;
+    let checks = backends.all().map(|(tenant, name, adapter)| async move {
+        let found = tokio::time::timeout(Duration::from_secs(60), adapter.check())
+            .await
+            .unwrap_or_else(|_| {
+                Err(AdapterError::new(
+                    edrgate_adapter::model::ErrorCode::VendorUnavailable,
+                    "no answer within 60 s",
+                ))
+            });
+        (format!("tenants.{tenant}.backends.{name}"), found)
+    });
+    futures::future::join_all(checks).await
 }
 
 /// `edrgate sim <kind>`: the simulator in the foreground until ctrl-c or SIGTERM.
@@ -431,10 +466,7 @@ async fn check_config(path: &Path, connect: bool) -> ExitCode {
     match Backends::from_config(&mut config, None) {
         Err(errors) => problems.extend(errors),
         Ok(built) if connect => {
-            let checks = built.all().map(|(tenant, name, adapter)| async move {
-                (format!("tenants.{tenant}.backends.{name}"), adapter.check().await)
-            });
-            for (path, found) in futures::future::join_all(checks).await {
+            for (path, found) in check_backends(&built).await {
                 match found {
                     Ok(_) => println!("{path}: reachable, credentials accepted"),
                     Err(e) => {

@@ -331,6 +331,25 @@ async fn uploads_stream_in_with_digest_custody_and_a_cap() {
     assert_eq!((meta["name"].as_str(), meta["size"].as_u64()), (Some("r_sum__1.ps1"), Some(7)));
     assert_eq!(meta["origin"]["original_name"], "r\u{e9}sum\u{e9} 1.ps1");
 
+    // What the multipart parser would buffer whole is capped (issue 13, point 9): 3 MB
+    // before the first boundary, or in one part's headers, streamed; a 400 and nothing kept.
+    let before = stored(&gw);
+    let part_headers = [b"--XyZ\r\nX-Long: ".as_slice(), &vec![b'h'; 3_000_000]].concat();
+    for body in [vec![b'p'; 3_000_000], part_headers] {
+        let chunks: Vec<Result<Bytes, io::Error>> =
+            body.chunks(64 * 1024).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let r = gw
+            .request(Method::POST, &acme, "/v1/files")
+            .header("content-type", "multipart/form-data; boundary=XyZ")
+            .body(reqwest::Body::wrap_stream(futures::stream::iter(chunks)))
+            .send()
+            .await
+            .unwrap();
+        let p = problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+        assert!(p["detail"].as_str().unwrap().contains("16384 bytes"), "{p}");
+    }
+    assert_eq!(stored(&gw), before);
+
     // Names that are paths are refused where they enter.
     for bad in ["..%2Fx", "a%2Fb", "C%3A%5Cx.exe", ".."] {
         let r = gw.upload(&acme, bad, b"x".to_vec()).await;

@@ -310,3 +310,35 @@ async fn behind_nginx_prefix_forwarded_addresses_long_polls_and_large_transfers(
     assert_eq!(sources, ["127.0.0.2", "127.0.0.2", "127.0.0.2"], "{audit:#}");
     drop(nginx);
 }
+
+/// `edrgate serve` checks every backend once at start, as `check-config --connect` does, and
+/// names in its log the one whose credentials the vendor refuses, before any action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_checks_every_backend_at_start_and_logs_the_broken_one() {
+    let (_good, good) = spawn(Simulator::new(fast())).await;
+    let (_bad, bad) =
+        spawn(Simulator::new(SimConfig { token: "another-token".into(), ..fast() })).await;
+    let config = Gateway::builder().backend("acme", "cb", &Backend::carbonblack(good)).backend(
+        "acme",
+        "cb-bad",
+        &Backend::carbonblack(bad),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = common::GatewayProcess::start("gateway", dir.path(), &config).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let logs = loop {
+        let logs = gateway.logs();
+        if logs.contains("backend check failed") && logs.contains("backend checked") {
+            break logs;
+        }
+        assert!(Instant::now() < deadline, "no start-up check logged:\n{logs}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let failed = logs.lines().find(|l| l.contains("backend check failed")).unwrap();
+    assert!(
+        failed.contains("tenants.acme.backends.cb-bad") && failed.contains("vendor_auth_failed"),
+        "{failed}"
+    );
+    let checked = logs.lines().find(|l| l.contains("backend checked")).unwrap();
+    assert!(checked.contains("tenants.acme.backends.cb"), "{checked}");
+}
