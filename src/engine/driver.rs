@@ -439,7 +439,12 @@ impl Journal for Driver<'_> {
         match self.save(Duration::ZERO).await {
             Ok(Outcome::LeaseLost) => Err(AdapterError::lease_lost()),
             Ok(_) => Ok(()),
-            Err(e) => Err(AdapterError::internal(format!("cannot record intent: {e}"))),
+            // Nothing was sent (the adapter sends only after this returns), so the step is
+            // retried: a store that is busy or restarting for a while fails no command.
+            Err(e) => Err(AdapterError::transient(
+                ErrorCode::Internal,
+                format!("cannot record intent: {e}"),
+            )),
         }
     }
 }

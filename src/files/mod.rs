@@ -96,7 +96,12 @@ impl From<FileError> for AdapterError {
             FileError::TooLarge { .. } => {
                 AdapterError::new(ErrorCode::PayloadTooLarge, e.to_string())
             }
-            e => AdapterError::new(ErrorCode::Internal, format!("file store: {e}")),
+            // A busy or restarting database, a storage hiccup (S3, a full disk): the step is
+            // retried, since the command may have run on the endpoint and its result must not
+            // be reported failed for a fault of edrgate's own store (issue 13).
+            e @ (FileError::Store(_) | FileError::Io(_)) => {
+                AdapterError::transient(ErrorCode::Internal, format!("file store: {e}"))
+            }
         }
     }
 }
