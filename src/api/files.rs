@@ -128,6 +128,7 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if announced.is_some_and(|n| n > limit) {
+        linger(request.into_body()).await;
         return Err(too_large(limit));
     }
     let origin = |name: &str| FileOrigin {
@@ -207,6 +208,24 @@ fn multipart_error(e: &multer::Error) -> ApiError {
         },
         e => ApiError::invalid(format!("bad multipart body: {e}")),
     }
+}
+
+/// Reads and drops what the client is still sending of a body refused before it was read,
+/// for a bounded while, before the answer and the close (RFC 9112 §9.6; nginx's lingering
+/// close): a client still writing when the connection closes gets a broken pipe instead of
+/// the `413`. Bounded (16 MiB, 2 s) so that a huge or slow body costs little.
+async fn linger(body: Body) {
+    let mut left: usize = 16 * 1024 * 1024;
+    let mut stream = body.into_data_stream();
+    let drain = async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            left = left.saturating_sub(chunk.len());
+            if left == 0 {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
 fn too_large(limit: u64) -> ApiError {
