@@ -333,13 +333,7 @@ impl Driver<'_> {
                         // Handed to the vendor and not reported back by the adapter: the side
                         // effect may have taken place, so it is not reported `cancelled`.
                         state.status = Status::Failed;
-                        state.error = Some(ErrorInfo::new(
-                            ErrorCode::OutcomeUnknown,
-                            format!(
-                                "the run was stopped ({}) after this command was sent to the vendor; whether it took effect is unknown",
-                                reason.status().as_str()
-                            ),
-                        ));
+                        state.error = Some(edrgate_adapter::driver::sent_when_stopped(reason));
                     } else if let Some(reason) = reason {
                         state.status = reason.status();
                         state.error = Some(reason.error());

@@ -319,8 +319,9 @@ async fn advance_run<V: VendorRun>(
     }
 }
 
-/// What a command whose request may have reached the vendor ends with when its run stops.
-fn sent_when_stopped(reason: StopReason) -> crate::model::ErrorInfo {
+/// What a command whose request may have reached the vendor ends with when its run stops
+/// (here, and in the engine for a sent command the adapter left unreported).
+pub fn sent_when_stopped(reason: StopReason) -> crate::model::ErrorInfo {
     let why = match reason {
         StopReason::Cancelled => "the run was cancelled",
         StopReason::DeadlineExceeded => "the run's deadline passed",
