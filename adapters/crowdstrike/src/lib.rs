@@ -1,0 +1,1 @@
+//! CrowdStrike Falcon RTR adapter (in progress).
