@@ -1,0 +1,1652 @@
+//! The Falcon API's URL space: OAuth2, hosts, RTR (single, batch, queue, files, libraries),
+//! behind one gate that checks the token and its scopes, counts the rate window and puts the
+//! headers every answer carries (§1.3, §2, §3).
+
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use edrgate_simkit::Injected;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::fql::Filter;
+use crate::state::{
+    self, ApiError, BAD_TOKEN_LIMIT, Client, LibKind, PerHost, SCOPE_DEVICES_READ,
+    SCOPE_DEVICES_WRITE, SCOPE_RTR_ADMIN, SCOPE_RTR_AUDIT, SCOPE_RTR_READ, SCOPE_RTR_WRITE,
+    TOKEN_ROUTE_LIMIT, Tier,
+};
+use crate::{ARCHIVE_PASSWORD, Simulator};
+
+const RTR: &str = "empower-api";
+const LIBRARY: &str = "empower";
+const DEVICES: &str = "device-api";
+const ONLINE: &str = "cs.agentonline";
+const AUTH: &str = "csam";
+const GATEWAY: &str = "crowdstrike-api-gateway";
+/// JSON bodies are small; uploads have their own limit.
+const MAX_JSON_BODY: usize = 4 << 20;
+/// §5.2, §7.1: clients send up to 10 minutes.
+const MAX_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// What the gate learnt about a request.
+#[derive(Clone)]
+struct Ctx {
+    trace: String,
+    started: Instant,
+    client: Option<&'static Client>,
+}
+
+type Answer = Result<Response, Response>;
+
+pub(crate) fn router(sim: Simulator) -> Router {
+    let upload_limit = usize::try_from(sim.config().max_put_file_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20);
+    let rtr = "/real-time-response";
+    let vendor = Router::new()
+        .route("/oauth2/token", post(token))
+        .route("/oauth2/revoke", post(revoke))
+        .route("/devices/queries/devices/v1", get(devices_query))
+        .route("/devices/entities/devices/v2", get(devices_get).post(devices_post))
+        .route("/devices/entities/online-state/v1", get(online_state))
+        .route("/devices/entities/devices-actions/v2", post(devices_action))
+        .route(&format!("{rtr}/entities/sessions/v1"), post(session_init).delete(session_delete))
+        .route(&format!("{rtr}/entities/refresh-session/v1"), post(session_refresh))
+        .route(&format!("{rtr}/entities/sessions/GET/v1"), post(sessions_get))
+        .route(&format!("{rtr}/queries/sessions/v1"), get(sessions_query))
+        .route(&format!("{rtr}/entities/queued-sessions/GET/v1"), post(queued_get))
+        .route(
+            &format!("{rtr}/entities/queued-sessions/command/v1"),
+            axum::routing::delete(queued_delete),
+        )
+        .route(&format!("{rtr}/entities/command/v1"), post(cmd_read).get(status))
+        .route(
+            &format!("{rtr}/entities/active-responder-command/v1"),
+            post(cmd_responder).get(status),
+        )
+        .route(&format!("{rtr}/entities/admin-command/v1"), post(cmd_admin).get(status))
+        .route(&format!("{rtr}/combined/batch-init-session/v1"), post(batch_init))
+        .route(&format!("{rtr}/combined/batch-refresh-session/v1"), post(batch_refresh))
+        .route(&format!("{rtr}/combined/batch-command/v1"), post(batch_read))
+        .route(&format!("{rtr}/combined/batch-active-responder-command/v1"), post(batch_responder))
+        .route(&format!("{rtr}/combined/batch-admin-command/v1"), post(batch_admin))
+        .route(
+            &format!("{rtr}/combined/batch-get-command/v1"),
+            post(batch_get).get(batch_get_status),
+        )
+        .route(&format!("{rtr}/entities/file/v2"), get(files_v2).delete(files_delete))
+        .route(&format!("{rtr}/entities/file/v1"), get(files_v1).delete(files_delete))
+        .route(&format!("{rtr}/entities/extracted-file-contents/v1"), get(extracted))
+        .route(
+            &format!("{rtr}/entities/put-files/v1"),
+            post(put_file_v1)
+                .get(library_entities)
+                .delete(library_delete)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            &format!("{rtr}/entities/put-files/v2"),
+            post(put_file_v2).get(library_entities).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(&format!("{rtr}/queries/put-files/v1"), get(library_query))
+        .route(&format!("{rtr}/entities/put-file-contents/v1"), get(put_file_contents))
+        .route(
+            &format!("{rtr}/entities/scripts/v1"),
+            post(script_v1)
+                .get(library_entities)
+                .delete(library_delete)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(
+            &format!("{rtr}/entities/scripts/v2"),
+            post(script_v2).get(library_entities).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route(&format!("{rtr}/queries/scripts/v1"), get(library_query))
+        .route(&format!("{rtr}/queries/falcon-scripts/v1"), get(falcon_scripts_query))
+        .route(&format!("{rtr}/entities/falcon-scripts/v1"), get(falcon_scripts_get))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(middleware::from_fn_with_state(sim.clone(), gate))
+        .with_state(sim.clone());
+    let admin =
+        Router::new().route("/_sim/hosts/{hostname}/online", post(admin_online)).with_state(sim);
+    vendor.merge(admin)
+}
+
+// ---- the gate ----
+
+/// The scope a route needs (§2.4); `None` for the token routes.
+fn required_scope(method: &Method, path: &str) -> Option<&'static str> {
+    let path = path.trim_end_matches('/');
+    if path.starts_with("/oauth2/") {
+        return None;
+    }
+    if path.starts_with("/devices/") {
+        return Some(if path == "/devices/entities/devices-actions/v2" {
+            SCOPE_DEVICES_WRITE
+        } else {
+            SCOPE_DEVICES_READ
+        });
+    }
+    if path.starts_with("/real-time-response-audit/") {
+        return Some(SCOPE_RTR_AUDIT);
+    }
+    let Some(rest) = path.strip_prefix("/real-time-response/") else { return Some(SCOPE_RTR_READ) };
+    let admin = [
+        "admin-command",
+        "batch-admin-command",
+        "put-files",
+        "put-file-contents",
+        "scripts",
+        "falcon-scripts",
+    ];
+    let write = [
+        "active-responder-command",
+        "batch-active-responder-command",
+        "batch-get-command",
+        "file",
+        "extracted-file-contents",
+    ];
+    let resource = rest.split('/').nth(1).unwrap_or_default();
+    let _ = method;
+    Some(if admin.contains(&resource) {
+        SCOPE_RTR_ADMIN
+    } else if write.contains(&resource) {
+        SCOPE_RTR_WRITE
+    } else {
+        SCOPE_RTR_READ
+    })
+}
+
+fn meta(ctx: &Ctx, powered_by: &str) -> Value {
+    // A believable query time: the real cloud takes tens of milliseconds at least.
+    let qt = 0.01 + ctx.started.elapsed().as_secs_f64();
+    json!({ "query_time": (qt * 1e6).round() / 1e6, "powered_by": powered_by, "trace_id": ctx.trace })
+}
+
+fn reply(status: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+/// A success envelope: `resources` and `errors` (`[]` or `null`), plus top-level extras.
+fn ok(ctx: &Ctx, pb: &str, status: u16, resources: Value, errors: Value) -> Response {
+    reply(status, &json!({ "meta": meta(ctx, pb), "resources": resources, "errors": errors }))
+}
+
+fn fail(ctx: &Ctx, pb: &str, e: &ApiError) -> Response {
+    reply(e.status, &json!({ "meta": meta(ctx, pb), "resources": [], "errors": [e.to_json()] }))
+}
+
+/// The meta-only envelope of gateway answers (401, 403, 429; §2.3, §3).
+fn meta_only(ctx: &Ctx, pb: &str, status: u16, code: i64, message: &str) -> Response {
+    reply(
+        status,
+        &json!({ "meta": meta(ctx, pb), "errors": [{ "code": code, "message": message }] }),
+    )
+}
+
+fn rate_limited(ctx: &Ctx, limit: u32, retry_at: u64) -> Response {
+    // The 429 text is [U] (§3).
+    let mut r = meta_only(ctx, GATEWAY, 429, 429, "API rate limit exceeded.");
+    set_header(&mut r, "x-ratelimit-retryafter", &retry_at.to_string());
+    set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
+    set_header(&mut r, "x-ratelimit-remaining", "0");
+    r
+}
+
+fn set_header(r: &mut Response, name: &'static str, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        r.headers_mut().insert(name, v);
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Response {
+    let mut ctx = Ctx { trace: state::uuid(), started: Instant::now(), client: None };
+    let path = req.uri().path().to_owned();
+    let scope = required_scope(req.method(), &path);
+    let token = bearer(req.headers()).map(str::to_owned);
+    enum Verdict {
+        Pass(u32, u32),
+        Reject(Response),
+    }
+    let verdict = sim.with(|st, now| {
+        let Some(scope) = scope else {
+            return match st.take_token_route(now) {
+                Ok(left) => Verdict::Pass(TOKEN_ROUTE_LIMIT, left),
+                Err(at) => {
+                    st.counters.rate_limited += 1;
+                    Verdict::Reject(rate_limited(&ctx, TOKEN_ROUTE_LIMIT, at))
+                }
+            };
+        };
+        let Some(client) = token.as_deref().and_then(|t| st.caller(t, now)) else {
+            return match st.take_bad_token(now) {
+                Ok(left) => {
+                    st.counters.unauthorized += 1;
+                    let mut r =
+                        meta_only(&ctx, GATEWAY, 401, 401, "access denied, invalid bearer token");
+                    set_header(&mut r, "x-ratelimit-limit", &BAD_TOKEN_LIMIT.to_string());
+                    set_header(&mut r, "x-ratelimit-remaining", &left.to_string());
+                    Verdict::Reject(r)
+                }
+                Err(at) => {
+                    st.counters.rate_limited += 1;
+                    Verdict::Reject(rate_limited(&ctx, BAD_TOKEN_LIMIT, at))
+                }
+            };
+        };
+        ctx.client = Some(client);
+        let limit = st.cfg.rate_limit_per_minute.max(1);
+        let left = match st.take_cid(now) {
+            Ok(left) => left,
+            Err(at) => {
+                st.counters.rate_limited += 1;
+                return Verdict::Reject(rate_limited(&ctx, limit, at));
+            }
+        };
+        if !client.scopes.contains(&scope) {
+            st.counters.forbidden += 1;
+            let mut r = meta_only(&ctx, GATEWAY, 403, 403, "access denied, authorization failed");
+            set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
+            set_header(&mut r, "x-ratelimit-remaining", &left.to_string());
+            return Verdict::Reject(r);
+        }
+        Verdict::Pass(limit, left)
+    });
+    let mut resp = match verdict {
+        Verdict::Reject(r) => r,
+        Verdict::Pass(limit, left) => {
+            req.extensions_mut().insert(ctx.clone());
+            let mut r = next.run(req).await;
+            // Every error body is JSON (§1.3), also axum's own (413, 405, a bad multipart).
+            let json_body = r
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            if r.status().is_client_error() || r.status().is_server_error() {
+                if !json_body {
+                    let s = r.status();
+                    let pb = if path.starts_with("/devices/") { DEVICES } else { RTR };
+                    r = fail(
+                        &ctx,
+                        pb,
+                        &ApiError::new(
+                            s.as_u16(),
+                            i64::from(s.as_u16()),
+                            s.canonical_reason().unwrap_or("error"),
+                        ),
+                    );
+                }
+            }
+            set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
+            set_header(&mut r, "x-ratelimit-remaining", &left.to_string());
+            r
+        }
+    };
+    set_header(&mut resp, "x-cs-traceid", &ctx.trace);
+    set_header(&mut resp, "x-cs-region", "us-1");
+    set_header(&mut resp, "server", "nginx");
+    set_header(&mut resp, "x-content-type-options", "nosniff");
+    set_header(&mut resp, "strict-transport-security", "max-age=31536000; includeSubDomains");
+    resp
+}
+
+/// An injected fault, as the vendor answers it (`Sim::fault_response`).
+pub(crate) fn fault_answer(injected: Injected, epoch: f64, limit: u32) -> Response {
+    let ctx = Ctx { trace: state::uuid(), started: Instant::now(), client: None };
+    let mut r = match injected {
+        Injected::Unavailable => meta_only(
+            &ctx,
+            GATEWAY,
+            500,
+            500,
+            &format!("Internal Server Error: Please provide trace-id='{}' to support", ctx.trace),
+        ),
+        Injected::TooManyRequests { retry_after_secs } => {
+            rate_limited(&ctx, limit, epoch.ceil() as u64 + retry_after_secs)
+        }
+    };
+    set_header(&mut r, "x-cs-traceid", &ctx.trace);
+    if !matches!(injected, Injected::TooManyRequests { .. }) {
+        set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
+        set_header(&mut r, "x-ratelimit-remaining", &limit.saturating_sub(1).to_string());
+    }
+    r
+}
+
+fn caller(ctx: &Ctx) -> Result<&'static Client, Response> {
+    ctx.client
+        .ok_or_else(|| meta_only(ctx, GATEWAY, 401, 401, "access denied, invalid bearer token"))
+}
+
+async fn not_found(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
+    fail(&ctx, GATEWAY, &ApiError::new(404, 404, "Not Found"))
+}
+
+// ---- request helpers ----
+
+/// The query string's pairs in order (repeated keys kept: `ids=a&ids=b`). A literal `+`
+/// stays a `+`: it is FQL's AND, and clients that mean a space encode it as `%20`.
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn of(uri: &axum::http::Uri) -> Query {
+        let decode = |s: &str| {
+            let b = s.as_bytes();
+            let mut out = Vec::with_capacity(b.len());
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'%'
+                    && let Some(h) = s.get(i + 1..i + 3)
+                    && let Ok(v) = u8::from_str_radix(h, 16)
+                {
+                    out.push(v);
+                    i += 3;
+                    continue;
+                }
+                out.push(b[i]);
+                i += 1;
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        };
+        Query(
+            uri.query()
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').unwrap_or((p, ""));
+                    (decode(k), decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `key` (also `ids[]`), commas splitting lists.
+    fn all(&self, key: &str) -> Vec<String> {
+        let alt = format!("{key}[]");
+        self.0
+            .iter()
+            .filter(|(k, _)| *k == key || *k == alt)
+            .flat_map(|(_, v)| {
+                v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned)
+            })
+            .collect()
+    }
+
+    fn usize(&self, key: &str, default: usize) -> Result<usize, ApiError> {
+        match self.get(key).filter(|v| !v.is_empty()) {
+            None => Ok(default),
+            Some(v) => {
+                v.parse().map_err(|_| ApiError::bad_request(format!("{key} must be an integer")))
+            }
+        }
+    }
+
+    /// `timeout` (seconds) or `timeout_duration` (a Go duration), default 30 s (§5.2, §7.1).
+    fn timeout(&self) -> Result<Duration, ApiError> {
+        let d = if let Some(d) = self.get("timeout_duration").filter(|v| !v.is_empty()) {
+            go_duration(d)
+                .ok_or_else(|| ApiError::bad_request(format!("invalid timeout_duration {d}")))?
+        } else {
+            Duration::from_secs(self.usize("timeout", 30)? as u64)
+        };
+        if d.is_zero() || d > MAX_TIMEOUT {
+            return Err(ApiError::bad_request("timeout must be between 1 and 600 seconds"));
+        }
+        Ok(d)
+    }
+}
+
+/// `1m30s`, `500ms`, `2h` (units ns, us, ms, s, m, h).
+fn go_duration(s: &str) -> Option<Duration> {
+    let mut total = 0f64;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let value: f64 = rest[..n].parse().ok()?;
+        rest = &rest[n..];
+        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[u..];
+        total += value * unit;
+    }
+    (total.is_finite() && total < 1e9).then(|| Duration::from_secs_f64(total))
+}
+
+fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+fn pagination(offset: usize, limit: usize, total: usize) -> Value {
+    json!({ "offset": offset, "limit": limit, "total": total })
+}
+
+// ---- OAuth2 (§2) ----
+
+#[derive(Deserialize, Default)]
+struct TokenForm {
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    token: Option<String>,
+}
+
+fn basic(headers: &HeaderMap) -> Option<(String, String)> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, b64) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD.decode(b64.trim()).ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (id, secret) = raw.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
+}
+
+fn form(body: &Bytes) -> TokenForm {
+    let q = Query::of(
+        &format!("/?{}", String::from_utf8_lossy(body).replace('+', "%20"))
+            .parse()
+            .unwrap_or_default(),
+    );
+    TokenForm {
+        client_id: q.get("client_id").map(str::to_owned),
+        client_secret: q.get("client_secret").map(str::to_owned),
+        token: q.get("token").map(str::to_owned),
+    }
+}
+
+async fn token(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let f = form(&body);
+    let (id, secret) = match (f.client_id, f.client_secret) {
+        (Some(id), Some(secret)) => (id, secret),
+        (id, _) => match basic(&headers) {
+            Some(creds) => creds,
+            None => {
+                let id = id.unwrap_or_default();
+                return fail(
+                    &ctx,
+                    AUTH,
+                    &ApiError::bad_request(format!(
+                        "Failed to generate access token for clientID={id}."
+                    )),
+                );
+            }
+        },
+    };
+    let issued = sim.with(|st, now| match state::client_by_credentials(&id, &secret) {
+        Some(c) => Some((st.issue_token(c, now), st.cfg.token_lifetime.as_secs())),
+        None => {
+            st.counters.token_failures += 1;
+            None
+        }
+    });
+    match issued {
+        Some((token, secs)) => reply(
+            201,
+            &json!({ "access_token": token, "token_type": "bearer", "expires_in": secs }),
+        ),
+        None => meta_only(&ctx, AUTH, 403, 403, "Failed to issue access token - Not Authorized"),
+    }
+}
+
+async fn revoke(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let authorized = basic(&headers)
+        .is_some_and(|(id, secret)| state::client_by_credentials(&id, &secret).is_some());
+    if !authorized {
+        return meta_only(&ctx, AUTH, 403, 403, "access denied, authorization failed");
+    }
+    let Some(token) = form(&body).token.filter(|t| !t.is_empty()) else {
+        return fail(&ctx, AUTH, &ApiError::bad_request("token is required"));
+    };
+    sim.with(|st, _| st.revoke(&token));
+    reply(200, &json!({ "meta": meta(&ctx, AUTH), "errors": [] }))
+}
+
+// ---- hosts (§4) ----
+
+async fn devices_query(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let q = Query::of(req.uri());
+    let bad = |e: ApiError| fail(&ctx, DEVICES, &e);
+    let offset = q.usize("offset", 0).map_err(bad)?;
+    let limit = q.usize("limit", 100).map_err(bad)?;
+    if !(1..=5000).contains(&limit) {
+        return Err(bad(ApiError::bad_request("limit must be between 1 and 5000")));
+    }
+    let filter = Filter::parse(q.get("filter").unwrap_or_default())
+        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
+    let (ids, total) = sim.with(|st, _| {
+        let all: Vec<String> = (0..st.hosts.len())
+            .filter(|i| filter.matches(|f| device_field(st, *i, f)))
+            .map(|i| st.hosts[i].aid.clone())
+            .collect();
+        let total = all.len();
+        (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
+    });
+    let mut body = json!({ "meta": meta(&ctx, DEVICES), "resources": ids, "errors": [] });
+    body["meta"]["pagination"] = pagination(offset, limit, total);
+    Ok(reply(200, &body))
+}
+
+fn device_field(st: &state::State, i: usize, field: &str) -> Option<String> {
+    let d = st.device_json(i);
+    match d.get(field)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Null => None,
+        v => Some(v.to_string()),
+    }
+}
+
+fn devices_answer(sim: &Simulator, ctx: &Ctx, ids: &[String]) -> Response {
+    let found = sim.with(|st, _| {
+        ids.iter()
+            .filter_map(|id| st.host_by_aid(id))
+            .map(|i| st.device_json(i))
+            .collect::<Vec<_>>()
+    });
+    ok(ctx, DEVICES, 200, Value::Array(found), json!([]))
+}
+
+async fn devices_get(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let ids = Query::of(req.uri()).all("ids");
+    if ids.is_empty() || ids.len() > 100 {
+        return Err(fail(
+            &ctx,
+            DEVICES,
+            &ApiError::bad_request("ids: between 1 and 100 ids are required"),
+        ));
+    }
+    Ok(devices_answer(&sim, &ctx, &ids))
+}
+
+#[derive(Deserialize)]
+struct Ids {
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+async fn devices_post(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    body: Bytes,
+) -> Answer {
+    let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, DEVICES, &e))?;
+    if ids.ids.is_empty() || ids.ids.len() > 5000 {
+        return Err(fail(
+            &ctx,
+            DEVICES,
+            &ApiError::bad_request("ids: between 1 and 5000 ids are required"),
+        ));
+    }
+    Ok(devices_answer(&sim, &ctx, &ids.ids))
+}
+
+async fn online_state(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let ids = Query::of(req.uri()).all("ids");
+    if ids.is_empty() || ids.len() > 100 {
+        return Err(fail(
+            &ctx,
+            ONLINE,
+            &ApiError::bad_request("ids: between 1 and 100 ids are required"),
+        ));
+    }
+    let out = sim.with(|st, _| {
+        ids.iter()
+            .filter_map(|id| st.host_by_aid(id))
+            .map(|i| {
+                let h = &st.hosts[i];
+                json!({ "id": h.aid, "cid": st.cid, "last_seen": h.last_seen, "state": if h.online { "online" } else { "offline" } })
+            })
+            .collect::<Vec<_>>()
+    });
+    Ok(ok(&ctx, ONLINE, 200, Value::Array(out), json!([])))
+}
+
+async fn devices_action(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let q = Query::of(req.uri());
+    let action = q.get("action_name").unwrap_or_default().to_owned();
+    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
+        .await
+        .map_err(|_| fail(&ctx, DEVICES, &ApiError::bad_request("request body too large")))?;
+    let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, DEVICES, &e))?;
+    if ids.ids.len() > 100 {
+        return Err(fail(&ctx, DEVICES, &ApiError::bad_request("at most 100 ids per request")));
+    }
+    let done = sim
+        .with(|st, now| st.contain(&action, &ids.ids, now))
+        .map_err(|e| fail(&ctx, DEVICES, &e))?;
+    Ok(ok(&ctx, DEVICES, 202, Value::Array(done), json!([])))
+}
+
+// ---- sessions (§5) ----
+
+#[derive(Deserialize, Default)]
+struct InitBody {
+    #[serde(default)]
+    device_id: String,
+    #[serde(default)]
+    queue_offline: bool,
+    #[serde(default)]
+    origin: String,
+}
+
+fn host_of(st: &state::State, aid: &str) -> Result<usize, ApiError> {
+    if !state::is_aid(aid) {
+        return Err(ApiError::bad_request(format!("device_id must be 32 hex characters: {aid}")));
+    }
+    st.host_by_aid(aid)
+        .ok_or_else(|| ApiError::new(404, 404, format!("No matching device found for ID {aid}")))
+}
+
+async fn session_init(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    q.timeout().map_err(|e| fail(&ctx, RTR, &e))?;
+    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY).await.unwrap_or_default();
+    let b: InitBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let v = sim
+        .with(|st, now| {
+            let host = host_of(st, &b.device_id)?;
+            let id = st.init_session(client.id, host, b.queue_offline, &b.origin, now)?;
+            Ok::<_, ApiError>(st.init_json(&id, now))
+        })
+        .map_err(|e| fail(&ctx, RTR, &e))?;
+    Ok(ok(&ctx, RTR, 201, json!([v]), Value::Null))
+}
+
+async fn session_refresh(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    body: Bytes,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let b: InitBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let v = sim
+        .with(|st, now| {
+            let host = host_of(st, &b.device_id)?;
+            let id = st.refresh_session(client.id, host, now)?;
+            Ok::<_, ApiError>(st.init_json(&id, now))
+        })
+        .map_err(|e| fail(&ctx, RTR, &e))?;
+    Ok(ok(&ctx, RTR, 201, json!([v]), json!([])))
+}
+
+async fn session_delete(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    let id = q.get("session_id").unwrap_or_default().to_owned();
+    if !state::is_uuid(&id) {
+        return Err(fail(&ctx, RTR, &ApiError::bad_request("session_id must be a uuid string")));
+    }
+    sim.with(|st, now| st.delete_session(client.id, &id, now)).map_err(|e| fail(&ctx, RTR, &e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn sessions_get(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    body: Bytes,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let out = sim.with(|st, now| {
+        ids.ids
+            .iter()
+            .filter_map(|id| st.sessions.get(id).filter(|s| s.client == client.id))
+            .map(|s| st.session_json(s, now))
+            .collect::<Vec<_>>()
+    });
+    Ok(ok(&ctx, RTR, 200, Value::Array(out), json!([])))
+}
+
+async fn sessions_query(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    let bad = |e: ApiError| fail(&ctx, RTR, &e);
+    let offset = q.usize("offset", 0).map_err(bad)?;
+    let limit = q.usize("limit", 100).map_err(bad)?.clamp(1, 1000);
+    let filter = Filter::parse(q.get("filter").unwrap_or_default())
+        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
+    let user_me = filter.fields().any(|f| f == "user_id");
+    let (ids, total) = sim.with(|st, now| {
+        let mut all: Vec<String> = st
+            .sessions_of(client.id)
+            .filter(|s| {
+                filter.matches(|f| {
+                    // `user_id: '@me'` (§5.4): the caller.
+                    if f == "user_id" && user_me {
+                        return Some("@me".into());
+                    }
+                    st.session_field(s, f, now)
+                })
+            })
+            .map(|s| s.id.clone())
+            .collect();
+        if q.get("sort").is_some_and(|s| s.ends_with("desc")) {
+            all.reverse();
+        }
+        let total = all.len();
+        (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
+    });
+    let mut body = json!({ "meta": meta(&ctx, RTR), "resources": ids, "errors": [] });
+    body["meta"]["pagination"] = pagination(offset, limit, total);
+    Ok(reply(200, &body))
+}
+
+async fn queued_get(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    body: Bytes,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let out = sim.with(|st, _| {
+        ids.ids
+            .iter()
+            .filter_map(|id| {
+                st.sessions.get(id).filter(|s| s.client == client.id && s.offline_queued)
+            })
+            .map(|s| st.queued_json(s))
+            .collect::<Vec<_>>()
+    });
+    Ok(ok(&ctx, RTR, 200, Value::Array(out), json!([])))
+}
+
+async fn queued_delete(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    let (sid, crid) =
+        (q.get("session_id").unwrap_or_default(), q.get("cloud_request_id").unwrap_or_default());
+    sim.with(|st, _| st.delete_queued(client.id, sid, crid)).map_err(|e| fail(&ctx, RTR, &e))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---- commands (§6) ----
+
+#[derive(Deserialize, Default)]
+struct CommandBody {
+    #[serde(default)]
+    base_command: String,
+    #[serde(default)]
+    command_string: String,
+    #[serde(default)]
+    session_id: String,
+    #[serde(default)]
+    persist: bool,
+}
+
+async fn cmd_read(sim: State<Simulator>, ctx: axum::Extension<Ctx>, body: Bytes) -> Answer {
+    command(Tier::ReadOnly, sim, ctx, body)
+}
+async fn cmd_responder(sim: State<Simulator>, ctx: axum::Extension<Ctx>, body: Bytes) -> Answer {
+    command(Tier::Responder, sim, ctx, body)
+}
+async fn cmd_admin(sim: State<Simulator>, ctx: axum::Extension<Ctx>, body: Bytes) -> Answer {
+    command(Tier::Admin, sim, ctx, body)
+}
+
+fn command(
+    tier: Tier,
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    body: Bytes,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let b: CommandBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let (sid, crid, queued) = sim
+        .with(|st, now| {
+            let host = st.session_mut(client.id, &b.session_id, now)?.host;
+            let (cmd, lib) = st.check(client.id, tier, host, &b.base_command, &b.command_string)?;
+            let (crid, queued) = st.submit(
+                &b.session_id,
+                cmd,
+                lib,
+                &b.base_command,
+                &b.command_string,
+                b.persist,
+                now,
+            )?;
+            Ok::<_, ApiError>((b.session_id.clone(), crid, queued))
+        })
+        .map_err(|e| fail(&ctx, RTR, &e))?;
+    let v =
+        json!([{ "session_id": sid, "cloud_request_id": crid, "queued_command_offline": queued }]);
+    Ok(ok(&ctx, RTR, 201, v, Value::Null))
+}
+
+async fn status(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    let crid = q.get("cloud_request_id").unwrap_or_default();
+    if !state::is_uuid(crid) {
+        return Err(fail(
+            &ctx,
+            RTR,
+            &ApiError::bad_request("cloud_request_id must be a uuid string"),
+        ));
+    }
+    let seq = q.usize("sequence_id", 0).map_err(|e| fail(&ctx, RTR, &e))?;
+    let v = sim
+        .with(|st, now| st.status_json(client.id, crid, seq, now))
+        .map_err(|e| fail(&ctx, RTR, &e))?;
+    Ok(ok(&ctx, RTR, 200, json!([v]), json!([])))
+}
+
+// ---- batches (§7) ----
+
+#[derive(Deserialize, Default)]
+struct BatchInitBody {
+    #[serde(default)]
+    host_ids: Vec<String>,
+    #[serde(default)]
+    queue_offline: bool,
+    #[serde(default)]
+    existing_batch_id: String,
+}
+
+async fn batch_init(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    q.timeout().map_err(|e| fail(&ctx, RTR, &e))?;
+    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
+        .await
+        .map_err(|_| fail(&ctx, RTR, &ApiError::bad_request("request body too large")))?;
+    let b: BatchInitBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let limit = sim.config().batch_host_limit;
+    let n = b.host_ids.len();
+    if n == 0 || n > limit {
+        return Err(fail(
+            &ctx,
+            RTR,
+            &ApiError::bad_request(format!(
+                "Invalid number of hosts in request: {n}. Must be an integer greater than 0 and less than or equal to {limit}"
+            )),
+        ));
+    }
+    let (batch_id, map) = sim
+        .with(|st, now| {
+            let batch_id = if b.existing_batch_id.is_empty() {
+                st.new_batch(client.id)
+            } else if st.batches.get(&b.existing_batch_id).is_some_and(|x| x.client == client.id) {
+                b.existing_batch_id.clone()
+            } else {
+                return Err(ApiError::no_session());
+            };
+            let mut map = serde_json::Map::new();
+            let mut any = false;
+            for id in &b.host_ids {
+                let mut v = json!({
+                    "aid": id, "session_id": "", "task_id": "", "complete": false, "stdout": "",
+                    "stderr": "", "base_command": "", "errors": [], "offline_queued": false, "query_time": 0.0,
+                });
+                let host = if state::is_aid(id) { st.host_by_aid(id) } else { None };
+                let result = match host {
+                    // KBN-EMU's per-host error for a malformed id (§7.2).
+                    None if !state::is_aid(id) => Err(ApiError::new(500, 500, format!("uuid: incorrect UUID length {} in string \"{id}\"", id.len()))),
+                    // An unknown aid has no sensor to reach ([U]).
+                    None => Err(ApiError::offline()),
+                    Some(h) => st.init_session(client.id, h, b.queue_offline, "", now).map(|sid| (h, sid)),
+                };
+                match result {
+                    Err(e) => v["errors"] = json!([e.to_json()]),
+                    Ok((h, sid)) => {
+                        any = true;
+                        let online = st.hosts[h].online;
+                        if let Some(batch) = st.batches.get_mut(&batch_id) {
+                            batch.hosts.insert(h, sid.clone());
+                        }
+                        v["session_id"] = json!(sid);
+                        v["task_id"] = json!(state::uuid());
+                        v["offline_queued"] = json!(!online);
+                        if online {
+                            // The cloud's `pwd` on connect (§7.2).
+                            v["complete"] = json!(true);
+                            v["base_command"] = json!("pwd");
+                            v["stdout"] = json!(st.hosts[h].endpoint.os.root());
+                        }
+                    }
+                }
+                map.insert(id.clone(), v);
+            }
+            st.counters.batch_inits += 1;
+            if !any {
+                if b.existing_batch_id.is_empty() {
+                    st.batches.remove(&batch_id);
+                }
+                return Ok((String::new(), map));
+            }
+            Ok((batch_id, map))
+        })
+        .map_err(|e| fail(&ctx, RTR, &e))?;
+    if batch_id.is_empty() {
+        // HTTP 404 for this body is [U] (psfalcon #80 reports a 404).
+        let body = json!({
+            "meta": meta(&ctx, RTR), "batch_id": "", "resources": map,
+            "errors": [{ "code": 404, "message": "no successful hosts initialized on RTR" }],
+        });
+        return Err(reply(404, &body));
+    }
+    Ok(reply(
+        201,
+        &json!({ "meta": meta(&ctx, RTR), "batch_id": batch_id, "resources": map, "errors": [] }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+struct BatchRefreshBody {
+    #[serde(default)]
+    batch_id: String,
+    #[serde(default)]
+    hosts_to_remove: Vec<String>,
+}
+
+async fn batch_refresh(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    Query::of(req.uri()).timeout().map_err(|e| fail(&ctx, RTR, &e))?;
+    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY).await.unwrap_or_default();
+    let b: BatchRefreshBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let map = sim
+        .with(|st, now| {
+            let hosts: Vec<(usize, String)> = {
+                let batch = st
+                    .batches
+                    .get(&b.batch_id)
+                    .filter(|x| x.client == client.id)
+                    .ok_or_else(ApiError::no_session)?;
+                batch.hosts.iter().map(|(h, s)| (*h, s.clone())).collect()
+            };
+            let mut map = serde_json::Map::new();
+            for (h, sid) in hosts {
+                let aid = st.hosts[h].aid.clone();
+                if b.hosts_to_remove.iter().any(|r| r.eq_ignore_ascii_case(&aid)) {
+                    if let Some(batch) = st.batches.get_mut(&b.batch_id) {
+                        batch.hosts.remove(&h);
+                    }
+                    continue;
+                }
+                let v = match st.session_mut(client.id, &sid, now) {
+                    Ok(_) => json!({ "aid": aid, "session_id": sid, "errors": [] }),
+                    Err(e) => json!({ "aid": aid, "session_id": "", "errors": [e.to_json()] }),
+                };
+                map.insert(aid, v);
+            }
+            Ok::<_, ApiError>(map)
+        })
+        .map_err(|e| fail(&ctx, RTR, &e))?;
+    Ok(reply(201, &json!({ "meta": meta(&ctx, RTR), "resources": map, "errors": [] })))
+}
+
+#[derive(Deserialize, Default)]
+struct BatchCommandBody {
+    #[serde(default)]
+    base_command: String,
+    #[serde(default)]
+    command_string: String,
+    #[serde(default)]
+    batch_id: String,
+    #[serde(default)]
+    optional_hosts: Vec<String>,
+    #[serde(default)]
+    persist_all: bool,
+    #[serde(default)]
+    file_path: String,
+}
+
+async fn batch_read(sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request) -> Answer {
+    batch_command(Tier::ReadOnly, sim, ctx, req, false).await
+}
+async fn batch_responder(sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request) -> Answer {
+    batch_command(Tier::Responder, sim, ctx, req, false).await
+}
+async fn batch_admin(sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request) -> Answer {
+    batch_command(Tier::Admin, sim, ctx, req, false).await
+}
+async fn batch_get(sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request) -> Answer {
+    batch_command(Tier::Responder, sim, ctx, req, true).await
+}
+
+/// A batch command (or batch get): synchronous up to `timeout` (and `host_timeout_duration`):
+/// hosts done by then answer `complete: true`, slower ones `complete: false` with their
+/// `task_id`, to be polled on the single-host status endpoint of the same tier (§7.3; the
+/// `50401` alternative of psfalcon #56 is not produced).
+async fn batch_command(
+    tier: Tier,
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+    get_file: bool,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    let mut timeout = q.timeout().map_err(|e| fail(&ctx, RTR, &e))?;
+    if let Some(h) = q.get("host_timeout_duration").filter(|v| !v.is_empty()) {
+        let h = go_duration(h).ok_or_else(|| {
+            fail(&ctx, RTR, &ApiError::bad_request("invalid host_timeout_duration"))
+        })?;
+        timeout = timeout.min(h.max(Duration::from_millis(1)));
+    }
+    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
+        .await
+        .map_err(|_| fail(&ctx, RTR, &ApiError::bad_request("request body too large")))?;
+    let b: BatchCommandBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let (base, line) = if get_file {
+        // XSOAR double-quotes the path (§7.5); the host sees it as one argument either way.
+        let p = b.file_path.trim();
+        if p.is_empty() {
+            return Err(fail(&ctx, RTR, &ApiError::bad_request("file_path is required")));
+        }
+        let quoted = if p.starts_with('"') { p.to_owned() } else { format!("\"{p}\"") };
+        ("get".to_owned(), format!("get {quoted}"))
+    } else {
+        (b.base_command.clone(), b.command_string.clone())
+    };
+    let started = ctx.started;
+    let (results, ready, req_id) = sim
+        .with(|st, now| {
+            let targets = st
+                .batch_targets(client.id, &b.batch_id, &b.optional_hosts)
+                .ok_or_else(ApiError::no_session)?;
+            let results =
+                st.batch_submit(client.id, tier, &targets, &base, &line, b.persist_all, now);
+            let ready = st.ready_by(&results);
+            let req_id = get_file.then(|| {
+                let hosts = results
+                    .iter()
+                    .filter_map(|(h, r)| match r {
+                        PerHost::Ran { cloud_request_id, .. }
+                        | PerHost::Queued { cloud_request_id, .. } => {
+                            Some((*h, cloud_request_id.clone()))
+                        }
+                        PerHost::Failed { .. } => None,
+                    })
+                    .collect();
+                st.new_batch_get(client.id, hosts)
+            });
+            Ok::<_, ApiError>((results, ready, req_id))
+        })
+        .map_err(|e| fail(&ctx, RTR, &e))?;
+    if let Some(ready) = ready {
+        let until = ready.min(started + timeout);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
+    }
+    let map = sim.with(|st, now| st.multi_status(&results, now));
+    let mut body =
+        json!({ "meta": meta(&ctx, RTR), "combined": { "resources": map }, "errors": [] });
+    if let Some(id) = req_id {
+        body["batch_get_cmd_req_id"] = json!(id);
+    }
+    Ok(reply(201, &body))
+}
+
+async fn batch_get_status(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    q.timeout().map_err(|e| fail(&ctx, RTR, &e))?;
+    let id = q.get("batch_get_cmd_req_id").unwrap_or_default();
+    let map = sim
+        .with(|st, now| {
+            let bg = st
+                .batch_gets
+                .get(id)
+                .filter(|g| g.client == client.id)
+                .ok_or_else(|| ApiError::new(404, 404, "batch_get_cmd_req_id not found"))?;
+            let mut map = serde_json::Map::new();
+            // Only hosts whose upload finished (§7.5).
+            for (h, crid) in &bg.hosts {
+                if let Some(f) = st
+                    .files
+                    .iter()
+                    .find(|f| f.cloud_request_id == *crid && !f.deleted && now >= f.upload_done)
+                {
+                    map.insert(st.hosts[*h].aid.clone(), state::State::file_v1_json(f));
+                }
+            }
+            Ok::<_, ApiError>(map)
+        })
+        .map_err(|e| fail(&ctx, RTR, &e))?;
+    Ok(ok(&ctx, RTR, 200, Value::Object(map), json!([])))
+}
+
+// ---- session files (§8.1, §8.2) ----
+
+async fn files_v2(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    files_list(&sim, &ctx, &req, true)
+}
+async fn files_v1(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    files_list(&sim, &ctx, &req, false)
+}
+
+fn files_list(sim: &Simulator, ctx: &Ctx, req: &Request, v2: bool) -> Answer {
+    let client = caller(ctx)?;
+    let q = Query::of(req.uri());
+    let sid = q.get("session_id").unwrap_or_default();
+    if !state::is_uuid(sid) {
+        return Err(fail(ctx, RTR, &ApiError::bad_request("session_id must be a uuid string")));
+    }
+    let out = sim.with(|st, now| {
+        if !st.sessions.get(sid).is_some_and(|s| s.client == client.id) {
+            return Err(ApiError::no_session());
+        }
+        Ok(st
+            .session_files(client.id, sid, now)
+            .filter(|f| v2 || now >= f.upload_done)
+            .map(|f| if v2 { st.file_v2_json(f, now) } else { state::State::file_v1_json(f) })
+            .collect::<Vec<_>>())
+    });
+    let out = out.map_err(|e| fail(ctx, RTR, &e))?;
+    Ok(ok(ctx, RTR, 200, Value::Array(out), json!([])))
+}
+
+async fn files_delete(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    let sid = q.get("session_id").unwrap_or_default().to_owned();
+    let ids = q.all("ids");
+    let found = sim.with(|st, _| {
+        let mut found = false;
+        for f in st.files.iter_mut() {
+            if f.client == client.id
+                && f.session_id == sid
+                && ids.iter().any(|i| *i == f.id.to_string())
+            {
+                f.deleted = true;
+                found = true;
+            }
+        }
+        found
+    });
+    if !found {
+        return Err(fail(&ctx, RTR, &ApiError::new(404, 404, "Could not find file for deletion")));
+    }
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn extracted(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let q = Query::of(req.uri());
+    let sid = q.get("session_id").unwrap_or_default().to_owned();
+    let sha = q.get("sha256").unwrap_or_default().to_ascii_lowercase();
+    if !state::is_uuid(&sid) {
+        return Err(fail(&ctx, RTR, &ApiError::bad_request("session_id must be a uuid string")));
+    }
+    if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(fail(&ctx, RTR, &ApiError::bad_request("sha256 must be 64 hex characters")));
+    }
+    let filename = q.get("filename").filter(|f| !f.is_empty()).map(str::to_owned);
+    let (found, encrypt) = sim.with(|st, now| {
+        let host = st.sessions.get(&sid).filter(|s| s.client == client.id).map(|s| s.host);
+        // A file is downloadable with any session of the same host and caller: XSOAR opens a
+        // new session for the host after a batch get and downloads with it (§10.1); whether the
+        // real cloud allows it is [U] (§13.9).
+        let f = host.and_then(|h| {
+            st.files.iter().rev().find(|f| {
+                f.sha256 == sha
+                    && f.host == h
+                    && f.client == client.id
+                    && !f.deleted
+                    && now >= f.upload_done
+            })
+        });
+        let found = f.map(|f| (f.name.clone(), f.content.clone()));
+        if found.is_some() {
+            st.counters.files_downloaded += 1;
+        }
+        (found, st.cfg.encrypt_archive_headers)
+    });
+    let Some((name, content)) = found else {
+        return Err(fail(
+            &ctx,
+            RTR,
+            &ApiError::new(404, 404, format!("Could not find file with sha256 {sha}")),
+        ));
+    };
+    let entry = filename.unwrap_or_else(|| crate::endpoint::Endpoint::basename(&name).to_owned());
+    let e2 = entry.clone();
+    let archive = tokio::task::spawn_blocking(move || {
+        crate::archive::seven_zip(&e2, &content, ARCHIVE_PASSWORD, encrypt)
+    })
+    .await
+    .ok()
+    .and_then(Result::ok)
+    .ok_or_else(|| fail(&ctx, RTR, &ApiError::new(500, 500, "could not build the archive")))?;
+    let disposition =
+        format!("attachment; filename=\"{}.7z\"", entry.replace(['"', '\\', '\r', '\n'], "_"));
+    let mut r =
+        (StatusCode::OK, [(CONTENT_TYPE, "application/x-7z-compressed")], archive).into_response();
+    set_header(&mut r, CONTENT_DISPOSITION.as_str(), &disposition);
+    Ok(r)
+}
+
+// ---- libraries (§8.3, §8.4) ----
+
+struct Upload {
+    file: Option<(String, Bytes)>,
+    fields: Vec<(String, String)>,
+}
+
+impl Upload {
+    fn field(&self, name: &str) -> Option<&str> {
+        self.fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+async fn read_upload(mut mp: Multipart, max: u64) -> Result<Upload, ApiError> {
+    let mut up = Upload { file: None, fields: Vec::new() };
+    while let Some(field) = mp
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?
+    {
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" {
+            let filename = field.file_name().unwrap_or_default().to_owned();
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?;
+            if data.len() as u64 > max {
+                return Err(ApiError::bad_request(format!(
+                    "file exceeds the maximum size of {max} bytes"
+                )));
+            }
+            up.file = Some((filename, data));
+        } else {
+            let text = field
+                .text()
+                .await
+                .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?;
+            if up.fields.len() < 64 {
+                up.fields.push((name.trim_end_matches("[]").to_owned(), text));
+            }
+        }
+    }
+    Ok(up)
+}
+
+async fn put_file_v1(sim: State<Simulator>, ctx: axum::Extension<Ctx>, mp: Multipart) -> Answer {
+    upload(LibKind::PutFile, false, sim, ctx, mp).await
+}
+async fn put_file_v2(sim: State<Simulator>, ctx: axum::Extension<Ctx>, mp: Multipart) -> Answer {
+    upload(LibKind::PutFile, true, sim, ctx, mp).await
+}
+async fn script_v1(sim: State<Simulator>, ctx: axum::Extension<Ctx>, mp: Multipart) -> Answer {
+    upload(LibKind::Script, false, sim, ctx, mp).await
+}
+async fn script_v2(sim: State<Simulator>, ctx: axum::Extension<Ctx>, mp: Multipart) -> Answer {
+    upload(LibKind::Script, true, sim, ctx, mp).await
+}
+
+async fn upload(
+    kind: LibKind,
+    v2: bool,
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    mp: Multipart,
+) -> Answer {
+    let client = caller(&ctx)?;
+    let bad = |e: ApiError| fail(&ctx, LIBRARY, &e);
+    let max = sim.config().max_put_file_bytes;
+    let up = read_upload(mp, max).await.map_err(bad)?;
+    let description = up.field("description").unwrap_or_default().to_owned();
+    if description.is_empty() {
+        return Err(bad(ApiError::bad_request("description is required")));
+    }
+    let comments = up.field("comments_for_audit_log").unwrap_or_default();
+    if comments.len() > 4096 {
+        return Err(bad(ApiError::bad_request(
+            "comments_for_audit_log must be at most 4096 characters",
+        )));
+    }
+    let (content, file_name) = match (&up.file, up.field("content")) {
+        (Some((n, b)), _) => (b.clone(), n.clone()),
+        (None, Some(c)) if kind == LibKind::Script => {
+            (Bytes::copy_from_slice(c.as_bytes()), String::new())
+        }
+        _ => {
+            return Err(bad(ApiError::bad_request(if kind == LibKind::Script {
+                "one of file or content is required"
+            } else {
+                "file is required"
+            })));
+        }
+    };
+    let name = up.field("name").filter(|n| !n.is_empty()).map_or(file_name, str::to_owned);
+    if name.is_empty() || name.len() > 32_766 {
+        return Err(bad(ApiError::bad_request("name is required (at most 32766 characters)")));
+    }
+    let (permission, platform) = if kind == LibKind::Script {
+        let p = up.field("permission_type").unwrap_or_default().to_owned();
+        if !["private", "group", "public"].contains(&p.as_str()) {
+            return Err(bad(ApiError::bad_request(
+                "permission_type must be one of private, group, public",
+            )));
+        }
+        let mut platform: Vec<String> = up
+            .fields
+            .iter()
+            .filter(|(k, _)| k == "platform")
+            .flat_map(|(_, v)| {
+                v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect::<Vec<_>>()
+            })
+            .filter(|s| !s.is_empty())
+            .collect();
+        if platform.is_empty() {
+            platform.push("windows".into());
+        }
+        if platform.iter().any(|p| !["windows", "linux", "mac"].contains(&p.as_str())) {
+            return Err(bad(ApiError::bad_request("platform must be windows, linux or mac")));
+        }
+        (p, platform)
+    } else {
+        ("none".to_owned(), Vec::new())
+    };
+    let created = sim
+        .with(|st, _| {
+            let id = st.add_library(
+                kind,
+                &name,
+                &description,
+                comments,
+                &permission,
+                platform,
+                content,
+                client.id,
+            )?;
+            Ok::<_, ApiError>(
+                st.library.iter().find(|f| f.id == id).map(state::State::library_json),
+            )
+        })
+        .map_err(bad)?;
+    let mut body = json!({ "meta": meta(&ctx, LIBRARY), "resources": if v2 { json!([created]) } else { json!([]) }, "errors": [] });
+    body["meta"]["writes"] = json!({ "resources_affected": 1 });
+    Ok(reply(200, &body))
+}
+
+fn lib_kind(path: &str) -> LibKind {
+    if path.contains("/scripts/") { LibKind::Script } else { LibKind::PutFile }
+}
+
+async fn library_query(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let kind = lib_kind(req.uri().path());
+    let q = Query::of(req.uri());
+    let bad = |e: ApiError| fail(&ctx, RTR, &e);
+    let offset = q.usize("offset", 0).map_err(bad)?;
+    let limit = q.usize("limit", 100).map_err(bad)?.clamp(1, 100);
+    let filter = Filter::parse(q.get("filter").unwrap_or_default())
+        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
+    let (ids, total) = sim.with(|st, _| {
+        let all: Vec<String> = st
+            .library
+            .iter()
+            .filter(|f| f.kind == kind)
+            .filter(|f| {
+                filter.matches(|field| match field {
+                    "name" => Some(f.name.clone()),
+                    "id" => Some(f.id.clone()),
+                    "sha256" => {
+                        Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&f.content)))
+                    }
+                    "permission_type" => Some(f.permission_type.clone()),
+                    "created_by" => Some(f.created_by.clone()),
+                    "platform" => f.platform.first().cloned(),
+                    _ => None,
+                })
+            })
+            .map(|f| f.id.clone())
+            .collect();
+        let total = all.len();
+        (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
+    });
+    let mut body = json!({ "meta": meta(&ctx, RTR), "resources": ids, "errors": [] });
+    body["meta"]["pagination"] = pagination(offset, limit, total);
+    Ok(reply(200, &body))
+}
+
+async fn library_entities(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let kind = lib_kind(req.uri().path());
+    let ids = Query::of(req.uri()).all("ids");
+    let out = sim.with(|st, _| {
+        st.library
+            .iter()
+            .filter(|f| f.kind == kind)
+            // Without ids: the first 100 (XSOAR's listing, PR #35090).
+            .filter(|f| ids.is_empty() || ids.contains(&f.id))
+            .take(100)
+            .map(state::State::library_json)
+            .collect::<Vec<_>>()
+    });
+    Ok(ok(&ctx, RTR, 200, Value::Array(out), json!([])))
+}
+
+async fn library_delete(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let kind = lib_kind(req.uri().path());
+    let ids = Query::of(req.uri()).all("ids");
+    if ids.len() != 1 {
+        return Err(fail(&ctx, LIBRARY, &ApiError::bad_request("exactly one id per call")));
+    }
+    let removed = sim.with(|st, _| {
+        let before = st.library.len();
+        st.library.retain(|f| !(f.kind == kind && f.id == ids[0]));
+        before != st.library.len()
+    });
+    if !removed {
+        return Err(fail(
+            &ctx,
+            LIBRARY,
+            &ApiError::new(404, 404, "Could not find file for deletion"),
+        ));
+    }
+    let mut body = json!({ "meta": meta(&ctx, LIBRARY), "resources": [], "errors": [] });
+    body["meta"]["writes"] = json!({ "resources_affected": 1 });
+    Ok(reply(200, &body))
+}
+
+async fn put_file_contents(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let q = Query::of(req.uri());
+    let id = q.get("id").unwrap_or_default();
+    let content = sim.with(|st, _| {
+        st.library
+            .iter()
+            .find(|f| f.kind == LibKind::PutFile && f.id == id)
+            .map(|f| f.content.clone())
+    });
+    let content = content.ok_or_else(|| {
+        fail(&ctx, RTR, &ApiError::new(404, 404, format!("Could not find file with id {id}")))
+    })?;
+    Ok((StatusCode::OK, [(CONTENT_TYPE, "application/octet-stream")], content).into_response())
+}
+
+/// CrowdStrike's own scripts (§8.4): a minimal, fixed catalog.
+fn falcon_scripts() -> Vec<Value> {
+    [
+        (
+            "8d0e8a0a2a3d4b1f9f6e1c2b3a4d5e6f",
+            "Get-InstalledSoftware",
+            "windows",
+            "Lists installed software",
+        ),
+        (
+            "1b2c3d4e5f60718293a4b5c6d7e8f901",
+            "Get-ScheduledTasks",
+            "windows",
+            "Lists scheduled tasks",
+        ),
+        (
+            "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6",
+            "collect_shell_history",
+            "linux",
+            "Collects shell history files",
+        ),
+    ]
+    .iter()
+    .map(|(id, name, platform, description)| {
+        json!({
+            "id": id, "name": name, "platform": [platform], "description": description,
+            "content": "", "categories": ["Collection"], "access_roles": ["rtr_admin"],
+            "is_disruptive": false, "modifies_system": false, "workflow_input_schema": null,
+        })
+    })
+    .collect()
+}
+
+async fn falcon_scripts_query(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
+    let ids: Vec<Value> = falcon_scripts().iter().map(|s| s["id"].clone()).collect();
+    let total = ids.len();
+    let mut body = json!({ "meta": meta(&ctx, RTR), "resources": ids, "errors": [] });
+    body["meta"]["pagination"] = pagination(0, 100, total);
+    reply(200, &body)
+}
+
+async fn falcon_scripts_get(axum::Extension(ctx): axum::Extension<Ctx>, req: Request) -> Response {
+    let ids = Query::of(req.uri()).all("ids");
+    let out: Vec<Value> = falcon_scripts()
+        .into_iter()
+        .filter(|s| ids.iter().any(|i| s["id"] == i.as_str()))
+        .collect();
+    ok(&ctx, RTR, 200, Value::Array(out), json!([]))
+}
+
+// ---- admin route ----
+
+#[derive(Deserialize)]
+struct Online {
+    online: bool,
+}
+
+async fn admin_online(
+    State(sim): State<Simulator>,
+    Path(hostname): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(Online { online }) = serde_json::from_slice(&body) else {
+        return reply(400, &json!({ "error": "body must be {\"online\": bool}" }));
+    };
+    if sim.device_id(&hostname).is_none() {
+        return reply(404, &json!({ "error": format!("no host {hostname}") }));
+    }
+    sim.set_online(&hostname, online);
+    reply(200, &json!({ "hostname": hostname, "online": online }))
+}
