@@ -712,7 +712,9 @@ mod tests {
     #[test]
     fn contract_outputs_parse() {
         let ps = "Name                Id    Start Time (UTC-0)    WorkingMemory(kb)  CPU(s)  HandleCount  Path\n----                --    ------------------    -----------------  ------  -----------  ----\nSystem              4     2024-01-01 00:00:00   100                1.00    10           \nmy app.exe          4242  2024-01-01 00:00:01   2000               0.50    20           C:\\Program Files\\my app.exe\n";
-        let CommandResult::Processes { processes: windows } = super::processes(ps) else { panic!() };
+        let CommandResult::Processes { processes: windows } = super::processes(ps) else {
+            panic!()
+        };
         assert_eq!(windows.len(), 2);
         assert_eq!((windows[1].pid, windows[1].name.as_str()), (4242, "my app.exe"));
         assert_eq!(windows[1].path.as_deref(), Some("C:\\Program Files\\my app.exe"));

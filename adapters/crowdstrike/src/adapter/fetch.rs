@@ -68,6 +68,25 @@ impl CrowdStrikeAdapter {
         Ok(self.next_line(ctx, cp, Some(cloud)))
     }
 
+    /// Whether the library holds `name`: `Some(Ok)` with our content, `Some(Err)` with
+    /// another, `None` not at all.
+    async fn staged(
+        &self,
+        name: &str,
+        sha256: &str,
+    ) -> Result<Option<Result<(), ErrorInfo>>, AdapterError> {
+        let present = self.client.put_files_named(name).await?;
+        Ok(present.first().map(|_| {
+            match present
+                .iter()
+                .find(|f| !f.sha256.is_empty() && !f.sha256.eq_ignore_ascii_case(sha256))
+            {
+                Some(other) => Err(library_conflict(name, &other.sha256)),
+                None => Ok(()),
+            }
+        }))
+    }
+
     fn wait_upload(&self, index: usize, cloud: &str, since_ms: i64) -> Result<Drive, AdapterError> {
         if self.timed_out(since_ms) {
             return Ok(Drive::Finished(timed_out(
@@ -90,9 +109,10 @@ impl CrowdStrikeAdapter {
         Ok(format!("edrgate-{}", &file.sha256[..file.sha256.len().min(16)]))
     }
 
-    /// `put_file`, first part: the content in the put-files library (looked up by name and
-    /// checked by sha256; uploaded, journaled first, when missing; a 409 from a concurrent
-    /// upload is checked the same way), then the RTR lines: `cd`, `put`, `mv`.
+    /// `put_file`, first part: the content in the put-files library (§8.3). The upload is
+    /// journaled, then sent; a 409 (the name is taken: an earlier run staged the same
+    /// content) and a lost answer are settled by looking the name up and comparing sha256.
+    /// Then the RTR lines: `cd`, `put`, `mv`.
     pub(super) async fn stage(
         &self,
         ctx: &RunContext<'_>,
@@ -106,35 +126,32 @@ impl CrowdStrikeAdapter {
             return Err(AdapterError::internal("stage outside put_file"));
         };
         let (file, reader) = ctx.files.open(file_id).await?;
-        let present = self.client.put_files_named(&name).await?;
-        if let Some(other) = present
-            .iter()
-            .find(|f| !f.sha256.is_empty() && !f.sha256.eq_ignore_ascii_case(&file.sha256))
-        {
-            return Ok(Drive::Finished(CommandUpdate::failed(
-                index,
-                ErrorInfo::new(
-                    ErrorCode::Conflict,
-                    format!("the put-files library holds another file named {name}"),
-                )
-                .with_vendor("409", other.sha256.clone()),
-            )));
-        }
-        if present.is_empty() {
-            if !intent {
-                cp.phase = Phase::Stage { name: name.clone(), intent: true };
-                self.record(ctx, cp, updates)
-                    .await
-                    .inspect_err(|_| cp.phase = Phase::Stage { name: name.clone(), intent })?;
+        let staged = if intent {
+            self.staged(&name, &file.sha256).await?
+        } else {
+            cp.phase = Phase::Stage { name: name.clone(), intent: true };
+            self.record(ctx, cp, updates)
+                .await
+                .inspect_err(|_| cp.phase = Phase::Stage { name: name.clone(), intent })?;
+            None
+        };
+        let staged = match staged {
+            Some(found) => found,
+            None => {
+                let comment = format!("edrgate run {}", ctx.run_id);
+                match self.client.upload_put_file(&name, reader, file.size, &comment).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if e.code() == ErrorCode::Conflict => self
+                        .staged(&name, &file.sha256)
+                        .await?
+                        .unwrap_or_else(|| Err(library_conflict(&name, ""))),
+                    Err(e) if e.is_retryable() => return Err(e),
+                    Err(e) => Err(e.info),
+                }
             }
-            let comment = format!("edrgate run {}", ctx.run_id);
-            match self.client.upload_put_file(&name, reader, file.size, &comment).await {
-                Ok(()) => {}
-                // Someone uploaded it meanwhile: checked by sha256 on the next move.
-                Err(e) if e.code() == ErrorCode::Conflict => return Ok(Drive::Continue),
-                Err(e) if e.is_retryable() => return Err(e),
-                Err(e) => return Ok(Drive::Finished(CommandUpdate::failed(index, e.info))),
-            }
+        };
+        if let Err(error) = staged {
+            return Ok(Drive::Finished(CommandUpdate::failed(index, error)));
         }
         let (dir, target) = split_path(path);
         let level = self.cfg.permission_level;
@@ -173,6 +190,16 @@ impl CrowdStrikeAdapter {
         set_state(cp, LineState::Ready);
         Ok(Drive::Continue)
     }
+}
+
+/// Another file under our content-hash name (a truncated-hash collision, or a hand-made
+/// upload).
+fn library_conflict(name: &str, sha256: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorCode::Conflict,
+        format!("the put-files library holds another file named {name}"),
+    )
+    .with_vendor("409", sha256)
 }
 
 /// Spools the archive to an anonymous temporary file (7z needs seeking), opens it with the
