@@ -133,7 +133,7 @@ impl CommandLine {
         let mut rest = line.trim();
         let mut started = false;
         while let Some(c) = rest.chars().next() {
-            if quote.is_none() && cur.to_ascii_lowercase() == "-raw=" && rest.starts_with("```") {
+            if quote.is_none() && cur.eq_ignore_ascii_case("-raw=") && rest.starts_with("```") {
                 let body = &rest[3..];
                 let end = body.find("```")?;
                 cur.push_str(&body[..end]);
@@ -794,7 +794,7 @@ impl Endpoint {
             "run" => {
                 let Some(exe) = arg(0) else { return Outcome::err("run: missing executable") };
                 let path = self.resolve(cwd, exe);
-                if !self.node(&path).is_some_and(|n| !n.dir) {
+                if self.node(&path).is_none_or(|n| n.dir) {
                     return self.not_found("run", exe);
                 }
                 let args = cmd.flag("commandline").unwrap_or_default().to_owned();

@@ -228,7 +228,10 @@ impl Simulator {
     /// Seeds a file on a host (parents created).
     pub fn put_file_on_host(&self, hostname: &str, path: &str, content: &[u8]) {
         self.on_host(hostname, |st, i, _| {
-            st.hosts[i].endpoint.write_file(path, bytes::Bytes::copy_from_slice(content))
+            let secs = st.faults.now_epoch_secs() as u64;
+            let e = &mut st.hosts[i].endpoint;
+            e.set_now(secs);
+            e.write_file(path, bytes::Bytes::copy_from_slice(content))
         });
     }
 

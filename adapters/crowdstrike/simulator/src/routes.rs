@@ -45,7 +45,22 @@ struct Ctx {
     client: Option<&'static Client>,
 }
 
-type Answer = Result<Response, Response>;
+/// A handler's refusal, boxed (a `Response` is large).
+struct Reject(Box<Response>);
+
+impl From<Response> for Reject {
+    fn from(r: Response) -> Self {
+        Reject(Box::new(r))
+    }
+}
+
+impl IntoResponse for Reject {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+type Answer = Result<Response, Reject>;
 
 pub(crate) fn router(sim: Simulator) -> Router {
     let upload_limit = usize::try_from(sim.config().max_put_file_bytes)
@@ -280,20 +295,11 @@ async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Res
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.starts_with("application/json"));
-            if r.status().is_client_error() || r.status().is_server_error() {
-                if !json_body {
-                    let s = r.status();
-                    let pb = if path.starts_with("/devices/") { DEVICES } else { RTR };
-                    r = fail(
-                        &ctx,
-                        pb,
-                        &ApiError::new(
-                            s.as_u16(),
-                            i64::from(s.as_u16()),
-                            s.canonical_reason().unwrap_or("error"),
-                        ),
-                    );
-                }
+            let s = r.status();
+            if (s.is_client_error() || s.is_server_error()) && !json_body {
+                let pb = if path.starts_with("/devices/") { DEVICES } else { RTR };
+                let reason = s.canonical_reason().unwrap_or("error");
+                r = fail(&ctx, pb, &ApiError::new(s.as_u16(), i64::from(s.as_u16()), reason));
             }
             set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
             set_header(&mut r, "x-ratelimit-remaining", &left.to_string());
@@ -331,9 +337,11 @@ pub(crate) fn fault_answer(injected: Injected, epoch: f64, limit: u32) -> Respon
     r
 }
 
-fn caller(ctx: &Ctx) -> Result<&'static Client, Response> {
-    ctx.client
-        .ok_or_else(|| meta_only(ctx, GATEWAY, 401, 401, "access denied, invalid bearer token"))
+/// The authenticated client (the gate let only authenticated requests through).
+fn caller(ctx: &Ctx) -> Result<&'static Client, Reject> {
+    ctx.client.ok_or_else(|| {
+        meta_only(ctx, GATEWAY, 401, 401, "access denied, invalid bearer token").into()
+    })
 }
 
 async fn not_found(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
@@ -558,7 +566,7 @@ async fn devices_query(
     let offset = q.usize("offset", 0).map_err(bad)?;
     let limit = q.usize("limit", 100).map_err(bad)?;
     if !(1..=5000).contains(&limit) {
-        return Err(bad(ApiError::bad_request("limit must be between 1 and 5000")));
+        return Err(Reject::from(bad(ApiError::bad_request("limit must be between 1 and 5000"))));
     }
     let filter = Filter::parse(q.get("filter").unwrap_or_default())
         .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
@@ -601,11 +609,11 @@ async fn devices_get(
 ) -> Answer {
     let ids = Query::of(req.uri()).all("ids");
     if ids.is_empty() || ids.len() > 100 {
-        return Err(fail(
+        return Err(Reject::from(fail(
             &ctx,
             DEVICES,
             &ApiError::bad_request("ids: between 1 and 100 ids are required"),
-        ));
+        )));
     }
     Ok(devices_answer(&sim, &ctx, &ids))
 }
@@ -623,11 +631,11 @@ async fn devices_post(
 ) -> Answer {
     let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, DEVICES, &e))?;
     if ids.ids.is_empty() || ids.ids.len() > 5000 {
-        return Err(fail(
+        return Err(Reject::from(fail(
             &ctx,
             DEVICES,
             &ApiError::bad_request("ids: between 1 and 5000 ids are required"),
-        ));
+        )));
     }
     Ok(devices_answer(&sim, &ctx, &ids.ids))
 }
@@ -639,18 +647,18 @@ async fn online_state(
 ) -> Answer {
     let ids = Query::of(req.uri()).all("ids");
     if ids.is_empty() || ids.len() > 100 {
-        return Err(fail(
+        return Err(Reject::from(fail(
             &ctx,
             ONLINE,
             &ApiError::bad_request("ids: between 1 and 100 ids are required"),
-        ));
+        )));
     }
     let out = sim.with(|st, _| {
         ids.iter()
             .filter_map(|id| st.host_by_aid(id))
             .map(|i| {
                 let h = &st.hosts[i];
-                json!({ "id": h.aid, "cid": st.cid, "last_seen": h.last_seen, "state": if h.online { "online" } else { "offline" } })
+                json!({ "id": h.aid, "cid": st.cid, "last_seen": st.last_seen(i), "state": if h.online { "online" } else { "offline" } })
             })
             .collect::<Vec<_>>()
     });
@@ -669,7 +677,11 @@ async fn devices_action(
         .map_err(|_| fail(&ctx, DEVICES, &ApiError::bad_request("request body too large")))?;
     let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, DEVICES, &e))?;
     if ids.ids.len() > 100 {
-        return Err(fail(&ctx, DEVICES, &ApiError::bad_request("at most 100 ids per request")));
+        return Err(Reject::from(fail(
+            &ctx,
+            DEVICES,
+            &ApiError::bad_request("at most 100 ids per request"),
+        )));
     }
     let done = sim
         .with(|st, now| st.contain(&action, &ids.ids, now))
@@ -743,7 +755,11 @@ async fn session_delete(
     let q = Query::of(req.uri());
     let id = q.get("session_id").unwrap_or_default().to_owned();
     if !state::is_uuid(&id) {
-        return Err(fail(&ctx, RTR, &ApiError::bad_request("session_id must be a uuid string")));
+        return Err(Reject::from(fail(
+            &ctx,
+            RTR,
+            &ApiError::bad_request("session_id must be a uuid string"),
+        )));
     }
     sim.with(|st, now| st.delete_session(client.id, &id, now)).map_err(|e| fail(&ctx, RTR, &e))?;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -898,11 +914,11 @@ async fn status(
     let q = Query::of(req.uri());
     let crid = q.get("cloud_request_id").unwrap_or_default();
     if !state::is_uuid(crid) {
-        return Err(fail(
+        return Err(Reject::from(fail(
             &ctx,
             RTR,
             &ApiError::bad_request("cloud_request_id must be a uuid string"),
-        ));
+        )));
     }
     let seq = q.usize("sequence_id", 0).map_err(|e| fail(&ctx, RTR, &e))?;
     let v = sim
@@ -938,13 +954,13 @@ async fn batch_init(
     let limit = sim.config().batch_host_limit;
     let n = b.host_ids.len();
     if n == 0 || n > limit {
-        return Err(fail(
+        return Err(Reject::from(fail(
             &ctx,
             RTR,
             &ApiError::bad_request(format!(
                 "Invalid number of hosts in request: {n}. Must be an integer greater than 0 and less than or equal to {limit}"
             )),
-        ));
+        )));
     }
     let (batch_id, map) = sim
         .with(|st, now| {
@@ -1007,7 +1023,7 @@ async fn batch_init(
             "meta": meta(&ctx, RTR), "batch_id": "", "resources": map,
             "errors": [{ "code": 404, "message": "no successful hosts initialized on RTR" }],
         });
-        return Err(reply(404, &body));
+        return Err(Reject::from(reply(404, &body)));
     }
     Ok(reply(
         201,
@@ -1120,7 +1136,11 @@ async fn batch_command(
         // XSOAR double-quotes the path (§7.5); the host sees it as one argument either way.
         let p = b.file_path.trim();
         if p.is_empty() {
-            return Err(fail(&ctx, RTR, &ApiError::bad_request("file_path is required")));
+            return Err(Reject::from(fail(
+                &ctx,
+                RTR,
+                &ApiError::bad_request("file_path is required"),
+            )));
         }
         let quoted = if p.starts_with('"') { p.to_owned() } else { format!("\"{p}\"") };
         ("get".to_owned(), format!("get {quoted}"))
@@ -1220,10 +1240,14 @@ fn files_list(sim: &Simulator, ctx: &Ctx, req: &Request, v2: bool) -> Answer {
     let q = Query::of(req.uri());
     let sid = q.get("session_id").unwrap_or_default();
     if !state::is_uuid(sid) {
-        return Err(fail(ctx, RTR, &ApiError::bad_request("session_id must be a uuid string")));
+        return Err(Reject::from(fail(
+            ctx,
+            RTR,
+            &ApiError::bad_request("session_id must be a uuid string"),
+        )));
     }
     let out = sim.with(|st, now| {
-        if !st.sessions.get(sid).is_some_and(|s| s.client == client.id) {
+        if st.sessions.get(sid).is_none_or(|s| s.client != client.id) {
             return Err(ApiError::no_session());
         }
         Ok(st
@@ -1259,7 +1283,11 @@ async fn files_delete(
         found
     });
     if !found {
-        return Err(fail(&ctx, RTR, &ApiError::new(404, 404, "Could not find file for deletion")));
+        return Err(Reject::from(fail(
+            &ctx,
+            RTR,
+            &ApiError::new(404, 404, "Could not find file for deletion"),
+        )));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -1274,10 +1302,18 @@ async fn extracted(
     let sid = q.get("session_id").unwrap_or_default().to_owned();
     let sha = q.get("sha256").unwrap_or_default().to_ascii_lowercase();
     if !state::is_uuid(&sid) {
-        return Err(fail(&ctx, RTR, &ApiError::bad_request("session_id must be a uuid string")));
+        return Err(Reject::from(fail(
+            &ctx,
+            RTR,
+            &ApiError::bad_request("session_id must be a uuid string"),
+        )));
     }
     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(fail(&ctx, RTR, &ApiError::bad_request("sha256 must be 64 hex characters")));
+        return Err(Reject::from(fail(
+            &ctx,
+            RTR,
+            &ApiError::bad_request("sha256 must be 64 hex characters"),
+        )));
     }
     let filename = q.get("filename").filter(|f| !f.is_empty()).map(str::to_owned);
     let (found, encrypt) = sim.with(|st, now| {
@@ -1301,11 +1337,11 @@ async fn extracted(
         (found, st.cfg.encrypt_archive_headers)
     });
     let Some((name, content)) = found else {
-        return Err(fail(
+        return Err(Reject::from(fail(
             &ctx,
             RTR,
             &ApiError::new(404, 404, format!("Could not find file with sha256 {sha}")),
-        ));
+        )));
     };
     let entry = filename.unwrap_or_else(|| crate::endpoint::Endpoint::basename(&name).to_owned());
     let e2 = entry.clone();
@@ -1396,13 +1432,13 @@ async fn upload(
     let up = read_upload(mp, max).await.map_err(bad)?;
     let description = up.field("description").unwrap_or_default().to_owned();
     if description.is_empty() {
-        return Err(bad(ApiError::bad_request("description is required")));
+        return Err(Reject::from(bad(ApiError::bad_request("description is required"))));
     }
     let comments = up.field("comments_for_audit_log").unwrap_or_default();
     if comments.len() > 4096 {
-        return Err(bad(ApiError::bad_request(
+        return Err(Reject::from(bad(ApiError::bad_request(
             "comments_for_audit_log must be at most 4096 characters",
-        )));
+        ))));
     }
     let (content, file_name) = match (&up.file, up.field("content")) {
         (Some((n, b)), _) => (b.clone(), n.clone()),
@@ -1410,23 +1446,25 @@ async fn upload(
             (Bytes::copy_from_slice(c.as_bytes()), String::new())
         }
         _ => {
-            return Err(bad(ApiError::bad_request(if kind == LibKind::Script {
+            return Err(Reject::from(bad(ApiError::bad_request(if kind == LibKind::Script {
                 "one of file or content is required"
             } else {
                 "file is required"
-            })));
+            }))));
         }
     };
     let name = up.field("name").filter(|n| !n.is_empty()).map_or(file_name, str::to_owned);
     if name.is_empty() || name.len() > 32_766 {
-        return Err(bad(ApiError::bad_request("name is required (at most 32766 characters)")));
+        return Err(Reject::from(bad(ApiError::bad_request(
+            "name is required (at most 32766 characters)",
+        ))));
     }
     let (permission, platform) = if kind == LibKind::Script {
         let p = up.field("permission_type").unwrap_or_default().to_owned();
         if !["private", "group", "public"].contains(&p.as_str()) {
-            return Err(bad(ApiError::bad_request(
+            return Err(Reject::from(bad(ApiError::bad_request(
                 "permission_type must be one of private, group, public",
-            )));
+            ))));
         }
         let mut platform: Vec<String> = up
             .fields
@@ -1441,7 +1479,9 @@ async fn upload(
             platform.push("windows".into());
         }
         if platform.iter().any(|p| !["windows", "linux", "mac"].contains(&p.as_str())) {
-            return Err(bad(ApiError::bad_request("platform must be windows, linux or mac")));
+            return Err(Reject::from(bad(ApiError::bad_request(
+                "platform must be windows, linux or mac",
+            ))));
         }
         (p, platform)
     } else {
@@ -1541,7 +1581,11 @@ async fn library_delete(
     let kind = lib_kind(req.uri().path());
     let ids = Query::of(req.uri()).all("ids");
     if ids.len() != 1 {
-        return Err(fail(&ctx, LIBRARY, &ApiError::bad_request("exactly one id per call")));
+        return Err(Reject::from(fail(
+            &ctx,
+            LIBRARY,
+            &ApiError::bad_request("exactly one id per call"),
+        )));
     }
     let removed = sim.with(|st, _| {
         let before = st.library.len();
@@ -1549,11 +1593,11 @@ async fn library_delete(
         before != st.library.len()
     });
     if !removed {
-        return Err(fail(
+        return Err(Reject::from(fail(
             &ctx,
             LIBRARY,
             &ApiError::new(404, 404, "Could not find file for deletion"),
-        ));
+        )));
     }
     let mut body = json!({ "meta": meta(&ctx, LIBRARY), "resources": [], "errors": [] });
     body["meta"]["writes"] = json!({ "resources_affected": 1 });

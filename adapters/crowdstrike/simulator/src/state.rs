@@ -459,15 +459,11 @@ impl State {
         self.hosts.iter().position(|h| h.aid.eq_ignore_ascii_case(aid))
     }
 
-    /// Moves everything time-driven forward to `now`.
+    /// Moves everything time-driven forward to `now`: containment changes, queued commands
+    /// of hosts that came back. (Cheap per host: it runs on every request.)
     pub(crate) fn tick(&mut self, now: Instant) {
-        let secs = self.faults.now_epoch_secs() as u64;
-        let stamp = rfc3339_secs(secs);
+        let mut stamp = None;
         for h in &mut self.hosts {
-            h.endpoint.set_now(secs);
-            if h.online {
-                h.last_seen.clone_from(&stamp);
-            }
             if let Some(until) = h.pending_until
                 && h.online
                 && now >= until
@@ -478,10 +474,21 @@ impl State {
                     "lift_containment_pending" => "normal",
                     s => s,
                 };
-                h.modified.clone_from(&stamp);
+                let secs = self.faults.now_epoch_secs() as u64;
+                h.modified = stamp.get_or_insert_with(|| rfc3339_secs(secs)).clone();
             }
         }
         self.run_queue(now);
+    }
+
+    /// `last_seen`: now for an online host, else when it went away.
+    pub(crate) fn last_seen(&self, i: usize) -> String {
+        let h = &self.hosts[i];
+        if h.online {
+            rfc3339_secs(self.faults.now_epoch_secs() as u64)
+        } else {
+            h.last_seen.clone()
+        }
     }
 
     // ---- rate limits (§3) ----
@@ -572,7 +579,7 @@ impl State {
             "agent_version": "7.16.18605.0",
             "status": h.status,
             "first_seen": h.first_seen,
-            "last_seen": h.last_seen,
+            "last_seen": self.last_seen(i),
             "local_ip": h.local_ip,
             "external_ip": "203.0.113.10",
             "mac_address": h.mac,
@@ -602,7 +609,9 @@ impl State {
             "contain" => ("normal", "containment_pending", "contained"),
             "lift_containment" => ("contained", "lift_containment_pending", "normal"),
             _ => {
-                return Err(ApiError::bad_request(format!("action_name {action} is not supported")));
+                return Err(ApiError::bad_request(format!(
+                    "action_name {action} is not supported"
+                )));
             }
         };
         if ids.is_empty() {
@@ -647,7 +656,11 @@ impl State {
 
     pub(crate) fn set_online(&mut self, i: usize, online: bool, now: Instant) {
         let delay = self.cfg.containment_delay;
+        let stamp = rfc3339_secs(self.faults.now_epoch_secs() as u64);
         let h = &mut self.hosts[i];
+        if !online && h.online {
+            h.last_seen = stamp;
+        }
         if online && !h.online && h.pending_until.is_some() {
             // A pending containment change completes once the sensor hears it.
             h.pending_until = Some(now + delay);
@@ -1060,6 +1073,8 @@ impl State {
             .get(&sid)
             .map_or_else(|| self.hosts[host].endpoint.os.root().to_owned(), |s| s.cwd.clone());
         let delay = self.delay_of(host);
+        let secs = self.faults.now_epoch_secs() as u64;
+        self.hosts[host].endpoint.set_now(secs);
         let out = self.hosts[host].endpoint.run(&line, &mut cwd, lib);
         if let Some(s) = self.sessions.get_mut(&sid) {
             s.cwd = cwd;
@@ -1451,6 +1466,7 @@ impl State {
     }
 
     /// Sends one command to each of `targets` (a batch command or batch get).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn batch_submit(
         &mut self,
         client: &'static str,
