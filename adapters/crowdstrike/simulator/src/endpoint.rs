@@ -788,7 +788,8 @@ impl Endpoint {
                 } else if !self.write_file(&dest, content) {
                     Outcome::err("There is not enough space on the disk.")
                 } else {
-                    Outcome::effect("put", dest)
+                    // A successful `put` prints nothing (KBN-EMU's sample).
+                    Outcome::effect("put", "")
                 }
             }
             "run" => {

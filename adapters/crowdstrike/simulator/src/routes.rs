@@ -8,7 +8,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -140,7 +140,7 @@ pub(crate) fn router(sim: Simulator) -> Router {
 // ---- the gate ----
 
 /// The scope a route needs (§2.4); `None` for the token routes.
-fn required_scope(method: &Method, path: &str) -> Option<&'static str> {
+fn required_scope(path: &str) -> Option<&'static str> {
     let path = path.trim_end_matches('/');
     if path.starts_with("/oauth2/") {
         return None;
@@ -172,7 +172,6 @@ fn required_scope(method: &Method, path: &str) -> Option<&'static str> {
         "extracted-file-contents",
     ];
     let resource = rest.split('/').nth(1).unwrap_or_default();
-    let _ = method;
     Some(if admin.contains(&resource) {
         SCOPE_RTR_ADMIN
     } else if write.contains(&resource) {
@@ -234,7 +233,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Response {
     let mut ctx = Ctx { trace: state::uuid(), started: Instant::now(), client: None };
     let path = req.uri().path().to_owned();
-    let scope = required_scope(req.method(), &path);
+    let scope = required_scope(&path);
     let token = bearer(req.headers()).map(str::to_owned);
     enum Verdict {
         Pass(u32, u32),
@@ -356,6 +355,10 @@ struct Query(Vec<(String, String)>);
 
 impl Query {
     fn of(uri: &axum::http::Uri) -> Query {
+        Query::parse(uri.query().unwrap_or_default())
+    }
+
+    fn parse(query: &str) -> Query {
         let decode = |s: &str| {
             let b = s.as_bytes();
             let mut out = Vec::with_capacity(b.len());
@@ -375,8 +378,7 @@ impl Query {
             String::from_utf8_lossy(&out).into_owned()
         };
         Query(
-            uri.query()
-                .unwrap_or_default()
+            query
                 .split('&')
                 .filter(|p| !p.is_empty())
                 .map(|p| {
@@ -484,12 +486,9 @@ fn basic(headers: &HeaderMap) -> Option<(String, String)> {
     Some((id.to_owned(), secret.to_owned()))
 }
 
+/// An `application/x-www-form-urlencoded` body (`+` is a space here).
 fn form(body: &Bytes) -> TokenForm {
-    let q = Query::of(
-        &format!("/?{}", String::from_utf8_lossy(body).replace('+', "%20"))
-            .parse()
-            .unwrap_or_default(),
-    );
+    let q = Query::parse(&String::from_utf8_lossy(body).replace('+', "%20"));
     TokenForm {
         client_id: q.get("client_id").map(str::to_owned),
         client_secret: q.get("client_secret").map(str::to_owned),
@@ -954,13 +953,15 @@ async fn batch_init(
     let limit = sim.config().batch_host_limit;
     let n = b.host_ids.len();
     if n == 0 || n > limit {
-        return Err(Reject::from(fail(
-            &ctx,
-            RTR,
-            &ApiError::bad_request(format!(
-                "Invalid number of hosts in request: {n}. Must be an integer greater than 0 and less than or equal to {limit}"
-            )),
-        )));
+        // KBN-EMU's body: an empty batch id and an empty resources map.
+        let message = format!(
+            "Invalid number of hosts in request: {n}. Must be an integer greater than 0 and less than or equal to {limit}"
+        );
+        let body = json!({
+            "meta": meta(&ctx, RTR), "batch_id": "", "resources": {},
+            "errors": [{ "code": 400, "message": message }],
+        });
+        return Err(reply(400, &body).into());
     }
     let (batch_id, map) = sim
         .with(|st, now| {
@@ -981,7 +982,7 @@ async fn batch_init(
                 let host = if state::is_aid(id) { st.host_by_aid(id) } else { None };
                 let result = match host {
                     // KBN-EMU's per-host error for a malformed id (§7.2).
-                    None if !state::is_aid(id) => Err(ApiError::new(500, 500, format!("uuid: incorrect UUID length {} in string \"{id}\"", id.len()))),
+                    None if !state::is_aid(id) => Err(ApiError::new(500, 500, format!("uuid: incorrect UUID length {} in string {id}", id.len()))),
                     // An unknown aid has no sensor to reach ([U]).
                     None => Err(ApiError::offline()),
                     Some(h) => st.init_session(client.id, h, b.queue_offline, "", now).map(|sid| (h, sid)),

@@ -233,7 +233,7 @@ pub(crate) struct BatchGet {
 
 /// What happened to one host of a batch call.
 pub(crate) enum PerHost {
-    Failed { session_id: String, error: ApiError },
+    Failed { error: ApiError },
     Ran { session_id: String, cloud_request_id: String },
     Queued { session_id: String, cloud_request_id: String },
 }
@@ -605,9 +605,9 @@ impl State {
         ids: &[String],
         now: Instant,
     ) -> Result<Vec<Value>, ApiError> {
-        let (from, pending, done) = match action {
-            "contain" => ("normal", "containment_pending", "contained"),
-            "lift_containment" => ("contained", "lift_containment_pending", "normal"),
+        let (pending, done) = match action {
+            "contain" => ("containment_pending", "contained"),
+            "lift_containment" => ("lift_containment_pending", "normal"),
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "action_name {action} is not supported"
@@ -642,8 +642,7 @@ impl State {
                     ));
                 }
             } else {
-                // `from` or the opposite pending state: the change starts over.
-                let _ = from;
+                // From the opposite state (or its pending form): the change starts over.
                 h.status = pending;
                 h.pending_until = Some(now + delay);
                 h.modified = rfc3339_secs(self.faults.now_epoch_secs() as u64);
@@ -1481,10 +1480,7 @@ impl State {
         for (host, sid) in targets {
             let live = self.sessions.get(sid).is_some_and(|s| self.session_live(s, now));
             if !live {
-                out.push((
-                    *host,
-                    PerHost::Failed { session_id: String::new(), error: ApiError::no_session() },
-                ));
+                out.push((*host, PerHost::Failed { error: ApiError::no_session() }));
                 continue;
             }
             let result = self.check(client, tier, *host, base_command, command_string).and_then(
@@ -1499,7 +1495,7 @@ impl State {
                     Ok((crid, true)) => {
                         PerHost::Queued { session_id: sid.clone(), cloud_request_id: crid }
                     }
-                    Err(error) => PerHost::Failed { session_id: sid.clone(), error },
+                    Err(error) => PerHost::Failed { error },
                 },
             ));
         }
@@ -1529,23 +1525,19 @@ impl State {
         let mut map = serde_json::Map::new();
         for (host, r) in results {
             let aid = self.hosts[*host].aid.clone();
+            // A failed host has no session, task or base command (KBN-EMU's error samples).
             let mut v = json!({
                 "aid": aid,
                 "session_id": "",
-                "task_id": "",
                 "complete": false,
                 "stdout": "",
                 "stderr": "",
-                "base_command": "",
                 "errors": [],
                 "offline_queued": false,
                 "query_time": 0.0,
             });
             match r {
-                PerHost::Failed { session_id, error } => {
-                    v["session_id"] = json!(session_id);
-                    v["errors"] = json!([error.to_json()]);
-                }
+                PerHost::Failed { error } => v["errors"] = json!([error.to_json()]),
                 PerHost::Queued { session_id, cloud_request_id } => {
                     v["session_id"] = json!(session_id);
                     v["task_id"] = json!(cloud_request_id);
