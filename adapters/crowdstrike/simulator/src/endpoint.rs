@@ -1337,4 +1337,46 @@ mod tests {
             run(&mut e, &mut cwd, r"reg query HKLM\SOFTWARE\Edr").stderr.contains("unable to find")
         );
     }
+
+    #[test]
+    fn side_effects_change_the_host_and_name_their_op() {
+        let mut e = Endpoint::new(Os::Linux, "L", 1, 1_700_000_000);
+        let mut cwd = "/".to_owned();
+        let mut run = |l: &str| e.run(&CommandLine::parse(l).unwrap(), &mut cwd, Library::None);
+        assert_eq!(run("mkdir /tmp/a/b").effect, Some("mkdir"));
+        assert_eq!(run("cp /var/tmp/evidence/note.txt /tmp/a").effect, Some("cp"));
+        assert_eq!(run("mv /tmp/a/note.txt /tmp/a/b/n.txt").effect, Some("mv"));
+        assert!(run("cat /tmp/a/note.txt").stderr.contains("No such file or directory"));
+        assert_eq!(run("cat /tmp/a/b/n.txt").stdout.as_bytes(), NOTE_TXT);
+        assert_eq!(run("zip /tmp/a /tmp/a.zip").effect, Some("zip"));
+        let started = run("run /usr/bin/python3 -CommandLine=\"-V\"");
+        assert_eq!(started.effect, Some("run"), "{}", started.stderr);
+        assert!(started.stdout.starts_with("Process started with PID "));
+        assert!(run("run /nope").stderr.contains("No such file or directory"));
+        assert!(run("rm /tmp/a").stderr.contains("Is a directory"));
+        assert_eq!(run("rm -r /tmp/a").effect, Some("rm"));
+        let script =
+            run("runscript -Raw=```echo one $1; Write-Error bad; exit 3``` -CommandLine=\"x\"");
+        assert_eq!(
+            (script.stdout.as_str(), script.stderr.as_str()),
+            ("one x\n", "bad\nexit code 3\n")
+        );
+        let mut w = Endpoint::new(Os::Windows, "W", 1, 1_700_000_000);
+        let mut cwd = "C:\\".to_owned();
+        let dump = w.run(
+            &CommandLine::parse(r"xmemdump complete C:\Windows\Temp\full.dmp").unwrap(),
+            &mut cwd,
+            Library::None,
+        );
+        assert_eq!(dump.effect, Some("xmemdump"));
+        let got = w.run(
+            &CommandLine::parse(r"get C:\Windows\Temp\full.dmp").unwrap(),
+            &mut cwd,
+            Library::None,
+        );
+        assert!(got.fetched.is_some_and(|(_, b)| b.starts_with(b"MDMP")));
+        let ps = w.ps();
+        assert!(ps.lines().nth(1).is_some_and(|l| l.starts_with("----")), "{ps}");
+        assert!(ps.contains(r"C:\Program Files\CrowdStrike\CSFalconService.exe"));
+    }
 }

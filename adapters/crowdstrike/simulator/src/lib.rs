@@ -43,6 +43,26 @@
 //! * **Faults**: simkit's (`POST /_sim/faults`): injected 5xx and 429 answer the vendor's JSON
 //!   envelope; side-effecting requests (`is_side_effect`) can lose their answer after acting.
 //!
+//! # Choices where the reference is silent ([U])
+//! | case | answer |
+//! |---|---|
+//! | single-host init on an offline host without `queue_offline` | 404, `40401 Could not establish sensor comms` (the batch code, §7.2) |
+//! | command, refresh or delete on an expired/unknown session (§13.4) | 404, `50007 could not get session` (the batch code) |
+//! | unknown command, one above the endpoint's tier, or not on the host's platform (§11.8, §11.11) | 400, `40007 Command not found` (per host in batches, HTTP 201) |
+//! | `base_command` not the first word of `command_string`, unbalanced quotes | 400, `40006 Command is not valid` |
+//! | `put`/`runscript -CloudFile` of a missing, private (someone else's), `group` (below admin) or other-platform library object | 404, `40412 The file <name> could not be found` |
+//! | status GET of an unknown `cloud_request_id` | 404, code 404 |
+//! | batch hosts slower than `timeout`/`host_timeout_duration` | `complete: false`, empty stdout, `task_id` to poll (not `50401`) |
+//! | batch init with no host connected | HTTP 404 with the `404 no successful hosts initialized on RTR` body |
+//! | containment of a host already in (or heading to) the asked state (§13.5) | 202 again, nothing changes ([`Simulator::set_containment_conflict`]: 409) |
+//! | `extracted-file-contents` with another session of the same host and caller (§13.9) | served (XSOAR's flow) |
+//! | `file/v2` `progress` / `stage` / `status` (§13.6) | 0–100 / `uploading`→`completed` / `in_progress`→`complete` |
+//! | queued command statuses beyond `PENDING`/`FINISHED` | `CANCELED` once deleted |
+//! | `reg set` on an existing value (§13.11) | overwrites |
+//! | 429 and injected 500 texts | `API rate limit exceeded.`; `Internal Server Error: Please provide trace-id='…' to support` |
+//! | `ps`, `ls`, `reg query` text | the formats agreed with the adapter (`endpoint.rs`) |
+//! | a `runscript` body | a tiny deterministic interpreter (`echo`/`Write-Output` with `$1`…, `$args`; `Write-Error`; `exit N`; see `endpoint.rs`) |
+//!
 //! # What it executed: `GET /_sim/log`
 //! Each side effect the hosts or the cloud executed, `target` the host's aid (the library's
 //! file name for uploads) and `detail` the command string: `contain`, `lift_containment`,

@@ -564,6 +564,10 @@ async fn a_kill_happens_once_and_is_logged_once() {
     );
     let kills = log_ops(&base, "kill").await;
     assert_eq!(kills.len(), 1);
+    let counters: Value =
+        http().get(format!("{base}/_sim/counters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(counters["executed"]["kill"], 1);
+    assert!(counters["requests"]["side_effects_processed"].as_u64().unwrap() >= 2);
     assert_eq!(
         (kills[0]["target"].as_str(), kills[0]["detail"].as_str()),
         (Some(w.as_str()), Some(format!("kill {pid}").as_str()))
@@ -1065,4 +1069,35 @@ async fn the_cid_window_answers_429_with_an_epoch_retry_time() {
     );
     assert_eq!(api2.get("/devices/queries/devices/v1").await.status, StatusCode::OK);
     drop(sim);
+}
+
+#[tokio::test]
+async fn oversized_or_malformed_bodies_get_the_json_envelope() {
+    let (sim, base) = spawn(SimConfig { max_put_file_bytes: 1024, ..SimConfig::default() }).await;
+    let api = Api::new(&base, DEFAULT_CLIENT_ID).await;
+    let big = json!({ "device_id": aid(&sim, "CS-WIN-0001"), "origin": "x".repeat(5 << 20) });
+    let a = api.post(&format!("{RTR}/entities/sessions/v1"), &big).await;
+    assert!(a.status.is_client_error(), "{}", a.status);
+    assert!(a.headers["content-type"].to_str().unwrap().starts_with("application/json"));
+    let (status, body) = upload(
+        &api,
+        &format!("{RTR}/entities/put-files/v1"),
+        vec![("description", "too big".into())],
+        Some(("big.bin", vec![0u8; 4096])),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, _) =
+        upload(&api, &format!("{RTR}/entities/put-files/v1"), vec![], Some(("a.bin", vec![1])))
+            .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "description is required");
+    let a = api.post("/devices/entities/devices/v2", &json!({ "ids": "not a list" })).await;
+    assert_eq!(a.status, StatusCode::BAD_REQUEST);
+    let r = http()
+        .post(format!("{base}/_sim/hosts/NOPE/online"))
+        .json(&json!({ "online": true }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
