@@ -61,8 +61,10 @@ pub struct CrowdStrikeConfig {
     /// (the vendor allows 6,000 per CID for all its API clients together, §3).
     #[serde(default = "default_requests_per_minute")]
     pub requests_per_minute: u32,
-    /// How long the first run of an action waits for the action's other runs doing the same
-    /// command, so that they share one batch session and one batch command (§7).
+    /// How long the first run of an action at a command waits for the action's other runs
+    /// to arrive there, so that they share one batch session and one batch command (§7): a
+    /// sliding window (each arrival extends it), ended early once every run of the batch
+    /// is there, and at most `max_poll_interval_ms` (runs drift apart by a poll interval).
     #[serde(default = "default_batch_window_ms")]
     pub batch_window_ms: u64,
     /// Hosts per batch session (the vendor's cap is 10,000, §7.2).
@@ -212,7 +214,7 @@ fn default_requests_per_minute() -> u32 {
     4000
 }
 fn default_batch_window_ms() -> u64 {
-    100
+    500
 }
 fn default_batch_host_limit() -> usize {
     VENDOR_BATCH_HOST_LIMIT

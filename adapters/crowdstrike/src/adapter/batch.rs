@@ -18,6 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use edrgate_adapter::driver::Drive;
 use edrgate_adapter::{AdapterError, CommandUpdate, ErrorCode, RunContext};
@@ -86,6 +87,28 @@ impl<R> Coalescer<R> {
 }
 
 impl<R> Lead<'_, R> {
+    /// Waits for the group: until `expected` members joined, or nobody joined for `window`
+    /// (runs of one batch drift apart by up to a poll interval), at most `cap` (and at least
+    /// one `window`, which also bounds a group of unknown size).
+    pub(super) async fn gather(&self, window: Duration, expected: usize, cap: Duration) {
+        let started = Instant::now();
+        let (mut seen, mut since) = (1, started);
+        let tick = window.clamp(Duration::from_millis(1), Duration::from_millis(10));
+        loop {
+            let n = self.group.lock().unwrap_or_else(|p| p.into_inner()).members.len();
+            if n >= expected {
+                return;
+            }
+            if n != seen {
+                (seen, since) = (n, Instant::now());
+            }
+            if since.elapsed() >= window || started.elapsed() >= cap.max(window) {
+                return;
+            }
+            tokio::time::sleep(tick).await;
+        }
+    }
+
     /// Closes the group to newcomers and returns its members (the leader first).
     pub(super) fn seal(self) -> Vec<(String, Option<oneshot::Sender<R>>)> {
         self.unlist();
@@ -119,6 +142,12 @@ impl CrowdStrikeAdapter {
             }
         };
         let top = mapping::first_error(init.errors.iter().map(|e| (e.code, e.message.as_str())));
+        // The runs that will meet on this batch's lines.
+        let opened = init
+            .resources
+            .values()
+            .filter(|r| r.errors.is_empty() && !r.session_id.is_empty())
+            .count();
         hosts
             .iter()
             .map(|aid| {
@@ -136,6 +165,7 @@ impl CrowdStrikeAdapter {
                         Ok(SessionRef {
                             id: r.session_id.clone(),
                             batch: Some(init.batch_id.clone()),
+                            peers: opened,
                             queued: r.offline_queued,
                             used_ms: now_ms(),
                             cwd: None,
@@ -176,7 +206,7 @@ impl CrowdStrikeAdapter {
                 () = ctx.stop.stopped() => return Ok(Drive::Continue),
             },
             Joined::Leader(lead) => {
-                tokio::time::sleep(self.batch_window()).await;
+                lead.gather(self.batch_window(), session.peers, self.cfg.poll_max()).await;
                 let members = lead.seal();
                 let hosts: Vec<String> = members.iter().map(|(aid, _)| aid.clone()).collect();
                 let answer = match (line.role, &line.path) {

@@ -166,7 +166,17 @@ impl CrowdStrikeAdapter {
         if dir.is_empty() {
             put.cwd = None;
         }
-        let mut plan = vec![put];
+        // `mv` would replace an existing target: refused first, as `put` refuses its own
+        // (`put: Destination already exists.`, §8.3).
+        let mut plan = vec![Rtr {
+            line: format!("ls {}", quote(path)),
+            tier: Tier::ReadOnly,
+            effect: false,
+            role: Role::MustNotExist,
+            cwd: None,
+            path: Some(path.clone()),
+        }];
+        plan.push(put);
         if target != name {
             let sep = if dir.contains('\\') || !dir.contains('/') { "\\" } else { "/" };
             let staged = format!("{}{sep}{name}", dir.trim_end_matches(['\\', '/']));

@@ -87,6 +87,9 @@ pub(crate) struct SessionRef {
     /// The batch it belongs to (opened by a batch init with the action's other runs).
     #[serde(default)]
     batch: Option<String>,
+    /// Runs that opened the batch together: a line's group is complete with that many.
+    #[serde(default = "unknown_peers")]
+    peers: usize,
     /// The host was offline and the session is in the offline queue (§6.7).
     #[serde(default)]
     queued: bool,
@@ -432,6 +435,10 @@ impl VendorRun for CrowdStrikeAdapter {
             tracing::debug!(run = %ctx.run_id, error = %e, "closing the RTR session failed; it expires by itself");
         }
     }
+}
+
+fn unknown_peers() -> usize {
+    usize::MAX
 }
 
 /// An FQL string literal's content (§4.1): quotes and backslashes escaped.

@@ -192,7 +192,9 @@ impl CrowdStrikeAdapter {
                 let mut lines = Vec::new();
                 if !overwrite {
                     let query = format!("reg query {} {}", quote(key), quote(value));
-                    lines.push(Rtr::new(query, ReadOnly, false, Role::MustNotExist));
+                    let mut check = Rtr::new(query, ReadOnly, false, Role::MustNotExist);
+                    check.path = Some(format!("value {value:?} of {key} (overwrite is false)"));
+                    lines.push(check);
                 }
                 let set = format!(
                     "reg set {} {} -ValueType={} {}",

@@ -74,7 +74,8 @@ impl CrowdStrikeAdapter {
                 () = ctx.stop.stopped() => return Ok(Drive::Continue),
             },
             Joined::Leader(lead) => {
-                tokio::time::sleep(self.batch_window()).await;
+                // The action's size is unknown here: a sliding window.
+                lead.gather(self.batch_window(), usize::MAX, self.cfg.poll_max()).await;
                 let members = lead.seal();
                 if members.len() == 1 {
                     self.open_single(ctx, &cp.device).await
@@ -117,6 +118,7 @@ impl CrowdStrikeAdapter {
         Ok(SessionRef {
             id: init.session_id,
             batch: None,
+            peers: 1,
             queued: init.offline_queued,
             used_ms: now_ms(),
             cwd: None,
@@ -357,11 +359,11 @@ impl CrowdStrikeAdapter {
         };
         match line.role {
             Role::MustNotExist if stderr.trim().is_empty() => {
-                let what = line.line.trim_start_matches("reg query ");
+                let what = line.path.as_deref().unwrap_or(&line.line);
                 return failed(
                     edrgate_adapter::ErrorInfo::new(
                         ErrorCode::Conflict,
-                        format!("{what} exists and overwrite is false"),
+                        format!("{what} already exists"),
                     )
                     .with_vendor("exists", stdout.trim()),
                 );
