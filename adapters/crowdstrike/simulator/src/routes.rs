@@ -1500,6 +1500,9 @@ async fn upload(
                 content,
                 client.id,
             )?;
+            // An upload through the API is a side effect; the simulator's own seeds are not.
+            let op = if kind == LibKind::PutFile { "put_file_upload" } else { "script_upload" };
+            st.log.record(op, &name, json!({ "id": id, "created_by": client.id }));
             Ok::<_, ApiError>(
                 st.library.iter().find(|f| f.id == id).map(state::State::library_json),
             )

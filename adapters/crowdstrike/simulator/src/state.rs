@@ -1349,8 +1349,6 @@ impl State {
             return Err(ApiError::bad_request("the library is full"));
         }
         let id = format!("{}_{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        let op = if kind == LibKind::PutFile { "put_file_upload" } else { "script_upload" };
-        self.log.record(op, name, json!({ "id": id, "size": content.len() }));
         self.library.push(LibFile {
             id: id.clone(),
             kind,

@@ -275,6 +275,9 @@ async fn each_client_gets_403_outside_its_scopes() {
 async fn every_answer_carries_the_envelope_and_the_headers() {
     let (_sim, base) = spawn(SimConfig::default()).await;
     let api = Api::new(&base, DEFAULT_CLIENT_ID).await;
+    let counters: Value =
+        http().get(format!("{base}/_sim/counters")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(counters["executed"], json!({}), "a fresh simulator has executed nothing");
     let a = api.get("/devices/queries/devices/v1").await;
     let meta = &a.body["meta"];
     assert!(meta["query_time"].as_f64().unwrap() > 0.0);
@@ -801,6 +804,7 @@ async fn put_from_the_library_and_scripts_by_permission() {
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(log_ops(&base, "script_upload").await.len(), 1, "seeded scripts are no uploads");
     let mine = api.run(ADMIN, &sid, "runscript -CloudFile=\"mine.ps1\" -CommandLine=\"x\"").await;
     assert_eq!(mine["stdout"], "echo mine x\n".trim_start_matches("echo "));
     let responder = Api::new(&base, RESPONDER_CLIENT_ID).await;
