@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Multipart, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest as _, Multipart, Path, Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -1407,17 +1407,17 @@ async fn read_upload(mut mp: Multipart, max: u64) -> Result<Upload, ApiError> {
     Ok(up)
 }
 
-async fn put_file_v1(sim: State<Simulator>, ctx: axum::Extension<Ctx>, mp: Multipart) -> Answer {
-    upload(LibKind::PutFile, false, sim, ctx, mp).await
+async fn put_file_v1(sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request) -> Answer {
+    upload(LibKind::PutFile, false, sim, ctx, req).await
 }
-async fn put_file_v2(sim: State<Simulator>, ctx: axum::Extension<Ctx>, mp: Multipart) -> Answer {
-    upload(LibKind::PutFile, true, sim, ctx, mp).await
+async fn put_file_v2(sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request) -> Answer {
+    upload(LibKind::PutFile, true, sim, ctx, req).await
 }
-async fn script_v1(sim: State<Simulator>, ctx: axum::Extension<Ctx>, mp: Multipart) -> Answer {
-    upload(LibKind::Script, false, sim, ctx, mp).await
+async fn script_v1(sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request) -> Answer {
+    upload(LibKind::Script, false, sim, ctx, req).await
 }
-async fn script_v2(sim: State<Simulator>, ctx: axum::Extension<Ctx>, mp: Multipart) -> Answer {
-    upload(LibKind::Script, true, sim, ctx, mp).await
+async fn script_v2(sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request) -> Answer {
+    upload(LibKind::Script, true, sim, ctx, req).await
 }
 
 async fn upload(
@@ -1425,12 +1425,29 @@ async fn upload(
     v2: bool,
     State(sim): State<Simulator>,
     axum::Extension(ctx): axum::Extension<Ctx>,
-    mp: Multipart,
+    req: Request,
 ) -> Answer {
     let client = caller(&ctx)?;
     let bad = |e: ApiError| fail(&ctx, LIBRARY, &e);
     let max = sim.config().max_put_file_bytes;
-    let up = read_upload(mp, max).await.map_err(bad)?;
+    let content_type =
+        req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    // The swagger says multipart; a script given as `content` alone also comes form-encoded
+    // (FalconPy's `create_scripts(data=...)` without `files` makes requests send that).
+    let up = if content_type.starts_with("application/x-www-form-urlencoded") {
+        let limit = usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1 << 20);
+        let body = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| bad(ApiError::bad_request("request body too large")))?;
+        let fields = Query::parse(&String::from_utf8_lossy(&body).replace('+', "%20")).0;
+        let fields = fields.into_iter().map(|(k, v)| (k.trim_end_matches("[]").to_owned(), v));
+        Upload { file: None, fields: fields.take(64).collect() }
+    } else {
+        let mp = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| bad(ApiError::bad_request(format!("invalid multipart body: {e}"))))?;
+        read_upload(mp, max).await.map_err(bad)?
+    };
     let description = up.field("description").unwrap_or_default().to_owned();
     if description.is_empty() {
         return Err(Reject::from(bad(ApiError::bad_request("description is required"))));
