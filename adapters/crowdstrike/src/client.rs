@@ -408,6 +408,21 @@ impl CsClient {
             .map(drop)
     }
 
+    /// Cancels a command waiting in the offline queue (§6.7); a 404 means it is no longer
+    /// pending (it ran, or was cancelled).
+    pub(crate) async fn cancel_queued(
+        &self,
+        session_id: &str,
+        cloud_request_id: &str,
+    ) -> Result<(), AdapterError> {
+        let query = [
+            ("session_id", session_id.to_owned()),
+            ("cloud_request_id", cloud_request_id.to_owned()),
+        ];
+        let path = "/real-time-response/entities/queued-sessions/command/v1";
+        self.send(Method::DELETE, path, &query, Body::None).await.map(drop)
+    }
+
     /// A command on one session, sent once (§6.2).
     pub(crate) async fn command(
         &self,

@@ -190,6 +190,7 @@ pub(crate) const STATUS_WORDS: &[(&str, Status)] = &[
     ("complete_with_stderr", Status::Failed),
     ("error", Status::Failed),
     ("timed_out", Status::TimedOut),
+    ("cancelled_in_queue", Status::Cancelled),
     // `file/v2` uploads to the cloud (§8.1).
     ("uploading", Status::Running),
     // Device containment states (§4.3); which is terminal depends on the direction, see
@@ -339,6 +340,8 @@ pub(crate) fn processes(stdout: &str) -> CommandResult {
     let user_col = find_col(&cols, "user");
     let cmd_col = find_col(&cols, "command");
     let path_col = find_col(&cols, "path");
+    let start_col = find_col(&cols, "start time");
+    let start_offset = start_col.and_then(|i| utc_offset(&cols[i].1)).unwrap_or(0);
     let unix = name_col.is_none();
     let mut out = Vec::new();
     for row in
@@ -372,7 +375,7 @@ pub(crate) fn processes(stdout: &str) -> CommandResult {
             command_line: command,
             username: user_col.and_then(|i| c.get(i)).filter(|s| !s.is_empty()).cloned(),
             sid: None,
-            started_at: None,
+            started_at: start_col.and_then(|i| c.get(i)).and_then(|t| timestamp(t, start_offset)),
             vendor_id: None,
         });
     }
@@ -718,6 +721,8 @@ mod tests {
         assert_eq!(windows.len(), 2);
         assert_eq!((windows[1].pid, windows[1].name.as_str()), (4242, "my app.exe"));
         assert_eq!(windows[1].path.as_deref(), Some("C:\\Program Files\\my app.exe"));
+        assert_eq!(windows[1].started_at, Some(1_704_067_201));
+        assert_eq!(windows[1].started_at, Some(1_704_067_201));
         let unix = "PID  PPID  USER  COMMAND\n1    0     root  /sbin/init splash\n77   1     www   nginx: worker\n";
         let CommandResult::Processes { processes } = super::processes(unix) else { panic!() };
         assert_eq!(processes[1].pid, 77);

@@ -415,6 +415,25 @@ async fn offline_hosts_fail_or_wait_in_the_offline_queue() {
 }
 
 #[tokio::test]
+async fn a_cancel_takes_a_command_back_out_of_the_offline_queue() {
+    let (sim, adapter) = setup_with(quick(), |c| c.queue_offline = true).await;
+    sim.set_online(WIN, false);
+    let pid = sim.any_pid(WIN);
+    let mut r = run(&sim, WIN, vec![Command::KillProcess { pid: u64::from(pid), vendor_id: None }]);
+    while !r.history.iter().any(|(_, s)| *s == Status::Queued) {
+        if let Ok(edrgate_adapter::Next::After(d)) = r.step(&adapter).await {
+            tokio::time::sleep(d).await;
+        }
+    }
+    r.stop.stop(edrgate_adapter::adapter::StopReason::Cancelled);
+    r.drive(&adapter).await;
+    assert_eq!(r.status(0), Status::Cancelled, "{:?}", r.views[0]);
+    sim.set_online(WIN, true);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(sim.process_running(WIN, pid), "the cancelled kill never ran");
+}
+
+#[tokio::test]
 async fn expired_tokens_are_renewed_and_429_is_honoured() {
     let (sim, adapter) = setup(quick()).await;
     let mut r = run(&sim, WIN, vec![Command::ProcessList]);

@@ -129,6 +129,25 @@ impl<R> Drop for Lead<'_, R> {
     }
 }
 
+/// A follower's wait for its leader's answer, racing the stop (`None`: stopped; the run's
+/// intent, if any, is reconciled or reported by the driver). A leader that vanished (its
+/// step abandoned) closes the channel: a transient failure, reconciled on the next move.
+pub(super) async fn follow<T>(
+    ctx: &RunContext<'_>,
+    rx: oneshot::Receiver<Result<T, AdapterError>>,
+    what: &str,
+) -> Option<Result<T, AdapterError>> {
+    tokio::select! {
+        r = rx => Some(r.unwrap_or_else(|_| {
+            Err(AdapterError::transient(
+                ErrorCode::VendorUnavailable,
+                format!("the {what} of this run's group did not complete"),
+            ))
+        })),
+        () = ctx.stop.stopped() => None,
+    }
+}
+
 impl CrowdStrikeAdapter {
     /// One batch init for `hosts` (§7.2): each host's session, or its error.
     pub(super) async fn open_batch(
@@ -182,8 +201,8 @@ impl CrowdStrikeAdapter {
             .collect()
     }
 
-    /// A line on the run's batch session: journaled (if it changes the endpoint), then sent
-    /// with the other runs on the same batch doing the same line, as one batch call.
+    /// A line on the run's batch session (its intent journaled), sent with the other runs on
+    /// the same batch doing the same line, as one batch call.
     pub(super) async fn send_batch(
         &self,
         ctx: &RunContext<'_>,
@@ -193,17 +212,14 @@ impl CrowdStrikeAdapter {
         session: &SessionRef,
     ) -> Result<Drive, AdapterError> {
         let batch = session.batch.clone().unwrap_or_default();
-        if line.effect {
-            self.intend(ctx, cp, updates, line, &session.id).await?;
-        }
         let key = format!(
             "line:{}:{}:{batch}:{:?}:{}",
             ctx.action_id, cp.cursor.index, line.tier, line.line
         );
         let outcome = match self.commands.join(&key, &cp.device, self.cfg.batch_host_limit) {
-            Joined::Follower(rx) => tokio::select! {
-                r = rx => r.unwrap_or_else(|_| Err(AdapterError::transient(ErrorCode::VendorUnavailable, "the batch command of this run's group did not complete"))),
-                () = ctx.stop.stopped() => return Ok(Drive::Continue),
+            Joined::Follower(rx) => match follow(ctx, rx, "batch command").await {
+                Some(r) => r,
+                None => return Ok(Drive::Continue),
             },
             Joined::Leader(lead) => {
                 lead.gather(self.batch_window(), session.peers, self.cfg.poll_max()).await;

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use edrgate_adapter::adapter::StopReason;
 use edrgate_adapter::driver::{self, Cursor, Drive, RunCheckpoint, RunOps as _, VendorRun};
 use edrgate_adapter::{
     Adapter, AdapterError, Capabilities, Command, CommandKind, CommandSupport, CommandUpdate,
@@ -425,6 +426,34 @@ impl VendorRun for CrowdStrikeAdapter {
             };
         }
         self.command_done(ctx, cp, updates, CommandUpdate::failed(index, info));
+    }
+
+    /// A command parked in the offline queue is cancelled there (§6.7): the vendor accepts
+    /// that only while it is still pending, so a success means it never ran. A command
+    /// running on a host cannot be stopped (RTR has no abort); the driver reports it.
+    async fn cancel(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+        reason: StopReason,
+    ) {
+        let Phase::Rtr { state: LineState::Sent { session, cloud, queued: true, .. }, .. } =
+            cp.phase.clone()
+        else {
+            return;
+        };
+        match self.client.cancel_queued(&session, &cloud).await {
+            Ok(()) => {
+                let update = CommandUpdate::status(cp.cursor.index, reason.status())
+                    .with_error(reason.error())
+                    .with_vendor(Some(cloud), Some("cancelled_in_queue".into()));
+                self.command_done(ctx, cp, updates, update);
+            }
+            Err(e) => {
+                tracing::debug!(run = %ctx.run_id, error = %e, "the queued command could not be cancelled");
+            }
+        }
     }
 
     /// Closes the run's session (§5.4: `DELETE entities/sessions/v1`, best effort).

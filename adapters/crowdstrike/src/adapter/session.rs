@@ -5,7 +5,7 @@
 use edrgate_adapter::driver::{Drive, RunOps as _};
 use edrgate_adapter::{AdapterError, CommandUpdate, ErrorCode, RunContext, Status};
 
-use super::batch::Joined;
+use super::batch::{Joined, follow};
 use super::plan::{self, Role, Rtr};
 use super::{Checkpoint, CrowdStrikeAdapter, LineState, Phase, SessionRef, now_ms, timed_out};
 use crate::mapping::{self, SESSION_GONE};
@@ -58,10 +58,13 @@ impl CrowdStrikeAdapter {
             }
             return Ok(Drive::Continue);
         }
+        if line.effect {
+            self.intend(ctx, cp, updates, &line, &session.id).await?;
+        }
         if session.batch.is_some() {
             return self.send_batch(ctx, cp, updates, &line, &session).await;
         }
-        self.send_single(ctx, cp, updates, &line, &session).await
+        self.send_single(cp, updates, &line, &session).await
     }
 
     /// Opens the run's session: the action's runs that open within `batch_window_ms` share
@@ -69,9 +72,9 @@ impl CrowdStrikeAdapter {
     async fn open(&self, ctx: &RunContext<'_>, cp: &mut Checkpoint) -> Result<Drive, AdapterError> {
         let key = format!("open:{}", ctx.action_id);
         let opened = match self.opens.join(&key, &cp.device, self.cfg.batch_host_limit) {
-            Joined::Follower(rx) => tokio::select! {
-                r = rx => r.unwrap_or_else(|_| Err(AdapterError::transient(ErrorCode::VendorUnavailable, "the batch init of this run's group did not complete"))),
-                () = ctx.stop.stopped() => return Ok(Drive::Continue),
+            Joined::Follower(rx) => match follow(ctx, rx, "batch init").await {
+                Some(r) => r,
+                None => return Ok(Drive::Continue),
             },
             Joined::Leader(lead) => {
                 // The action's size is unknown here: a sliding window.
@@ -189,18 +192,14 @@ impl CrowdStrikeAdapter {
         Ok(())
     }
 
-    /// A line on the run's own session (§6.2).
+    /// A line on the run's own session (§6.2), its intent journaled.
     async fn send_single(
         &self,
-        ctx: &RunContext<'_>,
         cp: &mut Checkpoint,
         updates: &mut Vec<CommandUpdate>,
         line: &Rtr,
         session: &SessionRef,
     ) -> Result<Drive, AdapterError> {
-        if line.effect {
-            self.intend(ctx, cp, updates, line, &session.id).await?;
-        }
         match self.client.command(line.tier, &session.id, &line.line).await {
             Ok(accepted) => {
                 self.accepted(
