@@ -871,9 +871,16 @@ impl Endpoint {
                 "HOME=/root\nPATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nSHELL=/bin/bash\n"
             }),
             "netstat" => Outcome::out(if self.windows() {
-                "Proto  Local Address          Foreign Address        State           PID\r\nTCP    0.0.0.0:135            0.0.0.0:0              LISTENING       888\r\nTCP    10.0.0.15:49712        52.1.1.1:443           ESTABLISHED     3240\r\n"
+                concat!(
+                    "Proto  Local Address          Foreign Address        State           PID\r\n",
+                    "TCP    0.0.0.0:135            0.0.0.0:0              LISTENING       888\r\n",
+                    "TCP    10.0.0.15:49712        52.1.1.1:443           ESTABLISHED     3240\r\n",
+                )
             } else {
-                "Proto Recv-Q Send-Q Local Address           Foreign Address         State\ntcp        0      0 0.0.0.0:22              0.0.0.0:*               LISTEN\n"
+                concat!(
+                    "Proto Recv-Q Send-Q Local Address           Foreign Address         State\n",
+                    "tcp        0      0 0.0.0.0:22              0.0.0.0:*               LISTEN\n",
+                )
             }),
             "ipconfig" => Outcome::out(
                 "Windows IP Configuration\r\n\r\nEthernet adapter Ethernet0:\r\n   IPv4 Address. . . . . . . . . . . : 10.0.0.15\r\n",

@@ -657,7 +657,8 @@ async fn online_state(
             .filter_map(|id| st.host_by_aid(id))
             .map(|i| {
                 let h = &st.hosts[i];
-                json!({ "id": h.aid, "cid": st.cid, "last_seen": st.last_seen(i), "state": if h.online { "online" } else { "offline" } })
+                let state = if h.online { "online" } else { "offline" };
+                json!({ "id": h.aid, "cid": st.cid, "last_seen": st.last_seen(i), "state": state })
             })
             .collect::<Vec<_>>()
     });
@@ -975,17 +976,24 @@ async fn batch_init(
             let mut map = serde_json::Map::new();
             let mut any = false;
             for id in &b.host_ids {
+                // As KBN-EMU records them: a failed host has no task id nor base command.
                 let mut v = json!({
-                    "aid": id, "session_id": "", "task_id": "", "complete": false, "stdout": "",
-                    "stderr": "", "base_command": "", "errors": [], "offline_queued": false, "query_time": 0.0,
+                    "aid": id, "session_id": "", "complete": false, "stdout": "", "stderr": "",
+                    "errors": [], "offline_queued": false, "query_time": 0.0,
                 });
                 let host = if state::is_aid(id) { st.host_by_aid(id) } else { None };
                 let result = match host {
                     // KBN-EMU's per-host error for a malformed id (§7.2).
-                    None if !state::is_aid(id) => Err(ApiError::new(500, 500, format!("uuid: incorrect UUID length {} in string {id}", id.len()))),
+                    None if !state::is_aid(id) => {
+                        let message =
+                            format!("uuid: incorrect UUID length {} in string {id}", id.len());
+                        Err(ApiError::new(500, 500, message))
+                    }
                     // An unknown aid has no sensor to reach ([U]).
                     None => Err(ApiError::offline()),
-                    Some(h) => st.init_session(client.id, h, b.queue_offline, "", now).map(|sid| (h, sid)),
+                    Some(h) => {
+                        st.init_session(client.id, h, b.queue_offline, "", now).map(|sid| (h, sid))
+                    }
                 };
                 match result {
                     Err(e) => v["errors"] = json!([e.to_json()]),
@@ -997,6 +1005,7 @@ async fn batch_init(
                         }
                         v["session_id"] = json!(sid);
                         v["task_id"] = json!(state::uuid());
+                        v["base_command"] = json!("");
                         v["offline_queued"] = json!(!online);
                         if online {
                             // The cloud's `pwd` on connect (§7.2).

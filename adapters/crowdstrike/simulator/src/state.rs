@@ -1585,15 +1585,19 @@ fn scripts_help(os: Os) -> Value {
     let list: Vec<Value> = commands
         .iter()
         .map(|c| {
-            let sub: Vec<Value> = if *c == "reg" {
-                vec![json!({"command": "query", "description": "Query a registry subkey or value", "examples": "reg query", "internal_only": false, "runnable": true, "sub_commands": [], "args": []})]
-            } else if *c == "eventlog" {
-                ["view", "export", "list", "backup"]
+            let help = |command: &str, description: String| {
+                json!({
+                    "command": command, "description": description, "examples": command,
+                    "internal_only": false, "runnable": true, "sub_commands": [], "args": [],
+                })
+            };
+            let sub: Vec<Value> = match *c {
+                "reg" => vec![help("query", "Query a registry subkey or value".into())],
+                "eventlog" => ["view", "export", "list", "backup"]
                     .iter()
-                    .map(|s| json!({"command": s, "description": format!("eventlog {s}"), "examples": "", "internal_only": false, "runnable": true, "sub_commands": [], "args": []}))
-                    .collect()
-            } else {
-                Vec::new()
+                    .map(|s| help(s, format!("eventlog {s}")))
+                    .collect(),
+                _ => Vec::new(),
             };
             json!({
                 "command": c,
