@@ -479,10 +479,11 @@ fn utc_offset(header: &str) -> Option<i64> {
     if rest.is_empty() {
         return Some(0);
     }
-    let (sign, digits) = rest.split_at(1);
+    let sign = rest.chars().next()?;
+    let digits = &rest[sign.len_utf8()..];
     let (h, m) = digits.split_once(':').unwrap_or((digits, "0"));
     let secs = h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().ok()? * 60;
-    Some(if sign == "-" { -secs } else { secs })
+    Some(if sign == '+' { secs } else { -secs })
 }
 
 /// `6/19/2023 4:11:43 PM` (Windows `ls`) or `2023-06-19 16:11:43` / RFC 3339 → Unix seconds,

@@ -343,6 +343,65 @@ async fn a_lost_batch_answer_is_reconciled_per_host() {
     assert_eq!(sim.counters().batch_commands, 1);
 }
 
+/// Runs of a batch taken over by a fresh adapter (a restart) finish from their checkpoints:
+/// the groups were only a meeting point in memory.
+#[tokio::test]
+async fn batch_runs_resume_from_their_checkpoints_in_a_fresh_adapter() {
+    let (sim, first) = setup(SimConfig { windows: 3, ..quick() }).await;
+    let url = format!("http://{}", sim.spawn().await.unwrap());
+    let action = uuid::Uuid::now_v7();
+    let commands = || {
+        vec![
+            Command::ListDirectory { path: r"C:\evidence".into() },
+            get(NOTE_PATH_WINDOWS),
+            Command::DeleteFile { path: NOTE_PATH_WINDOWS.into() },
+        ]
+    };
+    let mut runs: Vec<RunHarness> = (1..=3)
+        .map(|i| {
+            let mut r = run(&sim, &format!("CS-WIN-{i:04}"), commands());
+            r.action_id = action;
+            r
+        })
+        .collect();
+    // Each run takes one step (the batch opens, the listing goes out), then the process dies.
+    let first = &first;
+    futures::future::join_all(runs.iter_mut().map(|r| r.step(first))).await;
+    assert!(
+        runs.iter()
+            .all(|r| r.checkpoint.as_ref().is_some_and(|c| c["session"]["batch"].is_string()))
+    );
+    let second = CrowdStrikeAdapter::new("cs", config(&url, DEFAULT_CLIENT_ID)).unwrap();
+    let second = &second;
+    futures::future::join_all(runs.iter_mut().map(|r| r.drive(second))).await;
+    for r in &runs {
+        r.assert_all_succeeded();
+    }
+    assert_eq!(ops(&sim, "rm").len(), 3);
+    assert_eq!(sim.counters().batch_inits, 1, "the batch sessions were kept");
+}
+
+/// An offline host in a batch fails `device_offline` alone; with `queue_offline` it waits.
+#[tokio::test]
+async fn an_offline_host_in_a_batch_does_not_hold_the_others() {
+    let (sim, adapter) = setup(SimConfig { windows: 3, ..quick() }).await;
+    sim.set_online("CS-WIN-0002", false);
+    let action = uuid::Uuid::now_v7();
+    let mut runs: Vec<RunHarness> = (1..=3)
+        .map(|i| {
+            let mut r = run(&sim, &format!("CS-WIN-{i:04}"), vec![Command::ProcessList]);
+            r.action_id = action;
+            r
+        })
+        .collect();
+    let adapter = &adapter;
+    futures::future::join_all(runs.iter_mut().map(|r| r.drive(adapter))).await;
+    assert_eq!(runs[0].status(0), Status::Succeeded);
+    assert_eq!(runs[1].error(0).code, ErrorCode::DeviceOffline, "{:?}", runs[1].views[0]);
+    assert_eq!(runs[2].status(0), Status::Succeeded);
+    assert_eq!(sim.counters().batch_inits, 1);
+}
+
 /// A slow host in a batch comes back `complete: false` and is finished alone through the
 /// single-host status route with its task id.
 #[tokio::test]

@@ -106,7 +106,8 @@ impl CrowdStrikeAdapter {
         file_id: &str,
     ) -> Result<String, AdapterError> {
         let (file, _) = ctx.files.open(file_id).await?;
-        Ok(format!("edrgate-{}", &file.sha256[..file.sha256.len().min(16)]))
+        let prefix: String = file.sha256.chars().take(16).collect();
+        Ok(format!("edrgate-{prefix}"))
     }
 
     /// `put_file`, first part: the content in the put-files library (§8.3). The upload is
