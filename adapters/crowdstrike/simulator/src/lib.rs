@@ -27,12 +27,14 @@
 //!   elsewhere; a JSON body with `application/json` on every error (axum's own rejections
 //!   included); 204 with no body on deletes.
 //! * **Hosts** (§4): FQL on `hostname` (exact, `*'*x*'` wildcards, lists, `!`), `platform_name`,
-//!   `device_id`, `status` with `+` and `,`; offset/limit paging; device entities v2 (GET with
+//!   `device_id`, `status` with `+` and `,`; offset/limit paging (and the scroll variant's
+//!   opaque `offset` tokens); device entities v2 (GET with
 //!   repeated `ids`, POST); online state; containment 202 and `containment_pending` →
 //!   `contained` after [`SimConfig::containment_delay`] (and back).
 //! * **Sessions** (§5): init returns the caller's live session on the host; idle expiry
 //!   ([`SimConfig::session_idle`]) reset by refresh, init and commands ([U] §11.5); cwd per
-//!   session starting at `C:\` or `/`; list/get with `logs[]`; delete 204.
+//!   session starting at `C:\` or `/`; list/get with `logs[]`; delete 204; the audit listing
+//!   of every user's sessions (`real-time-response-audit`).
 //! * **Commands** (§6) on the three tier endpoints, tier and platform checks (`40007`), `40006`
 //!   for a malformed line, POST 201 → status `complete: false` for [`SimConfig::command_delay`],
 //!   then `complete: true` with `stdout`/`stderr`; optional chunking

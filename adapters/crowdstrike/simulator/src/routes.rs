@@ -71,6 +71,8 @@ pub(crate) fn router(sim: Simulator) -> Router {
         .route("/oauth2/token", post(token))
         .route("/oauth2/revoke", post(revoke))
         .route("/devices/queries/devices/v1", get(devices_query))
+        .route("/devices/queries/devices-scroll/v1", get(devices_scroll))
+        .route("/real-time-response-audit/combined/sessions/v1", get(audit_sessions))
         .route("/devices/entities/devices/v2", get(devices_get).post(devices_post))
         .route("/devices/entities/online-state/v1", get(online_state))
         .route("/devices/entities/devices-actions/v2", post(devices_action))
@@ -582,6 +584,43 @@ async fn devices_query(
     Ok(reply(200, &body))
 }
 
+/// The scroll variant (§4.1): `offset` is an opaque token (here `scroll-<position>`); the
+/// answer's `pagination.offset` is the next one and `expires_at` (ns) two minutes ahead.
+async fn devices_scroll(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let q = Query::of(req.uri());
+    let bad = |e: ApiError| fail(&ctx, DEVICES, &e);
+    let limit = q.usize("limit", 100).map_err(bad)?;
+    if !(1..=10_000).contains(&limit) {
+        return Err(bad(ApiError::bad_request("limit must be between 1 and 10000")).into());
+    }
+    let start = match q.get("offset").filter(|o| !o.is_empty()) {
+        None => 0,
+        Some(token) => token
+            .strip_prefix("scroll-")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad(ApiError::bad_request("invalid offset token")))?,
+    };
+    let filter = Filter::parse(q.get("filter").unwrap_or_default())
+        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
+    let (ids, total, expires) = sim.with(|st, _| {
+        let all: Vec<String> = (0..st.hosts.len())
+            .filter(|i| filter.matches(|f| device_field(st, *i, f)))
+            .map(|i| st.hosts[i].aid.clone())
+            .collect();
+        let expires = (st.faults.now_epoch_secs() + 120.0) * 1e9;
+        (all.iter().skip(start).take(limit).cloned().collect::<Vec<_>>(), all.len(), expires)
+    });
+    let next = format!("scroll-{}", start + ids.len());
+    let mut body = json!({ "meta": meta(&ctx, DEVICES), "resources": ids, "errors": [] });
+    body["meta"]["pagination"] =
+        json!({ "offset": next, "limit": limit, "total": total, "expires_at": expires as i64 });
+    Ok(reply(200, &body))
+}
+
 fn device_field(st: &state::State, i: usize, field: &str) -> Option<String> {
     let d = st.device_json(i);
     match d.get(field)? {
@@ -816,6 +855,43 @@ async fn sessions_query(
         (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
     });
     let mut body = json!({ "meta": meta(&ctx, RTR), "resources": ids, "errors": [] });
+    body["meta"]["pagination"] = pagination(offset, limit, total);
+    Ok(reply(200, &body))
+}
+
+/// The CID's sessions of every user (§5.1 `RTRAuditSessions`), `logs` only
+/// `with_command_info`.
+async fn audit_sessions(
+    State(sim): State<Simulator>,
+    axum::Extension(ctx): axum::Extension<Ctx>,
+    req: Request,
+) -> Answer {
+    let q = Query::of(req.uri());
+    let bad = |e: ApiError| fail(&ctx, RTR, &e);
+    let offset = q.usize("offset", 0).map_err(bad)?;
+    let limit = q.usize("limit", 100).map_err(bad)?;
+    if !(1..=1000).contains(&limit) {
+        return Err(bad(ApiError::bad_request("limit must be between 1 and 1000")).into());
+    }
+    let filter = Filter::parse(q.get("filter").unwrap_or_default())
+        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
+    let with_logs = q.get("with_command_info").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let (items, total) = sim.with(|st, now| {
+        let all: Vec<Value> = st
+            .all_sessions()
+            .filter(|s| filter.matches(|f| st.session_field(s, f, now)))
+            .map(|s| {
+                let mut v = st.session_json(s, now);
+                if !with_logs {
+                    v["logs"] = json!([]);
+                }
+                v
+            })
+            .collect();
+        let total = all.len();
+        (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
+    });
+    let mut body = json!({ "meta": meta(&ctx, RTR), "resources": items, "errors": [] });
     body["meta"]["pagination"] = pagination(offset, limit, total);
     Ok(reply(200, &body))
 }

@@ -917,6 +917,10 @@ impl State {
         })
     }
 
+    pub(crate) fn all_sessions(&self) -> impl Iterator<Item = &Session> {
+        self.session_order.iter().filter_map(|id| self.sessions.get(id))
+    }
+
     pub(crate) fn sessions_of(&self, client: &'static str) -> impl Iterator<Item = &Session> {
         self.session_order
             .iter()

@@ -317,6 +317,10 @@ async fn hosts_by_fql_with_paging_and_their_details() {
     assert_eq!(b.body["resources"], json!([aid(&sim, "CS-WIN-0003")]));
     let all = api.get("/devices/queries/devices/v1").await;
     assert_eq!(all.body["meta"]["pagination"]["total"], 5);
+    let first = api.get("/devices/queries/devices-scroll/v1?limit=3").await;
+    let token = first.body["meta"]["pagination"]["offset"].as_str().unwrap().to_owned();
+    let rest = api.get(&format!("/devices/queries/devices-scroll/v1?limit=3&offset={token}")).await;
+    assert_eq!(rest.body["resources"].as_array().unwrap().len(), 2);
     let bad = api.get("/devices/queries/devices/v1?filter=hostname:'open").await;
     assert_eq!(bad.status, StatusCode::BAD_REQUEST);
 
@@ -454,6 +458,11 @@ async fn init_returns_the_callers_session_which_expires_when_idle() {
     let gone = api.command(READ, linux.resource()["session_id"].as_str().unwrap(), "ls").await;
     assert_eq!((gone.status, gone.error_code()), (StatusCode::NOT_FOUND, 50007));
 
+    let audit =
+        api.get("/real-time-response-audit/combined/sessions/v1?with_command_info=true").await;
+    let all = audit.body["resources"].as_array().unwrap();
+    assert!(all.iter().any(|s| s["user_id"] == RESPONDER_CLIENT_ID), "every user's sessions");
+    assert!(all.iter().any(|s| !s["logs"].as_array().unwrap().is_empty()));
     let fresh = api.session(&l).await;
     let deleted = api.delete(&format!("{RTR}/entities/sessions/v1?session_id={fresh}")).await;
     assert_eq!((deleted.status, deleted.body.clone()), (StatusCode::NO_CONTENT, Value::Null));
@@ -1104,4 +1113,19 @@ async fn oversized_or_malformed_bodies_get_the_json_envelope() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn https_with_the_self_signed_certificate() {
+    let sim = Simulator::new(SimConfig::default());
+    let addr = sim.spawn_tls().await.unwrap();
+    let cert = reqwest::Certificate::from_pem(sim.cert_pem().unwrap().as_bytes()).unwrap();
+    let https = reqwest::Client::builder().tls_certs_only([cert]).build().unwrap();
+    let r = https
+        .post(format!("https://localhost:{}/oauth2/token", addr.port()))
+        .form(&[("client_id", DEFAULT_CLIENT_ID), ("client_secret", DEFAULT_CLIENT_SECRET)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
 }
