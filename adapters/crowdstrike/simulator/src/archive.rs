@@ -8,7 +8,7 @@ use sevenz_rust2::encoder_options::{AesEncoderOptions, Lzma2Options};
 use sevenz_rust2::{ArchiveEntry, ArchiveWriter, Password};
 
 /// `content` as entry `name` in a 7z encrypted with `password`; with `encrypt_headers` the
-/// entry names are encrypted too (whether CrowdStrike does is [U], §8.2, so it is a switch).
+/// entry names are encrypted too (whether CrowdStrike does is \[U\], §8.2, so it is a switch).
 pub(crate) fn seven_zip(
     name: &str,
     content: &[u8],

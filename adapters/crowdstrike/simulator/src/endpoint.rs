@@ -2,7 +2,7 @@
 //! and what each RTR command prints on it.
 //!
 //! Output formats: no source in the reference shows RTR's exact `ps`, `ls -l` or `reg query`
-//! text, so these follow the formats agreed in the adapter contract (a design assumption, [U]):
+//! text, so these follow the formats agreed in the adapter contract (a design assumption, \[U\]):
 //! Windows `ps` is a whitespace-aligned table (`Name  Id  Start Time (UTC-0)  WorkingMemory(kb)
 //! CPU(s)  HandleCount  Path`, then dashes), Linux/macOS `ps` is `PID  PPID  USER  COMMAND`;
 //! Windows `ls` is the `Directory listing for C:\ -` table of §11.11, Linux/macOS `ls` prints

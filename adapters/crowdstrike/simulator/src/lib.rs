@@ -7,8 +7,8 @@
 //!
 //! # An independent witness
 //! This crate never uses the adapter crate (`edrgate-crowdstrike`) nor `edrgate-adapter`: its
-//! wire types are its own, written from the reference. Where the reference says [U], the choice
-//! follows §11/§13 and is marked `[U]` where it is made.
+//! wire types are its own, written from the reference. Where the reference says \[U\], the choice
+//! follows §11/§13 and is marked `\[U\]` where it is made.
 //!
 //! # What is simulated (§11)
 //! * **OAuth2** (§2): `POST /oauth2/token` with the form's or HTTP Basic credentials → 201
@@ -21,7 +21,7 @@
 //! * **Rate limits** (§3): a 60 s sliding window per CID ([`SimConfig::rate_limit_per_minute`]),
 //!   15/min for bad tokens, 300/min on the token route; `X-Ratelimit-Limit`/`-Remaining` on
 //!   every answer, 429 with `X-Ratelimit-Retryafter` (epoch seconds) and the meta-only
-//!   envelope (message `API rate limit exceeded.`, [U]).
+//!   envelope (message `API rate limit exceeded.`, \[U\]).
 //! * **Envelope** (§1.3): `meta.query_time`, `meta.trace_id` (= `X-Cs-Traceid`), `powered_by`
 //!   per service; `errors` `null` on RTR init/command successes (as KBN-EMU records) and `[]`
 //!   elsewhere; a JSON body with `application/json` on every error (axum's own rejections
@@ -32,20 +32,20 @@
 //!   repeated `ids`, POST); online state; containment 202 and `containment_pending` →
 //!   `contained` after [`SimConfig::containment_delay`] (and back).
 //! * **Sessions** (§5): init returns the caller's live session on the host; idle expiry
-//!   ([`SimConfig::session_idle`]) reset by refresh, init and commands ([U] §11.5); cwd per
+//!   ([`SimConfig::session_idle`]) reset by refresh, init and commands (\[U\] §11.5); cwd per
 //!   session starting at `C:\` or `/`; list/get with `logs[]`; delete 204; the audit listing
 //!   of every user's sessions (`real-time-response-audit`).
 //! * **Commands** (§6) on the three tier endpoints, tier and platform checks (`40007`), `40006`
 //!   for a malformed line, POST 201 → status `complete: false` for [`SimConfig::command_delay`],
 //!   then `complete: true` with `stdout`/`stderr`; optional chunking
-//!   ([`SimConfig::chunk_output_bytes`], [U] §6.5).
+//!   ([`SimConfig::chunk_output_bytes`], \[U\] §6.5).
 //! * **Offline queue** (§6.7), **batches** (§7), **files** (§8: `get` → `file/v2` →
 //!   `extracted-file-contents` as a 7z, AES-256, password [`ARCHIVE_PASSWORD`]; the put-files
 //!   and scripts libraries; CrowdStrike's `falcon-scripts` list).
 //! * **Faults**: simkit's (`POST /_sim/faults`): injected 5xx and 429 answer the vendor's JSON
 //!   envelope; side-effecting requests (`is_side_effect`) can lose their answer after acting.
 //!
-//! # Choices where the reference is silent ([U])
+//! # Choices where the reference is silent (\[U\])
 //! | case | answer |
 //! |---|---|
 //! | single-host init on an offline host without `queue_offline` | 404, `40401 Could not establish sensor comms` (the batch code, §7.2) |
@@ -135,11 +135,11 @@ pub struct SimConfig {
     pub rate_limit_per_minute: u32,
     /// Most hosts in a batch init. Default 10,000.
     pub batch_host_limit: usize,
-    /// Largest put-file upload. Default 1 GiB ([U] §8.5).
+    /// Largest put-file upload. Default 1 GiB (\[U\] §8.5).
     pub max_put_file_bytes: u64,
-    /// Encrypt the 7z headers too ([U] §8.2). Default false.
+    /// Encrypt the 7z headers too (\[U\] §8.2). Default false.
     pub encrypt_archive_headers: bool,
-    /// `None` (default): a command's whole output in chunk 0; `Some(n)`: [U] chunking mode,
+    /// `None` (default): a command's whole output in chunk 0; `Some(n)`: \[U\] chunking mode,
     /// `n` bytes of stdout per `sequence_id` (§6.5).
     pub chunk_output_bytes: Option<usize>,
 }
@@ -315,7 +315,7 @@ impl Simulator {
     }
 
     /// Containment of a host already in (or heading to) the asked state answers 409 instead
-    /// of 202 ([U] §4.3, §13.5).
+    /// of 202 (\[U\] §4.3, §13.5).
     pub fn set_containment_conflict(&self, conflict: bool) {
         self.with(|st, _| st.containment_conflict = conflict);
     }
@@ -371,7 +371,7 @@ impl Sim for Simulator {
             )
     }
 
-    /// The vendor's envelope: 500 with a message asking for the trace id (exact text [U],
+    /// The vendor's envelope: 500 with a message asking for the trace id (exact text \[U\],
     /// falconpy #971), or 429 with `X-Ratelimit-Retryafter` in epoch seconds (§3).
     fn fault_response(&self, injected: Injected) -> Response {
         let epoch = self.inner.faults.now_epoch_secs();

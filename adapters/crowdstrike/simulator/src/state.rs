@@ -59,7 +59,7 @@ impl ApiError {
         Self::new(400, 400, message)
     }
     /// `50007 could not get session` (§9.2): a batch or session that is gone. For a
-    /// single-host session the HTTP status is [U] (§13.4); the simulator answers 404.
+    /// single-host session the HTTP status is \[U\] (§13.4); the simulator answers 404.
     pub(crate) fn no_session() -> Self {
         Self::new(404, 50007, "could not get session")
     }
@@ -178,7 +178,7 @@ pub(crate) struct Command {
     pub(crate) stderr: String,
     /// What the status reports as `base_command` (`DOWNLOAD_RENAME` for `put`, §7.3).
     pub(crate) reported_base: String,
-    /// Offline queue status: `PENDING`, `FINISHED`, `CANCELED` (beyond the first two [U]).
+    /// Offline queue status: `PENDING`, `FINISHED`, `CANCELED` (beyond the first two \[U\]).
     pub(crate) queue_status: Option<&'static str>,
     pub(crate) deleted_at: Option<String>,
 }
@@ -281,7 +281,7 @@ pub(crate) struct State {
     bad_token_window: VecDeque<Instant>,
     token_window: VecDeque<Instant>,
     /// Answer 409 to a containment request for a host already in (or heading to) that state
-    /// ([U] §4.3; default: accept it again with 202, changing nothing).
+    /// (\[U\] §4.3; default: accept it again with 202, changing nothing).
     pub(crate) containment_conflict: bool,
     pub(crate) counters: Counters,
 }
@@ -360,7 +360,7 @@ pub(crate) fn min_tier(cmd: &CommandLine) -> Option<Tier> {
 }
 
 /// Whether `base` exists on `os`: Windows-only commands on Linux/macOS (and the reverse) are
-/// rejected like unknown ones, `40007` (the exact rejection is [U], §9.2, §11.11; the init's
+/// rejected like unknown ones, `40007` (the exact rejection is \[U\], §9.2, §11.11; the init's
 /// per-platform `scripts` lists, §5.3, show the catalogs differ).
 fn on_platform(base: &str, os: Os) -> bool {
     match base {
@@ -803,7 +803,7 @@ impl State {
         Ok(id)
     }
 
-    /// Delete a session, or every session of a batch id (Caracara sends one; [U] §13.10).
+    /// Delete a session, or every session of a batch id (Caracara sends one; \[U\] §13.10).
     pub(crate) fn delete_session(
         &mut self,
         client: &'static str,
