@@ -8,7 +8,7 @@
 //! # An independent witness
 //! This crate never uses the adapter crate (`edrgate-crowdstrike`) nor `edrgate-adapter`: its
 //! wire types are its own, written from the reference. Where the reference says \[U\], the choice
-//! follows §11/§13 and is marked `\[U\]` where it is made.
+//! follows §11/§13 and is marked `[U]` where it is made.
 //!
 //! # What is simulated (§11)
 //! * **OAuth2** (§2): `POST /oauth2/token` with the form's or HTTP Basic credentials → 201

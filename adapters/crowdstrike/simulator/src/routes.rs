@@ -1259,7 +1259,7 @@ async fn batch_command(
         })
         .map_err(|e| fail(&ctx, RTR, &e))?;
     if let Some(ready) = ready {
-        let until = ready.min(started + timeout);
+        let until = ready.min(state::later(started, timeout));
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
     }
     let map = sim.with(|st, now| st.multi_status(&results, now));

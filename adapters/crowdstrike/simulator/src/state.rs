@@ -286,6 +286,11 @@ pub(crate) struct State {
     pub(crate) counters: Counters,
 }
 
+/// `t + d`, saturating far in the future (delays come from the command line).
+pub(crate) fn later(t: Instant, d: Duration) -> Instant {
+    t.checked_add(d).or_else(|| t.checked_add(Duration::from_secs(1 << 32))).unwrap_or(t)
+}
+
 /// The device id (aid) of a hostname: 32 lower-case hex, deterministic.
 pub(crate) fn aid_of(hostname: &str) -> String {
     hex::encode(&sha2::Sha256::digest(format!("crowdstrike-sim/{hostname}").as_bytes())[..16])
@@ -540,7 +545,7 @@ impl State {
         // Opaque, long, URL-safe: real tokens are JWT-like strings clients never parse.
         let token =
             format!("cs-sim.{}.{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-        self.tokens.insert(token.clone(), (client, now + self.cfg.token_lifetime));
+        self.tokens.insert(token.clone(), (client, later(now, self.cfg.token_lifetime)));
         self.token_order.push_back(token.clone());
         self.counters.tokens_issued += 1;
         token
@@ -644,7 +649,7 @@ impl State {
             } else {
                 // From the opposite state (or its pending form): the change starts over.
                 h.status = pending;
-                h.pending_until = Some(now + delay);
+                h.pending_until = Some(later(now, delay));
                 h.modified = rfc3339_secs(self.faults.now_epoch_secs() as u64);
                 self.log.record(action, &h.aid, Value::String(h.hostname.clone()));
             }
@@ -662,7 +667,7 @@ impl State {
         }
         if online && !h.online && h.pending_until.is_some() {
             // A pending containment change completes once the sensor hears it.
-            h.pending_until = Some(now + delay);
+            h.pending_until = Some(later(now, delay));
         }
         h.online = online;
         self.run_queue(now);
@@ -1088,7 +1093,7 @@ impl State {
         if let Some(op) = out.effect {
             self.log.record(op, &aid, Value::String(command_string));
         }
-        let ready_at = now + delay;
+        let ready_at = later(now, delay);
         if let Some((path, content)) = out.fetched {
             let windows = self.hosts[host].endpoint.os == Os::Windows;
             while self.files.len() >= MAX_FILES {
@@ -1108,7 +1113,7 @@ impl State {
                 content,
                 created_at: self.now_str(),
                 upload_from: ready_at,
-                upload_done: ready_at + self.cfg.upload_delay,
+                upload_done: later(ready_at, self.cfg.upload_delay),
                 deleted: false,
             });
         }
@@ -1151,7 +1156,7 @@ impl State {
                     let delay = self.delay_of(host);
                     if let Some(c) = self.commands.get_mut(&crid) {
                         c.stderr = e.message;
-                        c.ready_at = Some(now + delay);
+                        c.ready_at = Some(later(now, delay));
                         c.queue_status = Some("FINISHED");
                     }
                 }
