@@ -317,32 +317,6 @@ async fn runs_of_one_action_fan_out_through_one_batch() {
     assert_eq!(ops(&sim, "rm").len(), 6);
 }
 
-/// The answer of a batch command is lost after every host acted: each run finds its
-/// command in its session's logs and polls it; nothing is sent twice.
-#[tokio::test]
-async fn a_lost_batch_answer_is_reconciled_per_host() {
-    let (sim, adapter) = setup(SimConfig { windows: 4, ..quick() }).await;
-    let action = uuid::Uuid::now_v7();
-    let mut runs: Vec<RunHarness> = (1..=4)
-        .map(|i| {
-            let host = format!("CS-WIN-{i:04}");
-            let mut r =
-                run(&sim, &host, vec![Command::DeleteFile { path: NOTE_PATH_WINDOWS.into() }]);
-            r.action_id = action;
-            r
-        })
-        .collect();
-    sim.set_faults(Faults { lose_answer_after_effect: 1, ..Faults::default() });
-    let adapter = &adapter;
-    futures::future::join_all(runs.iter_mut().map(|r| r.drive(adapter))).await;
-    for r in &runs {
-        r.assert_all_succeeded();
-    }
-    assert_eq!(sim.faults().unwrap().stats().answers_lost, 1);
-    assert_eq!(ops(&sim, "rm").len(), 4, "one rm per host");
-    assert_eq!(sim.counters().batch_commands, 1);
-}
-
 /// Runs of a batch taken over by a fresh adapter (a restart) finish from their checkpoints:
 /// the groups were only a meeting point in memory.
 #[tokio::test]
@@ -433,19 +407,6 @@ async fn batch_stragglers_finish_through_the_single_host_status_route() {
 }
 
 #[tokio::test]
-async fn a_kill_whose_answer_is_lost_runs_exactly_once() {
-    let (sim, adapter) = setup(quick()).await;
-    let pid = sim.any_pid(WIN);
-    sim.set_faults(Faults { lose_answer_after_effect: 1, ..Faults::default() });
-    let mut r = run(&sim, WIN, vec![Command::KillProcess { pid: u64::from(pid), vendor_id: None }]);
-    r.drive(&adapter).await;
-    r.assert_all_succeeded();
-    assert_eq!(ops(&sim, "kill").len(), 1, "reconciled from the session's logs, not re-sent");
-    assert_eq!(sim.faults().unwrap().stats().answers_lost, 1);
-    assert!(!sim.process_running(WIN, pid));
-}
-
-#[tokio::test]
 async fn offline_hosts_fail_or_wait_in_the_offline_queue() {
     let (sim, adapter) = setup(quick()).await;
     sim.set_online(WIN, false);
@@ -490,6 +451,34 @@ async fn a_cancel_takes_a_command_back_out_of_the_offline_queue() {
     sim.set_online(WIN, true);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(sim.process_running(WIN, pid), "the cancelled kill never ran");
+}
+
+/// A session idle for `session_refresh_secs` is refreshed; one the vendor expired is
+/// opened again (reads re-sent).
+#[tokio::test]
+async fn idle_sessions_are_refreshed_and_expired_ones_reopened() {
+    let (sim, adapter) = setup_with(quick(), |c| c.session_refresh_secs = 1).await;
+    // A step goes on to the next command once one ends: the third is under way when the
+    // session expires, the fourth meets the expiry.
+    let mut r = run(&sim, WIN, vec![Command::ProcessList; 4]);
+    let until =
+        |r: &RunHarness, n: usize| r.views.iter().take(n).all(|v| v.status == Status::Succeeded);
+    while !until(&r, 1) {
+        if let Ok(edrgate_adapter::Next::After(d)) = r.step(&adapter).await {
+            tokio::time::sleep(d).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    while !until(&r, 2) {
+        if let Ok(edrgate_adapter::Next::After(d)) = r.step(&adapter).await {
+            tokio::time::sleep(d).await;
+        }
+    }
+    assert_eq!(sim.counters().sessions_created, 1, "refreshed, not replaced: {:?}", sim.counters());
+    sim.expire_sessions();
+    r.drive(&adapter).await;
+    r.assert_all_succeeded();
+    assert_eq!(sim.counters().sessions_created, 2, "{:?}", sim.counters());
 }
 
 #[tokio::test]
