@@ -936,13 +936,15 @@ impl Endpoint {
                     name.rfind('.')
                         .map_or_else(|| ".".to_owned(), |i| name[i..].to_ascii_lowercase())
                 };
-                let size = if n.dir { String::new() } else { n.content.len().to_string() };
+                // Directories show `--` in the size columns, times are PowerShell's US format
+                // (XSOAR's recorded listing, `run_command_with_batch.json`).
+                let size = if n.dir { "--".to_owned() } else { n.content.len().to_string() };
                 let mb = if n.dir {
-                    String::new()
+                    "--".to_owned()
                 } else {
                     format!("{:.3}", n.content.len() as f64 / 1_048_576.0)
                 };
-                let t = crate::state::rfc3339_secs(n.modified);
+                let t = us_time(n.modified);
                 rows.push([name, ty, size, mb, t.clone(), t]);
             }
             let shown = node.path.clone();
@@ -979,7 +981,7 @@ impl Endpoint {
                 rows.push([
                     p.name.trim_end_matches(".exe").to_owned(),
                     p.pid.to_string(),
-                    crate::state::rfc3339_secs(p.started),
+                    us_time(p.started),
                     (2048 + (p.pid % 97) * 256).to_string(),
                     format!("{}.{:02}", p.pid % 40, p.pid % 100),
                     (100 + p.pid % 900).to_string(),
@@ -1251,6 +1253,21 @@ fn table<const N: usize>(rows: &[[String; N]], dashes: bool) -> String {
     out
 }
 
+/// `6/19/2023 4:11:43 PM`, as PowerShell prints a UTC time.
+fn us_time(secs: u64) -> String {
+    let t = crate::state::rfc3339_secs(secs);
+    let num = |r: std::ops::Range<usize>| t.get(r).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
+    let (year, month, day) = (num(0..4), num(5..7), num(8..10));
+    let (hour, minute, second) = (num(11..13), num(14..16), num(17..19));
+    let (h12, half) = match hour {
+        0 => (12, "AM"),
+        1..=11 => (hour, "AM"),
+        12 => (12, "PM"),
+        h => (h - 12, "PM"),
+    };
+    format!("{month}/{day}/{year} {h12}:{minute:02}:{second:02} {half}")
+}
+
 fn ls_time(secs: u64) -> String {
     // `Jan 01 12:00`, from the RFC 3339 form.
     let t = crate::state::rfc3339_secs(secs);
@@ -1320,6 +1337,13 @@ mod tests {
             out.stdout
         );
         assert!(out.stdout.contains("note.txt"));
+    }
+
+    #[test]
+    fn times_print_as_powershell_does() {
+        assert_eq!(us_time(1_687_190_703), "6/19/2023 4:05:03 PM");
+        assert_eq!(us_time(1_700_000_000), "11/14/2023 10:13:20 PM");
+        assert_eq!(us_time(1_699_920_000), "11/14/2023 12:00:00 AM");
     }
 
     #[test]
