@@ -30,9 +30,11 @@
 //!   output is capped at `max_output_bytes`.
 //! - **Batches** (§7): up to 10,000 hosts per batch session (`batch_host_limit`); batch
 //!   calls block up to the RTR `timeout` and answer per host, partially. The runs of one
-//!   action meet for `batch_window_ms` and share one batch init and one batch command per
-//!   line (see `adapter/batch.rs`); slow hosts are finished through the single-host status
-//!   route by their `task_id`.
+//!   action that reach the same point meet (a sliding `batch_window_ms`, ended early once
+//!   every run of the batch is there) and share one batch init and one batch command per
+//!   identical line (see `adapter/batch.rs`); slow hosts are finished through the
+//!   single-host status route by their `task_id`. Lines that differ per host (`kill <pid>`
+//!   with different pids) go out as one-host batch calls.
 //! - **Offline hosts** (§6.7): `40401` → `device_offline`; with `queue_offline` the commands
 //!   wait in RTR's offline queue (reported `queued`) until the host returns or the action's
 //!   deadline passes.
@@ -50,9 +52,11 @@
 //!   of the same cloud request id until complete → `extracted-file-contents` streamed to a
 //!   temporary file → the 7z's one entry streamed into the store (offset/length cut here) →
 //!   `DELETE file/v2`. In a batch: `batch-get-command`, then the same per host.
-//! - `put_file{file_id,path}` → the put-files library as `edrgate-<sha256[:16]>` (looked up
-//!   first, uploaded when missing; 409 and sha256 checked) → `cd <dir>`, `put <name>` (A),
-//!   `mv` to the target name (AR). `put: Destination already exists.` → `conflict`.
+//! - `put_file{file_id,path}` → the put-files library as `edrgate-<sha256[:16]>` (journaled,
+//!   uploaded, a 409 or a lost answer settled by looking the name up and comparing sha256)
+//!   → `ls <target>` (an existing target is `conflict`: `mv` would replace it) → `cd <dir>`,
+//!   `put <name>` (A) → `mv` to the target name (AR). `put: Destination already exists.` →
+//!   `conflict`.
 //! - `delete_file` → `rm` (AR); `create_directory` → `mkdir` (AR).
 //! - `execute{command_line,wait,working_directory?,output_file?}` → Windows `cd <wd>`,
 //!   `run <exe> -CommandLine="<args>" [-Wait]` (A); Linux/macOS and `output_file` →
@@ -85,7 +89,8 @@
 //! batch leader, a new log entry of that line is adopted (polled, never re-sent), none means
 //! it never arrived (sent), no session to ask means `outcome_unknown`. Containment intents
 //! are reconciled against the device's state. RTR commands cannot be aborted once running,
-//! so a stop leaves a sent command to finish (reported `outcome_unknown` by the driver).
+//! so a stop leaves a sent command to finish (reported `outcome_unknown` by the driver); a
+//! command still waiting in the offline queue is cancelled there and reported `cancelled`.
 
 mod adapter;
 mod client;

@@ -283,7 +283,14 @@ impl CrowdStrikeAdapter {
                 return self.refused(cp, mapping::into_adapter(info));
             }
             cp.cursor.sent = false;
-            return Ok(Drive::Finished(CommandUpdate::failed(cp.cursor.index, info)));
+            // `50401`: the host did not finish within the timeout (§12.2: `timed_out`).
+            let update = if info.code == ErrorCode::Timeout {
+                CommandUpdate::status(cp.cursor.index, edrgate_adapter::Status::TimedOut)
+                    .with_error(info)
+            } else {
+                CommandUpdate::failed(cp.cursor.index, info)
+            };
+            return Ok(Drive::Finished(update));
         }
         let session_id = if result.session_id.is_empty() {
             session.id.clone()
