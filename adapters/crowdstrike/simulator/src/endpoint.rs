@@ -5,8 +5,10 @@
 //! text, so these follow the formats agreed in the adapter contract (a design assumption, \[U\]):
 //! Windows `ps` is a whitespace-aligned table (`Name  Id  Start Time (UTC-0)  WorkingMemory(kb)
 //! CPU(s)  HandleCount  Path`, then dashes), Linux/macOS `ps` is `PID  PPID  USER  COMMAND`;
-//! Windows `ls` is the `Directory listing for C:\ -` table of §11.11, Linux/macOS `ls` prints
-//! `ls -l`-like lines; `reg query` prints the key, then subkeys, then `name  TYPE  data` lines.
+//! Windows `ls` is the `Directory listing for C:\ -` table of §11.11 (as XSOAR's recorded
+//! listing has it: `--` in a directory's size columns, times like `6/19/2023 4:11:43 PM`),
+//! Linux/macOS `ls` prints `ls -l`-like lines (the contract's choice; §11.11 and Elastic's
+//! sample show plain names, which the adapter also reads); `reg query` prints the key, then subkeys, then `name  TYPE  data` lines.
 //! Host-side failures are stderr text (§6.4, §9.3) with the contract's exact texts for a
 //! missing pid (`Cannot find a process with the process identifier N.`) and a missing path
 //! (`The system cannot find the file specified.` on Windows, `No such file or directory` on
