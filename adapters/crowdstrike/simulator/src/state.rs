@@ -895,7 +895,7 @@ impl State {
         })
     }
 
-    /// Whether a session matches a `queries/sessions/v1` FQL field (values as strings).
+    /// A session's value of a `queries/sessions/v1` FQL field, as a string (`None`: absent).
     pub(crate) fn session_field(&self, s: &Session, field: &str, now: Instant) -> Option<String> {
         let h = &self.hosts[s.host];
         Some(match field {

@@ -353,7 +353,10 @@ async fn hosts_by_fql_with_paging_and_their_details() {
 
 #[tokio::test]
 async fn containment_is_accepted_then_pending_then_done_and_back() {
-    let (sim, base) = spawn(SimConfig::default()).await;
+    // Long enough that the pending states are surely seen right after the POSTs.
+    let (sim, base) =
+        spawn(SimConfig { containment_delay: Duration::from_millis(1500), ..SimConfig::default() })
+            .await;
     let api = Api::new(&base, RESPONDER_CLIENT_ID).await;
     let w = aid(&sim, "CS-WIN-0001");
     let a = api
@@ -392,7 +395,8 @@ async fn containment_is_accepted_then_pending_then_done_and_back() {
 #[tokio::test]
 async fn init_returns_the_callers_session_which_expires_when_idle() {
     let (sim, base) =
-        spawn(SimConfig { session_idle: Duration::from_millis(600), ..SimConfig::default() }).await;
+        spawn(SimConfig { session_idle: Duration::from_millis(1500), ..SimConfig::default() })
+            .await;
     let api = Api::new(&base, DEFAULT_CLIENT_ID).await;
     let other = Api::new(&base, RESPONDER_CLIENT_ID).await;
     let (w, l) = (aid(&sim, "CS-WIN-0001"), aid(&sim, "CS-LNX-0001"));
@@ -556,7 +560,10 @@ async fn tiers_accept_their_commands_and_reject_others_with_40007() {
 
 #[tokio::test]
 async fn a_kill_happens_once_and_is_logged_once() {
-    let (sim, base) = spawn(SimConfig::default()).await;
+    // A long run time, so that the status right after the POST is surely still running.
+    let (sim, base) =
+        spawn(SimConfig { command_delay: Duration::from_millis(1500), ..SimConfig::default() })
+            .await;
     let api = Api::new(&base, RESPONDER_CLIENT_ID).await;
     let w = aid(&sim, "CS-WIN-0002");
     let sid = api.session(&w).await;
