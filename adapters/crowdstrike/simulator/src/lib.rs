@@ -39,7 +39,9 @@
 //!   for a malformed line, POST 201 → status `complete: false` for [`SimConfig::command_delay`],
 //!   then `complete: true` with `stdout`/`stderr`; optional chunking
 //!   ([`SimConfig::chunk_output_bytes`], \[U\] §6.5).
-//! * **Offline queue** (§6.7), **batches** (§7), **files** (§8: `get` → `file/v2` →
+//! * **Batches** (§7): init (also again with `{"batch_id"}`, PSFalcon's keep-alive), refresh
+//!   with `hosts_to_remove`, commands synchronous up to `timeout`, batch get.
+//! * **Offline queue** (§6.7), **files** (§8: `get` → `file/v2` →
 //!   `extracted-file-contents` as a 7z, AES-256, password [`ARCHIVE_PASSWORD`]; the put-files
 //!   and scripts libraries; CrowdStrike's `falcon-scripts` list).
 //! * **Faults**: simkit's (`POST /_sim/faults`): injected 5xx and 429 answer the vendor's JSON

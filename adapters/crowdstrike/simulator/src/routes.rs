@@ -1013,6 +1013,9 @@ struct BatchInitBody {
     queue_offline: bool,
     #[serde(default)]
     existing_batch_id: String,
+    /// PSFalcon's keep-alive re-POSTs `{"batch_id": …}` here (§5.4).
+    #[serde(default)]
+    batch_id: String,
 }
 
 async fn batch_init(
@@ -1026,7 +1029,18 @@ async fn batch_init(
     let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
         .await
         .map_err(|_| fail(&ctx, RTR, &ApiError::bad_request("request body too large")))?;
-    let b: BatchInitBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let mut b: BatchInitBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    if b.host_ids.is_empty() && !b.batch_id.is_empty() {
+        // A batch's hosts initialised again: their live sessions are refreshed and returned.
+        let hosts = sim.with(|st, _| {
+            let batch = st.batches.get(&b.batch_id).filter(|x| x.client == client.id)?;
+            Some(batch.hosts.keys().map(|h| st.hosts[*h].aid.clone()).collect::<Vec<_>>())
+        });
+        if let Some(hosts) = hosts {
+            b.host_ids = hosts;
+            b.existing_batch_id = std::mem::take(&mut b.batch_id);
+        }
+    }
     let limit = sim.config().batch_host_limit;
     let n = b.host_ids.len();
     if n == 0 || n > limit {

@@ -916,6 +916,15 @@ async fn batches_with_an_offline_host_and_a_slow_one() {
     let late = api.wait(RESPONDER, task).await;
     assert!(late["stdout"].as_str().unwrap().starts_with("Directory listing for C:\\"));
 
+    // PSFalcon's keep-alive: batch-init again with the batch id; same sessions come back.
+    let again = api
+        .post(&format!("{RTR}/combined/batch-init-session/v1"), &json!({ "batch_id": batch }))
+        .await;
+    assert_eq!(
+        (again.status, again.body["batch_id"].as_str()),
+        (StatusCode::CREATED, Some(batch.as_str()))
+    );
+    assert_eq!(again.body["resources"][&w1]["session_id"], res[&w1]["session_id"]);
     let refresh = api
         .post(
             &format!("{RTR}/combined/batch-refresh-session/v1"),
