@@ -47,6 +47,12 @@
 //! * **Faults**: simkit's (`POST /_sim/faults`): injected 5xx and 429 answer the vendor's JSON
 //!   envelope; side-effecting requests (`is_side_effect`) can lose their answer after acting.
 //!
+//! Checked by hand with CrowdStrike's own SDK, FalconPy 1.6.6 (`OAuth2`, `Hosts`,
+//! `RealTimeResponse`, `RealTimeResponseAdmin` unchanged, `base_url` pointed here): token,
+//! host query and details, containment, init, commands and their status, `get` → `file/v2` →
+//! the 7z opened by py7zr 1.1.4 with `infected` (headers encrypted or not), batch init,
+//! commands, get and refresh, put-files (with the 409), scripts, session listings.
+//!
 //! # Choices where the reference is silent (\[U\])
 //! | case | answer |
 //! |---|---|
