@@ -1394,6 +1394,9 @@ mod tests {
             (script.stdout.as_str(), script.stderr.as_str()),
             ("one x\n", "bad\nexit code 3\n")
         );
+        let hosted = run("runscript -HostPath=/var/tmp/evidence/note.txt");
+        assert_eq!((hosted.effect, hosted.stdout.as_str()), (Some("runscript"), ""));
+        assert!(run("runscript -HostPath=/nope.sh").stderr.contains("No such file or directory"));
         let mut w = Endpoint::new(Os::Windows, "W", 1, 1_700_000_000);
         let mut cwd = "C:\\".to_owned();
         let dump = w.run(

@@ -780,6 +780,21 @@ async fn put_from_the_library_and_scripts_by_permission() {
     let ids = api.get(&format!("{RTR}/queries/put-files/v1?filter=name:'edrgate-tool.exe'")).await;
     assert_eq!(ids.body["resources"].as_array().unwrap().len(), 1);
     assert_eq!(log_ops(&base, "put_file_upload").await.len(), 1);
+    let id = ids.body["resources"][0].as_str().unwrap().to_owned();
+    let entity = api.get(&format!("{RTR}/entities/put-files/v2?ids={id}")).await;
+    assert_eq!(
+        (entity.resource()["size"].as_u64(), entity.resource()["name"].as_str()),
+        (Some(6), Some("edrgate-tool.exe"))
+    );
+    let r = api
+        .http
+        .get(format!("{base}{RTR}/entities/put-file-contents/v1?id={id}"))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "application/octet-stream");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"MZtool");
 
     let sid = api.session(&aid(&sim, "CS-WIN-0003")).await;
     api.run(READ, &sid, r"cd C:\Windows\Temp").await;
@@ -835,6 +850,43 @@ async fn put_from_the_library_and_scripts_by_permission() {
     assert_eq!(public["stdout"], "hello from edrgate\n");
     let scripts = api.get(&format!("{RTR}/queries/scripts/v1")).await;
     assert!(scripts.body["resources"].as_array().unwrap().len() >= 3);
+    let (status, _) = upload(
+        &api,
+        &format!("{RTR}/entities/scripts/v2"),
+        vec![
+            ("description", "d".into()),
+            ("name", "mine.ps1".into()),
+            ("permission_type", "public".into()),
+            ("content", "echo".into()),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let mine = api.get(&format!("{RTR}/queries/scripts/v1?filter=name:'mine.ps1'")).await;
+    let mine_id = mine.body["resources"][0].as_str().unwrap().to_owned();
+    let entity = api.get(&format!("{RTR}/entities/scripts/v2?ids={mine_id}")).await;
+    assert_eq!(
+        (entity.resource()["permission_type"].as_str(), entity.resource()["content"].as_str()),
+        (Some("private"), Some("echo mine $1"))
+    );
+    assert_eq!(entity.resource()["platform"], json!(["windows"]));
+    let deleted = api.delete(&format!("{RTR}/entities/scripts/v1?ids={mine_id}")).await;
+    assert_eq!(
+        (deleted.status, deleted.body["meta"]["writes"]["resources_affected"].as_u64()),
+        (StatusCode::OK, Some(1))
+    );
+    let again = api.delete(&format!("{RTR}/entities/scripts/v1?ids={mine_id}")).await;
+    assert_eq!(
+        (again.status, again.body["errors"][0]["message"].as_str()),
+        (StatusCode::NOT_FOUND, Some("Could not find file for deletion"))
+    );
+    let put_ids = api.get(&format!("{RTR}/queries/put-files/v1")).await;
+    let put_id = put_ids.body["resources"][0].as_str().unwrap().to_owned();
+    assert_eq!(
+        api.delete(&format!("{RTR}/entities/put-files/v1?ids={put_id}")).await.status,
+        StatusCode::OK
+    );
     let falcon = api.get(&format!("{RTR}/queries/falcon-scripts/v1")).await;
     let first = falcon.body["resources"][0].as_str().unwrap().to_owned();
     let detail = api.get(&format!("{RTR}/entities/falcon-scripts/v1?ids={first}")).await;
