@@ -15,6 +15,7 @@ use edrgate_adapter::factory::{AdapterFactory, factory};
 pub fn adapters() -> &'static [&'static dyn AdapterFactory] {
     static ADAPTERS: &[&dyn AdapterFactory] = &[
         &factory::<edrgate_carbonblack::CarbonBlack>(),
+        &factory::<edrgate_crowdstrike::CrowdStrike>(),
         &factory::<edrgate_cybereason::Cybereason>(),
         &factory::<edrgate_defender::Defender>(),
     ];
@@ -33,6 +34,7 @@ pub fn simulators() -> &'static [&'static dyn edrgate_simkit::SimulatorPlugin] {
     use edrgate_simkit::{SimulatorPlugin, plugin};
     static SIMULATORS: &[&dyn SimulatorPlugin] = &[
         &plugin::<edrgate_carbonblack_sim::cli::CarbonBlackSim>(),
+        &plugin::<edrgate_crowdstrike_sim::cli::CrowdStrikeSim>(),
         &plugin::<edrgate_cybereason_sim::cli::CybereasonSim>(),
         &plugin::<edrgate_defender_sim::cli::DefenderSim>(),
     ];

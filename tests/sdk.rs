@@ -15,6 +15,11 @@
 //!   host is fixed (`https://{tenant}.cybereason.net`, `client.py` `Cybereason.session`), so the
 //!   script overrides that one property to point the same `httpx.AsyncClient` (same headers,
 //!   HTTP/2) at the simulator, trusting its certificate; everything else is the SDK's code.
+//! - **crowdstrike-falconpy 1.6.6** (CrowdStrike's SDK): `OAuth2` with `base_url` pointed at
+//!   the simulator (its certificate trusted through `REQUESTS_CA_BUNDLE`) (a URL outside FalconPy's cloud table keeps it: the
+//!   simulator's `X-Cs-Region: us-1` matches FalconPy's fallback region, so no autodiscovery
+//!   switch), `Hosts` FQL lookup and details, `RealTimeResponse` session, `ps`, `get`, the
+//!   `list_files_v2` poll and the 7z download, opened with py7zr and the password `infected`.
 //!
 //! The SDKs live in a venv `.ci/sdk-venv` makes (pinned versions); its python is
 //! `EDRGATE_TEST_SDK_PYTHON`, which `.ci/run` sets. Without it the tests print that they were
@@ -208,4 +213,117 @@ async fn cybereason_client_against_the_cybereason_simulator() {
     assert_eq!((n["logins"].as_u64(), n["direct_fetches"].as_u64()), (Some(1), Some(1)), "{c}");
     assert_eq!((&n["login_failures"], &n["session_redirects"]), (&0.into(), &0.into()), "{c}");
     assert_eq!(c["executed"]["fetch-direct"], 1, "{c}");
+}
+
+/// FalconPy's own service classes, unchanged but for `base_url` and the CA (`ssl_verify`):
+/// token, host lookup by FQL, a single RTR session, `ps`, and a get-file retrieval the way
+/// FalconPy's `samples/rtr/get_file_from_hosts.py` does it (poll `list_files_v2` until the
+/// upload is complete, download the 7z, extract it with py7zr and the password `infected`).
+const FALCONPY: &str = r#"
+import io, json, os, sys, tempfile, time
+import py7zr
+from falconpy import OAuth2, Hosts, RealTimeResponse
+
+BASE, CA, CLIENT_ID, SECRET, HOST, PATH = sys.argv[1:7]
+# FalconPy's `ssl_verify` is a bool (a CA path is ignored); requests trusts a private CA
+# through REQUESTS_CA_BUNDLE, as a deployment behind a TLS-inspecting proxy would set it.
+os.environ["REQUESTS_CA_BUNDLE"] = CA
+auth = OAuth2(client_id=CLIENT_ID, client_secret=SECRET, base_url=BASE)
+hosts = Hosts(auth_object=auth)
+rtr = RealTimeResponse(auth_object=auth)
+
+def ok(r, status=(200, 201)):
+    assert r["status_code"] in status, r
+    return r["body"]
+
+def deleted(r):
+    # A 204 carries no body and so no content type: FalconPy hands back the empty bytes.
+    assert r == b"" or (isinstance(r, dict) and r["status_code"] in (200, 204)), r
+
+def wait(check, **kw):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        res = ok(check(**kw))["resources"][0]
+        if res["complete"]:
+            return res
+        time.sleep(0.1)
+    raise SystemExit("command did not complete")
+
+aid = ok(hosts.query_devices_by_filter(filter=f"hostname:'{HOST}'"))["resources"][0]
+device = ok(hosts.get_device_details(ids=aid))["resources"][0]
+session = ok(rtr.init_session(device_id=aid, queue_offline=False))["resources"][0]["session_id"]
+
+ps = ok(rtr.execute_command(base_command="ps", command_string="ps", session_id=session))
+ps = wait(rtr.check_command_status, cloud_request_id=ps["resources"][0]["cloud_request_id"], sequence_id=0)
+
+get = ok(rtr.execute_active_responder_command(
+    base_command="get", command_string=f"get {PATH}", session_id=session))
+request = get["resources"][0]["cloud_request_id"]
+wait(rtr.check_active_responder_command_status, cloud_request_id=request, sequence_id=0)
+deadline, entry = time.time() + 30, None
+while entry is None and time.time() < deadline:
+    files = ok(rtr.list_files_v2(session_id=session))["resources"]
+    entry = next((f for f in files if f["cloud_request_id"] == request and f["complete"]), None)
+    time.sleep(0.1)
+assert entry is not None, "the file never finished uploading"
+archive = rtr.get_extracted_file_contents(session_id=session, sha256=entry["sha256"], filename="note.txt")
+assert isinstance(archive, bytes), archive
+out = tempfile.mkdtemp()
+with py7zr.SevenZipFile(io.BytesIO(archive), password="infected") as z:
+    names = z.getnames()
+    z.extractall(path=out)
+with open(os.path.join(out, names[0]), "rb") as f:
+    content = f.read()
+deleted(rtr.delete_file_v2(ids=entry["id"], session_id=session))
+deleted(rtr.delete_session(session_id=session))
+print(json.dumps({
+    "aid": aid,
+    "hostname": device["hostname"],
+    "platform": device["platform_name"],
+    "ps_lines": len(ps["stdout"].splitlines()),
+    "archive_entries": names,
+    "sha256": entry["sha256"],
+    "note": content.decode("latin-1"),
+}))
+"#;
+
+#[tokio::test]
+async fn falconpy_rtr_flow_against_the_crowdstrike_simulator() {
+    use edrgate_crowdstrike_sim::{
+        DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, NOTE_PATH_WINDOWS, NOTE_TXT, SimConfig,
+        Simulator,
+    };
+    let Some(python) = python() else { return };
+    let sim = Simulator::new(SimConfig {
+        command_delay: Duration::from_millis(50),
+        upload_delay: Duration::from_millis(100),
+        ..SimConfig::default()
+    });
+    let addr = sim.spawn_tls().await.expect("bind simulator");
+    let base = format!("https://127.0.0.1:{}", addr.port());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = sim.cert_pem().expect("cert");
+    let ca = dir.path().join("sim-ca.pem");
+    std::fs::write(&ca, &cert).expect("write cert");
+    let host = "CS-WIN-0001";
+    let args = vec![
+        base.clone(),
+        ca.display().to_string(),
+        DEFAULT_CLIENT_ID.to_owned(),
+        DEFAULT_CLIENT_SECRET.to_owned(),
+        host.to_owned(),
+        NOTE_PATH_WINDOWS.to_owned(),
+    ];
+    let out = run_script(&python, dir.path(), "falconpy_rtr.py", FALCONPY, args).await;
+
+    assert_eq!(out["aid"].as_str(), sim.device_id(host).as_deref(), "{out}");
+    assert_eq!((&out["hostname"], &out["platform"]), (&host.into(), &"Windows".into()), "{out}");
+    assert!(out["ps_lines"].as_u64().unwrap_or(0) > 2, "a header and processes: {out}");
+    assert_eq!(out["archive_entries"], serde_json::json!(["note.txt"]), "{out}");
+    assert_eq!(out["note"].as_str().map(str::as_bytes), Some(NOTE_TXT), "{out}");
+    let sha = out["sha256"].as_str().unwrap_or_default();
+    assert_eq!(sha, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(NOTE_TXT)), "{out}");
+    // A read-only flow: nothing was executed on the host.
+    let c = counters(&base, &cert).await;
+    assert_eq!(c["executed"], serde_json::json!({}), "{c}");
 }

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use edrgate_carbonblack_sim as cb;
+use edrgate_crowdstrike_sim as cs;
 use edrgate_cybereason_sim as cr;
 use edrgate_defender_sim as mde;
 use edrgate_simkit::Sim;
@@ -77,6 +78,23 @@ impl Backend {
             password = cr::DEFAULT_PASSWORD,
             totp = cr::DEFAULT_TOTP_SECRET,
             zip = cr::DEFAULT_ZIP_PASSWORD,
+        ))
+    }
+
+    /// The CrowdStrike simulator at `addr`, as its all-scopes API client, polled at a test's
+    /// pace.
+    pub(crate) fn crowdstrike(addr: SocketAddr) -> Backend {
+        Backend::toml(&format!(
+            r#"
+            kind = "crowdstrike"
+            base_url = "http://{addr}"
+            client_id = "{client}"
+            client_secret = "{secret}"
+            poll_interval_ms = 20
+            max_poll_interval_ms = 200
+            "#,
+            client = cs::DEFAULT_CLIENT_ID,
+            secret = cs::DEFAULT_CLIENT_SECRET,
         ))
     }
 }
