@@ -1,11 +1,12 @@
-//! One request body, three vendors: a Carbon Black sensor, a Defender machine and a Cybereason
-//! sensor behind one tenant, every command the three support in common sent unchanged to all
-//! three, with the same statuses and result shapes back.
+//! One request body, four vendors: a Carbon Black sensor, a Defender machine, a Cybereason
+//! sensor and a CrowdStrike host behind one tenant, every command the four support in common
+//! sent unchanged to all four in one action, with the same statuses and result shapes back.
 
 use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
 use edrgate_carbonblack_sim as cb;
+use edrgate_crowdstrike_sim as cs;
 use edrgate_cybereason_sim as cr;
 use edrgate_defender_sim as mde;
 use serde_json::{Value, json};
@@ -14,7 +15,7 @@ mod common;
 use common::{Backend, Gateway, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_bodies_work_on_all_three_vendors() {
+async fn the_same_bodies_work_on_all_four_vendors() {
     let cb_sim = cb::Simulator::new(cb::SimConfig {
         sensors: 1,
         checkin_delay: Duration::from_millis(20),
@@ -33,16 +34,24 @@ async fn the_same_bodies_work_on_all_three_vendors() {
         ..cr::SimConfig::default()
     });
     let cr_addr = cr_sim.spawn().await.unwrap();
+    let cs_sim = cs::Simulator::new(cs::SimConfig {
+        command_delay: Duration::from_millis(20),
+        upload_delay: Duration::from_millis(50),
+        containment_delay: Duration::from_millis(50),
+        ..cs::SimConfig::default()
+    });
+    let cs_addr = cs_sim.spawn().await.unwrap();
 
     let gw = Gateway::builder()
         .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
         .backend("acme", "mde", &Backend::defender(mde_addr))
         .backend("acme", "cr", &Backend::cybereason(cr_addr))
+        .backend("acme", "cs", &Backend::crowdstrike(cs_addr))
         .start()
         .await;
     let acme = token("acme");
 
-    // What the three have in common, according to their capabilities.
+    // What the four have in common, according to their capabilities.
     let (_, caps) = gw.get(&acme, "/v1/capabilities").await;
     let supported = |backend: &str| -> Vec<String> {
         let caps =
@@ -54,9 +63,9 @@ async fn the_same_bodies_work_on_all_three_vendors() {
             .map(|c| c["command"].as_str().unwrap().to_owned())
             .collect()
     };
-    let (on_cb, on_mde, on_cr) = (supported("cb"), supported("mde"), supported("cr"));
+    let others = [supported("mde"), supported("cr"), supported("cs")];
     let mut common: Vec<String> =
-        on_cb.iter().filter(|c| on_mde.contains(c) && on_cr.contains(c)).cloned().collect();
+        supported("cb").into_iter().filter(|c| others.iter().all(|o| o.contains(c))).collect();
     common.sort();
 
     let bodies = [
@@ -68,17 +77,21 @@ async fn the_same_bodies_work_on_all_three_vendors() {
     ];
     let mut covered: Vec<String> = bodies.iter().map(|(k, _)| (*k).to_owned()).collect();
     covered.sort();
-    assert_eq!(covered, common, "the test must send every command the three have in common");
+    assert_eq!(covered, common, "the test must send every command the four have in common");
 
-    let targets =
-        json!([{"hostname": "WIN-0001"}, {"hostname": "mde-0001"}, {"hostname": "CR-WS-0001"}]);
+    let targets = json!([
+        {"hostname": "WIN-0001"},
+        {"hostname": "mde-0001"},
+        {"hostname": "CR-WS-0001"},
+        {"hostname": "CS-WIN-0001"}
+    ]);
     for (kind, command) in bodies {
         let body = json!({"targets": targets, "commands": [command]});
         let done = gw.run(&acme, &body).await;
         assert_eq!(done["status"], "succeeded", "{kind}: {done:#}");
         let runs = done["runs"].as_array().unwrap();
         let backends: Vec<&str> = runs.iter().map(|r| r["backend"].as_str().unwrap()).collect();
-        assert_eq!(backends, ["cb", "mde", "cr"], "{kind}");
+        assert_eq!(backends, ["cb", "mde", "cr", "cs"], "{kind}");
         // The same result shape from every vendor.
         let shapes: Vec<&Value> =
             runs.iter().map(|r| &r["commands"][0]["result"]["type"]).collect();
@@ -94,6 +107,12 @@ async fn the_same_bodies_work_on_all_three_vendors() {
     assert!(!cb_sim.process_exists(1, 3012));
     assert!(!mde_sim.process_exists(&mde::machine_id(1), 3012));
     assert!(!cr_sim.process_exists("CR-WS-0001", 3012));
+    assert!(!cs_sim.process_running("CS-WIN-0001", 3012));
     assert!(!mde_sim.is_isolated(&mde::machine_id(1)) && !cr_sim.is_isolated("CR-WS-0001"));
+    assert_eq!(cs_sim.containment_status("CS-WIN-0001"), "normal");
+    // CrowdStrike's side effects ran once each: one kill, one containment and its lift.
+    for op in ["kill", "contain", "lift_containment"] {
+        assert_eq!(cs_sim.log().count(op), 1, "{op}: {:?}", cs_sim.log().entries());
+    }
     assert!(!cb_sim.is_isolated(1));
 }

@@ -73,6 +73,9 @@ pub(crate) struct Node {
     pub(crate) modified: u64,
 }
 
+/// Where the Windows hosts' suspicious `updater.exe` (pid 3012) runs from.
+const UPDATER_EXE: &str = r"C:\Users\analyst\AppData\Local\Temp\updater.exe";
+
 #[derive(Clone, Debug)]
 pub(crate) struct Process {
     pub(crate) pid: u32,
@@ -272,6 +275,7 @@ impl Endpoint {
                     format!("Quarterly report drafted on {hostname}.\r\n").as_bytes(),
                 );
                 e.seed(crate::NOTE_PATH_WINDOWS, NOTE_TXT);
+                e.seed(UPDATER_EXE, &pe_bytes("updater.exe"));
                 let sys = r"C:\Windows\System32";
                 for (pid, ppid, name, path, critical) in [
                     (4, 0, "System", String::new(), true),
@@ -304,6 +308,9 @@ impl Endpoint {
                         r"C:\Windows\notepad.exe".into(),
                         false,
                     ),
+                    // The suspicious beacon every simulator runs at pid 3012, so that one
+                    // request body kills it on every vendor (tests/e2e_vendors.rs).
+                    (3012, 4120 + base, "updater.exe", UPDATER_EXE.into(), false),
                 ] {
                     let user = if critical || name == "svchost.exe" {
                         "NT AUTHORITY\\SYSTEM"
