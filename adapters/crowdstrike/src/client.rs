@@ -231,21 +231,22 @@ impl CsClient {
         query: &[(&str, String)],
         body: Body<'_>,
     ) -> Result<Response, AdapterError> {
-        for attempt in 0..2 {
+        let mut renewed = false;
+        loop {
             let (token, generation) = self.bearer().await?;
             self.pace().await?;
             let request =
                 self.request(method.clone(), path, query, &body).bearer_auth(token.expose_secret());
             let resp =
                 http::send(VENDOR, &self.base, request).await.map_err(http::transport_error)?;
-            if resp.status() == StatusCode::UNAUTHORIZED && attempt == 0 {
+            if resp.status() == StatusCode::UNAUTHORIZED && !renewed {
                 tracing::debug!(path, "crowdstrike answered 401; renewing the token once");
                 self.invalidate(generation).await;
+                renewed = true;
                 continue;
             }
             return self.check(resp, false).await;
         }
-        unreachable!("the loop returns on its second pass")
     }
 
     async fn check(&self, resp: Response, token: bool) -> Result<Response, AdapterError> {
@@ -646,7 +647,7 @@ impl CsClient {
         size: u64,
         comment: &str,
     ) -> Result<(), AdapterError> {
-        let (token, _) = self.bearer().await?;
+        let (token, generation) = self.bearer().await?;
         self.pace().await?;
         let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(reader));
         let part = reqwest::multipart::Part::stream_with_length(body, size)
@@ -664,6 +665,12 @@ impl CsClient {
             .multipart(form)
             .bearer_auth(token.expose_secret());
         let resp = http::send(VENDOR, &self.base, request).await.map_err(http::transport_error)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            // Refused unprocessed: the next step sends it again with a new token (the
+            // stream cannot be replayed here).
+            self.invalidate(generation).await;
+            return Err(AdapterError::transient(ErrorCode::VendorAuthFailed, "the token expired"));
+        }
         self.check(resp, false).await.map(drop)
     }
 

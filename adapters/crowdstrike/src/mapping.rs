@@ -303,9 +303,13 @@ fn cells(row: &str, cols: &[(usize, String)]) -> Vec<String> {
             while s > 0 && !row.is_char_boundary(s) {
                 s -= 1;
             }
-            // Back to the start of the word the column start falls in.
-            while s > 0 && row.as_bytes()[s - 1] != b' ' {
-                s -= 1;
+            // A word straddling the column start belongs to this cell: back to its start.
+            // (Past the end of a short row, the cell is empty.)
+            let bytes = row.as_bytes();
+            if s < bytes.len() && bytes[s] != b' ' {
+                while s > 0 && bytes[s - 1] != b' ' {
+                    s -= 1;
+                }
             }
             s
         })
@@ -715,11 +719,12 @@ mod tests {
 
     #[test]
     fn contract_outputs_parse() {
-        let ps = "Name                Id    Start Time (UTC-0)    WorkingMemory(kb)  CPU(s)  HandleCount  Path\n----                --    ------------------    -----------------  ------  -----------  ----\nSystem              4     2024-01-01 00:00:00   100                1.00    10           \nmy app.exe          4242  2024-01-01 00:00:01   2000               0.50    20           C:\\Program Files\\my app.exe\n";
+        let ps = "Name                Id    Start Time (UTC-0)    WorkingMemory(kb)  CPU(s)  HandleCount  Path\n----                --    ------------------    -----------------  ------  -----------  ----\nSystem              4     2024-01-01 00:00:00   100                1.00    10\nmy app.exe          4242  2024-01-01 00:00:01   2000               0.50    20           C:\\Program Files\\my app.exe\n";
         let CommandResult::Processes { processes: windows } = super::processes(ps) else {
             panic!()
         };
         assert_eq!(windows.len(), 2);
+        assert_eq!(windows[0].path, None, "an empty last cell is empty");
         assert_eq!((windows[1].pid, windows[1].name.as_str()), (4242, "my app.exe"));
         assert_eq!(windows[1].path.as_deref(), Some("C:\\Program Files\\my app.exe"));
         assert_eq!(windows[1].started_at, Some(1_704_067_201));

@@ -5,8 +5,8 @@
 //! to ask (deleted and gone): `outcome_unknown`. The vendor's clock is never compared with
 //! ours: the intent kept the ids its logs held, not a time.
 
-use edrgate_adapter::AdapterError;
 use edrgate_adapter::driver::Drive;
+use edrgate_adapter::{AdapterError, CommandUpdate, RunContext};
 
 use super::plan::Rtr;
 use super::session::set_state;
@@ -15,7 +15,9 @@ use super::{Checkpoint, CrowdStrikeAdapter, LineState, now_ms, outcome_unknown};
 impl CrowdStrikeAdapter {
     pub(super) async fn reconcile_line(
         &self,
+        ctx: &RunContext<'_>,
         cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
         line: &Rtr,
         session: &str,
         known: &[String],
@@ -28,11 +30,12 @@ impl CrowdStrikeAdapter {
                 &format!("`{}`", line.line),
             )));
         };
-        let ours = found.logs.into_iter().find(|l| {
-            l.command_string == line.line
-                && !known.contains(&l.cloud_request_id)
-                && !l.cloud_request_id.is_empty()
-        });
+        let same: Vec<_> =
+            found.logs.into_iter().filter(|l| l.command_string == line.line).collect();
+        let ours = same
+            .iter()
+            .find(|l| !known.contains(&l.cloud_request_id) && !l.cloud_request_id.is_empty())
+            .cloned();
         match ours {
             Some(log) => {
                 tracing::debug!(session, cloud = %log.cloud_request_id, "an intent's line was received; polling it");
@@ -50,9 +53,19 @@ impl CrowdStrikeAdapter {
                 );
             }
             None => {
+                // Never received: sent now, under the journaled intent (the logs just read
+                // are what a later reconciliation compares with).
                 tracing::debug!(session, line = %line.line, "an intent's line never reached the session; sending it");
-                set_state(cp, LineState::Ready);
-                cp.cursor.sent = false;
+                let known = same.into_iter().map(|l| l.cloud_request_id).collect();
+                set_state(cp, LineState::Intent { session: session.to_owned(), known });
+                let current = cp.session.clone().filter(|s| s.id == session);
+                let Some(current) = current else {
+                    // The run's session changed meanwhile: start the line over on it.
+                    set_state(cp, LineState::Ready);
+                    cp.cursor.sent = false;
+                    return Ok(Drive::Continue);
+                };
+                return self.dispatch(ctx, cp, updates, line, &current).await;
             }
         }
         Ok(Drive::Continue)

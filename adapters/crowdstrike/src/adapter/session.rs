@@ -36,7 +36,7 @@ impl CrowdStrikeAdapter {
         match state {
             LineState::Ready => {}
             LineState::Intent { session, known } => {
-                return self.reconcile_line(cp, &line, &session, &known).await;
+                return self.reconcile_line(ctx, cp, updates, &line, &session, &known).await;
             }
             LineState::Sent { .. } => return self.poll_line(ctx, cp, &line).await,
             LineState::Fetch { session, cloud, since_ms } => {
@@ -61,10 +61,23 @@ impl CrowdStrikeAdapter {
         if line.effect {
             self.intend(ctx, cp, updates, &line, &session.id).await?;
         }
+        self.dispatch(ctx, cp, updates, &line, &session).await
+    }
+
+    /// Sends `line` (its intent, if it has a side effect, journaled) on the run's session:
+    /// with the batch's other runs, or alone.
+    pub(super) async fn dispatch(
+        &self,
+        ctx: &RunContext<'_>,
+        cp: &mut Checkpoint,
+        updates: &mut Vec<CommandUpdate>,
+        line: &Rtr,
+        session: &SessionRef,
+    ) -> Result<Drive, AdapterError> {
         if session.batch.is_some() {
-            return self.send_batch(ctx, cp, updates, &line, &session).await;
+            return self.send_batch(ctx, cp, updates, line, session).await;
         }
-        self.send_single(cp, updates, &line, &session).await
+        self.send_single(cp, updates, line, session).await
     }
 
     /// Opens the run's session: the action's runs that open within `batch_window_ms` share
