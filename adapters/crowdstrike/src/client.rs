@@ -44,6 +44,8 @@ const MAX_JSON_BYTES: usize = 32 * 1024 * 1024;
 const MAX_INLINE_COOLDOWN: Duration = Duration::from_secs(3);
 /// Device ids per `devices/entities/*` GET (§4.2: up to 100 `ids`).
 pub(crate) const IDS_PER_GET: usize = 100;
+/// Hosts per containment request (§4.3: the maximum is unverified; send at most 100).
+pub(crate) const IDS_PER_CONTAIN: usize = 100;
 
 /// The three RTR tiers (§6.1): each has its own command and batch routes and scope.
 #[derive(
@@ -348,10 +350,10 @@ impl CsClient {
         Ok(out)
     }
 
-    /// `contain` or `lift_containment` of one host (§4.3), sent once.
-    pub(crate) async fn contain(&self, aid: &str, isolate: bool) -> Result<(), AdapterError> {
+    /// `contain` or `lift_containment` of hosts (§4.3, ≤ [`IDS_PER_CONTAIN`]), sent once.
+    pub(crate) async fn contain(&self, aids: &[String], isolate: bool) -> Result<(), AdapterError> {
         let action = if isolate { "contain" } else { "lift_containment" };
-        let body = serde_json::json!({"ids": [aid]});
+        let body = serde_json::json!({"ids": aids});
         let query = [("action_name", action.to_owned())];
         let _: wire::Envelope<Value> =
             self.write(Method::POST, "/devices/entities/devices-actions/v2", &query, &body).await?;

@@ -71,7 +71,8 @@
 //! - `memory_dump{path?,fetch}` → `xmemdump complete <path>` (AR), then with `fetch` `get`
 //!   and `rm` of the dump. **Windows only** (no native form on Linux/macOS, §12).
 //! - `isolate`/`release` → `POST devices/entities/devices-actions/v2?action_name=contain` /
-//!   `lift_containment` (H), polled until `contained` / `normal`.
+//!   `lift_containment` (H; the action's runs share one request of up to 100 ids), polled
+//!   until `contained` / `normal`.
 //! - Not offered: `quarantine_file`, `unquarantine_file` (RTR has no quarantine primitive).
 //!
 //! # Statuses and failures

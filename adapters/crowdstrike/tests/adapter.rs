@@ -376,6 +376,28 @@ async fn an_offline_host_in_a_batch_does_not_hold_the_others() {
     assert_eq!(sim.counters().batch_inits, 1);
 }
 
+/// Isolating many hosts of one action: one containment request for all of them.
+#[tokio::test]
+async fn isolating_many_hosts_is_one_request() {
+    let (sim, adapter) = setup(SimConfig { windows: 5, ..quick() }).await;
+    let action = uuid::Uuid::now_v7();
+    let mut runs: Vec<RunHarness> = (1..=5)
+        .map(|i| {
+            let mut r = run(&sim, &format!("CS-WIN-{i:04}"), vec![Command::Isolate]);
+            r.action_id = action;
+            r
+        })
+        .collect();
+    let adapter = &adapter;
+    futures::future::join_all(runs.iter_mut().map(|r| r.drive(adapter))).await;
+    for r in &runs {
+        r.assert_all_succeeded();
+    }
+    assert_eq!(ops(&sim, "contain").len(), 5);
+    let stats = sim.faults().unwrap().stats();
+    assert_eq!(stats.side_effects_processed, 1, "one devices-actions request: {stats:?}");
+}
+
 /// A slow host in a batch comes back `complete: false` and is finished alone through the
 /// single-host status route with its task id.
 #[tokio::test]

@@ -53,6 +53,8 @@ pub struct CrowdStrikeAdapter {
     opens: Coalescer<Result<SessionRef, AdapterError>>,
     /// Runs of one action sending the same line on the same batch (one batch command).
     commands: Coalescer<batch::HostOutcome>,
+    /// Runs of one action isolating (or releasing) their hosts (one containment request).
+    contains: Coalescer<Result<(), AdapterError>>,
 }
 
 /// The run's state between steps, stored as JSON by the engine. (`pub` only because it is
@@ -183,6 +185,7 @@ impl CrowdStrikeAdapter {
             platforms: Mutex::new(HashMap::new()),
             opens: Coalescer::default(),
             commands: Coalescer::default(),
+            contains: Coalescer::default(),
             cfg,
         })
     }
