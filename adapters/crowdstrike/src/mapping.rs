@@ -728,7 +728,6 @@ mod tests {
         assert_eq!((windows[1].pid, windows[1].name.as_str()), (4242, "my app.exe"));
         assert_eq!(windows[1].path.as_deref(), Some("C:\\Program Files\\my app.exe"));
         assert_eq!(windows[1].started_at, Some(1_704_067_201));
-        assert_eq!(windows[1].started_at, Some(1_704_067_201));
         let unix = "PID  PPID  USER  COMMAND\n1    0     root  /sbin/init splash\n77   1     www   nginx: worker\n";
         let CommandResult::Processes { processes } = super::processes(unix) else { panic!() };
         assert_eq!(processes[1].pid, 77);

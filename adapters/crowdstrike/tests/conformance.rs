@@ -9,22 +9,16 @@ use edrgate_adapter::conformance::{Conformance, Fixtures};
 use edrgate_crowdstrike::{CrowdStrikeAdapter, CrowdStrikeConfig};
 use edrgate_crowdstrike_sim::{
     DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, NOTE_PATH_WINDOWS, NOTE_TXT, Sim as _, SimConfig,
-    Simulator,
+    Simulator, UPDATER_PID,
 };
 use secrecy::SecretString;
 
-/// The simulator varies a host's pids with its number modulo 50, and the suite kills one
-/// fixed pid on every endpoint it uses: endpoint `n` is host `50 (n - 1) + 1`, so they all
-/// share the pids of host 1.
-const STRIDE: usize = 50;
 /// A public script of the scripts library, for `run_script`.
 const SCRIPT: &str = "edrgate-conformance.ps1";
 
 struct CrowdStrike {
     url: String,
     sim: Simulator,
-    /// A killable process of every endpoint, as the simulator starts them.
-    pid: u64,
 }
 
 impl CrowdStrike {
@@ -38,7 +32,7 @@ impl CrowdStrike {
     }
 
     fn hostname(n: usize) -> String {
-        format!("CS-WIN-{:04}", STRIDE * (n - 1) + 1)
+        format!("CS-WIN-{n:04}")
     }
 }
 
@@ -46,7 +40,7 @@ impl CrowdStrike {
 impl Conformance for CrowdStrike {
     async fn start(endpoints: usize) -> Self {
         let sim = Simulator::new(SimConfig {
-            windows: STRIDE * (endpoints - 1) + 1,
+            windows: endpoints,
             linux: 0,
             mac: 0,
             command_delay: Duration::from_millis(40),
@@ -56,8 +50,7 @@ impl Conformance for CrowdStrike {
         });
         let addr = sim.spawn().await.unwrap();
         sim.add_cloud_script(SCRIPT, &["windows"], "Write-Output conformance", "public");
-        let pid = u64::from(sim.any_pid(&Self::hostname(1)));
-        CrowdStrike { url: format!("http://{addr}"), sim, pid }
+        CrowdStrike { url: format!("http://{addr}"), sim }
     }
 
     fn adapter(&self) -> Arc<dyn Adapter> {
@@ -109,7 +102,8 @@ impl Conformance for CrowdStrike {
 
     fn fixtures(&self) -> Fixtures {
         Fixtures {
-            pid: self.pid,
+            // The suite kills one pid on every endpoint: the beacon each Windows host runs.
+            pid: u64::from(UPDATER_PID),
             file: NOTE_PATH_WINDOWS.into(),
             file_content: NOTE_TXT.to_vec(),
             missing_file: "C:\\nope.txt".into(),

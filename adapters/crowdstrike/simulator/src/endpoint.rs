@@ -73,7 +73,7 @@ pub(crate) struct Node {
     pub(crate) modified: u64,
 }
 
-/// Where the Windows hosts' suspicious `updater.exe` (pid 3012) runs from.
+/// Where the Windows hosts' suspicious `updater.exe` ([`crate::UPDATER_PID`]) runs from.
 const UPDATER_EXE: &str = r"C:\Users\analyst\AppData\Local\Temp\updater.exe";
 
 #[derive(Clone, Debug)]
@@ -308,9 +308,7 @@ impl Endpoint {
                         r"C:\Windows\notepad.exe".into(),
                         false,
                     ),
-                    // The suspicious beacon every simulator runs at pid 3012, so that one
-                    // request body kills it on every vendor (tests/e2e_vendors.rs).
-                    (3012, 4120 + base, "updater.exe", UPDATER_EXE.into(), false),
+                    (crate::UPDATER_PID, 4120 + base, "updater.exe", UPDATER_EXE.into(), false),
                 ] {
                     let user = if critical || name == "svchost.exe" {
                         "NT AUTHORITY\\SYSTEM"

@@ -119,6 +119,9 @@ pub const ARCHIVE_PASSWORD: &str = "infected";
 pub const NOTE_PATH_WINDOWS: &str = r"C:\evidence\note.txt";
 /// Exists on every Linux and Mac host, content [`NOTE_TXT`].
 pub const NOTE_PATH_UNIX: &str = "/var/tmp/evidence/note.txt";
+/// The pid of `updater.exe`, the suspicious beacon every Windows host runs (the other
+/// vendors' simulators run theirs at the same pid, so one request body kills it everywhere).
+pub const UPDATER_PID: u32 = 3012;
 
 /// Simulator configuration. Build with struct update syntax from `SimConfig::default()`.
 #[derive(Clone, Debug)]
