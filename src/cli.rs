@@ -78,6 +78,9 @@ pub enum Command {
         #[arg(long, default_value = ".")]
         root: PathBuf,
     },
+    // The analyst CLI (`devices`, `act`, `action`, `fetch`): a client of a running gateway.
+    #[command(flatten)]
+    Analyst(crate::analyst::AnalystCommand),
 }
 
 #[cfg(feature = "simulators")]
@@ -197,6 +200,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckConfig { file, connect } => Ok(check_config(&file, connect).await),
         Command::Healthcheck { url } => Ok(healthcheck(&url).await),
         Command::Openapi { write, root } => openapi_command(write, &root),
+        Command::Analyst(command) => Ok(crate::analyst::run(command).await),
     }
 }
 

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map. Entry points: [`cli`] (the binary), [`api::router`] (HTTP),
 //! [`engine::Engine`] (durable execution).
 
+pub mod analyst;
 pub mod api;
 pub mod app;
 pub mod audit;
