@@ -114,9 +114,13 @@ impl Connection {
         let base = check_url(&url, self.insecure_http)?;
         let token = match (env("EDRGATE_TOKEN"), profile.token, profile.token_file) {
             (Some(token), _, _) => SecretString::from(token.trim().to_owned()),
-            (None, Some(token), _) => token,
+            (None, Some(token), _) => {
+                path.as_deref().map(warn_if_shared);
+                token
+            }
             (None, None, Some(file)) => {
                 let file = in_dir(&file);
+                warn_if_shared(&file);
                 let text = std::fs::read_to_string(&file).map_err(|e| {
                     Failure::Usage(format!("cannot read token_file {}: {e}", file.display()))
                 })?;
@@ -159,6 +163,21 @@ fn read_file(path: &Path, required: bool) -> Result<File, Failure> {
         let at = e.span().map(|s| format!(" at byte {}", s.start)).unwrap_or_default();
         Failure::Usage(format!("{}: invalid CLI configuration{at}", path.display()))
     })
+}
+
+/// A token other users of the machine can read is one they can use: say so, as ssh does of
+/// keys, but go on.
+fn warn_if_shared(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            eprintln!(
+                "warning: {} holds a token and other users can read it (chmod 600 it)",
+                path.display()
+            );
+        }
+    }
 }
 
 /// `~/x` under the home directory, a relative path under the configuration file's directory.

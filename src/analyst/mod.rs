@@ -351,21 +351,21 @@ async fn devices(args: DevicesArgs) -> Result<Exit, Failure> {
 
 async fn act(args: ActArgs) -> Result<Exit, Failure> {
     let mut targets: Vec<Target> =
-        args.hosts.iter().map(|h| Target::Hostname { hostname: h.clone() }).collect();
+        args.hosts.into_iter().map(|hostname| Target::Hostname { hostname }).collect();
     if let Some(file) = &args.hosts_file {
         targets.extend(read_hosts(file)?.into_iter().map(|hostname| Target::Hostname { hostname }));
     }
-    targets.extend(args.devices.iter().cloned());
+    targets.extend(args.devices);
     if targets.is_empty() {
         return Err(Failure::Usage("no target: name hosts, --hosts-file or --device".into()));
     }
-    let command = args.verb.command().map_err(Failure::Usage)?;
+    let command = args.verb.into_command().map_err(Failure::Usage)?;
     // The model's own checks, before anything is sent.
     command.validate().map_err(|e| Failure::Usage(format!("{}: {e}", command.kind().as_str())))?;
     let request = ActionRequest {
         targets,
         commands: vec![command],
-        comment: args.comment.clone(),
+        comment: args.comment,
         on_error: OnError::Stop,
         timeout_seconds: args.timeout,
     };
@@ -485,56 +485,36 @@ fn parse_value_type(text: &str) -> Result<RegistryValueType, String> {
 
 impl Verb {
     /// The API's command.
-    fn command(&self) -> Result<Command, String> {
-        let path = |p: &String| p.clone();
+    fn into_command(self) -> Result<Command, String> {
         Ok(match self {
             Verb::ProcessList => Command::ProcessList,
-            Verb::KillProcess { pid, vendor_id } => {
-                Command::KillProcess { pid: *pid, vendor_id: vendor_id.clone() }
-            }
-            Verb::GetFile { path: p, offset, length } => {
-                Command::GetFile { path: path(p), offset: *offset, length: *length }
-            }
-            Verb::PutFile { file_id, path: p } => {
-                Command::PutFile { file_id: file_id.clone(), path: path(p) }
-            }
-            Verb::DeleteFile { path: p } => Command::DeleteFile { path: path(p) },
-            Verb::QuarantineFile { path: p } => Command::QuarantineFile { path: path(p) },
-            Verb::UnquarantineFile { path: p } => Command::UnquarantineFile { path: path(p) },
-            Verb::ListDirectory { path: p } => Command::ListDirectory { path: path(p) },
-            Verb::CreateDirectory { path: p } => Command::CreateDirectory { path: path(p) },
+            Verb::KillProcess { pid, vendor_id } => Command::KillProcess { pid, vendor_id },
+            Verb::GetFile { path, offset, length } => Command::GetFile { path, offset, length },
+            Verb::PutFile { file_id, path } => Command::PutFile { file_id, path },
+            Verb::DeleteFile { path } => Command::DeleteFile { path },
+            Verb::QuarantineFile { path } => Command::QuarantineFile { path },
+            Verb::UnquarantineFile { path } => Command::UnquarantineFile { path },
+            Verb::ListDirectory { path } => Command::ListDirectory { path },
+            Verb::CreateDirectory { path } => Command::CreateDirectory { path },
             Verb::Execute { command_line, no_wait, working_directory, output_file } => {
-                Command::Execute {
-                    command_line: command_line.clone(),
-                    wait: !no_wait,
-                    working_directory: working_directory.clone(),
-                    output_file: output_file.clone(),
-                }
+                Command::Execute { command_line, wait: !no_wait, working_directory, output_file }
             }
-            Verb::RunScript { script, args, file_id } => Command::RunScript {
-                script: script.clone(),
-                args: args.clone(),
-                file_id: file_id.clone(),
-            },
-            Verb::RegistryList { key } => Command::RegistryList { key: key.clone() },
-            Verb::RegistryGet { key, value } => {
-                Command::RegistryGet { key: key.clone(), value: value.clone() }
+            Verb::RunScript { script, args, file_id } => {
+                Command::RunScript { script, args, file_id }
             }
+            Verb::RegistryList { key } => Command::RegistryList { key },
+            Verb::RegistryGet { key, value } => Command::RegistryGet { key, value },
             Verb::RegistrySet { key, value, value_type, data, overwrite } => Command::RegistrySet {
-                key: key.clone(),
-                value: value.clone(),
-                value_type: *value_type,
-                data: registry_data(*value_type, data)?,
-                overwrite: *overwrite,
+                data: registry_data(value_type, &data)?,
+                key,
+                value,
+                value_type,
+                overwrite,
             },
-            Verb::RegistryCreateKey { key } => Command::RegistryCreateKey { key: key.clone() },
-            Verb::RegistryDeleteKey { key } => Command::RegistryDeleteKey { key: key.clone() },
-            Verb::RegistryDeleteValue { key, value } => {
-                Command::RegistryDeleteValue { key: key.clone(), value: value.clone() }
-            }
-            Verb::MemoryDump { path, fetch } => {
-                Command::MemoryDump { path: path.clone(), fetch: *fetch }
-            }
+            Verb::RegistryCreateKey { key } => Command::RegistryCreateKey { key },
+            Verb::RegistryDeleteKey { key } => Command::RegistryDeleteKey { key },
+            Verb::RegistryDeleteValue { key, value } => Command::RegistryDeleteValue { key, value },
+            Verb::MemoryDump { path, fetch } => Command::MemoryDump { path, fetch },
             Verb::Isolate => Command::Isolate,
             Verb::Release => Command::Release,
         })
@@ -687,7 +667,10 @@ mod tests {
         let a = act(&["act", "WIN-0001", "WIN-0002", "kill-process", "3012", "--json"]);
         assert_eq!(a.hosts, ["WIN-0001", "WIN-0002"]);
         assert!(a.json);
-        assert_eq!(a.verb.command().unwrap(), Command::KillProcess { pid: 3012, vendor_id: None });
+        assert_eq!(
+            a.verb.into_command().unwrap(),
+            Command::KillProcess { pid: 3012, vendor_id: None }
+        );
         let a = act(&["act", "--hosts-file", "h.txt", "get-file", r"C:\evidence\note.txt"]);
         assert!(a.hosts.is_empty());
         assert_eq!(a.hosts_file.as_deref(), Some(Path::new("h.txt")));
@@ -695,7 +678,7 @@ mod tests {
         assert_eq!(a.devices, [Target::Device { backend: "cb".into(), device_id: "10".into() }]);
         assert_eq!(a.comment.as_deref(), Some("IR-42"));
         let a = act(&["act", "H", "run-script", "collect.ps1", "-Deep", "x"]);
-        let Command::RunScript { args, .. } = a.verb.command().unwrap() else { panic!() };
+        let Command::RunScript { args, .. } = a.verb.into_command().unwrap() else { panic!() };
         assert_eq!(args, ["-Deep", "x"]);
         assert!(parse(&["act", "H"]).is_err(), "a verb is required");
         assert!(parse(&["act", "H", "kill-process", "nope"]).is_err());
@@ -707,7 +690,7 @@ mod tests {
         let set = |args: &[&str]| {
             act(&[&["act", "H", "registry-set", r"HKLM\SOFTWARE\x", "v"], args].concat())
                 .verb
-                .command()
+                .into_command()
         };
         let data = |c: Command| match c {
             Command::RegistrySet { data, .. } => data,

@@ -15,20 +15,22 @@ use uuid::Uuid;
 use crate::api::actions::ActionList;
 use crate::api::devices::DeviceList;
 
-/// `text` with every control character but `\n` and `\t` shown escaped (`\u{1b}`).
+/// `text` with every control character but `\n` and `\t`, and the bidirectional overrides
+/// that reorder what is shown, escaped (`\u{1b}`).
 pub(crate) fn clean(text: &str) -> String {
-    if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
-        return text.to_owned();
+    let hostile = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    let mut clean = String::with_capacity(text.len());
+    for c in text.chars() {
+        if hostile(c) {
+            clean.extend(c.escape_unicode());
+        } else {
+            clean.push(c);
+        }
     }
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\n' && c != '\t' {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    clean
 }
 
 /// One line of a table cell: [`clean`], with line breaks and tabs shown as spaces.

@@ -263,5 +263,6 @@ cb:4      3012  4     updater\u{1b}[31m.exe  CORP\alice  updater.exe --quiet
 #[test]
 fn control_characters_are_shown_not_sent() {
     assert_eq!(clean("a\u{1b}]0;x\u{7}b\nc\td"), "a\\u{1b}]0;x\\u{7}b\nc\td");
+    assert_eq!(clean("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
     assert_eq!(cell("two\nlines"), "two lines");
 }
