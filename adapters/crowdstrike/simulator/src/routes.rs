@@ -11,7 +11,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use base64::Engine as _;
 use edrgate_simkit::Injected;
 use serde::Deserialize;
@@ -91,47 +91,54 @@ pub(crate) fn router(sim: Simulator) -> Router {
             &format!("{rtr}/entities/queued-sessions/command/v1"),
             axum::routing::delete(queued_delete),
         )
-        .route(&format!("{rtr}/entities/command/v1"), post(cmd_read).get(status))
+        .route(&format!("{rtr}/entities/command/v1"), command_route(Tier::ReadOnly).get(status))
         .route(
             &format!("{rtr}/entities/active-responder-command/v1"),
-            post(cmd_responder).get(status),
+            command_route(Tier::Responder).get(status),
         )
-        .route(&format!("{rtr}/entities/admin-command/v1"), post(cmd_admin).get(status))
+        .route(&format!("{rtr}/entities/admin-command/v1"), command_route(Tier::Admin).get(status))
         .route(&format!("{rtr}/combined/batch-init-session/v1"), post(batch_init))
         .route(&format!("{rtr}/combined/batch-refresh-session/v1"), post(batch_refresh))
-        .route(&format!("{rtr}/combined/batch-command/v1"), post(batch_read))
-        .route(&format!("{rtr}/combined/batch-active-responder-command/v1"), post(batch_responder))
-        .route(&format!("{rtr}/combined/batch-admin-command/v1"), post(batch_admin))
+        .route(&format!("{rtr}/combined/batch-command/v1"), batch_route(Tier::ReadOnly, false))
+        .route(
+            &format!("{rtr}/combined/batch-active-responder-command/v1"),
+            batch_route(Tier::Responder, false),
+        )
+        .route(&format!("{rtr}/combined/batch-admin-command/v1"), batch_route(Tier::Admin, false))
         .route(
             &format!("{rtr}/combined/batch-get-command/v1"),
-            post(batch_get).get(batch_get_status),
+            batch_route(Tier::Responder, true).get(batch_get_status),
         )
-        .route(&format!("{rtr}/entities/file/v2"), get(files_v2).delete(files_delete))
-        .route(&format!("{rtr}/entities/file/v1"), get(files_v1).delete(files_delete))
+        .route(&format!("{rtr}/entities/file/v2"), files_route(true).delete(files_delete))
+        .route(&format!("{rtr}/entities/file/v1"), files_route(false).delete(files_delete))
         .route(&format!("{rtr}/entities/extracted-file-contents/v1"), get(extracted))
         .route(
             &format!("{rtr}/entities/put-files/v1"),
-            post(put_file_v1)
+            upload_route(LibKind::PutFile, false)
                 .get(library_entities)
                 .delete(library_delete)
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route(
             &format!("{rtr}/entities/put-files/v2"),
-            post(put_file_v2).get(library_entities).layer(DefaultBodyLimit::max(upload_limit)),
+            upload_route(LibKind::PutFile, true)
+                .get(library_entities)
+                .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route(&format!("{rtr}/queries/put-files/v1"), get(library_query))
         .route(&format!("{rtr}/entities/put-file-contents/v1"), get(put_file_contents))
         .route(
             &format!("{rtr}/entities/scripts/v1"),
-            post(script_v1)
+            upload_route(LibKind::Script, false)
                 .get(library_entities)
                 .delete(library_delete)
                 .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route(
             &format!("{rtr}/entities/scripts/v2"),
-            post(script_v2).get(library_entities).layer(DefaultBodyLimit::max(upload_limit)),
+            upload_route(LibKind::Script, true)
+                .get(library_entities)
+                .layer(DefaultBodyLimit::max(upload_limit)),
         )
         .route(&format!("{rtr}/queries/scripts/v1"), get(library_query))
         .route(&format!("{rtr}/queries/falcon-scripts/v1"), get(falcon_scripts_query))
@@ -209,6 +216,41 @@ fn fail(ctx: &Ctx, pb: &str, e: &ApiError) -> Response {
     reply(e.status, &json!({ "meta": meta(ctx, pb), "resources": [], "errors": [e.to_json()] }))
 }
 
+/// `e` in `pb`'s error envelope, as a handler's refusal.
+fn reject(ctx: &Ctx, pb: &str, e: ApiError) -> Reject {
+    fail(ctx, pb, &e).into()
+}
+
+/// A handler's `ApiError` answered in `pb`'s error envelope.
+trait OrFail<T> {
+    fn or_fail(self, ctx: &Ctx, pb: &str) -> Result<T, Reject>;
+}
+
+impl<T> OrFail<T> for Result<T, ApiError> {
+    fn or_fail(self, ctx: &Ctx, pb: &str) -> Result<T, Reject> {
+        self.map_err(|e| reject(ctx, pb, e))
+    }
+}
+
+/// A list of entities, no errors.
+fn list(ctx: &Ctx, pb: &str, items: Vec<Value>) -> Response {
+    ok(ctx, pb, 200, Value::Array(items), json!([]))
+}
+
+/// One page of a query: `resources` and `meta.pagination`.
+fn page(ctx: &Ctx, pb: &str, resources: Value, pagination: Value) -> Response {
+    let mut body = json!({ "meta": meta(ctx, pb), "resources": resources, "errors": [] });
+    body["meta"]["pagination"] = pagination;
+    reply(200, &body)
+}
+
+/// A library write (one resource affected, `meta.writes`).
+fn written(ctx: &Ctx, pb: &str, resources: Value) -> Response {
+    let mut body = json!({ "meta": meta(ctx, pb), "resources": resources, "errors": [] });
+    body["meta"]["writes"] = json!({ "resources_affected": 1 });
+    reply(200, &body)
+}
+
 /// The meta-only envelope of gateway answers (401, 403, 429; §2.3, §3).
 fn meta_only(ctx: &Ctx, pb: &str, status: u16, code: i64, message: &str) -> Response {
     reply(
@@ -221,9 +263,14 @@ fn rate_limited(ctx: &Ctx, limit: u32, retry_at: u64) -> Response {
     // The 429 text is [U] (§3).
     let mut r = meta_only(ctx, GATEWAY, 429, 429, "API rate limit exceeded.");
     set_header(&mut r, "x-ratelimit-retryafter", &retry_at.to_string());
-    set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
-    set_header(&mut r, "x-ratelimit-remaining", "0");
+    set_rate(&mut r, limit, 0);
     r
+}
+
+/// The rate window's headers (§3).
+fn set_rate(r: &mut Response, limit: u32, left: u32) {
+    set_header(r, "x-ratelimit-limit", &limit.to_string());
+    set_header(r, "x-ratelimit-remaining", &left.to_string());
 }
 
 fn set_header(r: &mut Response, name: &'static str, value: &str) {
@@ -263,8 +310,7 @@ async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Res
                     st.counters.unauthorized += 1;
                     let mut r =
                         meta_only(&ctx, GATEWAY, 401, 401, "access denied, invalid bearer token");
-                    set_header(&mut r, "x-ratelimit-limit", &BAD_TOKEN_LIMIT.to_string());
-                    set_header(&mut r, "x-ratelimit-remaining", &left.to_string());
+                    set_rate(&mut r, BAD_TOKEN_LIMIT, left);
                     Verdict::Reject(r)
                 }
                 Err(at) => {
@@ -285,8 +331,7 @@ async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Res
         if !client.scopes.contains(&scope) {
             st.counters.forbidden += 1;
             let mut r = meta_only(&ctx, GATEWAY, 403, 403, "access denied, authorization failed");
-            set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
-            set_header(&mut r, "x-ratelimit-remaining", &left.to_string());
+            set_rate(&mut r, limit, left);
             return Verdict::Reject(r);
         }
         Verdict::Pass(limit, left)
@@ -308,8 +353,7 @@ async fn gate(State(sim): State<Simulator>, mut req: Request, next: Next) -> Res
                 let reason = s.canonical_reason().unwrap_or("error");
                 r = fail(&ctx, pb, &ApiError::new(s.as_u16(), i64::from(s.as_u16()), reason));
             }
-            set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
-            set_header(&mut r, "x-ratelimit-remaining", &left.to_string());
+            set_rate(&mut r, limit, left);
             r
         }
     };
@@ -338,8 +382,7 @@ pub(crate) fn fault_answer(injected: Injected, epoch: f64, limit: u32) -> Respon
     };
     set_header(&mut r, "x-cs-traceid", &ctx.trace);
     if !matches!(injected, Injected::TooManyRequests { .. }) {
-        set_header(&mut r, "x-ratelimit-limit", &limit.to_string());
-        set_header(&mut r, "x-ratelimit-remaining", &limit.saturating_sub(1).to_string());
+        set_rate(&mut r, limit, limit.saturating_sub(1));
     }
     r
 }
@@ -349,6 +392,15 @@ fn caller(ctx: &Ctx) -> Result<&'static Client, Reject> {
     ctx.client.ok_or_else(|| {
         meta_only(ctx, GATEWAY, 401, 401, "access denied, invalid bearer token").into()
     })
+}
+
+/// The caller and the query of a request that takes a `timeout` (§5.2, §7.1), and that
+/// timeout.
+fn timed(ctx: &Ctx, req: &Request) -> Result<(&'static Client, Query, Duration), Reject> {
+    let client = caller(ctx)?;
+    let q = Query::of(req.uri());
+    let timeout = q.timeout().or_fail(ctx, RTR)?;
+    Ok((client, q, timeout))
 }
 
 async fn not_found(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
@@ -422,6 +474,37 @@ impl Query {
         }
     }
 
+    /// `limit`, refused outside `1..=max`.
+    fn limit(&self, default: usize, max: usize) -> Result<usize, ApiError> {
+        let limit = self.usize("limit", default)?;
+        if !(1..=max).contains(&limit) {
+            return Err(ApiError::bad_request(format!("limit must be between 1 and {max}")));
+        }
+        Ok(limit)
+    }
+
+    /// `filter`, an FQL expression (empty: everything).
+    fn filter(&self) -> Result<Filter, ApiError> {
+        Filter::parse(self.get("filter").unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(format!("Invalid filter: {e}")))
+    }
+
+    /// A parameter that must be a UUID (`session_id`, `cloud_request_id`).
+    fn uuid(&self, key: &str) -> Result<&str, ApiError> {
+        let v = self.get(key).unwrap_or_default();
+        if !state::is_uuid(v) {
+            return Err(ApiError::bad_request(format!("{key} must be a uuid string")));
+        }
+        Ok(v)
+    }
+
+    /// `ids`, 1 to `max` of them.
+    fn ids(&self, max: usize) -> Result<Vec<String>, ApiError> {
+        let ids = self.all("ids");
+        check_ids(&ids, max)?;
+        Ok(ids)
+    }
+
     /// `timeout` (seconds) or `timeout_duration` (a Go duration), default 30 s (§5.2, §7.1).
     fn timeout(&self) -> Result<Duration, ApiError> {
         let d = if let Some(d) = self.get("timeout_duration").filter(|v| !v.is_empty()) {
@@ -464,13 +547,35 @@ fn go_duration(s: &str) -> Option<Duration> {
     (total.is_finite() && total < 1e9).then(|| Duration::from_secs_f64(total))
 }
 
+fn check_ids(ids: &[String], max: usize) -> Result<(), ApiError> {
+    if ids.is_empty() || ids.len() > max {
+        return Err(ApiError::bad_request(format!("ids: between 1 and {max} ids are required")));
+    }
+    Ok(())
+}
+
 fn parse_json<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
+/// The request's JSON body, at most `MAX_JSON_BODY` bytes.
+async fn json_body<T: DeserializeOwned>(req: Request) -> Result<T, ApiError> {
+    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
+        .await
+        .map_err(|_| ApiError::bad_request("request body too large"))?;
+    parse_json(&body)
+}
+
 fn pagination(offset: usize, limit: usize, total: usize) -> Value {
     json!({ "offset": offset, "limit": limit, "total": total })
+}
+
+/// The `limit` items from `offset` of `all`, and how many there are.
+fn window<T>(all: impl IntoIterator<Item = T>, offset: usize, limit: usize) -> (Vec<T>, usize) {
+    let all: Vec<T> = all.into_iter().collect();
+    let total = all.len();
+    (all.into_iter().skip(offset).take(limit).collect(), total)
 }
 
 // ---- OAuth2 (§2) ----
@@ -569,25 +674,11 @@ async fn devices_query(
     req: Request,
 ) -> Answer {
     let q = Query::of(req.uri());
-    let bad = |e: ApiError| fail(&ctx, DEVICES, &e);
-    let offset = q.usize("offset", 0).map_err(bad)?;
-    let limit = q.usize("limit", 100).map_err(bad)?;
-    if !(1..=5000).contains(&limit) {
-        return Err(Reject::from(bad(ApiError::bad_request("limit must be between 1 and 5000"))));
-    }
-    let filter = Filter::parse(q.get("filter").unwrap_or_default())
-        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
-    let (ids, total) = sim.with(|st, _| {
-        let all: Vec<String> = (0..st.hosts.len())
-            .filter(|i| filter.matches(|f| device_field(st, *i, f)))
-            .map(|i| st.hosts[i].aid.clone())
-            .collect();
-        let total = all.len();
-        (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
-    });
-    let mut body = json!({ "meta": meta(&ctx, DEVICES), "resources": ids, "errors": [] });
-    body["meta"]["pagination"] = pagination(offset, limit, total);
-    Ok(reply(200, &body))
+    let offset = q.usize("offset", 0).or_fail(&ctx, DEVICES)?;
+    let limit = q.limit(100, 5000).or_fail(&ctx, DEVICES)?;
+    let filter = q.filter().or_fail(&ctx, DEVICES)?;
+    let (ids, total) = sim.with(|st, _| window(matching_aids(st, &filter), offset, limit));
+    Ok(page(&ctx, DEVICES, json!(ids), pagination(offset, limit, total)))
 }
 
 /// The scroll variant (§4.1): `offset` is an opaque token (here `scroll-<position>`); the
@@ -598,33 +689,31 @@ async fn devices_scroll(
     req: Request,
 ) -> Answer {
     let q = Query::of(req.uri());
-    let bad = |e: ApiError| fail(&ctx, DEVICES, &e);
-    let limit = q.usize("limit", 100).map_err(bad)?;
-    if !(1..=10_000).contains(&limit) {
-        return Err(bad(ApiError::bad_request("limit must be between 1 and 10000")).into());
-    }
+    let limit = q.limit(100, 10_000).or_fail(&ctx, DEVICES)?;
     let start = match q.get("offset").filter(|o| !o.is_empty()) {
         None => 0,
         Some(token) => token
             .strip_prefix("scroll-")
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| bad(ApiError::bad_request("invalid offset token")))?,
+            .ok_or_else(|| reject(&ctx, DEVICES, ApiError::bad_request("invalid offset token")))?,
     };
-    let filter = Filter::parse(q.get("filter").unwrap_or_default())
-        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
-    let (ids, total, expires) = sim.with(|st, _| {
-        let all: Vec<String> = (0..st.hosts.len())
-            .filter(|i| filter.matches(|f| device_field(st, *i, f)))
-            .map(|i| st.hosts[i].aid.clone())
-            .collect();
+    let filter = q.filter().or_fail(&ctx, DEVICES)?;
+    let ((ids, total), expires) = sim.with(|st, _| {
         let expires = (st.faults.now_epoch_secs() + 120.0) * 1e9;
-        (all.iter().skip(start).take(limit).cloned().collect::<Vec<_>>(), all.len(), expires)
+        (window(matching_aids(st, &filter), start, limit), expires)
     });
     let next = format!("scroll-{}", start + ids.len());
-    let mut body = json!({ "meta": meta(&ctx, DEVICES), "resources": ids, "errors": [] });
-    body["meta"]["pagination"] =
+    let pagination =
         json!({ "offset": next, "limit": limit, "total": total, "expires_at": expires as i64 });
-    Ok(reply(200, &body))
+    Ok(page(&ctx, DEVICES, json!(ids), pagination))
+}
+
+/// The aids of the hosts `filter` matches, in host order.
+fn matching_aids(st: &state::State, filter: &Filter) -> Vec<String> {
+    (0..st.hosts.len())
+        .filter(|i| filter.matches(|f| device_field(st, *i, f)))
+        .map(|i| st.hosts[i].aid.clone())
+        .collect()
 }
 
 fn device_field(st: &state::State, i: usize, field: &str) -> Option<String> {
@@ -643,7 +732,7 @@ fn devices_answer(sim: &Simulator, ctx: &Ctx, ids: &[String]) -> Response {
             .map(|i| st.device_json(i))
             .collect::<Vec<_>>()
     });
-    ok(ctx, DEVICES, 200, Value::Array(found), json!([]))
+    list(ctx, DEVICES, found)
 }
 
 async fn devices_get(
@@ -651,14 +740,7 @@ async fn devices_get(
     axum::Extension(ctx): axum::Extension<Ctx>,
     req: Request,
 ) -> Answer {
-    let ids = Query::of(req.uri()).all("ids");
-    if ids.is_empty() || ids.len() > 100 {
-        return Err(Reject::from(fail(
-            &ctx,
-            DEVICES,
-            &ApiError::bad_request("ids: between 1 and 100 ids are required"),
-        )));
-    }
+    let ids = Query::of(req.uri()).ids(100).or_fail(&ctx, DEVICES)?;
     Ok(devices_answer(&sim, &ctx, &ids))
 }
 
@@ -673,14 +755,8 @@ async fn devices_post(
     axum::Extension(ctx): axum::Extension<Ctx>,
     body: Bytes,
 ) -> Answer {
-    let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, DEVICES, &e))?;
-    if ids.ids.is_empty() || ids.ids.len() > 5000 {
-        return Err(Reject::from(fail(
-            &ctx,
-            DEVICES,
-            &ApiError::bad_request("ids: between 1 and 5000 ids are required"),
-        )));
-    }
+    let ids: Ids = parse_json(&body).or_fail(&ctx, DEVICES)?;
+    check_ids(&ids.ids, 5000).or_fail(&ctx, DEVICES)?;
     Ok(devices_answer(&sim, &ctx, &ids.ids))
 }
 
@@ -689,14 +765,7 @@ async fn online_state(
     axum::Extension(ctx): axum::Extension<Ctx>,
     req: Request,
 ) -> Answer {
-    let ids = Query::of(req.uri()).all("ids");
-    if ids.is_empty() || ids.len() > 100 {
-        return Err(Reject::from(fail(
-            &ctx,
-            ONLINE,
-            &ApiError::bad_request("ids: between 1 and 100 ids are required"),
-        )));
-    }
+    let ids = Query::of(req.uri()).ids(100).or_fail(&ctx, ONLINE)?;
     let out = sim.with(|st, _| {
         ids.iter()
             .filter_map(|id| st.host_by_aid(id))
@@ -707,7 +776,7 @@ async fn online_state(
             })
             .collect::<Vec<_>>()
     });
-    Ok(ok(&ctx, ONLINE, 200, Value::Array(out), json!([])))
+    Ok(list(&ctx, ONLINE, out))
 }
 
 async fn devices_action(
@@ -717,20 +786,11 @@ async fn devices_action(
 ) -> Answer {
     let q = Query::of(req.uri());
     let action = q.get("action_name").unwrap_or_default().to_owned();
-    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
-        .await
-        .map_err(|_| fail(&ctx, DEVICES, &ApiError::bad_request("request body too large")))?;
-    let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, DEVICES, &e))?;
+    let ids: Ids = json_body(req).await.or_fail(&ctx, DEVICES)?;
     if ids.ids.len() > 100 {
-        return Err(Reject::from(fail(
-            &ctx,
-            DEVICES,
-            &ApiError::bad_request("at most 100 ids per request"),
-        )));
+        return Err(reject(&ctx, DEVICES, ApiError::bad_request("at most 100 ids per request")));
     }
-    let done = sim
-        .with(|st, now| st.contain(&action, &ids.ids, now))
-        .map_err(|e| fail(&ctx, DEVICES, &e))?;
+    let done = sim.with(|st, now| st.contain(&action, &ids.ids, now)).or_fail(&ctx, DEVICES)?;
     Ok(ok(&ctx, DEVICES, 202, Value::Array(done), json!([])))
 }
 
@@ -759,18 +819,15 @@ async fn session_init(
     axum::Extension(ctx): axum::Extension<Ctx>,
     req: Request,
 ) -> Answer {
-    let client = caller(&ctx)?;
-    let q = Query::of(req.uri());
-    q.timeout().map_err(|e| fail(&ctx, RTR, &e))?;
-    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY).await.unwrap_or_default();
-    let b: InitBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let (client, ..) = timed(&ctx, &req)?;
+    let b: InitBody = json_body(req).await.or_fail(&ctx, RTR)?;
     let v = sim
         .with(|st, now| {
             let host = host_of(st, &b.device_id)?;
             let id = st.init_session(client.id, host, b.queue_offline, &b.origin, now)?;
             Ok::<_, ApiError>(st.init_json(&id, now))
         })
-        .map_err(|e| fail(&ctx, RTR, &e))?;
+        .or_fail(&ctx, RTR)?;
     Ok(ok(&ctx, RTR, 201, json!([v]), Value::Null))
 }
 
@@ -780,14 +837,14 @@ async fn session_refresh(
     body: Bytes,
 ) -> Answer {
     let client = caller(&ctx)?;
-    let b: InitBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let b: InitBody = parse_json(&body).or_fail(&ctx, RTR)?;
     let v = sim
         .with(|st, now| {
             let host = host_of(st, &b.device_id)?;
             let id = st.refresh_session(client.id, host, now)?;
             Ok::<_, ApiError>(st.init_json(&id, now))
         })
-        .map_err(|e| fail(&ctx, RTR, &e))?;
+        .or_fail(&ctx, RTR)?;
     Ok(ok(&ctx, RTR, 201, json!([v]), json!([])))
 }
 
@@ -798,15 +855,8 @@ async fn session_delete(
 ) -> Answer {
     let client = caller(&ctx)?;
     let q = Query::of(req.uri());
-    let id = q.get("session_id").unwrap_or_default().to_owned();
-    if !state::is_uuid(&id) {
-        return Err(Reject::from(fail(
-            &ctx,
-            RTR,
-            &ApiError::bad_request("session_id must be a uuid string"),
-        )));
-    }
-    sim.with(|st, now| st.delete_session(client.id, &id, now)).map_err(|e| fail(&ctx, RTR, &e))?;
+    let id = q.uuid("session_id").or_fail(&ctx, RTR)?;
+    sim.with(|st, now| st.delete_session(client.id, id, now)).or_fail(&ctx, RTR)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -816,7 +866,7 @@ async fn sessions_get(
     body: Bytes,
 ) -> Answer {
     let client = caller(&ctx)?;
-    let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let ids: Ids = parse_json(&body).or_fail(&ctx, RTR)?;
     let out = sim.with(|st, now| {
         ids.ids
             .iter()
@@ -824,7 +874,7 @@ async fn sessions_get(
             .map(|s| st.session_json(s, now))
             .collect::<Vec<_>>()
     });
-    Ok(ok(&ctx, RTR, 200, Value::Array(out), json!([])))
+    Ok(list(&ctx, RTR, out))
 }
 
 async fn sessions_query(
@@ -834,11 +884,9 @@ async fn sessions_query(
 ) -> Answer {
     let client = caller(&ctx)?;
     let q = Query::of(req.uri());
-    let bad = |e: ApiError| fail(&ctx, RTR, &e);
-    let offset = q.usize("offset", 0).map_err(bad)?;
-    let limit = q.usize("limit", 100).map_err(bad)?.clamp(1, 1000);
-    let filter = Filter::parse(q.get("filter").unwrap_or_default())
-        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
+    let offset = q.usize("offset", 0).or_fail(&ctx, RTR)?;
+    let limit = q.usize("limit", 100).or_fail(&ctx, RTR)?.clamp(1, 1000);
+    let filter = q.filter().or_fail(&ctx, RTR)?;
     let user_me = filter.fields().any(|f| f == "user_id");
     let (ids, total) = sim.with(|st, now| {
         let mut all: Vec<String> = st
@@ -857,12 +905,9 @@ async fn sessions_query(
         if q.get("sort").is_some_and(|s| s.ends_with("desc")) {
             all.reverse();
         }
-        let total = all.len();
-        (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
+        window(all, offset, limit)
     });
-    let mut body = json!({ "meta": meta(&ctx, RTR), "resources": ids, "errors": [] });
-    body["meta"]["pagination"] = pagination(offset, limit, total);
-    Ok(reply(200, &body))
+    Ok(page(&ctx, RTR, json!(ids), pagination(offset, limit, total)))
 }
 
 /// The CID's sessions of every user (§5.1 `RTRAuditSessions`), `logs` only
@@ -873,33 +918,22 @@ async fn audit_sessions(
     req: Request,
 ) -> Answer {
     let q = Query::of(req.uri());
-    let bad = |e: ApiError| fail(&ctx, RTR, &e);
-    let offset = q.usize("offset", 0).map_err(bad)?;
-    let limit = q.usize("limit", 100).map_err(bad)?;
-    if !(1..=1000).contains(&limit) {
-        return Err(bad(ApiError::bad_request("limit must be between 1 and 1000")).into());
-    }
-    let filter = Filter::parse(q.get("filter").unwrap_or_default())
-        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
+    let offset = q.usize("offset", 0).or_fail(&ctx, RTR)?;
+    let limit = q.limit(100, 1000).or_fail(&ctx, RTR)?;
+    let filter = q.filter().or_fail(&ctx, RTR)?;
     let with_logs = q.get("with_command_info").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let (items, total) = sim.with(|st, now| {
-        let all: Vec<Value> = st
-            .all_sessions()
-            .filter(|s| filter.matches(|f| st.session_field(s, f, now)))
-            .map(|s| {
-                let mut v = st.session_json(s, now);
-                if !with_logs {
-                    v["logs"] = json!([]);
-                }
-                v
-            })
-            .collect();
-        let total = all.len();
-        (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
+        let all = st.all_sessions().filter(|s| filter.matches(|f| st.session_field(s, f, now)));
+        let all = all.map(|s| {
+            let mut v = st.session_json(s, now);
+            if !with_logs {
+                v["logs"] = json!([]);
+            }
+            v
+        });
+        window(all, offset, limit)
     });
-    let mut body = json!({ "meta": meta(&ctx, RTR), "resources": items, "errors": [] });
-    body["meta"]["pagination"] = pagination(offset, limit, total);
-    Ok(reply(200, &body))
+    Ok(page(&ctx, RTR, Value::Array(items), pagination(offset, limit, total)))
 }
 
 async fn queued_get(
@@ -908,7 +942,7 @@ async fn queued_get(
     body: Bytes,
 ) -> Answer {
     let client = caller(&ctx)?;
-    let ids: Ids = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let ids: Ids = parse_json(&body).or_fail(&ctx, RTR)?;
     let out = sim.with(|st, _| {
         ids.ids
             .iter()
@@ -918,7 +952,7 @@ async fn queued_get(
             .map(|s| st.queued_json(s))
             .collect::<Vec<_>>()
     });
-    Ok(ok(&ctx, RTR, 200, Value::Array(out), json!([])))
+    Ok(list(&ctx, RTR, out))
 }
 
 async fn queued_delete(
@@ -930,7 +964,7 @@ async fn queued_delete(
     let q = Query::of(req.uri());
     let (sid, crid) =
         (q.get("session_id").unwrap_or_default(), q.get("cloud_request_id").unwrap_or_default());
-    sim.with(|st, _| st.delete_queued(client.id, sid, crid)).map_err(|e| fail(&ctx, RTR, &e))?;
+    sim.with(|st, _| st.delete_queued(client.id, sid, crid)).or_fail(&ctx, RTR)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -948,14 +982,11 @@ struct CommandBody {
     persist: bool,
 }
 
-async fn cmd_read(sim: State<Simulator>, ctx: axum::Extension<Ctx>, body: Bytes) -> Answer {
-    command(Tier::ReadOnly, sim, ctx, body)
-}
-async fn cmd_responder(sim: State<Simulator>, ctx: axum::Extension<Ctx>, body: Bytes) -> Answer {
-    command(Tier::Responder, sim, ctx, body)
-}
-async fn cmd_admin(sim: State<Simulator>, ctx: axum::Extension<Ctx>, body: Bytes) -> Answer {
-    command(Tier::Admin, sim, ctx, body)
+/// `POST` of a single-host command at `tier` (§6.2).
+fn command_route(tier: Tier) -> MethodRouter<Simulator> {
+    post(move |sim: State<Simulator>, ctx: axum::Extension<Ctx>, body: Bytes| async move {
+        command(tier, sim, ctx, body)
+    })
 }
 
 fn command(
@@ -965,7 +996,7 @@ fn command(
     body: Bytes,
 ) -> Answer {
     let client = caller(&ctx)?;
-    let b: CommandBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let b: CommandBody = parse_json(&body).or_fail(&ctx, RTR)?;
     let (sid, crid, queued) = sim
         .with(|st, now| {
             let host = st.session_mut(client.id, &b.session_id, now)?.host;
@@ -981,7 +1012,7 @@ fn command(
             )?;
             Ok::<_, ApiError>((b.session_id.clone(), crid, queued))
         })
-        .map_err(|e| fail(&ctx, RTR, &e))?;
+        .or_fail(&ctx, RTR)?;
     let v =
         json!([{ "session_id": sid, "cloud_request_id": crid, "queued_command_offline": queued }]);
     Ok(ok(&ctx, RTR, 201, v, Value::Null))
@@ -994,49 +1025,27 @@ async fn status(
 ) -> Answer {
     let client = caller(&ctx)?;
     let q = Query::of(req.uri());
-    let crid = q.get("cloud_request_id").unwrap_or_default();
-    if !state::is_uuid(crid) {
-        return Err(Reject::from(fail(
-            &ctx,
-            RTR,
-            &ApiError::bad_request("cloud_request_id must be a uuid string"),
-        )));
-    }
-    let seq = q.usize("sequence_id", 0).map_err(|e| fail(&ctx, RTR, &e))?;
-    let v = sim
-        .with(|st, now| st.status_json(client.id, crid, seq, now))
-        .map_err(|e| fail(&ctx, RTR, &e))?;
+    let crid = q.uuid("cloud_request_id").or_fail(&ctx, RTR)?;
+    let seq = q.usize("sequence_id", 0).or_fail(&ctx, RTR)?;
+    let v = sim.with(|st, now| st.status_json(client.id, crid, seq, now)).or_fail(&ctx, RTR)?;
     Ok(ok(&ctx, RTR, 200, json!([v]), json!([])))
 }
 
 // ---- session files (§8.1, §8.2) ----
 
-async fn files_v2(
-    State(sim): State<Simulator>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    files_list(&sim, &ctx, &req, true)
-}
-async fn files_v1(
-    State(sim): State<Simulator>,
-    axum::Extension(ctx): axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    files_list(&sim, &ctx, &req, false)
+/// `GET` of a session's files, v1 or v2 (§8.1).
+fn files_route(v2: bool) -> MethodRouter<Simulator> {
+    get(
+        move |State(sim): State<Simulator>,
+              axum::Extension(ctx): axum::Extension<Ctx>,
+              req: Request| async move { files_list(&sim, &ctx, &req, v2) },
+    )
 }
 
 fn files_list(sim: &Simulator, ctx: &Ctx, req: &Request, v2: bool) -> Answer {
     let client = caller(ctx)?;
     let q = Query::of(req.uri());
-    let sid = q.get("session_id").unwrap_or_default();
-    if !state::is_uuid(sid) {
-        return Err(Reject::from(fail(
-            ctx,
-            RTR,
-            &ApiError::bad_request("session_id must be a uuid string"),
-        )));
-    }
+    let sid = q.uuid("session_id").or_fail(ctx, RTR)?;
     let out = sim.with(|st, now| {
         if st.sessions.get(sid).is_none_or(|s| s.client != client.id) {
             return Err(ApiError::no_session());
@@ -1047,8 +1056,7 @@ fn files_list(sim: &Simulator, ctx: &Ctx, req: &Request, v2: bool) -> Answer {
             .map(|f| if v2 { st.file_v2_json(f, now) } else { state::State::file_v1_json(f) })
             .collect::<Vec<_>>())
     });
-    let out = out.map_err(|e| fail(ctx, RTR, &e))?;
-    Ok(ok(ctx, RTR, 200, Value::Array(out), json!([])))
+    Ok(list(ctx, RTR, out.or_fail(ctx, RTR)?))
 }
 
 async fn files_delete(
@@ -1074,11 +1082,7 @@ async fn files_delete(
         found
     });
     if !found {
-        return Err(Reject::from(fail(
-            &ctx,
-            RTR,
-            &ApiError::new(404, 404, "Could not find file for deletion"),
-        )));
+        return Err(reject(&ctx, RTR, ApiError::new(404, 404, "Could not find file for deletion")));
     }
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -1090,25 +1094,14 @@ async fn extracted(
 ) -> Answer {
     let client = caller(&ctx)?;
     let q = Query::of(req.uri());
-    let sid = q.get("session_id").unwrap_or_default().to_owned();
+    let sid = q.uuid("session_id").or_fail(&ctx, RTR)?;
     let sha = q.get("sha256").unwrap_or_default().to_ascii_lowercase();
-    if !state::is_uuid(&sid) {
-        return Err(Reject::from(fail(
-            &ctx,
-            RTR,
-            &ApiError::bad_request("session_id must be a uuid string"),
-        )));
-    }
     if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Reject::from(fail(
-            &ctx,
-            RTR,
-            &ApiError::bad_request("sha256 must be 64 hex characters"),
-        )));
+        return Err(reject(&ctx, RTR, ApiError::bad_request("sha256 must be 64 hex characters")));
     }
     let filename = q.get("filename").filter(|f| !f.is_empty()).map(str::to_owned);
     let (found, encrypt) = sim.with(|st, now| {
-        let host = st.sessions.get(&sid).filter(|s| s.client == client.id).map(|s| s.host);
+        let host = st.sessions.get(sid).filter(|s| s.client == client.id).map(|s| s.host);
         // A file is downloadable with any session of the same host and caller: XSOAR opens a
         // new session for the host after a batch get and downloads with it (§10.1); whether the
         // real cloud allows it is [U] (§13.9).
@@ -1128,11 +1121,8 @@ async fn extracted(
         (found, st.cfg.encrypt_archive_headers)
     });
     let Some((name, content)) = found else {
-        return Err(Reject::from(fail(
-            &ctx,
-            RTR,
-            &ApiError::new(404, 404, format!("Could not find file with sha256 {sha}")),
-        )));
+        let e = ApiError::new(404, 404, format!("Could not find file with sha256 {sha}"));
+        return Err(reject(&ctx, RTR, e));
     };
     let entry = filename.unwrap_or_else(|| crate::endpoint::Endpoint::basename(&name).to_owned());
     let e2 = entry.clone();
@@ -1142,7 +1132,7 @@ async fn extracted(
     .await
     .ok()
     .and_then(Result::ok)
-    .ok_or_else(|| fail(&ctx, RTR, &ApiError::new(500, 500, "could not build the archive")))?;
+    .ok_or_else(|| reject(&ctx, RTR, ApiError::new(500, 500, "could not build the archive")))?;
     let disposition =
         format!("attachment; filename=\"{}.7z\"", entry.replace(['"', '\\', '\r', '\n'], "_"));
     let mut r =

@@ -1435,6 +1435,13 @@ impl State {
         id
     }
 
+    /// Forgets a batch no host joined (its id in the eviction order too, which would otherwise
+    /// grow with every such init).
+    pub(crate) fn discard_batch(&mut self, id: &str) {
+        self.batches.remove(id);
+        self.batch_order.retain(|b| b != id);
+    }
+
     pub(crate) fn new_batch_get(
         &mut self,
         client: &'static str,
@@ -1620,4 +1627,20 @@ fn scripts_help(os: Os) -> Value {
         })
         .collect();
     Value::Array(list)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discarded_batches_leave_nothing_behind() {
+        let mut st = State::new(SimConfig::default(), SimLog::new(), SimFaults::new());
+        for _ in 0..3 * MAX_BATCHES {
+            let id = st.new_batch(CLIENTS[0].id);
+            st.discard_batch(&id);
+        }
+        assert!(st.batches.is_empty());
+        assert!(st.batch_order.is_empty());
+    }
 }

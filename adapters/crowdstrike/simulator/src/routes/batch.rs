@@ -20,13 +20,8 @@ pub(super) async fn batch_init(
     axum::Extension(ctx): axum::Extension<Ctx>,
     req: Request,
 ) -> Answer {
-    let client = caller(&ctx)?;
-    let q = Query::of(req.uri());
-    q.timeout().map_err(|e| fail(&ctx, RTR, &e))?;
-    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
-        .await
-        .map_err(|_| fail(&ctx, RTR, &ApiError::bad_request("request body too large")))?;
-    let mut b: BatchInitBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let (client, ..) = timed(&ctx, &req)?;
+    let mut b: BatchInitBody = json_body(req).await.or_fail(&ctx, RTR)?;
     if b.host_ids.is_empty() && !b.batch_id.is_empty() {
         // A batch's hosts initialised again: their live sessions are refreshed and returned.
         let hosts = sim.with(|st, _| {
@@ -107,13 +102,13 @@ pub(super) async fn batch_init(
             st.counters.batch_inits += 1;
             if !any {
                 if b.existing_batch_id.is_empty() {
-                    st.batches.remove(&batch_id);
+                    st.discard_batch(&batch_id);
                 }
                 return Ok((String::new(), map));
             }
             Ok((batch_id, map))
         })
-        .map_err(|e| fail(&ctx, RTR, &e))?;
+        .or_fail(&ctx, RTR)?;
     if batch_id.is_empty() {
         // HTTP 404 for this body is [U] (psfalcon #80 reports a 404).
         let body = json!({
@@ -141,10 +136,8 @@ pub(super) async fn batch_refresh(
     axum::Extension(ctx): axum::Extension<Ctx>,
     req: Request,
 ) -> Answer {
-    let client = caller(&ctx)?;
-    Query::of(req.uri()).timeout().map_err(|e| fail(&ctx, RTR, &e))?;
-    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY).await.unwrap_or_default();
-    let b: BatchRefreshBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let (client, ..) = timed(&ctx, &req)?;
+    let b: BatchRefreshBody = json_body(req).await.or_fail(&ctx, RTR)?;
     let map = sim
         .with(|st, now| {
             let hosts: Vec<(usize, String)> = {
@@ -172,7 +165,7 @@ pub(super) async fn batch_refresh(
             }
             Ok::<_, ApiError>(map)
         })
-        .map_err(|e| fail(&ctx, RTR, &e))?;
+        .or_fail(&ctx, RTR)?;
     Ok(reply(201, &json!({ "meta": meta(&ctx, RTR), "resources": map, "errors": [] })))
 }
 
@@ -192,33 +185,11 @@ struct BatchCommandBody {
     file_path: String,
 }
 
-pub(super) async fn batch_read(
-    sim: State<Simulator>,
-    ctx: axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    batch_command(Tier::ReadOnly, sim, ctx, req, false).await
-}
-pub(super) async fn batch_responder(
-    sim: State<Simulator>,
-    ctx: axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    batch_command(Tier::Responder, sim, ctx, req, false).await
-}
-pub(super) async fn batch_admin(
-    sim: State<Simulator>,
-    ctx: axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    batch_command(Tier::Admin, sim, ctx, req, false).await
-}
-pub(super) async fn batch_get(
-    sim: State<Simulator>,
-    ctx: axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    batch_command(Tier::Responder, sim, ctx, req, true).await
+/// `POST` of a batch command at `tier`, or of batch get (`get_file`, a responder command).
+pub(super) fn batch_route(tier: Tier, get_file: bool) -> MethodRouter<Simulator> {
+    post(move |sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request| {
+        batch_command(tier, sim, ctx, req, get_file)
+    })
 }
 
 /// A batch command (or batch get): synchronous up to `timeout` (and `host_timeout_duration`):
@@ -232,28 +203,19 @@ async fn batch_command(
     req: Request,
     get_file: bool,
 ) -> Answer {
-    let client = caller(&ctx)?;
-    let q = Query::of(req.uri());
-    let mut timeout = q.timeout().map_err(|e| fail(&ctx, RTR, &e))?;
+    let (client, q, mut timeout) = timed(&ctx, &req)?;
     if let Some(h) = q.get("host_timeout_duration").filter(|v| !v.is_empty()) {
         let h = go_duration(h).ok_or_else(|| {
-            fail(&ctx, RTR, &ApiError::bad_request("invalid host_timeout_duration"))
+            reject(&ctx, RTR, ApiError::bad_request("invalid host_timeout_duration"))
         })?;
         timeout = timeout.min(h.max(Duration::from_millis(1)));
     }
-    let body = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY)
-        .await
-        .map_err(|_| fail(&ctx, RTR, &ApiError::bad_request("request body too large")))?;
-    let b: BatchCommandBody = parse_json(&body).map_err(|e| fail(&ctx, RTR, &e))?;
+    let b: BatchCommandBody = json_body(req).await.or_fail(&ctx, RTR)?;
     let (base, line) = if get_file {
         // XSOAR double-quotes the path (§7.5); the host sees it as one argument either way.
         let p = b.file_path.trim();
         if p.is_empty() {
-            return Err(Reject::from(fail(
-                &ctx,
-                RTR,
-                &ApiError::bad_request("file_path is required"),
-            )));
+            return Err(reject(&ctx, RTR, ApiError::bad_request("file_path is required")));
         }
         let quoted = if p.starts_with('"') { p.to_owned() } else { format!("\"{p}\"") };
         ("get".to_owned(), format!("get {quoted}"))
@@ -284,7 +246,7 @@ async fn batch_command(
             });
             Ok::<_, ApiError>((results, ready, req_id))
         })
-        .map_err(|e| fail(&ctx, RTR, &e))?;
+        .or_fail(&ctx, RTR)?;
     if let Some(ready) = ready {
         let until = ready.min(state::later(started, timeout));
         tokio::time::sleep_until(tokio::time::Instant::from_std(until)).await;
@@ -303,9 +265,7 @@ pub(super) async fn batch_get_status(
     axum::Extension(ctx): axum::Extension<Ctx>,
     req: Request,
 ) -> Answer {
-    let client = caller(&ctx)?;
-    let q = Query::of(req.uri());
-    q.timeout().map_err(|e| fail(&ctx, RTR, &e))?;
+    let (client, q, _) = timed(&ctx, &req)?;
     let id = q.get("batch_get_cmd_req_id").unwrap_or_default();
     let map = sim
         .with(|st, now| {
@@ -327,6 +287,6 @@ pub(super) async fn batch_get_status(
             }
             Ok::<_, ApiError>(map)
         })
-        .map_err(|e| fail(&ctx, RTR, &e))?;
+        .or_fail(&ctx, RTR)?;
     Ok(ok(&ctx, RTR, 200, Value::Object(map), json!([])))
 }

@@ -46,33 +46,11 @@ async fn read_upload(mut mp: Multipart, max: u64) -> Result<Upload, ApiError> {
     Ok(up)
 }
 
-pub(super) async fn put_file_v1(
-    sim: State<Simulator>,
-    ctx: axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    upload(LibKind::PutFile, false, sim, ctx, req).await
-}
-pub(super) async fn put_file_v2(
-    sim: State<Simulator>,
-    ctx: axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    upload(LibKind::PutFile, true, sim, ctx, req).await
-}
-pub(super) async fn script_v1(
-    sim: State<Simulator>,
-    ctx: axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    upload(LibKind::Script, false, sim, ctx, req).await
-}
-pub(super) async fn script_v2(
-    sim: State<Simulator>,
-    ctx: axum::Extension<Ctx>,
-    req: Request,
-) -> Answer {
-    upload(LibKind::Script, true, sim, ctx, req).await
+/// `POST` of a put-file or script upload, v1 or v2 (v2 answers the created object).
+pub(super) fn upload_route(kind: LibKind, v2: bool) -> MethodRouter<Simulator> {
+    post(move |sim: State<Simulator>, ctx: axum::Extension<Ctx>, req: Request| {
+        upload(kind, v2, sim, ctx, req)
+    })
 }
 
 async fn upload(
@@ -83,7 +61,7 @@ async fn upload(
     req: Request,
 ) -> Answer {
     let client = caller(&ctx)?;
-    let bad = |e: ApiError| fail(&ctx, LIBRARY, &e);
+    let bad = |e: ApiError| reject(&ctx, LIBRARY, e);
     let max = sim.config().max_put_file_bytes;
     let content_type =
         req.headers().get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
@@ -105,13 +83,13 @@ async fn upload(
     };
     let description = up.field("description").unwrap_or_default().to_owned();
     if description.is_empty() {
-        return Err(Reject::from(bad(ApiError::bad_request("description is required"))));
+        return Err(bad(ApiError::bad_request("description is required")));
     }
     let comments = up.field("comments_for_audit_log").unwrap_or_default();
     if comments.len() > 4096 {
-        return Err(Reject::from(bad(ApiError::bad_request(
+        return Err(bad(ApiError::bad_request(
             "comments_for_audit_log must be at most 4096 characters",
-        ))));
+        )));
     }
     let (content, file_name) = match (&up.file, up.field("content")) {
         (Some((n, b)), _) => (b.clone(), n.clone()),
@@ -119,25 +97,23 @@ async fn upload(
             (Bytes::copy_from_slice(c.as_bytes()), String::new())
         }
         _ => {
-            return Err(Reject::from(bad(ApiError::bad_request(if kind == LibKind::Script {
+            return Err(bad(ApiError::bad_request(if kind == LibKind::Script {
                 "one of file or content is required"
             } else {
                 "file is required"
-            }))));
+            })));
         }
     };
     let name = up.field("name").filter(|n| !n.is_empty()).map_or(file_name, str::to_owned);
     if name.is_empty() || name.len() > 32_766 {
-        return Err(Reject::from(bad(ApiError::bad_request(
-            "name is required (at most 32766 characters)",
-        ))));
+        return Err(bad(ApiError::bad_request("name is required (at most 32766 characters)")));
     }
     let (permission, platform) = if kind == LibKind::Script {
         let p = up.field("permission_type").unwrap_or_default().to_owned();
         if !["private", "group", "public"].contains(&p.as_str()) {
-            return Err(Reject::from(bad(ApiError::bad_request(
+            return Err(bad(ApiError::bad_request(
                 "permission_type must be one of private, group, public",
-            ))));
+            )));
         }
         let mut platform: Vec<String> = up
             .fields
@@ -152,9 +128,7 @@ async fn upload(
             platform.push("windows".into());
         }
         if platform.iter().any(|p| !["windows", "linux", "mac"].contains(&p.as_str())) {
-            return Err(Reject::from(bad(ApiError::bad_request(
-                "platform must be windows, linux or mac",
-            ))));
+            return Err(bad(ApiError::bad_request("platform must be windows, linux or mac")));
         }
         (p, platform)
     } else {
@@ -180,9 +154,7 @@ async fn upload(
             )
         })
         .map_err(bad)?;
-    let mut body = json!({ "meta": meta(&ctx, LIBRARY), "resources": if v2 { json!([created]) } else { json!([]) }, "errors": [] });
-    body["meta"]["writes"] = json!({ "resources_affected": 1 });
-    Ok(reply(200, &body))
+    Ok(written(&ctx, LIBRARY, if v2 { json!([created]) } else { json!([]) }))
 }
 
 fn lib_kind(path: &str) -> LibKind {
@@ -196,13 +168,11 @@ pub(super) async fn library_query(
 ) -> Answer {
     let kind = lib_kind(req.uri().path());
     let q = Query::of(req.uri());
-    let bad = |e: ApiError| fail(&ctx, RTR, &e);
-    let offset = q.usize("offset", 0).map_err(bad)?;
-    let limit = q.usize("limit", 100).map_err(bad)?.clamp(1, 100);
-    let filter = Filter::parse(q.get("filter").unwrap_or_default())
-        .map_err(|e| bad(ApiError::bad_request(format!("Invalid filter: {e}"))))?;
+    let offset = q.usize("offset", 0).or_fail(&ctx, RTR)?;
+    let limit = q.usize("limit", 100).or_fail(&ctx, RTR)?.clamp(1, 100);
+    let filter = q.filter().or_fail(&ctx, RTR)?;
     let (ids, total) = sim.with(|st, _| {
-        let all: Vec<String> = st
+        let all = st
             .library
             .iter()
             .filter(|f| f.kind == kind)
@@ -219,14 +189,10 @@ pub(super) async fn library_query(
                     _ => None,
                 })
             })
-            .map(|f| f.id.clone())
-            .collect();
-        let total = all.len();
-        (all.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
+            .map(|f| f.id.clone());
+        window(all, offset, limit)
     });
-    let mut body = json!({ "meta": meta(&ctx, RTR), "resources": ids, "errors": [] });
-    body["meta"]["pagination"] = pagination(offset, limit, total);
-    Ok(reply(200, &body))
+    Ok(page(&ctx, RTR, json!(ids), pagination(offset, limit, total)))
 }
 
 pub(super) async fn library_entities(
@@ -246,7 +212,7 @@ pub(super) async fn library_entities(
             .map(state::State::library_json)
             .collect::<Vec<_>>()
     });
-    Ok(ok(&ctx, RTR, 200, Value::Array(out), json!([])))
+    Ok(list(&ctx, RTR, out))
 }
 
 pub(super) async fn library_delete(
@@ -257,11 +223,7 @@ pub(super) async fn library_delete(
     let kind = lib_kind(req.uri().path());
     let ids = Query::of(req.uri()).all("ids");
     if ids.len() != 1 {
-        return Err(Reject::from(fail(
-            &ctx,
-            LIBRARY,
-            &ApiError::bad_request("exactly one id per call"),
-        )));
+        return Err(reject(&ctx, LIBRARY, ApiError::bad_request("exactly one id per call")));
     }
     let removed = sim.with(|st, _| {
         let before = st.library.len();
@@ -269,15 +231,10 @@ pub(super) async fn library_delete(
         before != st.library.len()
     });
     if !removed {
-        return Err(Reject::from(fail(
-            &ctx,
-            LIBRARY,
-            &ApiError::new(404, 404, "Could not find file for deletion"),
-        )));
+        let e = ApiError::new(404, 404, "Could not find file for deletion");
+        return Err(reject(&ctx, LIBRARY, e));
     }
-    let mut body = json!({ "meta": meta(&ctx, LIBRARY), "resources": [], "errors": [] });
-    body["meta"]["writes"] = json!({ "resources_affected": 1 });
-    Ok(reply(200, &body))
+    Ok(written(&ctx, LIBRARY, json!([])))
 }
 
 pub(super) async fn put_file_contents(
@@ -294,7 +251,7 @@ pub(super) async fn put_file_contents(
             .map(|f| f.content.clone())
     });
     let content = content.ok_or_else(|| {
-        fail(&ctx, RTR, &ApiError::new(404, 404, format!("Could not find file with id {id}")))
+        reject(&ctx, RTR, ApiError::new(404, 404, format!("Could not find file with id {id}")))
     })?;
     Ok((StatusCode::OK, [(CONTENT_TYPE, "application/octet-stream")], content).into_response())
 }
@@ -335,9 +292,7 @@ fn falcon_scripts() -> Vec<Value> {
 pub(super) async fn falcon_scripts_query(axum::Extension(ctx): axum::Extension<Ctx>) -> Response {
     let ids: Vec<Value> = falcon_scripts().iter().map(|s| s["id"].clone()).collect();
     let total = ids.len();
-    let mut body = json!({ "meta": meta(&ctx, RTR), "resources": ids, "errors": [] });
-    body["meta"]["pagination"] = pagination(0, 100, total);
-    reply(200, &body)
+    page(&ctx, RTR, Value::Array(ids), pagination(0, 100, total))
 }
 
 pub(super) async fn falcon_scripts_get(
@@ -349,5 +304,5 @@ pub(super) async fn falcon_scripts_get(
         .into_iter()
         .filter(|s| ids.iter().any(|i| s["id"] == i.as_str()))
         .collect();
-    ok(&ctx, RTR, 200, Value::Array(out), json!([]))
+    list(&ctx, RTR, out)
 }
