@@ -327,6 +327,32 @@ pub trait FileWriter: Send {
     async fn commit(self: Box<Self>) -> Result<FileRef, AdapterError>;
 }
 
+/// A `get_file`'s `offset`/`length`, cut on the gateway's side from a whole file the vendor
+/// sends (for vendors that cannot read a part): give it the file's chunks in order and write
+/// what it keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteRange {
+    skip: u64,
+    take: u64,
+}
+
+impl ByteRange {
+    /// From `offset` (none: the start) for `length` bytes (none: to the end).
+    pub fn new(offset: Option<u64>, length: Option<u64>) -> Self {
+        ByteRange { skip: offset.unwrap_or(0), take: length.unwrap_or(u64::MAX) }
+    }
+
+    /// The part of the file's next `chunk` inside the range (empty before and after it).
+    pub fn keep<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+        let cut = usize::try_from(self.skip.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        let part = &chunk[cut..];
+        self.skip -= cut as u64;
+        let keep = usize::try_from(self.take.min(part.len() as u64)).unwrap_or(part.len());
+        self.take -= keep as u64;
+        &part[..keep]
+    }
+}
+
 /// Why a run is being stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
@@ -381,5 +407,27 @@ impl StopSignal {
     /// polling delays) should race against it; a vendor call in flight is finished instead.
     pub async fn stopped(&self) {
         self.token.cancelled().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ByteRange;
+
+    fn cut(offset: Option<u64>, length: Option<u64>, chunks: &[&[u8]]) -> Vec<u8> {
+        let mut range = ByteRange::new(offset, length);
+        chunks.iter().flat_map(|c| range.keep(c).to_vec()).collect()
+    }
+
+    #[test]
+    fn a_byte_range_keeps_its_part_across_chunks() {
+        let chunks: &[&[u8]] = &[b"abc", b"", b"defg", b"hij"];
+        assert_eq!(cut(None, None, chunks), b"abcdefghij");
+        assert_eq!(cut(Some(2), Some(5), chunks), b"cdefg");
+        assert_eq!(cut(Some(3), None, chunks), b"defghij");
+        assert_eq!(cut(None, Some(1), chunks), b"a");
+        assert_eq!(cut(Some(9), Some(100), chunks), b"j");
+        assert_eq!(cut(Some(10), Some(1), chunks), b"");
+        assert_eq!(cut(Some(u64::MAX), None, chunks), b"");
     }
 }

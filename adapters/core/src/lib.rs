@@ -35,8 +35,8 @@ pub mod shared;
 pub mod testsuite;
 
 pub use adapter::{
-    Adapter, BudgetUse, CommandUpdate, Journal, Next, RunContext, RunFiles, Step, hostname_matches,
-    names_device,
+    Adapter, BudgetUse, ByteRange, CommandUpdate, Journal, Next, RunContext, RunFiles, Step,
+    hostname_matches, names_device,
 };
 pub use budget::{FairSlots, SlotGuard};
 pub use error::AdapterError;

@@ -67,6 +67,23 @@ fn get(path: &str) -> Command {
     Command::GetFile { path: path.into(), offset: None, length: None }
 }
 
+/// Runs of one action on `CS-WIN-0001` … `CS-WIN-000n`, each with `commands()`.
+fn action_runs(sim: &Simulator, n: usize, commands: impl Fn() -> Vec<Command>) -> Vec<RunHarness> {
+    let action = uuid::Uuid::now_v7();
+    (1..=n)
+        .map(|i| {
+            let mut r = run(sim, &format!("CS-WIN-{i:04}"), commands());
+            r.action_id = action;
+            r
+        })
+        .collect()
+}
+
+/// Drives every run to its end at once (so runs of one action meet).
+async fn drive_all(runs: &mut [RunHarness], adapter: &CrowdStrikeAdapter) {
+    futures::future::join_all(runs.iter_mut().map(|r| r.drive(adapter))).await;
+}
+
 fn ops(sim: &Simulator, op: &str) -> Vec<String> {
     sim.log().entries().into_iter().filter(|e| e.op == op).map(|e| e.target).collect()
 }
@@ -284,26 +301,14 @@ async fn put_file_conflicts_on_an_existing_destination_and_scripts_run_from_the_
 #[tokio::test]
 async fn runs_of_one_action_fan_out_through_one_batch() {
     let (sim, adapter) = setup(SimConfig { windows: 6, ..quick() }).await;
-    let hosts: Vec<String> = (1..=6).map(|i| format!("CS-WIN-{i:04}")).collect();
-    let action = uuid::Uuid::now_v7();
-    let mut runs: Vec<RunHarness> = hosts
-        .iter()
-        .map(|h| {
-            let mut r = run(
-                &sim,
-                h,
-                vec![
-                    Command::ProcessList,
-                    get(NOTE_PATH_WINDOWS),
-                    Command::DeleteFile { path: NOTE_PATH_WINDOWS.into() },
-                ],
-            );
-            r.action_id = action;
-            r
-        })
-        .collect();
-    let adapter = &adapter;
-    futures::future::join_all(runs.iter_mut().map(|r| r.drive(adapter))).await;
+    let mut runs = action_runs(&sim, 6, || {
+        vec![
+            Command::ProcessList,
+            get(NOTE_PATH_WINDOWS),
+            Command::DeleteFile { path: NOTE_PATH_WINDOWS.into() },
+        ]
+    });
+    drive_all(&mut runs, &adapter).await;
     for r in &runs {
         r.assert_all_succeeded();
         let CommandResult::File { file } = r.result(1) else { panic!() };
@@ -323,7 +328,6 @@ async fn runs_of_one_action_fan_out_through_one_batch() {
 async fn batch_runs_resume_from_their_checkpoints_in_a_fresh_adapter() {
     let (sim, first) = setup(SimConfig { windows: 3, ..quick() }).await;
     let url = format!("http://{}", sim.spawn().await.unwrap());
-    let action = uuid::Uuid::now_v7();
     let commands = || {
         vec![
             Command::ListDirectory { path: r"C:\evidence".into() },
@@ -331,13 +335,7 @@ async fn batch_runs_resume_from_their_checkpoints_in_a_fresh_adapter() {
             Command::DeleteFile { path: NOTE_PATH_WINDOWS.into() },
         ]
     };
-    let mut runs: Vec<RunHarness> = (1..=3)
-        .map(|i| {
-            let mut r = run(&sim, &format!("CS-WIN-{i:04}"), commands());
-            r.action_id = action;
-            r
-        })
-        .collect();
+    let mut runs = action_runs(&sim, 3, commands);
     // Each run takes one step (the batch opens, the listing goes out), then the process dies.
     let first = &first;
     futures::future::join_all(runs.iter_mut().map(|r| r.step(first))).await;
@@ -346,8 +344,7 @@ async fn batch_runs_resume_from_their_checkpoints_in_a_fresh_adapter() {
             .all(|r| r.checkpoint.as_ref().is_some_and(|c| c["session"]["batch"].is_string()))
     );
     let second = CrowdStrikeAdapter::new("cs", config(&url, DEFAULT_CLIENT_ID)).unwrap();
-    let second = &second;
-    futures::future::join_all(runs.iter_mut().map(|r| r.drive(second))).await;
+    drive_all(&mut runs, &second).await;
     for r in &runs {
         r.assert_all_succeeded();
     }
@@ -360,16 +357,8 @@ async fn batch_runs_resume_from_their_checkpoints_in_a_fresh_adapter() {
 async fn an_offline_host_in_a_batch_does_not_hold_the_others() {
     let (sim, adapter) = setup(SimConfig { windows: 3, ..quick() }).await;
     sim.set_online("CS-WIN-0002", false);
-    let action = uuid::Uuid::now_v7();
-    let mut runs: Vec<RunHarness> = (1..=3)
-        .map(|i| {
-            let mut r = run(&sim, &format!("CS-WIN-{i:04}"), vec![Command::ProcessList]);
-            r.action_id = action;
-            r
-        })
-        .collect();
-    let adapter = &adapter;
-    futures::future::join_all(runs.iter_mut().map(|r| r.drive(adapter))).await;
+    let mut runs = action_runs(&sim, 3, || vec![Command::ProcessList]);
+    drive_all(&mut runs, &adapter).await;
     assert_eq!(runs[0].status(0), Status::Succeeded);
     assert_eq!(runs[1].error(0).code, ErrorCode::DeviceOffline, "{:?}", runs[1].views[0]);
     assert_eq!(runs[2].status(0), Status::Succeeded);
@@ -380,16 +369,8 @@ async fn an_offline_host_in_a_batch_does_not_hold_the_others() {
 #[tokio::test]
 async fn isolating_many_hosts_is_one_request() {
     let (sim, adapter) = setup(SimConfig { windows: 5, ..quick() }).await;
-    let action = uuid::Uuid::now_v7();
-    let mut runs: Vec<RunHarness> = (1..=5)
-        .map(|i| {
-            let mut r = run(&sim, &format!("CS-WIN-{i:04}"), vec![Command::Isolate]);
-            r.action_id = action;
-            r
-        })
-        .collect();
-    let adapter = &adapter;
-    futures::future::join_all(runs.iter_mut().map(|r| r.drive(adapter))).await;
+    let mut runs = action_runs(&sim, 5, || vec![Command::Isolate]);
+    drive_all(&mut runs, &adapter).await;
     for r in &runs {
         r.assert_all_succeeded();
     }
@@ -405,20 +386,9 @@ async fn batch_stragglers_finish_through_the_single_host_status_route() {
     let (sim, adapter) =
         setup_with(SimConfig { windows: 3, ..quick() }, |c| c.rtr_timeout_secs = 1).await;
     sim.set_command_delay("CS-WIN-0003", Duration::from_millis(2500));
-    let action = uuid::Uuid::now_v7();
-    let mut runs: Vec<RunHarness> = (1..=3)
-        .map(|i| {
-            let mut r = run(
-                &sim,
-                &format!("CS-WIN-{i:04}"),
-                vec![Command::ListDirectory { path: r"C:\evidence".into() }],
-            );
-            r.action_id = action;
-            r
-        })
-        .collect();
-    let adapter = &adapter;
-    futures::future::join_all(runs.iter_mut().map(|r| r.drive(adapter))).await;
+    let mut runs =
+        action_runs(&sim, 3, || vec![Command::ListDirectory { path: r"C:\evidence".into() }]);
+    drive_all(&mut runs, &adapter).await;
     for r in &runs {
         r.assert_all_succeeded();
     }

@@ -190,14 +190,7 @@ impl CrowdStrikeAdapter {
                 path: None,
             });
         }
-        cp.phase = Phase::Rtr {
-            plan,
-            sub: 0,
-            state: LineState::Ready,
-            output: None,
-            cut: false,
-            file: None,
-        };
+        cp.phase = Phase::rtr(plan);
         set_state(cp, LineState::Ready);
         Ok(Drive::Continue)
     }
@@ -242,15 +235,9 @@ async fn store_archive(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let reader = tokio::task::spawn_blocking(move || extract_single(spool, &tx));
     let mut writer = ctx.files.create(index, name).await?;
-    let (mut skip, mut take) = (offset.unwrap_or(0), length.unwrap_or(u64::MAX));
+    let mut range = edrgate_adapter::ByteRange::new(offset, length);
     while let Some(chunk) = rx.recv().await {
-        let mut part: &[u8] = &chunk;
-        let cut = usize::try_from(skip.min(part.len() as u64)).unwrap_or(part.len());
-        part = &part[cut..];
-        skip -= cut as u64;
-        let keep = usize::try_from(take.min(part.len() as u64)).unwrap_or(part.len());
-        part = &part[..keep];
-        take -= keep as u64;
+        let part = range.keep(&chunk);
         if !part.is_empty() {
             writer.write(part).await?;
         }

@@ -57,6 +57,9 @@ pub struct CrowdStrikeAdapter {
     contains: Coalescer<Result<(), AdapterError>>,
 }
 
+/// Devices whose platform is cached (a fleet's worth; beyond, the cache starts over).
+const MAX_PLATFORMS: usize = 100_000;
+
 /// The run's state between steps, stored as JSON by the engine. (`pub` only because it is
 /// [`VendorRun::Checkpoint`]; this module is private.)
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -133,6 +136,13 @@ enum Phase {
     Contain { isolate: bool, sent: bool, since_ms: i64 },
 }
 
+impl Phase {
+    /// The start of a command's RTR lines.
+    fn rtr(plan: Vec<Rtr>) -> Phase {
+        Phase::Rtr { plan, sub: 0, state: LineState::Ready, output: None, cut: false, file: None }
+    }
+}
+
 /// Where one RTR line is.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -190,11 +200,17 @@ impl CrowdStrikeAdapter {
         })
     }
 
+    /// Caches the platforms of listed devices (at most `MAX_PLATFORMS`: a full cache starts
+    /// over; a miss costs one lookup).
     fn remember(&self, entities: &[crate::wire::DeviceEntity]) {
         let mut platforms = self.platforms.lock().unwrap_or_else(|p| p.into_inner());
         for d in entities {
             if let Some(p) = Platform::parse(&d.platform_name) {
-                platforms.insert(d.device_id.to_ascii_lowercase(), p);
+                let aid = d.device_id.to_ascii_lowercase();
+                if platforms.len() >= MAX_PLATFORMS && !platforms.contains_key(&aid) {
+                    platforms.clear();
+                }
+                platforms.insert(aid, p);
             }
         }
     }
@@ -387,14 +403,7 @@ impl VendorRun for CrowdStrikeAdapter {
                 let platform = self.platform(cp).await?;
                 match self.plan(ctx, command, platform).await? {
                     Ok(plan) => {
-                        cp.phase = Phase::Rtr {
-                            plan,
-                            sub: 0,
-                            state: LineState::Ready,
-                            output: None,
-                            cut: false,
-                            file: None,
-                        };
+                        cp.phase = Phase::rtr(plan);
                         Ok(Drive::Continue)
                     }
                     Err(error) => Ok(Drive::Finished(CommandUpdate::failed(index, error))),
@@ -602,6 +611,22 @@ mod tests {
         assert_eq!(admin.commands.len(), 18);
         assert!(!admin.supports(CommandKind::QuarantineFile));
         assert_eq!(tier_for(PermissionLevel::ActiveResponder, Tier::Admin), Tier::ActiveResponder);
+    }
+
+    #[test]
+    fn the_platform_cache_stays_bounded() {
+        let cfg = CrowdStrikeConfig::new("http://127.0.0.1:1", "id", "secret".into());
+        let adapter = CrowdStrikeAdapter::new("cs", cfg).unwrap();
+        let entities: Vec<crate::wire::DeviceEntity> = (0..MAX_PLATFORMS + 10)
+            .map(|i| crate::wire::DeviceEntity {
+                device_id: format!("{i:032x}"),
+                platform_name: "Windows".into(),
+                ..Default::default()
+            })
+            .collect();
+        adapter.remember(&entities);
+        let cached = adapter.platforms.lock().unwrap().len();
+        assert!((1..=MAX_PLATFORMS).contains(&cached), "{cached}");
     }
 
     #[test]

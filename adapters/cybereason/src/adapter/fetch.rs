@@ -173,15 +173,9 @@ impl CybereasonAdapter {
         let reader = tokio::task::spawn_blocking(move || unzip_first(spool, &password, &tx));
         let name = file_name(path);
         let mut writer = ctx.files.create(index, &name).await.map_err(CrError::Api)?;
-        let (mut skip, mut take) = (offset.unwrap_or(0), length.unwrap_or(u64::MAX));
+        let mut range = edrgate_adapter::ByteRange::new(offset, length);
         while let Some(chunk) = rx.recv().await {
-            let mut part: &[u8] = &chunk;
-            let cut = usize::try_from(skip.min(part.len() as u64)).unwrap_or(part.len());
-            part = &part[cut..];
-            skip -= cut as u64;
-            let keep = usize::try_from(take.min(part.len() as u64)).unwrap_or(part.len());
-            part = &part[..keep];
-            take -= keep as u64;
+            let part = range.keep(&chunk);
             if !part.is_empty() {
                 writer.write(part).await.map_err(CrError::Api)?;
             }
