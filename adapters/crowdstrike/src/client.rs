@@ -178,7 +178,7 @@ impl CsClient {
         let request = self.http.post(format!("{}/oauth2/token", self.base)).form(&form);
         let resp = http::send(VENDOR, &self.base, request).await.map_err(http::transport_error)?;
         let resp = self.check(resp, true).await?;
-        let issued: wire::Token = read_json(resp).await?;
+        let issued = token_answer(&read_capped(resp, MAX_JSON_BYTES).await?)?;
         let lifetime = Duration::from_secs(issued.expires_in);
         // Renew early, but never sooner than half the lifetime (short-lived test tokens).
         let early = self.renew_margin.min(lifetime / 2);
@@ -725,6 +725,22 @@ async fn read_capped(resp: Response, cap: usize) -> Result<Vec<u8>, AdapterError
 
 /// A JSON answer; an unreadable one is transient, so that a write whose answer was garbled
 /// is reconciled rather than taken as refused.
+/// The token answer (§2.1). Its parse error names only where the answer broke: serde's own
+/// text quotes the offending value, which may be the token.
+fn token_answer(body: &[u8]) -> Result<wire::Token, AdapterError> {
+    serde_json::from_slice(body).map_err(|e| {
+        AdapterError::transient(
+            ErrorCode::VendorUnavailable,
+            format!(
+                "unreadable CrowdStrike token answer ({:?} error at line {}, column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ),
+        )
+    })
+}
+
 async fn read_json<T: DeserializeOwned>(resp: Response) -> Result<T, AdapterError> {
     let body = read_capped(resp, MAX_JSON_BYTES).await?;
     serde_json::from_slice(&body).map_err(|e| {
@@ -733,4 +749,23 @@ async fn read_json<T: DeserializeOwned>(resp: Response) -> Result<T, AdapterErro
             format!("unreadable CrowdStrike answer: {e}"),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_answer;
+
+    #[test]
+    fn an_unreadable_token_answer_does_not_quote_the_token() {
+        let token = "cs-sim.0123456789abcdef";
+        for body in
+            [format!("\"{token}\""), format!(r#"{{"access_token": "x", "expires_in": "{token}"}}"#)]
+        {
+            let Err(e) = token_answer(body.as_bytes()) else { panic!("{body} was read") };
+            let shown = format!("{e} {e:?}");
+            assert!(!shown.contains(token), "{shown}");
+            assert!(shown.contains("token answer"), "{shown}");
+        }
+        assert_eq!(token_answer(br#"{"access_token": "t"}"#).unwrap().expires_in, 1799);
+    }
 }
