@@ -645,14 +645,19 @@ mod tests {
     use clap::Parser as _;
 
     use super::*;
-    use crate::cli::{Cli, Command as CliCommand};
+
+    /// The analyst's commands alone (`edrgate`'s command line flattens them in; its own test
+    /// checks the whole).
+    #[derive(Debug, clap::Parser)]
+    struct Analyst {
+        #[command(subcommand)]
+        command: AnalystCommand,
+    }
 
     fn parse(args: &[&str]) -> Result<AnalystCommand, clap::Error> {
-        let cli = Cli::try_parse_from(std::iter::once("edrgate").chain(args.iter().copied()))?;
-        match cli.command {
-            CliCommand::Analyst(command) => Ok(command),
-            other => panic!("not an analyst command: {other:?}"),
-        }
+        let analyst =
+            Analyst::try_parse_from(std::iter::once("edrgate").chain(args.iter().copied()))?;
+        Ok(analyst.command)
     }
 
     fn act(args: &[&str]) -> ActArgs {
