@@ -273,3 +273,25 @@ async fn a_profile_of_the_configuration_file_connects() {
     assert_eq!(none.code, 2, "{none:#?}");
     assert!(none.stderr.contains("no profile \"prod\""), "{none:#?}");
 }
+
+/// The tenant's request rate limit is waited out: one request a second, and a fan-out
+/// followed by long-polls that each ask for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_rate_limit_is_waited_out() {
+    let sim = Simulator::new(SimConfig {
+        checkin_delay: Duration::from_millis(30),
+        command_latency: Duration::from_millis(10),
+        ..SimConfig::default()
+    });
+    let cb = Backend::carbonblack(sim.spawn().await.unwrap());
+    let gw = Gateway::builder()
+        .backend("acme", "cb", &cb)
+        .config("[tenants.acme.limits]\nrequests_per_minute = 60\nburst = 1")
+        .start()
+        .await;
+    // The submission takes the only request of the second; the first long-poll right after
+    // it is refused, and sent again once the gateway says it may be.
+    let out = cli(&gw, "acme", &["act", "WIN-0001", "WIN-0002", "process-list"]).await;
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stderr.contains("rate limited by the gateway; retrying in 1 s"), "{out:#?}");
+}

@@ -8,7 +8,7 @@ use std::time::Duration;
 use edrgate_adapter::http::TlsOptions;
 use edrgate_adapter::{Action, ActionRequest};
 use futures::StreamExt as _;
-use reqwest::{Method, RequestBuilder, Response};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret as _, SecretString};
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -26,6 +26,10 @@ const MAX_JSON: usize = 256 << 20;
 const MAX_ERROR: usize = 64 << 10;
 /// Seconds a long-poll asks the gateway to wait (it caps them at its `max_wait_seconds`).
 pub(crate) const WAIT_SECONDS: u64 = 30;
+/// Rate-limited requests sent again at most, each after the `Retry-After` asked for if it
+/// is at most [`LONGEST_RETRY_AFTER`].
+const RATE_LIMIT_RETRIES: u32 = 3;
+const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// Longest silence on a connection: past the longest long-poll.
 const READ_TIMEOUT: Duration = Duration::from_secs(WAIT_SECONDS + 60);
 
@@ -105,9 +109,28 @@ fn file_id(id: &str) -> Result<&str, Failure> {
     }
 }
 
-/// Sends the request; an answer other than 2xx is the gateway's refusal.
+/// Sends the request; an answer other than 2xx is the gateway's refusal. The tenant's rate
+/// limit (429) is waited out, a few times, when its `Retry-After` is short: the gateway
+/// refuses so before acting on the request, so sending it again is safe.
 async fn send(request: RequestBuilder) -> Result<Response, Failure> {
-    let response = request.send().await.map_err(unreachable)?;
+    let mut retries = 0;
+    let response = loop {
+        // The bodies sent are JSON in memory: the request can be sent again.
+        let attempt = request.try_clone().expect("an in-memory body");
+        let response = attempt.send().await.map_err(unreachable)?;
+        let wait = (response.status() == StatusCode::TOO_MANY_REQUESTS)
+            .then(|| edrgate_adapter::http::retry_after(response.headers()))
+            .flatten()
+            .filter(|wait| *wait <= LONGEST_RETRY_AFTER);
+        match wait {
+            Some(wait) if retries < RATE_LIMIT_RETRIES => {
+                retries += 1;
+                eprintln!("rate limited by the gateway; retrying in {} s", wait.as_secs());
+                tokio::time::sleep(wait).await;
+            }
+            _ => break response,
+        }
+    };
     if response.status().is_success() {
         return Ok(response);
     }
