@@ -38,7 +38,7 @@ pub use config::Connection;
 /// The analyst's commands, flattened into `edrgate`'s.
 #[derive(Debug, Subcommand)]
 pub enum AnalystCommand {
-    /// List the devices the tenant's backends know (analyst CLI, like `act`, `action`, `fetch`).
+    /// List the devices the tenant's backends know, asking a running gateway.
     Devices(DevicesArgs),
     /// Run a response action on one or many hosts and follow it to its end.
     Act(ActArgs),
