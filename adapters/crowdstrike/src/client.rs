@@ -723,8 +723,6 @@ async fn read_capped(resp: Response, cap: usize) -> Result<Vec<u8>, AdapterError
     Ok(out)
 }
 
-/// A JSON answer; an unreadable one is transient, so that a write whose answer was garbled
-/// is reconciled rather than taken as refused.
 /// The token answer (§2.1). Its parse error names only where the answer broke: serde's own
 /// text quotes the offending value, which may be the token.
 fn token_answer(body: &[u8]) -> Result<wire::Token, AdapterError> {
@@ -741,6 +739,8 @@ fn token_answer(body: &[u8]) -> Result<wire::Token, AdapterError> {
     })
 }
 
+/// A JSON answer; an unreadable one is transient, so that a write whose answer was garbled
+/// is reconciled rather than taken as refused.
 async fn read_json<T: DeserializeOwned>(resp: Response) -> Result<T, AdapterError> {
     let body = read_capped(resp, MAX_JSON_BYTES).await?;
     serde_json::from_slice(&body).map_err(|e| {

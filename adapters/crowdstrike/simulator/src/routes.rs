@@ -114,32 +114,16 @@ pub(crate) fn router(sim: Simulator) -> Router {
         .route(&format!("{rtr}/entities/extracted-file-contents/v1"), get(extracted))
         .route(
             &format!("{rtr}/entities/put-files/v1"),
-            upload_route(LibKind::PutFile, false)
-                .get(library_entities)
-                .delete(library_delete)
-                .layer(DefaultBodyLimit::max(upload_limit)),
+            library(LibKind::PutFile, false, upload_limit),
         )
         .route(
             &format!("{rtr}/entities/put-files/v2"),
-            upload_route(LibKind::PutFile, true)
-                .get(library_entities)
-                .layer(DefaultBodyLimit::max(upload_limit)),
+            library(LibKind::PutFile, true, upload_limit),
         )
         .route(&format!("{rtr}/queries/put-files/v1"), get(library_query))
         .route(&format!("{rtr}/entities/put-file-contents/v1"), get(put_file_contents))
-        .route(
-            &format!("{rtr}/entities/scripts/v1"),
-            upload_route(LibKind::Script, false)
-                .get(library_entities)
-                .delete(library_delete)
-                .layer(DefaultBodyLimit::max(upload_limit)),
-        )
-        .route(
-            &format!("{rtr}/entities/scripts/v2"),
-            upload_route(LibKind::Script, true)
-                .get(library_entities)
-                .layer(DefaultBodyLimit::max(upload_limit)),
-        )
+        .route(&format!("{rtr}/entities/scripts/v1"), library(LibKind::Script, false, upload_limit))
+        .route(&format!("{rtr}/entities/scripts/v2"), library(LibKind::Script, true, upload_limit))
         .route(&format!("{rtr}/queries/scripts/v1"), get(library_query))
         .route(&format!("{rtr}/queries/falcon-scripts/v1"), get(falcon_scripts_query))
         .route(&format!("{rtr}/entities/falcon-scripts/v1"), get(falcon_scripts_get))
@@ -150,6 +134,14 @@ pub(crate) fn router(sim: Simulator) -> Router {
     let admin =
         Router::new().route("/_sim/hosts/{hostname}/online", post(admin_online)).with_state(sim);
     vendor.merge(admin)
+}
+
+/// A library's entities route (§8.3, §8.4): upload (v2 answers the created object) up to
+/// `upload_limit` bytes, list, and on v1 delete.
+fn library(kind: LibKind, v2: bool, upload_limit: usize) -> MethodRouter<Simulator> {
+    let route = upload_route(kind, v2).get(library_entities);
+    let route = if v2 { route } else { route.delete(library_delete) };
+    route.layer(DefaultBodyLimit::max(upload_limit))
 }
 
 // ---- the gate ----

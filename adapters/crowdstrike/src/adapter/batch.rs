@@ -309,10 +309,12 @@ impl CrowdStrikeAdapter {
         );
         if result.complete {
             let cap = self.cfg.max_output_bytes;
-            if let Phase::Rtr { state: LineState::Sent { stdout, stderr, .. }, .. } = &mut cp.phase
+            if let Phase::Rtr { state: LineState::Sent { stdout, stderr, .. }, cut, .. } =
+                &mut cp.phase
             {
-                mapping::append_capped(stdout, &result.stdout, cap);
-                mapping::append_capped(stderr, &result.stderr, cap);
+                // Noted like a polled line's (`session.rs`).
+                *cut |= !mapping::append_capped(stdout, &result.stdout, cap)
+                    | !mapping::append_capped(stderr, &result.stderr, cap);
             }
             return Ok(self.line_done(ctx, cp, line));
         }
