@@ -309,19 +309,7 @@ pub(crate) fn is_aid(s: &str) -> bool {
 }
 
 /// RFC 3339 UTC to the second (`2020-05-01T16:09:00Z`).
-pub(crate) fn rfc3339_secs(secs: u64) -> String {
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem / 60 % 60, rem % 60)
-}
+pub(crate) use edrgate_simkit::faults::rfc3339_secs;
 
 /// RFC 3339 UTC with nanoseconds, as session `created_at`s are (§1.4).
 pub(crate) fn rfc3339_nanos(t: SystemTime) -> String {
