@@ -206,6 +206,26 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// A transport failure (no HTTP status): always transient, the request may not have arrived.
+/// Streams a vendor answer's body into `spool` (a temporary file the caller made, for readers
+/// that must seek, such as an archive's), flushed, and gives the file back. The body is never
+/// held in memory.
+pub async fn spool(
+    resp: reqwest::Response,
+    spool: std::fs::File,
+) -> Result<std::fs::File, AdapterError> {
+    use futures::StreamExt as _;
+    use tokio::io::AsyncWriteExt as _;
+    let failed =
+        |e: std::io::Error| AdapterError::internal(format!("spooling the vendor's answer: {e}"));
+    let mut file = tokio::fs::File::from_std(spool);
+    let mut body = resp.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        file.write_all(&chunk.map_err(transport_error)?).await.map_err(failed)?;
+    }
+    file.flush().await.map_err(failed)?;
+    Ok(file.into_std().await)
+}
+
 pub fn transport_error(error: reqwest::Error) -> AdapterError {
     let what = if error.is_timeout() {
         "timed out"

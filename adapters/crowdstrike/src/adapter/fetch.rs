@@ -7,8 +7,6 @@ use edrgate_adapter::driver::{Drive, RunOps as _};
 use edrgate_adapter::{
     AdapterError, Command, CommandUpdate, ErrorCode, ErrorInfo, RunContext, http,
 };
-use futures::StreamExt as _;
-use tokio::io::AsyncWriteExt as _;
 
 use super::plan::{Role, Rtr, quote, split_path};
 use super::session::set_state;
@@ -223,14 +221,7 @@ async fn store_archive(
         .await
         .map_err(|e| internal("temporary file", &e))?
         .map_err(|e| internal("temporary file", &e))?;
-    let mut spool = tokio::fs::File::from_std(spool);
-    let mut body = resp.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(http::transport_error)?;
-        spool.write_all(&chunk).await.map_err(|e| internal("spooling the archive", &e))?;
-    }
-    spool.flush().await.map_err(|e| internal("spooling the archive", &e))?;
-    let spool = spool.into_std().await;
+    let spool = http::spool(resp, spool).await?;
 
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
     let reader = tokio::task::spawn_blocking(move || extract_single(spool, &tx));

@@ -5,9 +5,7 @@ use edrgate_adapter::driver::Drive;
 use edrgate_adapter::{
     AdapterError, Command, CommandResult, CommandUpdate, ErrorCode, ErrorInfo, RunContext,
 };
-use futures::StreamExt as _;
 use secrecy::ExposeSecret as _;
-use tokio::io::AsyncWriteExt as _;
 
 use super::remediate::one_element;
 use super::{Checkpoint, CybereasonAdapter, Phase, SensorIds, element_query, now_ms, timed_out};
@@ -157,15 +155,7 @@ impl CybereasonAdapter {
             .await
             .map_err(|e| internal("temporary file", &e))?
             .map_err(|e| internal("temporary file", &e))?;
-        let mut spool = tokio::fs::File::from_std(spool);
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| CrError::Api(edrgate_adapter::http::transport_error(e)))?;
-            spool.write_all(&chunk).await.map_err(|e| internal("spooling the zip", &e))?;
-        }
-        spool.flush().await.map_err(|e| internal("spooling the zip", &e))?;
-        let spool = spool.into_std().await;
+        let spool = edrgate_adapter::http::spool(resp, spool).await.map_err(CrError::Api)?;
 
         // The console's fixed password (the SDK's constant unless configured otherwise).
         let password = self.cfg.fetch_zip_password.expose_secret().as_bytes().to_vec();
