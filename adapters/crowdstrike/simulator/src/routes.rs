@@ -860,13 +860,18 @@ async fn sessions_get(
     let client = caller(&ctx)?;
     let ids: Ids = parse_json(&body).or_fail(&ctx, RTR)?;
     let out = sim.with(|st, now| {
-        ids.ids
-            .iter()
-            .filter_map(|id| st.sessions.get(id).filter(|s| s.client == client.id))
-            .map(|s| st.session_json(s, now))
-            .collect::<Vec<_>>()
+        own_sessions(st, client, &ids.ids).map(|s| st.session_json(s, now)).collect()
     });
     Ok(list(&ctx, RTR, out))
+}
+
+/// The caller's sessions among `ids`, in their order (others' are not found).
+fn own_sessions<'a>(
+    st: &'a state::State,
+    client: &'static Client,
+    ids: &'a [String],
+) -> impl Iterator<Item = &'a state::Session> {
+    ids.iter().filter_map(move |id| st.sessions.get(id).filter(|s| s.client == client.id))
 }
 
 async fn sessions_query(
@@ -936,13 +941,8 @@ async fn queued_get(
     let client = caller(&ctx)?;
     let ids: Ids = parse_json(&body).or_fail(&ctx, RTR)?;
     let out = sim.with(|st, _| {
-        ids.ids
-            .iter()
-            .filter_map(|id| {
-                st.sessions.get(id).filter(|s| s.client == client.id && s.offline_queued)
-            })
-            .map(|s| st.queued_json(s))
-            .collect::<Vec<_>>()
+        let own = own_sessions(st, client, &ids.ids);
+        own.filter(|s| s.offline_queued).map(|s| st.queued_json(s)).collect()
     });
     Ok(list(&ctx, RTR, out))
 }
