@@ -118,10 +118,12 @@ pub struct AuditEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    /// The submission's `targets`, as sent.
+    #[schema(value_type = Option<Vec<Object>>)]
     pub targets: Option<serde_json::Value>,
+    /// The submission's `commands`, as sent.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub commands: Option<serde_json::Value>,
     pub outcome: String,
     pub http_status: u16,

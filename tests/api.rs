@@ -305,7 +305,8 @@ async fn submission_is_202_and_a_replay_is_200_with_the_same_action() {
     assert!(first.headers.get("idempotent-replayed").is_none());
     let action = first.json();
     let id = action["id"].as_str().unwrap();
-    assert_eq!(first.headers[header::LOCATION], format!("/v1/actions/{id}").as_str());
+    assert_eq!(first.headers[header::LOCATION], format!("/v1/actions/{id}/status").as_str());
+    assert_eq!(first.headers[header::CONTENT_LOCATION], format!("/v1/actions/{id}").as_str());
     assert_eq!(action["request_id"], "req-1");
     assert_eq!(action["runs"].as_array().unwrap().len(), 1);
 
@@ -486,6 +487,66 @@ async fn long_polls_return_on_change_and_are_capped() {
     api.get("umbrella", &format!("/v1/actions/{id}?wait=-1"))
         .await
         .problem(StatusCode::BAD_REQUEST, "invalid_request");
+}
+
+#[tokio::test]
+async fn the_status_url_answers_202_until_the_action_is_finished() {
+    let api = Api::start().await;
+    // Tenant `umbrella`'s backend is unreachable: the action stays unfinished.
+    let submitted = api
+        .post(
+            "umbrella",
+            "/v1/actions",
+            &json!({"targets": [{"backend": "down", "device_id": "3"}], "commands": [{"type": "process_list"}]}),
+        )
+        .await;
+    assert_eq!(submitted.status, StatusCode::ACCEPTED);
+    let id = submitted.json()["id"].as_str().unwrap().to_owned();
+    let status_url = format!("/v1/actions/{id}/status");
+    assert_eq!(submitted.headers[header::LOCATION], status_url.as_str());
+    assert_eq!(submitted.headers[header::RETRY_AFTER], "5");
+
+    let pending = api.get("umbrella", &status_url).await;
+    assert_eq!(pending.status, StatusCode::ACCEPTED, "{}", pending.json());
+    assert_eq!(pending.headers[header::LOCATION], status_url.as_str());
+    assert_eq!(pending.headers[header::RETRY_AFTER], "5");
+    assert_eq!(pending.headers[header::CONTENT_TYPE], "application/json");
+    let progress = pending.json();
+    assert_eq!(progress["id"], id.as_str());
+    assert!(["queued", "dispatched", "running"].contains(&progress["status"].as_str().unwrap()));
+    assert_eq!(progress["retry_after_seconds"], 5);
+    assert_eq!(progress["action_url"], format!("/v1/actions/{id}"));
+    // The action itself answers 200 as before, whatever its status.
+    let action = api.get("umbrella", &format!("/v1/actions/{id}")).await;
+    assert_eq!(action.status, StatusCode::OK);
+    assert!(
+        ["queued", "dispatched", "running"].contains(&action.json()["status"].as_str().unwrap())
+    );
+
+    // Another tenant's id is unknown; reading needs the `read` permission; bad ids name nothing.
+    api.get("acme", &status_url).await.problem(StatusCode::NOT_FOUND, "not_found");
+    let unread = common::scoped_token("umbrella", "analyst-7", &["edrgate:write"]);
+    let request = Request::get(&status_url)
+        .header(header::AUTHORIZATION, format!("Bearer {unread}"))
+        .body(Body::empty())
+        .unwrap();
+    api.send(request).await.problem(StatusCode::FORBIDDEN, "forbidden");
+    api.get("umbrella", "/v1/actions/nope/status")
+        .await
+        .problem(StatusCode::NOT_FOUND, "not_found");
+    let unknown = format!("/v1/actions/{}/status", uuid::Uuid::now_v7());
+    api.get("umbrella", &unknown).await.problem(StatusCode::NOT_FOUND, "not_found");
+
+    // Finished: `200` with the action, the same body as `GET /v1/actions/{id}`.
+    let cancel = api.post("umbrella", &format!("/v1/actions/{id}/cancel"), &json!({})).await;
+    assert_eq!(cancel.status, StatusCode::OK, "{}", cancel.json());
+    let done = api.finished("umbrella", &id).await;
+    let finished = api.get("umbrella", &status_url).await;
+    assert_eq!(finished.status, StatusCode::OK);
+    assert!(finished.headers.get(header::RETRY_AFTER).is_none());
+    assert_eq!(finished.headers[header::CONTENT_LOCATION], format!("/v1/actions/{id}").as_str());
+    assert_eq!(finished.json(), done);
+    assert_eq!(finished.json()["status"], "cancelled");
 }
 
 #[tokio::test]

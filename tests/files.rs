@@ -458,8 +458,16 @@ async fn downloads_stream_whole_by_range_and_as_a_zip() {
     let mut back = Vec::new();
     entry.read_to_end(&mut back).unwrap();
     assert!(back == data);
-    for bad in ["?archive=zip", "?archive=zip&password=", "?archive=rar&password=x", "?password=x"]
-    {
+    // A password alone asks for the zip; the zip alone has the malware-sharing convention's
+    // password, `infected` (the document can declare neither as a dependency).
+    for (query, password) in [("?password=x", &b"x"[..]), ("?archive=zip", b"infected")] {
+        let r = gw.request(Method::GET, &acme, &format!("{path}{query}")).send().await.unwrap();
+        assert_eq!(r.headers()["content-type"], "application/zip", "{query}");
+        let zipped = r.bytes().await.unwrap();
+        let mut archive = zip::ZipArchive::new(io::Cursor::new(zipped.to_vec())).unwrap();
+        assert!(archive.by_index_decrypt(0, password).is_ok(), "{query}");
+    }
+    for bad in ["?archive=zip&password=", "?archive=rar&password=x", "?password="] {
         let r = gw.request(Method::GET, &acme, &format!("{path}{bad}")).send().await.unwrap();
         problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
     }
@@ -507,16 +515,37 @@ async fn commands_reference_uploads_of_their_own_tenant() {
     let other: Value = gw.upload(&globex, "x.bin", b"x".to_vec()).await.json().await.unwrap();
     let submit = |body: Value| gw.request(Method::POST, &acme, "/v1/actions").json(&body).send();
     let target = json!([{"backend": "cb", "device_id": "1"}]);
-    // Unknown, foreign and malformed file ids, and traversal in the remote path: 400.
-    for command in [
-        json!({"type": "put_file", "file_id": "0123456789abcdef0123456789abcdef", "path": "C:\\t.exe"}),
-        json!({"type": "put_file", "file_id": other["id"], "path": "C:\\t.exe"}),
-        json!({"type": "put_file", "file_id": "../../etc/passwd", "path": "C:\\t.exe"}),
-        json!({"type": "put_file", "file_id": id, "path": "C:\\ir\\..\\..\\Windows\\t.exe"}),
-        json!({"type": "run_script", "script": "x.ps1", "file_id": other["id"]}),
+    // Unknown, foreign and malformed file ids name nothing of the tenant's: 422 (valid by the
+    // document); traversal in the remote path breaks its pattern: 400.
+    for (command, status, code) in [
+        (
+            json!({"type": "put_file", "file_id": "0123456789abcdef0123456789abcdef", "path": "C:\\t.exe"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "file_not_found",
+        ),
+        (
+            json!({"type": "put_file", "file_id": other["id"], "path": "C:\\t.exe"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "file_not_found",
+        ),
+        (
+            json!({"type": "put_file", "file_id": "../../etc/passwd", "path": "C:\\t.exe"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "file_not_found",
+        ),
+        (
+            json!({"type": "put_file", "file_id": id, "path": "C:\\ir\\..\\..\\Windows\\t.exe"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            json!({"type": "run_script", "script": "x.ps1", "file_id": other["id"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "file_not_found",
+        ),
     ] {
         let r = submit(json!({"targets": target, "commands": [command]})).await.unwrap();
-        problem(r, StatusCode::BAD_REQUEST, "invalid_request").await;
+        problem(r, status, code).await;
     }
 
     // The upload goes to the endpoint through Carbon Black, byte for byte.

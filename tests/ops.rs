@@ -36,8 +36,9 @@ fn fast() -> SimConfig {
 }
 
 /// The action id at the end of a `Location`.
+/// The action id in a submission's `Location` (`…/v1/actions/{id}/status`).
 fn id_of(location: &str) -> &str {
-    location.rsplit('/').next().unwrap()
+    location.strip_suffix("/status").unwrap_or(location).rsplit('/').next().unwrap()
 }
 
 /// The value of the first sample of `metric` whose labels include all of `labels`.
@@ -66,7 +67,15 @@ async fn metrics_prefix_and_health_endpoints() {
     assert_eq!(r.status(), StatusCode::ACCEPTED);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(location.starts_with(&prefixed.url("/v1/actions/")), "{location}");
+    assert!(location.ends_with("/status"), "{location}");
     let action = prefixed.wait_terminal(&bearer, id_of(&location)).await;
+    // The status URL, under the prefix too: `200` with the finished action.
+    let r = prefixed.http.get(&location).bearer_auth(&bearer).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-location"].to_str().unwrap(),
+        prefixed.url(&format!("/v1/actions/{}", id_of(&location)))
+    );
     assert_eq!(action["status"], "succeeded", "{action:#}");
     for path in ["/healthz", "/readyz", "/edrgate/healthz", "/edrgate/readyz"] {
         let status = gw.http.get(gw.url(path)).send().await.unwrap().status();

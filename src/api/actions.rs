@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::header::LOCATION;
+use axum::http::header::{CONTENT_LOCATION, LOCATION, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use edrgate_adapter::{Action, ActionRequest, Command, Status};
@@ -27,6 +27,11 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// Longest accepted `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// `Retry-After` of the submission's `202` and of the status URL while the action runs: how
+/// often Logic Apps and other 202-pollers come back.
+pub const POLL_AFTER_SECONDS: u64 = 5;
+/// Largest `?wait=` accepted (as declared); it is then capped by `server.max_wait_seconds`.
+const MAX_WAIT_PARAM: u64 = 86_400;
 /// Page size of `GET /v1/actions` when `limit` is not given, and the largest allowed.
 pub const DEFAULT_LIMIT: u32 = 50;
 pub const MAX_LIMIT: u32 = 500;
@@ -46,6 +51,7 @@ pub struct ActionList {
 pub struct GetParams {
     /// Long-poll: answer as soon as the action changes, or after this many seconds (capped by
     /// the server's `max_wait_seconds`). A finished action is returned at once.
+    #[param(minimum = 0, maximum = 86400, example = 30)]
     pub wait: Option<u64>,
 }
 
@@ -61,29 +67,43 @@ pub struct ListParams {
     #[param(format = DateTime)]
     pub since: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = r"^([0-9]{1,18}\.[0-9a-f]{32})?$")]
     pub cursor: Option<String>,
     /// Page size, 1 to 500 (default 50).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u32>,
 }
 
-/// Submit an action.
+/// Submit action
 ///
-/// The action and its runs are stored before the answer. With an `Idempotency-Key`, a retried
+/// Runs `commands`, in order, on every target. The action and its runs are stored before the answer. With an `Idempotency-Key`, a retried
 /// submission (same key, same body) answers `200` with the first action and
 /// `Idempotent-Replayed: true`; the same key with another body is a `409`.
+///
+/// The `202`'s `Location` is the action's status URL (`GET /v1/actions/{id}/status`), which
+/// answers `202` until the action is finished, then `200` with it: the asynchronous pattern of
+/// Logic Apps and other 202-pollers. `Content-Location` is the action itself.
 #[utoipa::path(
     post,
     path = "/v1/actions",
     tag = "actions",
-    request_body = ActionRequest,
+    operation_id = "SubmitAction",
+    request_body(content = ActionRequest, example = json!({
+        "targets": [{"hostname": "WIN-0001"}],
+        "commands": [{"type": "process_list"}, {"type": "get_file", "path": "C:\\evidence\\note.txt"}],
+        "comment": "IR-1234 triage"
+    })),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this submission return the same action (at most 255 characters)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this submission return the same action (1 to 255 visible ASCII characters)", max_length = 255, pattern = r"^[\x20-\x7e\t]*[\x21-\x7e][\x20-\x7e\t]*$", example = "ir-1234-triage-1"),
         ("X-Request-ID" = Option<String>, Header, description = "Echoed on the answer and stored with the action; generated when absent"),
     ),
     responses(
         (status = 202, description = "Accepted: the action is stored and will run", body = Action,
-            headers(("Location" = String, description = "URL of the action"))),
+            headers(
+                ("Location" = String, description = "Absolute URL of the action's status (`/v1/actions/{id}/status`)"),
+                ("Content-Location" = String, description = "Absolute URL of the action (`/v1/actions/{id}`)"),
+                ("Retry-After" = u64, description = "Seconds before polling the status URL"),
+            )),
         (status = 200, description = "A replay of an earlier submission with the same Idempotency-Key", body = Action,
             headers(("Idempotent-Replayed" = String, description = "`true`"))),
         (status = 400, description = "Malformed JSON, unknown field or command, invalid arguments", body = Problem, content_type = "application/problem+json"),
@@ -92,10 +112,10 @@ pub struct ListParams {
         (status = 409, description = "Idempotency-Key reused with a different request", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "A command the target's backend does not support", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Valid by this document, but not for this tenant: a command the target's backend does not support, a backend or `file_id` the tenant does not have, a file over the backend's size cap, or arguments that do not go together (`offset` without `length`, registry `data` of another type than `value_type`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The tenant's request rate or actions-in-flight limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn submit_action(
     State(state): State<ApiState>,
@@ -165,8 +185,18 @@ pub(crate) async fn submit_action(
     };
     tracing::info!(tenant = %caller.tenant, action_id = %action.id, replayed, "action submitted");
     let mut response = (status, Json(&action)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&meta.link(&format!("/v1/actions/{}", action.id))) {
-        response.headers_mut().insert(LOCATION, location);
+    let headers = response.headers_mut();
+    let links = [
+        (CONTENT_LOCATION, format!("/v1/actions/{}", action.id)),
+        (LOCATION, status_path(action.id)),
+    ];
+    for (name, path) in links {
+        if let Ok(link) = HeaderValue::from_str(&meta.link(&path)) {
+            headers.insert(name, link);
+        }
+    }
+    if status == StatusCode::ACCEPTED {
+        headers.insert(RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECONDS));
     }
     if replayed {
         response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
@@ -174,11 +204,16 @@ pub(crate) async fn submit_action(
     Ok(response)
 }
 
-/// Get an action, optionally long-polling until it changes.
+/// Get action
+///
+/// The action with its runs and results, optionally long-polling (`wait`) until it changes.
+/// Answers `200` whatever the action's status; the asynchronous pattern (`202` until
+/// finished) is `GET /v1/actions/{id}/status`.
 #[utoipa::path(
     get,
     path = "/v1/actions/{id}",
     tag = "actions",
+    operation_id = "GetAction",
     params(("id" = Uuid, Path, description = "Action id"), GetParams),
     responses(
         (status = 200, description = "The action", body = Action),
@@ -188,7 +223,7 @@ pub(crate) async fn submit_action(
         (status = 403, description = "The `read` permission is missing", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such action for this tenant", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn get_action(
     State(state): State<ApiState>,
@@ -197,7 +232,11 @@ pub(crate) async fn get_action(
     Query(params): Query<GetParams>,
 ) -> Result<Json<Action>, ApiError> {
     caller.require(Permission::Read)?;
-    let wait = Duration::from_secs(params.wait.unwrap_or(0)).min(state.max_wait);
+    let wait = params.wait.unwrap_or(0);
+    if wait > MAX_WAIT_PARAM {
+        return Err(ApiError::invalid(format!("wait: 0 to {MAX_WAIT_PARAM} seconds")));
+    }
+    let wait = Duration::from_secs(wait).min(state.max_wait);
     if wait.is_zero() {
         return Ok(Json(state.engine.action(&caller.tenant, id).await?));
     }
@@ -211,11 +250,94 @@ pub(crate) async fn get_action(
     Ok(Json(action))
 }
 
-/// List the tenant's actions, newest first.
+/// The path of an action's status URL (the submission's `Location`).
+fn status_path(id: Uuid) -> String {
+    format!("/v1/actions/{id}/status")
+}
+
+/// What the status URL answers while the action is not finished.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ActionProgress {
+    pub id: Uuid,
+    /// `queued`, `dispatched` or `running`.
+    pub status: Status,
+    /// Seconds before asking again (also in `Retry-After`).
+    pub retry_after_seconds: u64,
+    /// Absolute URL of the action (`GET /v1/actions/{id}`), to read its runs meanwhile.
+    pub action_url: String,
+}
+
+/// Get action status
+///
+/// The action's status URL, for clients of the asynchronous `202` pattern: `202` with
+/// `Retry-After` and `Location` (this URL) while the action is queued or running, then `200`
+/// with the finished action (the same body as `GET /v1/actions/{id}`).
+#[utoipa::path(
+    get,
+    path = "/v1/actions/{id}/status",
+    tag = "actions",
+    operation_id = "GetActionStatus",
+    params(("id" = Uuid, Path, description = "Action id", example = "0192f7a4-5c8e-7d3a-9b1e-2f4a6c8e0d1f")),
+    responses(
+        (status = 200, description = "The action is finished", body = Action,
+            headers(("Content-Location" = String, description = "Absolute URL of the action"))),
+        (status = 202, description = "The action is not finished yet; poll `Location` again after `Retry-After` seconds", body = ActionProgress,
+            headers(
+                ("Location" = String, description = "Absolute URL of this status"),
+                ("Retry-After" = u64, description = "Seconds before polling again"),
+            )),
+        (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The `read` permission is missing", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such action for this tenant", body = Problem, content_type = "application/problem+json"),
+        (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("BearerAuth" = []))
+)]
+pub(crate) async fn action_status(
+    State(state): State<ApiState>,
+    caller: Caller,
+    meta: RequestMeta,
+    Path(id): Path<Uuid>,
+) -> Result<Response, ApiError> {
+    caller.require(Permission::Read)?;
+    let action = state.engine.action(&caller.tenant, id).await?;
+    let action_url = meta.link(&format!("/v1/actions/{id}"));
+    if action.status.is_terminal() {
+        // Finished: `200` with the action itself, not a `303` to it. Logic Apps stops polling
+        // at the first non-202 answer and takes that answer as the action's output, and
+        // XSOAR's scheduled commands read the body they polled; neither is documented to
+        // follow a redirect there (shared/vendor-apis/front-doors.md §3.3, option (a)).
+        let mut response = Json(&action).into_response();
+        if let Ok(link) = HeaderValue::from_str(&action_url) {
+            response.headers_mut().insert(CONTENT_LOCATION, link);
+        }
+        return Ok(response);
+    }
+    let progress = ActionProgress {
+        id,
+        status: action.status,
+        retry_after_seconds: POLL_AFTER_SECONDS,
+        action_url,
+    };
+    // Logic Apps wants every 202 "with the same headers": `Location` (absolute, this URL
+    // again) and `Retry-After` (seconds; its default is 20 s).
+    let mut response = (StatusCode::ACCEPTED, Json(&progress)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(location) = HeaderValue::from_str(&meta.link(&status_path(id))) {
+        headers.insert(LOCATION, location);
+    }
+    headers.insert(RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECONDS));
+    Ok(response)
+}
+
+/// List actions
+///
+/// The tenant's actions, newest first, a page at a time.
 #[utoipa::path(
     get,
     path = "/v1/actions",
     tag = "actions",
+    operation_id = "ListActions",
     params(ListParams),
     responses(
         (status = 200, description = "A page of actions", body = ActionList),
@@ -224,7 +346,7 @@ pub(crate) async fn get_action(
         (status = 403, description = "The `read` permission is missing", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn list_actions(
     State(state): State<ApiState>,
@@ -237,14 +359,15 @@ pub(crate) async fn list_actions(
     Ok(Json(ActionList { items, next_cursor: next.map(|c| c.encode()) }))
 }
 
-/// Request the cancellation of an action.
+/// Cancel action
 ///
-/// Queued work is dropped; running commands are cancelled at the vendor where it allows. The
+/// Requests the cancellation of an action. Queued work is dropped; running commands are cancelled at the vendor where it allows. The
 /// answer is the action with `cancel_requested: true`; it reaches `cancelled` shortly after.
 #[utoipa::path(
     post,
     path = "/v1/actions/{id}/cancel",
     tag = "actions",
+    operation_id = "CancelAction",
     params(("id" = Uuid, Path, description = "Action id")),
     responses(
         (status = 200, description = "Cancel requested", body = Action),
@@ -254,7 +377,7 @@ pub(crate) async fn list_actions(
         (status = 404, description = "No such action for this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The action already finished", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn cancel_action(
     State(state): State<ApiState>,

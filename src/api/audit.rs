@@ -30,8 +30,8 @@ pub struct AuditList {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {
-    /// Only this kind of event: `action.submit`, `action.cancel`, `file.upload`,
-    /// `file.download`, `config.reload`.
+    /// Only this kind of event.
+    #[param(value_type = Option<AuditEvent>)]
     pub event: Option<String>,
     /// Only this caller (`sub`). Callers without the admin permission see only their own.
     pub subject: Option<String>,
@@ -44,31 +44,44 @@ pub struct AuditParams {
     #[param(format = DateTime)]
     pub until: Option<String>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{0,18}$")]
     pub cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// `jsonl`: every matching entry as JSON lines (`application/x-ndjson`), streamed, for
     /// export; `cursor` and `limit` then do not apply.
-    pub format: Option<String>,
+    pub format: Option<AuditFormat>,
 }
 
-/// The tenant's audit trail.
+/// The export format of `GET /v1/audit`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditFormat {
+    /// JSON lines (`application/x-ndjson`).
+    Jsonl,
+}
+
+/// List audit entries
 ///
-/// Every submission, cancel, file upload and download and configuration reload, with who
+/// The tenant's audit trail: every submission, cancel, file upload and download and configuration reload, with who
 /// asked (`sub`, client id), from where (through trusted proxies only), the request id, the
 /// targets and commands, and the outcome; `action_status` is the action's status now.
 #[utoipa::path(
     get,
     path = "/v1/audit",
     tag = "audit",
+    operation_id = "ListAudit",
     params(AuditParams),
     responses(
-        (status = 200, description = "A page of entries, newest first (or JSON lines with `format=jsonl`)", body = AuditList),
+        (status = 200, description = "A page of entries, newest first (or JSON lines with `format=jsonl`)", content(
+            (AuditList = "application/json"),
+            (AuditEntry = "application/x-ndjson"),
+        )),
         (status = 400, description = "Bad filter", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = [])),
+    security(("BearerAuth" = [])),
 )]
 pub(crate) async fn list_audit(
     State(state): State<ApiState>,
@@ -85,11 +98,8 @@ pub(crate) async fn list_audit(
             (_, own) => query.subject = Some(own.clone().unwrap_or_default()),
         }
     }
-    if params.format.as_deref() == Some("jsonl") {
+    if params.format == Some(AuditFormat::Jsonl) {
         return Ok(export(state, caller.tenant, query));
-    }
-    if let Some(format) = params.format.as_deref() {
-        return Err(ApiError::invalid(format!("format: only \"jsonl\" is known, not {format:?}")));
     }
     let store = state.engine.store();
     let (items, next) = store.audit(&caller.tenant, &query).await.map_err(|error| {
@@ -154,9 +164,13 @@ fn audit_query(params: &AuditParams) -> Result<AuditQuery, ApiError> {
     };
     let before = match params.cursor.as_deref() {
         None | Some("") => None,
+        // Digits only, as declared: `parse` alone would take a sign.
         Some(c) => Some(
-            c.parse::<i64>()
-                .map_err(|_| ApiError::invalid("cursor: not a cursor of this listing"))?,
+            c.bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| c.parse::<i64>().ok())
+                .flatten()
+                .ok_or_else(|| ApiError::invalid("cursor: not a cursor of this listing"))?,
         ),
     };
     Ok(AuditQuery {
@@ -170,7 +184,7 @@ fn audit_query(params: &AuditParams) -> Result<AuditQuery, ApiError> {
     })
 }
 
-/// Reload the configuration.
+/// Reload configuration
 ///
 /// Re-reads the configuration file and applies its `tenants` (backends, credentials,
 /// routing) to new actions; runs in flight finish undisturbed. A configuration that does not
@@ -183,6 +197,7 @@ fn audit_query(params: &AuditParams) -> Result<AuditQuery, ApiError> {
     post,
     path = "/v1/admin/reload",
     tag = "admin",
+    operation_id = "ReloadConfig",
     responses(
         (status = 200, description = "Reloaded", body = ReloadReport),
         (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
@@ -190,7 +205,7 @@ fn audit_query(params: &AuditParams) -> Result<AuditQuery, ApiError> {
         (status = 409, description = "Not started from a configuration file", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The new configuration is invalid; nothing changed", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = [])),
+    security(("BearerAuth" = [])),
 )]
 pub(crate) async fn reload(
     State(state): State<ApiState>,

@@ -48,9 +48,9 @@ pub struct DeviceParams {
     pub hostname: Option<String>,
 }
 
-/// List the devices the tenant's backends know, with what each can run.
+/// List devices
 ///
-/// Asks every backend of the tenant; each device carries its backend and device id, which can
+/// The devices the tenant's backends know, with what each can run. Asks every backend of the tenant; each device carries its backend and device id, which can
 /// be used as an explicit target, and its per-device capabilities: the commands it runs and
 /// how (`via`), and those it cannot run with the reason (its OS, agent version or the
 /// backend's settings). An action's command the resolved device cannot run ends
@@ -59,6 +59,7 @@ pub struct DeviceParams {
     get,
     path = "/v1/devices",
     tag = "devices",
+    operation_id = "ListDevices",
     params(DeviceParams),
     responses(
         (status = 200, description = "Matching devices", body = DeviceList),
@@ -68,7 +69,7 @@ pub struct DeviceParams {
         (status = 502, description = "A backend refused the lookup", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "A backend is unavailable or rate-limiting", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn list_devices(
     State(state): State<ApiState>,
@@ -85,22 +86,23 @@ pub(crate) async fn list_devices(
     Ok(Json(DeviceList { items: items.collect() }))
 }
 
-/// What each of the tenant's backends supports (commands, how, limits).
+/// List capabilities
 ///
-/// Per backend: a command listed here is accepted at submission. Whether one device of the
+/// What each of the tenant's backends supports (commands, how, limits). Per backend: a command listed here is accepted at submission. Whether one device of the
 /// backend can run it (its OS, agent version) is on `GET /v1/devices`; a run refuses a
 /// command its resolved device cannot run, with the reason.
 #[utoipa::path(
     get,
     path = "/v1/capabilities",
     tag = "devices",
+    operation_id = "ListCapabilities",
     responses(
         (status = 200, description = "One entry per backend", body = CapabilityList),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The `read` permission is missing", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn capabilities(
     State(state): State<ApiState>,
@@ -110,22 +112,28 @@ pub(crate) async fn capabilities(
     Ok(Json(CapabilityList { items: state.engine.backends().capabilities(&caller.tenant) }))
 }
 
-/// Liveness: the process answers.
+/// Check liveness
+///
+/// The process answers.
 #[utoipa::path(
     get,
     path = "/healthz",
     tag = "health",
+    operation_id = "GetHealth",
     responses((status = 200, description = "Alive", body = Health))
 )]
 pub(crate) async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into() })
 }
 
-/// Readiness: the store answers and the process is not shutting down.
+/// Check readiness
+///
+/// The store answers and the process is not shutting down.
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
+    operation_id = "GetReadiness",
     responses(
         (status = 200, description = "Ready", body = Health),
         (status = 503, description = "Not ready", body = Problem, content_type = "application/problem+json"),

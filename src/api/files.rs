@@ -35,6 +35,9 @@ use crate::store::{FileMeta, FileOrigin, FileSource};
 pub const REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
 /// Longest zip password accepted.
 const MAX_PASSWORD: usize = 128;
+/// The zip's password when `archive=zip` comes without one: the convention of malware-sharing
+/// archives.
+const DEFAULT_ZIP_PASSWORD: &str = "infected";
 
 /// Query of `POST /v1/files`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -42,8 +45,19 @@ const MAX_PASSWORD: usize = 128;
 pub(crate) struct UploadQuery {
     /// The file's name (one path component; no `/`, `\`, `..` or control characters). With
     /// multipart, defaults to the part's file name.
+    #[param(
+        min_length = 1,
+        max_length = 255,
+        pattern = r"^(?!\.\.?$)[^/\\\u0000-\u001f\u007f-\u009f]+$",
+        example = "collector.ps1"
+    )]
     name: Option<String>,
 }
+
+/// Raw bytes (a request or response body that is not JSON).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub(crate) struct Binary(#[allow(dead_code)] Vec<u8>);
 
 /// `multipart/form-data` upload: the first part with a file name (or named `file`).
 #[derive(ToSchema)]
@@ -53,18 +67,19 @@ pub(crate) struct UploadForm {
     file: Vec<u8>,
 }
 
-/// Upload a file (a tool or script for `put_file` / `run_script`), streamed to storage.
+/// Upload file
 ///
-/// The body is the raw content (any content type but multipart), or `multipart/form-data`
+/// A tool or script for `put_file` / `run_script`, streamed to storage. The body is the raw content (any content type but multipart), or `multipart/form-data`
 /// with one file part. The size and SHA-256 are computed on the way; past the tenant's size
 /// cap the upload is refused with `413 payload_too_large` and nothing is kept.
 #[utoipa::path(
     post,
     path = "/v1/files",
     tag = "files",
+    operation_id = "UploadFile",
     params(UploadQuery),
     request_body(content(
-        (Vec<u8> = "application/octet-stream"),
+        (Binary = "application/octet-stream"),
         (UploadForm = "multipart/form-data"),
     )),
     responses(
@@ -76,7 +91,7 @@ pub(crate) struct UploadForm {
         (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Larger than the tenant's `max_upload_bytes`", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn upload_file(
     State(state): State<ApiState>,
@@ -152,13 +167,31 @@ async fn upload(
                 return Err(ApiError::invalid("the multipart body has no file part"));
             };
             if field.file_name().is_none() && field.name() != Some("file") {
+                // Other parts are skipped, but their names must be what the document allows.
+                check_part_name(field.name())?;
                 continue;
             }
             let name = query.name.clone().or_else(|| field.file_name().map(str::to_owned));
             let name = upload_name(name)?;
             let writer = create(files, &caller.tenant, &name, origin(&name), limit).await?;
             let field = field.map(|chunk| chunk.map_err(|e| multipart_error(&e)));
-            break store(writer, field).await?;
+            let meta = store(writer, field).await?;
+            // The parts after the file are checked the same way; a bad one drops the file.
+            let rest = async {
+                while let Some(part) =
+                    multipart.next_field().await.map_err(|e| multipart_error(&e))?
+                {
+                    check_part_name(part.name())?;
+                }
+                Ok::<(), ApiError>(())
+            };
+            if let Err(error) = rest.await {
+                if let Err(e) = files.delete(&caller.tenant, &meta.id).await {
+                    tracing::warn!(error = %e, file_id = %meta.id, "could not drop a refused upload");
+                }
+                return Err(error);
+            }
+            break meta;
         }
     } else {
         let name = upload_name(query.name.clone())?;
@@ -169,6 +202,20 @@ async fn upload(
         store(writer, body).await?
     };
     Ok(meta)
+}
+
+/// The name of a multipart part that is not the file: present (RFC 7578), without a quote,
+/// backslash or control character (the document's `propertyNames`).
+fn check_part_name(name: Option<&str>) -> Result<(), ApiError> {
+    let usable = name.is_some_and(|name| {
+        !name.contains(['"', '\\']) && !name.chars().any(|c| c.is_ascii_control())
+    });
+    if usable {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        "a multipart part has no name, or one with a quote, backslash or control character",
+    ))
 }
 
 fn upload_name(name: Option<String>) -> Result<String, ApiError> {
@@ -246,11 +293,14 @@ fn file_error(e: FileError) -> ApiError {
     }
 }
 
+/// Get file metadata
+///
 /// Metadata of a stored file, including where it came from.
 #[utoipa::path(
     get,
     path = "/v1/files/{id}",
     tag = "files",
+    operation_id = "GetFileMeta",
     params(("id" = String, Path, description = "File id (32 hex digits)")),
     responses(
         (status = 200, description = "The file's metadata and custody", body = FileMeta),
@@ -259,7 +309,7 @@ fn file_error(e: FileError) -> ApiError {
         (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file for this tenant", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn file_meta(
     State(state): State<ApiState>,
@@ -274,11 +324,14 @@ pub(crate) async fn file_meta(
     meta.map(Json).ok_or_else(no_such_file)
 }
 
-/// Delete a stored file: it disappears at once, its content right after.
+/// Delete file
+///
+/// The stored file disappears at once, its content right after.
 #[utoipa::path(
     delete,
     path = "/v1/files/{id}",
     tag = "files",
+    operation_id = "DeleteFile",
     params(("id" = String, Path, description = "File id (32 hex digits)")),
     responses(
         (status = 204, description = "Deleted"),
@@ -287,7 +340,7 @@ pub(crate) async fn file_meta(
         (status = 429, description = "The tenant's request rate limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such file for this tenant", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn delete_file(
     State(state): State<ApiState>,
@@ -308,7 +361,8 @@ pub(crate) async fn delete_file(
 pub(crate) struct ContentQuery {
     /// `zip`: the file packed in an AES-256 zip protected by `password`.
     archive: Option<ArchiveKind>,
-    /// The zip's password (1-128 characters), e.g. `infected`.
+    /// The zip's password (default `infected`); given alone, it implies `archive=zip`.
+    #[param(min_length = 1, max_length = 128, example = "infected")]
     password: Option<String>,
 }
 
@@ -318,9 +372,9 @@ pub(crate) enum ArchiveKind {
     Zip,
 }
 
-/// The content of a stored file, streamed.
+/// Download file
 ///
-/// `ETag` is the quoted SHA-256 (hex) and `Repr-Digest` carries it as RFC 9530 asks
+/// The content of a stored file, streamed. `ETag` is the quoted SHA-256 (hex) and `Repr-Digest` carries it as RFC 9530 asks
 /// (`sha-256=:<base64>:`), so a client can check what it received; with a `Range`, both still
 /// describe the whole file. A whole download is checked against the recorded digest as it
 /// streams and is cut short (never completed) if the stored content no longer matches; a
@@ -331,6 +385,7 @@ pub(crate) enum ArchiveKind {
     get,
     path = "/v1/files/{id}/content",
     tag = "files",
+    operation_id = "DownloadFile",
     params(
         ("id" = String, Path, description = "File id (32 hex digits)"),
         ContentQuery,
@@ -339,14 +394,17 @@ pub(crate) enum ArchiveKind {
         ("If-Range" = Option<String>, Header, description = "Serve the range only if the ETag still matches"),
     ),
     responses(
-        (status = 200, description = "The file's bytes (or the zip)", content_type = "application/octet-stream", body = Vec<u8>,
+        (status = 200, description = "The file's bytes (`application/octet-stream`), or with `archive`/`password` the zip (`application/zip`)", content(
+            (Binary = "application/octet-stream"),
+            (Binary = "application/zip"),
+        ),
             headers(
                 ("Content-Length" = u64, description = "Size in bytes (not with `archive`)"),
                 ("ETag" = String, description = "Quoted lower-case hex SHA-256"),
                 ("Repr-Digest" = String, description = "`sha-256=:<base64>:` (RFC 9530)"),
                 ("Content-Disposition" = String, description = "`attachment; filename=\"...\"`"),
             )),
-        (status = 206, description = "One range of the file", content_type = "application/octet-stream", body = Vec<u8>,
+        (status = 206, description = "One range of the file", content_type = "application/octet-stream", body = Binary,
             headers(
                 ("Content-Range" = String, description = "`bytes a-b/size`"),
                 ("Content-Length" = u64, description = "Length of the range"),
@@ -359,7 +417,7 @@ pub(crate) enum ArchiveKind {
         (status = 404, description = "No such file for this tenant", body = Problem, content_type = "application/problem+json"),
         (status = 416, description = "The range lies outside the file", body = Problem, content_type = "application/problem+json"),
     ),
-    security(("bearer" = []))
+    security(("BearerAuth" = []))
 )]
 pub(crate) async fn file_content(
     State(state): State<ApiState>,
@@ -402,12 +460,10 @@ async fn content(
         ApiError::internal()
     })?;
     let meta = meta.ok_or_else(no_such_file)?;
-    let password = match query.archive {
-        Some(ArchiveKind::Zip) => Some(zip_password(query.password)?),
-        None if query.password.is_some() => {
-            return Err(ApiError::invalid("password goes with archive=zip"));
-        }
-        None => None,
+    let password = match (query.archive, query.password) {
+        (Some(ArchiveKind::Zip), None) => Some(DEFAULT_ZIP_PASSWORD.to_owned().into()),
+        (_, Some(password)) => Some(zip_password(password)?),
+        (None, None) => None,
     };
     let etag = format!("\"{}\"", meta.sha256);
     let mut headers = HeaderMap::new();
@@ -470,13 +526,11 @@ async fn content(
     Ok((status, headers, Body::from_stream(content)).into_response())
 }
 
-fn zip_password(password: Option<String>) -> Result<SecretString, ApiError> {
-    match password {
-        Some(p) if !p.is_empty() && p.chars().count() <= MAX_PASSWORD => Ok(p.into()),
-        _ => Err(ApiError::invalid(format!(
-            "archive=zip needs a password of 1 to {MAX_PASSWORD} characters"
-        ))),
+fn zip_password(password: String) -> Result<SecretString, ApiError> {
+    if password.is_empty() || password.chars().count() > MAX_PASSWORD {
+        return Err(ApiError::invalid(format!("password: 1 to {MAX_PASSWORD} characters")));
     }
+    Ok(password.into())
 }
 
 /// `safe_name` keeps only `[A-Za-z0-9._-]`: nothing to escape inside the quotes.

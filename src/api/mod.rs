@@ -12,6 +12,7 @@ pub mod actions;
 pub mod audit;
 pub mod caller;
 pub mod devices;
+pub mod downlevel;
 pub mod files;
 pub mod metrics;
 pub mod multipart;
@@ -80,18 +81,22 @@ impl FromRef<ApiState> for Arc<Auth> {
 /// The complete application router: routes, fallbacks, `/openapi.json` and the layers.
 pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
     let prefix = Arc::clone(&state.prefix);
-    let (routes, doc) = openapi::api_routes().split_for_parts();
-    // Rendered once: the document is a function of the code only.
-    let doc = openapi::render(&doc);
-    let routes = routes
-        .route(
-            "/openapi.json",
-            axum::routing::get(move || {
-                let doc = doc.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc) }
-            }),
-        )
-        .with_state(state.clone());
+    let (mut routes, doc) = openapi::api_routes().split_for_parts();
+    // Made once: the documents are a function of the code only, but for `servers` (3.x) and
+    // `host`/`basePath`/`schemes` (2.0), which name the gateway as the client reached it.
+    let doc = openapi::finish(doc);
+    let doc = Arc::new(doc);
+    for (index, ((_, route), rendered)) in
+        openapi::RENDERINGS.iter().zip(openapi::renderings(&doc)).enumerate()
+    {
+        let (doc, rendered) = (Arc::clone(&doc), Arc::new(openapi::render(&rendered)));
+        let serve = move |meta: request::RequestMeta| {
+            let (doc, rendered) = (Arc::clone(&doc), Arc::clone(&rendered));
+            async move { serve_document(&doc, index, &rendered, &meta) }
+        };
+        routes = routes.route(route, axum::routing::get(serve));
+    }
+    let routes = routes.with_state(state.clone());
     let routes = if prefix.is_empty() {
         routes
     } else {
@@ -104,6 +109,24 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
     };
     let upload_path: Arc<str> = format!("{prefix}/v1/files").into();
     with_layers(routes.fallback(not_found), max_body_bytes, upload_path)
+}
+
+/// Rendering `index` of the document, pointed at the gateway the client reached; as committed
+/// (`rendered`) when the client's address is not known.
+fn serve_document(
+    doc: &serde_json::Value,
+    index: usize,
+    rendered: &str,
+    meta: &request::RequestMeta,
+) -> Response {
+    let json = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    if meta.origin.is_none() {
+        return (json, rendered.to_owned()).into_response();
+    }
+    let mut doc = doc.clone();
+    openapi::set_server(&mut doc, &meta.link(""));
+    let text = openapi::renderings(&doc).get(index).map(openapi::render).unwrap_or_default();
+    (json, text).into_response()
 }
 
 /// `/metrics` alone, for its own listener (`server.metrics_listen`): the metrics name every

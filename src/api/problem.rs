@@ -222,10 +222,41 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(Json(value)),
-            Err(rejection) => Err(ApiError::from(rejection)),
+        // Content type, size and syntax as axum's `Json` checks them; then the typed value
+        // from the document with integral numbers made integers: JSON Schema's `integer` takes
+        // `932.0`, serde's `u64` does not.
+        let axum::Json(mut document) =
+            axum::Json::<serde_json::Value>::from_request(req, state).await?;
+        integral_numbers_as_integers(&mut document);
+        let bytes = serde_json::to_vec(&document).map_err(|_| ApiError::internal())?;
+        Ok(Json(axum::Json::<T>::from_bytes(&bytes)?.0))
+    }
+}
+
+/// Rewrites every number with no fractional part written as a float (`2.0`, `1e3`) as the
+/// integer it is, when it fits one.
+fn integral_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // 2^64 and -2^63 are exact as f64: the ranges of u64 and i64.
+            let integer = if f.fract() != 0.0 {
+                None
+            } else if (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Some(serde_json::Number::from(f as u64))
+            } else if (-9_223_372_036_854_775_808.0..0.0).contains(&f) {
+                Some(serde_json::Number::from(f as i64))
+            } else {
+                None
+            };
+            if let Some(integer) = integer {
+                *n = integer;
+            }
         }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers_as_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_numbers_as_integers),
+        _ => {}
     }
 }
 

@@ -81,20 +81,30 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &Arc<[Cidr]>) 
     client
 }
 
-/// Largest end (`offset + length`) of a partial `get_file`: vendors and the store take byte
-/// positions as signed 64-bit numbers (JSON numbers, PostgreSQL `bigint`).
-const MAX_FILE_END: u64 = i64::MAX as u64;
+/// Largest `offset` and `length` of a partial `get_file` (2^53 - 1, the largest integer every
+/// JSON client holds exactly): their sum stays far below what vendors and the store take as
+/// byte positions (signed 64-bit numbers: JSON numbers, PostgreSQL `bigint`). Declared as
+/// the fields' `maximum` in the API document.
+pub const MAX_FILE_POSITION: u64 = (1 << 53) - 1;
 
 /// Checks of the commands' arguments that hold for every vendor and that the model leaves
-/// open: a partial `get_file` whose end overflows would wrap (or panic) in each adapter's
+/// open, before the engine's: arguments that do not go together are a `422` (each is valid by
+/// the document on its own); a partial `get_file` whose end overflows would wrap (or panic) in each adapter's
 /// range arithmetic, so it is refused here, once, before anything is stored.
 pub(crate) fn check_commands(commands: &[Command]) -> Result<(), ApiError> {
     for (i, command) in commands.iter().enumerate() {
-        if let Command::GetFile { offset: Some(offset), length: Some(length), .. } = command
-            && offset.checked_add(*length).is_none_or(|end| end > MAX_FILE_END)
+        if let Err(message) = command.check_combination() {
+            return Err(ApiError::with_status(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                edrgate_adapter::ErrorCode::InvalidRequest,
+                format!("commands[{i}]: {message}"),
+            ));
+        }
+        if let Command::GetFile { offset, length, .. } = command
+            && [offset, length].into_iter().flatten().any(|n| *n > MAX_FILE_POSITION)
         {
             return Err(ApiError::invalid(format!(
-                "commands[{i}]: offset + length must not exceed {MAX_FILE_END}"
+                "commands[{i}]: offset and length must not exceed {MAX_FILE_POSITION}"
             )));
         }
     }

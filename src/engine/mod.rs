@@ -45,6 +45,13 @@ use crate::store::{Store, StoreError};
 /// Limits of what one action may ask for.
 pub const MAX_TARGETS: usize = 1000;
 pub const MAX_COMMANDS: usize = 100;
+/// Longest `comment`, in characters.
+pub const MAX_COMMENT: usize = 1024;
+/// Longest hostname or device id of a target, in characters.
+pub const MAX_TARGET_NAME: usize = 255;
+/// Largest `timeout_seconds` a request may carry; it is then capped at the configured
+/// maximum (`EngineOptions::max_timeout`).
+pub const MAX_TIMEOUT_SECONDS: u64 = u32::MAX as u64;
 
 #[derive(Clone, Debug)]
 pub struct EngineOptions {

@@ -8,10 +8,11 @@ use edrgate_adapter::{ActionRequest, CommandState, ErrorCode, ErrorInfo, Status,
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::{Engine, MAX_COMMANDS, MAX_TARGETS, SubmitMeta, Submitted, internal, store_error};
+use super::{
+    Engine, MAX_COMMANDS, MAX_COMMENT, MAX_TARGET_NAME, MAX_TARGETS, MAX_TIMEOUT_SECONDS,
+    SubmitMeta, Submitted, internal, store_error,
+};
 use crate::store::{Inserted, NewAction, NewRun, now_ms};
-
-const MAX_COMMENT: usize = 1024;
 
 impl Engine {
     pub async fn submit(
@@ -25,8 +26,12 @@ impl Engine {
             serde_json::to_vec(&request).map_err(|e| internal("serialize request", e))?,
         ));
         let now = now_ms();
-        let timeout =
-            request.timeout_seconds.map_or(self.opts.default_timeout, Duration::from_secs);
+        // Capped at the server's maximum, like a long-poll's `wait`: the document cannot
+        // declare a limit that is configuration.
+        let timeout = request
+            .timeout_seconds
+            .map_or(self.opts.default_timeout, Duration::from_secs)
+            .min(self.opts.max_timeout);
         let runs = request
             .targets
             .iter()
@@ -106,25 +111,24 @@ impl Engine {
         if request.commands.is_empty() || request.commands.len() > MAX_COMMANDS {
             return invalid(format!("commands: between 1 and {MAX_COMMANDS} commands are needed"));
         }
-        if request.comment.as_ref().is_some_and(|c| c.len() > MAX_COMMENT) {
-            return invalid(format!("comment: at most {MAX_COMMENT} bytes"));
+        if request.comment.as_ref().is_some_and(|c| c.chars().count() > MAX_COMMENT) {
+            return invalid(format!("comment: at most {MAX_COMMENT} characters"));
         }
         if let Some(t) = request.timeout_seconds
-            && (t == 0 || t > self.opts.max_timeout.as_secs())
+            && !(1..=MAX_TIMEOUT_SECONDS).contains(&t)
         {
-            return invalid(format!(
-                "timeout_seconds: between 1 and {}",
-                self.opts.max_timeout.as_secs()
-            ));
+            return invalid(format!("timeout_seconds: between 1 and {MAX_TIMEOUT_SECONDS}"));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, target) in request.targets.iter().enumerate() {
             let ok = match target {
                 Target::Hostname { hostname } => {
-                    !hostname.trim().is_empty() && hostname.len() <= 255
+                    !hostname.trim().is_empty() && hostname.chars().count() <= MAX_TARGET_NAME
                 }
                 Target::Device { backend, device_id } => {
-                    !backend.is_empty() && !device_id.trim().is_empty() && device_id.len() <= 255
+                    !backend.is_empty()
+                        && !device_id.trim().is_empty()
+                        && device_id.chars().count() <= MAX_TARGET_NAME
                 }
             };
             if !ok {
@@ -138,7 +142,11 @@ impl Engine {
             if let Target::Device { backend, .. } = target
                 && backends.adapter(tenant, backend).is_none()
             {
-                return invalid(format!("targets[{i}]: unknown backend {backend:?}"));
+                // Valid by the document, but not in this tenant: a 422, not a 400.
+                return Err(ErrorInfo::new(
+                    ErrorCode::DeviceNotFound,
+                    format!("targets[{i}]: unknown backend {backend:?}"),
+                ));
             }
         }
         for (i, command) in request.commands.iter().enumerate() {
@@ -148,7 +156,10 @@ impl Engine {
             if let Some(file_id) = command.file_id() {
                 let known = self.files.meta(tenant, file_id).await.map_err(store_error)?;
                 let Some(known) = known else {
-                    return invalid(format!("commands[{i}]: unknown file_id {file_id:?}"));
+                    return Err(ErrorInfo::new(
+                        ErrorCode::FileNotFound,
+                        format!("commands[{i}]: unknown file_id {file_id:?}"),
+                    ));
                 };
                 // A file larger than a backend accepts (Defender's 20 MB library cap) is
                 // refused now, before any vendor call, rather than failing the run later.

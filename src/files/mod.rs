@@ -577,8 +577,9 @@ pub fn is_file_id(id: &str) -> bool {
 /// control characters. Refused rather than repaired, so a caller learns that a path was not
 /// what the gateway keeps.
 pub fn check_upload_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > 255 {
-        return Err("the file name must be 1 to 255 bytes".into());
+    // Characters, as the API document's `maxLength` counts them.
+    if name.is_empty() || name.chars().count() > 255 {
+        return Err("the file name must be 1 to 255 characters".into());
     }
     if name.contains(['/', '\\']) {
         return Err("the file name must not contain path separators".into());

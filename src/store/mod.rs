@@ -148,8 +148,15 @@ impl Cursor {
         format!("{}.{}", self.created_at, self.id.simple())
     }
 
+    /// Exactly what [`Cursor::encode`] writes (the API declares it as
+    /// `^[0-9]{1,18}\.[0-9a-f]{32}$`): no sign, no other spelling of the id.
     pub fn decode(s: &str) -> Option<Cursor> {
         let (at, id) = s.split_once('.')?;
+        let digits = (1..=18).contains(&at.len()) && at.bytes().all(|b| b.is_ascii_digit());
+        let simple = id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !(digits && simple) {
+            return None;
+        }
         Some(Cursor { created_at: at.parse().ok()?, id: Uuid::try_parse(id).ok()? })
     }
 }

@@ -9,6 +9,9 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+/// Longest path (or registry key) a command may name, in characters.
+pub const MAX_PATH: usize = 4096;
+
 /// What a caller submits to `POST /v1/actions`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -299,6 +302,19 @@ impl Command {
         }
     }
 
+    /// The part of [`Command::validate`] about arguments that must go together (`offset`
+    /// needs `length`; registry `data` must suit `value_type`): each argument can be valid on
+    /// its own, so the API answers these `422`, not `400`.
+    pub fn check_combination(&self) -> Result<(), String> {
+        match self {
+            Command::GetFile { offset: Some(_), length: None, .. } => {
+                Err("length is required with offset".into())
+            }
+            Command::RegistrySet { value_type, data, .. } => value_type.check_data(data),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the arguments that do not depend on a backend: non-empty paths, no NUL bytes,
     /// no parent-directory segments, sane partial reads. Returns a message for the caller.
     pub fn validate(&self) -> Result<(), String> {
@@ -306,8 +322,8 @@ impl Command {
             if p.trim().is_empty() {
                 return Err(format!("{field} must not be empty"));
             }
-            if p.len() > 4096 {
-                return Err(format!("{field} is longer than 4096 bytes"));
+            if p.chars().count() > MAX_PATH {
+                return Err(format!("{field} is longer than {MAX_PATH} characters"));
             }
             if p.contains('\0') {
                 return Err(format!("{field} must not contain NUL bytes"));
@@ -322,7 +338,7 @@ impl Command {
         match self {
             Command::ProcessList | Command::Isolate | Command::Release => Ok(()),
             Command::KillProcess { pid, vendor_id } => {
-                if vendor_id.as_ref().is_some_and(|v| v.is_empty() || v.len() > 255) {
+                if vendor_id.as_ref().is_some_and(|v| v.is_empty() || v.chars().count() > 255) {
                     Err("vendor_id must be 1 to 255 characters".into())
                 } else if *pid == 0 || *pid > u64::from(u32::MAX) {
                     Err("pid must be between 1 and 4294967295".into())
@@ -332,9 +348,7 @@ impl Command {
             }
             Command::GetFile { path: p, offset, length } => {
                 path("path", p)?;
-                if offset.is_some() && length.is_none() {
-                    return Err("length is required with offset".into());
-                }
+                self.check_combination()?;
                 if length == &Some(0) {
                     return Err("length must be greater than 0".into());
                 }
@@ -390,12 +404,12 @@ impl Command {
                 }
                 Ok(())
             }
-            Command::RegistrySet { key, value, value_type, data, .. } => {
+            Command::RegistrySet { key, value, .. } => {
                 path("key", key)?;
                 if value.contains('\0') {
                     return Err("value must not contain NUL bytes".into());
                 }
-                value_type.check_data(data)
+                self.check_combination()
             }
             Command::MemoryDump { path: p, .. } => match p {
                 Some(p) => path("path", p),
