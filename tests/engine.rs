@@ -398,7 +398,8 @@ async fn submissions_are_checked_before_anything_is_stored() {
     .unwrap();
     assert_eq!(
         engine.submit("acme", unknown_backend, SubmitMeta::default()).await.err().unwrap().code,
-        ErrorCode::InvalidRequest
+        // A device the tenant cannot have (valid by the API document: a 422, not a 400).
+        ErrorCode::DeviceNotFound
     );
     let (listed, _) = engine
         .list("acme", &edrgate::store::ListQuery { limit: 50, ..Default::default() })

@@ -456,5 +456,14 @@ mod tests {
             }
         }
         assert!(doc["servers"][0]["url"].is_string());
+        // The 3.0 rendering has no 3.1 type arrays; the 2.0 one no `oneOf`/`anyOf`, and
+        // every reference resolves in each.
+        let [_, v30, v20] = renderings(&doc);
+        let text30 = v30.to_string();
+        assert!(!text30.contains(r#""null""#) && v30["openapi"] == "3.0.3");
+        assert!(!v20.to_string().contains(r#""oneOf""#) && !v20.to_string().contains(r#""anyOf""#));
+        assert_eq!(v20["securityDefinitions"]["BearerAuth"]["in"], "header");
+        assert_eq!(dangling_refs(&v30), Vec::<String>::new());
+        assert_eq!(dangling_refs(&v20), Vec::<String>::new());
     }
 }

@@ -564,6 +564,14 @@ mod tests {
     }
 
     #[test]
+    fn integral_floats_are_integers() {
+        let mut value = serde_json::json!({"pid": 932.0, "n": [1e3, -2.0, 2.5, 1e30], "s": "1.0"});
+        integral_numbers_as_integers(&mut value);
+        assert_eq!(value, serde_json::json!({"pid": 932, "n": [1000, -2, 2.5, 1e30], "s": "1.0"}));
+        assert!(value["pid"].is_u64() && value["n"][1].is_i64());
+    }
+
+    #[test]
     fn foreign_error_statuses_get_a_code() {
         assert_eq!(code_of_status(StatusCode::METHOD_NOT_ALLOWED), ErrorCode::InvalidRequest);
         assert_eq!(code_of_status(StatusCode::PAYLOAD_TOO_LARGE), ErrorCode::PayloadTooLarge);
