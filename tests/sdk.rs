@@ -290,8 +290,7 @@ print(json.dumps({
 #[tokio::test]
 async fn falconpy_rtr_flow_against_the_crowdstrike_simulator() {
     use edrgate_crowdstrike_sim::{
-        DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, NOTE_PATH_WINDOWS, NOTE_TXT, SimConfig,
-        Simulator,
+        DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, NOTE_PATH_WINDOWS, NOTE_TXT, SimConfig, Simulator,
     };
     let Some(python) = python() else { return };
     let sim = Simulator::new(SimConfig {
