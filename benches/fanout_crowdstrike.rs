@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench fanout_crowdstrike                     # defaults below, 3 rounds
-//! cargo bench --bench fanout_crowdstrike -- --hosts 2000 --rounds 1
+//! cargo bench --bench fanout_crowdstrike -- --hosts 1000 --rounds 1   # the most per action
 //! cargo bench --bench fanout_crowdstrike -- --help           # knobs
 //! ```
 //!
@@ -36,7 +36,7 @@
 //! calls, per route, per host) and the simulator's counters; the 429s it sent. The gateway
 //! runs in this process, so its peak RSS is the bench process's `VmHWM` (gateway, simulator
 //! and driver together; reset through `/proc/self/clear_refs` before each edrgate run), and
-//! FalconPy's is its own `ru_maxrss`. The bench fails when any run did not succeed, a
+//! FalconPy's is its own `VmHWM`. The bench fails when any run did not succeed, a
 //! process list is empty, or a file's SHA-256 (as the gateway recorded it and as downloaded
 //! again from `/v1/files/{id}/content`) is not the note's, and when the FalconPy script
 //! reports a failure.
