@@ -30,6 +30,7 @@ pub mod error;
 pub mod factory;
 pub mod http;
 pub mod model;
+pub mod rate;
 pub mod shared;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use edrgate_adapter::http::{self, Backoff, TlsOptions};
 use edrgate_adapter::{AdapterError, ErrorCode, SharedBudget};
 use futures::StreamExt as _;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, RateLimiter};
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -124,7 +124,10 @@ impl CsClient {
             rtr_timeout_secs: cfg.rtr_timeout_secs,
             token: Mutex::new(None),
             generations: std::sync::atomic::AtomicU64::new(0),
-            gate: RateLimiter::direct(Quota::per_minute(per_minute)),
+            gate: RateLimiter::direct(edrgate_adapter::rate::window_quota(
+                per_minute,
+                Duration::from_secs(60),
+            )),
             requests_per_minute: per_minute.get(),
             shared: OnceLock::new(),
             cooldown: StdMutex::new(None),

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use edrgate_adapter::http::{self, Backoff, TlsOptions};
 use edrgate_adapter::{AdapterError, ErrorCode, SharedBudget};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, RateLimiter};
 use reqwest::header::{
     CONTENT_DISPOSITION, CONTENT_TYPE, COOKIE, HeaderValue, LOCATION, SET_COOKIE,
 };
@@ -111,7 +111,10 @@ impl CrClient {
             session: Mutex::new(None),
             session_use: cfg.session_use(),
             generations: AtomicU64::new(0),
-            gate: RateLimiter::direct(Quota::per_minute(per_minute)),
+            gate: RateLimiter::direct(edrgate_adapter::rate::window_quota(
+                per_minute,
+                Duration::from_secs(60),
+            )),
             calls_per_minute: per_minute.get(),
             shared: OnceLock::new(),
         })
