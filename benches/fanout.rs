@@ -34,7 +34,6 @@
 
 use edrgate_simkit::Sim as _;
 use std::fmt::Write as _;
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
@@ -44,6 +43,9 @@ use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
 use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use serde_json::{Value, json};
+
+mod common;
+use common::{clock_ticks, own_cpu_seconds, proc_status_kib};
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
 const TENANT: &str = "bench";
@@ -957,14 +959,6 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let file = std::fs::File::open(format!("/proc/{pid}/status")).ok()?;
-    BufReader::new(file).lines().map_while(Result::ok).find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
 /// CPU accounting of a phase, in CPU-seconds: the whole machine (`/proc/stat`), the gateway,
 /// this driver (which hosts the simulator) with its finished children (wrk, python), and
 /// `other`: everything else on the machine, which should be ~0 for a clean measurement (the
@@ -1029,20 +1023,6 @@ fn machine_cpu() -> Option<(f64, f64)> {
     let busy = v.first()? + v.get(1)? + v.get(2)? + v.get(5)? + v.get(6)?;
     let hz = clock_ticks();
     Some((busy as f64 / hz, *v.get(7)? as f64 / hz))
-}
-
-/// This process plus its reaped children.
-fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<u64> =
-        rest.split_whitespace().skip(11).take(4).filter_map(|x| x.parse().ok()).collect();
-    Some(f.iter().sum::<u64>() as f64 / clock_ticks())
-}
-
-fn clock_ticks() -> f64 {
-    static HZ: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *HZ.get_or_init(|| shell("getconf CLK_TCK").parse::<f64>().unwrap_or(100.0))
 }
 
 /// Context switches (voluntary, involuntary) of every thread of `pid` so far. Threads that

@@ -41,6 +41,8 @@
 //! again from `/v1/files/{id}/content`) is not the note's, and when the FalconPy script
 //! reports a failure.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -258,20 +260,6 @@ fn optimum(args: &Args) -> Duration {
     path.max(Duration::from_secs(60 * minutes))
 }
 
-fn proc_self_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(&format!("{field}:")))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
-
 async fn edrgate_round(args: &Args, opt: Duration) -> anyhow::Result<Value> {
     let dir = tempfile::tempdir()?;
     let vendor = Vendor::start(args, dir.path()).await?;
@@ -322,7 +310,7 @@ async fn edrgate_round(args: &Args, opt: Duration) -> anyhow::Result<Value> {
     });
     // The peak from here on: the edrgate run's, not the previous rounds'.
     let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let cpu0 = cpu_seconds();
+    let cpu0 = common::own_cpu_seconds();
     let started = Instant::now();
     let action: Value = http
         .post(format!("{gateway}/v1/actions"))
@@ -346,8 +334,8 @@ async fn edrgate_round(args: &Args, opt: Duration) -> anyhow::Result<Value> {
         }
     };
     let makespan = started.elapsed();
-    let cpu = cpu0.zip(cpu_seconds()).map(|(a, b)| round3(b - a));
-    let vmhwm = proc_self_kib("VmHWM");
+    let cpu = cpu0.zip(common::own_cpu_seconds()).map(|(a, b)| round3(b - a));
+    let vmhwm = common::proc_status_kib(std::process::id(), "VmHWM");
     let calls = vendor.calls(args.hosts);
 
     // A ratio over failed work means nothing: every run succeeded, with a process list and
