@@ -61,6 +61,9 @@ impl App {
             .with_context(|| format!("opening the file store {}", config.files.dir.display()))?;
         let backends = Backends::from_config(&mut config, None)
             .map_err(|errors| anyhow::anyhow!("invalid backends: {}", errors.join("; ")))?;
+        let webhook_settings = crate::webhooks::Settings::from_config(&config)
+            .map_err(|errors| anyhow::anyhow!("invalid webhooks: {}", errors.join("; ")))?;
+        let webhooks = crate::webhooks::Webhooks::new(store.clone(), webhook_settings);
         let engine = Engine::new(
             store,
             files,
@@ -74,6 +77,7 @@ impl App {
         );
         engine.start();
         let shutdown = CancellationToken::new();
+        webhooks.start(engine.subscribe_changes(), shutdown.clone());
         engine.files().spawn_sweeper(
             Duration::from_secs(config.files.sweep_interval_seconds),
             shutdown.clone(),
@@ -82,6 +86,7 @@ impl App {
             file: OnceLock::new(),
             engine: Arc::clone(&engine),
             auth: Arc::clone(&auth),
+            webhooks: Arc::clone(&webhooks),
             lock: tokio::sync::Mutex::new(()),
         });
         let trusted_proxies = config
@@ -98,6 +103,7 @@ impl App {
             auth: Arc::clone(&auth),
             max_wait: Duration::from_secs(config.server.max_wait_seconds),
             shutdown: shutdown.clone(),
+            webhooks,
         };
         let router = api::router(state.clone(), config.server.max_body_bytes);
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
@@ -146,6 +152,8 @@ pub struct Reloader {
     engine: Arc<Engine>,
     /// Takes the tenants' new inbound limits.
     auth: Arc<Auth>,
+    /// Takes the new webhook settings.
+    webhooks: Arc<crate::webhooks::Webhooks>,
     /// One reload at a time: two racing reloads could install the older file last.
     lock: tokio::sync::Mutex<()>,
 }
@@ -165,6 +173,8 @@ impl Reloader {
             config.tenants.iter().map(|(t, c)| (t.clone(), c.limits.clone())).collect();
         let old = self.engine.backends();
         let new = Backends::from_config(&mut config, Some(&old)).map_err(ReloadError::Invalid)?;
+        let webhooks =
+            crate::webhooks::Settings::from_config(&config).map_err(ReloadError::Invalid)?;
         let (rebuilt, removed) = new.changes_since(&old);
         let report = ReloadReport {
             tenants: new.tenant_count(),
@@ -173,6 +183,7 @@ impl Reloader {
             removed,
         };
         self.engine.replace_backends(Arc::new(new));
+        self.webhooks.replace_settings(webhooks);
         self.auth.set_tenant_limits(limits.iter().map(|(t, l)| (t.as_str(), l)));
         tracing::info!(?report, "configuration reloaded");
         Ok(report)

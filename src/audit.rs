@@ -24,15 +24,27 @@ pub enum AuditEvent {
     FileDownload,
     #[serde(rename = "config.reload")]
     ConfigReload,
+    #[serde(rename = "webhook.create")]
+    WebhookCreate,
+    #[serde(rename = "webhook.delete")]
+    WebhookDelete,
+    #[serde(rename = "webhook.rotate")]
+    WebhookRotate,
+    #[serde(rename = "webhook.redeliver")]
+    WebhookRedeliver,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 5] = [
+    pub const ALL: [AuditEvent; 9] = [
         AuditEvent::ActionSubmit,
         AuditEvent::ActionCancel,
         AuditEvent::FileUpload,
         AuditEvent::FileDownload,
         AuditEvent::ConfigReload,
+        AuditEvent::WebhookCreate,
+        AuditEvent::WebhookDelete,
+        AuditEvent::WebhookRotate,
+        AuditEvent::WebhookRedeliver,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +54,10 @@ impl AuditEvent {
             AuditEvent::FileUpload => "file.upload",
             AuditEvent::FileDownload => "file.download",
             AuditEvent::ConfigReload => "config.reload",
+            AuditEvent::WebhookCreate => "webhook.create",
+            AuditEvent::WebhookDelete => "webhook.delete",
+            AuditEvent::WebhookRotate => "webhook.rotate",
+            AuditEvent::WebhookRedeliver => "webhook.redeliver",
         }
     }
 

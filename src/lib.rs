@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod net;
 pub mod registry;
 pub mod store;
+pub mod webhooks;

@@ -97,6 +97,7 @@ fn request(targets: usize) -> ActionRequest {
         comment: Some("suite".into()),
         on_error: Default::default(),
         timeout_seconds: None,
+        callback_url: None,
     }
 }
 

@@ -368,6 +368,7 @@ async fn act(args: ActArgs) -> Result<Exit, Failure> {
         comment: args.comment,
         on_error: OnError::Stop,
         timeout_seconds: args.timeout,
+        callback_url: None,
     };
     let gateway = connect(&args.connection)?;
     let submitted = gateway.submit(&request).await?;

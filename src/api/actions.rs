@@ -148,7 +148,10 @@ pub(crate) async fn submit_action(
     let checked = caller
         .require_commands(request.commands.iter().map(Command::kind))
         .map_err(ApiError::from)
-        .and_then(|()| super::request::check_commands(&request.commands));
+        .and_then(|()| super::request::check_commands(&request.commands))
+        .and_then(|()| {
+            super::webhooks::check_callback(&state, &caller.tenant, request.callback_url.as_deref())
+        });
     let submitted = match checked {
         Err(refused) => Err(refused),
         Ok(()) => {

@@ -13,6 +13,7 @@ pub mod audit;
 pub mod caller;
 pub mod devices;
 pub mod downlevel;
+pub mod events;
 pub mod files;
 pub mod metrics;
 pub mod multipart;
@@ -20,6 +21,7 @@ pub mod openapi;
 pub mod problem;
 pub mod reload;
 pub mod request;
+pub mod webhooks;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -70,6 +72,8 @@ pub struct ApiState {
     pub reloader: Arc<dyn Reload>,
     /// `server.path_prefix` (empty for none).
     pub prefix: Arc<str>,
+    /// Webhook settings and senders (`/v1/webhooks`, callback checks).
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl FromRef<ApiState> for Arc<Auth> {

@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::downlevel;
-use super::{actions, audit, devices, files};
+use super::{actions, audit, devices, events, files, webhooks};
 
 /// Where the committed documents live, relative to the repository root.
 pub const OPENAPI_FILE: &str = "schemas/openapi.json";
@@ -64,6 +64,8 @@ pub const REGENERATE: &str = "cargo run -- openapi --write";
         (name = "actions", description = "Submit, follow, list and cancel response actions"),
         (name = "files", description = "Uploads and files fetched from endpoints, with their custody"),
         (name = "devices", description = "Devices and backend capabilities of the caller's tenant"),
+        (name = "events", description = "The tenant's action and run events, streamed (Server-Sent Events)"),
+        (name = "webhooks", description = "Webhook subscriptions (Standard Webhooks) and their deliveries (admin permission)"),
         (name = "audit", description = "The tenant's audit trail of response actions and file transfers"),
         (name = "admin", description = "Operating the gateway (operator permission)"),
         (name = "health", description = "Liveness and readiness (no authentication)"),
@@ -101,6 +103,12 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(actions::get_action))
         .routes(routes!(actions::action_status))
         .routes(routes!(actions::cancel_action))
+        .routes(routes!(events::stream_events))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::get_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::redeliver))
         .routes(routes!(audit::list_audit))
         .routes(routes!(audit::reload))
         .routes(routes!(files::upload_file))

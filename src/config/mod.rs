@@ -25,8 +25,16 @@ pub mod schema;
 #[cfg(test)]
 mod tests;
 pub mod validate;
+pub mod webhooks;
 
 pub use backend::BackendConfig;
+pub use webhooks::{
+    CallbackConfig, StaticHeader, SubscriptionConfig, TenantWebhooksConfig, WebhooksConfig,
+};
+
+/// The webhook id of deliveries to a submission's own `callback_url` (no subscription may take
+/// it).
+pub const RESERVED_WEBHOOK_ID: &str = "callback";
 pub use load::secret_settings;
 pub use schema::{CONFIG_SCHEMA_FILE, json_schema};
 pub use validate::{
@@ -45,6 +53,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub engine: EngineConfig,
+    #[serde(default)]
+    pub webhooks: WebhooksConfig,
     /// Tenant id → its backends.
     #[serde(default)]
     pub tenants: BTreeMap<String, TenantConfig>,
@@ -287,6 +297,9 @@ pub struct TenantConfig {
     /// Inbound limits of the tenant's callers (none by default).
     #[serde(default)]
     pub limits: TenantLimitsConfig,
+    /// Webhook subscriptions and callback signing.
+    #[serde(default)]
+    pub webhooks: TenantWebhooksConfig,
 }
 
 /// Per-tenant inbound limits, answered with `429 rate_limited` and `Retry-After`.

@@ -156,6 +156,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errors = Vec::new();
         self.auth.validate(&mut errors);
+        self.webhooks.validate(&self.tenants, &mut errors);
         let prefix = &self.server.path_prefix;
         let prefix_ok = prefix.is_empty()
             || (prefix.starts_with('/')

@@ -69,6 +69,12 @@ impl Engine {
         self.action(tenant, id).await
     }
 
+    /// Ids of actions that change from now on, here or (PostgreSQL) on another replica; a
+    /// lagging receiver missed some and should look at the store.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Uuid> {
+        self.changes.subscribe()
+    }
+
     pub async fn list(
         &self,
         tenant: &str,

@@ -79,6 +79,8 @@ impl Engine {
         match self.store.insert_action(&action).await.map_err(store_error)? {
             Inserted::Created => {
                 self.work.notify_one();
+                // `action.created` is in the outbox: streams and senders look.
+                let _ = self.changes.send(action.id);
                 let created = self.action(tenant, action.id).await?;
                 Ok(Submitted::Created(created))
             }

@@ -14,9 +14,11 @@
 //!   are rows ([`Store::shared_budget`]).
 
 pub(crate) mod db;
+pub mod events;
 pub mod postgres;
 mod runs;
 mod sqlite;
+pub mod webhooks;
 
 use std::path::Path;
 use std::time::Duration;
@@ -238,6 +240,11 @@ pub fn now_ms() -> i64 {
     i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
+/// RFC 3339 text of a time (event timestamps).
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
 pub fn from_ms(ms: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
@@ -336,26 +343,30 @@ impl Store {
     }
 
     pub async fn insert_action(&self, action: &NewAction) -> Result<Inserted> {
+        // The callback URL has its own column: `request_json` is what answers show.
+        let callback_url = action.request.callback_url.as_deref();
+        let request = ActionRequest { callback_url: None, ..action.request.clone() };
         let mut tx = self.db.begin().await?;
         // A concurrent submission with the same key (another replica) makes this insert a
         // no-op once it commits; the existing action is read after it.
         let inserted = tx
             .execute(
                 "INSERT INTO actions (id, tenant, request_json, status, created_at, updated_at,
-                    deadline, idempotency_key, request_hash, request_id, subject)
-                 VALUES ($1, $2, $3, 'queued', $4, $4, $5, $6, $7, $8, $9)
+                    deadline, idempotency_key, request_hash, request_id, subject, callback_url)
+                 VALUES ($1, $2, $3, 'queued', $4, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL
                  DO NOTHING",
                 args![
                     action.id.to_string(),
                     &action.tenant,
-                    to_json(&action.request)?,
+                    to_json(&request)?,
                     action.created_at,
                     action.deadline,
                     &action.idempotency_key,
                     &action.request_hash,
                     &action.request_id,
                     &action.subject,
+                    callback_url,
                 ],
             )
             .await?;
@@ -387,6 +398,17 @@ impl Store {
             )
             .await?;
         }
+        let id = action.id.to_string();
+        let data = serde_json::json!({
+            "action_id": &id,
+            "status": Status::Queued.as_str(),
+            "commands": action.request.commands.iter().map(|c| c.kind().as_str()).collect::<Vec<_>>(),
+            "runs": action.runs.len(),
+            "created_at": rfc3339(from_ms(action.created_at)),
+        });
+        self.append_event(&mut tx, &action.tenant, events::EventType::ActionCreated, &id, data)
+            .await?;
+        self.announce(&mut tx, &id, false).await?;
         tx.commit().await?;
         Ok(Inserted::Created)
     }

@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use edrgate_adapter::Run;
 use uuid::Uuid;
 
+use super::events::{self, EventType};
 use super::{
-    Dialect, Lease, LoadedRunRow, Result, RunRecord, RunWrite, Status, Store, args, duration_ms,
-    from_json, now_ms, parse_status, parse_uuid, sql, to_json,
+    Lease, LoadedRunRow, Result, RunRecord, RunWrite, Status, Store, args, duration_ms, from_json,
+    now_ms, parse_status, parse_uuid, sql, to_json,
 };
 
 /// What [`Store::claim_runs`] may take.
@@ -35,6 +37,15 @@ pub struct Claimed {
     pub action_id: Uuid,
     pub tenant: String,
     pub backend: Option<String>,
+}
+
+/// What a visible write reads before it writes: whether a run or the action finishes with it.
+struct Before {
+    action_id: String,
+    tenant: String,
+    run_status: Status,
+    action_status: Status,
+    target_json: String,
 }
 
 /// A fenced write that went through.
@@ -228,18 +239,32 @@ impl Store {
         let now = now_ms();
         let run_id = lease.run_id.to_string();
         let mut tx = self.db.begin().await?;
-        let action_id = if w.visible {
-            let (action_id,): (String,) =
-                tx.fetch_one("SELECT action_id FROM runs WHERE id = $1", args![&run_id]).await?;
+        let before = if w.visible {
+            let (action_id, run_status, target_json): (String, String, String) = tx
+                .fetch_one(
+                    "SELECT action_id, status, target_json FROM runs WHERE id = $1",
+                    args![&run_id],
+                )
+                .await?;
             // PostgreSQL: replicas saving runs of one action take its row first, so each
             // computes the aggregate from the others' committed statuses, and in the order
             // `request_cancel` takes them (action, then runs), so they cannot deadlock. SQLite's
             // `BEGIN IMMEDIATE` already serializes writers.
-            if self.db.dialect() == Dialect::Postgres {
-                tx.execute("SELECT 1 FROM actions WHERE id = $1 FOR UPDATE", args![&action_id])
-                    .await?;
-            }
-            Some(action_id)
+            let (action_status, tenant): (String, String) = tx
+                .fetch_one(
+                    sql!(self.db.dialect(),
+                        sqlite: "SELECT status, tenant FROM actions WHERE id = $1",
+                        postgres: "SELECT status, tenant FROM actions WHERE id = $1 FOR UPDATE"),
+                    args![&action_id],
+                )
+                .await?;
+            Some(Before {
+                action_id,
+                tenant,
+                run_status: parse_status(&run_status)?,
+                action_status: parse_status(&action_status)?,
+                target_json,
+            })
         } else {
             None
         };
@@ -272,19 +297,47 @@ impl Store {
             return Ok(None);
         };
         let saved = Saved { cancel_requested };
-        let Some(action_id) = action_id else {
+        let Some(before) = before else {
             tx.commit().await?;
             return Ok(Some(saved));
         };
+        let action_id = &before.action_id;
         let statuses: Vec<(String,)> =
-            tx.fetch_all("SELECT status FROM runs WHERE action_id = $1", args![&action_id]).await?;
+            tx.fetch_all("SELECT status FROM runs WHERE action_id = $1", args![action_id]).await?;
         let statuses = statuses.iter().map(|(s,)| parse_status(s)).collect::<Result<Vec<_>>>()?;
+        let status = Status::of_action(statuses.iter().copied());
         tx.execute(
             "UPDATE actions SET status = $2, updated_at = $3, version = version + 1 WHERE id = $1",
-            args![&action_id, Status::of_action(statuses).as_str(), now],
+            args![action_id, status.as_str(), now],
         )
         .await?;
-        self.announce(&mut tx, &action_id, false).await?;
+        // The events last: they take the tenant's event lock (held to the commit).
+        if w.status.is_terminal() && !before.run_status.is_terminal() {
+            let run = Run {
+                id: lease.run_id,
+                target: from_json(&before.target_json)?,
+                backend: w.backend.map(str::to_owned),
+                device_id: w.device_id.map(str::to_owned),
+                hostname: w.hostname.map(str::to_owned),
+                status: w.status,
+                error: w.error.cloned(),
+                commands: w.states.to_vec(),
+            };
+            let data = events::run_data(action_id, &run);
+            self.append_event(&mut tx, &before.tenant, EventType::RunFinished, action_id, data)
+                .await?;
+        }
+        if status.is_terminal() && !before.action_status.is_terminal() {
+            let data = serde_json::json!({
+                "action_id": action_id,
+                "status": status.as_str(),
+                "summary": events::run_summary(&statuses),
+                "finished_at": super::rfc3339(super::from_ms(now)),
+            });
+            self.append_event(&mut tx, &before.tenant, EventType::ActionFinished, action_id, data)
+                .await?;
+        }
+        self.announce(&mut tx, action_id, false).await?;
         tx.commit().await?;
         Ok(Some(saved))
     }

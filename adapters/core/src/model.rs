@@ -29,6 +29,17 @@ pub struct ActionRequest {
     /// Seconds the action may take before unfinished work is stopped as `timed_out`.
     #[serde(default)]
     pub timeout_seconds: Option<u64>,
+    /// Called back once, when the action finishes: an `action.finished` event POSTed to this
+    /// URL, signed like webhooks (Standard Webhooks) with the tenant's callback secret. For
+    /// receivers that wait on one URL (Logic Apps' HTTP Webhook action, n8n's Wait node). Never
+    /// shown in answers or the audit trail, since such URLs often carry a signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(
+        min_length = 1,
+        max_length = 2048,
+        example = "https://prod-00.westeurope.logic.azure.com/workflows/…"
+    )]
+    pub callback_url: Option<String>,
 }
 
 /// A device to act on: by hostname (resolved through the tenant's backends) or explicitly.
