@@ -59,10 +59,11 @@ impl App {
         let files = FileStore::from_config(&config.files, store.clone())
             .await
             .with_context(|| format!("opening the file store {}", config.files.dir.display()))?;
-        let backends = Backends::from_config(&mut config, None)
-            .map_err(|errors| anyhow::anyhow!("invalid backends: {}", errors.join("; ")))?;
+        // Before the backends, which take the tenants out of the configuration.
         let webhook_settings = crate::webhooks::Settings::from_config(&config)
             .map_err(|errors| anyhow::anyhow!("invalid webhooks: {}", errors.join("; ")))?;
+        let backends = Backends::from_config(&mut config, None)
+            .map_err(|errors| anyhow::anyhow!("invalid backends: {}", errors.join("; ")))?;
         let webhooks = crate::webhooks::Webhooks::new(store.clone(), webhook_settings);
         let engine = Engine::new(
             store,
@@ -172,9 +173,9 @@ impl Reloader {
         let limits: Vec<_> =
             config.tenants.iter().map(|(t, c)| (t.clone(), c.limits.clone())).collect();
         let old = self.engine.backends();
-        let new = Backends::from_config(&mut config, Some(&old)).map_err(ReloadError::Invalid)?;
         let webhooks =
             crate::webhooks::Settings::from_config(&config).map_err(ReloadError::Invalid)?;
+        let new = Backends::from_config(&mut config, Some(&old)).map_err(ReloadError::Invalid)?;
         let (rebuilt, removed) = new.changes_since(&old);
         let report = ReloadReport {
             tenants: new.tenant_count(),

@@ -79,6 +79,7 @@ fn shape_errors(value: &toml::Value, errors: &mut Vec<String>) {
             "files" => check::<FilesConfig>(section, path, errors),
             "auth" => check::<AuthConfig>(section, path, errors),
             "engine" => check::<EngineConfig>(section, path, errors),
+            "webhooks" => check::<super::WebhooksConfig>(section, path, errors),
             "tenants" => {
                 for (tenant, t) in section.as_table().into_iter().flatten() {
                     let path = format!("tenants.{tenant}");
@@ -117,7 +118,7 @@ fn shape_errors(value: &toml::Value, errors: &mut Vec<String>) {
     }
     for key in top.keys() {
         errors.push(format!(
-            "{key}: unknown section (expected server, store, files, auth, engine or tenants)"
+            "{key}: unknown section (expected server, store, files, auth, engine, webhooks or tenants)"
         ));
     }
 }

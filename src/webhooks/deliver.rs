@@ -164,7 +164,8 @@ impl Webhooks {
             .filter(|(_, n)| **n >= settings.max_in_flight_per_destination)
             .map(|(id, _)| id.clone())
             .collect();
-        let lease = settings.timeout + Duration::from_secs(30);
+        // Past the attempt's own timeout, with room for recording it.
+        let lease = settings.timeout + Duration::from_secs(10);
         let limit = u32::try_from(free).unwrap_or(u32::MAX);
         let claimed = self.store.claim_deliveries(&self.owner, lease, limit, &busy).await?;
         let mut out = Vec::with_capacity(claimed.len());
