@@ -317,6 +317,33 @@ async fn behind_nginx_prefix_forwarded_addresses_long_polls_and_large_transfers(
     let sources: Vec<&str> =
         audit["items"].as_array().unwrap().iter().map(|e| e["source"].as_str().unwrap()).collect();
     assert_eq!(sources, ["127.0.0.2", "127.0.0.2", "127.0.0.2"], "{audit:#}");
+
+    // The event stream through the proxy: each event arrives as it happens (nginx does not
+    // buffer it), here an action submitted after the stream opened, to its end.
+    let stream = proxy.request(Method::GET, &bearer, "/v1/events").send().await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let id = proxy
+        .submit(
+            &bearer,
+            &json!({"targets": [{"hostname": "WIN-0001"}], "commands": [{"type": "process_list"}]}),
+        )
+        .await;
+    let mut body = stream.bytes_stream();
+    let mut text = String::new();
+    let finished = format!("\"action_id\":\"{id}\"");
+    let streamed = tokio::time::timeout(Duration::from_secs(30), async {
+        use futures::StreamExt as _;
+        while let Some(chunk) = body.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if text.contains("event: action.finished") && text.contains(&finished) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(streamed.is_ok(), "the stream did not carry the action's events: {text}");
+    assert!(text.contains("event: action.created"), "{text}");
     drop(nginx);
 }
 

@@ -21,6 +21,12 @@
 //!   switch), `Hosts` FQL lookup and details, `RealTimeResponse` session, `ps`, `get`, the
 //!   `list_files_v2` poll and the 7z download, opened with py7zr and the password `infected`.
 //!
+//! - **standardwebhooks 1.3.0** (the Standard Webhooks reference library, `libraries/python`):
+//!   a receiver that verifies every delivery of the gateway's webhooks (a subscription made
+//!   through the API, before and after a secret rotation, one of the configuration's, and a
+//!   per-action callback) with `Webhook(secret).verify`, and checks that the library refuses a
+//!   tampered body and a replay once the timestamp is past its 5-minute tolerance.
+//!
 //! The SDKs live in a venv `.ci/sdk-venv` makes (pinned versions); its python is
 //! `EDRGATE_TEST_SDK_PYTHON`, which `.ci/run` sets. Without it the tests print that they were
 //! skipped and pass.
@@ -31,6 +37,8 @@ use std::time::Duration;
 
 use edrgate_simkit::Sim;
 use serde_json::Value;
+
+mod common;
 
 const PYTHON_ENV: &str = "EDRGATE_TEST_SDK_PYTHON";
 
@@ -325,4 +333,202 @@ async fn falconpy_rtr_flow_against_the_crowdstrike_simulator() {
     // A read-only flow: nothing was executed on the host.
     let c = counters(&base, &cert).await;
     assert_eq!(c["executed"], serde_json::json!({}), "{c}");
+}
+
+/// A webhook receiver that verifies with the Standard Webhooks library: serves on loopback,
+/// writes its port to `DIR/port`, and for every POST appends to `DIR/received.jsonl` the path,
+/// the headers' id, which of the secrets in `DIR/secrets.json` (re-read each time) verify the
+/// delivery, and whether the library refuses it tampered and replayed 10 minutes later.
+const WEBHOOK_RECEIVER: &str = r#"
+import json, os, sys, threading
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest import mock
+import standardwebhooks.webhooks as swh
+from standardwebhooks import Webhook
+
+DIR = sys.argv[1]
+lock = threading.Lock()
+
+def verifies(secret, body, headers):
+    try:
+        Webhook(secret).verify(body, headers)
+        return True
+    except swh.WebhookVerificationError:
+        return False
+
+class Later(datetime):
+    @classmethod
+    def now(cls, tz=None):
+        return datetime.now(tz) + timedelta(minutes=10)
+
+class Handler(BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["content-length"]))
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        with open(os.path.join(DIR, "secrets.json")) as f:
+            secrets = json.load(f)
+        verified = {name: verifies(secret, body, headers) for name, secret in secrets.items()}
+        tampered = {name: verifies(secret, body + b" ", headers) for name, secret in secrets.items()}
+        with mock.patch.object(swh, "datetime", Later):
+            replayed = {name: verifies(secret, body, headers) for name, secret in secrets.items()}
+        record = {
+            "path": self.path,
+            "id": headers.get("webhook-id"),
+            "type": json.loads(body)["type"],
+            "signatures": len(headers.get("webhook-signature", "").split(" ")),
+            "verified": sorted(n for n, ok in verified.items() if ok),
+            "tampered_verified": sorted(n for n, ok in tampered.items() if ok),
+            "replay_verified": sorted(n for n, ok in replayed.items() if ok),
+        }
+        with lock, open(os.path.join(DIR, "received.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+with open(os.path.join(DIR, "port.tmp"), "w") as f:
+    f.write(str(server.server_address[1]))
+os.rename(os.path.join(DIR, "port.tmp"), os.path.join(DIR, "port"))
+server.serve_forever()
+"#;
+
+/// The deliveries the receiver recorded, once `count` are there.
+async fn webhook_records(dir: &Path, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(dir.join("received.jsonl")).unwrap_or_default();
+        let records: Vec<Value> =
+            text.lines().map(|l| serde_json::from_str(l).expect("record")).collect();
+        if records.len() >= count {
+            return records;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {count} deliveries: {text}",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_webhooks_library_verifies_the_deliveries() {
+    use edrgate_carbonblack_sim::{SimConfig, Simulator};
+    use serde_json::json;
+    let Some(python) = python() else { return };
+    const CONFIG_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const CALLBACK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = dir.path().join("receiver.py");
+    std::fs::write(&script, WEBHOOK_RECEIVER).expect("write receiver");
+    let secrets = |pairs: &[(&str, &str)]| {
+        let map: serde_json::Map<String, Value> =
+            pairs.iter().map(|(n, s)| ((*n).to_owned(), json!(s))).collect();
+        std::fs::write(dir.path().join("secrets.json"), Value::Object(map).to_string()).unwrap();
+    };
+    secrets(&[("config", CONFIG_SECRET), ("callback", CALLBACK_SECRET)]);
+    // Killed and reaped however the test ends.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let receiver =
+        Child(Command::new(&python).arg(&script).arg(dir.path()).spawn().expect("receiver"));
+    let port = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(p) = std::fs::read_to_string(dir.path().join("port")) {
+                break p;
+            }
+            assert!(std::time::Instant::now() < deadline, "the receiver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+    let sim = Simulator::new(SimConfig {
+        sensors: 1,
+        checkin_delay: Duration::from_millis(10),
+        command_latency: Duration::from_millis(5),
+        ..SimConfig::default()
+    });
+    let sim = sim.spawn().await.expect("simulator");
+    let gw = common::Gateway::builder()
+        .backend("acme", "cb", &common::Backend::carbonblack(sim).with("poll_interval_ms = 20"))
+        .config(&format!(
+            r#"
+            [webhooks]
+            allow_http = true
+            allowed_networks = ["127.0.0.0/8"]
+            [tenants.acme.webhooks.subscriptions.soar]
+            url = "{}"
+            events = ["action.finished"]
+            secrets = ["{CONFIG_SECRET}"]
+            [tenants.acme.webhooks.callback]
+            secrets = ["{CALLBACK_SECRET}"]
+            "#,
+            url("/config")
+        ))
+        .start()
+        .await;
+    let acme = common::token("acme");
+    let (status, created) = gw
+        .post(&acme, "/v1/webhooks", &json!({"url": url("/api"), "events": ["action.finished"]}))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let first = created["secret"].as_str().unwrap().to_owned();
+    let id = created["id"].as_str().unwrap().to_owned();
+    secrets(&[("config", CONFIG_SECRET), ("callback", CALLBACK_SECRET), ("api", &first)]);
+    let body = json!({
+        "targets": [{"backend": "cb", "device_id": "1"}],
+        "commands": [{"type": "process_list"}],
+        "callback_url": url("/callback"),
+    });
+    gw.run(&acme, &body).await;
+    let before = webhook_records(dir.path(), 3).await;
+
+    let (status, rotated) =
+        gw.post(&acme, &format!("/v1/webhooks/{id}/rotate-secret"), &json!({})).await;
+    assert_eq!(status, 200, "{rotated}");
+    let second = rotated["secret"].as_str().unwrap().to_owned();
+    secrets(&[
+        ("config", CONFIG_SECRET),
+        ("callback", CALLBACK_SECRET),
+        ("api", &first),
+        ("api_new", &second),
+    ]);
+    let mut body = body;
+    body.as_object_mut().unwrap().remove("callback_url");
+    gw.run(&acme, &body).await;
+    let records = webhook_records(dir.path(), 5).await;
+    drop(receiver);
+
+    let find = |records: &[Value], path: &str| -> Vec<Value> {
+        records.iter().filter(|r| r["path"] == path).cloned().collect()
+    };
+    // Before the rotation: each destination's deliveries verify with its secret only.
+    for (path, name) in [("/api", "api"), ("/config", "config"), ("/callback", "callback")] {
+        let got = find(&before, path);
+        assert_eq!(got.len(), 1, "{path}: {before:#?}");
+        assert_eq!(got[0]["type"], "action.finished");
+        assert_eq!(got[0]["verified"], json!([name]), "{path}: {got:#?}");
+    }
+    // One event, one id at every destination.
+    assert_eq!(find(&before, "/api")[0]["id"], find(&before, "/callback")[0]["id"]);
+    // After: two signatures, and the library accepts the old and the new secret.
+    let after = &find(&records, "/api")[1];
+    assert_eq!(after["signatures"], 2, "{after}");
+    assert_eq!(after["verified"], json!(["api", "api_new"]), "{after}");
+    // Tampered or replayed past the tolerance, the library refuses every delivery.
+    for r in &records {
+        assert_eq!(r["tampered_verified"], json!([]), "{r}");
+        assert_eq!(r["replay_verified"], json!([]), "{r}");
+    }
 }

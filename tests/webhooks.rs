@@ -5,7 +5,6 @@
 //! tests/sdk.rs verifies the same deliveries with the Standard Webhooks library from PyPI.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,22 +46,20 @@ impl Received {
     }
 }
 
-/// A webhook receiver on loopback: records every request, answers `status`.
+/// A webhook receiver on loopback: records every request, answers 204.
 #[derive(Clone)]
 struct Receiver {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<Received>>>,
-    status: Arc<AtomicU16>,
 }
 
 impl Receiver {
     async fn start() -> Receiver {
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let status = Arc::new(AtomicU16::new(200));
-        let (g, s) = (Arc::clone(&got), Arc::clone(&status));
+        let g = Arc::clone(&got);
         let app = axum::Router::new().fallback(
             move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
-                let (g, s) = (Arc::clone(&g), Arc::clone(&s));
+                let g = Arc::clone(&g);
                 async move {
                     let h = |n: &str| {
                         headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
@@ -75,14 +72,14 @@ impl Receiver {
                         header: headers.get("x-api-key").map(|v| v.to_str().unwrap().to_owned()),
                         body: body.to_vec(),
                     });
-                    axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
+                    axum::http::StatusCode::NO_CONTENT
                 }
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver { addr, got, status }
+        Receiver { addr, got }
     }
 
     fn url(&self, path: &str) -> String {
