@@ -149,32 +149,56 @@ impl Webhooks {
         Ok(())
     }
 
-    /// Claims as many due deliveries as there are free senders, each with its sender's permit.
+    /// Claims as many due deliveries as there are free senders, each with its sender's permit,
+    /// and no more to one subscription than `max_in_flight_per_destination` at once (with
+    /// those being sent already): a batch may be all to one subscription, so each batch is
+    /// at most the room the fullest subscription not at its cap has left.
     async fn claim(
         &self,
         settings: &Settings,
         slots: &Arc<Semaphore>,
     ) -> crate::store::Result<Vec<(ClaimedDelivery, tokio::sync::OwnedSemaphorePermit)>> {
-        let free = slots.available_permits();
-        if free == 0 {
-            return Ok(Vec::new());
-        }
-        let busy: Vec<String> = lock(&self.in_flight)
-            .iter()
-            .filter(|(_, n)| **n >= settings.max_in_flight_per_destination)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let cap = settings.max_in_flight_per_destination.max(1);
         // Past the attempt's own timeout, with room for recording it.
         let lease = settings.timeout + Duration::from_secs(10);
-        let limit = u32::try_from(free).unwrap_or(u32::MAX);
-        let claimed = self.store.claim_deliveries(&self.owner, lease, limit, &busy).await?;
-        let mut out = Vec::with_capacity(claimed.len());
-        for delivery in claimed {
-            let Ok(permit) = Arc::clone(slots).try_acquire_owned() else { break };
-            if delivery.webhook_id != CALLBACK {
-                *lock(&self.in_flight).entry(delivery.webhook_id.clone()).or_default() += 1;
+        let mut out = Vec::new();
+        loop {
+            let free = slots.available_permits();
+            if free == 0 {
+                break;
             }
-            out.push((delivery, permit));
+            let (busy, fullest) = {
+                let in_flight = lock(&self.in_flight);
+                let busy: Vec<String> = in_flight
+                    .iter()
+                    .filter(|(_, n)| **n >= cap)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                let fullest = in_flight.values().filter(|n| **n < cap).max().copied().unwrap_or(0);
+                (busy, fullest)
+            };
+            let limit = u32::try_from(free).unwrap_or(u32::MAX).min(cap - fullest);
+            let claimed = match self.store.claim_deliveries(&self.owner, lease, limit, &busy).await
+            {
+                Ok(claimed) => claimed,
+                Err(error) if out.is_empty() => return Err(error),
+                // Those claimed already are sent; the rest wait for the next round.
+                Err(error) => {
+                    tracing::warn!(%error, "webhooks: claiming deliveries failed; retrying");
+                    break;
+                }
+            };
+            let full = claimed.len() == limit as usize;
+            for delivery in claimed {
+                let Ok(permit) = Arc::clone(slots).try_acquire_owned() else { break };
+                if delivery.webhook_id != CALLBACK {
+                    *lock(&self.in_flight).entry(delivery.webhook_id.clone()).or_default() += 1;
+                }
+                out.push((delivery, permit));
+            }
+            if !full {
+                break;
+            }
         }
         Ok(out)
     }
