@@ -77,8 +77,10 @@ pub struct ListParams {
 /// Submit action
 ///
 /// Runs `commands`, in order, on every target. The action and its runs are stored before the answer. With an `Idempotency-Key`, a retried
-/// submission (same key, same body) answers `200` with the first action and
-/// `Idempotent-Replayed: true`; the same key with another body is a `409`.
+/// submission (same key, same body) answers with the first action and
+/// `Idempotent-Replayed: true`: `202` while it runs, `200` once it is finished; the same key
+/// with another body is a `409`. A `callback_url` gets the action's `action.finished` event,
+/// signed with the tenant's callback secret.
 ///
 /// The `202`'s `Location` is the action's status URL (`GET /v1/actions/{id}/status`), which
 /// answers `202` until the action is finished, then `200` with it: the asynchronous pattern of
@@ -103,8 +105,9 @@ pub struct ListParams {
                 ("Location" = String, description = "Absolute URL of the action's status (`/v1/actions/{id}/status`)"),
                 ("Content-Location" = String, description = "Absolute URL of the action (`/v1/actions/{id}`)"),
                 ("Retry-After" = u64, description = "Seconds before polling the status URL"),
+                ("Idempotent-Replayed" = Option<String>, description = "`true` on a replay of an earlier submission whose action still runs"),
             )),
-        (status = 200, description = "A replay of an earlier submission with the same Idempotency-Key", body = Action,
+        (status = 200, description = "A replay of an earlier submission with the same Idempotency-Key, whose action is finished (while it runs, a replay is a `202` with `Idempotent-Replayed`)", body = Action,
             headers(("Idempotent-Replayed" = String, description = "`true`"))),
         (status = 400, description = "Malformed JSON, unknown field or command, invalid arguments", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid bearer token", body = Problem, content_type = "application/problem+json"),
@@ -112,7 +115,7 @@ pub struct ListParams {
         (status = 409, description = "Idempotency-Key reused with a different request", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Valid by this document, but not for this tenant: a command the target's backend does not support, a backend or `file_id` the tenant does not have, a file over the backend's size cap, or arguments that do not go together (`offset` without `length`, registry `data` of another type than `value_type`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Valid by this document, but not for this tenant: a command the target's backend does not support, a backend or `file_id` the tenant does not have, a file over the backend's size cap, a `callback_url` the tenant cannot sign (no `webhooks.callback`) or the destination policy refuses, or arguments that do not go together (`offset` without `length`, registry `data` of another type than `value_type`)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "The tenant's request rate or actions-in-flight limit is reached (see `Retry-After`)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("BearerAuth" = []))
@@ -184,6 +187,11 @@ pub(crate) async fn submit_action(
     audit::record(&state, &caller, &meta, entry).await;
     let (status, action, replayed) = match submitted? {
         Submitted::Created(action) => (StatusCode::ACCEPTED, action, false),
+        // A replay answers as the status URL would: `202` while the action runs, so a
+        // 202-poller that retried its submission keeps waiting instead of moving on.
+        Submitted::Replayed(action) if !action.status.is_terminal() => {
+            (StatusCode::ACCEPTED, action, true)
+        }
         Submitted::Replayed(action) => (StatusCode::OK, action, true),
     };
     tracing::info!(tenant = %caller.tenant, action_id = %action.id, replayed, "action submitted");

@@ -87,6 +87,7 @@ pub struct NewWebhook {
     #[schema(
         min_length = 1,
         max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://",
         example = "https://soar.example.com/hooks/edrgate"
     )]
     pub url: String,
@@ -342,7 +343,9 @@ async fn admin(
         (status = 401, description = "Missing or bad token", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The token lacks the admin permission", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The tenant has the most subscriptions allowed", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "The destination is refused (scheme, address) or the header is not allowed", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over the size limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The destination is refused (not a URL, scheme, address) or the header is not allowed", body = Problem, content_type = "application/problem+json"),
     ),
     security(("BearerAuth" = [])),
 )]
@@ -364,6 +367,9 @@ pub(crate) async fn create_webhook(
         return Err(ApiError::invalid(format!(
             "description: at most {MAX_DESCRIPTION} characters"
         )));
+    }
+    if new.events.len() > EventType::ALL.len() {
+        return Err(ApiError::invalid(format!("events: at most {} types", EventType::ALL.len())));
     }
     if new.url.len() > 2048 || new.url.is_empty() {
         return Err(ApiError::invalid("url: 1 to 2048 characters"));
