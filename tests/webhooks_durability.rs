@@ -327,9 +327,11 @@ async fn a_failed_delivery_is_kept_and_can_be_redelivered() {
     assert!(last.verifies_with(&secret));
 }
 
-/// A gateway process on `sim` with its SQLite store in `dir`, a 2 s attempt timeout.
+/// A gateway process on `sim` with its SQLite store in `dir`, an 8 s attempt timeout: room
+/// for the test to kill it mid-attempt even on a loaded machine.
 async fn process(dir: &std::path::Path, sim: SocketAddr, delays: &[u64]) -> GatewayProcess {
-    let config = builder(sim, delays).config("engine.lease_seconds = 2");
+    let config =
+        builder(sim, delays).config("engine.lease_seconds = 2\nwebhooks.timeout_seconds = 8");
     GatewayProcess::start("gateway", dir, &config).await
 }
 
@@ -350,13 +352,13 @@ async fn a_sigkill_between_the_change_and_the_delivery_loses_nothing() {
     gw.kill();
     let killed = Instant::now();
     assert!(
-        killed.duration_since(seen[0].at) < Duration::from_secs(2),
+        killed.duration_since(seen[0].at) < Duration::from_secs(8),
         "killed before the attempt's timeout ran out"
     );
     receiver.answer(200);
     receiver.hold.store(false, Ordering::SeqCst);
     gw.crash_and_restart().await; // already dead: starts it again on the same data
-    // Sent again once the dead sender's lease (timeout 2 s + 10 s) ran out, with the same id.
+    // Sent again once the dead sender's lease (timeout 8 s + 10 s) ran out, with the same id.
     let got = receiver
         .until(Duration::from_secs(60), |got| got.iter().any(|r| r.id == x && r.answered == 200))
         .await;
