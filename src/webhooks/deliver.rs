@@ -27,6 +27,8 @@ const DISPATCH_BATCH: u32 = 200;
 /// How often the loop looks at the store without being woken (deliveries whose retry time
 /// came, another replica's events when no change reached this one).
 const IDLE_POLL: Duration = Duration::from_secs(1);
+/// Changes that wake the loop within this much of each other make one pass over the store.
+const COALESCE: Duration = Duration::from_millis(50);
 /// How often events and deliveries past retention are removed.
 const PURGE_EVERY: Duration = Duration::from_secs(600);
 /// Longest text kept of why an attempt failed.
@@ -128,7 +130,12 @@ impl Webhooks {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
-                _ = changes.recv() => {}
+                _ = changes.recv() => {
+                    // Every visible step of every run is a change: a burst of them is one
+                    // pass, at most one per `COALESCE`.
+                    tokio::time::sleep(COALESCE).await;
+                    while changes.try_recv().is_ok() {}
+                }
                 Some(_) = sending.join_next(), if !sending.is_empty() => {}
                 () = tokio::time::sleep(IDLE_POLL) => {}
             }
