@@ -446,9 +446,13 @@ async fn fanout_gateway(
     let action = gw
         .wait_terminal(&id, |a| {
             polls += 1;
-            let done = a["runs"]
-                .as_array()
-                .map_or(0, |runs| runs.iter().filter(|r| is_terminal(&r["status"])).count());
+            // Over every run, not only the first page the answer carries.
+            let by = &a["summary"]["runs_by_status"];
+            let done =
+                ["succeeded", "partially_succeeded", "failed", "cancelled", "timed_out", "skipped"]
+                    .iter()
+                    .map(|s| by[*s].as_u64().unwrap_or(0) as usize)
+                    .sum();
             if curve.last().is_none_or(|(d, _)| *d != done) {
                 curve.push((done, started.elapsed().as_secs_f64()));
             }
@@ -462,6 +466,7 @@ async fn fanout_gateway(
         .await;
 
     // Every run succeeded with a process list and the whole file.
+    let action = common::with_all_runs(&gw.http, &gw.base, &gw.token, action).await?;
     let runs = action["runs"].as_array().context("runs")?;
     let mut ok = 0;
     let mut failures = Vec::new();

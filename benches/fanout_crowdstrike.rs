@@ -341,6 +341,7 @@ async fn edrgate_round(args: &Args, opt: Duration) -> anyhow::Result<Value> {
     // A ratio over failed work means nothing: every run succeeded, with a process list and
     // the note, recorded and downloaded again with the note's SHA-256.
     let expected = hex::encode(sha2::Sha256::digest(NOTE_TXT));
+    let done = common::with_all_runs(&http, &gateway, &token, done).await?;
     let runs = done["runs"].as_array().context("runs")?;
     let mut failures = Vec::new();
     let mut files = Vec::new();

@@ -29,6 +29,8 @@ use edrgate_defender_sim::{
 };
 use serde_json::{Value, json};
 
+mod common;
+
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
 
 #[derive(Debug, Parser)]
@@ -169,6 +171,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let makespan = started.elapsed();
     // A ratio over failed work means nothing: every run must have succeeded.
+    let done = common::with_all_runs(&http, &gateway, &token, done).await?;
     let failed: Vec<String> = done["runs"]
         .as_array()
         .into_iter()

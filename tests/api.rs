@@ -661,3 +661,81 @@ async fn over_a_socket_with_graceful_shutdown() {
     // The engine was stopped and the action survives in the store.
     assert!(gw.engine.action("acme", id.parse().unwrap()).await.is_ok());
 }
+
+/// An action over more targets than an answer carries: the first 100 runs, a summary over all
+/// of them, and the rest page by page (filterable), each run also on its own; another tenant
+/// sees none of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_action_is_read_as_a_summary_and_pages_of_runs() {
+    const TARGETS: usize = 150;
+    let sim = Simulator::new(SimConfig {
+        sensors: TARGETS,
+        checkin_delay: Duration::from_millis(5),
+        command_latency: Duration::from_millis(2),
+        ..SimConfig::default()
+    });
+    let cb = Backend::carbonblack(sim.spawn().await.unwrap()).with("poll_interval_ms = 20");
+    let gw =
+        Gateway::builder().backend("acme", "cb", &cb).backend("globex", "cb", &cb).start().await;
+    let acme = token("acme");
+    let targets: Vec<Value> =
+        (1..=TARGETS).map(|i| json!({"backend": "cb", "device_id": i.to_string()})).collect();
+    let body = json!({"targets": targets, "commands": [{"type": "process_list"}]});
+    let (status, submitted) = gw.post(&acme, "/v1/actions", &body).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(submitted["runs"].as_array().unwrap().len(), 100);
+    assert_eq!(submitted["summary"]["runs"], TARGETS);
+    assert_eq!(submitted["summary"]["runs_by_status"]["queued"], TARGETS);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    let action = gw.wait_terminal(&acme, &id).await;
+    assert_eq!(action["status"], "succeeded", "{}", action["summary"]);
+    let summary = &action["summary"];
+    assert_eq!(summary["runs_by_status"]["succeeded"], TARGETS, "{summary}");
+    assert_eq!(summary["commands"][0]["type"], "process_list");
+    assert_eq!(summary["commands"][0]["by_status"]["succeeded"], TARGETS, "{summary}");
+    let inline = action["runs"].as_array().unwrap();
+    assert_eq!(inline.len(), 100);
+    let cursor = action["runs_next_cursor"].as_str().expect("a cursor past the first 100 runs");
+
+    // The rest, in target order, then nothing more.
+    let (status, page) = gw.get(&acme, &format!("/v1/actions/{id}/runs?cursor={cursor}")).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let rest = page["items"].as_array().unwrap();
+    assert_eq!(rest.len(), TARGETS - 100);
+    assert!(page["next_cursor"].is_null());
+    let devices: Vec<&str> =
+        inline.iter().chain(rest).map(|r| r["device_id"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (1..=TARGETS).map(|i| i.to_string()).collect();
+    assert_eq!(devices, expected.iter().map(String::as_str).collect::<Vec<_>>());
+    // Small pages and a status filter.
+    let (_, first) = gw.get(&acme, &format!("/v1/actions/{id}/runs?limit=7")).await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 7);
+    let (_, second) = gw
+        .get(
+            &acme,
+            &format!(
+                "/v1/actions/{id}/runs?limit=7&cursor={}",
+                first["next_cursor"].as_str().unwrap()
+            ),
+        )
+        .await;
+    assert_eq!(second["items"][0]["device_id"], "8");
+    let (_, failed) = gw.get(&acme, &format!("/v1/actions/{id}/runs?status=failed")).await;
+    assert_eq!(failed["items"], json!([]));
+    // One run on its own, with its results.
+    let run = &rest[10];
+    let (status, one) =
+        gw.get(&acme, &format!("/v1/actions/{id}/runs/{}", run["id"].as_str().unwrap())).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&one, run);
+    assert!(one["commands"][0]["result"]["processes"].as_array().is_some_and(|p| !p.is_empty()));
+    // Bad cursors are refused; another tenant finds nothing.
+    let (status, _) = gw.get(&acme, &format!("/v1/actions/{id}/runs?cursor=-1")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let globex = token("globex");
+    let (status, _) = gw.get(&globex, &format!("/v1/actions/{id}/runs")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) =
+        gw.get(&globex, &format!("/v1/actions/{id}/runs/{}", run["id"].as_str().unwrap())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -185,8 +185,8 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn migrations_are_applied(t: TestStore) {
     let applied = t.store.migrate().await.unwrap();
     match t.store.dialect() {
-        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5, 9]),
-        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7, 9]),
+        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5, 9, 11, 13, 15]),
+        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7, 9, 11, 13, 15]),
     }
     t.store.ping().await.unwrap();
     // Opening again (another replica starting) applies nothing twice.
@@ -573,6 +573,9 @@ async fn changes_are_announced_where_replicas_need_them(t: TestStore) {
     let other = Store::connect(t.url.as_deref().unwrap(), 2).await.unwrap();
     let a = new_action("acme", 1, edrgate::store::now_ms() - 10, None);
     insert(&other, &a).await;
+    // A new action is announced (event streams and webhook senders wake), then its cancel.
+    let next = tokio::time::timeout(Duration::from_secs(5), listener.next()).await.unwrap();
+    assert_eq!(next.unwrap(), Some(Change { action_id: a.id, cancel: false }));
     other.request_cancel("acme", a.id).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), listener.next()).await.unwrap();
     assert_eq!(next.unwrap(), Some(Change { action_id: a.id, cancel: true }));
@@ -640,7 +643,7 @@ fn migrate_applies_the_sqlite_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sub/edrgate.db");
     let out = migrate_cli(&format!("path = {:?}", db.display().to_string()));
-    assert_eq!(out.trim(), "Sqlite store: 4 migrations applied (latest 9)");
+    assert_eq!(out.trim(), "Sqlite store: 7 migrations applied (latest 15)");
     assert!(db.try_exists().unwrap());
 }
 
@@ -652,11 +655,11 @@ async fn migrate_applies_the_postgres_migrations() {
         return;
     };
     let out = migrate_cli(&format!("url = {url:?}"));
-    assert_eq!(out.trim(), "Postgres store: 5 migrations applied (latest 9)");
+    assert_eq!(out.trim(), "Postgres store: 8 migrations applied (latest 15)");
     // Applied once: a replica starting next finds nothing to do.
     assert_eq!(
         Store::connect(&url, 2).await.unwrap().migrate().await.unwrap(),
-        vec![1, 3, 5, 7, 9]
+        vec![1, 3, 5, 7, 9, 11, 13, 15]
     );
 }
 

@@ -18,6 +18,7 @@ use super::config::Resolved;
 use crate::api::actions::ActionList;
 use crate::api::devices::DeviceList;
 use crate::api::problem::Problem;
+use crate::api::runs::RunList;
 use crate::store::FileMeta;
 
 /// Largest JSON answer read (an action of 1,000 runs with their process lists fits).
@@ -76,10 +77,28 @@ impl Gateway {
         json(self.request(Method::POST, "/v1/actions").json(request)).await
     }
 
-    /// The action; with `wait`, once it changed or after that many seconds.
+    /// The action with all its runs; with `wait`, once it changed or after that many seconds.
     pub(crate) async fn action(&self, id: Uuid, wait: Option<u64>) -> Result<Action, Failure> {
         let query: Vec<_> = wait.map(|w| ("wait", w)).into_iter().collect();
-        json(self.request(Method::GET, &format!("/v1/actions/{id}")).query(&query)).await
+        let action =
+            json(self.request(Method::GET, &format!("/v1/actions/{id}")).query(&query)).await?;
+        self.all_runs(action).await
+    }
+
+    /// `action` with the runs its answer did not carry (a fan-out over `INLINE_RUNS` targets),
+    /// read page by page: the CLI shows every host.
+    async fn all_runs(&self, mut action: Action) -> Result<Action, Failure> {
+        let mut cursor = action.runs_next_cursor.take();
+        while let Some(after) = cursor {
+            let page: RunList = json(
+                self.request(Method::GET, &format!("/v1/actions/{}/runs", action.id))
+                    .query(&[("cursor", after.as_str()), ("limit", "500")]),
+            )
+            .await?;
+            action.runs.extend(page.items);
+            cursor = page.next_cursor;
+        }
+        Ok(action)
     }
 
     pub(crate) async fn actions(&self, filter: &ActionFilter) -> Result<ActionList, Failure> {

@@ -378,7 +378,7 @@ async fn act(args: ActArgs) -> Result<Exit, Failure> {
         });
         return Ok(Exit::Success);
     }
-    eprintln!("action {}: {} runs", submitted.id, submitted.runs.len());
+    eprintln!("action {}: {} runs", submitted.id, submitted.summary.runs);
     follow_and_print(&gateway, submitted, args.json).await
 }
 

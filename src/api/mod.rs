@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod problem;
 pub mod reload;
 pub mod request;
+pub mod runs;
 pub mod webhooks;
 
 use std::any::Any;

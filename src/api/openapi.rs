@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::downlevel;
-use super::{actions, audit, devices, events, files, webhooks};
+use super::{actions, audit, devices, events, files, runs, webhooks};
 
 /// Where the committed documents live, relative to the repository root.
 pub const OPENAPI_FILE: &str = "schemas/openapi.json";
@@ -102,6 +102,8 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(actions::submit_action, actions::list_actions))
         .routes(routes!(actions::get_action))
         .routes(routes!(actions::action_status))
+        .routes(routes!(runs::list_runs))
+        .routes(routes!(runs::get_run))
         .routes(routes!(actions::cancel_action))
         .routes(routes!(events::stream_events))
         .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))

@@ -23,7 +23,9 @@ pub mod webhooks;
 use std::path::Path;
 use std::time::Duration;
 
-use edrgate_adapter::{Action, ActionRequest, CommandState, ErrorInfo, Run, Status, Target};
+use edrgate_adapter::{
+    Action, ActionRequest, ActionSummary, CommandState, ErrorInfo, INLINE_RUNS, Run, Status, Target,
+};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -382,8 +384,8 @@ impl Store {
         for (position, run) in action.runs.iter().enumerate() {
             tx.execute(
                 "INSERT INTO runs (id, action_id, tenant, position, target_json, backend, device_id,
-                    status, commands_json, next_step_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9)",
+                    status, commands_json, next_step_at, updated_at, command_statuses)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9, $10)",
                 args![
                     run.id.to_string(),
                     action.id.to_string(),
@@ -394,6 +396,7 @@ impl Store {
                     &run.device_id,
                     to_json(&run.commands)?,
                     action.created_at,
+                    command_statuses(&run.commands)?,
                 ],
             )
             .await?;
@@ -423,18 +426,126 @@ impl Store {
             )
             .await?;
         let Some(row) = row else { return Ok(None) };
-        let runs = self.runs_of(&row.id).await?;
         let version = row.version;
-        Ok(Some((assemble(row, runs)?, version)))
+        Ok(Some((self.assemble(row).await?, version)))
     }
 
-    async fn runs_of(&self, action_id: &str) -> Result<Vec<RunRow>> {
-        self.db
+    /// An action as answers show it: its first [`INLINE_RUNS`] runs (in target order), the
+    /// cursor of the rest, and the summary over all of them. A small action costs one query of
+    /// its runs; a larger one adds a query of the runs' statuses only, so a read costs the same
+    /// whatever the number of targets.
+    async fn assemble(&self, row: ActionRow) -> Result<Action> {
+        let runs: Vec<RunRow> = self
+            .db
             .fetch_all(
-                "SELECT * FROM runs WHERE action_id = $1 ORDER BY position",
-                args![action_id],
+                "SELECT * FROM runs WHERE action_id = $1 ORDER BY position LIMIT $2",
+                args![&row.id, i64::try_from(INLINE_RUNS + 1).unwrap_or(i64::MAX)],
             )
-            .await
+            .await?;
+        let request: ActionRequest = from_json(&row.request_json)?;
+        let statuses = |status: &str, commands: &str| -> Result<(Status, Vec<Status>)> {
+            let commands: Vec<String> = from_json(commands)?;
+            Ok((
+                parse_status(status)?,
+                commands.iter().map(|c| parse_status(c)).collect::<Result<_>>()?,
+            ))
+        };
+        let (runs, next, counted) = if runs.len() <= INLINE_RUNS {
+            let counted = runs
+                .iter()
+                .map(|r| statuses(&r.status, &r.command_statuses))
+                .collect::<Result<Vec<_>>>()?;
+            (runs, None, counted)
+        } else {
+            let mut runs = runs;
+            runs.truncate(INLINE_RUNS);
+            let next = runs.last().map(|r| r.position.to_string());
+            let all: Vec<(String, String)> = self
+                .db
+                .fetch_all(
+                    "SELECT status, command_statuses FROM runs WHERE action_id = $1",
+                    args![&row.id],
+                )
+                .await?;
+            let counted = all.iter().map(|(s, c)| statuses(s, c)).collect::<Result<Vec<_>>>()?;
+            (runs, next, counted)
+        };
+        let summary =
+            ActionSummary::of(&request.commands, counted.iter().map(|(s, c)| (*s, c.as_slice())));
+        let runs = runs.into_iter().map(RunRow::into_run).collect::<Result<Vec<_>>>()?;
+        Ok(Action {
+            id: parse_uuid(&row.id)?,
+            status: parse_status(&row.status)?,
+            comment: request.comment,
+            on_error: request.on_error,
+            commands: request.commands,
+            runs,
+            created_at: from_ms(row.created_at),
+            updated_at: from_ms(row.updated_at),
+            deadline: Some(from_ms(row.deadline)),
+            cancel_requested: row.cancel_requested,
+            request_id: row.request_id,
+            summary,
+            runs_next_cursor: next,
+        })
+    }
+
+    /// A page of the tenant's action's runs in target order, after `after` (a position, the
+    /// cursor of the previous page), optionally of one status; and the next page's cursor.
+    /// `None` when the tenant has no such action.
+    pub async fn runs_page(
+        &self,
+        tenant: &str,
+        action_id: Uuid,
+        status: Option<Status>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Option<(Vec<Run>, Option<String>)>> {
+        let id = action_id.to_string();
+        let exists: Option<(String,)> = self
+            .db
+            .fetch_optional(
+                "SELECT id FROM actions WHERE id = $1 AND tenant = $2",
+                args![&id, tenant],
+            )
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let limit = i64::from(limit.clamp(1, 500));
+        let rows: Vec<RunRow> = self
+            .db
+            .fetch_all(
+                sql!(self.db.dialect(),
+                    sqlite: "SELECT * FROM runs WHERE action_id = $1 AND position > $2
+                               AND ($3 IS NULL OR status = $3)
+                             ORDER BY position LIMIT $4",
+                    postgres: "SELECT * FROM runs WHERE action_id = $1 AND position > $2
+                                 AND ($3::text IS NULL OR status = $3)
+                               ORDER BY position LIMIT $4"),
+                args![&id, after.unwrap_or(-1), status.map(Status::as_str), limit + 1],
+            )
+            .await?;
+        let page = usize::try_from(limit).unwrap_or(usize::MAX);
+        let next = if rows.len() > page {
+            rows.get(page - 1).map(|r| r.position.to_string())
+        } else {
+            None
+        };
+        let runs = rows.into_iter().take(page).map(RunRow::into_run).collect::<Result<_>>()?;
+        Ok(Some((runs, next)))
+    }
+
+    /// One run of the tenant's action.
+    pub async fn run(&self, tenant: &str, action_id: Uuid, run_id: Uuid) -> Result<Option<Run>> {
+        let row: Option<RunRow> = self
+            .db
+            .fetch_optional(
+                "SELECT * FROM runs WHERE id = $1 AND action_id = $2 AND tenant = $3",
+                args![run_id.to_string(), action_id.to_string(), tenant],
+            )
+            .await?;
+        row.map(RunRow::into_run).transpose()
     }
 
     /// The change counter and status of an action (cheap; for long-polls).
@@ -522,8 +633,7 @@ impl Store {
         let more = rows.len() > page;
         let mut actions = Vec::with_capacity(rows.len().min(page));
         for row in rows.into_iter().take(page) {
-            let runs = self.runs_of(&row.id).await?;
-            actions.push(assemble(row, runs)?);
+            actions.push(self.assemble(row).await?);
         }
         let next = if more {
             actions.last().map(|a: &Action| Cursor { created_at: to_ms(a.created_at), id: a.id })
@@ -683,6 +793,9 @@ struct ActionRow {
 #[derive(sqlx::FromRow)]
 struct RunRow {
     id: String,
+    position: i64,
+    /// JSON array of the commands' statuses (for summaries).
+    command_statuses: String,
     target_json: String,
     backend: Option<String>,
     device_id: Option<String>,
@@ -732,22 +845,9 @@ impl RunRow {
     }
 }
 
-fn assemble(row: ActionRow, runs: Vec<RunRow>) -> Result<Action> {
-    let request: ActionRequest = from_json(&row.request_json)?;
-    let runs = runs.into_iter().map(RunRow::into_run).collect::<Result<Vec<_>>>()?;
-    Ok(Action {
-        id: parse_uuid(&row.id)?,
-        status: parse_status(&row.status)?,
-        comment: request.comment,
-        on_error: request.on_error,
-        commands: request.commands,
-        runs,
-        created_at: from_ms(row.created_at),
-        updated_at: from_ms(row.updated_at),
-        deadline: Some(from_ms(row.deadline)),
-        cancel_requested: row.cancel_requested,
-        request_id: row.request_id,
-    })
+/// `runs.command_statuses`: the commands' statuses, in order.
+pub(crate) fn command_statuses(states: &[CommandState]) -> Result<String> {
+    to_json(&states.iter().map(|c| c.status.as_str()).collect::<Vec<_>>())
 }
 
 pub(crate) fn to_ms(t: OffsetDateTime) -> i64 {

@@ -273,7 +273,7 @@ impl Store {
             .fetch_all(
                 "UPDATE runs SET backend = $4, device_id = $5, hostname = $6, status = $7,
                     error_json = $8, commands_json = $9, checkpoint_json = $10, next_step_at = $11,
-                    lease_expires_at = $12, updated_at = $13
+                    lease_expires_at = $12, updated_at = $13, command_statuses = $14
                  WHERE id = $1 AND lease_owner = $2 AND lease_version = $3
                  RETURNING (SELECT cancel_requested FROM actions WHERE actions.id = runs.action_id)",
                 args![
@@ -290,6 +290,7 @@ impl Store {
                     w.next_step_at,
                     w.lease_until,
                     now,
+                    super::command_statuses(w.states)?,
                 ],
             )
             .await?;

@@ -931,6 +931,96 @@ pub struct Action {
     pub cancel_requested: bool,
     #[serde(default)]
     pub request_id: Option<String>,
+    /// Counts over every run of the action, including those not in `runs`.
+    #[serde(default)]
+    pub summary: ActionSummary,
+    /// Set when the action has more runs than one answer carries ([`INLINE_RUNS`], in target
+    /// order): the rest come page by page from `GET /v1/actions/{id}/runs?cursor=…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runs_next_cursor: Option<String>,
+}
+
+/// Runs an action answer carries; an action with more has the first ones, its `summary` and
+/// `runs_next_cursor`. Small actions stay one document.
+pub const INLINE_RUNS: usize = 100;
+
+/// How many runs and commands of an action are in each status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ActionSummary {
+    /// Runs in all (one per target).
+    pub runs: u64,
+    pub runs_by_status: StatusCounts,
+    /// Per command of the request, in order: its status on every run.
+    pub commands: Vec<CommandSummary>,
+}
+
+/// One command of the request, across the action's runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CommandSummary {
+    pub index: usize,
+    #[serde(rename = "type")]
+    pub kind: CommandKind,
+    pub by_status: StatusCounts,
+}
+
+/// A count per status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct StatusCounts {
+    pub queued: u64,
+    pub dispatched: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub partially_succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub timed_out: u64,
+    pub skipped: u64,
+}
+
+impl StatusCounts {
+    pub fn add(&mut self, status: Status) {
+        *match status {
+            Status::Queued => &mut self.queued,
+            Status::Dispatched => &mut self.dispatched,
+            Status::Running => &mut self.running,
+            Status::Succeeded => &mut self.succeeded,
+            Status::PartiallySucceeded => &mut self.partially_succeeded,
+            Status::Failed => &mut self.failed,
+            Status::Cancelled => &mut self.cancelled,
+            Status::TimedOut => &mut self.timed_out,
+            Status::Skipped => &mut self.skipped,
+        } += 1;
+    }
+}
+
+impl ActionSummary {
+    /// The summary of runs given by their status and their commands' statuses.
+    pub fn of<'a>(
+        commands: &[Command],
+        runs: impl IntoIterator<Item = (Status, &'a [Status])>,
+    ) -> ActionSummary {
+        let mut summary = ActionSummary {
+            runs: 0,
+            runs_by_status: StatusCounts::default(),
+            commands: commands
+                .iter()
+                .enumerate()
+                .map(|(index, c)| CommandSummary {
+                    index,
+                    kind: c.kind(),
+                    by_status: StatusCounts::default(),
+                })
+                .collect(),
+        };
+        for (status, commands) in runs {
+            summary.runs += 1;
+            summary.runs_by_status.add(status);
+            for (c, s) in summary.commands.iter_mut().zip(commands) {
+                c.by_status.add(*s);
+            }
+        }
+        summary
+    }
 }
 
 /// The commands of one action on one device.
