@@ -62,6 +62,7 @@ impl App {
         // Before the backends, which take the tenants out of the configuration.
         let webhook_settings = crate::webhooks::Settings::from_config(&config)
             .map_err(|errors| anyhow::anyhow!("invalid webhooks: {}", errors.join("; ")))?;
+        let action_retention = crate::store::retention::ActionRetention::from_config(&config);
         let backends = Backends::from_config(&mut config, None)
             .map_err(|errors| anyhow::anyhow!("invalid backends: {}", errors.join("; ")))?;
         let webhooks = crate::webhooks::Webhooks::new(store.clone(), webhook_settings);
@@ -83,6 +84,7 @@ impl App {
             Duration::from_secs(config.files.sweep_interval_seconds),
             shutdown.clone(),
         );
+        engine.store().spawn_action_sweeper(action_retention, shutdown.clone());
         let reloader = Arc::new(Reloader {
             file: OnceLock::new(),
             engine: Arc::clone(&engine),

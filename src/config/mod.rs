@@ -283,6 +283,12 @@ pub struct EngineConfig {
     /// Runs this process drives at once.
     #[serde(default = "default_in_flight")]
     pub max_runs_in_flight: u32,
+    /// How long finished actions are kept, in days, for tenants that do not set
+    /// `tenants.<id>.retention_days` (which takes precedence); unset: kept forever. It also
+    /// applies to actions of tenants no longer in the configuration. See
+    /// `tenants.<id>.retention_days` for what is deleted.
+    #[serde(default)]
+    pub action_retention_days: Option<u32>,
 }
 
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
@@ -300,6 +306,13 @@ pub struct TenantConfig {
     /// Webhook subscriptions and callback signing.
     #[serde(default)]
     pub webhooks: TenantWebhooksConfig,
+    /// How long the tenant's finished actions are kept, in days after they last changed:
+    /// older ones are deleted (hourly, with their runs, events and webhook deliveries; the
+    /// audit trail and stored files stay). Unfinished actions are never deleted. Unset:
+    /// `engine.action_retention_days`, else kept forever. Read at start (a reload does not
+    /// change it).
+    #[serde(default)]
+    pub retention_days: Option<u32>,
 }
 
 /// Per-tenant inbound limits, answered with `429 rate_limited` and `Retry-After`.
@@ -401,6 +414,7 @@ impl Default for EngineConfig {
             default_timeout_seconds: default_timeout(),
             max_timeout_seconds: default_max_timeout(),
             max_runs_in_flight: default_in_flight(),
+            action_retention_days: None,
         }
     }
 }

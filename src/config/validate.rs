@@ -204,6 +204,12 @@ impl Config {
                 errors.push(format!("store.url: {problem}"));
             }
         }
+        if self.engine.action_retention_days == Some(0) {
+            errors.push(
+                "engine.action_retention_days: must be at least 1 (or unset to keep actions)"
+                    .to_owned(),
+            );
+        }
         if self.store.max_connections == 0 {
             errors.push("store.max_connections: must be at least 1".to_owned());
         }
@@ -216,6 +222,9 @@ impl Config {
             }
             if t.backends.is_empty() {
                 errors.push(format!("tenants.{tenant}.backends: at least one backend is needed"));
+            }
+            if t.retention_days == Some(0) {
+                errors.push(format!("tenants.{tenant}.retention_days: must be at least 1"));
             }
             let limits = &t.limits;
             for (field, value) in [

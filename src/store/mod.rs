@@ -16,6 +16,7 @@
 pub(crate) mod db;
 pub mod events;
 pub mod postgres;
+pub mod retention;
 mod runs;
 mod sqlite;
 pub mod webhooks;
