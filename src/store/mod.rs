@@ -382,26 +382,45 @@ impl Store {
                 .await?;
             return Ok(Inserted::Existing { id: parse_uuid(&id)?, request_hash });
         }
-        for (position, run) in action.runs.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO runs (id, action_id, tenant, position, target_json, backend, device_id,
-                    status, commands_json, next_step_at, updated_at, command_statuses)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'queued', $8, $9, $9, $10)",
-                args![
-                    run.id.to_string(),
-                    action.id.to_string(),
-                    &action.tenant,
-                    i64::try_from(position).unwrap_or(i64::MAX),
-                    to_json(&run.target)?,
-                    &run.backend,
-                    &run.device_id,
-                    to_json(&run.commands)?,
-                    action.created_at,
-                    command_statuses(&run.commands)?,
-                ],
-            )
-            .await?;
-        }
+        // Every run in one statement (a 1,000-target submission is one write, not a thousand):
+        // the runs as one JSON array, each with what differs; what they share is bound once.
+        let runs: Vec<serde_json::Value> = action
+            .runs
+            .iter()
+            .map(|run| {
+                serde_json::json!({
+                    "id": run.id.to_string(),
+                    "target": run.target,
+                    "backend": run.backend,
+                    "device_id": run.device_id,
+                })
+            })
+            .collect();
+        // All runs of a new action start with the same command states.
+        let commands = action.runs.first().map(|r| r.commands.as_slice()).unwrap_or_default();
+        tx.execute(
+            sql!(self.db.dialect(),
+                sqlite: "INSERT INTO runs (id, action_id, tenant, position, target_json, backend,
+                        device_id, status, commands_json, next_step_at, updated_at, command_statuses)
+                    SELECT json_extract(r.value, '$.id'), $2, $3, CAST(r.key AS INTEGER),
+                        json_extract(r.value, '$.target'), json_extract(r.value, '$.backend'),
+                        json_extract(r.value, '$.device_id'), 'queued', $4, $5, $5, $6
+                    FROM json_each($1) r",
+                postgres: "INSERT INTO runs (id, action_id, tenant, position, target_json, backend,
+                        device_id, status, commands_json, next_step_at, updated_at, command_statuses)
+                    SELECT r.value->>'id', $2, $3, r.ord - 1, (r.value->'target')::text,
+                        r.value->>'backend', r.value->>'device_id', 'queued', $4, $5, $5, $6
+                    FROM json_array_elements($1::text::json) WITH ORDINALITY AS r(value, ord)"),
+            args![
+                to_json(&runs)?,
+                action.id.to_string(),
+                &action.tenant,
+                to_json(commands)?,
+                action.created_at,
+                command_statuses(commands)?,
+            ],
+        )
+        .await?;
         let id = action.id.to_string();
         let data = serde_json::json!({
             "action_id": &id,
