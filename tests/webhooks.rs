@@ -5,104 +5,18 @@
 //! tests/sdk.rs verifies the same deliveries with the Standard Webhooks library from PyPI.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::http::HeaderMap;
-use edrgate::webhooks::sign::{Secret, verify};
 use edrgate_carbonblack_sim as cb;
 use edrgate_simkit::Sim as _;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Backend, Gateway, GatewayBuilder, token};
+use common::{Backend, Gateway, GatewayBuilder, Receiver, read_events, token};
 
 /// The configuration subscription's secret (Standard Webhooks' test vector secret).
 const CONFIG_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const CALLBACK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-
-/// One delivery as a receiver saw it.
-#[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    id: String,
-    timestamp: i64,
-    signature: String,
-    header: Option<String>,
-    body: Vec<u8>,
-}
-
-impl Received {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-    fn kind(&self) -> String {
-        self.json()["type"].as_str().unwrap().to_owned()
-    }
-    fn verifies_with(&self, secret: &str) -> bool {
-        let secret = Secret::parse(secret).unwrap();
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        verify(&[secret], &self.id, self.timestamp, &self.body, &self.signature, now, 300).is_ok()
-    }
-}
-
-/// A webhook receiver on loopback: records every request, answers 204.
-#[derive(Clone)]
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Received>>>,
-}
-
-impl Receiver {
-    async fn start() -> Receiver {
-        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let g = Arc::clone(&got);
-        let app = axum::Router::new().fallback(
-            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
-                let g = Arc::clone(&g);
-                async move {
-                    let h = |n: &str| {
-                        headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
-                    };
-                    g.lock().unwrap().push(Received {
-                        path: uri.path().to_owned(),
-                        id: h("webhook-id"),
-                        timestamp: h("webhook-timestamp").parse().unwrap_or(0),
-                        signature: h("webhook-signature"),
-                        header: headers.get("x-api-key").map(|v| v.to_str().unwrap().to_owned()),
-                        body: body.to_vec(),
-                    });
-                    axum::http::StatusCode::NO_CONTENT
-                }
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver { addr, got }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.got.lock().unwrap().clone()
-    }
-
-    /// Waits until `done` holds of what was received (panics after `within`).
-    async fn until(&self, within: Duration, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.received();
-            if done(&got) {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "receiver: condition not met; got {got:#?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 async fn cb_sim() -> SocketAddr {
     let sim = cb::Simulator::new(cb::SimConfig {
@@ -149,7 +63,7 @@ fn process_list(device: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_and_callbacks_are_delivered_signed() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(200).await;
     let gw = builder(cb_sim().await, &receiver).start().await;
     let acme = token("acme");
 
@@ -223,7 +137,7 @@ async fn subscriptions_and_callbacks_are_delivered_signed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_resumes_without_gaps() {
-    let receiver = Receiver::start().await;
+    let receiver = Receiver::start(200).await;
     let gw = builder(cb_sim().await, &receiver).start().await;
     let acme = token("acme");
     for _ in 0..2 {
@@ -246,53 +160,4 @@ async fn the_event_stream_resumes_without_gaps() {
     assert_eq!(status, 404, "another tenant's subscription is not found");
     let none = read_events(&gw, &globex, "/v1/events?after=0", None, 0).await;
     assert!(none.is_empty());
-}
-
-/// Reads `count` events from the stream at `path` (then up to a second more, to see that no
-/// other comes), as (id, event, data).
-async fn read_events(
-    gw: &Gateway,
-    token: &str,
-    path: &str,
-    last_event_id: Option<i64>,
-    count: usize,
-) -> Vec<(i64, String, Value)> {
-    use futures::StreamExt as _;
-    let mut request = gw.request(reqwest::Method::GET, token, path);
-    if let Some(id) = last_event_id {
-        request = request.header("last-event-id", id.to_string());
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let mut quiet_until = None;
-    loop {
-        let until = quiet_until.unwrap_or(deadline);
-        match tokio::time::timeout_at(until, body.next()).await {
-            Ok(Some(chunk)) => text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
-            Ok(None) => break,
-            Err(_) if quiet_until.is_some() => break,
-            Err(_) => panic!("only {} of {count} events came: {text}", events.len()),
-        }
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
-            let field = |name: &str| {
-                block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
-            };
-            if let (Some(id), Some(event), Some(data)) =
-                (field("id:"), field("event:"), field("data:"))
-            {
-                events.push((id.parse().unwrap(), event, serde_json::from_str(&data).unwrap()));
-            }
-        }
-        if events.len() >= count && quiet_until.is_none() {
-            quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-        }
-    }
-    assert_eq!(events.len(), count, "{events:#?}");
-    events
 }

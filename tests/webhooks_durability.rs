@@ -9,127 +9,21 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
-use edrgate::webhooks::sign::{Secret, verify};
 use edrgate_carbonblack_sim as cb;
 use edrgate_simkit::Sim as _;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Backend, Client, Gateway, GatewayBuilder, GatewayProcess, scoped_token, token};
+use common::{
+    Backend, Client, Gateway, GatewayBuilder, GatewayProcess, Received, Receiver, read_events,
+    scoped_token, token,
+};
 
 const CONFIG_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const CALLBACK_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
-
-/// One request as the receiver saw it, and what it answered.
-#[derive(Clone, Debug)]
-struct Received {
-    path: String,
-    id: String,
-    timestamp: i64,
-    signature: String,
-    body: Vec<u8>,
-    answered: u16,
-    at: Instant,
-}
-
-impl Received {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap()
-    }
-    fn kind(&self) -> String {
-        self.json()["type"].as_str().unwrap().to_owned()
-    }
-    fn action_id(&self) -> String {
-        self.json()["data"]["action_id"].as_str().unwrap().to_owned()
-    }
-    fn verifies_with(&self, secret: &str) -> bool {
-        let secret = Secret::parse(secret).unwrap();
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        verify(&[secret], &self.id, self.timestamp, &self.body, &self.signature, now, 300).is_ok()
-    }
-}
-
-/// A webhook receiver on loopback: records every request as it arrives, then (while `hold`
-/// is set, up to a minute) does not answer, then answers `status`.
-#[derive(Clone)]
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Received>>>,
-    status: Arc<AtomicU16>,
-    hold: Arc<AtomicBool>,
-}
-
-impl Receiver {
-    async fn start(status: u16) -> Receiver {
-        let got: Arc<Mutex<Vec<Received>>> = Arc::default();
-        let status = Arc::new(AtomicU16::new(status));
-        let hold = Arc::new(AtomicBool::new(false));
-        let (g, s, h) = (Arc::clone(&got), Arc::clone(&status), Arc::clone(&hold));
-        let app = axum::Router::new().fallback(
-            move |uri: axum::http::Uri, headers: HeaderMap, body: axum::body::Bytes| {
-                let (g, s, hold) = (Arc::clone(&g), Arc::clone(&s), Arc::clone(&h));
-                async move {
-                    let h = |n: &str| {
-                        headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
-                    };
-                    let held = hold.load(Ordering::SeqCst);
-                    let answered = if held { 0 } else { s.load(Ordering::SeqCst) };
-                    g.lock().unwrap().push(Received {
-                        path: uri.path().to_owned(),
-                        id: h("webhook-id"),
-                        timestamp: h("webhook-timestamp").parse().unwrap_or(0),
-                        signature: h("webhook-signature"),
-                        body: body.to_vec(),
-                        answered,
-                        at: Instant::now(),
-                    });
-                    if held {
-                        let until = Instant::now() + Duration::from_secs(60);
-                        while hold.load(Ordering::SeqCst) && Instant::now() < until {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        // Too late for the sender's timeout: recorded as no answer (0).
-                    }
-                    axum::http::StatusCode::from_u16(if held { 503 } else { answered }).unwrap()
-                }
-            },
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver { addr, got, status, hold }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn answer(&self, status: u16) {
-        self.status.store(status, Ordering::SeqCst);
-    }
-
-    fn received(&self) -> Vec<Received> {
-        self.got.lock().unwrap().clone()
-    }
-
-    /// Waits until `done` holds of what was received (panics after `within`).
-    async fn until(&self, within: Duration, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
-        let deadline = Instant::now() + within;
-        loop {
-            let got = self.received();
-            if done(&got) {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "receiver: condition not met; got {got:#?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
 
 async fn cb_sim() -> SocketAddr {
     let sim = cb::Simulator::new(cb::SimConfig {
@@ -465,7 +359,7 @@ async fn two_replicas_deliver_each_event_once() {
     assert!(all_delivered(&items) && items.iter().all(|d| d["attempts"] == 1), "{items:#?}");
 
     // Replica B's event stream has what was submitted on A.
-    let events = read_events(&b, &acme, "/v1/events?after=0", 30).await;
+    let events = read_events(&b, &acme, "/v1/events?after=0", None, 30).await;
     let streamed: HashSet<&str> =
         events.iter().map(|(_, _, data)| data["data"]["action_id"].as_str().unwrap()).collect();
     for id in &on_a {
@@ -682,50 +576,6 @@ async fn secrets_and_callback_urls_never_reach_the_logs() {
     ] {
         assert!(!logs.contains(s), "{s:?} is in the logs:\n{logs}");
     }
-}
-
-/// Reads `count` events from the stream at `path` (then up to a second more, to see that no
-/// other comes), as (id, event, data).
-async fn read_events(
-    api: &Client,
-    token: &str,
-    path: &str,
-    count: usize,
-) -> Vec<(i64, String, Value)> {
-    use futures::StreamExt as _;
-    let response = api.request(reqwest::Method::GET, token, path).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut body = response.bytes_stream();
-    let mut text = String::new();
-    let mut events = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut quiet_until = None;
-    loop {
-        let until = quiet_until.unwrap_or(deadline);
-        match tokio::time::timeout_at(until, body.next()).await {
-            Ok(Some(chunk)) => text.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap()),
-            Ok(None) => break,
-            Err(_) if quiet_until.is_some() => break,
-            Err(_) => panic!("only {} of {count} events came: {text}", events.len()),
-        }
-        while let Some(end) = text.find("\n\n") {
-            let block: String = text.drain(..end + 2).collect();
-            let field = |name: &str| {
-                block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_owned())
-            };
-            if let (Some(id), Some(event), Some(data)) =
-                (field("id:"), field("event:"), field("data:"))
-            {
-                events.push((id.parse().unwrap(), event, serde_json::from_str(&data).unwrap()));
-            }
-        }
-        if events.len() >= count && quiet_until.is_none() {
-            quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(1));
-        }
-    }
-    assert_eq!(events.len(), count, "{events:#?}");
-    events
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,6 +10,7 @@ mod gateway;
 mod process;
 mod proxy;
 mod token;
+mod webhooks;
 
 pub(crate) use backend::{Backend, spawn};
 pub(crate) use client::Client;
@@ -17,6 +18,7 @@ pub(crate) use gateway::{Gateway, GatewayBuilder};
 pub(crate) use process::GatewayProcess;
 pub(crate) use proxy::Proxy;
 pub(crate) use token::{SECRET, SUBJECT, operator_token, scoped_token, token, token_as};
+pub(crate) use webhooks::{Received, Receiver, read_events};
 
 use sqlx::Connection as _;
 
