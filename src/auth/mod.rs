@@ -21,7 +21,7 @@
 //! every authenticated request) and actions in flight (checked on submission), both answered
 //! with `429 rate_limited` and `Retry-After`.
 //!
-//! Validated tokens are cached (moka) by their full text until they expire, at most 5 minutes:
+//! Validated tokens are cached (moka, bounded) by their SHA-256 until they expire, at most 5 minutes:
 //! the checks that could change with time are only `exp` (the entry dies with it) and `nbf`
 //! (never cached before it passes). A key withdrawn from a JWKS is refused once the set is
 //! fetched again (after `cache_seconds`, or on the next unknown `kid`), and for tokens already
@@ -100,7 +100,7 @@ pub struct Auth {
     tenant_claim: String,
     scope_claim: Option<String>,
     scopes: Arc<ScopeNames>,
-    cache: moka::future::Cache<String, Arc<tokens::Validated>>,
+    cache: moka::future::Cache<tokens::TokenKey, Arc<tokens::Validated>>,
     limits: RwLock<HashMap<String, Arc<limits::TenantLimiter>>>,
 }
 

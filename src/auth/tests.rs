@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 use super::keys::{jwk_key, pem_key};
-use super::tokens::{MAX_TOKEN_LEN, self_test};
+use super::tokens::{MAX_TOKEN_LEN, self_test, token_key};
 use super::*;
 use crate::config::{
     AuthConfig, ScopeNames, TenantLimitsConfig, asymmetric_algorithm, check_jwks_url,
@@ -93,7 +93,7 @@ async fn tenant_exp_and_nbf_are_enforced_with_the_leeway() {
     // Within the leeway an expired token still passes (clock skew), and is not cached.
     let skewed = sign(&json!({"tenant": "acme", "exp": now() - 5}), Algorithm::HS256, SECRET);
     assert!(auth.authenticate(&skewed).await.is_ok());
-    assert!(auth.cache.get(&skewed).await.is_none());
+    assert!(auth.cache.get(&token_key(&skewed)).await.is_none());
     // And without a scope claim the caller has no permission at all.
     assert_eq!(auth.authenticate(&skewed).await.unwrap().permissions, Permissions::default());
 }

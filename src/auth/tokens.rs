@@ -19,8 +19,17 @@ use crate::config::{AuthConfig, ScopeNames, is_identifier};
 
 /// Longest time a validated token stays cached.
 const CACHE_TTL: Duration = Duration::from_secs(300);
-/// Tokens longer than this are refused before any parsing (and never become cache keys).
+/// Tokens longer than this are refused before any parsing (and never hashed).
 pub(super) const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// The key of a validated token in the cache: its SHA-256, so that tokens are not held in
+/// memory as keys (a heap dump shows hashes, not bearer tokens).
+pub(super) type TokenKey = [u8; 32];
+
+pub(super) fn token_key(token: &str) -> TokenKey {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes()).into()
+}
 
 pub(super) struct Validated {
     caller: Caller,
@@ -112,7 +121,8 @@ impl Auth {
         if token.len() > MAX_TOKEN_LEN {
             return Err(Refusal::BadToken("the bearer token is too long"));
         }
-        if let Some(hit) = self.cache.get(token).await
+        let key = token_key(token);
+        if let Some(hit) = self.cache.get(&key).await
             && hit.until > Instant::now()
         {
             return Ok(hit.caller.clone());
@@ -129,7 +139,7 @@ impl Auth {
         let ttl = Duration::from_secs(exp.saturating_sub(now_unix)).min(CACHE_TTL);
         if !ttl.is_zero() {
             let entry = Validated { caller: caller.clone(), until: Instant::now() + ttl };
-            self.cache.insert(token.to_owned(), Arc::new(entry)).await;
+            self.cache.insert(key, Arc::new(entry)).await;
         }
         Ok(caller)
     }
@@ -261,10 +271,10 @@ enum Refused {
     KeysUnavailable,
 }
 
-impl moka::Expiry<String, Arc<Validated>> for UntilExpiry {
+impl moka::Expiry<TokenKey, Arc<Validated>> for UntilExpiry {
     fn expire_after_create(
         &self,
-        _key: &String,
+        _key: &TokenKey,
         value: &Arc<Validated>,
         created_at: Instant,
     ) -> Option<Duration> {

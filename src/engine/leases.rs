@@ -64,39 +64,56 @@ impl Engine {
             .collect()
     }
 
-    /// Feeds changes made by other replicas (PostgreSQL NOTIFY) to the long-polls waiting here.
-    /// With SQLite there are none: the drivers' own announcements are every change.
+    /// Feeds changes made by other replicas (PostgreSQL NOTIFY) to the long-polls waiting here
+    /// and to the cache of answers. With SQLite there are none: the drivers' own announcements
+    /// are every change. While not listening (before the first connection, and from a lost
+    /// connection to the next `LISTEN`) another replica's change could go unnoticed: the cache
+    /// of answers is uncertain then and checks every entry against the store.
     pub(super) async fn listen_loop(self: Arc<Self>) {
         let retry = Duration::from_secs(1);
-        let mut listener = loop {
-            match self.store.change_listener().await {
-                Ok(Some(listener)) => break listener,
-                Ok(None) => return,
-                Err(error) => tracing::warn!(%error, "cannot listen for changes; retrying"),
-            }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                () = tokio::time::sleep(retry) => {}
-            }
-        };
         loop {
-            tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                next = listener.next() => match next {
-                    Ok(Some(change)) => {
-                        let _ = self.changes.send(change.action_id);
-                        if change.cancel {
-                            // Cancelled through another replica: stop the runs driven here.
-                            self.stop_local_runs(change.action_id, StopReason::Cancelled);
+            self.snapshots.uncertain();
+            let mut listener = loop {
+                match self.store.change_listener().await {
+                    Ok(Some(listener)) => break listener,
+                    Ok(None) => {
+                        self.snapshots.certain();
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot listen for changes; retrying"),
+                }
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(retry) => {}
+                }
+            };
+            // Listening: every change committed from now on is announced.
+            self.snapshots.certain();
+            loop {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return,
+                    next = listener.next() => match next {
+                        Ok(Some(change)) => {
+                            let _ = self.changes.send(change.action_id);
+                            if change.cancel {
+                                // Cancelled through another replica: stop the runs driven here.
+                                self.stop_local_runs(change.action_id, StopReason::Cancelled);
+                            }
                         }
-                    }
-                    // Reconnecting: notices sent meanwhile are lost, long-polls end on time.
-                    Ok(None) => {}
-                    Err(error) => {
-                        tracing::warn!(%error, "listening for changes failed; retrying");
-                        tokio::time::sleep(retry).await;
-                    }
-                },
+                        // The connection was lost: notices sent meanwhile are lost (long-polls
+                        // end on time). Listen again on a new one.
+                        Ok(None) => {
+                            tracing::warn!("the change listener lost its connection; listening again");
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "listening for changes failed; retrying");
+                            self.snapshots.uncertain();
+                            tokio::time::sleep(retry).await;
+                            break;
+                        }
+                    },
+                }
             }
         }
     }

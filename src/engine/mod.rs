@@ -12,7 +12,7 @@
 //!   seen by the adapter at its next step (and by any wait it races against it).
 //!
 //! One file per concern: `submit` (validation and the one-transaction write), `actions`
-//! (reads through the snapshot cache, long-polls, cancels), `leases` (the claim, renew and
+//! (reads through the cache of answers, long-polls, cancels), `leases` (the claim, renew and
 //! change-listener loops, and spawning drivers), `driver` (one run driven step by step, its
 //! fenced writes and its journal) and `run_files` (the file store as an adapter sees it).
 //!
@@ -105,8 +105,8 @@ pub struct Engine {
     owner: String,
     /// Ids of actions that changed, for long-polls.
     changes: broadcast::Sender<Uuid>,
-    /// Assembled actions by id, with the store version they were assembled at.
-    snapshots: moka::future::Cache<Uuid, (i64, Arc<Action>)>,
+    /// The last answer for each action, kept exact by `changes` (`actions::Snapshots`).
+    snapshots: actions::Snapshots,
     /// Runs this process drives.
     local: Mutex<HashMap<Uuid, LocalRun>>,
     /// Signalled when new work was submitted.
@@ -136,6 +136,7 @@ impl Engine {
         for (_, _, adapter) in backends.all() {
             adapter.use_shared_budget(Arc::clone(&budget));
         }
+        let changes = broadcast::channel(4096).0;
         Arc::new(Engine {
             budget,
             store,
@@ -143,17 +144,8 @@ impl Engine {
             backends: ArcSwap::new(backends),
             opts,
             owner: format!("edrgate-{}", Uuid::now_v7().simple()),
-            changes: broadcast::channel(4096).0,
-            snapshots: moka::future::Cache::builder()
-                // Weighed by commands across runs, the unit whose results take the space
-                // (a process list is a few KiB): bounds the cache to roughly 100 MiB.
-                .weigher(|_, (_, action): &(i64, Arc<Action>)| {
-                    let commands = action.runs.len().max(1) * action.commands.len().max(1);
-                    u32::try_from(commands).unwrap_or(u32::MAX)
-                })
-                .max_capacity(20_000)
-                .time_to_idle(Duration::from_secs(600))
-                .build(),
+            snapshots: actions::Snapshots::new(&changes),
+            changes,
             local: Mutex::new(HashMap::new()),
             work: Notify::new(),
             shutdown,
@@ -189,6 +181,7 @@ impl Engine {
         tasks.spawn(Arc::clone(self).claim_loop());
         tasks.spawn(Arc::clone(self).renew_loop());
         tasks.spawn(Arc::clone(self).listen_loop());
+        tasks.spawn(Arc::clone(self).invalidate_loop());
     }
 
     /// Graceful stop: no new claims, drivers finish their current step and hand their runs
