@@ -192,6 +192,20 @@ impl Store {
         limit: u32,
         configured: &(dyn Fn(&str, EventType) -> Vec<String> + Sync),
     ) -> Result<usize> {
+        // A read first: most passes find nothing, and on SQLite the transaction below takes
+        // the write lock the engine's writes need.
+        let any: Option<(i64,)> = self
+            .db()
+            .fetch_optional(
+                sql!(self.dialect(),
+                    sqlite: "SELECT seq FROM events WHERE dispatched = 0 LIMIT 1",
+                    postgres: "SELECT seq FROM events WHERE NOT dispatched LIMIT 1"),
+                args![],
+            )
+            .await?;
+        if any.is_none() {
+            return Ok(0);
+        }
         let mut tx = self.db().begin().await?;
         let events: Vec<(i64, String, String, String)> = tx
             .fetch_all(
@@ -252,6 +266,17 @@ impl Store {
         busy: &[String],
     ) -> Result<Vec<ClaimedDelivery>> {
         let now = now_ms();
+        // A read first, as in `dispatch_events`: no write lock for a pass with nothing due.
+        let due: Option<(String,)> = self
+            .db()
+            .fetch_optional(
+                "SELECT id FROM deliveries WHERE status = 'pending' AND next_attempt_at <= $1 LIMIT 1",
+                args![now],
+            )
+            .await?;
+        if due.is_none() {
+            return Ok(Vec::new());
+        }
         let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".to_owned());
         let mut tx = self.db().begin().await?;
         let ids: Vec<(String,)> = tx
