@@ -185,8 +185,8 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn migrations_are_applied(t: TestStore) {
     let applied = t.store.migrate().await.unwrap();
     match t.store.dialect() {
-        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5, 9, 11, 13, 15]),
-        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7, 9, 11, 13, 15]),
+        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5, 9, 11, 13, 15, 17]),
+        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7, 9, 11, 13, 15, 17]),
     }
     t.store.ping().await.unwrap();
     // Opening again (another replica starting) applies nothing twice.
@@ -643,7 +643,7 @@ fn migrate_applies_the_sqlite_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sub/edrgate.db");
     let out = migrate_cli(&format!("path = {:?}", db.display().to_string()));
-    assert_eq!(out.trim(), "Sqlite store: 7 migrations applied (latest 15)");
+    assert_eq!(out.trim(), "Sqlite store: 8 migrations applied (latest 17)");
     assert!(db.try_exists().unwrap());
 }
 
@@ -655,11 +655,11 @@ async fn migrate_applies_the_postgres_migrations() {
         return;
     };
     let out = migrate_cli(&format!("url = {url:?}"));
-    assert_eq!(out.trim(), "Postgres store: 8 migrations applied (latest 15)");
+    assert_eq!(out.trim(), "Postgres store: 9 migrations applied (latest 17)");
     // Applied once: a replica starting next finds nothing to do.
     assert_eq!(
         Store::connect(&url, 2).await.unwrap().migrate().await.unwrap(),
-        vec![1, 3, 5, 7, 9, 11, 13, 15]
+        vec![1, 3, 5, 7, 9, 11, 13, 15, 17]
     );
 }
 

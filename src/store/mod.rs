@@ -388,11 +388,17 @@ impl Store {
             .runs
             .iter()
             .map(|run| {
+                // A hostname target is findable by its hostname (`?device=`) before it resolves.
+                let hostname = match &run.target {
+                    Target::Hostname { hostname } => Some(hostname.as_str()),
+                    Target::Device { .. } => None,
+                };
                 serde_json::json!({
                     "id": run.id.to_string(),
                     "target": run.target,
                     "backend": run.backend,
                     "device_id": run.device_id,
+                    "hostname": hostname,
                 })
             })
             .collect();
@@ -401,15 +407,19 @@ impl Store {
         tx.execute(
             sql!(self.db.dialect(),
                 sqlite: "INSERT INTO runs (id, action_id, tenant, position, target_json, backend,
-                        device_id, status, commands_json, next_step_at, updated_at, command_statuses)
+                        device_id, hostname, status, commands_json, next_step_at, updated_at,
+                        command_statuses)
                     SELECT json_extract(r.value, '$.id'), $2, $3, CAST(r.key AS INTEGER),
                         json_extract(r.value, '$.target'), json_extract(r.value, '$.backend'),
-                        json_extract(r.value, '$.device_id'), 'queued', $4, $5, $5, $6
+                        json_extract(r.value, '$.device_id'), json_extract(r.value, '$.hostname'),
+                        'queued', $4, $5, $5, $6
                     FROM json_each($1) r",
                 postgres: "INSERT INTO runs (id, action_id, tenant, position, target_json, backend,
-                        device_id, status, commands_json, next_step_at, updated_at, command_statuses)
+                        device_id, hostname, status, commands_json, next_step_at, updated_at,
+                        command_statuses)
                     SELECT r.value->>'id', $2, $3, r.ord - 1, (r.value->'target')::text,
-                        r.value->>'backend', r.value->>'device_id', 'queued', $4, $5, $5, $6
+                        r.value->>'backend', r.value->>'device_id', r.value->>'hostname',
+                        'queued', $4, $5, $5, $6
                     FROM json_array_elements($1::text::json) WITH ORDINALITY AS r(value, ord)"),
             args![
                 to_json(&runs)?,
@@ -447,21 +457,47 @@ impl Store {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let version = row.version;
-        Ok(Some((self.assemble(row).await?, version)))
+        let mut actions = self.assemble_all(vec![row]).await?;
+        Ok(actions.pop().map(|a| (a, version)))
     }
 
-    /// An action as answers show it: its first [`INLINE_RUNS`] runs (in target order), the
-    /// cursor of the rest, and the summary over all of them. A small action costs one query of
-    /// its runs; a larger one adds a query of the runs' statuses only, so a read costs the same
-    /// whatever the number of targets.
-    async fn assemble(&self, row: ActionRow) -> Result<Action> {
+    /// Actions as answers show them: each with its first [`INLINE_RUNS`] runs (in target
+    /// order), the cursor of the rest, and the summary over all of them. One query reads the
+    /// first runs of every action (a listing's page included); an action with more runs adds
+    /// a query of its runs' statuses only, so a read costs the same whatever the number of
+    /// targets.
+    async fn assemble_all(&self, rows: Vec<ActionRow>) -> Result<Vec<Action>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids = to_json(&rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>())?;
         let runs: Vec<RunRow> = self
             .db
             .fetch_all(
-                "SELECT * FROM runs WHERE action_id = $1 ORDER BY position LIMIT $2",
-                args![&row.id, i64::try_from(INLINE_RUNS + 1).unwrap_or(i64::MAX)],
+                sql!(self.db.dialect(),
+                    sqlite: "SELECT * FROM runs WHERE action_id IN (SELECT value FROM json_each($1))
+                               AND position <= $2 ORDER BY action_id, position",
+                    postgres: "SELECT * FROM runs
+                               WHERE action_id IN (SELECT json_array_elements_text($1::text::json))
+                                 AND position <= $2 ORDER BY action_id, position"),
+                args![ids, i64::try_from(INLINE_RUNS).unwrap_or(i64::MAX)],
             )
             .await?;
+        let mut by_action: std::collections::HashMap<String, Vec<RunRow>> =
+            std::collections::HashMap::new();
+        for run in runs {
+            by_action.entry(run.action_id.clone()).or_default().push(run);
+        }
+        let mut actions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let runs = by_action.remove(&row.id).unwrap_or_default();
+            actions.push(self.assemble(row, runs).await?);
+        }
+        Ok(actions)
+    }
+
+    /// One action from its row and its first runs (up to `INLINE_RUNS + 1`, by position).
+    async fn assemble(&self, row: ActionRow, runs: Vec<RunRow>) -> Result<Action> {
         let request: ActionRequest = from_json(&row.request_json)?;
         let statuses = |status: &str, commands: &str| -> Result<(Status, Vec<Status>)> {
             let commands: Vec<String> = from_json(commands)?;
@@ -614,30 +650,36 @@ impl Store {
     /// A page of the tenant's actions, newest first, and the cursor of the next page.
     pub async fn list(&self, tenant: &str, q: &ListQuery) -> Result<(Vec<Action>, Option<Cursor>)> {
         let limit = i64::from(q.limit.clamp(1, 500));
+        // One statement per combination of a status filter and a cursor, so each can walk an
+        // index in order (`actions_listing`, `actions_by_status`) from the cursor on: an
+        // `$n IS NULL OR …` term in their place makes the planners start from the top of the
+        // tenant's actions. The device filter is a subquery of the runs, through their
+        // device and hostname indexes, evaluated once.
+        macro_rules! listing {
+            ($status:literal, $cursor:literal) => {
+                sql!(self.db.dialect(),
+                    sqlite: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
+                        " AND ($3 IS NULL OR a.created_at >= $3)
+                          AND ($4 IS NULL OR a.id IN (SELECT r.action_id FROM runs r
+                                WHERE r.tenant = $1 AND (r.device_id = $4 OR r.hostname = $4 COLLATE NOCASE)))
+                          AND ", $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"),
+                    postgres: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
+                        " AND ($3::bigint IS NULL OR a.created_at >= $3)
+                          AND ($4::text IS NULL OR a.id IN (SELECT r.action_id FROM runs r
+                                WHERE r.tenant = $1 AND (r.device_id = $4 OR lower(r.hostname) = lower($4))))
+                          AND ", $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"))
+            };
+        }
+        let statement = match (q.status.is_some(), q.cursor.is_some()) {
+            (false, false) => listing!("($2 || '') IS NULL", "($5 || $6) IS NULL"),
+            (false, true) => listing!("($2 || '') IS NULL", "(a.created_at, a.id) < ($5, $6)"),
+            (true, false) => listing!("a.status = $2", "($5 || $6) IS NULL"),
+            (true, true) => listing!("a.status = $2", "(a.created_at, a.id) < ($5, $6)"),
+        };
         let rows: Vec<ActionRow> = self
             .db
             .fetch_all(
-                sql!(self.db.dialect(),
-                    sqlite: "SELECT * FROM actions a
-                     WHERE a.tenant = $1
-                       AND ($2 IS NULL OR a.status = $2)
-                       AND ($3 IS NULL OR a.created_at >= $3)
-                       AND ($4 IS NULL OR EXISTS (SELECT 1 FROM runs r WHERE r.action_id = a.id
-                                AND (r.device_id = $4 OR r.hostname = $4 COLLATE NOCASE
-                                     OR r.target_json LIKE '%' || $4 || '%')))
-                       AND ($5 IS NULL OR (a.created_at, a.id) < ($5, $6))
-                     ORDER BY a.created_at DESC, a.id DESC
-                     LIMIT $7",
-                    postgres: "SELECT * FROM actions a
-                     WHERE a.tenant = $1
-                       AND ($2::text IS NULL OR a.status = $2)
-                       AND ($3::bigint IS NULL OR a.created_at >= $3)
-                       AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM runs r WHERE r.action_id = a.id
-                                AND (r.device_id = $4 OR lower(r.hostname) = lower($4)
-                                     OR r.target_json LIKE '%' || $4 || '%')))
-                       AND ($5::bigint IS NULL OR (a.created_at, a.id) < ($5, $6))
-                     ORDER BY a.created_at DESC, a.id DESC
-                     LIMIT $7"),
+                statement,
                 args![
                     tenant,
                     q.status.map(Status::as_str),
@@ -651,10 +693,8 @@ impl Store {
             .await?;
         let page = usize::try_from(limit).unwrap_or(usize::MAX);
         let more = rows.len() > page;
-        let mut actions = Vec::with_capacity(rows.len().min(page));
-        for row in rows.into_iter().take(page) {
-            actions.push(self.assemble(row).await?);
-        }
+        let rows: Vec<ActionRow> = rows.into_iter().take(page).collect();
+        let actions = self.assemble_all(rows).await?;
         let next = if more {
             actions.last().map(|a: &Action| Cursor { created_at: to_ms(a.created_at), id: a.id })
         } else {
@@ -813,6 +853,7 @@ struct ActionRow {
 #[derive(sqlx::FromRow)]
 struct RunRow {
     id: String,
+    action_id: String,
     position: i64,
     /// JSON array of the commands' statuses (for summaries).
     command_statuses: String,
