@@ -150,28 +150,7 @@ const DELIVERIES: &str =
         e.created_at, e.created_at
      FROM events e WHERE e.type = 'action.finished' AND e.seq % 10 = 0";
 
-/// The store's queries, as `src/store/mod.rs` and `src/store/retention.rs` write them, for
-/// their plans.
-const SQLITE_LIST: &str = "SELECT * FROM actions a
-     WHERE a.tenant = $1
-       AND ($2 IS NULL OR a.status = $2)
-       AND ($3 IS NULL OR a.created_at >= $3)
-       AND ($4 IS NULL OR EXISTS (SELECT 1 FROM runs r WHERE r.action_id = a.id
-                AND (r.device_id = $4 OR r.hostname = $4 COLLATE NOCASE
-                     OR r.target_json LIKE '%' || $4 || '%')))
-       AND ($5 IS NULL OR (a.created_at, a.id) < ($5, $6))
-     ORDER BY a.created_at DESC, a.id DESC
-     LIMIT $7";
-const PG_LIST: &str = "SELECT * FROM actions a
-     WHERE a.tenant = $1
-       AND ($2::text IS NULL OR a.status = $2)
-       AND ($3::bigint IS NULL OR a.created_at >= $3)
-       AND ($4::text IS NULL OR EXISTS (SELECT 1 FROM runs r WHERE r.action_id = a.id
-                AND (r.device_id = $4 OR lower(r.hostname) = lower($4)
-                     OR r.target_json LIKE '%' || $4 || '%')))
-       AND ($5::bigint IS NULL OR (a.created_at, a.id) < ($5, $6))
-     ORDER BY a.created_at DESC, a.id DESC
-     LIMIT $7";
+/// The retention sweep's selection, as `src/store/retention.rs` writes it, for its plan.
 const SQLITE_PURGE: &str = "SELECT a.id FROM actions a INDEXED BY actions_retention
      WHERE a.tenant = $1 AND a.updated_at < $2
        AND a.status IN ('succeeded', 'partially_succeeded', 'failed', 'cancelled', 'timed_out', 'skipped')
@@ -324,7 +303,8 @@ fn list_binds(
 }
 
 const GET_ACTION: &str = "SELECT * FROM actions WHERE id = $1 AND tenant = $2";
-const GET_RUNS: &str = "SELECT * FROM runs WHERE action_id = $1 ORDER BY position";
+const GET_RUNS: &str =
+    "SELECT * FROM runs WHERE action_id = $1 AND position <= 100 ORDER BY action_id, position";
 
 /// Prints the plan of every measured statement, at `size` actions.
 async fn plans(raw: &Raw, size: u64) {
@@ -346,7 +326,16 @@ async fn plans(raw: &Raw, size: u64) {
         ("list device first page", None, Some("dev-00013"), None),
         ("list device deep page", None, Some("dev-00013"), Some(n)),
     ] {
-        raw.plan(label, SQLITE_LIST, PG_LIST, &list_binds(&t, status, device, cursor)).await;
+        // The store's own statements, so the plans are of what runs.
+        use edrgate::store::{Dialect, listing_statement};
+        let (with_status, with_cursor) = (status.is_some(), cursor.is_some());
+        raw.plan(
+            label,
+            listing_statement(Dialect::Sqlite, with_status, with_cursor),
+            listing_statement(Dialect::Postgres, with_status, with_cursor),
+            &list_binds(&t, status, device, cursor),
+        )
+        .await;
     }
     raw.plan(
         "retention: a batch's selection",

@@ -650,32 +650,8 @@ impl Store {
     /// A page of the tenant's actions, newest first, and the cursor of the next page.
     pub async fn list(&self, tenant: &str, q: &ListQuery) -> Result<(Vec<Action>, Option<Cursor>)> {
         let limit = i64::from(q.limit.clamp(1, 500));
-        // One statement per combination of a status filter and a cursor, so each can walk an
-        // index in order (`actions_listing`, `actions_by_status`) from the cursor on: an
-        // `$n IS NULL OR …` term in their place makes the planners start from the top of the
-        // tenant's actions. The device filter is a subquery of the runs, through their
-        // device and hostname indexes, evaluated once.
-        macro_rules! listing {
-            ($status:literal, $cursor:literal) => {
-                sql!(self.db.dialect(),
-                    sqlite: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
-                        " AND ($3 IS NULL OR a.created_at >= $3)
-                          AND ($4 IS NULL OR a.id IN (SELECT r.action_id FROM runs r
-                                WHERE r.tenant = $1 AND (r.device_id = $4 OR r.hostname = $4 COLLATE NOCASE)))
-                          AND ", $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"),
-                    postgres: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
-                        " AND ($3::bigint IS NULL OR a.created_at >= $3)
-                          AND ($4::text IS NULL OR a.id IN (SELECT r.action_id FROM runs r
-                                WHERE r.tenant = $1 AND (r.device_id = $4 OR lower(r.hostname) = lower($4))))
-                          AND ", $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"))
-            };
-        }
-        let statement = match (q.status.is_some(), q.cursor.is_some()) {
-            (false, false) => listing!("($2 || '') IS NULL", "($5 || $6) IS NULL"),
-            (false, true) => listing!("($2 || '') IS NULL", "(a.created_at, a.id) < ($5, $6)"),
-            (true, false) => listing!("a.status = $2", "($5 || $6) IS NULL"),
-            (true, true) => listing!("a.status = $2", "(a.created_at, a.id) < ($5, $6)"),
-        };
+        let statement =
+            listing_statement(self.db.dialect(), q.status.is_some(), q.cursor.is_some());
         let rows: Vec<ActionRow> = self
             .db
             .fetch_all(
@@ -903,6 +879,38 @@ impl RunRow {
             error: self.error_json.as_deref().map(from_json).transpose()?,
             commands: from_json(&self.commands_json)?,
         })
+    }
+}
+
+/// The statement of [`Store::list`] for a listing with or without a status filter and a
+/// cursor, `$1`…`$7` bound as `list` binds them (public for the plans `benches/store_scale.rs`
+/// prints).
+pub fn listing_statement(dialect: Dialect, status: bool, cursor: bool) -> &'static str {
+    // One statement per combination of a status filter and a cursor, so each can walk an
+    // index in order (`actions_listing`, `actions_by_status`) from the cursor on: an
+    // `$n IS NULL OR …` term in their place makes the planners start from the top of the
+    // tenant's actions. The device filter is a subquery of the runs, through their
+    // device and hostname indexes, evaluated once.
+    macro_rules! listing {
+        ($status:literal, $cursor:literal) => {
+            sql!(dialect,
+                sqlite: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
+                    " AND ($3 IS NULL OR a.created_at >= $3)
+                      AND ($4 IS NULL OR a.id IN (SELECT r.action_id FROM runs r
+                            WHERE r.tenant = $1 AND (r.device_id = $4 OR r.hostname = $4 COLLATE NOCASE)))
+                      AND ", $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"),
+                postgres: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
+                    " AND ($3::bigint IS NULL OR a.created_at >= $3)
+                      AND ($4::text IS NULL OR a.id IN (SELECT r.action_id FROM runs r
+                            WHERE r.tenant = $1 AND (r.device_id = $4 OR lower(r.hostname) = lower($4))))
+                      AND ", $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"))
+        };
+    }
+    match (status, cursor) {
+        (false, false) => listing!("($2 || '') IS NULL", "($5 || $6) IS NULL"),
+        (false, true) => listing!("($2 || '') IS NULL", "(a.created_at, a.id) < ($5, $6)"),
+        (true, false) => listing!("a.status = $2", "($5 || $6) IS NULL"),
+        (true, true) => listing!("a.status = $2", "(a.created_at, a.id) < ($5, $6)"),
     }
 }
 
