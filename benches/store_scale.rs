@@ -328,11 +328,12 @@ async fn plans(raw: &Raw, size: u64) {
     ] {
         // The store's own statements, so the plans are of what runs.
         use edrgate::store::{Dialect, listing_statement};
-        let (with_status, with_cursor) = (status.is_some(), cursor.is_some());
+        let (with_status, with_device, with_cursor) =
+            (status.is_some(), device.is_some(), cursor.is_some());
         raw.plan(
             label,
-            listing_statement(Dialect::Sqlite, with_status, with_cursor),
-            listing_statement(Dialect::Postgres, with_status, with_cursor),
+            listing_statement(Dialect::Sqlite, with_status, with_device, with_cursor),
+            listing_statement(Dialect::Postgres, with_status, with_device, with_cursor),
             &list_binds(&t, status, device, cursor),
         )
         .await;

@@ -650,8 +650,12 @@ impl Store {
     /// A page of the tenant's actions, newest first, and the cursor of the next page.
     pub async fn list(&self, tenant: &str, q: &ListQuery) -> Result<(Vec<Action>, Option<Cursor>)> {
         let limit = i64::from(q.limit.clamp(1, 500));
-        let statement =
-            listing_statement(self.db.dialect(), q.status.is_some(), q.cursor.is_some());
+        let statement = listing_statement(
+            self.db.dialect(),
+            q.status.is_some(),
+            q.device.is_some(),
+            q.cursor.is_some(),
+        );
         let rows: Vec<ActionRow> = self
             .db
             .fetch_all(
@@ -882,35 +886,54 @@ impl RunRow {
     }
 }
 
-/// The statement of [`Store::list`] for a listing with or without a status filter and a
-/// cursor, `$1`…`$7` bound as `list` binds them (public for the plans `benches/store_scale.rs`
+/// The statement of [`Store::list`] for a listing with or without a status filter, a device
+/// filter and a cursor, `$1`…`$7` bound as `list` binds them (public for the plans `benches/store_scale.rs`
 /// prints).
-pub fn listing_statement(dialect: Dialect, status: bool, cursor: bool) -> &'static str {
-    // One statement per combination of a status filter and a cursor, so each can walk an
-    // index in order (`actions_listing`, `actions_by_status`) from the cursor on: an
-    // `$n IS NULL OR …` term in their place makes the planners start from the top of the
-    // tenant's actions. The device filter is a subquery of the runs, through their
-    // device and hostname indexes, evaluated once.
+pub fn listing_statement(
+    dialect: Dialect,
+    status: bool,
+    device: bool,
+    cursor: bool,
+) -> &'static str {
+    // One statement per combination of filters and a cursor, so each can use its index: the
+    // tenant's listing (`actions_listing`) or status (`actions_by_status`) index walked from
+    // the cursor on, or, with a device filter, the device's runs (`runs_by_device`,
+    // `runs_by_hostname`) and then its actions by id. An `$n IS NULL OR …` term in their place
+    // makes the planners start from the top of the tenant's actions.
     macro_rules! listing {
-        ($status:literal, $cursor:literal) => {
+        ($status:literal, $cursor:literal, $sqlite_device:literal, $pg_device:literal) => {
             sql!(dialect,
                 sqlite: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
-                    " AND ($3 IS NULL OR a.created_at >= $3)
-                      AND ($4 IS NULL OR a.id IN (SELECT r.action_id FROM runs r
-                            WHERE r.tenant = $1 AND (r.device_id = $4 OR r.hostname = $4 COLLATE NOCASE)))
-                      AND ", $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"),
+                    " AND ($3 IS NULL OR a.created_at >= $3) AND ", $sqlite_device, " AND ",
+                    $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"),
                 postgres: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
-                    " AND ($3::bigint IS NULL OR a.created_at >= $3)
-                      AND ($4::text IS NULL OR a.id IN (SELECT r.action_id FROM runs r
-                            WHERE r.tenant = $1 AND (r.device_id = $4 OR lower(r.hostname) = lower($4))))
-                      AND ", $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"))
+                    " AND ($3::bigint IS NULL OR a.created_at >= $3) AND ", $pg_device, " AND ",
+                    $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"))
+        };
+        ($status:literal, $cursor:literal, device) => {
+            listing!($status, $cursor,
+                "a.id IN (SELECT r.action_id FROM runs r WHERE r.tenant = $1 AND r.device_id = $4
+                          UNION SELECT r.action_id FROM runs r
+                          WHERE r.tenant = $1 AND r.hostname = $4 COLLATE NOCASE)",
+                "a.id IN (SELECT r.action_id FROM runs r WHERE r.tenant = $1 AND r.device_id = $4
+                          UNION SELECT r.action_id FROM runs r
+                          WHERE r.tenant = $1 AND lower(r.hostname) = lower($4))")
+        };
+        ($status:literal, $cursor:literal) => {
+            listing!($status, $cursor, "($4 || '') IS NULL", "($4 || '') IS NULL")
         };
     }
-    match (status, cursor) {
-        (false, false) => listing!("($2 || '') IS NULL", "($5 || $6) IS NULL"),
-        (false, true) => listing!("($2 || '') IS NULL", "(a.created_at, a.id) < ($5, $6)"),
-        (true, false) => listing!("a.status = $2", "($5 || $6) IS NULL"),
-        (true, true) => listing!("a.status = $2", "(a.created_at, a.id) < ($5, $6)"),
+    match (status, device, cursor) {
+        (false, false, false) => listing!("($2 || '') IS NULL", "($5 || $6) IS NULL"),
+        (false, false, true) => listing!("($2 || '') IS NULL", "(a.created_at, a.id) < ($5, $6)"),
+        (true, false, false) => listing!("a.status = $2", "($5 || $6) IS NULL"),
+        (true, false, true) => listing!("a.status = $2", "(a.created_at, a.id) < ($5, $6)"),
+        (false, true, false) => listing!("($2 || '') IS NULL", "($5 || $6) IS NULL", device),
+        (false, true, true) => {
+            listing!("($2 || '') IS NULL", "(a.created_at, a.id) < ($5, $6)", device)
+        }
+        (true, true, false) => listing!("a.status = $2", "($5 || $6) IS NULL", device),
+        (true, true, true) => listing!("a.status = $2", "(a.created_at, a.id) < ($5, $6)", device),
     }
 }
 
