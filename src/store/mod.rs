@@ -901,9 +901,10 @@ pub fn listing_statement(
     // `runs_by_hostname`) and then its actions by id. An `$n IS NULL OR …` term in their place
     // makes the planners start from the top of the tenant's actions.
     macro_rules! listing {
-        ($status:literal, $cursor:literal, $sqlite_device:literal, $pg_device:literal) => {
+        ($status:literal, $cursor:literal, $sqlite_tenant:literal, $sqlite_device:literal,
+         $pg_device:literal) => {
             sql!(dialect,
-                sqlite: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
+                sqlite: concat!("SELECT * FROM actions a WHERE ", $sqlite_tenant, " AND ", $status,
                     " AND ($3 IS NULL OR a.created_at >= $3) AND ", $sqlite_device, " AND ",
                     $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"),
                 postgres: concat!("SELECT * FROM actions a WHERE a.tenant = $1 AND ", $status,
@@ -911,7 +912,10 @@ pub fn listing_statement(
                     $cursor, " ORDER BY a.created_at DESC, a.id DESC LIMIT $7"))
         };
         ($status:literal, $cursor:literal, device) => {
-            listing!($status, $cursor,
+            // SQLite: the unary `+` keeps the tenant's listing index out of the plan, so the
+            // device's few actions are looked up by id and sorted, not found by walking the
+            // tenant's listing until a page of them turns up.
+            listing!($status, $cursor, "+a.tenant = $1",
                 "a.id IN (SELECT r.action_id FROM runs r WHERE r.tenant = $1 AND r.device_id = $4
                           UNION SELECT r.action_id FROM runs r
                           WHERE r.tenant = $1 AND r.hostname = $4 COLLATE NOCASE)",
@@ -920,7 +924,7 @@ pub fn listing_statement(
                           WHERE r.tenant = $1 AND lower(r.hostname) = lower($4))")
         };
         ($status:literal, $cursor:literal) => {
-            listing!($status, $cursor, "($4 || '') IS NULL", "($4 || '') IS NULL")
+            listing!($status, $cursor, "a.tenant = $1", "($4 || '') IS NULL", "($4 || '') IS NULL")
         };
     }
     match (status, device, cursor) {
