@@ -146,6 +146,49 @@ pub(crate) async fn submit_action(
     let request_id =
         headers.get(&super::X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let submit_meta = SubmitMeta { idempotency_key, request_id, subject: caller.subject.clone() };
+    let submitted = submit(&state, &caller, &meta, request, submit_meta, None).await;
+    let (status, action, replayed) = match submitted? {
+        Submitted::Created(action) => (StatusCode::ACCEPTED, action, false),
+        // A replay answers as the status URL would: `202` while the action runs, so a
+        // 202-poller that retried its submission keeps waiting instead of moving on.
+        Submitted::Replayed(action) if !action.status.is_terminal() => {
+            (StatusCode::ACCEPTED, action, true)
+        }
+        Submitted::Replayed(action) => (StatusCode::OK, action, true),
+    };
+    tracing::info!(tenant = %caller.tenant, action_id = %action.id, replayed, "action submitted");
+    let mut response = (status, Json(&action)).into_response();
+    let headers = response.headers_mut();
+    let links = [
+        (CONTENT_LOCATION, format!("/v1/actions/{}", action.id)),
+        (LOCATION, status_path(action.id)),
+    ];
+    for (name, path) in links {
+        if let Ok(link) = HeaderValue::from_str(&meta.link(&path)) {
+            headers.insert(name, link);
+        }
+    }
+    if status == StatusCode::ACCEPTED {
+        headers.insert(RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECONDS));
+    }
+    if replayed {
+        response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+/// Submits `request` for `caller` as every door does (`POST /v1/actions`, the Carbon Black
+/// front door, OpenC2): the caller's permissions and the request checked, the tenant's
+/// admission, the engine's submission, and its audit entry (`door` names a front door in the
+/// entry's detail, so the trail says how each action arrived).
+pub(crate) async fn submit(
+    state: &ApiState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    request: ActionRequest,
+    submit_meta: SubmitMeta,
+    door: Option<serde_json::Value>,
+) -> Result<Submitted, ApiError> {
     let targets = serde_json::to_value(&request.targets).ok();
     let commands = serde_json::to_value(&request.commands).ok();
     let checked = caller
@@ -153,7 +196,7 @@ pub(crate) async fn submit_action(
         .map_err(ApiError::from)
         .and_then(|()| super::request::check_commands(&request.commands))
         .and_then(|()| {
-            super::webhooks::check_callback(&state, &caller.tenant, request.callback_url.as_deref())
+            super::webhooks::check_callback(state, &caller.tenant, request.callback_url.as_deref())
         });
     let submitted = match checked {
         Err(refused) => Err(refused),
@@ -184,35 +227,9 @@ pub(crate) async fn submit_action(
     };
     entry.targets = targets;
     entry.commands = commands;
-    audit::record(&state, &caller, &meta, entry).await;
-    let (status, action, replayed) = match submitted? {
-        Submitted::Created(action) => (StatusCode::ACCEPTED, action, false),
-        // A replay answers as the status URL would: `202` while the action runs, so a
-        // 202-poller that retried its submission keeps waiting instead of moving on.
-        Submitted::Replayed(action) if !action.status.is_terminal() => {
-            (StatusCode::ACCEPTED, action, true)
-        }
-        Submitted::Replayed(action) => (StatusCode::OK, action, true),
-    };
-    tracing::info!(tenant = %caller.tenant, action_id = %action.id, replayed, "action submitted");
-    let mut response = (status, Json(&action)).into_response();
-    let headers = response.headers_mut();
-    let links = [
-        (CONTENT_LOCATION, format!("/v1/actions/{}", action.id)),
-        (LOCATION, status_path(action.id)),
-    ];
-    for (name, path) in links {
-        if let Ok(link) = HeaderValue::from_str(&meta.link(&path)) {
-            headers.insert(name, link);
-        }
-    }
-    if status == StatusCode::ACCEPTED {
-        headers.insert(RETRY_AFTER, HeaderValue::from(POLL_AFTER_SECONDS));
-    }
-    if replayed {
-        response.headers_mut().insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    }
-    Ok(response)
+    entry.detail = door;
+    audit::record(state, caller, meta, entry).await;
+    submitted
 }
 
 /// Get action

@@ -9,6 +9,7 @@
 //! the store's public types and the normalized model only.
 
 pub mod actions;
+pub mod apikeys;
 pub mod audit;
 pub mod caller;
 pub mod devices;
