@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edrgate::store::retention::ActionRetention;
-use edrgate::store::{Inserted, NewAction, NewRun, Store, now_ms};
+use edrgate::store::{Inserted, NewAction, NewRun, RunWrite, Store, now_ms};
 use edrgate_adapter::{ActionRequest, Command, CommandState, Status, Target};
 use edrgate_carbonblack_sim::{SimConfig, Simulator};
 use reqwest::StatusCode;
@@ -114,6 +114,7 @@ retention_suite!(
     old_finished_actions_go_with_their_runs_events_and_deliveries,
     the_default_applies_where_a_tenant_sets_nothing,
     the_sweep_deletes_in_bounded_batches,
+    an_action_stored_before_summaries_were_kept_is_counted_then_kept,
 );
 
 fn new_action(tenant: &str, targets: usize) -> NewAction {
@@ -365,4 +366,47 @@ async fn the_gateway_sweeps_at_start_and_a_removed_action_is_not_found() {
     // globex sets no retention (and there is no default): kept.
     let (status, kept) = gw.get(&globex, &g_path).await;
     assert_eq!(status, StatusCode::OK, "{kept:#}");
+}
+
+/// Not retention, but an upgrade of the same stored rows: an action stored before migration
+/// 0021 has no kept summary; it is counted from its runs, and kept from its next step on.
+async fn an_action_stored_before_summaries_were_kept_is_counted_then_kept(t: TestStore) {
+    let id = insert(&t, "acme", 3).await;
+    let key = id.to_string();
+    t.raw
+        .exec(
+            "UPDATE runs SET status = 'succeeded', command_statuses = '[\"succeeded\"]'
+             WHERE action_id = $1 AND position = 0",
+            &key,
+            None,
+        )
+        .await;
+    t.raw.exec("UPDATE actions SET summary_json = NULL WHERE id = $1", &key, None).await;
+    let (action, _) = t.store.action("acme", id).await.unwrap().unwrap();
+    let counts = action.summary.runs_by_status;
+    assert_eq!((action.summary.runs, counts.queued, counts.succeeded), (3, 2, 1));
+    let lease = t.store.claim("r1", Duration::from_secs(30), 1).await.unwrap().remove(0);
+    let mut states = action.runs[1].commands.clone();
+    states[0].status = Status::Running;
+    let now = now_ms();
+    let write = RunWrite {
+        backend: Some("cb"),
+        device_id: Some("dev"),
+        hostname: None,
+        status: Status::Running,
+        error: None,
+        states: &states,
+        checkpoint: None,
+        next_step_at: now,
+        lease_until: now + 30_000,
+        visible: true,
+    };
+    t.store.save_run(&lease, &write).await.unwrap().unwrap();
+    let kept = "SELECT COUNT(*) FROM actions WHERE id = $1 AND summary_json IS NOT NULL";
+    assert_eq!(t.raw.count(kept, &key).await, 1);
+    let (action, _) = t.store.action("acme", id).await.unwrap().unwrap();
+    let counts = action.summary.runs_by_status;
+    assert_eq!((counts.queued, counts.running, counts.succeeded), (1, 1, 1));
+    assert_eq!(action.summary.commands[0].by_status.running, 1);
+    assert_eq!(action.status, Status::Running);
 }

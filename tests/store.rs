@@ -17,7 +17,7 @@ use edrgate::store::{
 };
 use edrgate_adapter::shared::acquire_slot;
 use edrgate_adapter::{
-    ActionRequest, Command, CommandKind, CommandState, SharedBudget, Status, Target,
+    ActionRequest, ActionSummary, Command, CommandKind, CommandState, SharedBudget, Status, Target,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -78,6 +78,7 @@ store_suite!(
     expired_leases_are_taken_over_and_the_old_owner_is_fenced,
     concurrent_claimers_never_share_a_run,
     visible_writes_move_the_version_and_the_aggregate,
+    the_summary_follows_every_status_change,
     cancel_marks_the_action_and_wakes_its_runs,
     files_live_expire_and_purge,
     audit_appends_and_filters,
@@ -185,8 +186,8 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn migrations_are_applied(t: TestStore) {
     let applied = t.store.migrate().await.unwrap();
     match t.store.dialect() {
-        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5, 9, 11, 13, 15, 17]),
-        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7, 9, 11, 13, 15, 17]),
+        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5, 9, 11, 13, 15, 17, 21]),
+        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7, 9, 11, 13, 15, 17, 21]),
     }
     t.store.ping().await.unwrap();
     // Opening again (another replica starting) applies nothing twice.
@@ -395,8 +396,9 @@ async fn visible_writes_move_the_version_and_the_aggregate(t: TestStore) {
     let leases = s.claim("r1", LEASE, 10).await.unwrap();
     let running = states(Status::Running);
     // Checkpoint-only writes leave the version alone.
+    let queued = states(Status::Queued);
     assert!(
-        s.save_run(&leases[0], &write(&running, Status::Running, false)).await.unwrap().is_some()
+        s.save_run(&leases[0], &write(&queued, Status::Queued, false)).await.unwrap().is_some()
     );
     assert_eq!(s.action_version("acme", a.id).await.unwrap(), Some((0, Status::Queued)));
     assert!(
@@ -419,6 +421,33 @@ async fn visible_writes_move_the_version_and_the_aggregate(t: TestStore) {
     assert!(action.runs.iter().all(|r| r.status == Status::Succeeded));
     assert_eq!(action.runs[0].hostname.as_deref(), Some("HOST-0"));
     assert_eq!(s.unfinished_actions("acme").await.unwrap(), 0);
+    // The summary the steps kept is the one counted afresh from the runs.
+    let commands: Vec<Vec<Status>> =
+        action.runs.iter().map(|r| r.commands.iter().map(|c| c.status).collect()).collect();
+    let fresh = ActionSummary::of(
+        &action.commands,
+        action.runs.iter().zip(&commands).map(|(r, c)| (r.status, c.as_slice())),
+    );
+    assert_eq!(action.summary, fresh);
+    assert_eq!(action.summary.runs_by_status.succeeded, 2);
+}
+
+/// A step that moves a status is counted in the action's summary even when its writer did
+/// not call it visible (the summary is kept by the steps, never recounted from the runs).
+async fn the_summary_follows_every_status_change(t: TestStore) {
+    let s = &t.store;
+    let a = new_action("acme", 3, edrgate::store::now_ms() - 10, None);
+    insert(s, &a).await;
+    let leases = s.claim("r1", LEASE, 10).await.unwrap();
+    let (running, done) = (states(Status::Running), states(Status::Succeeded));
+    s.save_run(&leases[0], &write(&running, Status::Running, false)).await.unwrap().unwrap();
+    s.save_run(&leases[0], &write(&done, Status::Succeeded, true)).await.unwrap().unwrap();
+    s.save_run(&leases[1], &write(&running, Status::Running, true)).await.unwrap().unwrap();
+    let (action, _) = s.action("acme", a.id).await.unwrap().unwrap();
+    let counts = action.summary.runs_by_status;
+    assert_eq!((counts.queued, counts.running, counts.succeeded), (1, 1, 1));
+    assert_eq!(action.summary.runs, 3);
+    assert_eq!(action.status, Status::Running);
 }
 
 async fn cancel_marks_the_action_and_wakes_its_runs(t: TestStore) {
@@ -643,7 +672,7 @@ fn migrate_applies_the_sqlite_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sub/edrgate.db");
     let out = migrate_cli(&format!("path = {:?}", db.display().to_string()));
-    assert_eq!(out.trim(), "Sqlite store: 8 migrations applied (latest 17)");
+    assert_eq!(out.trim(), "Sqlite store: 9 migrations applied (latest 21)");
     assert!(db.try_exists().unwrap());
 }
 
@@ -655,7 +684,7 @@ async fn migrate_applies_the_postgres_migrations() {
         return;
     };
     let out = migrate_cli(&format!("url = {url:?}"));
-    assert_eq!(out.trim(), "Postgres store: 9 migrations applied (latest 17)");
+    assert_eq!(out.trim(), "Postgres store: 10 migrations applied (latest 21)");
     // Applied once: a replica starting next finds nothing to do.
     assert_eq!(
         Store::connect(&url, 2).await.unwrap().migrate().await.unwrap(),

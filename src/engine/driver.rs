@@ -378,12 +378,7 @@ impl Driver<'_> {
             run.clone()
         };
         let view = visible_view(&run);
-        let visible = {
-            let mut seen = lock(&self.seen);
-            let changed = seen.as_ref() != Some(&view);
-            *seen = Some(view);
-            changed
-        };
+        let visible = lock(&self.seen).as_ref() != Some(&view);
         let now = now_ms();
         let write = RunWrite {
             backend: run.backend.as_deref(),
@@ -405,6 +400,9 @@ impl Driver<'_> {
             tracing::warn!(run_id = %run.id, "lease lost; another process drives this run now");
             return Ok(Outcome::LeaseLost);
         };
+        // Only once it is stored: a write that failed leaves the next one visible, so the
+        // action's status and summary (kept by visible writes) never miss a change.
+        *lock(&self.seen) = Some(view);
         if saved.cancel_requested && self.stop.reason().is_none() {
             // Read with every write, not only from the cancel's announcement, which a
             // reconnecting listener misses: the next move of the adapter sees the stop.

@@ -6,7 +6,7 @@
 //! SQLite's single writer, PostgreSQL's per-tenant advisory lock held from the insert to the
 //! commit), so a stream resumed after a `seq` misses nothing.
 
-use edrgate_adapter::{Run, Status};
+use edrgate_adapter::{ActionSummary, Run, Status};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -82,13 +82,14 @@ fn envelope(id: &str, kind: EventType, at: i64, data: Value) -> Value {
 }
 
 /// What an `action.finished` event says of the runs: how many ended in each status.
-pub(crate) fn run_summary(statuses: &[Status]) -> Value {
-    let mut counts = serde_json::Map::new();
-    for s in statuses {
-        let n = counts.entry(s.as_str()).or_insert(Value::from(0u64));
-        *n = Value::from(n.as_u64().unwrap_or(0) + 1);
-    }
-    json!({ "total": statuses.len(), "by_status": counts })
+pub(crate) fn run_summary(summary: &ActionSummary) -> Value {
+    let counts: serde_json::Map<String, Value> = Status::ALL
+        .iter()
+        .map(|s| (*s, summary.runs_by_status.get(*s)))
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| (s.as_str().to_owned(), Value::from(n)))
+        .collect();
+    json!({ "total": summary.runs, "by_status": counts })
 }
 
 /// A finished run as `run.finished` shows it: statuses, errors and vendor references of its

@@ -349,14 +349,25 @@ impl Store {
         // The callback URL has its own column: `request_json` is what answers show.
         let callback_url = action.request.callback_url.as_deref();
         let request = ActionRequest { callback_url: None, ..action.request.clone() };
+        // Every run of a new action starts queued, with the same command states.
+        let first: Vec<Status> = action
+            .runs
+            .first()
+            .map(|r| r.commands.iter().map(|c| c.status).collect())
+            .unwrap_or_default();
+        let summary = ActionSummary::of(
+            &request.commands,
+            action.runs.iter().map(|_| (Status::Queued, first.as_slice())),
+        );
         let mut tx = self.db.begin().await?;
         // A concurrent submission with the same key (another replica) makes this insert a
         // no-op once it commits; the existing action is read after it.
         let inserted = tx
             .execute(
                 "INSERT INTO actions (id, tenant, request_json, status, created_at, updated_at,
-                    deadline, idempotency_key, request_hash, request_id, subject, callback_url)
-                 VALUES ($1, $2, $3, 'queued', $4, $4, $5, $6, $7, $8, $9, $10)
+                    deadline, idempotency_key, request_hash, request_id, subject, callback_url,
+                    summary_json)
+                 VALUES ($1, $2, $3, 'queued', $4, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL
                  DO NOTHING",
                 args![
@@ -370,6 +381,7 @@ impl Store {
                     &action.request_id,
                     &action.subject,
                     callback_url,
+                    to_json(&summary)?,
                 ],
             )
             .await?;
@@ -496,38 +508,38 @@ impl Store {
         Ok(actions)
     }
 
+    /// The summary of an action stored before its summary was kept (migration 0021), counted
+    /// from its runs' short status columns.
+    pub(super) async fn count_summary(
+        &self,
+        action_id: &str,
+        request: &ActionRequest,
+    ) -> Result<ActionSummary> {
+        let all: Vec<(String, String)> = self
+            .db
+            .fetch_all(
+                "SELECT status, command_statuses FROM runs WHERE action_id = $1",
+                args![action_id],
+            )
+            .await?;
+        summary_of(request, &all)
+    }
+
     /// One action from its row and its first runs (up to `INLINE_RUNS + 1`, by position).
     async fn assemble(&self, row: ActionRow, runs: Vec<RunRow>) -> Result<Action> {
         let request: ActionRequest = from_json(&row.request_json)?;
-        let statuses = |status: &str, commands: &str| -> Result<(Status, Vec<Status>)> {
-            let commands: Vec<String> = from_json(commands)?;
-            Ok((
-                parse_status(status)?,
-                commands.iter().map(|c| parse_status(c)).collect::<Result<_>>()?,
-            ))
-        };
-        let (runs, next, counted) = if runs.len() <= INLINE_RUNS {
-            let counted = runs
-                .iter()
-                .map(|r| statuses(&r.status, &r.command_statuses))
-                .collect::<Result<Vec<_>>>()?;
-            (runs, None, counted)
+        let (runs, next) = if runs.len() <= INLINE_RUNS {
+            (runs, None)
         } else {
             let mut runs = runs;
             runs.truncate(INLINE_RUNS);
             let next = runs.last().map(|r| r.position.to_string());
-            let all: Vec<(String, String)> = self
-                .db
-                .fetch_all(
-                    "SELECT status, command_statuses FROM runs WHERE action_id = $1",
-                    args![&row.id],
-                )
-                .await?;
-            let counted = all.iter().map(|(s, c)| statuses(s, c)).collect::<Result<Vec<_>>>()?;
-            (runs, next, counted)
+            (runs, next)
         };
-        let summary =
-            ActionSummary::of(&request.commands, counted.iter().map(|(s, c)| (*s, c.as_slice())));
+        let summary = match &row.summary_json {
+            Some(summary) => from_json(summary)?,
+            None => self.count_summary(&row.id, &request).await?,
+        };
         let runs = runs.into_iter().map(RunRow::into_run).collect::<Result<Vec<_>>>()?;
         Ok(Action {
             id: parse_uuid(&row.id)?,
@@ -827,6 +839,8 @@ struct ActionRow {
     cancel_requested: bool,
     request_id: Option<String>,
     version: i64,
+    /// The [`ActionSummary`] its runs' steps keep (NULL: stored before migration 0021).
+    summary_json: Option<String>,
 }
 
 /// The columns of a `runs` row the model shows.
@@ -835,8 +849,6 @@ struct RunRow {
     id: String,
     action_id: String,
     position: i64,
-    /// JSON array of the commands' statuses (for summaries).
-    command_statuses: String,
     target_json: String,
     backend: Option<String>,
     device_id: Option<String>,
@@ -939,6 +951,24 @@ pub fn listing_statement(
         (true, true, false) => listing!("a.status = $2", "($5 || $6) IS NULL", device),
         (true, true, true) => listing!("a.status = $2", "(a.created_at, a.id) < ($5, $6)", device),
     }
+}
+
+/// The summary of runs given as (`status`, `command_statuses`) columns.
+pub(super) fn summary_of(
+    request: &ActionRequest,
+    runs: &[(String, String)],
+) -> Result<ActionSummary> {
+    let counted = runs
+        .iter()
+        .map(|(status, commands)| {
+            let commands: Vec<String> = from_json(commands)?;
+            Ok((
+                parse_status(status)?,
+                commands.iter().map(|c| parse_status(c)).collect::<Result<Vec<_>>>()?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(ActionSummary::of(&request.commands, counted.iter().map(|(s, c)| (*s, c.as_slice()))))
 }
 
 /// `runs.command_statuses`: the commands' statuses, in order.

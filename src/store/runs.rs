@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edrgate_adapter::Run;
+use edrgate_adapter::{ActionSummary, Run};
 use uuid::Uuid;
 
 use super::events::{self, EventType};
@@ -44,7 +44,10 @@ struct Before {
     action_id: String,
     tenant: String,
     run_status: Status,
+    /// The run's command statuses as counted in `summary`.
+    command_statuses: Vec<Status>,
     action_status: Status,
+    summary: ActionSummary,
     target_json: String,
 }
 
@@ -239,30 +242,66 @@ impl Store {
         let now = now_ms();
         let run_id = lease.run_id.to_string();
         let mut tx = self.db.begin().await?;
-        let before = if w.visible {
-            let (action_id, run_status, target_json): (String, String, String) = tx
-                .fetch_one(
-                    "SELECT action_id, status, target_json FROM runs WHERE id = $1",
-                    args![&run_id],
-                )
-                .await?;
+        // The run as its last write left it: the action's summary counts these statuses.
+        let (action_id, run_status, target_json, command_statuses): (
+            String,
+            String,
+            String,
+            String,
+        ) = tx
+            .fetch_one(
+                "SELECT action_id, status, target_json, command_statuses FROM runs WHERE id = $1",
+                args![&run_id],
+            )
+            .await?;
+        let run_status = parse_status(&run_status)?;
+        let command_statuses: Vec<String> = from_json(&command_statuses)?;
+        let command_statuses =
+            command_statuses.iter().map(|c| parse_status(c)).collect::<Result<Vec<_>>>()?;
+        // A write that moves a status updates the action even if the caller did not call it
+        // visible: the summary must count every run where it is.
+        let moved = run_status != w.status
+            || !command_statuses.iter().copied().eq(w.states.iter().map(|c| c.status));
+        let before = if w.visible || moved {
             // PostgreSQL: replicas saving runs of one action take its row first, so each
-            // computes the aggregate from the others' committed statuses, and in the order
-            // `request_cancel` takes them (action, then runs), so they cannot deadlock. SQLite's
-            // `BEGIN IMMEDIATE` already serializes writers.
-            let (action_status, tenant): (String, String) = tx
+            // moves the summary the others committed, and in the order `request_cancel` takes
+            // them (action, then runs), so they cannot deadlock. SQLite's `BEGIN IMMEDIATE`
+            // already serializes writers.
+            let (action_status, tenant, summary): (String, String, Option<String>) = tx
                 .fetch_one(
                     sql!(self.db.dialect(),
-                        sqlite: "SELECT status, tenant FROM actions WHERE id = $1",
-                        postgres: "SELECT status, tenant FROM actions WHERE id = $1 FOR UPDATE"),
+                        sqlite: "SELECT status, tenant, summary_json FROM actions WHERE id = $1",
+                        postgres: "SELECT status, tenant, summary_json FROM actions WHERE id = $1
+                                   FOR UPDATE"),
                     args![&action_id],
                 )
                 .await?;
+            let summary = match summary {
+                Some(summary) => from_json(&summary)?,
+                // Stored before summaries were kept: counted once, kept from now on.
+                None => {
+                    let (request,): (String,) = tx
+                        .fetch_one(
+                            "SELECT request_json FROM actions WHERE id = $1",
+                            args![&action_id],
+                        )
+                        .await?;
+                    let runs: Vec<(String, String)> = tx
+                        .fetch_all(
+                            "SELECT status, command_statuses FROM runs WHERE action_id = $1",
+                            args![&action_id],
+                        )
+                        .await?;
+                    super::summary_of(&from_json(&request)?, &runs)?
+                }
+            };
             Some(Before {
                 action_id,
                 tenant,
-                run_status: parse_status(&run_status)?,
+                run_status,
+                command_statuses,
                 action_status: parse_status(&action_status)?,
+                summary,
                 target_json,
             })
         } else {
@@ -298,18 +337,22 @@ impl Store {
             return Ok(None);
         };
         let saved = Saved { cancel_requested };
-        let Some(before) = before else {
+        let Some(mut before) = before else {
             tx.commit().await?;
             return Ok(Some(saved));
         };
         let action_id = &before.action_id;
-        let statuses: Vec<(String,)> =
-            tx.fetch_all("SELECT status FROM runs WHERE action_id = $1", args![action_id]).await?;
-        let statuses = statuses.iter().map(|(s,)| parse_status(s)).collect::<Result<Vec<_>>>()?;
-        let status = Status::of_action(statuses.iter().copied());
+        // This run moves from its old statuses to its new ones; the others are as counted.
+        let mut summary = std::mem::take(&mut before.summary);
+        summary.remove_run(before.run_status, &before.command_statuses);
+        let states: Vec<Status> = w.states.iter().map(|c| c.status).collect();
+        summary.add_run(w.status, &states);
+        let status = Status::of_counts(&summary.runs_by_status);
         tx.execute(
-            "UPDATE actions SET status = $2, updated_at = $3, version = version + 1 WHERE id = $1",
-            args![action_id, status.as_str(), now],
+            "UPDATE actions SET status = $2, updated_at = $3, version = version + 1,
+                summary_json = $4
+             WHERE id = $1",
+            args![action_id, status.as_str(), now, to_json(&summary)?],
         )
         .await?;
         // The events last: they take the tenant's event lock (held to the commit).
@@ -332,7 +375,7 @@ impl Store {
             let data = serde_json::json!({
                 "action_id": action_id,
                 "status": status.as_str(),
-                "summary": events::run_summary(&statuses),
+                "summary": events::run_summary(&summary),
                 "finished_at": super::rfc3339(super::from_ms(now)),
             });
             self.append_event(&mut tx, &before.tenant, EventType::ActionFinished, action_id, data)

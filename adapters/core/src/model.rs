@@ -603,6 +603,18 @@ pub enum Status {
 }
 
 impl Status {
+    pub const ALL: [Status; 9] = [
+        Status::Queued,
+        Status::Dispatched,
+        Status::Running,
+        Status::Succeeded,
+        Status::PartiallySucceeded,
+        Status::Failed,
+        Status::Cancelled,
+        Status::TimedOut,
+        Status::Skipped,
+    ];
+
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Queued | Status::Dispatched | Status::Running)
     }
@@ -670,24 +682,31 @@ impl Status {
 
     /// The status of an action from the statuses of its runs.
     pub fn of_action(runs: impl IntoIterator<Item = Status>) -> Status {
-        let runs: Vec<Status> = runs.into_iter().collect();
-        if runs.iter().any(|s| !s.is_terminal()) {
-            return if runs.iter().all(|s| *s == Status::Queued) {
+        let mut counts = StatusCounts::default();
+        runs.into_iter().for_each(|s| counts.add(s));
+        Status::of_counts(&counts)
+    }
+
+    /// [`Status::of_action`] from the number of runs in each status: what the store keeps
+    /// per action, so a run's step does not read its siblings.
+    pub fn of_counts(c: &StatusCounts) -> Status {
+        let unfinished = c.queued + c.dispatched + c.running;
+        if unfinished > 0 {
+            return if unfinished == c.queued && c.total() == c.queued {
                 Status::Queued
-            } else if runs.contains(&Status::Running) {
+            } else if c.running > 0 {
                 Status::Running
             } else {
                 Status::Dispatched
             };
         }
-        let succeeded = runs.iter().filter(|s| **s == Status::Succeeded).count();
-        if succeeded == runs.len() {
+        if c.succeeded == c.total() {
             Status::Succeeded
-        } else if succeeded > 0 {
+        } else if c.succeeded > 0 {
             Status::PartiallySucceeded
-        } else if runs.contains(&Status::TimedOut) {
+        } else if c.timed_out > 0 {
             Status::TimedOut
-        } else if runs.contains(&Status::Cancelled) {
+        } else if c.cancelled > 0 {
             Status::Cancelled
         } else {
             Status::Failed
@@ -979,7 +998,35 @@ pub struct StatusCounts {
 
 impl StatusCounts {
     pub fn add(&mut self, status: Status) {
-        *match status {
+        *self.count_mut(status) += 1;
+    }
+
+    /// Takes one away (a run or command leaving `status`); never below zero.
+    pub fn remove(&mut self, status: Status) {
+        let n = self.count_mut(status);
+        *n = n.saturating_sub(1);
+    }
+
+    pub fn total(&self) -> u64 {
+        Status::ALL.iter().map(|s| self.get(*s)).sum()
+    }
+
+    pub fn get(&self, status: Status) -> u64 {
+        match status {
+            Status::Queued => self.queued,
+            Status::Dispatched => self.dispatched,
+            Status::Running => self.running,
+            Status::Succeeded => self.succeeded,
+            Status::PartiallySucceeded => self.partially_succeeded,
+            Status::Failed => self.failed,
+            Status::Cancelled => self.cancelled,
+            Status::TimedOut => self.timed_out,
+            Status::Skipped => self.skipped,
+        }
+    }
+
+    fn count_mut(&mut self, status: Status) -> &mut u64 {
+        match status {
             Status::Queued => &mut self.queued,
             Status::Dispatched => &mut self.dispatched,
             Status::Running => &mut self.running,
@@ -989,7 +1036,7 @@ impl StatusCounts {
             Status::Cancelled => &mut self.cancelled,
             Status::TimedOut => &mut self.timed_out,
             Status::Skipped => &mut self.skipped,
-        } += 1;
+        }
     }
 }
 
@@ -1013,13 +1060,28 @@ impl ActionSummary {
                 .collect(),
         };
         for (status, commands) in runs {
-            summary.runs += 1;
-            summary.runs_by_status.add(status);
-            for (c, s) in summary.commands.iter_mut().zip(commands) {
-                c.by_status.add(*s);
-            }
+            summary.add_run(status, commands);
         }
         summary
+    }
+
+    /// Counts a run in `status` whose commands are in `commands`.
+    pub fn add_run(&mut self, status: Status, commands: &[Status]) {
+        self.runs += 1;
+        self.runs_by_status.add(status);
+        for (c, s) in self.commands.iter_mut().zip(commands) {
+            c.by_status.add(*s);
+        }
+    }
+
+    /// Takes back what [`ActionSummary::add_run`] counted: with the two, a step moves its run
+    /// from its old statuses to its new ones without reading the action's other runs.
+    pub fn remove_run(&mut self, status: Status, commands: &[Status]) {
+        self.runs = self.runs.saturating_sub(1);
+        self.runs_by_status.remove(status);
+        for (c, s) in self.commands.iter_mut().zip(commands) {
+            c.by_status.remove(*s);
+        }
     }
 }
 

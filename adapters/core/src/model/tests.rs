@@ -118,3 +118,49 @@ fn run_and_action_status_aggregate() {
     assert_eq!(Status::of_action([Failed, Failed]), Failed);
     assert_eq!(Status::of_action([Queued, Running]), Running);
 }
+
+#[test]
+fn action_status_from_counts_is_the_status_of_its_runs() {
+    use Status::*;
+    let table: [(&[Status], Status); 9] = [
+        (&[], Succeeded),
+        (&[Queued, Queued], Queued),
+        (&[Queued, Dispatched], Dispatched),
+        (&[Queued, Succeeded], Dispatched),
+        (&[Dispatched, Running, Failed], Running),
+        (&[Succeeded, Failed], PartiallySucceeded),
+        (&[Failed, TimedOut, Cancelled], TimedOut),
+        (&[Failed, Cancelled, Skipped], Cancelled),
+        (&[Failed, Skipped], Failed),
+    ];
+    for (runs, expected) in table {
+        assert_eq!(Status::of_action(runs.iter().copied()), expected, "{runs:?}");
+    }
+}
+
+#[test]
+fn a_summary_moved_run_by_run_equals_the_summary_counted_afresh() {
+    use Status::*;
+    let commands = vec![Command::ProcessList, Command::KillProcess { pid: 4, vendor_id: None }];
+    let mut runs = vec![(Queued, vec![Queued, Queued]); 3];
+    let mut summary = ActionSummary::of(&commands, runs.iter().map(|(s, c)| (*s, c.as_slice())));
+    let steps = [
+        (0, Running, vec![Running, Queued]),
+        (1, Failed, vec![Failed, Skipped]),
+        (0, Succeeded, vec![Succeeded, Succeeded]),
+        (2, Succeeded, vec![Succeeded, Succeeded]),
+    ];
+    for (run, status, states) in steps {
+        let (old_status, old_states) = &runs[run];
+        summary.remove_run(*old_status, old_states);
+        summary.add_run(status, &states);
+        runs[run] = (status, states);
+        let fresh = ActionSummary::of(&commands, runs.iter().map(|(s, c)| (*s, c.as_slice())));
+        assert_eq!(summary, fresh);
+        assert_eq!(
+            Status::of_counts(&summary.runs_by_status),
+            Status::of_action(runs.iter().map(|(s, _)| *s))
+        );
+    }
+    assert_eq!(Status::of_counts(&summary.runs_by_status), PartiallySucceeded);
+}
