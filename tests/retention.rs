@@ -382,11 +382,23 @@ async fn an_action_stored_before_summaries_were_kept_is_counted_then_kept(t: Tes
         )
         .await;
     t.raw.exec("UPDATE actions SET summary_json = NULL WHERE id = $1", &key, None).await;
+    // And, from before migration 0023, a result inline in the run's commands.
+    t.raw
+        .exec(
+            "UPDATE runs SET commands_json = '[{\"index\":0,\"type\":\"process_list\",
+                \"status\":\"running\",\"result\":{\"type\":\"processes\",\"processes\":[]}}]'
+             WHERE action_id = $1 AND position >= 1",
+            &key,
+            None,
+        )
+        .await;
     let (action, _) = t.store.action("acme", id).await.unwrap().unwrap();
+    assert!(action.runs[1].commands[0].result.is_some(), "{:?}", action.runs[1]);
     let counts = action.summary.runs_by_status;
     assert_eq!((action.summary.runs, counts.queued, counts.succeeded), (3, 2, 1));
     let lease = t.store.claim("r1", Duration::from_secs(30), 1).await.unwrap().remove(0);
-    let mut states = action.runs[1].commands.clone();
+    let leased = action.runs.iter().find(|r| r.id == lease.run_id).unwrap();
+    let mut states = leased.commands.clone();
     states[0].status = Status::Running;
     let now = now_ms();
     let write = RunWrite {
@@ -399,11 +411,16 @@ async fn an_action_stored_before_summaries_were_kept_is_counted_then_kept(t: Tes
         checkpoint: None,
         next_step_at: now,
         lease_until: now + 30_000,
+        new_results: None,
         visible: true,
     };
     t.store.save_run(&lease, &write).await.unwrap().unwrap();
     let kept = "SELECT COUNT(*) FROM actions WHERE id = $1 AND summary_json IS NOT NULL";
     assert_eq!(t.raw.count(kept, &key).await, 1);
+    // The inline result moved to its own row with that write.
+    let moved = "SELECT COUNT(*) FROM command_results r JOIN runs ON runs.id = r.run_id
+                 WHERE runs.action_id = $1";
+    assert_eq!(t.raw.count(moved, &key).await, 1);
     let (action, _) = t.store.action("acme", id).await.unwrap().unwrap();
     let counts = action.summary.runs_by_status;
     assert_eq!((counts.queued, counts.running, counts.succeeded), (1, 1, 1));

@@ -17,7 +17,8 @@ use edrgate::store::{
 };
 use edrgate_adapter::shared::acquire_slot;
 use edrgate_adapter::{
-    ActionRequest, ActionSummary, Command, CommandKind, CommandState, SharedBudget, Status, Target,
+    ActionRequest, ActionSummary, Command, CommandKind, CommandResult, CommandState, ProcessInfo,
+    SharedBudget, Status, Target,
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -79,6 +80,7 @@ store_suite!(
     concurrent_claimers_never_share_a_run,
     visible_writes_move_the_version_and_the_aggregate,
     the_summary_follows_every_status_change,
+    a_result_is_written_once_in_its_own_row,
     cancel_marks_the_action_and_wakes_its_runs,
     files_live_expire_and_purge,
     audit_appends_and_filters,
@@ -177,6 +179,7 @@ fn write(states: &[CommandState], status: Status, visible: bool) -> RunWrite<'_>
         checkpoint: Some(&serde_json::Value::Null),
         next_step_at: now,
         lease_until: now + 30_000,
+        new_results: None,
         visible,
     }
 }
@@ -186,8 +189,8 @@ const LEASE: Duration = Duration::from_secs(30);
 async fn migrations_are_applied(t: TestStore) {
     let applied = t.store.migrate().await.unwrap();
     match t.store.dialect() {
-        Dialect::Sqlite => assert_eq!(applied, vec![1, 3, 5, 9, 11, 13, 15, 17, 21]),
-        Dialect::Postgres => assert_eq!(applied, vec![1, 3, 5, 7, 9, 11, 13, 15, 17, 21]),
+        Dialect::Sqlite => assert_eq!(applied, shipped("sqlite")),
+        Dialect::Postgres => assert_eq!(applied, shipped("postgres")),
     }
     t.store.ping().await.unwrap();
     // Opening again (another replica starting) applies nothing twice.
@@ -432,6 +435,50 @@ async fn visible_writes_move_the_version_and_the_aggregate(t: TestStore) {
     assert_eq!(action.summary.runs_by_status.succeeded, 2);
 }
 
+/// A step sends only the results that are new: the results before it stay as stored, and
+/// readers put them back in their commands.
+async fn a_result_is_written_once_in_its_own_row(t: TestStore) {
+    let s = &t.store;
+    let a = new_action("acme", 1, edrgate::store::now_ms() - 10, None);
+    insert(s, &a).await;
+    let lease = s.claim("r1", LEASE, 1).await.unwrap().remove(0);
+    let processes = |pid: u64| CommandResult::Processes {
+        processes: vec![ProcessInfo {
+            pid,
+            parent_pid: None,
+            name: "svchost.exe".into(),
+            path: None,
+            command_line: None,
+            username: None,
+            sid: None,
+            started_at: None,
+            vendor_id: None,
+        }],
+    };
+    let mut st = states(Status::Running);
+    st[0].status = Status::Succeeded;
+    st[0].result = Some(processes(4));
+    let first = RunWrite { new_results: Some(&[0]), ..write(&st, Status::Running, true) };
+    s.save_run(&lease, &first).await.unwrap().unwrap();
+    // A later step does not send it again (its copy in memory is not written)...
+    st[0].result = Some(processes(99));
+    st[1].status = Status::Succeeded;
+    let next = RunWrite { new_results: Some(&[]), ..write(&st, Status::Running, true) };
+    s.save_run(&lease, &next).await.unwrap().unwrap();
+    // ...and every reader has the stored one.
+    let (action, _) = s.action("acme", a.id).await.unwrap().unwrap();
+    let run = &action.runs[0];
+    assert_eq!(run.commands[0].result, Some(processes(4)));
+    assert_eq!(run.commands[1].status, Status::Succeeded);
+    assert_eq!(
+        s.run("acme", a.id, run.id).await.unwrap().unwrap().commands[0].result,
+        Some(processes(4))
+    );
+    let (page, _) = s.runs_page("acme", a.id, None, None, 10).await.unwrap().unwrap();
+    assert_eq!(page[0].commands[0].result, Some(processes(4)));
+    assert_eq!(s.load_run(run.id).await.unwrap().states[0].result, Some(processes(4)));
+}
+
 /// A step that moves a status is counted in the action's summary even when its writer did
 /// not call it visible (the summary is kept by the steps, never recounted from the runs).
 async fn the_summary_follows_every_status_change(t: TestStore) {
@@ -611,7 +658,8 @@ async fn changes_are_announced_where_replicas_need_them(t: TestStore) {
     let lease = other.claim("r2", LEASE, 1).await.unwrap().remove(0);
     let st = states(Status::Running);
     // Checkpoint-only writes are not announced; visible ones are.
-    other.save_run(&lease, &write(&st, Status::Running, false)).await.unwrap().unwrap();
+    let queued = states(Status::Queued);
+    other.save_run(&lease, &write(&queued, Status::Queued, false)).await.unwrap().unwrap();
     other.save_run(&lease, &write(&st, Status::Running, true)).await.unwrap().unwrap();
     let next = tokio::time::timeout(Duration::from_secs(5), listener.next()).await.unwrap();
     assert_eq!(next.unwrap(), Some(Change { action_id: a.id, cancel: false }));
@@ -672,7 +720,7 @@ fn migrate_applies_the_sqlite_migrations() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("sub/edrgate.db");
     let out = migrate_cli(&format!("path = {:?}", db.display().to_string()));
-    assert_eq!(out.trim(), "Sqlite store: 9 migrations applied (latest 21)");
+    assert_eq!(out.trim(), applied_line("Sqlite", &shipped("sqlite")));
     assert!(db.try_exists().unwrap());
 }
 
@@ -684,12 +732,32 @@ async fn migrate_applies_the_postgres_migrations() {
         return;
     };
     let out = migrate_cli(&format!("url = {url:?}"));
-    assert_eq!(out.trim(), "Postgres store: 10 migrations applied (latest 21)");
+    assert_eq!(out.trim(), applied_line("Postgres", &shipped("postgres")));
     // Applied once: a replica starting next finds nothing to do.
     assert_eq!(
         Store::connect(&url, 2).await.unwrap().migrate().await.unwrap(),
-        vec![1, 3, 5, 7, 9, 11, 13, 15, 17]
+        shipped("postgres")
     );
+}
+
+/// The versions of the migrations shipped for `dialect` (`schemas/migrations/<dialect>`).
+fn shipped(dialect: &str) -> Vec<i64> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/migrations").join(dialect);
+    let mut versions: Vec<i64> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter_map(|name| name.split('_').next()?.parse().ok())
+        .collect();
+    versions.sort_unstable();
+    assert!(versions.len() >= 9, "{versions:?}");
+    versions
+}
+
+/// What `edrgate migrate` prints after applying `versions`.
+fn applied_line(store: &str, versions: &[i64]) -> String {
+    let latest = versions.last().unwrap();
+    format!("{store} store: {} migrations applied (latest {latest})", versions.len())
 }
 
 /// A driver that failed and could not release its lease (the database was down) leaves the

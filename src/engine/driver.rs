@@ -62,6 +62,9 @@ impl Engine {
             engine: &self,
             lease: &lease,
             seen: Mutex::new(Some(visible_view(&run))),
+            // None stored yet: the first write stores every result it has (results a row stored
+            // before migration 0023 kept inline move to their own rows then).
+            stored_results: Mutex::new(vec![false; run.states.len()]),
             run: Mutex::new(run),
             adapter: Mutex::new(None),
             stop: &stop,
@@ -86,6 +89,9 @@ struct Driver<'a> {
     adapter: Mutex<Option<Arc<dyn Adapter>>>,
     /// What callers last saw of the run, to tell visible writes from checkpoint-only ones.
     seen: Mutex<Option<serde_json::Value>>,
+    /// Per command, whether its final result is stored: a write sends only the others, so
+    /// a long run's steps do not rewrite the results before them.
+    stored_results: Mutex<Vec<bool>>,
     stop: &'a StopSignal,
     wake: &'a Notify,
 }
@@ -379,6 +385,14 @@ impl Driver<'_> {
         };
         let view = visible_view(&run);
         let visible = lock(&self.seen).as_ref() != Some(&view);
+        let new_results: Vec<usize> = {
+            let stored = lock(&self.stored_results);
+            run.states
+                .iter()
+                .filter(|s| s.result.is_some() && !stored.get(s.index).copied().unwrap_or(false))
+                .map(|s| s.index)
+                .collect()
+        };
         let now = now_ms();
         let write = RunWrite {
             backend: run.backend.as_deref(),
@@ -394,6 +408,7 @@ impl Driver<'_> {
                 .saturating_add(i64::try_from(next_in.as_millis()).unwrap_or(i64::MAX))
                 .min(run.deadline),
             lease_until: now + i64::try_from(self.engine.opts.lease.as_millis()).unwrap_or(0),
+            new_results: Some(&new_results),
             visible,
         };
         let Some(saved) = self.engine.store.save_run(self.lease, &write).await? else {
@@ -403,6 +418,16 @@ impl Driver<'_> {
         // Only once it is stored: a write that failed leaves the next one visible, so the
         // action's status and summary (kept by visible writes) never miss a change.
         *lock(&self.seen) = Some(view);
+        // A result is final once its command is: one still running may report more.
+        let mut stored = lock(&self.stored_results);
+        for state in run.states.iter().filter(|s| s.status.is_terminal()) {
+            if let Some(done) = stored.get_mut(state.index)
+                && state.result.is_some()
+            {
+                *done = true;
+            }
+        }
+        drop(stored);
         if saved.cancel_requested && self.stop.reason().is_none() {
             // Read with every write, not only from the cancel's announcement, which a
             // reconnecting listener misses: the next move of the adapter sees the stop.

@@ -123,6 +123,10 @@ pub struct RunWrite<'a> {
     pub checkpoint: Option<&'a serde_json::Value>,
     pub next_step_at: i64,
     pub lease_until: i64,
+    /// The commands (indexes into `states`) whose result this write stores; `None`: every
+    /// result in `states` (a first write, tools and tests). Results are rows of their own,
+    /// so a step writes only those that are new ([`Store::save_run`]).
+    pub new_results: Option<&'a [usize]>,
     /// Whether anything a caller sees changed (statuses, results, errors, device). Writes
     /// that only move the checkpoint leave the action's version alone, so long-polls do not
     /// wake for them.
@@ -540,7 +544,7 @@ impl Store {
             Some(summary) => from_json(summary)?,
             None => self.count_summary(&row.id, &request).await?,
         };
-        let runs = runs.into_iter().map(RunRow::into_run).collect::<Result<Vec<_>>>()?;
+        let runs = self.with_results(runs).await?;
         Ok(Action {
             id: parse_uuid(&row.id)?,
             status: parse_status(&row.status)?,
@@ -600,7 +604,7 @@ impl Store {
         } else {
             None
         };
-        let runs = rows.into_iter().take(page).map(RunRow::into_run).collect::<Result<_>>()?;
+        let runs = self.with_results(rows.into_iter().take(page).collect()).await?;
         Ok(Some((runs, next)))
     }
 
@@ -613,7 +617,42 @@ impl Store {
                 args![run_id.to_string(), action_id.to_string(), tenant],
             )
             .await?;
-        row.map(RunRow::into_run).transpose()
+        Ok(self.with_results(row.into_iter().collect()).await?.pop())
+    }
+
+    /// Runs from their rows, with their commands' results (`command_results`) in place: one
+    /// query for all of them.
+    async fn with_results(&self, rows: Vec<RunRow>) -> Result<Vec<Run>> {
+        let mut runs = rows.into_iter().map(RunRow::into_run).collect::<Result<Vec<_>>>()?;
+        if runs.is_empty() {
+            return Ok(runs);
+        }
+        let ids = to_json(&runs.iter().map(|r| r.id.to_string()).collect::<Vec<_>>())?;
+        let results: Vec<(String, i64, String)> = self
+            .db
+            .fetch_all(
+                sql!(self.db.dialect(),
+                    sqlite: "SELECT run_id, idx, result_json FROM command_results
+                             WHERE run_id IN (SELECT value FROM json_each($1))",
+                    postgres: "SELECT run_id, idx, result_json FROM command_results
+                               WHERE run_id IN (SELECT json_array_elements_text($1::text::json))"),
+                args![ids],
+            )
+            .await?;
+        let mut by_run: std::collections::HashMap<String, Vec<(i64, String)>> =
+            std::collections::HashMap::new();
+        for (run_id, idx, result) in results {
+            by_run.entry(run_id).or_default().push((idx, result));
+        }
+        for run in &mut runs {
+            for (idx, result) in by_run.remove(&run.id.to_string()).unwrap_or_default() {
+                let state = usize::try_from(idx).ok().and_then(|i| run.commands.get_mut(i));
+                if let Some(state) = state {
+                    state.result = Some(from_json(&result)?);
+                }
+            }
+        }
+        Ok(runs)
     }
 
     /// The change counter and status of an action (cheap; for long-polls).
@@ -969,6 +1008,36 @@ pub(super) fn summary_of(
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(ActionSummary::of(&request.commands, counted.iter().map(|(s, c)| (*s, c.as_slice()))))
+}
+
+/// `runs.commands_json`: the commands' states without their results, which are rows of
+/// `command_results`.
+pub(crate) fn commands_json(states: &[CommandState]) -> Result<String> {
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        index: usize,
+        #[serde(rename = "type")]
+        kind: edrgate_adapter::CommandKind,
+        status: Status,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a ErrorInfo>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vendor_ref: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        vendor_status: Option<&'a str>,
+    }
+    let stored: Vec<Stored<'_>> = states
+        .iter()
+        .map(|s| Stored {
+            index: s.index,
+            kind: s.kind,
+            status: s.status,
+            error: s.error.as_ref(),
+            vendor_ref: s.vendor_ref.as_deref(),
+            vendor_status: s.vendor_status.as_deref(),
+        })
+        .collect();
+    to_json(&stored)
 }
 
 /// `runs.command_statuses`: the commands' statuses, in order.

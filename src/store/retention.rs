@@ -117,6 +117,15 @@ impl Store {
         .await?;
         tx.execute(
             sql!(dialect,
+                sqlite: "DELETE FROM command_results WHERE run_id IN (SELECT id FROM runs
+                         WHERE action_id IN (SELECT value FROM json_each($1)))",
+                postgres: "DELETE FROM command_results WHERE run_id IN (SELECT id FROM runs
+                           WHERE action_id IN (SELECT jsonb_array_elements_text($1::jsonb)))"),
+            args![&ids],
+        )
+        .await?;
+        tx.execute(
+            sql!(dialect,
                 sqlite: "DELETE FROM runs WHERE action_id IN (SELECT value FROM json_each($1))",
                 postgres: "DELETE FROM runs
                            WHERE action_id IN (SELECT jsonb_array_elements_text($1::jsonb))"),

@@ -205,7 +205,9 @@ impl Store {
                 args![run_id.to_string()],
             )
             .await?;
-        let run = row.run.into_run()?;
+        let Some(run) = self.with_results(vec![row.run]).await?.pop() else {
+            return Err(super::StoreError::Corrupt(format!("run {run_id} vanished while read")));
+        };
         Ok(RunRecord {
             id: run_id,
             action_id: parse_uuid(&row.action_id)?,
@@ -324,7 +326,7 @@ impl Store {
                     w.hostname,
                     w.status.as_str(),
                     w.error.map(to_json).transpose()?,
-                    to_json(w.states)?,
+                    super::commands_json(w.states)?,
                     w.checkpoint.map(to_json).transpose()?,
                     w.next_step_at,
                     w.lease_until,
@@ -337,6 +339,22 @@ impl Store {
             return Ok(None);
         };
         let saved = Saved { cancel_requested };
+        // The new results, after the fenced write: a stale owner writes none.
+        let new_results = w.states.iter().filter(|state| {
+            state.result.is_some() && w.new_results.is_none_or(|new| new.contains(&state.index))
+        });
+        for state in new_results {
+            tx.execute(
+                "INSERT INTO command_results (run_id, idx, result_json) VALUES ($1, $2, $3)
+                 ON CONFLICT (run_id, idx) DO UPDATE SET result_json = excluded.result_json",
+                args![
+                    &run_id,
+                    i64::try_from(state.index).unwrap_or(i64::MAX),
+                    to_json(&state.result)?
+                ],
+            )
+            .await?;
+        }
         let Some(mut before) = before else {
             tx.commit().await?;
             return Ok(Some(saved));
