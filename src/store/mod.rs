@@ -14,6 +14,8 @@
 //!   are rows ([`Store::shared_budget`]).
 
 pub(crate) mod db;
+pub mod cb_commands;
+pub mod cb_front_door;
 pub mod events;
 mod files;
 pub mod postgres;
