@@ -100,20 +100,7 @@ pub(crate) async fn upload_file(
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let stored = upload(&state, &caller, query, request).await;
-    let entry = match &stored {
-        Ok(file) => {
-            let mut entry = AuditRecord::new(AuditEvent::FileUpload, "ok", 201);
-            entry.file_id = Some(file.id.clone());
-            entry.detail = Some(serde_json::json!({
-                "name": file.name, "size": file.size, "sha256": file.sha256,
-            }));
-            entry
-        }
-        Err(error) => audit::refused(AuditEvent::FileUpload, error),
-    };
-    audit::record(&state, &caller, &meta, entry).await;
-    let file = match stored {
+    let file = match upload_audited(&state, &caller, &meta, query.name, request).await {
         Ok(file) => file,
         Err(error) => {
             // The body may be partly unread: the client must not send its next request on
@@ -125,6 +112,32 @@ pub(crate) async fn upload_file(
     };
     let location = header(&meta.link(&format!("/v1/files/{}", file.id)))?;
     Ok((StatusCode::CREATED, [(LOCATION, location)], Json(file)).into_response())
+}
+
+/// The upload of `POST /v1/files` (raw body or multipart; caps, streaming, custody, audit),
+/// for every door that takes files (the Carbon Black front door's session files too). On an
+/// error the body may be partly unread: the caller's answer should close the connection.
+pub(crate) async fn upload_audited(
+    state: &ApiState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    name: Option<String>,
+    request: Request,
+) -> Result<FileMeta, ApiError> {
+    let stored = upload(state, caller, UploadQuery { name }, request).await;
+    let entry = match &stored {
+        Ok(file) => {
+            let mut entry = AuditRecord::new(AuditEvent::FileUpload, "ok", 201);
+            entry.file_id = Some(file.id.clone());
+            entry.detail = Some(serde_json::json!({
+                "name": file.name, "size": file.size, "sha256": file.sha256,
+            }));
+            entry
+        }
+        Err(error) => audit::refused(AuditEvent::FileUpload, error),
+    };
+    audit::record(state, caller, meta, entry).await;
+    stored
 }
 
 async fn upload(
@@ -427,11 +440,35 @@ pub(crate) async fn file_content(
     Query(query): Query<ContentQuery>,
     request_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    content_audited(&state, &caller, &meta, id, query, &request_headers).await
+}
+
+/// The raw content of a stored file as `GET /v1/files/{id}/content` streams it (ranges,
+/// digests, audit), for the Carbon Black front door's `…/file/{fid}/content` too.
+pub(crate) async fn file_content_for(
+    state: &ApiState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: String,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = ContentQuery { archive: None, password: None };
+    content_audited(state, caller, meta, id, query, request_headers).await
+}
+
+async fn content_audited(
+    state: &ApiState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    id: String,
+    query: ContentQuery,
+    request_headers: &HeaderMap,
+) -> Result<Response, ApiError> {
     let detail = serde_json::json!({
         "range": request_headers.get(RANGE).and_then(|v| v.to_str().ok()),
         "archive": query.archive.as_ref().map(|_| "zip"),
     });
-    let answered = content(&state, &caller, &id, query, &request_headers).await;
+    let answered = content(state, caller, &id, query, request_headers).await;
     // The body streams after this: a transfer cut short (or a digest found wrong on the way)
     // shows in the logs, not here.
     let mut entry = match &answered {
@@ -442,7 +479,7 @@ pub(crate) async fn file_content(
     };
     entry.file_id = Some(id);
     entry.detail = Some(detail);
-    audit::record(&state, &caller, &meta, entry).await;
+    audit::record(state, caller, meta, entry).await;
     answered
 }
 

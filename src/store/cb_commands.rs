@@ -121,6 +121,25 @@ impl Store {
         Ok(())
     }
 
+    /// Records why a command was not run (a refusal at submission: permission, admission, a
+    /// backend's limits); the command then reads `error`.
+    pub async fn refuse_cb_command(
+        &self,
+        tenant: &str,
+        id: i64,
+        code: &str,
+        message: &str,
+    ) -> Result<()> {
+        self.db()
+            .execute(
+                "UPDATE cb_commands SET refusal_code = $3, refusal_message = $4
+                 WHERE tenant = $1 AND id = $2 AND action_id IS NULL",
+                args![tenant, id, code, message],
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn cb_command(
         &self,
         tenant: &str,
