@@ -111,7 +111,12 @@ impl Store {
 
     /// Records the action that runs a command (set once: a second submission with the same
     /// Idempotency-Key names the same action).
-    pub async fn set_cb_command_action(&self, tenant: &str, id: i64, action_id: &str) -> Result<()> {
+    pub async fn set_cb_command_action(
+        &self,
+        tenant: &str,
+        id: i64,
+        action_id: &str,
+    ) -> Result<()> {
         self.db()
             .execute(
                 "UPDATE cb_commands SET action_id = $3 WHERE tenant = $1 AND id = $2",
