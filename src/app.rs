@@ -109,6 +109,7 @@ impl App {
             webhooks,
         };
         let router = api::router(state.clone(), config.server.max_body_bytes);
+        let router = crate::frontdoor::mount(router, &state, &config.server);
         let grace = Duration::from_secs(config.server.shutdown_grace_seconds);
         // Bound here, so a taken address fails the start and the address is known at once.
         let metrics = match config.server.metrics_listen {

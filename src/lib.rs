@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod files;
+pub mod frontdoor;
 pub mod metrics;
 pub mod net;
 pub mod registry;

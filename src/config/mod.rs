@@ -89,6 +89,11 @@ pub struct ServerConfig {
     /// root, for probes that reach the process directly.
     #[serde(default)]
     pub path_prefix: String,
+    /// Path the Carbon Black EDR live-response front door is served under (default `/cb`):
+    /// cbapi and CB SOAR apps are given `https://HOST/cb` and build `/api/...` under it.
+    /// Independent of `path_prefix`; empty turns the door off.
+    #[serde(default = "default_carbonblack_prefix")]
+    pub carbonblack_prefix: String,
     /// On SIGTERM: how long in-flight requests, then run drivers, get to finish before the
     /// process exits (runs not handed back by then are taken over after their lease).
     #[serde(default = "default_grace")]
@@ -383,6 +388,7 @@ impl Default for ServerConfig {
             max_wait_seconds: default_max_wait(),
             trusted_proxies: Vec::new(),
             path_prefix: String::new(),
+            carbonblack_prefix: default_carbonblack_prefix(),
             shutdown_grace_seconds: default_grace(),
         }
     }
@@ -457,6 +463,9 @@ fn default_jwks_cache() -> u64 {
 }
 fn default_jwks_refresh() -> u64 {
     60
+}
+fn default_carbonblack_prefix() -> String {
+    "/cb".to_owned()
 }
 fn default_grace() -> u64 {
     10

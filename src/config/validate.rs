@@ -151,6 +151,20 @@ impl AuthConfig {
     }
 }
 
+/// Empty, or `/a/b`: segments of URL-safe characters, no trailing slash.
+fn path_prefix_ok(prefix: &str) -> bool {
+    prefix.is_empty()
+        || (prefix.starts_with('/')
+            && !prefix.ends_with('/')
+            && prefix.len() <= 128
+            && prefix.split('/').skip(1).all(|seg| {
+                !seg.is_empty()
+                    && seg != "."
+                    && seg != ".."
+                    && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
+            }))
+}
+
 impl Config {
     /// Checks what types cannot: identifiers, lengths, ranges. No IO.
     pub fn validate(&self) -> Result<(), Vec<String>> {
@@ -158,19 +172,34 @@ impl Config {
         self.auth.validate(&mut errors);
         self.webhooks.validate(&self.tenants, &mut errors);
         let prefix = &self.server.path_prefix;
-        let prefix_ok = prefix.is_empty()
-            || (prefix.starts_with('/')
-                && !prefix.ends_with('/')
-                && prefix.len() <= 128
-                && prefix.split('/').skip(1).all(|seg| {
-                    !seg.is_empty()
-                        && seg != "."
-                        && seg != ".."
-                        && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b))
-                }));
-        if !prefix_ok {
+        if !path_prefix_ok(prefix) {
             errors.push(format!(
                 "server.path_prefix: {prefix:?} must look like /edrgate or /a/b (no trailing slash)"
+            ));
+        }
+        let cb = &self.server.carbonblack_prefix;
+        // The door is nested under its prefix beside the API: the two must not overlap.
+        let api_roots = [
+            "/v1",
+            "/healthz",
+            "/readyz",
+            "/openapi.json",
+            "/openapi-3.0.json",
+            "/swagger-2.0.json",
+        ];
+        let under = |path: &str, root: &str| {
+            path == root || path.strip_prefix(root).is_some_and(|rest| rest.starts_with('/'))
+        };
+        let overlaps = !cb.is_empty()
+            && if prefix.is_empty() {
+                api_roots.iter().any(|root| under(cb, root) || under(root, cb))
+            } else {
+                under(cb, prefix) || under(prefix, cb)
+            };
+        if !path_prefix_ok(cb) || overlaps {
+            errors.push(format!(
+                "server.carbonblack_prefix: {cb:?} must look like /cb or /a/b (no trailing slash), \
+                 outside the API's paths (server.path_prefix, /v1, /healthz, /readyz)"
             ));
         }
         if let Some(metrics) = self.server.metrics_listen
