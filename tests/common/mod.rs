@@ -1,6 +1,7 @@
 //! Helpers shared by the test crates: the in-process gateway ([`Gateway::builder`]), its
 //! backends by kind, tokens and API client, gateways as processes ([`GatewayProcess`]), a
-//! TCP proxy that simulates a server restart ([`Proxy`]), and fresh PostgreSQL databases.
+//! TCP proxy that simulates a server restart ([`Proxy`]), HTTPS in front of a gateway
+//! ([`TlsFront`], for clients that refuse plain HTTP such as cbapi), and fresh PostgreSQL databases.
 
 #![allow(dead_code, unused_imports)] // each test crate uses part of it
 
@@ -9,6 +10,7 @@ mod client;
 mod gateway;
 mod process;
 mod proxy;
+mod tls;
 mod token;
 mod webhooks;
 
@@ -17,6 +19,7 @@ pub(crate) use client::Client;
 pub(crate) use gateway::{Gateway, GatewayBuilder};
 pub(crate) use process::GatewayProcess;
 pub(crate) use proxy::Proxy;
+pub(crate) use tls::TlsFront;
 pub(crate) use token::{SECRET, SUBJECT, operator_token, scoped_token, token, token_as};
 pub(crate) use webhooks::{Received, Receiver, read_events};
 

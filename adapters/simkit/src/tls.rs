@@ -53,7 +53,9 @@ impl SelfSigned {
         Ok(hex::encode(sha2::Sha256::digest(&self.material()?.cert_der)))
     }
 
-    pub(crate) async fn rustls_config(&self) -> io::Result<axum_server::tls_rustls::RustlsConfig> {
+    /// The server configuration of the certificate (the simulators' HTTPS; tests put it in
+    /// front of a plain-HTTP gateway for clients that refuse `http://`, such as cbapi).
+    pub async fn rustls_config(&self) -> io::Result<axum_server::tls_rustls::RustlsConfig> {
         let m = self.material()?;
         axum_server::tls_rustls::RustlsConfig::from_pem(
             m.cert_pem.clone().into_bytes(),
