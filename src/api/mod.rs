@@ -102,7 +102,11 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         };
         routes = routes.route(route, axum::routing::get(serve));
     }
-    let routes = routes.with_state(state.clone());
+    // The OpenC2 consumer (HTTPS transfer §3.2.1: POST only), inside the layers for the
+    // request id, tracing and metrics; it answers in OpenC2, not problem+json.
+    let openc2 = axum::routing::post(crate::frontdoor::openc2::handle)
+        .fallback(crate::frontdoor::openc2::other_method);
+    let routes = routes.route(crate::frontdoor::openc2::PATH, openc2).with_state(state.clone());
     let routes = if prefix.is_empty() {
         routes
     } else {

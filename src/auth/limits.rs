@@ -43,6 +43,12 @@ impl Auth {
         map.get(tenant).cloned()
     }
 
+    /// `tenant`'s requests-per-minute limit, if it has one (OpenC2 `query features`
+    /// answers it as `rate_limit`).
+    pub fn requests_per_minute(&self, tenant: &str) -> Option<u32> {
+        self.limiter(tenant).and_then(|l| l.config.requests_per_minute)
+    }
+
     /// Counts one request of `tenant` against its requests-per-minute limit.
     pub fn check_rate(&self, tenant: &str) -> Result<(), Refusal> {
         let Some(limiter) = self.limiter(tenant) else { return Ok(()) };
