@@ -241,3 +241,31 @@ fn type_errors_do_not_quote_the_value() {
     let errors = Config::parse(text, |_| None).unwrap_err();
     assert!(errors.iter().all(|e| !e.contains("secret-looking")), "{errors:?}");
 }
+
+#[test]
+fn the_carbonblack_prefix_stays_clear_of_the_api() {
+    let env = |name: &str| match name {
+        "SECRET" => Some("x".repeat(32)),
+        _ => Some("t".into()),
+    };
+    let with = |server: &str| Config::parse(&format!("[server]\n{server}\n{EXAMPLE}"), env);
+    assert_eq!(with("").unwrap().server.carbonblack_prefix, "/cb");
+    for ok in [r#"carbonblack_prefix = """#, r#"carbonblack_prefix = "/edr/cb""#] {
+        assert!(with(ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        r#"carbonblack_prefix = "cb""#,
+        r#"carbonblack_prefix = "/cb/""#,
+        r#"carbonblack_prefix = "/v1""#,
+        r#"carbonblack_prefix = "/v1/cb""#,
+        r#"carbonblack_prefix = "/healthz""#,
+        "path_prefix = \"/edrgate\"\ncarbonblack_prefix = \"/edrgate\"",
+        "path_prefix = \"/edrgate\"\ncarbonblack_prefix = \"/edrgate/cb\"",
+    ] {
+        let errors = with(bad).unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.starts_with("server.carbonblack_prefix")),
+            "{bad}: {errors:?}"
+        );
+    }
+}
