@@ -1,0 +1,340 @@
+//! The Carbon Black front door's commands and session files (R12–R19, front-doors.md §1),
+//! over HTTP as CB clients send them (`X-Auth-Token`, CB bodies), against three simulators
+//! behind one tenant: a Carbon Black sensor, a Defender machine and a Cybereason sensor.
+//!
+//! - every command the device supports runs as one action and reads `pending` then
+//!   `complete`; `get file` carries its `file_id` in the POST answer and the content streams
+//!   from edrgate's file store; `put file` sends an uploaded session file;
+//! - a command the device does not support is a command in `error` with ERROR_NOT_SUPPORTED
+//!   (never a 4xx), and no action is made;
+//! - the audit trail has an `action.submit` entry naming the door, session and command for
+//!   every command;
+//! - a gateway crash while a `kill` is pending: after the restart the command completes and
+//!   the sensor saw one kill.
+
+use std::time::Duration;
+
+use edrgate_carbonblack_sim as cb;
+use edrgate_cybereason_sim as cr;
+use edrgate_defender_sim as mde;
+use edrgate_simkit::Sim as _;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+mod common;
+use common::{Backend, Gateway, token};
+
+/// The front door's prefix (`server.carbonblack_prefix` default).
+const CB: &str = "/cb";
+/// Longest wait for a command to finish.
+const PATIENCE: Duration = Duration::from_secs(120);
+
+/// A CB request with the edrgate credential in `X-Auth-Token`, as cbapi sends it.
+async fn cb(
+    gw: &Gateway,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request =
+        gw.http.request(method, gw.url(&format!("{CB}{path}"))).header("X-Auth-Token", token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// The sensor id of `hostname` (cbapi's `select(Sensor).where("hostname:…")`).
+async fn sensor_id(gw: &Gateway, token: &str, hostname: &str) -> i64 {
+    let path = format!("/api/v2/sensor?hostname={hostname}&start=0&rows=100");
+    let (status, found) = cb(gw, token, Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::OK, "{found}");
+    assert_eq!(found["total_results"], 1, "{found:#}");
+    found["results"][0]["id"].as_i64().unwrap()
+}
+
+/// A new session on `sensor`: its id and `supported_commands`.
+async fn session(gw: &Gateway, token: &str, sensor: i64) -> (i64, Vec<String>) {
+    let (status, s) =
+        cb(gw, token, Method::POST, "/api/v1/cblr/session", Some(json!({"sensor_id": sensor})))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{s}");
+    assert_eq!(s["status"], "active", "{s}");
+    let supported = s["supported_commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    (s["id"].as_i64().unwrap(), supported)
+}
+
+/// Posts `body` on session `sid` (with cbapi's extra `session_id`) and waits for the end
+/// (`?wait=true`, as Splunk does); the POST answer and the final command.
+async fn run(gw: &Gateway, token: &str, sid: i64, mut body: Value) -> (Value, Value) {
+    body["session_id"] = json!(sid);
+    let (status, posted) =
+        cb(gw, token, Method::POST, &format!("/api/v1/cblr/session/{sid}/command"), Some(body))
+            .await;
+    assert_eq!(status, StatusCode::OK, "{posted}");
+    assert!(posted["id"].is_i64(), "{posted}");
+    let done = wait(gw, token, sid, posted["id"].as_i64().unwrap()).await;
+    (posted, done)
+}
+
+async fn wait(gw: &Gateway, token: &str, sid: i64, cid: i64) -> Value {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let path = format!("/api/v1/cblr/session/{sid}/command/{cid}?wait=true");
+        let (status, command) = cb(gw, token, Method::GET, &path, None).await;
+        assert_eq!(status, StatusCode::OK, "{command}");
+        let word = command["status"].as_str().unwrap().to_owned();
+        assert!(["pending", "complete", "error"].contains(&word.as_str()), "{command}");
+        if word != "pending" {
+            return command;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still pending: {command:#}");
+    }
+}
+
+fn complete(command: &Value) {
+    assert_eq!(command["status"], "complete", "{command:#}");
+    assert_eq!(command["result_code"], 0, "{command:#}");
+    assert_eq!(command["result_type"], "WinHresult");
+    assert_eq!(command["result_desc"], "");
+}
+
+/// Uploads `bytes` as a session file (multipart field `file`, as cbapi's `put_file`); its id.
+async fn upload(gw: &Gateway, token: &str, sid: i64, name: &str, bytes: &[u8]) -> i64 {
+    let part = reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_owned());
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let response = gw
+        .http
+        .post(gw.url(&format!("{CB}/api/v1/cblr/session/{sid}/file")))
+        .header("X-Auth-Token", token)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let file: Value = response.json().await.unwrap();
+    assert_eq!(file["size"], bytes.len(), "{file}");
+    assert_eq!(file["status"], 0);
+    file["id"].as_i64().unwrap()
+}
+
+async fn content(gw: &Gateway, token: &str, sid: i64, fid: i64) -> (StatusCode, Vec<u8>) {
+    let response = gw
+        .http
+        .get(gw.url(&format!("{CB}/api/v1/cblr/session/{sid}/file/{fid}/content")))
+        .header("X-Auth-Token", token)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.bytes().await.unwrap().to_vec())
+}
+
+/// Puts `bytes` at `path` on the session's device, then gets it back through `get file`.
+async fn round_trip(gw: &Gateway, token: &str, sid: i64, path: &str, bytes: &[u8]) {
+    let fid = upload(gw, token, sid, "payload.txt", bytes).await;
+    let (_, put) =
+        run(gw, token, sid, json!({"name": "put file", "object": path, "file_id": fid})).await;
+    complete(&put);
+    let (posted, got) = run(gw, token, sid, json!({"name": "get file", "object": path})).await;
+    // cbapi reads `file_id` from the POST answer (LRAPI `get_raw_file`).
+    let file_id = posted["file_id"].as_i64().expect("file_id in the POST answer");
+    complete(&got);
+    assert_eq!(got["file_id"], file_id);
+    let (status, body) = content(gw, token, sid, file_id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, bytes);
+}
+
+async fn actions(gw: &Gateway, token: &str) -> usize {
+    let (status, list) = gw.get(token, "/v1/actions?limit=500").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["items"].as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_on_three_backends_run_what_each_device_supports() {
+    let cb_sim = cb::Simulator::new(cb::SimConfig {
+        sensors: 1,
+        checkin_delay: Duration::from_millis(20),
+        command_latency: Duration::from_millis(5),
+        ..cb::SimConfig::default()
+    });
+    let cb_addr = cb_sim.spawn().await.unwrap();
+    let mde_sim = mde::Simulator::new(mde::SimConfig {
+        machines: 1,
+        pickup_delay: Duration::from_millis(50),
+        ..mde::SimConfig::default()
+    });
+    let mde_addr = mde_sim.spawn().await.unwrap();
+    let cr_sim = cr::Simulator::new(cr::SimConfig {
+        remediation_delay: Duration::from_millis(50),
+        ..cr::SimConfig::default()
+    });
+    let cr_addr = cr_sim.spawn().await.unwrap();
+    let gw = Gateway::builder()
+        .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
+        .backend("acme", "mde", &Backend::defender(mde_addr))
+        .backend("acme", "cr", &Backend::cybereason(cr_addr))
+        .start()
+        .await;
+    let acme = token("acme");
+
+    // Carbon Black: everything a CB sensor has, the registry included.
+    let (cb_sid, supported) = session(&gw, &acme, sensor_id(&gw, &acme, "WIN-0001").await).await;
+    for name in ["process list", "kill", "get file", "put file", "reg enum key"] {
+        assert!(supported.iter().any(|s| s == name), "{name}: {supported:?}");
+    }
+    let (posted, list) = run(&gw, &acme, cb_sid, json!({"name": "process list"})).await;
+    assert_eq!(posted["status"], "pending", "{posted}");
+    complete(&list);
+    let processes = list["processes"].as_array().unwrap();
+    assert!(!processes.is_empty());
+    for p in processes {
+        let guid = p["proc_guid"].as_str().unwrap();
+        assert_eq!(guid.split('-').map(str::len).collect::<Vec<_>>(), [8, 4, 4, 4, 12], "{p}");
+    }
+    round_trip(&gw, &acme, cb_sid, "C:\\Windows\\Temp\\edrgate.txt", b"hello from edrgate").await;
+    let victim = processes.iter().map(|p| p["pid"].as_u64().unwrap()).max().unwrap();
+    assert!(cb_sim.process_exists(1, victim));
+    let (_, kill) = run(&gw, &acme, cb_sid, json!({"name": "kill", "object": victim})).await;
+    complete(&kill);
+    assert!(!cb_sim.process_exists(1, victim));
+    let key = "HKLM\\Software";
+    let (_, reg) = run(&gw, &acme, cb_sid, json!({"name": "reg enum key", "object": key})).await;
+    complete(&reg);
+    assert!(reg["values"].is_array() && reg["sub_keys"].is_array(), "{reg:#}");
+
+    // Defender: process list and files through the helpers and the library.
+    let (mde_sid, supported) = session(&gw, &acme, sensor_id(&gw, &acme, "mde-0001").await).await;
+    for name in ["process list", "get file", "put file"] {
+        assert!(supported.iter().any(|s| s == name), "{name}: {supported:?}");
+    }
+    let (_, list) = run(&gw, &acme, mde_sid, json!({"name": "process list"})).await;
+    complete(&list);
+    assert!(!list["processes"].as_array().unwrap().is_empty(), "{list:#}");
+    round_trip(&gw, &acme, mde_sid, "C:\\Windows\\Temp\\edrgate.txt", b"hello, defender").await;
+
+    // Cybereason: process list and kill, but no registry. Not advertised, and refused as CB
+    // refuses a command the sensor cannot run: a command in `error`, no action made.
+    let (cr_sid, supported) = session(&gw, &acme, sensor_id(&gw, &acme, "CR-WS-0001").await).await;
+    assert!(!supported.iter().any(|s| s == "reg enum key"), "{supported:?}");
+    if supported.iter().any(|s| s == "process list") {
+        let (_, list) = run(&gw, &acme, cr_sid, json!({"name": "process list"})).await;
+        complete(&list);
+        let pid =
+            list["processes"].as_array().unwrap().iter().map(|p| p["pid"].as_u64().unwrap()).max();
+        let (_, kill) = run(&gw, &acme, cr_sid, json!({"name": "kill", "object": pid})).await;
+        complete(&kill);
+    }
+    let before = actions(&gw, &acme).await;
+    let (posted, refused) =
+        run(&gw, &acme, cr_sid, json!({"name": "reg enum key", "object": key})).await;
+    assert_eq!(posted["status"], "error", "{posted}");
+    assert_eq!(refused["result_code"], 2147942450u64, "{refused:#}");
+    assert_eq!(refused["result_type"], "WinHresult");
+    let (_, unknown) = run(&gw, &acme, cr_sid, json!({"name": "run script", "object": "x"})).await;
+    assert_eq!(unknown["status"], "error");
+    assert_eq!(unknown["result_code"], 2147942450u64, "{unknown:#}");
+    assert_eq!(actions(&gw, &acme).await, before, "a refused command makes no action");
+
+    // R14: the session's commands, oldest first.
+    let (status, listed) =
+        cb(&gw, &acme, Method::GET, &format!("/api/v1/cblr/session/{cr_sid}/command"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let listed = listed.as_array().unwrap();
+    assert!(listed.len() >= 2, "{listed:#?}");
+    assert_eq!(listed.last().unwrap()["id"], unknown["id"]);
+
+    // A command of a lost session: `Session … not found` before anything is stored.
+    let (status, lost) = cb(
+        &gw,
+        &acme,
+        Method::POST,
+        "/api/v1/cblr/session/999999/command",
+        Some(json!({"name": "kill", "object": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(lost.as_str().unwrap().starts_with("Session"), "{lost}");
+    assert_eq!(actions(&gw, &acme).await, before);
+
+    // Another tenant sees none of it.
+    let other = token("globex");
+    let path = format!("/api/v1/cblr/session/{cb_sid}/command/{}", kill["id"]);
+    let (status, _) = cb(&gw, &other, Method::GET, &path, None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The audit trail: one `action.submit` per command that ran, naming door and command.
+    let (status, audit) = gw.get(&acme, "/v1/audit?event=action.submit&limit=500").await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    let doors: Vec<&Value> = audit["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["detail"]["door"] == "carbonblack")
+        .collect();
+    assert_eq!(doors.len(), actions(&gw, &acme).await, "{audit:#}");
+    for entry in &doors {
+        assert!(
+            entry["detail"]["session_id"].is_i64() && entry["detail"]["command_id"].is_i64(),
+            "{entry}"
+        );
+        assert!(entry["action_id"].is_string(), "{entry}");
+    }
+    assert!(doors.iter().any(|e| e["detail"]["command_id"] == kill["id"]));
+}
+
+/// A crash while a `kill` is pending: the restarted gateway finishes the same action, and the
+/// sensor saw one kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_a_kill_repeats_nothing() {
+    let cb_sim = cb::Simulator::new(cb::SimConfig {
+        sensors: 1,
+        checkin_delay: Duration::from_millis(20),
+        command_latency: Duration::from_millis(1500),
+        ..cb::SimConfig::default()
+    });
+    let cb_addr = cb_sim.spawn().await.unwrap();
+    let mut gw = Gateway::builder()
+        .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
+        .config("[engine]\nlease_seconds = 1")
+        .start()
+        .await;
+    let acme = token("acme");
+    let (sid, _) = session(&gw, &acme, sensor_id(&gw, &acme, "WIN-0001").await).await;
+    let (_, list) = run(&gw, &acme, sid, json!({"name": "process list"})).await;
+    let victim = list["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    let path = format!("/api/v1/cblr/session/{sid}/command");
+    let body = json!({"name": "kill", "object": victim, "session_id": sid});
+    let (status, posted) = cb(&gw, &acme, Method::POST, &path, Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{posted}");
+    assert_eq!(posted["status"], "pending");
+    let cid = posted["id"].as_i64().unwrap();
+    // Until the sensor has the command (the vendor's side of it is under way).
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while cb_sim.counters().commands_posted < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the kill never reached the sensor");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.crash_and_restart().await;
+    let done = wait(&gw, &acme, sid, cid).await;
+    complete(&done);
+    assert!(!cb_sim.process_exists(1, victim));
+    assert_eq!(cb_sim.counters().commands_by_name.get("kill"), Some(&1), "one kill on the sensor");
+    assert_eq!(actions(&gw, &acme).await, 2, "process list and kill, once each");
+}
