@@ -32,10 +32,14 @@ pub enum AuditEvent {
     WebhookRotate,
     #[serde(rename = "webhook.redeliver")]
     WebhookRedeliver,
+    #[serde(rename = "apikey.create")]
+    ApiKeyCreate,
+    #[serde(rename = "apikey.revoke")]
+    ApiKeyRevoke,
 }
 
 impl AuditEvent {
-    pub const ALL: [AuditEvent; 9] = [
+    pub const ALL: [AuditEvent; 11] = [
         AuditEvent::ActionSubmit,
         AuditEvent::ActionCancel,
         AuditEvent::FileUpload,
@@ -45,6 +49,8 @@ impl AuditEvent {
         AuditEvent::WebhookDelete,
         AuditEvent::WebhookRotate,
         AuditEvent::WebhookRedeliver,
+        AuditEvent::ApiKeyCreate,
+        AuditEvent::ApiKeyRevoke,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -58,6 +64,8 @@ impl AuditEvent {
             AuditEvent::WebhookDelete => "webhook.delete",
             AuditEvent::WebhookRotate => "webhook.rotate",
             AuditEvent::WebhookRedeliver => "webhook.redeliver",
+            AuditEvent::ApiKeyCreate => "apikey.create",
+            AuditEvent::ApiKeyRevoke => "apikey.revoke",
         }
     }
 

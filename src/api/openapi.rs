@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use super::ApiState;
 use super::downlevel;
-use super::{actions, audit, devices, events, files, runs, webhooks};
+use super::{actions, apikeys, audit, devices, events, files, runs, webhooks};
 
 /// Where the committed documents live, relative to the repository root.
 pub const OPENAPI_FILE: &str = "schemas/openapi.json";
@@ -66,6 +66,7 @@ pub const REGENERATE: &str = "cargo run -- openapi --write";
         (name = "devices", description = "Devices and backend capabilities of the caller's tenant"),
         (name = "events", description = "The tenant's action and run events, streamed (Server-Sent Events)"),
         (name = "webhooks", description = "Webhook subscriptions (Standard Webhooks) and their deliveries (admin permission)"),
+        (name = "api-keys", description = "Tenant API keys for the static-token doors (`X-Auth-Token`; admin permission)"),
         (name = "audit", description = "The tenant's audit trail of response actions and file transfers"),
         (name = "admin", description = "Operating the gateway (operator permission)"),
         (name = "health", description = "Liveness and readiness (no authentication)"),
@@ -111,6 +112,8 @@ pub fn api_routes() -> OpenApiRouter<ApiState> {
         .routes(routes!(webhooks::rotate_secret))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::redeliver))
+        .routes(routes!(apikeys::create_api_key, apikeys::list_api_keys))
+        .routes(routes!(apikeys::get_api_key, apikeys::revoke_api_key))
         .routes(routes!(audit::list_audit))
         .routes(routes!(audit::reload))
         .routes(routes!(files::upload_file))

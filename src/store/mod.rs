@@ -13,6 +13,7 @@
 //!   expire, changes are announced with NOTIFY ([`Store::change_listener`]) and vendor budgets
 //!   are rows ([`Store::shared_budget`]).
 
+pub mod apikeys;
 pub(crate) mod db;
 pub mod cb_commands;
 pub mod cb_front_door;
