@@ -181,7 +181,24 @@ fn assert_sensor_shape(sensor: &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensors_and_sessions_follow_cb_conventions() {
     let sims = sims().await;
-    let mut gw = sims.builder.clone().start().await;
+    conventions(sims.builder.clone()).await;
+}
+
+/// The same on PostgreSQL (`EDRGATE_TEST_POSTGRES_URL`; skipped without it): the store's
+/// statements are written once for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres() {
+    let Some(url) = common::fresh_postgres_database("cb_front_door::on_postgres").await else {
+        return;
+    };
+    let sims = sims().await;
+    let builder = sims.builder.clone().config(&format!("store.url = \"{url}\""));
+    conventions(builder.clone()).await;
+    isolation(builder).await;
+}
+
+async fn conventions(builder: GatewayBuilder) {
+    let mut gw = builder.start().await;
     let acme = token("acme");
     let other = token("other");
 
@@ -398,7 +415,11 @@ async fn sensors_and_sessions_follow_cb_conventions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_is_one_audited_action_per_request() {
     let sims = sims().await;
-    let gw = sims.builder.clone().start().await;
+    isolation(sims.builder.clone()).await;
+}
+
+async fn isolation(builder: GatewayBuilder) {
+    let gw = builder.start().await;
     let acme = token("acme");
     let sensor = sensor_by_hostname(&gw, &acme, CB_HOST).await;
     let id = sensor["id"].as_i64().unwrap();
