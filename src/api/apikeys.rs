@@ -50,8 +50,9 @@ pub const CACHE_TTL: Duration = Duration::from_secs(5);
 /// Keys looked up, by the SHA-256 hex of the key; `None`: no such key (cached too, so a flood
 /// of unknown keys does not reach the database more than once each per TTL). Bounded.
 /// Process-wide: the hash names one key whatever the gateway, and revocation invalidates it.
-static CACHE: LazyLock<moka::future::Cache<String, Option<Arc<ApiKeyRow>>>> =
-    LazyLock::new(|| moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build());
+static CACHE: LazyLock<moka::future::Cache<String, Option<Arc<ApiKeyRow>>>> = LazyLock::new(|| {
+    moka::future::Cache::builder().max_capacity(10_000).time_to_live(CACHE_TTL).build()
+});
 
 fn sha256_hex(key: &str) -> String {
     use sha2::{Digest, Sha256};
@@ -339,9 +340,7 @@ pub(crate) async fn create_api_key(
         permissions: serde_json::to_string(&names).unwrap_or_else(|_| "[]".to_owned()),
         created_at: now,
         created_by: caller.subject.clone(),
-        expires_at: new
-            .expires_in_days
-            .map(|d| now.saturating_add(i64::from(d) * 86_400_000)),
+        expires_at: new.expires_in_days.map(|d| now.saturating_add(i64::from(d) * 86_400_000)),
         revoked_at: None,
     };
     store.insert_api_key(&row).await.map_err(store_failure)?;
