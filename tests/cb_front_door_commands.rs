@@ -22,7 +22,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Backend, Gateway, token};
+use common::{Backend, Client, Gateway, GatewayProcess, token};
 
 /// The front door's prefix (`server.carbonblack_prefix` default).
 const CB: &str = "/cb";
@@ -31,7 +31,7 @@ const PATIENCE: Duration = Duration::from_secs(120);
 
 /// A CB request with the edrgate credential in `X-Auth-Token`, as cbapi sends it.
 async fn cb(
-    gw: &Gateway,
+    gw: &Client,
     token: &str,
     method: Method,
     path: &str,
@@ -49,7 +49,7 @@ async fn cb(
 }
 
 /// The sensor id of `hostname` (cbapi's `select(Sensor).where("hostname:…")`).
-async fn sensor_id(gw: &Gateway, token: &str, hostname: &str) -> i64 {
+async fn sensor_id(gw: &Client, token: &str, hostname: &str) -> i64 {
     let path = format!("/api/v2/sensor?hostname={hostname}&start=0&rows=100");
     let (status, found) = cb(gw, token, Method::GET, &path, None).await;
     assert_eq!(status, StatusCode::OK, "{found}");
@@ -58,7 +58,7 @@ async fn sensor_id(gw: &Gateway, token: &str, hostname: &str) -> i64 {
 }
 
 /// A new session on `sensor`: its id and `supported_commands`.
-async fn session(gw: &Gateway, token: &str, sensor: i64) -> (i64, Vec<String>) {
+async fn session(gw: &Client, token: &str, sensor: i64) -> (i64, Vec<String>) {
     let (status, s) =
         cb(gw, token, Method::POST, "/api/v1/cblr/session", Some(json!({"sensor_id": sensor})))
             .await;
@@ -75,7 +75,7 @@ async fn session(gw: &Gateway, token: &str, sensor: i64) -> (i64, Vec<String>) {
 
 /// Posts `body` on session `sid` (with cbapi's extra `session_id`) and waits for the end
 /// (`?wait=true`, as Splunk does); the POST answer and the final command.
-async fn run(gw: &Gateway, token: &str, sid: i64, mut body: Value) -> (Value, Value) {
+async fn run(gw: &Client, token: &str, sid: i64, mut body: Value) -> (Value, Value) {
     body["session_id"] = json!(sid);
     let (status, posted) =
         cb(gw, token, Method::POST, &format!("/api/v1/cblr/session/{sid}/command"), Some(body))
@@ -86,7 +86,7 @@ async fn run(gw: &Gateway, token: &str, sid: i64, mut body: Value) -> (Value, Va
     (posted, done)
 }
 
-async fn wait(gw: &Gateway, token: &str, sid: i64, cid: i64) -> Value {
+async fn wait(gw: &Client, token: &str, sid: i64, cid: i64) -> Value {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let path = format!("/api/v1/cblr/session/{sid}/command/{cid}?wait=true");
@@ -109,7 +109,7 @@ fn complete(command: &Value) {
 }
 
 /// Uploads `bytes` as a session file (multipart field `file`, as cbapi's `put_file`); its id.
-async fn upload(gw: &Gateway, token: &str, sid: i64, name: &str, bytes: &[u8]) -> i64 {
+async fn upload(gw: &Client, token: &str, sid: i64, name: &str, bytes: &[u8]) -> i64 {
     let part = reqwest::multipart::Part::bytes(bytes.to_vec()).file_name(name.to_owned());
     let form = reqwest::multipart::Form::new().part("file", part);
     let response = gw
@@ -127,7 +127,7 @@ async fn upload(gw: &Gateway, token: &str, sid: i64, name: &str, bytes: &[u8]) -
     file["id"].as_i64().unwrap()
 }
 
-async fn content(gw: &Gateway, token: &str, sid: i64, fid: i64) -> (StatusCode, Vec<u8>) {
+async fn content(gw: &Client, token: &str, sid: i64, fid: i64) -> (StatusCode, Vec<u8>) {
     let response = gw
         .http
         .get(gw.url(&format!("{CB}/api/v1/cblr/session/{sid}/file/{fid}/content")))
@@ -139,7 +139,7 @@ async fn content(gw: &Gateway, token: &str, sid: i64, fid: i64) -> (StatusCode, 
 }
 
 /// Puts `bytes` at `path` on the session's device, then gets it back through `get file`.
-async fn round_trip(gw: &Gateway, token: &str, sid: i64, path: &str, bytes: &[u8]) {
+async fn round_trip(gw: &Client, token: &str, sid: i64, path: &str, bytes: &[u8]) {
     let fid = upload(gw, token, sid, "payload.txt", bytes).await;
     let (_, put) =
         run(gw, token, sid, json!({"name": "put file", "object": path, "file_id": fid})).await;
@@ -154,7 +154,7 @@ async fn round_trip(gw: &Gateway, token: &str, sid: i64, path: &str, bytes: &[u8
     assert_eq!(body, bytes);
 }
 
-async fn actions(gw: &Gateway, token: &str) -> usize {
+async fn actions(gw: &Client, token: &str) -> usize {
     let (status, list) = gw.get(token, "/v1/actions?limit=500").await;
     assert_eq!(status, StatusCode::OK, "{list}");
     list["items"].as_array().unwrap().len()
@@ -293,8 +293,8 @@ async fn sessions_on_three_backends_run_what_each_device_supports() {
     assert!(doors.iter().any(|e| e["detail"]["command_id"] == kill["id"]));
 }
 
-/// A crash while a `kill` is pending: the restarted gateway finishes the same action, and the
-/// sensor saw one kill.
+/// A SIGKILL of the gateway process while a `kill` is pending: the restarted gateway finishes
+/// the same action, and the sensor saw one kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_a_kill_repeats_nothing() {
     let cb_sim = cb::Simulator::new(cb::SimConfig {
@@ -304,11 +304,11 @@ async fn a_crash_during_a_kill_repeats_nothing() {
         ..cb::SimConfig::default()
     });
     let cb_addr = cb_sim.spawn().await.unwrap();
-    let mut gw = Gateway::builder()
+    let dir = tempfile::tempdir().unwrap();
+    let config = Gateway::builder()
         .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
-        .config("[engine]\nlease_seconds = 1")
-        .start()
-        .await;
+        .config("[engine]\nlease_seconds = 1");
+    let mut gw = GatewayProcess::start("cb-kill", dir.path(), &config).await;
     let acme = token("acme");
     let (sid, _) = session(&gw, &acme, sensor_id(&gw, &acme, "WIN-0001").await).await;
     let (_, list) = run(&gw, &acme, sid, json!({"name": "process list"})).await;
@@ -331,10 +331,134 @@ async fn a_crash_during_a_kill_repeats_nothing() {
         assert!(tokio::time::Instant::now() < deadline, "the kill never reached the sensor");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // SIGKILL, and the same gateway started again on its data.
     gw.crash_and_restart().await;
     let done = wait(&gw, &acme, sid, cid).await;
     complete(&done);
     assert!(!cb_sim.process_exists(1, victim));
     assert_eq!(cb_sim.counters().commands_by_name.get("kill"), Some(&1), "one kill on the sensor");
     assert_eq!(actions(&gw, &acme).await, 2, "process list and kill, once each");
+}
+
+const PYTHON_ENV: &str = "EDRGATE_TEST_SDK_PYTHON";
+
+/// cbapi 2.0 as a user writes it, unchanged but for the URL and the key: a live-response
+/// session per host (process list where supported, put and get file, kill, registry on CB,
+/// an unsupported call refused client-side), then `submit_job` over the three sensors. It
+/// counts the commands it sent, so the test can tell a re-POST from a command.
+const CBAPI_SCRIPT: &str = r#"
+import io, json, sys
+from cbapi.response import CbResponseAPI, Sensor
+from cbapi.errors import ApiError
+
+url, token, hosts = sys.argv[1:4]
+hosts = json.loads(hosts)
+cb = CbResponseAPI(url=url, token=token, ssl_verify=False)
+out = {"hosts": {}, "sent": 0}
+for host in hosts:
+    sensor = cb.select(Sensor).where("hostname:%s" % host).first()
+    entry = {}
+    with sensor.lr_session() as s:
+        supported = s.session_data["supported_commands"]
+        if "process list" in supported:
+            procs = s.list_processes()
+            out["sent"] += 1
+            entry["processes"] = len(procs)
+            entry["guid_ok"] = all(len(p["proc_guid"].split("-")) == 5 for p in procs)
+            victim = max(p["pid"] for p in procs)
+        if "put file" in supported and "get file" in supported:
+            payload = ("hello %s" % host).encode()
+            s.put_file(io.BytesIO(payload), "C:\\Windows\\Temp\\cbapi.txt")
+            back = s.get_file("C:\\Windows\\Temp\\cbapi.txt", timeout=240)
+            out["sent"] += 2
+            entry["round_trip"] = back == payload
+        if "kill" in supported and "process list" in supported:
+            entry["killed"] = s.kill_process(victim)
+            out["sent"] += 1
+        if "reg set value" in supported:
+            s.create_registry_key("HKLM\\Software\\edrgate")
+            s.set_registry_value("HKLM\\Software\\edrgate\\Answer", 42)
+            entry["reg_value"] = s.get_registry_value("HKLM\\Software\\edrgate\\Answer")["value_data"]
+            entry["reg_values"] = [v["value_name"] for v in
+                                   s.list_registry_keys_and_values("HKLM\\Software\\edrgate")["values"]]
+            out["sent"] += 4
+        else:
+            try:
+                s.list_registry_keys_and_values("HKLM\\Software")
+                entry["unsupported"] = "sent"
+            except ApiError as e:
+                entry["unsupported"] = str(e)
+    out["hosts"][host] = entry
+
+def job(session):
+    return sorted(p["pid"] for p in session.list_processes())
+
+sensors = [cb.select(Sensor).where("hostname:%s" % host).first() for host in hosts]
+futures = [cb.live_response.submit_job(job, sensor) for sensor in sensors]
+out["jobs"] = [len(f.result(timeout=300)) for f in futures]
+out["sent"] += len(futures)
+print(json.dumps(out))
+"#;
+
+/// cbapi itself through the TLS front: see [`CBAPI_SCRIPT`].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cbapi_drives_three_backends_unchanged() {
+    let Some(python) = std::env::var(PYTHON_ENV).ok().filter(|p| !p.is_empty()) else {
+        eprintln!("skipped: {PYTHON_ENV} is not set (.ci/sdk-venv makes the SDK venv)");
+        return;
+    };
+    let cb_sim = cb::Simulator::new(cb::SimConfig {
+        sensors: 1,
+        checkin_delay: Duration::from_millis(20),
+        command_latency: Duration::from_millis(5),
+        ..cb::SimConfig::default()
+    });
+    let cb_addr = cb_sim.spawn().await.unwrap();
+    let mde_sim = mde::Simulator::new(mde::SimConfig {
+        machines: 1,
+        pickup_delay: Duration::from_millis(50),
+        ..mde::SimConfig::default()
+    });
+    let mde_addr = mde_sim.spawn().await.unwrap();
+    let cr_sim = cr::Simulator::new(cr::SimConfig {
+        machines: 1,
+        remediation_delay: Duration::from_millis(50),
+        ..cr::SimConfig::default()
+    });
+    let cr_addr = cr_sim.spawn().await.unwrap();
+    let gw = Gateway::builder()
+        .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
+        .backend("acme", "mde", &Backend::defender(mde_addr))
+        .backend("acme", "cr", &Backend::cybereason(cr_addr))
+        .start()
+        .await;
+    let acme = token("acme");
+    let front = common::TlsFront::start(gw.addr).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cbapi_commands.py");
+    std::fs::write(&file, CBAPI_SCRIPT).unwrap();
+    let hosts = json!(["WIN-0001", "mde-0001", "CR-WS-0001"]).to_string();
+    let mut cmd = std::process::Command::new(&python);
+    cmd.arg(&file).args([front.url(CB), acme.clone(), hosts]).current_dir(dir.path());
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).expect("a result");
+    let result: Value = serde_json::from_str(line).unwrap();
+
+    let cb_host = &result["hosts"]["WIN-0001"];
+    assert_eq!(cb_host["guid_ok"], true, "{result:#}");
+    assert_eq!(cb_host["round_trip"], true, "{result:#}");
+    assert_eq!(cb_host["killed"], true, "{result:#}");
+    assert_eq!(cb_host["reg_value"], 42, "{result:#}");
+    assert_eq!(cb_host["reg_values"], json!(["Answer"]), "{result:#}");
+    let mde_host = &result["hosts"]["mde-0001"];
+    assert_eq!(mde_host["round_trip"], true, "{result:#}");
+    let cr_host = &result["hosts"]["CR-WS-0001"];
+    let refused = cr_host["unsupported"].as_str().unwrap();
+    assert!(refused.contains("not supported"), "cbapi refuses it client-side: {result:#}");
+    assert!(result["jobs"].as_array().unwrap().iter().all(|n| n.as_u64() > Some(0)), "{result:#}");
+    // One action per command sent: nothing was re-POSTed.
+    assert_eq!(actions(&gw, &acme).await as u64, result["sent"].as_u64().unwrap(), "{result:#}");
 }
