@@ -210,6 +210,9 @@ async fn conventions(builder: GatewayBuilder) {
         assert!(body.get("errorMessage").is_none(), "{body}");
     }
     // R1, R2, the XSOAR test-module search.
+    let answer =
+        gw.http.get(gw.url("/cb/api/info")).header("x-auth-token", &acme).send().await.unwrap();
+    assert!(answer.headers().contains_key("x-request-id"), "a request id, as on /v1");
     let (status, info) = cb_get(&gw, &acme, "/api/info").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(info["cblrEnabled"], true);
@@ -425,6 +428,11 @@ async fn isolation(builder: GatewayBuilder) {
     let id = sensor["id"].as_i64().unwrap();
     assert_eq!(sensor["is_isolating"], false);
     let path = format!("/api/v1/sensor/{id}");
+    // cbapi and XSOAR PUT the whole sensor back: its current state asks for nothing.
+    let (status, _, _) = cb_call(&gw, Method::PUT, Some(&acme), &path, Some(&sensor)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, actions) = gw.get(&acme, "/v1/actions").await;
+    assert_eq!(actions["items"], json!([]), "{actions:#}");
     let mut body = sensor.clone();
     body["network_isolation_enabled"] = json!(true);
     for _ in 0..2 {

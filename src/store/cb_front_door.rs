@@ -120,24 +120,27 @@ impl Store {
 
     /// Records that isolation `isolated` is requested for the sensor; the request's sequence
     /// number, which changes only when the requested state does (so a repeated request is
-    /// the same request). `None`: no such sensor for the tenant.
+    /// the same request), or with `renew` (the last request's action ended without carrying
+    /// it out). `None`: no such sensor for the tenant.
     pub async fn cb_request_isolation(
         &self,
         tenant: &str,
         id: i64,
         isolated: bool,
+        renew: bool,
     ) -> Result<Option<i64>> {
         let seq: Option<(i64,)> = self
             .db()
             .fetch_optional(
                 "UPDATE cb_sensors SET
                     isolation_seq = isolation_seq + CASE
-                        WHEN isolation_requested IS NOT NULL AND isolation_requested = $3 THEN 0
+                        WHEN $4 = FALSE AND isolation_requested IS NOT NULL
+                            AND isolation_requested = $3 THEN 0
                         ELSE 1 END,
                     isolation_requested = $3
                  WHERE tenant = $1 AND id = $2
                  RETURNING isolation_seq",
-                args![tenant, id, isolated],
+                args![tenant, id, isolated, renew],
             )
             .await?;
         Ok(seq.map(|(s,)| s))

@@ -371,7 +371,22 @@ async fn put_sensor(
         // Checked before the request is recorded: a refused caller changes nothing.
         caller.require(Permission::Contain).map_err(crate::api::problem::ApiError::from)?;
         let store = state.store();
-        let Some(seq) = store.cb_request_isolation(&caller.tenant, row.id, isolated).await? else {
+        let previous = match row.isolation_action_id.as_deref().map(Uuid::parse_str) {
+            Some(Ok(action)) => state.api.engine.action(&caller.tenant, action).await.ok(),
+            _ => None,
+        };
+        // Whole-object PUTs (cbapi, XSOAR's group change) carry the current state: with no
+        // request of the door's yet, the state the device is confirmed in asks for nothing.
+        let confirmed = confirmed_isolation(&state, &row, &found).await;
+        if row.isolation_requested.is_none() && isolated == confirmed {
+            return Ok(axum::Json(render(&state, &row, &found).await));
+        }
+        // The same request again replays its action, unless that action ended without
+        // carrying it out: then asking again is a new request (a new action).
+        let retry =
+            previous.is_some_and(|a| a.status.is_terminal() && a.status != Status::Succeeded);
+        let seq = store.cb_request_isolation(&caller.tenant, row.id, isolated, retry).await?;
+        let Some(seq) = seq else {
             return Err(CbError::not_found(format!("no sensor {id}")));
         };
         let command = if isolated { Command::Isolate } else { Command::Release };
