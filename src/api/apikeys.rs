@@ -155,7 +155,12 @@ impl KeyPermission {
 #[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     /// What the key is for (shown in listings and as the audit trail's `client_id`).
-    #[schema(min_length = 1, max_length = 100, example = "cb-soar")]
+    #[schema(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\u0000]*[^\s\u0000][^\u0000]*$",
+        example = "cb-soar"
+    )]
     pub name: String,
     /// What the key may do: permissions the creating caller holds.
     #[schema(min_items = 1, max_items = 6)]
