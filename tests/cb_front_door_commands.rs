@@ -297,6 +297,19 @@ async fn sessions_on_three_backends_run_what_each_device_supports() {
 /// the same action, and the sensor saw one kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_during_a_kill_repeats_nothing() {
+    crash_during_kill("").await;
+}
+
+/// The same on PostgreSQL (`EDRGATE_TEST_POSTGRES_URL`; skipped without it): the door's
+/// statements are written once for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_during_a_kill_repeats_nothing_on_postgres() {
+    let name = "cb_front_door_commands::crash_on_postgres";
+    let Some(url) = common::fresh_postgres_database(name).await else { return };
+    crash_during_kill(&format!("store.url = \"{url}\"")).await;
+}
+
+async fn crash_during_kill(store: &str) {
     let cb_sim = cb::Simulator::new(cb::SimConfig {
         sensors: 1,
         checkin_delay: Duration::from_millis(20),
@@ -307,7 +320,8 @@ async fn a_crash_during_a_kill_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let config = Gateway::builder()
         .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
-        .config("[engine]\nlease_seconds = 1");
+        .config("[engine]\nlease_seconds = 1")
+        .config(store);
     let mut gw = GatewayProcess::start("cb-kill", dir.path(), &config).await;
     let acme = token("acme");
     let (sid, _) = session(&gw, &acme, sensor_id(&gw, &acme, "WIN-0001").await).await;
