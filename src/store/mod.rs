@@ -14,9 +14,9 @@
 //!   are rows ([`Store::shared_budget`]).
 
 pub mod apikeys;
-pub(crate) mod db;
 pub mod cb_commands;
 pub mod cb_front_door;
+pub(crate) mod db;
 pub mod events;
 mod files;
 pub mod postgres;
