@@ -116,11 +116,16 @@ async fn authenticate(state: &ApiState, headers: &HeaderMap) -> Result<Caller, R
 
 /// The OpenC2 status of a refusal of the native API: the LS codes only (LS10 §3.3.2.1).
 fn from_api_error(error: &ApiError) -> Reply {
-    let problem = error.problem();
-    let code = match error.code() {
-        ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge => status::BAD_REQUEST,
-        // The same command_id with another command.
-        ErrorCode::Conflict => status::BAD_REQUEST,
+    Reply::error(status_of(error.code()), error.problem().detail)
+}
+
+/// The OpenC2 status of an edrgate error code.
+fn status_of(code: ErrorCode) -> u16 {
+    match code {
+        // The same command_id with another command is a Conflict.
+        ErrorCode::InvalidRequest | ErrorCode::PayloadTooLarge | ErrorCode::Conflict => {
+            status::BAD_REQUEST
+        }
         ErrorCode::Unauthenticated => status::UNAUTHORIZED,
         ErrorCode::Forbidden | ErrorCode::AccessDenied => status::FORBIDDEN,
         ErrorCode::NotFound | ErrorCode::DeviceNotFound | ErrorCode::FileNotFound => {
@@ -132,8 +137,7 @@ fn from_api_error(error: &ApiError) -> Reply {
         | ErrorCode::VendorUnavailable
         | ErrorCode::DeviceOffline => status::SERVICE_UNAVAILABLE,
         _ => status::INTERNAL_ERROR,
-    };
-    Reply::error(code, problem.detail)
+    }
 }
 
 fn respond(reply: Reply, request: Option<&Oc2Request>, x_request_id: Option<&str>) -> Response {
@@ -177,13 +181,13 @@ async fn execute(
 ) -> Reply {
     let command = &request.command;
     // ER §2.1.4: tenant_id is processed before devices and groups.
-    if let Some(tenant) = command.arg("er", "downstream_device").and_then(|d| d.get("tenant_id")) {
-        if tenant.as_str() != Some(caller.tenant.as_str()) {
-            return Reply::error(
-                status::FORBIDDEN,
-                "downstream_device.tenant_id is not the caller's tenant",
-            );
-        }
+    if let Some(tenant) = command.arg("er", "downstream_device").and_then(|d| d.get("tenant_id"))
+        && tenant.as_str() != Some(caller.tenant.as_str())
+    {
+        return Reply::error(
+            status::FORBIDDEN,
+            "downstream_device.tenant_id is not the caller's tenant",
+        );
     }
     match (command.action.as_str(), command.target.as_str()) {
         ("query", "features") => return features(state, caller, command),
@@ -278,16 +282,18 @@ fn action_reply(action: &Action) -> Reply {
         Status::Succeeded => Reply::new(status::OK),
         status if !status.is_terminal() => Reply::new(status::PROCESSING),
         other => {
-            let error = action
-                .runs
-                .iter()
-                .find_map(|r| {
-                    r.error.as_ref().map(|e| e.message.clone()).or_else(|| {
-                        r.commands.iter().find_map(|c| c.error.as_ref().map(|e| e.message.clone()))
-                    })
-                })
-                .unwrap_or_else(|| format!("the action is {}", other.as_str()));
-            Reply::error(status::INTERNAL_ERROR, error)
+            // The first error says why: an unknown device is a 404, an unsupported command a
+            // 501, a vendor that is down a 503, a failure on the endpoint a 500.
+            let error = action.runs.iter().find_map(|r| {
+                r.error.as_ref().or_else(|| r.commands.iter().find_map(|c| c.error.as_ref()))
+            });
+            match error {
+                Some(error) => Reply::error(status_of(error.code), error.message.clone()),
+                None => Reply::error(
+                    status::INTERNAL_ERROR,
+                    format!("the action is {}", other.as_str()),
+                ),
+            }
         }
     };
     reply.results(results)
