@@ -430,3 +430,31 @@ async fn the_lycan_producer_drives_the_consumer() {
     assert!(!cb.process_exists(1, 3012));
     assert!(!cb.file_exists(1, "C:\\evidence\\note.txt"));
 }
+
+/// Behind a proxy that forwards under `server.path_prefix`, the door is there too (and only
+/// there), with the doors' request id echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_door_sits_under_the_path_prefix() {
+    let (_cb, cb_addr) = cb_sim(Duration::from_millis(5)).await;
+    let (_cr, cr_addr) = cr_sim().await;
+    let gw = gateway(cb_addr, cr_addr, "[server]\npath_prefix = \"/edrgate\"").await;
+    let features = json!({
+        "headers": {"request_id": "prefixed-1", "created": 1_764_669_990_000u64},
+        "body": {"openc2": {"request": {"action": "query", "target": {"features": ["versions"]}}}}
+    });
+    let post = |path: &str| {
+        gw.http
+            .post(gw.url(path))
+            .bearer_auth(token("acme"))
+            .header("content-type", OPENC2)
+            .header("x-request-id", "prefixed-1")
+            .json(&features)
+            .send()
+    };
+    let answer = post("/edrgate/.well-known/openc2").await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["x-request-id"], "prefixed-1");
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["body"]["openc2"]["response"]["results"]["versions"], json!(["1.0"]));
+    assert_eq!(post("/.well-known/openc2").await.unwrap().status(), StatusCode::NOT_FOUND);
+}

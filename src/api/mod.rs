@@ -102,11 +102,7 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         };
         routes = routes.route(route, axum::routing::get(serve));
     }
-    // The OpenC2 consumer (HTTPS transfer §3.2.1: POST only), inside the layers for the
-    // request id, tracing and metrics; it answers in OpenC2, not problem+json.
-    let openc2 = axum::routing::post(crate::frontdoor::openc2::handle)
-        .fallback(crate::frontdoor::openc2::other_method);
-    let routes = routes.route(crate::frontdoor::openc2::PATH, openc2).with_state(state.clone());
+    let routes = routes.with_state(state.clone());
     let routes = if prefix.is_empty() {
         routes
     } else {
@@ -197,7 +193,7 @@ async fn limit_body(
 
 /// Generates request ids: UUIDv7, so they sort by time in logs.
 #[derive(Clone, Copy, Debug, Default)]
-struct MakeRequestUuidV7;
+pub(crate) struct MakeRequestUuidV7;
 
 impl MakeRequestId for MakeRequestUuidV7 {
     fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
@@ -205,7 +201,7 @@ impl MakeRequestId for MakeRequestUuidV7 {
     }
 }
 
-async fn drop_unusable_request_id(mut req: Request) -> Request {
+pub(crate) async fn drop_unusable_request_id(mut req: Request) -> Request {
     let unusable = req
         .headers()
         .get(&X_REQUEST_ID)

@@ -436,12 +436,7 @@ pub async fn render_problems(req: Request, next: Next) -> Response {
                 .headers
                 .get(CONTENT_TYPE)
                 .is_some_and(|ct| ct.as_bytes().starts_with(PROBLEM_JSON.as_bytes()));
-            // The OpenC2 door answers its errors as OpenC2 responses (HTTPS §3.4).
-            let is_openc2 = parts.headers.get(CONTENT_TYPE).is_some_and(|ct| {
-                ct.as_bytes()
-                    .starts_with(crate::frontdoor::openc2::message::CONTENT_TYPE.as_bytes())
-            });
-            if !(status.is_client_error() || status.is_server_error()) || is_problem || is_openc2 {
+            if !(status.is_client_error() || status.is_server_error()) || is_problem {
                 return Response::from_parts(parts, body);
             }
             let code = code_of_status(status);

@@ -42,16 +42,9 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use edrgate_adapter::{AdapterError, ErrorCode};
 use serde_json::{Value, json};
-use tower::ServiceBuilder;
-use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
-use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::trace::TraceLayer;
 
+use crate::api::ApiState;
 use crate::api::problem::ApiError;
-use crate::api::{ApiState, X_REQUEST_ID};
 use crate::auth::{Auth, Caller};
 
 /// The header CB clients send their API token in (cbapi CONN `token_header`).
@@ -99,51 +92,17 @@ pub fn router(api: ApiState, max_body_bytes: usize) -> Router {
         .merge(files::routes())
         .fallback(|| async { CbError::not_found("no such route") })
         .with_state(state);
-    let layers = ServiceBuilder::new()
-        // The token is a long-lived credential: never in a log line.
-        .layer(SetSensitiveRequestHeadersLayer::new([AUTH_TOKEN, header::AUTHORIZATION]))
-        // A request id as on `/v1` (kept in the audit entries of the actions the door
-        // submits, echoed on the answer); an unusable client one is replaced.
-        .layer(axum::middleware::map_request(drop_unusable_request_id))
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuidV7))
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .layer(TraceLayer::new_for_http())
-        .layer(CatchPanicLayer::custom(panic_response));
-    // Bodies read through extractors are capped; `files.rs` sets its own cap on uploads.
-    routes.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)).layer(layers)
-}
-
-/// Client request ids longer than this are replaced (they end up in logs and the store).
-const MAX_REQUEST_ID_LEN: usize = 128;
-
-async fn drop_unusable_request_id(mut req: axum::extract::Request) -> axum::extract::Request {
-    let unusable = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .is_some_and(|v| v.is_empty() || v.len() > MAX_REQUEST_ID_LEN || v.to_str().is_err());
-    if unusable {
-        req.headers_mut().remove(&X_REQUEST_ID);
-    }
-    req
-}
-
-/// UUIDv7 request ids, as the API's.
-#[derive(Clone, Copy, Debug, Default)]
-struct MakeRequestUuidV7;
-
-impl MakeRequestId for MakeRequestUuidV7 {
-    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&uuid::Uuid::now_v7().to_string()).ok().map(RequestId::new)
-    }
+    // The token is a long-lived credential: never in a log line.
+    super::with_door_layers(
+        routes,
+        max_body_bytes,
+        &[AUTH_TOKEN, header::AUTHORIZATION],
+        panic_response,
+    )
 }
 
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
-    let message = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("(no message)");
-    tracing::error!(panic = message, door = DOOR, "handler panicked");
+    tracing::error!(panic = super::panic_message(&*panic), door = DOOR, "handler panicked");
     CbError::internal().into_response()
 }
 

@@ -14,6 +14,7 @@ pub mod pairs;
 
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::header::{ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
@@ -39,6 +40,20 @@ const MAX_DEVICES: usize = 100;
 
 /// Route path under `server.path_prefix` (HTTPS §3.2.1).
 pub const PATH: &str = "/.well-known/openc2";
+
+/// The door: `POST` to [`handle`], any other method to [`other_method`], with the doors'
+/// layers (the request id echoed as HTTPS §3.3.3 asks; errors in OpenC2, never problem+json).
+pub fn router(state: ApiState) -> Router {
+    let routes = Router::new()
+        .route("/", axum::routing::post(handle).fallback(other_method))
+        .with_state(state);
+    super::with_door_layers(routes, MAX_MESSAGE_BYTES, &[AUTHORIZATION], panic_response)
+}
+
+fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!(panic = super::panic_message(&*panic), door = "openc2", "handler panicked");
+    respond(Reply::error(status::INTERNAL_ERROR, "internal error"), None, None)
+}
 
 /// `POST /.well-known/openc2`.
 pub async fn handle(
