@@ -235,23 +235,6 @@ fn unprocessable(detail: impl Into<String>) -> ApiError {
     )
 }
 
-/// Checks the admin permission, auditing a refusal of a change.
-async fn admin(
-    state: &ApiState,
-    caller: &Caller,
-    meta: &RequestMeta,
-    event: Option<AuditEvent>,
-) -> Result<(), ApiError> {
-    if let Err(refusal) = caller.require(Permission::Admin) {
-        let error = ApiError::from(refusal);
-        if let Some(event) = event {
-            audit::record(state, caller, meta, audit::refused(event, &error)).await;
-        }
-        return Err(error);
-    }
-    Ok(())
-}
-
 async fn audited(
     state: &ApiState,
     caller: &Caller,
@@ -304,7 +287,7 @@ pub(crate) async fn create_api_key(
     meta: RequestMeta,
     Json(new): Json<NewApiKey>,
 ) -> Result<Response, ApiError> {
-    admin(&state, &caller, &meta, Some(AuditEvent::ApiKeyCreate)).await?;
+    audit::require_admin(&state, &caller, &meta, Some(AuditEvent::ApiKeyCreate)).await?;
     let name = new.name.trim();
     if name.is_empty() || new.name.chars().count() > MAX_NAME || name.contains('\0') {
         return Err(unprocessable(format!("name: 1 to {MAX_NAME} characters, not blank")));
@@ -383,7 +366,7 @@ pub(crate) async fn list_api_keys(
     caller: Caller,
     meta: RequestMeta,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    admin(&state, &caller, &meta, None).await?;
+    audit::require_admin(&state, &caller, &meta, None).await?;
     let rows = state.engine.store().api_keys(&caller.tenant).await.map_err(store_failure)?;
     Ok(Json(ApiKeyList { items: rows.iter().map(from_row).collect() }))
 }
@@ -409,7 +392,7 @@ pub(crate) async fn get_api_key(
     meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    admin(&state, &caller, &meta, None).await?;
+    audit::require_admin(&state, &caller, &meta, None).await?;
     let row = state
         .engine
         .store()
@@ -445,7 +428,7 @@ pub(crate) async fn revoke_api_key(
     meta: RequestMeta,
     Path(id): Path<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&state, &caller, &meta, Some(AuditEvent::ApiKeyRevoke)).await?;
+    audit::require_admin(&state, &caller, &meta, Some(AuditEvent::ApiKeyRevoke)).await?;
     let row = state
         .engine
         .store()

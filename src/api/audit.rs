@@ -256,6 +256,24 @@ pub async fn record(state: &ApiState, caller: &Caller, meta: &RequestMeta, recor
 }
 
 /// The outcome columns of a request that failed with `error`.
+/// Checks the admin permission (the tenant's administration routes), recording a refusal of
+/// `event` in the audit trail.
+pub(crate) async fn require_admin(
+    state: &ApiState,
+    caller: &Caller,
+    meta: &RequestMeta,
+    event: Option<AuditEvent>,
+) -> Result<(), ApiError> {
+    if let Err(refusal) = caller.require(crate::auth::Permission::Admin) {
+        let error = ApiError::from(refusal);
+        if let Some(event) = event {
+            record(state, caller, meta, refused(event, &error)).await;
+        }
+        return Err(error);
+    }
+    Ok(())
+}
+
 pub fn refused(event: AuditEvent, error: &ApiError) -> AuditRecord {
     let mut entry = AuditRecord::new(event, "refused", error.status().as_u16());
     entry.error_code = Some(error.code().as_str().to_owned());

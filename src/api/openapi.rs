@@ -46,7 +46,12 @@ pub const REGENERATE: &str = "cargo run -- openapi --write";
     info(
         title = "edrgate",
         description = "One normalized response-action API in front of EDR live-response backends. \
-            Every error is `application/problem+json` (RFC 9457) with a stable `code`.",
+            Every error is `application/problem+json` (RFC 9457) with a stable `code`. \
+            Two compatibility surfaces are served beside this API and not described here (see \
+            the README): the Carbon Black EDR live-response REST subset under \
+            `server.carbonblack_prefix` (default `/cb`; `X-Auth-Token` = an API key of \
+            `/v1/api-keys` or a JWT), and an OpenC2 Endpoint Response consumer at \
+            `/.well-known/openc2` (HTTPS transfer v1.1, bearer JWT).",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     components(schemas(

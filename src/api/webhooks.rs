@@ -15,7 +15,7 @@ use super::audit;
 use super::problem::{ApiError, Json, Path, Problem, Query};
 use super::request::RequestMeta;
 use crate::audit::{AuditEvent, AuditRecord};
-use crate::auth::{Caller, Permission};
+use crate::auth::Caller;
 use crate::store::events::EventType;
 use crate::store::webhooks::{CALLBACK, DeliveryRow, FAILED, PENDING, WebhookRow};
 use crate::store::{Cursor, from_ms, now_ms};
@@ -303,23 +303,6 @@ async fn audited(
     audit::record(state, caller, meta, entry).await;
 }
 
-/// Checks the admin permission, auditing a refusal.
-async fn admin(
-    state: &ApiState,
-    caller: &Caller,
-    meta: &RequestMeta,
-    event: Option<AuditEvent>,
-) -> Result<(), ApiError> {
-    if let Err(refusal) = caller.require(Permission::Admin) {
-        let error = ApiError::from(refusal);
-        if let Some(event) = event {
-            audit::record(state, caller, meta, audit::refused(event, &error)).await;
-        }
-        return Err(error);
-    }
-    Ok(())
-}
-
 /// Create webhook
 ///
 /// Subscribes `url` to the tenant's events. Deliveries follow Standard Webhooks: a JSON body
@@ -355,7 +338,7 @@ pub(crate) async fn create_webhook(
     meta: RequestMeta,
     Json(new): Json<NewWebhook>,
 ) -> Result<Response, ApiError> {
-    admin(&state, &caller, &meta, Some(AuditEvent::WebhookCreate)).await?;
+    audit::require_admin(&state, &caller, &meta, Some(AuditEvent::WebhookCreate)).await?;
     let unprocessable = |detail: String| {
         ApiError::with_status(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -453,7 +436,7 @@ pub(crate) async fn list_webhooks(
     caller: Caller,
     meta: RequestMeta,
 ) -> Result<Json<WebhookList>, ApiError> {
-    admin(&state, &caller, &meta, None).await?;
+    audit::require_admin(&state, &caller, &meta, None).await?;
     Ok(Json(WebhookList { items: all(&state, &caller.tenant).await? }))
 }
 
@@ -478,7 +461,7 @@ pub(crate) async fn get_webhook(
     meta: RequestMeta,
     Path(id): Path<String>,
 ) -> Result<Json<Webhook>, ApiError> {
-    admin(&state, &caller, &meta, None).await?;
+    audit::require_admin(&state, &caller, &meta, None).await?;
     all(&state, &caller.tenant)
         .await?
         .into_iter()
@@ -512,7 +495,7 @@ pub(crate) async fn delete_webhook(
     meta: RequestMeta,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    admin(&state, &caller, &meta, Some(AuditEvent::WebhookDelete)).await?;
+    audit::require_admin(&state, &caller, &meta, Some(AuditEvent::WebhookDelete)).await?;
     configured_conflict(&state, &caller.tenant, &id)?;
     if !state.engine.store().delete_webhook(&caller.tenant, &id).await.map_err(store_failure)? {
         return Err(ApiError::not_found("no such webhook"));
@@ -568,7 +551,7 @@ pub(crate) async fn rotate_secret(
     meta: RequestMeta,
     Path(id): Path<String>,
 ) -> Result<Json<WebhookWithSecret>, ApiError> {
-    admin(&state, &caller, &meta, Some(AuditEvent::WebhookRotate)).await?;
+    audit::require_admin(&state, &caller, &meta, Some(AuditEvent::WebhookRotate)).await?;
     configured_conflict(&state, &caller.tenant, &id)?;
     let overlap = state.webhooks.settings().rotation_overlap;
     let until = now_ms() + i64::try_from(overlap.as_millis()).unwrap_or(i64::MAX / 2);
@@ -624,7 +607,7 @@ pub(crate) async fn list_deliveries(
     Path(id): Path<String>,
     Query(params): Query<DeliveryParams>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    admin(&state, &caller, &meta, None).await?;
+    audit::require_admin(&state, &caller, &meta, None).await?;
     known(&state, &caller.tenant, &id).await?;
     let limit = params.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
@@ -676,7 +659,7 @@ pub(crate) async fn redeliver(
     meta: RequestMeta,
     Path((id, delivery_id)): Path<(String, Uuid)>,
 ) -> Result<Response, ApiError> {
-    admin(&state, &caller, &meta, Some(AuditEvent::WebhookRedeliver)).await?;
+    audit::require_admin(&state, &caller, &meta, Some(AuditEvent::WebhookRedeliver)).await?;
     let row = state
         .engine
         .store()

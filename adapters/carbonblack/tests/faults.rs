@@ -49,10 +49,13 @@ async fn a_crash_while_the_temporary_file_is_deleted_keeps_the_fetched_result() 
         let posted = {
             let sim = sim.clone();
             async move {
+                // Checked at every turn of the runtime (the simulator runs on it too), not
+                // every few ms: a loaded machine let the step post the delete and finish the
+                // run between two checks.
                 while sim.counters().commands_by_name.get("delete file").copied().unwrap_or(0)
                     == deletes
                 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    tokio::task::yield_now().await;
                 }
             }
         };

@@ -327,6 +327,10 @@ impl RunHarness {
                 let step = self.step(adapter);
                 tokio::pin!(step);
                 tokio::select! {
+                    // The crash first: a step that reaches the crash point and also finishes
+                    // in one poll crashed there (an unbiased pick would let it finish).
+                    biased;
+                    _ = &mut crash => true,
                     next = &mut step => {
                         match next {
                             Ok(Next::Done) => panic!("the run ended before the crash point"),
@@ -335,7 +339,6 @@ impl RunHarness {
                         }
                         false
                     }
-                    _ = &mut crash => true,
                 }
             };
             if crashed {
