@@ -338,7 +338,10 @@ async fn a_crash_mid_flight_loses_nothing_and_repeats_no_side_effect() {
             succeeded <= executed && executed <= succeeded + unknown,
             "{name}: executed {executed}, reported {succeeded} succeeded and {unknown} unknown"
         );
-        assert!(unknown <= 2, "{name}: {unknown} outcomes unknown");
+        // Unknown only where the crash fell between a command's POST and the record of its
+        // answer: at most one command per live session (10 slots). How many fall in that
+        // window depends on the machine's load (3 of 20 once on a loaded CI machine).
+        assert!(unknown <= 10, "{name}: {unknown} outcomes unknown");
     }
 }
 
