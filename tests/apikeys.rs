@@ -126,12 +126,14 @@ async fn api_keys_are_made_once_isolated_revoked_and_never_shown_again() {
         assert_eq!(cb_info(&gw, bad).await, StatusCode::UNAUTHORIZED, "{bad:.20}");
     }
 
-    // Revoked: 204, twice; refused at once; still listed, with `revoked_at`.
+    // Revoked: 204, twice; refused at once; gone from the API (404, not listed).
     assert_eq!(delete(&gw, &acme, &format!("/v1/api-keys/{id}")).await, StatusCode::NO_CONTENT);
     assert_eq!(delete(&gw, &acme, &format!("/v1/api-keys/{id}")).await, StatusCode::NO_CONTENT);
     assert_eq!(cb_info(&gw, &key).await, StatusCode::UNAUTHORIZED);
-    let (_, one) = gw.get(&acme, &format!("/v1/api-keys/{id}")).await;
-    assert!(one["revoked_at"].is_string(), "{one}");
+    let (status, _) = gw.get(&acme, &format!("/v1/api-keys/{id}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, list) = gw.get(&acme, "/v1/api-keys").await;
+    assert!(list["items"].as_array().unwrap().iter().all(|k| k["id"] != id.as_str()), "{list}");
 
     // An expired key is refused too (written straight into the gateway's store).
     let store = Store::open(&dir.path().join("edrgate.db")).await.unwrap();

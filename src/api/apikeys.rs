@@ -114,7 +114,7 @@ fn permissions_of(row: &ApiKeyRow) -> Permissions {
 }
 
 /// A permission a key can carry: the tenant's ones (never `operator`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyPermission {
     Read,
@@ -162,7 +162,7 @@ pub struct NewApiKey {
         example = "cb-soar"
     )]
     pub name: String,
-    /// What the key may do: permissions the creating caller holds.
+    /// What the key may do: permissions the creating caller holds, each once.
     #[schema(min_items = 1, max_items = 6)]
     pub permissions: Vec<KeyPermission>,
     /// Days until the key expires; absent: never.
@@ -292,8 +292,10 @@ pub(crate) async fn create_api_key(
     if name.is_empty() || new.name.chars().count() > MAX_NAME || name.contains('\0') {
         return Err(unprocessable(format!("name: 1 to {MAX_NAME} characters, not blank")));
     }
-    if new.permissions.is_empty() {
-        return Err(unprocessable("permissions: at least one"));
+    let distinct: std::collections::BTreeSet<KeyPermission> =
+        new.permissions.iter().copied().collect();
+    if new.permissions.is_empty() || distinct.len() != new.permissions.len() {
+        return Err(unprocessable("permissions: at least one, each once"));
     }
     if new.expires_in_days.is_some_and(|d| !(1..=MAX_EXPIRES_IN_DAYS).contains(&d)) {
         return Err(unprocessable(format!("expires_in_days: 1 to {MAX_EXPIRES_IN_DAYS}")));
@@ -368,7 +370,9 @@ pub(crate) async fn list_api_keys(
 ) -> Result<Json<ApiKeyList>, ApiError> {
     audit::require_admin(&state, &caller, &meta, None).await?;
     let rows = state.engine.store().api_keys(&caller.tenant).await.map_err(store_failure)?;
-    Ok(Json(ApiKeyList { items: rows.iter().map(from_row).collect() }))
+    // A revoked key is gone from the API (its revocation stays in the audit trail).
+    let live = rows.iter().filter(|row| row.revoked_at.is_none());
+    Ok(Json(ApiKeyList { items: live.map(from_row).collect() }))
 }
 
 /// Get API key
@@ -399,6 +403,7 @@ pub(crate) async fn get_api_key(
         .api_key(&caller.tenant, &id.to_string())
         .await
         .map_err(store_failure)?
+        .filter(|row| row.revoked_at.is_none())
         .ok_or_else(|| ApiError::not_found("no such API key"))?;
     Ok(Json(from_row(&row)))
 }
@@ -406,7 +411,8 @@ pub(crate) async fn get_api_key(
 /// Revoke API key
 ///
 /// The key stops working at once on this replica and within 5 seconds on the others (their
-/// cache of looked-up keys); it stays listed, with `revoked_at`. Revoking again changes
+/// cache of looked-up keys); it is then gone from the list and `404` (its revocation stays in
+/// the audit trail, `apikey.revoke`). Revoking again changes
 /// nothing and answers `204` too.
 #[utoipa::path(
     delete,
