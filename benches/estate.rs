@@ -145,9 +145,13 @@ struct Args {
     /// `RUST_LOG` of the gateways.
     #[arg(long, default_value = "warn")]
     gateway_log: String,
-    /// Only these setups (sqlite-1, postgres-2); default both.
+    /// Only these setups: sqlite-1, postgres-2 (the default: both), postgres-1 (one replica
+    /// on PostgreSQL, only when named: it tells the store's share from the replicas').
     #[arg(long)]
     only: Vec<String>,
+    /// Keep each setup's directory (configs, gateway logs, the SQLite database).
+    #[arg(long)]
+    keep: bool,
     /// Accepted for `cargo bench` compatibility.
     #[arg(long, hide = true)]
     bench: bool,
@@ -174,8 +178,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let machine = common::machine();
     let commit = common::commit();
     let mut rows = Vec::new();
-    for (setup, replicas) in [("sqlite-1", 1), ("postgres-2", 2)] {
-        if !args.only.is_empty() && !args.only.iter().any(|o| o == setup) {
+    for (setup, replicas) in [("sqlite-1", 1), ("postgres-1", 1), ("postgres-2", 2)] {
+        let named = args.only.iter().any(|o| o == setup);
+        if !named && (!args.only.is_empty() || setup == "postgres-1") {
             continue;
         }
         let store = if setup.starts_with("sqlite") {
@@ -193,6 +198,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let dir = tempfile::Builder::new().prefix("edrgate-estate-").tempdir()?;
         match run_setup(&args, &optima, dir.path(), replicas, store.as_deref()).await {
             Ok(mut row) => {
+                if args.keep {
+                    eprintln!("{setup}: kept {}", dir.keep().display());
+                }
                 row["setup"] = json!(setup);
                 println!("{}", serde_json::to_string_pretty(&row)?);
                 rows.push(row);
