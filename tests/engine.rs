@@ -31,6 +31,11 @@ struct Scripted {
     hold: Mutex<Option<Duration>>,
     /// Every step of a stopped run fails (the vendor went down during the cancel).
     fail_when_stopped: AtomicBool,
+    /// `Adapter::runs_at_once`: runs that hold a vendor session for their life.
+    at_once: Mutex<Option<usize>>,
+    /// Runs stepped and not closed yet, and the most there were at once.
+    driving: Mutex<std::collections::HashSet<uuid::Uuid>>,
+    max_driving: AtomicU64,
 }
 
 impl Scripted {
@@ -59,6 +64,14 @@ impl Adapter for Scripted {
         &self.caps
     }
 
+    fn runs_at_once(&self) -> Option<usize> {
+        *self.at_once.lock().unwrap()
+    }
+
+    fn run_closed(&self, run_id: uuid::Uuid) {
+        self.driving.lock().unwrap().remove(&run_id);
+    }
+
     async fn find_devices(&self, _hostname: Option<&str>) -> Result<Vec<Device>, AdapterError> {
         Ok(vec![Device {
             backend: "fake".into(),
@@ -79,6 +92,11 @@ impl Adapter for Scripted {
         checkpoint: Option<serde_json::Value>,
     ) -> Result<Step, AdapterError> {
         self.steps.fetch_add(1, Ordering::SeqCst);
+        {
+            let mut driving = self.driving.lock().unwrap();
+            driving.insert(ctx.run_id);
+            self.max_driving.fetch_max(driving.len() as u64, Ordering::SeqCst);
+        }
         let mut cp: Cp = checkpoint.map(|v| serde_json::from_value(v).unwrap()).unwrap_or_default();
         if let Some(reason) = ctx.stop.reason() {
             if self.fail_when_stopped.load(Ordering::SeqCst) {
@@ -187,6 +205,9 @@ fn scripted() -> Arc<Scripted> {
         steps: AtomicU64::new(0),
         hold: Mutex::new(None),
         fail_when_stopped: AtomicBool::new(false),
+        at_once: Mutex::new(None),
+        driving: Mutex::new(Default::default()),
+        max_driving: AtomicU64::new(0),
     })
 }
 
@@ -311,6 +332,38 @@ async fn a_killed_engine_is_resumed_from_checkpoints_without_repeating_side_effe
     let kills = h.adapter.kills();
     assert_eq!(kills.len(), 20, "every kill ran");
     assert!(kills.iter().all(|n| *n == 1), "a kill ran twice: {kills:?}");
+}
+
+/// A backend whose runs each hold a vendor session is claimed no further than its sessions:
+/// the runs beyond them wait in the store (no driver, no step) until a session frees up.
+#[tokio::test]
+async fn runs_beyond_the_backend_sessions_wait_in_the_store() {
+    let h = Harness::new();
+    *h.adapter.at_once.lock().unwrap() = Some(2);
+    *h.adapter.hold.lock().unwrap() = Some(Duration::from_millis(50));
+    let engine = h.engine(Duration::from_secs(30)).await;
+    let targets: Vec<_> =
+        (1..=6).map(|i| json!({"backend": "fake", "device_id": i.to_string()})).collect();
+    let req =
+        serde_json::from_value(json!({"targets": targets, "commands": [{"type": "process_list"}]}))
+            .unwrap();
+    let action = submit(&engine, req).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while h.adapter.driving.lock().unwrap().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "two runs never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Held runs keep their sessions: over several claim ticks (500 ms each) no third starts.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(h.adapter.max_driving.load(Ordering::SeqCst), 2);
+    }
+    let queued = engine.store().unfinished_run_counts().await.unwrap();
+    assert_eq!(queued.iter().map(|(_, n)| n).sum::<i64>(), 6, "{queued:?}");
+    *h.adapter.hold.lock().unwrap() = None;
+    let done = finished(&engine, action.id).await;
+    assert_eq!(done.status, Status::Succeeded);
+    assert_eq!(h.adapter.max_driving.load(Ordering::SeqCst), 2, "never more than two at once");
 }
 
 #[tokio::test]

@@ -782,7 +782,9 @@ async fn a_lease_without_a_live_driver_expires_and_is_claimed_again(t: TestStore
                 limit: 10,
                 per_key: u32::MAX,
                 live: &live,
-                full: &[],
+                keys: &[],
+                sweep: true,
+                actions: None,
             };
             s.claim_runs(&c).await.unwrap()
         }
@@ -813,7 +815,9 @@ async fn claims_take_turns_across_tenants_and_backends(t: TestStore) {
             limit: 3,
             per_key: 2,
             live: &[],
-            full: &[],
+            keys: &[key("big", 2), key("small", 2)],
+            sweep: false,
+            actions: None,
         })
         .await
         .unwrap();
@@ -823,23 +827,44 @@ async fn claims_take_turns_across_tenants_and_backends(t: TestStore) {
     assert!(first.iter().all(|c| c.backend.as_deref() == Some("cb")));
     // What live drivers hold counts against the cap, and a full key takes nothing.
     let live: Vec<Uuid> = first.iter().map(|c| c.lease.run_id).collect();
-    let claim = |per_key: u32, full: Vec<(String, String)>| {
+    let claim = |keys: Vec<(String, String, u32)>, sweep: bool, actions: Option<Vec<Uuid>>| {
         let live = live.clone();
         async move {
             let c = edrgate::store::Claim {
                 owner: "r1",
                 lease: LEASE,
                 limit: 10,
-                per_key,
+                per_key: 5,
                 live: &live,
-                full: &full,
+                keys: &keys,
+                sweep,
+                actions: actions.as_deref(),
             };
             s.claim_runs(&c).await.unwrap()
         }
     };
-    assert!(claim(2, vec![]).await.is_empty());
-    assert!(claim(5, vec![("big".into(), "cb".into())]).await.is_empty());
-    assert_eq!(claim(5, vec![]).await.len(), 3);
+    let full = || vec![key("big", 0), key("small", 0)];
+    assert!(claim(vec![key("big", 2), key("small", 2)], false, None).await.is_empty());
+    assert!(claim(full(), false, None).await.is_empty(), "full keys");
+    // Runs of an action just submitted are claimed by id, within their key's room.
+    let fresh = new_action("big", 2, now - 1_000, None);
+    insert(s, &fresh).await;
+    assert!(claim(vec![key("big", 2)], false, Some(vec![fresh.id])).await.is_empty());
+    let by_id = claim(vec![key("big", 3)], false, Some(vec![fresh.id])).await;
+    assert_eq!(by_id.len(), 1, "one place left for the key");
+    assert_eq!(by_id[0].action_id, fresh.id, "the fresh action's run, not the older ones");
+    // A key nobody named (a backend a reload removed) is claimed only by a sweep.
+    let other = new_action("other", 2, now - 10, None);
+    insert(s, &other).await;
+    assert!(claim(full(), false, None).await.is_empty(), "no sweep");
+    let swept = claim(full(), true, None).await;
+    assert_eq!(swept.len(), 2, "{swept:?}");
+    assert!(swept.iter().all(|c| c.tenant == "other"), "a sweep keeps the named keys' caps");
+}
+
+/// A claim key: a tenant's `cb` backend with its cap.
+fn key(tenant: &str, cap: u32) -> (String, String, u32) {
+    (tenant.to_owned(), "cb".to_owned(), cap)
 }
 
 async fn every_fenced_write_says_whether_a_cancel_was_requested(t: TestStore) {

@@ -46,18 +46,12 @@ impl Engine {
         }
         // A run claimed past its deadline (after a restart, say) is stopped before its first
         // step here, not after a timer that might lose the race with it.
-        let until_deadline = u64::try_from(run.deadline - now_ms()).unwrap_or(0);
-        if until_deadline == 0 {
+        if run.deadline <= now_ms() {
             stop.stop(StopReason::DeadlineExceeded);
         }
-        let timer = {
-            let (stop, wake) = (stop.clone(), Arc::clone(&wake));
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(until_deadline)).await;
-                stop.stop(StopReason::DeadlineExceeded);
-                wake.notify_one();
-            })
-        };
+        // One timer watches every run's deadline (`deadlines`), not a task per driver.
+        let deadline = run.deadline;
+        self.deadlines.watch(lease.run_id, deadline);
         let driver = Driver {
             engine: &self,
             lease: &lease,
@@ -71,7 +65,7 @@ impl Engine {
             wake: &wake,
         };
         let result = driver.run().await;
-        timer.abort();
+        self.deadlines.unwatch(lease.run_id, deadline);
         // Whatever ended the drive, the adapter may drop what it kept in memory for the run.
         if let Some(adapter) = lock(&driver.adapter).take() {
             adapter.run_closed(lease.run_id);

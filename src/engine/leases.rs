@@ -14,30 +14,21 @@ use uuid::Uuid;
 use super::{Engine, LocalRun, lock};
 use crate::store::{Claim, Claimed, now_ms};
 
+/// How often a claim also looks for due runs of keys no longer configured.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 impl Engine {
     pub(super) async fn claim_loop(self: Arc<Self>) {
         loop {
-            let live = self.live_runs();
-            let in_flight = u32::try_from(live.len()).unwrap_or(u32::MAX);
-            let room = self.opts.max_in_flight.saturating_sub(in_flight);
-            if room > 0 && !self.shutdown.is_cancelled() {
-                let full = self.waiting_backends();
-                let claim = Claim {
-                    owner: &self.owner,
-                    lease: self.opts.lease,
-                    limit: room,
-                    per_key: self.opts.max_in_flight_per_backend(),
-                    live: &live,
-                    full: &full,
-                };
-                match self.store.claim_runs(&claim).await {
-                    Ok(claimed) => {
-                        for run in claimed {
-                            self.spawn_driver(run);
-                        }
-                    }
-                    Err(error) => tracing::error!(%error, "claiming runs failed"),
+            if !self.shutdown.is_cancelled() {
+                // The actions just submitted here first, by id: a single isolate does not wait
+                // for the claim's pass over a fan-out's queued runs (7 ms at 10,000 runs on
+                // SQLite). The pass over every due run follows, for the rest.
+                let fresh = std::mem::take(&mut *lock(&self.fresh));
+                if !fresh.is_empty() {
+                    self.claim(Some(&fresh)).await;
                 }
+                self.claim(None).await;
             }
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -47,21 +38,80 @@ impl Engine {
         }
     }
 
+    /// Claims what the room in flight and the per-key caps allow, of `actions` or of every
+    /// due run, and spawns a driver for each run claimed.
+    async fn claim(self: &Arc<Self>, actions: Option<&[Uuid]>) {
+        let live = self.live_runs();
+        let in_flight = u32::try_from(live.len()).unwrap_or(u32::MAX);
+        let room = self.opts.max_in_flight.saturating_sub(in_flight);
+        if room == 0 {
+            return;
+        }
+        let per_key = self.opts.max_in_flight_per_backend();
+        let keys = self.claim_keys(per_key);
+        let sweep = actions.is_none() && self.sweep_due();
+        let claim = Claim {
+            owner: &self.owner,
+            lease: self.opts.lease,
+            limit: room,
+            per_key,
+            live: &live,
+            keys: &keys,
+            sweep,
+            actions,
+        };
+        match self.store.claim_runs(&claim).await {
+            Ok(claimed) => {
+                for run in claimed {
+                    self.spawn_driver(run);
+                }
+            }
+            Err(error) => tracing::error!(%error, "claiming runs failed"),
+        }
+    }
+
+    /// Whether this claim also looks at the keys nobody named: every `SWEEP_EVERY`.
+    fn sweep_due(&self) -> bool {
+        let mut last = lock(&self.last_sweep);
+        let due = last.is_none_or(|at| at.elapsed() >= SWEEP_EVERY);
+        if due {
+            *last = Some(std::time::Instant::now());
+        }
+        due
+    }
+
     /// The runs live drivers hold here: the only ones whose leases are renewed.
     fn live_runs(&self) -> Vec<Uuid> {
         lock(&self.local).keys().copied().collect()
     }
 
-    /// The (tenant, backend) keys whose vendor budget already has runs of this process
-    /// waiting for it: a run claimed for them now would only wait in memory too, holding a
-    /// place in flight another backend's run could use. It stays in the store until the
-    /// budget frees up.
-    fn waiting_backends(&self) -> Vec<(String, String)> {
-        self.backends()
+    /// The (tenant, backend) keys to claim for, with their caps: every configured backend,
+    /// and each tenant's runs not resolved to a backend yet (`""`). A backend whose runs each
+    /// hold a vendor session for their life takes no more runs than it has sessions (the rest
+    /// stay rows in the store, costing no driver task), and one whose budget already has runs
+    /// of this process waiting (sessions shared with another backend or replica) takes none:
+    /// a run claimed for it now would only wait in memory, holding a place in flight another
+    /// backend's run could use.
+    fn claim_keys(&self, per_key: u32) -> Vec<(String, String, u32)> {
+        let backends = self.backends();
+        let mut keys: Vec<(String, String, u32)> = backends
             .all()
-            .filter(|(_, _, adapter)| adapter.budgets().iter().any(|b| b.waiting > 0))
-            .map(|(tenant, backend, _)| (tenant.clone(), backend.clone()))
-            .collect()
+            .map(|(tenant, backend, adapter)| {
+                let cap = if adapter.budgets().iter().any(|b| b.waiting > 0) {
+                    0
+                } else {
+                    adapter
+                        .runs_at_once()
+                        .map_or(per_key, |n| u32::try_from(n).unwrap_or(u32::MAX).min(per_key))
+                };
+                (tenant.clone(), backend.clone(), cap)
+            })
+            .collect();
+        let mut tenants: Vec<String> = keys.iter().map(|(t, _, _)| t.clone()).collect();
+        tenants.sort();
+        tenants.dedup();
+        keys.extend(tenants.into_iter().map(|t| (t, String::new(), per_key)));
+        keys
     }
 
     /// Feeds changes made by other replicas (PostgreSQL NOTIFY) to the long-polls waiting here

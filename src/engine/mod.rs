@@ -3,7 +3,8 @@
 //!
 //! - `submit` writes the action and one run per target in one transaction before the caller
 //!   hears `202`.
-//! - A claim loop leases due runs from the store and spawns one driver task per run. A driver
+//! - A claim loop leases due runs from the store and spawns one driver task per run, no more
+//!   per backend than the vendor lets run at once (`Adapter::runs_at_once`). A driver
 //!   resolves the target, then loops `Adapter::step`, writing the checkpoint and command updates
 //!   after every step with a write fenced by the lease. Leases are renewed while the driver
 //!   lives; a crashed process's runs are claimed again once their leases expire and resume from
@@ -14,13 +15,15 @@
 //! One file per concern: `submit` (validation and the one-transaction write), `actions`
 //! (reads through the cache of answers, long-polls, cancels), `leases` (the claim, renew and
 //! change-listener loops, and spawning drivers), `driver` (one run driven step by step, its
-//! fenced writes and its journal) and `run_files` (the file store as an adapter sees it).
+//! fenced writes and its journal), `deadlines` (one timer for every driven run's deadline)
+//! and `run_files` (the file store as an adapter sees it).
 //!
 //! **Architecture Invariant:** the engine knows no HTTP: it depends on `store`, `files`,
 //! `backends` and the `metrics` leaf, never on `api` (`tests/layout.rs` checks the module
 //! graph for cycles).
 
 mod actions;
+mod deadlines;
 mod driver;
 mod leases;
 mod run_files;
@@ -111,6 +114,12 @@ pub struct Engine {
     local: Mutex<HashMap<Uuid, LocalRun>>,
     /// Signalled when new work was submitted.
     work: Notify,
+    /// Actions submitted here whose runs the claim loop has not tried yet: claimed first.
+    fresh: Mutex<Vec<Uuid>>,
+    /// When a claim last looked at every due run (`leases::SWEEP_EVERY`).
+    last_sweep: Mutex<Option<std::time::Instant>>,
+    /// The deadlines of the runs driven here, watched by one timer.
+    deadlines: deadlines::Deadlines,
     /// The vendor budget shared with the other replicas, handed to every adapter.
     budget: Arc<dyn edrgate_adapter::SharedBudget>,
     shutdown: CancellationToken,
@@ -148,6 +157,9 @@ impl Engine {
             changes,
             local: Mutex::new(HashMap::new()),
             work: Notify::new(),
+            fresh: Mutex::new(Vec::new()),
+            last_sweep: Mutex::new(None),
+            deadlines: deadlines::Deadlines::default(),
             shutdown,
             tasks: Mutex::new(JoinSet::new()),
         })
@@ -182,6 +194,7 @@ impl Engine {
         tasks.spawn(Arc::clone(self).renew_loop());
         tasks.spawn(Arc::clone(self).listen_loop());
         tasks.spawn(Arc::clone(self).invalidate_loop());
+        tasks.spawn(Arc::clone(self).deadline_loop());
     }
 
     /// Graceful stop: no new claims, drivers finish their current step and hand their runs

@@ -78,6 +78,7 @@ impl Engine {
         };
         match self.store.insert_action(&action).await.map_err(store_error)? {
             Inserted::Created => {
+                super::lock(&self.fresh).push(action.id);
                 self.work.notify_one();
                 // `action.created` is in the outbox: streams and senders look.
                 let _ = self.changes.send(action.id);

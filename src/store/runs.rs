@@ -22,12 +22,19 @@ pub struct Claim<'a> {
     /// tenant's fan-out cannot take every place in flight.
     pub per_key: u32,
     /// The runs this owner's drivers hold now: never claimed again, and counted against
-    /// `per_key`. Runs this owner leases that are *not* here (their driver died and its
+    /// the caps. Runs this owner leases that are *not* here (their driver died and its
     /// release failed) are claimed again once their lease expires.
     pub live: &'a [Uuid],
-    /// (tenant, backend) keys that take no new run now (their vendor budget has runs
-    /// waiting here already: another claimed run would only wait too).
-    pub full: &'a [(String, String)],
+    /// (tenant, backend, cap): the keys whose due runs are claimed, backend `""` for runs
+    /// not resolved to one yet, each with its cap: at most `per_key`, fewer for a backend
+    /// whose vendor lets only so many sessions run at once (a run claimed beyond that would
+    /// only wait in memory), 0 for a key whose budget has runs waiting here already.
+    pub keys: &'a [(String, String, u32)],
+    /// Also the due runs of keys not in `keys` (a backend removed by a reload, whose runs
+    /// the driver then fails): a pass over every due run, so only now and then.
+    pub sweep: bool,
+    /// Only runs of these actions (just submitted here), or those of `keys` when `None`.
+    pub actions: Option<&'a [Uuid]>,
 }
 
 /// A claimed run: its lease and what the fairness accounting needs.
@@ -63,59 +70,131 @@ impl Store {
     /// Claims up to `limit` unfinished runs that are due and not leased by a live owner,
     /// without the fairness limits of [`Store::claim_runs`] (tests and tools).
     pub async fn claim(&self, owner: &str, lease: Duration, limit: u32) -> Result<Vec<Lease>> {
-        let claim = Claim { owner, lease, limit, per_key: u32::MAX, live: &[], full: &[] };
+        let claim = Claim {
+            owner,
+            lease,
+            limit,
+            per_key: u32::MAX,
+            live: &[],
+            keys: &[],
+            sweep: true,
+            actions: None,
+        };
         Ok(self.claim_runs(&claim).await?.into_iter().map(|c| c.lease).collect())
     }
 
     /// Claims due runs fairly: round-robin over (tenant, backend), the earliest due first
-    /// within each, at most `per_key` in flight per key, none for a `full` key. So a
+    /// within each, at most the key's cap in flight per key. So a
     /// 5,000-device fan-out queued first does not keep another tenant's single isolate waiting
     /// behind it. With PostgreSQL, replicas claiming at once skip each other's locked rows.
     pub async fn claim_runs(&self, c: &Claim<'_>) -> Result<Vec<Claimed>> {
         let now = now_ms();
         let live = to_json(&c.live.iter().map(Uuid::to_string).collect::<Vec<_>>())?;
-        let full = to_json(c.full)?;
+        let keys = to_json(c.keys)?;
+        let actions = c
+            .actions
+            .map(|ids| to_json(&ids.iter().map(Uuid::to_string).collect::<Vec<_>>()))
+            .transpose()?;
         let mut tx = self.db.begin().await?;
         let rows: Vec<(String, i64, String, String, Option<String>)> = tx
             .fetch_all(
                 sql!(self.db.dialect(),
                     sqlite: "WITH live AS (SELECT value AS id FROM json_each($5)),
+                     keys AS (SELECT json_extract(value, '$[0]') AS tenant,
+                                     json_extract(value, '$[1]') AS k,
+                                     json_extract(value, '$[2]') AS cap FROM json_each($6)),
                      held AS (SELECT tenant, COALESCE(backend, '') AS k, COUNT(*) AS n FROM runs
                               WHERE id IN (SELECT id FROM live) GROUP BY 1, 2),
+                     room AS (SELECT h.tenant, h.k, COALESCE(c.cap, $7) - h.n AS n
+                              FROM held h LEFT JOIN keys c ON c.tenant = h.tenant AND c.k = h.k
+                              UNION ALL
+                              SELECT c.tenant, c.k, c.cap FROM keys c WHERE NOT EXISTS
+                                (SELECT 1 FROM held h WHERE h.tenant = c.tenant AND h.k = c.k)),
+                     due AS (
+                        -- Each key with room: its earliest due runs, through
+                        -- runs_claimable_by_key (SQLite's LIMIT cannot be the key's room).
+                        SELECT x.id, x.tenant, x.backend, x.next_step_at
+                        FROM room m JOIN runs x ON x.id IN (
+                          SELECT y.id FROM runs y
+                          WHERE y.tenant = m.tenant AND COALESCE(y.backend, '') = m.k
+                            AND y.status IN ('queued', 'dispatched', 'running')
+                            AND y.next_step_at <= $3
+                            AND (y.lease_owner IS NULL OR y.lease_expires_at < $3)
+                            AND y.id NOT IN (SELECT id FROM live)
+                          ORDER BY y.next_step_at LIMIT $7)
+                        WHERE $8 IS NULL AND m.n > 0
+                        UNION ALL
+                        -- Now and then, the keys nobody named (a backend a reload removed).
+                        SELECT x.id, x.tenant, x.backend, x.next_step_at FROM runs x
+                        WHERE $9 AND $8 IS NULL AND x.status IN ('queued', 'dispatched', 'running')
+                          AND x.next_step_at <= $3
+                          AND (x.lease_owner IS NULL OR x.lease_expires_at < $3)
+                          AND x.id NOT IN (SELECT id FROM live)
+                          AND NOT EXISTS (SELECT 1 FROM room m
+                                WHERE m.tenant = x.tenant AND m.k = COALESCE(x.backend, ''))
+                        UNION ALL
+                        -- The actions just submitted here, through runs_by_action.
+                        SELECT x.id, x.tenant, x.backend, x.next_step_at FROM runs x
+                        WHERE x.action_id IN (SELECT value FROM json_each($8))
+                          AND x.status IN ('queued', 'dispatched', 'running')
+                          AND x.next_step_at <= $3
+                          AND (x.lease_owner IS NULL OR x.lease_expires_at < $3)
+                          AND x.id NOT IN (SELECT id FROM live)),
                      ranked AS (
-                        SELECT r.id, r.next_step_at, COALESCE(h.n, 0) AS held,
-                          ROW_NUMBER() OVER (PARTITION BY r.tenant, COALESCE(r.backend, '')
-                                             ORDER BY r.next_step_at, r.id) AS turn
-                        FROM runs r LEFT JOIN held h
-                          ON h.tenant = r.tenant AND h.k = COALESCE(r.backend, '')
-                        WHERE r.status IN ('queued', 'dispatched', 'running')
-                          AND r.next_step_at <= $3
-                          AND (r.lease_owner IS NULL OR r.lease_expires_at < $3)
-                          AND r.id NOT IN (SELECT id FROM live)
-                          AND NOT EXISTS (SELECT 1 FROM json_each($6) f
-                                WHERE json_extract(f.value, '$[0]') = r.tenant
-                                  AND json_extract(f.value, '$[1]') = COALESCE(r.backend, '')))
+                        SELECT d.id, d.next_step_at, COALESCE(m.n, $7) AS room,
+                          ROW_NUMBER() OVER (PARTITION BY d.tenant, COALESCE(d.backend, '')
+                                             ORDER BY d.next_step_at, d.id) AS turn
+                        FROM due d LEFT JOIN room m
+                          ON m.tenant = d.tenant AND m.k = COALESCE(d.backend, ''))
                      UPDATE runs SET lease_owner = $1, lease_expires_at = $2,
                         lease_version = lease_version + 1
-                     WHERE id IN (SELECT id FROM ranked WHERE turn + held <= $7
+                     WHERE id IN (SELECT id FROM ranked WHERE turn <= room
                                   ORDER BY turn, next_step_at LIMIT $4)
                      RETURNING id, lease_version, action_id, tenant, backend",
                     postgres: "WITH live AS (SELECT json_array_elements_text($5::text::json) AS id),
+                     keys AS (SELECT f->>0 AS tenant, f->>1 AS k, (f->>2)::bigint AS cap
+                              FROM json_array_elements($6::text::json) f),
                      held AS (SELECT tenant, COALESCE(backend, '') AS k, COUNT(*) AS n FROM runs
                               WHERE id IN (SELECT id FROM live) GROUP BY 1, 2),
+                     room AS (SELECT h.tenant, h.k, COALESCE(c.cap, $7) - h.n AS n
+                              FROM held h LEFT JOIN keys c ON c.tenant = h.tenant AND c.k = h.k
+                              UNION ALL
+                              SELECT c.tenant, c.k, c.cap FROM keys c WHERE NOT EXISTS
+                                (SELECT 1 FROM held h WHERE h.tenant = c.tenant AND h.k = c.k)),
+                     due AS (
+                        SELECT x.id, x.tenant, x.backend, x.next_step_at
+                        FROM room m CROSS JOIN LATERAL (
+                          SELECT y.id, y.tenant, y.backend, y.next_step_at FROM runs y
+                          WHERE y.tenant = m.tenant AND COALESCE(y.backend, '') = m.k
+                            AND y.status IN ('queued', 'dispatched', 'running')
+                            AND y.next_step_at <= $3
+                            AND (y.lease_owner IS NULL OR y.lease_expires_at < $3)
+                            AND y.id NOT IN (SELECT id FROM live)
+                          ORDER BY y.next_step_at LIMIT m.n) x
+                        WHERE $8::text IS NULL AND m.n > 0
+                        UNION ALL
+                        SELECT x.id, x.tenant, x.backend, x.next_step_at FROM runs x
+                        WHERE $9::boolean AND $8::text IS NULL
+                          AND x.status IN ('queued', 'dispatched', 'running')
+                          AND x.next_step_at <= $3
+                          AND (x.lease_owner IS NULL OR x.lease_expires_at < $3)
+                          AND x.id NOT IN (SELECT id FROM live)
+                          AND NOT EXISTS (SELECT 1 FROM room m
+                                WHERE m.tenant = x.tenant AND m.k = COALESCE(x.backend, ''))
+                        UNION ALL
+                        SELECT x.id, x.tenant, x.backend, x.next_step_at FROM runs x
+                        WHERE x.action_id IN (SELECT json_array_elements_text($8::text::json))
+                          AND x.status IN ('queued', 'dispatched', 'running')
+                          AND x.next_step_at <= $3
+                          AND (x.lease_owner IS NULL OR x.lease_expires_at < $3)
+                          AND x.id NOT IN (SELECT id FROM live)),
                      ranked AS (
-                        SELECT r.id, r.next_step_at, COALESCE(h.n, 0) AS held,
-                          ROW_NUMBER() OVER (PARTITION BY r.tenant, COALESCE(r.backend, '')
-                                             ORDER BY r.next_step_at, r.id) AS turn
-                        FROM runs r LEFT JOIN held h
-                          ON h.tenant = r.tenant AND h.k = COALESCE(r.backend, '')
-                        WHERE r.status IN ('queued', 'dispatched', 'running')
-                          AND r.next_step_at <= $3
-                          AND (r.lease_owner IS NULL OR r.lease_expires_at < $3)
-                          AND r.id NOT IN (SELECT id FROM live)
-                          AND NOT EXISTS (SELECT 1 FROM json_array_elements($6::text::json) f
-                                WHERE f->>0 = r.tenant AND f->>1 = COALESCE(r.backend, ''))),
-                     picked AS (SELECT id FROM ranked WHERE turn + held <= $7
+                        SELECT d.id, d.next_step_at, COALESCE(m.n, $7) AS room,
+                          ROW_NUMBER() OVER (PARTITION BY d.tenant, COALESCE(d.backend, '')
+                                             ORDER BY d.next_step_at, d.id) AS turn
+                        FROM due d LEFT JOIN room m
+                          ON m.tenant = d.tenant AND m.k = COALESCE(d.backend, '')),
+                     picked AS (SELECT id FROM ranked WHERE turn <= room
                                 ORDER BY turn, next_step_at LIMIT $4)
                      UPDATE runs SET lease_owner = $1, lease_expires_at = $2,
                         lease_version = lease_version + 1
@@ -133,8 +212,10 @@ impl Store {
                     now,
                     i64::from(c.limit),
                     live,
-                    full,
+                    keys,
                     i64::from(c.per_key),
+                    actions,
+                    c.sweep,
                 ],
             )
             .await?;

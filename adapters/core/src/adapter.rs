@@ -125,6 +125,14 @@ pub trait Adapter: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// How many of the backend's runs can make progress at once when each holds a vendor
+    /// resource for its whole life (a live-response session slot); `None` when runs hold
+    /// nothing between steps (call budgets only). The engine claims no more of the backend's
+    /// runs than this, so a run beyond it waits in the store, as a row, not in a driver.
+    fn runs_at_once(&self) -> Option<usize> {
+        None
+    }
+
     /// The engine gives every adapter the budget it shares with the other replicas, before the
     /// adapter's first step and again after a reload (keep the first). Adapters with vendor
     /// limits ask it as well as their local budget; see [`crate::shared`].

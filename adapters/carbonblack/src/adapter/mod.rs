@@ -259,6 +259,11 @@ impl Adapter for CarbonBlackAdapter {
         }]
     }
 
+    /// A run holds its session slot from the session's start to its close.
+    fn runs_at_once(&self) -> Option<usize> {
+        Some(self.slots.capacity())
+    }
+
     /// Sensors whose name contains `hostname`, case-insensitively (the contract's rule), minus
     /// uninstalled ones, which a re-install leaves behind under the same name. CB's search is
     /// a case-sensitive substring match (§7.4), asked through the paged v2 query (never an

@@ -336,6 +336,12 @@ impl Adapter for DefenderAdapter {
         let _ = self.shared.set(budget);
     }
 
+    /// A run holds its session slot (one live action per machine) until its last command
+    /// ends; the `runliveresponse` window is a call budget, not held.
+    fn runs_at_once(&self) -> Option<usize> {
+        Some(self.client.budget.sessions.capacity())
+    }
+
     fn budgets(&self) -> Vec<BudgetUse> {
         let b = &self.client.budget;
         vec![
