@@ -149,6 +149,10 @@ struct Args {
     /// on PostgreSQL, only when named: it tells the store's share from the replicas').
     #[arg(long)]
     only: Vec<String>,
+    /// `[engine] max_runs_in_flight` of the gateways (unset: the gateway's default). Runs a
+    /// process drives at once, a quarter of it per backend: what its memory grows with.
+    #[arg(long)]
+    max_runs_in_flight: Option<u32>,
     /// Keep each setup's directory (configs, gateway logs, the SQLite database).
     #[arg(long)]
     keep: bool,
@@ -404,8 +408,12 @@ fn gateway_config(args: &Args, sims: &Sims, dir: &Path, postgres: Option<&str>) 
         None => format!("path = \"{d}/edrgate.db\""),
     };
     let scale = 60_000.0 / args.mde_window_ms as f64;
+    let engine = args
+        .max_runs_in_flight
+        .map(|n| format!("[engine]\nmax_runs_in_flight = {n}\n"))
+        .unwrap_or_default();
     format!(
-        r#"[store]
+        r#"{engine}[store]
 {store}
 [files]
 dir = "{d}/files"
@@ -563,6 +571,9 @@ async fn run_setup(
     let http = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
     let planned = plan(args, &sims)?;
     let cpu_before: Vec<f64> = pids.iter().map(|p| proc_cpu_seconds(*p).unwrap_or(0.0)).collect();
+    // The ready gateway's own size, before any action: what the fan-out adds is the rest.
+    let idle_kib: Vec<u64> =
+        pids.iter().map(|p| proc_status_kib(*p, "VmRSS").unwrap_or(0)).collect();
     let sampler = RssSampler::start(pids.clone());
 
     // t0: every action at once, the replicas in turn.
@@ -745,6 +756,7 @@ async fn run_setup(
         .enumerate()
         .map(|(i, pid)| {
             json!({
+                "vmrss_idle_mib": mib(idle_kib[i]),
                 "vmhwm_mib": mib(proc_status_kib(*pid, "VmHWM").unwrap_or(0)),
                 "vmrss_peak_sampled_mib": mib(rss_peaks.get(i).copied().unwrap_or(0)),
                 "vmrss_end_mib": mib(proc_status_kib(*pid, "VmRSS").unwrap_or(0)),
