@@ -76,6 +76,20 @@ impl GatewayProcess {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// What the process logged, once it contains `needle`: a thread of the gateway writes its
+    /// log lines, a moment after the event. Panics after `within`.
+    pub(crate) async fn logs_containing(&self, needle: &str, within: Duration) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            let logs = self.logs();
+            if logs.contains(needle) {
+                return logs;
+            }
+            assert!(Instant::now() < deadline, "{} never logged {needle:?}:\n{logs}", self.name);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// SIGKILL: a crash, nothing released.
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
