@@ -222,7 +222,9 @@ impl Store {
             .await
     }
 
-    /// Fills a `get file`'s session file once its action stored the file.
+    /// Fills a `get file`'s session file once its action stored the file. Every poll of the
+    /// finished command comes here: a read tells whether it is still empty, so only the first
+    /// writes (an UPDATE that matches nothing still takes SQLite's write lock).
     pub async fn fill_cb_session_file(
         &self,
         tenant: &str,
@@ -230,6 +232,16 @@ impl Store {
         file_id: &str,
         size: i64,
     ) -> Result<()> {
+        let empty: Option<(i64,)> = self
+            .db()
+            .fetch_optional(
+                "SELECT id FROM cb_session_files WHERE tenant = $1 AND id = $2 AND file_id IS NULL",
+                args![tenant, id],
+            )
+            .await?;
+        if empty.is_none() {
+            return Ok(());
+        }
         self.db()
             .execute(
                 "UPDATE cb_session_files SET file_id = $3, size = $4
