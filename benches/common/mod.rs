@@ -87,10 +87,13 @@ pub(crate) fn machine() -> String {
 }
 
 /// The commit the numbers are of (`git rev-parse --short HEAD`, with `+dirty` when the tree
-/// has changes to tracked files).
+/// has changes to tracked files), of the tree this benchmark was built from, whatever the
+/// working directory it runs in.
 pub(crate) fn commit() -> String {
     let git = |args: &[&str]| {
         std::process::Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
             .args(args)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
