@@ -702,6 +702,16 @@ async fn run_setup(
     let mde_c = sims.mde.counters();
     let cr_c = sims.cr.counters();
     let mde_helpers: u64 = mde_c.helper_runs.values().sum();
+    // Defender's steady `runliveresponse` rate against its budget (as fanout_defender): below
+    // the budget, something other than the vendor's rate held the runs back.
+    let arrivals = sims.mde.live_response_arrivals();
+    let mde_steady = match (arrivals.first(), arrivals.last()) {
+        (Some(first), Some(last)) if arrivals.len() > args.mde_calls && last > first => {
+            (arrivals.len() - args.mde_calls) as f64 / (*last - *first).as_secs_f64()
+        }
+        _ => f64::NAN,
+    };
+    let mde_budget = args.mde_calls as f64 / (args.mde_window_ms as f64 / 1000.0);
     let cb_lists = cb_c.executed("process list");
     if cb_lists != args.cb as u64 {
         failures.push(format!("Carbon Black executed {cb_lists} process lists, not {}", args.cb));
@@ -794,6 +804,8 @@ async fn run_setup(
             "mde_live_response_actions": mde_c.live_response_actions,
             "mde_max_concurrent_sessions": mde_c.max_concurrent_sessions,
             "mde_429": mde_c.responses_429,
+            "mde_runliveresponse_steady_per_s": round3(mde_steady),
+            "mde_runliveresponse_budget_per_s": round3(mde_budget),
             "mde_requests": mde_c.requests,
             "cr_requests": cr_c.requests,
             "cr_requests_per_run": if args.cybereason > 0 { round3(cr_c.requests as f64 / args.cybereason as f64) } else { 0.0 },
