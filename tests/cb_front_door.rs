@@ -9,15 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use edrgate_carbonblack_sim as cb;
-use edrgate_cybereason_sim as cr;
-use edrgate_defender_sim as mde;
-use edrgate_simkit::Sim as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Backend, Gateway, GatewayBuilder, TlsFront, token};
+use common::{Gateway, GatewayBuilder, Settings, TlsFront, Vendors, token};
 
 const CB_HOST: &str = "WIN-0001";
 const MDE_HOST: &str = "mde-0001";
@@ -75,43 +71,13 @@ const SENSOR_FIELDS: [&str; 16] = [
     "network_adapters",
 ];
 
-/// The three simulators, serving until the test ends.
-struct Sims {
-    _cb: cb::Simulator,
-    _mde: mde::Simulator,
-    _cr: cr::Simulator,
-    builder: GatewayBuilder,
-}
-
-/// Tenant `acme` with a Carbon Black, a Defender and a Cybereason backend; tenant `other`
-/// with the same Carbon Black server (so the same device is another tenant's sensor too).
-async fn sims() -> Sims {
-    let cb_sim = cb::Simulator::new(cb::SimConfig {
-        sensors: 1,
-        checkin_delay: Duration::from_millis(20),
-        command_latency: Duration::from_millis(5),
-        ..cb::SimConfig::default()
-    });
-    let cb_addr = cb_sim.spawn().await.unwrap();
-    let mde_sim = mde::Simulator::new(mde::SimConfig {
-        machines: 1,
-        pickup_delay: Duration::from_millis(50),
-        ..mde::SimConfig::default()
-    });
-    let mde_addr = mde_sim.spawn().await.unwrap();
-    let cr_sim = cr::Simulator::new(cr::SimConfig {
-        machines: 1,
-        remediation_delay: Duration::from_millis(50),
-        ..cr::SimConfig::default()
-    });
-    let cr_addr = cr_sim.spawn().await.unwrap();
-    let cb_backend = Backend::carbonblack(cb_addr).with("poll_interval_ms = 20");
-    let builder = Gateway::builder()
-        .backend("acme", "cb", &cb_backend)
-        .backend("acme", "mde", &Backend::defender(mde_addr))
-        .backend("acme", "cr", &Backend::cybereason(cr_addr))
-        .backend("other", "cb", &cb_backend);
-    Sims { _cb: cb_sim, _mde: mde_sim, _cr: cr_sim, builder }
+/// Tenant `acme` with a Carbon Black, a Defender and a Cybereason backend (one machine each);
+/// tenant `other` with the same Carbon Black server (so the same device is another tenant's
+/// sensor too). The simulators serve until the returned [`Vendors`] is dropped.
+async fn sims() -> (Vendors, GatewayBuilder) {
+    let sims = Vendors::start(Settings { cr_machines: Some(1), ..Settings::default() }).await;
+    let builder = sims.builder().backend("other", "cb", &sims.cb_backend);
+    (sims, builder)
 }
 
 /// A CB request to the door of `gw` (plain HTTP: reqwest does not mind), with `token` in
@@ -180,8 +146,8 @@ fn assert_sensor_shape(sensor: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sensors_and_sessions_follow_cb_conventions() {
-    let sims = sims().await;
-    conventions(sims.builder.clone()).await;
+    let (_sims, builder) = sims().await;
+    conventions(builder).await;
 }
 
 /// The same on PostgreSQL (`EDRGATE_TEST_POSTGRES_URL`; skipped without it): the store's
@@ -191,8 +157,8 @@ async fn on_postgres() {
     let Some(url) = common::fresh_postgres_database("cb_front_door::on_postgres").await else {
         return;
     };
-    let sims = sims().await;
-    let builder = sims.builder.clone().config(&format!("store.url = \"{url}\""));
+    let (_sims, builder) = sims().await;
+    let builder = builder.config(&format!("store.url = \"{url}\""));
     conventions(builder.clone()).await;
     isolation(builder).await;
 }
@@ -417,8 +383,8 @@ async fn conventions(builder: GatewayBuilder) {
 /// `is_isolating` follows the vendor's confirmation, not the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_is_one_audited_action_per_request() {
-    let sims = sims().await;
-    isolation(sims.builder.clone()).await;
+    let (_sims, builder) = sims().await;
+    isolation(builder).await;
 }
 
 async fn isolation(builder: GatewayBuilder) {
@@ -558,8 +524,8 @@ print(json.dumps(out))
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cbapi_runs_unchanged_against_three_backends() {
     let Some(python) = python() else { return };
-    let sims = sims().await;
-    let mut gw = sims.builder.clone().start().await;
+    let (_sims, builder) = sims().await;
+    let mut gw = builder.start().await;
     let dir = tempfile::tempdir().unwrap();
     let hosts = json!([CB_HOST, MDE_HOST, CR_HOST]).to_string();
     let args = |front: &TlsFront| {

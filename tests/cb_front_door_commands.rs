@@ -14,15 +14,11 @@
 
 use std::time::Duration;
 
-use edrgate_carbonblack_sim as cb;
-use edrgate_cybereason_sim as cr;
-use edrgate_defender_sim as mde;
-use edrgate_simkit::Sim as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 mod common;
-use common::{Backend, Client, Gateway, GatewayProcess, token};
+use common::{Client, Gateway, GatewayProcess, Settings, Vendors, token};
 
 /// The front door's prefix (`server.carbonblack_prefix` default).
 const CB: &str = "/cb";
@@ -162,30 +158,9 @@ async fn actions(gw: &Client, token: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_on_three_backends_run_what_each_device_supports() {
-    let cb_sim = cb::Simulator::new(cb::SimConfig {
-        sensors: 1,
-        checkin_delay: Duration::from_millis(20),
-        command_latency: Duration::from_millis(5),
-        ..cb::SimConfig::default()
-    });
-    let cb_addr = cb_sim.spawn().await.unwrap();
-    let mde_sim = mde::Simulator::new(mde::SimConfig {
-        machines: 1,
-        pickup_delay: Duration::from_millis(50),
-        ..mde::SimConfig::default()
-    });
-    let mde_addr = mde_sim.spawn().await.unwrap();
-    let cr_sim = cr::Simulator::new(cr::SimConfig {
-        remediation_delay: Duration::from_millis(50),
-        ..cr::SimConfig::default()
-    });
-    let cr_addr = cr_sim.spawn().await.unwrap();
-    let gw = Gateway::builder()
-        .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
-        .backend("acme", "mde", &Backend::defender(mde_addr))
-        .backend("acme", "cr", &Backend::cybereason(cr_addr))
-        .start()
-        .await;
+    let sims = Vendors::start(Settings::default()).await;
+    let cb_sim = &sims.cb;
+    let gw = sims.builder().start().await;
     let acme = token("acme");
 
     // Carbon Black: everything a CB sensor has, the registry included.
@@ -310,16 +285,11 @@ async fn a_crash_during_a_kill_repeats_nothing_on_postgres() {
 }
 
 async fn crash_during_kill(store: &str) {
-    let cb_sim = cb::Simulator::new(cb::SimConfig {
-        sensors: 1,
-        checkin_delay: Duration::from_millis(20),
-        command_latency: Duration::from_millis(1500),
-        ..cb::SimConfig::default()
-    });
-    let cb_addr = cb_sim.spawn().await.unwrap();
+    // Commands slow enough that the gateway is killed while the kill is still pending.
+    let (cb_sim, cb_backend) = common::carbonblack(Duration::from_millis(1500)).await;
     let dir = tempfile::tempdir().unwrap();
     let config = Gateway::builder()
-        .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
+        .backend("acme", "cb", &cb_backend)
         .config("[engine]\nlease_seconds = 1")
         .config(store);
     let mut gw = GatewayProcess::start("cb-kill", dir.path(), &config).await;
@@ -421,31 +391,8 @@ async fn cbapi_drives_three_backends_unchanged() {
         eprintln!("skipped: {PYTHON_ENV} is not set (.ci/sdk-venv makes the SDK venv)");
         return;
     };
-    let cb_sim = cb::Simulator::new(cb::SimConfig {
-        sensors: 1,
-        checkin_delay: Duration::from_millis(20),
-        command_latency: Duration::from_millis(5),
-        ..cb::SimConfig::default()
-    });
-    let cb_addr = cb_sim.spawn().await.unwrap();
-    let mde_sim = mde::Simulator::new(mde::SimConfig {
-        machines: 1,
-        pickup_delay: Duration::from_millis(50),
-        ..mde::SimConfig::default()
-    });
-    let mde_addr = mde_sim.spawn().await.unwrap();
-    let cr_sim = cr::Simulator::new(cr::SimConfig {
-        machines: 1,
-        remediation_delay: Duration::from_millis(50),
-        ..cr::SimConfig::default()
-    });
-    let cr_addr = cr_sim.spawn().await.unwrap();
-    let gw = Gateway::builder()
-        .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
-        .backend("acme", "mde", &Backend::defender(mde_addr))
-        .backend("acme", "cr", &Backend::cybereason(cr_addr))
-        .start()
-        .await;
+    let sims = Vendors::start(Settings { cr_machines: Some(1), ..Settings::default() }).await;
+    let gw = sims.builder().start().await;
     let acme = token("acme");
     let front = common::TlsFront::start(gw.addr).await;
     let dir = tempfile::tempdir().unwrap();

@@ -5,50 +5,23 @@
 use edrgate_simkit::Sim as _;
 use std::time::Duration;
 
-use edrgate_carbonblack_sim as cb;
-use edrgate_crowdstrike_sim as cs;
-use edrgate_cybereason_sim as cr;
 use edrgate_defender_sim as mde;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Backend, Gateway, token};
+use common::{Settings, Vendors, token};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_bodies_work_on_all_four_vendors() {
-    let cb_sim = cb::Simulator::new(cb::SimConfig {
-        sensors: 1,
-        checkin_delay: Duration::from_millis(20),
-        command_latency: Duration::from_millis(5),
-        ..cb::SimConfig::default()
-    });
-    let cb_addr = cb_sim.spawn().await.unwrap();
-    let mde_sim = mde::Simulator::new(mde::SimConfig {
-        machines: 1,
-        pickup_delay: Duration::from_millis(100),
-        ..mde::SimConfig::default()
-    });
-    let mde_addr = mde_sim.spawn().await.unwrap();
-    let cr_sim = cr::Simulator::new(cr::SimConfig {
-        remediation_delay: Duration::from_millis(100),
-        ..cr::SimConfig::default()
-    });
-    let cr_addr = cr_sim.spawn().await.unwrap();
-    let cs_sim = cs::Simulator::new(cs::SimConfig {
-        command_delay: Duration::from_millis(20),
-        upload_delay: Duration::from_millis(50),
-        containment_delay: Duration::from_millis(50),
-        ..cs::SimConfig::default()
-    });
-    let cs_addr = cs_sim.spawn().await.unwrap();
-
-    let gw = Gateway::builder()
-        .backend("acme", "cb", &Backend::carbonblack(cb_addr).with("poll_interval_ms = 20"))
-        .backend("acme", "mde", &Backend::defender(mde_addr))
-        .backend("acme", "cr", &Backend::cybereason(cr_addr))
-        .backend("acme", "cs", &Backend::crowdstrike(cs_addr))
-        .start()
-        .await;
+    let sims = Vendors::start(Settings {
+        mde_pickup_delay: Duration::from_millis(100),
+        cr_remediation_delay: Duration::from_millis(100),
+        crowdstrike: true,
+        ..Settings::default()
+    })
+    .await;
+    let (cb_sim, mde_sim, cr_sim, cs_sim) = (&sims.cb, &sims.mde, &sims.cr, sims.cs());
+    let gw = sims.builder().start().await;
     let acme = token("acme");
 
     // What the four have in common, according to their capabilities.

@@ -1,7 +1,8 @@
 //! Helpers shared by the test crates: the in-process gateway ([`Gateway::builder`]), its
 //! backends by kind, tokens and API client, gateways as processes ([`GatewayProcess`]), a
 //! TCP proxy that simulates a server restart ([`Proxy`]), HTTPS in front of a gateway
-//! ([`TlsFront`], for clients that refuse plain HTTP such as cbapi), and fresh PostgreSQL databases.
+//! ([`TlsFront`], for clients that refuse plain HTTP such as cbapi), simulators of several
+//! vendors behind one tenant ([`Vendors`]), and fresh PostgreSQL databases.
 
 #![allow(dead_code, unused_imports)] // each test crate uses part of it
 
@@ -12,6 +13,7 @@ mod process;
 mod proxy;
 mod tls;
 mod token;
+mod vendors;
 mod webhooks;
 
 pub(crate) use backend::{Backend, spawn};
@@ -21,6 +23,7 @@ pub(crate) use process::GatewayProcess;
 pub(crate) use proxy::Proxy;
 pub(crate) use tls::TlsFront;
 pub(crate) use token::{SECRET, SUBJECT, operator_token, scoped_token, token, token_as};
+pub(crate) use vendors::{Settings, Vendors, carbonblack};
 pub(crate) use webhooks::{Received, Receiver, read_events};
 
 use sqlx::Connection as _;
