@@ -409,19 +409,29 @@ impl Driver<'_> {
             tracing::warn!(run_id = %run.id, "lease lost; another process drives this run now");
             return Ok(Outcome::LeaseLost);
         };
+        // A result is final once its command is: one still running may report more. A final
+        // result, once stored, leaves memory: a run waiting for its next step (behind a
+        // backend's slots, say) then holds its small states, not process lists (~50 KB each,
+        // copied into every step's snapshot). Nothing reads it here again: the store has it.
+        let view = {
+            let mut stored = lock(&self.stored_results);
+            let mut mine = lock(&self.run);
+            let mut dropped = false;
+            for state in mine.states.iter_mut().filter(|s| s.status.is_terminal()) {
+                if let Some(done) = stored.get_mut(state.index)
+                    && state.result.is_some()
+                {
+                    *done = true;
+                    state.result = None;
+                    dropped = true;
+                }
+            }
+            // What was seen, as this record now shows it (without the results it dropped).
+            if dropped { visible_view(&mine) } else { view }
+        };
         // Only once it is stored: a write that failed leaves the next one visible, so the
         // action's status and summary (kept by visible writes) never miss a change.
         *lock(&self.seen) = Some(view);
-        // A result is final once its command is: one still running may report more.
-        let mut stored = lock(&self.stored_results);
-        for state in run.states.iter().filter(|s| s.status.is_terminal()) {
-            if let Some(done) = stored.get_mut(state.index)
-                && state.result.is_some()
-            {
-                *done = true;
-            }
-        }
-        drop(stored);
         if saved.cancel_requested && self.stop.reason().is_none() {
             // Read with every write, not only from the cancel's announcement, which a
             // reconnecting listener misses: the next move of the adapter sees the stop.

@@ -29,7 +29,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use edrgate_adapter::{
-    Action, ActionRequest, ActionSummary, CommandState, ErrorInfo, INLINE_RUNS, Run, Status, Target,
+    Action, ActionRequest, ActionSummary, Command, CommandState, ErrorInfo, INLINE_RUNS, OnError,
+    Run, Status, Target,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -99,13 +100,26 @@ pub struct RunRecord {
     pub backend: Option<String>,
     pub device_id: Option<String>,
     pub hostname: Option<String>,
-    pub request: ActionRequest,
+    pub request: RunRequest,
     pub states: Vec<CommandState>,
     pub status: Status,
     pub error: Option<ErrorInfo>,
     pub checkpoint: Option<serde_json::Value>,
     pub deadline: i64,
     pub cancel_requested: bool,
+}
+
+/// What a run needs of its action's request: the commands and how to run them. Not the
+/// action's targets: every run of a 1,000-target action holding all 1,000 of them made a
+/// fan-out's memory (and each claim's parsing) grow with the square of its size. Read from the
+/// action's `request_json`, whose other fields are skipped unparsed into values.
+#[derive(Clone, Debug, Deserialize)]
+pub struct RunRequest {
+    pub commands: Vec<Command>,
+    #[serde(default)]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub on_error: OnError,
 }
 
 /// The proof that this process owns a run: every write is fenced by it.
