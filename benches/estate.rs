@@ -50,10 +50,9 @@
 //!   The default `calls_per_minute` (600) is scaled up (`--cr-calls-per-minute`) as Defender's
 //!   window is scaled down, so a run takes a minute or two.
 //!
-//! On PostgreSQL the replicas share each vendor's rate quota through the store, and its
-//! margins are absolute: Defender's `runliveresponse` window is widened by the adapter (5%,
-//! at least 250 ms) and again by the store (a tenth, at least 1 s, at most 2 s), so a scaled
-//! 500 ms window paces at 10 per 1.75 s, not 10 per 0.5 s (at the real minute: 65 s, 8%).
+//! On PostgreSQL the replicas share each vendor's rate quota through the store, which widens
+//! its window by a margin (a twentieth, at least 250 ms, at most 2 s: `PgBudget::call`), so a
+//! scaled 500 ms window paces at 10 per 0.75 s, not 10 per 0.5 s (at the real minute: 62 s, 3%).
 //! The optimum stays the vendor's; the difference shows in Defender's ratio.
 //!
 //! The defaults (6,000 / 1,500 / 2,500) put the three optima in the same range (~72 s, ~75 s,

@@ -157,12 +157,13 @@ impl PgBudget {
     }
 
     async fn call(&self, scope: &str, limit: u32, window: Duration) -> Result<Option<Duration>> {
-        // Calls are counted from when they were taken, a little before the vendor sees them (the
-        // adapter journals its intent in between), so the window is widened by a margin: the
-        // vendor must never count more than `limit` in any window of its own.
-        // A tenth of the window, at least 1 s (a loaded replica's journal write and request can
-        // take hundreds of ms) and at most 2 s (3% of Defender's minute).
-        let window = ms(window) + (ms(window) / 10).clamp(1_000, 2_000);
+        // Calls are counted from when they were taken, a little before the vendor sees them, so
+        // the window is widened by a margin: the vendor must never count more than `limit` in
+        // any window of its own. The one margin for every vendor (adapters pass the vendor's
+        // window): what lies between the take and the vendor is the request's own way there
+        // (connection, TLS), since intents are journaled before the take. A twentieth of the
+        // window, at least 250 ms, at most 2 s (3% of Defender's minute).
+        let window = ms(window) + (ms(window) / 20).clamp(250, 2_000);
         let (wait,): (i64,) = self
             .db()
             .fetch_one(

@@ -174,8 +174,7 @@ impl Budget {
         };
         let scope = format!("{scope}:api:{endpoint}");
         let limit = u32::try_from(self.per_minute).unwrap_or(u32::MAX);
-        let window = with_margin(Duration::from_secs(60));
-        while let Some(wait) = budget.take_call(&scope, limit, window).await? {
+        while let Some(wait) = budget.take_call(&scope, limit, Duration::from_secs(60)).await? {
             tokio::time::sleep(wait).await;
         }
         Ok(())
@@ -640,12 +639,6 @@ pub(crate) enum MachineQuery<'a> {
     Named(&'a str),
     /// `startswith(computerDnsName, …)`: a short name finds its FQDN.
     NamePrefix(&'a str),
-}
-
-/// A shared call quota's window widened by a margin (5%, at least 250 ms): the quota counts a
-/// call when it is taken, Defender when it arrives, and the margin absorbs the time between.
-pub(crate) fn with_margin(window: Duration) -> Duration {
-    window + (window / 20).max(Duration::from_millis(250))
 }
 
 /// Pages of one listing followed at most (10,000 entries a page at most, §10).

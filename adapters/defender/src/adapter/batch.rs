@@ -13,7 +13,6 @@ use super::{
     Checkpoint, DefenderAdapter, HelperMode, Phase, TAG_PREFIX, comment, has_tag, now, refused,
     too_large,
 };
-use crate::client::with_margin;
 use crate::mapping::{self, Helper};
 use crate::wire::{self, LrCommand, MachineAction, keys, kinds};
 
@@ -131,8 +130,8 @@ impl DefenderAdapter {
         // The shared quota counts a call when it is taken, not when Defender receives it, so
         // it is taken last, right before the call (after the journal write, whose time under
         // load was seen to exceed the margin and let two replicas' calls arrive closer than
-        // they were counted), and its window is widened by a margin (5%, at least 250 ms) for
-        // the rest. A refusal leaves nothing sent: the step ends `Ready` again, which the
+        // they were counted), and the store widens its window by a margin (a twentieth, at
+        // least 250 ms) for the rest. A refusal leaves nothing sent: the step ends `Ready` again, which the
         // driver stores over the intent (and an intent a crash left is reconciled by its tag).
         //
         // Across a replica's death: the quota row is committed by `take_call` itself, before
@@ -147,9 +146,9 @@ impl DefenderAdapter {
         // a second row at the answer's time would cover (see the H5 report).
         if let Some(budget) = self.shared.get().filter(|b| b.is_shared()) {
             let scope = format!("{}:runliveresponse", self.scope);
-            let window = with_margin(self.cfg.lr_window());
+            // The vendor's window: the store widens it by its margin (`PgBudget::call`).
             if let Some(wait) =
-                budget.take_call(&scope, self.cfg.live_response_calls, window).await?
+                budget.take_call(&scope, self.cfg.live_response_calls, self.cfg.lr_window()).await?
             {
                 permit.unused();
                 cp.phase = Phase::Ready;
