@@ -188,14 +188,22 @@ max_poll_interval_ms = 200
             http.post(format!("{base}/v1/actions")).bearer_auth(&hunt).json(&body).send().await?;
         ensure!(answer.status() == 202, "fan-out answered {}", answer.status());
     }
+    // Runs held by a driver while they wait for a session slot: the goal is none (a run
+    // beyond the slots waits in the store).
+    let waiting_for_slots = || {
+        let backends = engine.backends();
+        let adapter = backends.adapter("hunt", "cb").expect("the hunt tenant's backend");
+        adapter.budgets().iter().map(|b| b.waiting).sum::<usize>()
+    };
     let mut loaded = Vec::new();
-    let (mut tasks, mut rss, mut in_flight) = (0, 0.0f64, Vec::new());
+    let (mut tasks, mut rss, mut in_flight, mut slot_waiters) = (0, 0.0f64, Vec::new(), 0);
     for n in SAMPLES + 1..=SAMPLES * 2 {
         let waiting = unfinished().await?;
         ensure!(waiting >= 9_000, "only {waiting} runs in flight");
         in_flight.push(waiting);
         loaded.push(isolate(n).await?);
         tasks = tasks.max(tokio::runtime::Handle::current().metrics().num_alive_tasks());
+        slot_waiters = slot_waiters.max(waiting_for_slots());
         rss = rss.max(rss_mib());
     }
     stop.cancel();
@@ -242,6 +250,7 @@ max_poll_interval_ms = 200
             "p50_difference_ms": ms(loaded_p50.saturating_sub(idle_p50)),
             "fan_out_runs_in_flight_per_sample": in_flight,
             "alive_tasks": {"idle": idle_tasks, "during_fan_out_max": tasks},
+            "drivers_waiting_for_a_slot_max": slot_waiters,
             "process_rss_mib": {"idle": (idle_rss * 10.0).round() / 10.0, "during_fan_out_max": (rss * 10.0).round() / 10.0},
         }))?
     );

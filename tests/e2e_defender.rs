@@ -257,7 +257,11 @@ async fn sixty_actions_stay_within_the_vendor_budgets() {
         100.0 * rate / budget,
         c.max_concurrent_sessions
     );
-    assert!(rate >= 0.9 * budget, "rate {rate:.2}/s below 90% of {budget}/s (span {span:.2} s)");
+    // 80%: the gate spaces calls evenly (one per 200 ms, a burst of one) and never makes up a
+    // call that left late, so on a loaded machine each scheduling delay is lost for good (86%
+    // seen with a release build beside the suite); a gateway that paced at the wrong window or
+    // waited a window too many would be at 50% or less.
+    assert!(rate >= 0.8 * budget, "rate {rate:.2}/s below 80% of {budget}/s (span {span:.2} s)");
 }
 
 #[tokio::test]
