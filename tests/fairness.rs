@@ -42,6 +42,7 @@ impl Adapter for Slow {
             in_use: self.slots.in_use(),
             capacity: self.slots.capacity(),
             waiting: self.slots.waiting(),
+            held: true,
         }]
     }
 

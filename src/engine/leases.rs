@@ -88,16 +88,17 @@ impl Engine {
     /// The (tenant, backend) keys to claim for, with their caps: every configured backend,
     /// and each tenant's runs not resolved to a backend yet (`""`). A backend whose runs each
     /// hold a vendor session for their life takes no more runs than it has sessions (the rest
-    /// stay rows in the store, costing no driver task), and one whose budget already has runs
-    /// of this process waiting (sessions shared with another backend or replica) takes none:
-    /// a run claimed for it now would only wait in memory, holding a place in flight another
-    /// backend's run could use.
+    /// stay rows in the store, costing no driver task), and one whose held budget (sessions,
+    /// slots) already has runs of this process waiting (sessions shared with another backend
+    /// or replica) takes none: a run claimed for it now would only wait in memory, holding a
+    /// place in flight another backend's run could use. Runs waiting for a call rate do not
+    /// stop claims: the rate would otherwise go unused while the pipeline behind it drains.
     fn claim_keys(&self, per_key: u32) -> Vec<(String, String, u32)> {
         let backends = self.backends();
         let mut keys: Vec<(String, String, u32)> = backends
             .all()
             .map(|(tenant, backend, adapter)| {
-                let cap = if adapter.budgets().iter().any(|b| b.waiting > 0) {
+                let cap = if adapter.budgets().iter().any(|b| b.held && b.waiting > 0) {
                     0
                 } else {
                     adapter

@@ -157,6 +157,11 @@ pub struct BudgetUse {
     pub capacity: usize,
     /// Runs waiting for it (queued, visible as such to callers).
     pub waiting: usize,
+    /// Whether a run holds a place of it while it works (a session, a slot) rather than
+    /// spending it (calls per window). A run waiting for a held budget waits for another run
+    /// to finish, so the engine claims no more of the backend's runs meanwhile; one waiting
+    /// for a call rate is next in line, and the runs behind it must be ready when it goes.
+    pub held: bool,
 }
 
 /// The hostname rule of every adapter's device search: `name` contains `query`, ignoring ASCII

@@ -256,6 +256,7 @@ impl Adapter for CarbonBlackAdapter {
             in_use: self.slots.in_use(),
             capacity: self.slots.capacity(),
             waiting: self.slots.waiting(),
+            held: true,
         }]
     }
 

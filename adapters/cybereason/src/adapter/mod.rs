@@ -197,6 +197,7 @@ impl Adapter for CybereasonAdapter {
             in_use: self.slots.in_use(),
             capacity: self.slots.capacity(),
             waiting: self.slots.waiting(),
+            held: true,
         }]
     }
 

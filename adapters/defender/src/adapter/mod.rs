@@ -350,12 +350,14 @@ impl Adapter for DefenderAdapter {
                 in_use: b.sessions.in_use(),
                 capacity: b.sessions.capacity(),
                 waiting: b.sessions.waiting(),
+                held: true,
             },
             BudgetUse {
                 name: "runliveresponse_per_window",
                 in_use: b.live_response.recent(),
                 capacity: self.cfg.live_response_calls as usize,
                 waiting: b.live_response.waiting(),
+                held: false,
             },
         ]
     }
