@@ -37,8 +37,10 @@
 //!   concurrent sessions, §4 of `defender.md`: 10 per minute, 25 sessions; the window scaled
 //!   down with `--mde-window-ms` and the other endpoints' budgets (100/min, 1500/h) with it):
 //!   one machine action per machine of `action = pickup + latency`, so
-//!   `optimum = max(floor((defender − 1) / calls) × window, ceil(defender / sessions) × action)
-//!   + action` (as `benches/fanout_defender.rs`).
+//!   `optimum = max(floor((defender − 1) / calls) × window, ceil(defender / sessions) ×`
+//!   `action) + action` (as `benches/fanout_defender.rs`). The adapter's polls are scaled too
+//!   (`--mde-poll-ms`, 200 ms, max 2 s; the default 1 s would hold each session for a poll
+//!   past the simulated 600 ms action).
 //! * Cybereason (`--cybereason` machines): the vendor publishes no limit (`cybereason.md` §4:
 //!   clients back off 60 s on a 429), so the adapter's own are the bound:
 //!   `max_concurrent_requests` steps at a time and `calls_per_minute`, a GCRA with a burst of
@@ -129,6 +131,11 @@ struct Args {
     /// Defender: time of a live-response command, ms.
     #[arg(long, default_value_t = 100)]
     mde_latency_ms: u64,
+    /// Defender: the adapter's first poll delay, ms (its max is ten times this). The default
+    /// (1 s, max 15 s) suits pickups of seconds to minutes; the simulated one is 500 ms, so a
+    /// run would hold its session for polls, not for Defender (as `benches/fanout_defender.rs`).
+    #[arg(long, default_value_t = 200)]
+    mde_poll_ms: u64,
     /// Cybereason: the adapter's concurrent steps (`max_concurrent_requests`, default 10).
     #[arg(long, default_value_t = 10)]
     cr_concurrency: usize,
@@ -445,6 +452,8 @@ live_response_window_ms = {mde_window}
 concurrent_sessions = {mde_sessions}
 api_calls_per_minute = {mde_per_minute}
 api_calls_per_hour = {mde_per_hour}
+poll_interval_ms = {mde_poll}
+max_poll_interval_ms = {mde_max_poll}
 [tenants.{TENANT}.backends.cr]
 kind = "cybereason"
 url = "{cr_url}"
@@ -467,6 +476,8 @@ calls_per_minute = {cr_per_minute}
         mde_sessions = args.mde_sessions,
         mde_per_minute = (100.0 * scale).round() as u64,
         mde_per_hour = (1500.0 * scale).round() as u64,
+        mde_poll = args.mde_poll_ms,
+        mde_max_poll = args.mde_poll_ms * 10,
         cr_url = sims.cr_url,
         cr_user = cr::DEFAULT_USERNAME,
         cr_password = cr::DEFAULT_PASSWORD,

@@ -29,7 +29,8 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use edrgate_carbonblack_sim::{DEFAULT_TOKEN, SimConfig, Simulator};
 use serde_json::{Value, json};
-use sqlx::Connection as _;
+
+mod common;
 
 const SECRET: &str = "bench-secret-0123456789abcdef0123456789abcdef";
 const TENANT: &str = "bench";
@@ -83,7 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             None
         } else {
             match &args.postgres {
-                Some(base) => Some(fresh_database(base).await?),
+                Some(base) => Some(common::fresh_postgres_database(base).await?),
                 None => {
                     eprintln!("skipping {setup}: no --postgres / EDRGATE_TEST_POSTGRES_URL");
                     continue;
@@ -126,17 +127,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// A new database next to the one `base` names; its URL.
-async fn fresh_database(base: &str) -> anyhow::Result<String> {
-    let name = format!("edrgate_bench_{}", uuid::Uuid::now_v7().simple());
-    let mut admin = sqlx::PgConnection::connect(base).await.context("connecting to PostgreSQL")?;
-    sqlx::query::<sqlx::Postgres>(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut admin)
-        .await?;
-    let (prefix, _) = base.rsplit_once('/').context("a URL ending in a database name")?;
-    Ok(format!("{prefix}/{name}"))
 }
 
 struct Gateway {
