@@ -193,7 +193,7 @@ max_poll_interval_ms = 200
     let waiting_for_slots = || {
         let backends = engine.backends();
         let adapter = backends.adapter("hunt", "cb").expect("the hunt tenant's backend");
-        adapter.budgets().iter().map(|b| b.waiting).sum::<usize>()
+        adapter.budgets().iter().filter(|b| b.held).map(|b| b.waiting).sum::<usize>()
     };
     let mut loaded = Vec::new();
     let (mut tasks, mut rss, mut in_flight, mut slot_waiters) = (0, 0.0f64, Vec::new(), 0);

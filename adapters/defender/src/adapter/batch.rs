@@ -131,8 +131,9 @@ impl DefenderAdapter {
         // it is taken last, right before the call (after the journal write, whose time under
         // load was seen to exceed the margin and let two replicas' calls arrive closer than
         // they were counted), and the store widens its window by a margin (a twentieth, at
-        // least 250 ms) for the rest. A refusal leaves nothing sent: the step ends `Ready` again, which the
-        // driver stores over the intent (and an intent a crash left is reconciled by its tag).
+        // least 250 ms) for the rest. A refusal leaves nothing sent: the step ends `Ready`
+        // again, which the driver stores over the intent (and an intent a crash left is
+        // reconciled by its tag).
         //
         // Across a replica's death: the quota row is committed by `take_call` itself, before
         // the request leaves, so a call a replica made (or was making) when it was killed is
